@@ -1,0 +1,1 @@
+"""qcow2-monitor core: read-only qcow2 analysis."""

@@ -1,0 +1,48 @@
+"""Where an image lives (regular file or block device), how far it can grow there, and
+whether a running qemu holds it open for writing."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+from .model import CONTAINER_BLOCK, CONTAINER_FILE, Container
+from .reader import ImageFile
+
+# qemu's file-posix permission lock bytes (../shared/reference/qcow2.md §11): a process using
+# the WRITE permission holds a shared lock on byte 100 + 1.
+QEMU_LOCK_BYTE_WRITE = 101
+F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
+# struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
+_FLOCK = struct.Struct("@hhqqi4x")
+
+
+def free_space(path: str) -> int:
+    """Bytes an unprivileged writer may still allocate on the filesystem holding `path`:
+    f_bavail * f_frsize, the same figure as psutil.disk_usage(path).free."""
+    st = os.statvfs(os.path.dirname(os.path.abspath(path)) or "/")
+    return st.f_bavail * st.f_frsize
+
+
+def container_of(file: ImageFile, image_end_offset: int) -> Container:
+    if file.is_block_device:
+        return Container(CONTAINER_BLOCK, file.length,
+                         max(file.length - image_end_offset, 0), file.length, None)
+    free = free_space(file.path)
+    return Container(CONTAINER_FILE, file.length + free, free, file.length,
+                     file.stat.st_blocks * 512)
+
+
+def held_for_writing(file: ImageFile) -> bool:
+    """True when another open file description holds qemu's write-permission lock byte.
+
+    F_OFD_GETLK only asks: it takes no lock, so a running VM is not disturbed, and it works on
+    a read-only descriptor. Images opened with locking=off cannot be detected this way.
+    """
+    probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, QEMU_LOCK_BYTE_WRITE, 1, 0)
+    try:
+        answer = fcntl.fcntl(file.fd, F_OFD_GETLK, probe)
+    except OSError:
+        return False  # filesystem without OFD locks: qemu cannot lock it either
+    return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)

@@ -1,0 +1,74 @@
+"""The project's one error type and its documented exit codes.
+
+Every low-level parse failure becomes a :class:`Qcow2Error` carrying the file, the structure,
+the offset and the bad value, so that every front end can print one clear line (style.md, the
+pyelftools choke point).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+# Exit codes of qcow2-analyze (documented in the README). `check` additionally follows
+# qemu-img check: 2 corruptions, 3 leaks only.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a target could not be analysed (not qcow2, damaged, unsupported, unreadable)
+EXIT_CORRUPTIONS = 2
+EXIT_LEAKS = 3
+EXIT_USAGE = 64  # bad command line (sysexits EX_USAGE)
+
+# Kinds of failure, stable strings that adapters may show or export.
+NOT_QCOW2 = "not-qcow2"
+TRUNCATED = "truncated"
+OUT_OF_BOUNDS = "out-of-bounds"
+UNSUPPORTED = "unsupported"
+INVALID = "invalid"
+IO_ERROR = "io-error"
+
+
+class Qcow2Error(Exception):
+    """A qcow2 image (or its container) could not be read as one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        structure: str,
+        offset: Optional[int] = None,
+        value: Union[int, str, None] = None,
+        kind: str = INVALID,
+        filename: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.structure = structure
+        self.offset = offset
+        self.value = value
+        self.kind = kind
+        self.filename = filename
+
+    def with_filename(self, filename: str) -> Qcow2Error:
+        if self.filename is None:
+            self.filename = filename
+        return self
+
+    def __str__(self) -> str:
+        where = self.structure
+        if self.offset is not None:
+            where += f" at offset 0x{self.offset:x}"
+        text = f"{where}: {self.message}"
+        if self.value is not None and str(self.value) not in self.message:
+            shown = f"0x{self.value:x}" if isinstance(self.value, int) else repr(self.value)
+            text += f" (value {shown})"
+        if self.filename is not None:
+            text = f"{self.filename}: {text}"
+        return text
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "structure": self.structure,
+            "offset": self.offset,
+            "value": self.value,
+            "message": str(self),
+        }

@@ -1,0 +1,652 @@
+"""Parsing and validating a qcow2 image's header, extensions, snapshots, bitmaps and LUKS header.
+
+Mirrors qcow2_do_open() / qcow2_read_extensions() / qcow2_read_snapshots() /
+bitmap_list_load() in qemu: the same bounds are enforced, in the same spirit, before anything
+is allocated from a header value. Only metadata is read: no key, no data file, no lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from . import layout as L
+from .errors import INVALID, NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
+from .reader import ImageFile
+
+# First read: enough for the header and, for nearly every image, all its extensions.
+HEAD_READ = 4096
+
+
+@dataclass(frozen=True)
+class Header:
+    """The header as qemu sees it: version 2 fields with their v3 defaults filled in."""
+
+    version: int
+    backing_file_offset: int
+    backing_file_size: int
+    cluster_bits: int
+    size: int
+    crypt_method: int
+    l1_size: int
+    l1_table_offset: int
+    refcount_table_offset: int
+    refcount_table_clusters: int
+    nb_snapshots: int
+    snapshots_offset: int
+    incompatible_features: int
+    compatible_features: int
+    autoclear_features: int
+    refcount_order: int
+    header_length: int
+    compression_type: int
+
+    @property
+    def cluster_size(self) -> int:
+        return 1 << self.cluster_bits
+
+    @property
+    def refcount_bits(self) -> int:
+        return 1 << self.refcount_order
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.incompatible_features & L.QCOW2_INCOMPAT_DIRTY)
+
+    @property
+    def corrupt(self) -> bool:
+        return bool(self.incompatible_features & L.QCOW2_INCOMPAT_CORRUPT)
+
+    @property
+    def has_data_file(self) -> bool:
+        return bool(self.incompatible_features & L.QCOW2_INCOMPAT_DATA_FILE)
+
+    @property
+    def extended_l2(self) -> bool:
+        return bool(self.incompatible_features & L.QCOW2_INCOMPAT_EXTL2)
+
+    @property
+    def lazy_refcounts(self) -> bool:
+        return bool(self.compatible_features & L.QCOW2_COMPAT_LAZY_REFCOUNTS)
+
+    @property
+    def bitmaps_autoclear(self) -> bool:
+        return bool(self.autoclear_features & L.QCOW2_AUTOCLEAR_BITMAPS)
+
+    @property
+    def data_file_raw(self) -> bool:
+        return bool(self.autoclear_features & L.QCOW2_AUTOCLEAR_DATA_FILE_RAW)
+
+    @property
+    def l2_entry_size(self) -> int:
+        return L.L2E_SIZE_EXTENDED if self.extended_l2 else L.L2E_SIZE_NORMAL
+
+    @property
+    def l2_entries(self) -> int:
+        return self.cluster_size // self.l2_entry_size
+
+    @property
+    def refcount_table_entries(self) -> int:
+        return self.refcount_table_clusters * self.cluster_size // L.REFTABLE_ENTRY_SIZE
+
+    @property
+    def refcount_block_entries(self) -> int:
+        return self.cluster_size * 8 // self.refcount_bits
+
+
+@dataclass(frozen=True)
+class Extension:
+    type: int
+    offset: int  # of the extension's data, in the image
+    length: int
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return L.EXTENSION_NAMES.get(self.type, "unknown")
+
+
+@dataclass(frozen=True)
+class Feature:
+    type: int  # L.FEATURE_TYPE_*
+    bit: int
+    name: str
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    offset: int  # of the table entry
+    id_str: str
+    name: str
+    l1_table_offset: int
+    l1_size: int
+    date_sec: int
+    date_nsec: int
+    vm_clock_nsec: int
+    vm_state_size: int  # the large one when present (extra data), else the 32-bit field
+    extra_data_size: int
+    extra_data: bytes
+    disk_size: Optional[int]
+    icount: Optional[int]  # None when absent or -1 (qemu: no icount recorded)
+
+
+@dataclass(frozen=True)
+class Bitmap:
+    offset: int  # of the directory entry
+    name: str
+    bitmap_table_offset: int
+    bitmap_table_size: int
+    flags: int
+    type: int
+    granularity_bits: int
+    extra_data_size: int
+
+    @property
+    def granularity(self) -> int:
+        return 1 << self.granularity_bits
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.flags & L.BME_FLAG_IN_USE)
+
+    @property
+    def auto(self) -> bool:
+        return bool(self.flags & L.BME_FLAG_AUTO)
+
+    @property
+    def flag_names(self) -> list[str]:
+        names = []
+        if self.in_use:
+            names.append("in-use")
+        if self.auto:
+            names.append("auto")
+        return names
+
+
+@dataclass(frozen=True)
+class LuksInfo:
+    """The LUKS1 header fields `qemu-img info` shows (qcrypto_block_luks_get_info)."""
+
+    offset: int
+    length: int
+    header: L.LuksHeader
+    cipher_alg: str
+    cipher_mode: str
+    ivgen_alg: str
+    ivgen_hash_alg: Optional[str]
+    hash_alg: str
+
+    @property
+    def payload_offset(self) -> int:
+        return self.header.payload_offset_sector * L.LUKS_SECTOR_SIZE
+
+
+def _err(message: str, structure: str, offset: Optional[int] = None,
+         value: Optional[int] = None, kind: str = INVALID) -> Qcow2Error:
+    return Qcow2Error(message, structure=structure, offset=offset, value=value, kind=kind)
+
+
+def parse_header(head: bytes, file_length: int) -> Header:
+    """Validate and resolve the header from the first bytes of the image (qcow2_do_open)."""
+    if len(head) < 4 or head[:4] != L.QCOW_MAGIC:
+        raise _err("not a qcow2 image (bad magic)", "header", 0, kind=NOT_QCOW2)
+    if len(head) < L.V2_HEADER_LENGTH:
+        raise _err(f"file is only {file_length} bytes, shorter than the 72-byte header",
+                   "header", 0, kind=TRUNCATED)
+    v2 = L.HeaderV2.from_bytes(head)
+    if v2.version not in (2, 3):
+        raise _err(f"unsupported qcow2 version {v2.version}", "header.version", 4,
+                   v2.version, UNSUPPORTED)
+    if not L.MIN_CLUSTER_BITS <= v2.cluster_bits <= L.MAX_CLUSTER_BITS:
+        raise _err(f"unsupported cluster_bits {v2.cluster_bits} (qemu accepts 9..21)",
+                   "header.cluster_bits", 20, v2.cluster_bits, UNSUPPORTED)
+    cluster_size = 1 << v2.cluster_bits
+    if v2.version == 2:
+        # A version 2 header is 72 bytes: never read v3 fields from it (qcow2.txt).
+        v3 = L.HeaderV3Fields(0, 0, 0, L.V2_REFCOUNT_ORDER, L.V2_HEADER_LENGTH)
+        compression_type = L.COMPRESSION_ZLIB
+    else:
+        if len(head) < L.V3_HEADER_LENGTH:
+            raise _err(f"file is only {file_length} bytes, shorter than the 104-byte v3 "
+                       "header", "header", 0, kind=TRUNCATED)
+        v3 = L.HeaderV3Fields.from_bytes(head)
+        if v3.header_length < L.V3_HEADER_LENGTH:
+            raise _err(f"header_length {v3.header_length} is shorter than 104",
+                       "header.header_length", 100, v3.header_length)
+        if v3.header_length > cluster_size:
+            raise _err(f"header_length {v3.header_length} exceeds the cluster size "
+                       f"{cluster_size}", "header.header_length", 100, v3.header_length)
+        if v3.header_length > file_length:
+            raise _err(f"header_length {v3.header_length} runs past the end of the file "
+                       f"({file_length} bytes)", "header", 0, kind=TRUNCATED)
+        compression_type = L.COMPRESSION_ZLIB
+        if v3.header_length > L.COMPRESSION_TYPE_OFFSET:
+            compression_type = head[L.COMPRESSION_TYPE_OFFSET]
+    header = Header(
+        v2.version, v2.backing_file_offset, v2.backing_file_size, v2.cluster_bits, v2.size,
+        v2.crypt_method, v2.l1_size, v2.l1_table_offset, v2.refcount_table_offset,
+        v2.refcount_table_clusters, v2.nb_snapshots, v2.snapshots_offset,
+        v3.incompatible_features, v3.compatible_features, v3.autoclear_features,
+        v3.refcount_order, v3.header_length, compression_type,
+    )
+    _validate_header(header)
+    return header
+
+
+def _validate_table(offset: int, entries: int, entry_len: int, max_bytes: int,
+                    cluster_size: int, structure: str, field_offset: int) -> None:
+    """qcow2_validate_table(): bounded size, aligned offset."""
+    if entries > max_bytes // entry_len:
+        raise _err(f"{entries} entries exceed qemu's {max_bytes} byte limit", structure,
+                   field_offset, entries, OUT_OF_BOUNDS)
+    if (2**63 - 1) - entries * entry_len < offset or offset % cluster_size:
+        raise _err(f"offset 0x{offset:x} invalid (not cluster aligned or too large)",
+                   structure, field_offset, offset)
+
+
+def _validate_header(h: Header) -> None:
+    cs = h.cluster_size
+    if h.backing_file_offset > cs:
+        raise _err(f"backing_file_offset 0x{h.backing_file_offset:x} beyond the first cluster",
+                   "header.backing_file_offset", 8, h.backing_file_offset)
+    if h.refcount_order > 6:
+        raise _err(f"unsupported refcount_order {h.refcount_order} (max 6)",
+                   "header.refcount_order", 96, h.refcount_order, UNSUPPORTED)
+    if h.crypt_method > L.CRYPT_LUKS:
+        raise _err(f"unsupported crypt_method {h.crypt_method}", "header.crypt_method", 32,
+                   h.crypt_method, UNSUPPORTED)
+    if h.compression_type not in L.COMPRESSION_TYPE_NAMES:
+        raise _err(f"unsupported compression_type {h.compression_type}",
+                   "header.compression_type", L.COMPRESSION_TYPE_OFFSET, h.compression_type,
+                   UNSUPPORTED)
+    if bool(h.incompatible_features & L.QCOW2_INCOMPAT_COMPRESSION) != (h.compression_type != 0):
+        raise _err("compression type bit does not match compression_type "
+                   f"{h.compression_type}", "header.incompatible_features", 72,
+                   h.incompatible_features)
+    if h.extended_l2 and h.cluster_bits < 14:
+        raise _err(f"extended L2 entries need clusters of at least 16 KiB (cluster size {cs})",
+                   "header.incompatible_features", 72, h.incompatible_features)
+    if h.data_file_raw and not h.has_data_file:
+        raise _err("raw external data bit set without the external data file bit",
+                   "header.autoclear_features", 88, h.autoclear_features)
+    _validate_table(h.l1_table_offset, h.l1_size, L.L1E_SIZE, L.QCOW_MAX_L1_SIZE, cs,
+                    "active L1 table", 40)
+    coverage = cs * h.l2_entries
+    needed_l1 = -(-h.size // coverage)
+    if needed_l1 > 2**31 - 1:
+        raise _err(f"virtual size {h.size} is too big", "header.size", 24, h.size,
+                   OUT_OF_BOUNDS)
+    if h.l1_size < needed_l1:
+        raise _err(f"L1 table too small: {h.l1_size} entries for virtual size {h.size} "
+                   f"(needs {needed_l1})", "header.l1_size", 36, h.l1_size)
+    if h.refcount_table_clusters == 0:
+        raise _err("image has no refcount table", "header.refcount_table_clusters", 56, 0)
+    _validate_table(h.refcount_table_offset, h.refcount_table_clusters, cs,
+                    L.QCOW_MAX_REFTABLE_SIZE, cs, "refcount table", 48)
+    if h.nb_snapshots > L.QCOW_MAX_SNAPSHOTS:
+        raise _err(f"{h.nb_snapshots} snapshots exceed qemu's limit of "
+                   f"{L.QCOW_MAX_SNAPSHOTS}", "header.nb_snapshots", 60, h.nb_snapshots,
+                   OUT_OF_BOUNDS)
+    _validate_table(h.snapshots_offset, h.nb_snapshots, L.SnapshotHeader.STRUCT.size,
+                    L.SnapshotHeader.STRUCT.size * L.QCOW_MAX_SNAPSHOTS, cs,
+                    "snapshot table", 64)
+
+
+class Qcow2Image:
+    """A validated qcow2 image: header, extensions and backing name parsed at open time;
+    snapshots, bitmaps and the LUKS header parsed (and validated) on first use."""
+
+    def __init__(self, file: ImageFile) -> None:
+        self.file = file
+        self.filename = file.path
+        try:
+            head = file.read_zero_padded(0, min(HEAD_READ, max(file.length, 0)), "header")
+            self._head = head
+            self.header = parse_header(head, file.length)
+            self.extensions = self._read_extensions()
+            self._validate_extensions()
+            self.backing_filename = self._read_backing_filename()
+        except Qcow2Error as exc:
+            raise exc.with_filename(file.path) from None
+        self._snapshots: Optional[list[Snapshot]] = None
+        self._bitmaps: Optional[list[Bitmap]] = None
+
+    @classmethod
+    def open(cls, path: str) -> Qcow2Image:
+        file = ImageFile(path)
+        try:
+            return cls(file)
+        except BaseException:
+            file.close()
+            raise
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Qcow2Image:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- cluster 0 --------------------------------------------------------------------------
+    def _area(self, offset: int, length: int, structure: str) -> bytes:
+        """Bytes from cluster 0, served from the first read when it covers them."""
+        if offset + length <= len(self._head):
+            return self._head[offset:offset + length]
+        return self.file.read(offset, length, structure)
+
+    def _read_extensions(self) -> list[Extension]:
+        """qcow2_read_extensions(): from header_length to the backing name or cluster end."""
+        h = self.header
+        end = h.backing_file_offset if h.backing_file_offset else h.cluster_size
+        end = min(end, self.file.length)
+        offset = h.header_length
+        extensions: list[Extension] = []
+        while offset < end:
+            if offset + 8 > end:
+                raise _err("header extension header runs past the extension area",
+                           "header extension", offset, kind=OUT_OF_BOUNDS)
+            ext = L.ExtensionHeader.from_bytes(self._area(offset, 8, "header extension"))
+            data_offset = offset + 8
+            if ext.length > end - data_offset:
+                raise _err(f"header extension 0x{ext.type:08x} too large: length "
+                           f"{ext.length} runs past 0x{end:x}", "header extension",
+                           offset, ext.length, OUT_OF_BOUNDS)
+            if ext.type == L.QCOW2_EXT_MAGIC_END:
+                break
+            data = self._area(data_offset, ext.length, "header extension")
+            extensions.append(Extension(ext.type, data_offset, ext.length, data))
+            offset = data_offset + L.align_up(ext.length, 8)
+        return extensions
+
+    def extension(self, ext_type: int) -> Optional[Extension]:
+        for ext in self.extensions:
+            if ext.type == ext_type:
+                return ext
+        return None
+
+    def _validate_extensions(self) -> None:
+        h = self.header
+        fmt = self.extension(L.QCOW2_EXT_MAGIC_BACKING_FORMAT)
+        if fmt is not None and fmt.length >= 16:
+            raise _err(f"backing format name of {fmt.length} bytes is too long (max 15)",
+                       "backing format extension", fmt.offset, fmt.length)
+        unknown = h.incompatible_features & ~L.QCOW2_INCOMPAT_MASK
+        if unknown:
+            names = [self.feature_name(L.FEATURE_TYPE_INCOMPATIBLE, bit)
+                     for bit in range(64) if unknown >> bit & 1]
+            raise _err(f"unsupported incompatible feature(s): {', '.join(names)}",
+                       "header.incompatible_features", 72, h.incompatible_features,
+                       UNSUPPORTED)
+        crypto = self.extension(L.QCOW2_EXT_MAGIC_CRYPTO_HEADER)
+        if crypto is not None:
+            if h.crypt_method != L.CRYPT_LUKS:
+                raise _err("encryption header extension without LUKS encryption",
+                           "crypto header extension", crypto.offset, h.crypt_method)
+            if crypto.length != L.CryptoHeaderExtension.STRUCT.size:
+                raise _err(f"encryption header extension of {crypto.length} bytes, "
+                           "expected 16", "crypto header extension", crypto.offset,
+                           crypto.length)
+            pointer = L.CryptoHeaderExtension.from_bytes(crypto.data)
+            if pointer.offset % h.cluster_size:
+                raise _err(f"LUKS header offset 0x{pointer.offset:x} not cluster aligned",
+                           "crypto header extension", crypto.offset, pointer.offset)
+        elif h.crypt_method == L.CRYPT_LUKS:
+            raise _err("LUKS encryption without the encryption header extension",
+                       "header.crypt_method", 32, h.crypt_method)
+        if self.bitmaps_extension_raw is not None:
+            self._validate_bitmaps_extension()
+
+    @property
+    def bitmaps_extension_raw(self) -> Optional[Extension]:
+        return self.extension(L.QCOW2_EXT_MAGIC_BITMAPS)
+
+    @property
+    def bitmaps_extension(self) -> Optional[L.BitmapsExtension]:
+        """The bitmaps extension when qemu would use it (autoclear bit 0 set), else None."""
+        ext = self.bitmaps_extension_raw
+        if ext is None or not self.header.bitmaps_autoclear:
+            return None
+        return L.BitmapsExtension.from_bytes(ext.data)
+
+    def _validate_bitmaps_extension(self) -> None:
+        ext = self.bitmaps_extension_raw
+        assert ext is not None
+        if ext.length != L.BitmapsExtension.STRUCT.size:
+            raise _err(f"bitmaps extension of {ext.length} bytes, expected 24",
+                       "bitmaps extension", ext.offset, ext.length)
+        if not self.header.bitmaps_autoclear:
+            return  # qemu ignores it: bitmaps were invalidated by a non-bitmap-aware writer
+        bm = L.BitmapsExtension.from_bytes(ext.data)
+        if bm.reserved32:
+            raise _err("reserved field is not zero", "bitmaps extension", ext.offset + 4,
+                       bm.reserved32)
+        if bm.nb_bitmaps == 0 or bm.nb_bitmaps > L.QCOW2_MAX_BITMAPS:
+            raise _err(f"nb_bitmaps {bm.nb_bitmaps} outside 1..{L.QCOW2_MAX_BITMAPS}",
+                       "bitmaps extension", ext.offset, bm.nb_bitmaps, OUT_OF_BOUNDS)
+        if bm.bitmap_directory_size > L.QCOW2_MAX_BITMAP_DIRECTORY_SIZE:
+            raise _err(f"bitmap directory size {bm.bitmap_directory_size} exceeds "
+                       f"{L.QCOW2_MAX_BITMAP_DIRECTORY_SIZE}", "bitmaps extension",
+                       ext.offset + 8, bm.bitmap_directory_size, OUT_OF_BOUNDS)
+        if bm.bitmap_directory_offset % self.header.cluster_size:
+            raise _err(f"bitmap directory offset 0x{bm.bitmap_directory_offset:x} not "
+                       "cluster aligned", "bitmaps extension", ext.offset + 16,
+                       bm.bitmap_directory_offset)
+
+    def _read_backing_filename(self) -> Optional[str]:
+        h = self.header
+        if not h.backing_file_offset:
+            return None
+        limit = min(L.MAX_BACKING_FILE_NAME, h.cluster_size - h.backing_file_offset)
+        if h.backing_file_size > limit:
+            raise _err(f"backing file name of {h.backing_file_size} bytes is too long "
+                       f"(max {limit})", "header.backing_file_size", 16, h.backing_file_size)
+        raw = self._area(h.backing_file_offset, h.backing_file_size, "backing file name")
+        return raw.decode("utf-8", "surrogateescape")
+
+    # -- names --------------------------------------------------------------------------------
+    @property
+    def backing_format(self) -> Optional[str]:
+        ext = self.extension(L.QCOW2_EXT_MAGIC_BACKING_FORMAT)
+        return ext.data.decode("utf-8", "backslashreplace") if ext is not None else None
+
+    @property
+    def data_file_name(self) -> Optional[str]:
+        ext = self.extension(L.QCOW2_EXT_MAGIC_DATA_FILE)
+        return ext.data.decode("utf-8", "surrogateescape") if ext is not None else None
+
+    def feature_table(self) -> dict[tuple[int, int], str]:
+        names = dict(L.DEFAULT_FEATURE_NAMES)
+        ext = self.extension(L.QCOW2_EXT_MAGIC_FEATURE_TABLE)
+        if ext is not None:
+            size = L.FeatureNameEntry.STRUCT.size
+            for i in range(ext.length // size):
+                entry = L.FeatureNameEntry.from_bytes(ext.data, i * size)
+                names[(entry.type, entry.bit)] = entry.name
+        return names
+
+    def feature_name(self, ftype: int, bit: int) -> str:
+        kind = L.FEATURE_TYPE_NAMES.get(ftype, str(ftype))
+        return self.feature_table().get((ftype, bit), f"unknown {kind} bit {bit}")
+
+    def features(self) -> list[Feature]:
+        """Every feature bit that is set or known, named by the image's own table first."""
+        h = self.header
+        table = self.feature_table()
+        values = {
+            L.FEATURE_TYPE_INCOMPATIBLE: h.incompatible_features,
+            L.FEATURE_TYPE_COMPATIBLE: h.compatible_features,
+            L.FEATURE_TYPE_AUTOCLEAR: h.autoclear_features,
+        }
+        result = []
+        for ftype, value in values.items():
+            bits = {bit for (t, bit) in table if t == ftype}
+            bits |= {bit for bit in range(64) if value >> bit & 1}
+            for bit in sorted(bits):
+                name = table.get((ftype, bit), f"unknown bit {bit}")
+                result.append(Feature(ftype, bit, name, bool(value >> bit & 1)))
+        return result
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def snapshots(self) -> list[Snapshot]:
+        if self._snapshots is None:
+            try:
+                self._snapshots = self._read_snapshots()
+            except Qcow2Error as exc:
+                raise exc.with_filename(self.filename) from None
+        return self._snapshots
+
+    def _read_snapshots(self) -> list[Snapshot]:
+        """qcow2_read_snapshots(): entries are read one by one, every size bounded."""
+        h = self.header
+        offset = h.snapshots_offset
+        total = 0
+        snapshots = []
+        for i in range(h.nb_snapshots):
+            structure = f"snapshot table entry {i}"
+            offset = L.align_up(offset, 8)
+            fixed = L.SnapshotHeader.from_bytes(
+                self.file.read(offset, L.SnapshotHeader.STRUCT.size, structure))
+            if fixed.extra_data_size > L.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
+                raise _err(f"{fixed.extra_data_size} bytes of extra data exceed the "
+                           f"{L.QCOW_MAX_SNAPSHOT_EXTRA_DATA} byte limit", structure,
+                           offset + 36, fixed.extra_data_size, OUT_OF_BOUNDS)
+            var_len = fixed.extra_data_size + fixed.id_str_size + fixed.name_size
+            entry_end = offset + L.SnapshotHeader.STRUCT.size + var_len
+            total += L.align_up(entry_end - offset, 8)
+            if total > L.QCOW_MAX_SNAPSHOTS_SIZE:
+                raise _err("snapshot table exceeds the 64 MiB maximum", "snapshot table",
+                           h.snapshots_offset, total, OUT_OF_BOUNDS)
+            var = self.file.read(offset + L.SnapshotHeader.STRUCT.size, var_len, structure)
+            extra = var[:fixed.extra_data_size]
+            id_str = var[fixed.extra_data_size:fixed.extra_data_size + fixed.id_str_size]
+            name = var[fixed.extra_data_size + fixed.id_str_size:]
+            vm_state_size = fixed.vm_state_size
+            disk_size = icount = None
+            if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
+                vm_state_size = int.from_bytes(extra[0:8], "big")
+            if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
+                disk_size = int.from_bytes(extra[8:16], "big")
+            if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
+                raw_icount = int.from_bytes(extra[16:24], "big", signed=True)
+                icount = None if raw_icount == -1 else raw_icount
+            snapshots.append(Snapshot(
+                offset, id_str.decode("utf-8", "backslashreplace"),
+                name.decode("utf-8", "backslashreplace"), fixed.l1_table_offset,
+                fixed.l1_size, fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec,
+                vm_state_size, fixed.extra_data_size, extra, disk_size, icount,
+            ))
+            offset = entry_end
+        return snapshots
+
+    # -- bitmaps ------------------------------------------------------------------------------
+    def bitmaps(self) -> list[Bitmap]:
+        if self._bitmaps is None:
+            try:
+                self._bitmaps = self._read_bitmaps()
+            except Qcow2Error as exc:
+                raise exc.with_filename(self.filename) from None
+        return self._bitmaps
+
+    def _read_bitmaps(self) -> list[Bitmap]:
+        """bitmap_list_load() + check_dir_entry() in block/qcow2-bitmap.c."""
+        ext = self.bitmaps_extension
+        if ext is None:
+            return []
+        directory = self.file.read(ext.bitmap_directory_offset, ext.bitmap_directory_size,
+                                   "bitmap directory")
+        bitmaps: list[Bitmap] = []
+        pos = 0
+        fixed_size = L.BitmapDirectoryEntry.STRUCT.size
+        while pos < len(directory):
+            where = ext.bitmap_directory_offset + pos
+            structure = f"bitmap directory entry {len(bitmaps)}"
+            if pos + fixed_size > len(directory):
+                raise _err("entry runs past the end of the bitmap directory", structure, where,
+                           kind=OUT_OF_BOUNDS)
+            entry = L.BitmapDirectoryEntry.from_bytes(directory, pos)
+            size = L.bitmap_dir_entry_size(entry.name_size, entry.extra_data_size)
+            if pos + size > len(directory):
+                raise _err("entry runs past the end of the bitmap directory", structure, where,
+                           size, OUT_OF_BOUNDS)
+            name_at = pos + fixed_size + entry.extra_data_size
+            name = directory[name_at:name_at + entry.name_size].decode("utf-8",
+                                                                       "backslashreplace")
+            self._check_bitmap_entry(entry, structure, where)
+            bitmaps.append(Bitmap(where, name, entry.bitmap_table_offset,
+                                  entry.bitmap_table_size, entry.flags, entry.type,
+                                  entry.granularity_bits, entry.extra_data_size))
+            pos += size
+            if len(bitmaps) > ext.nb_bitmaps:
+                break
+        if len(bitmaps) != ext.nb_bitmaps:
+            raise _err(f"bitmap directory holds {len(bitmaps)} entries, the extension says "
+                       f"{ext.nb_bitmaps}", "bitmap directory", ext.bitmap_directory_offset,
+                       len(bitmaps))
+        return bitmaps
+
+    def _check_bitmap_entry(self, entry: L.BitmapDirectoryEntry, structure: str,
+                            where: int) -> None:
+        cs = self.header.cluster_size
+        problems = []
+        if entry.bitmap_table_size > L.BME_MAX_TABLE_SIZE:
+            problems.append(f"bitmap_table_size {entry.bitmap_table_size} too large")
+        if not L.BME_MIN_GRANULARITY_BITS <= entry.granularity_bits <= L.BME_MAX_GRANULARITY_BITS:
+            problems.append(f"granularity_bits {entry.granularity_bits} outside 9..31")
+        if entry.flags & L.BME_RESERVED_FLAGS:
+            problems.append(f"reserved flags set (0x{entry.flags:x})")
+        if entry.name_size > L.BME_MAX_NAME_SIZE:
+            problems.append(f"name_size {entry.name_size} too large")
+        if entry.type != L.BT_DIRTY_TRACKING_BITMAP:
+            problems.append(f"unknown bitmap type {entry.type}")
+        phys = entry.bitmap_table_size * cs
+        if phys > L.BME_MAX_PHYS_SIZE:
+            problems.append("bitmap table too large")
+        elif self.header.size > (phys * 8) << entry.granularity_bits:
+            problems.append("bitmap table too small for the virtual size")
+        if entry.bitmap_table_offset % cs or entry.bitmap_table_offset == 0:
+            problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
+                            "cluster-aligned nonzero offset")
+        if problems:
+            raise _err("; ".join(problems), structure, where)
+
+    # -- LUKS ---------------------------------------------------------------------------------
+    def luks(self) -> Optional[LuksInfo]:
+        ext = self.extension(L.QCOW2_EXT_MAGIC_CRYPTO_HEADER)
+        if ext is None:
+            return None
+        pointer = L.CryptoHeaderExtension.from_bytes(ext.data)
+        try:
+            if pointer.length < L.LuksHeader.SIZE:
+                raise _err(f"LUKS header area of {pointer.length} bytes is smaller than the "
+                           f"{L.LuksHeader.SIZE}-byte LUKS header", "LUKS header",
+                           pointer.offset, pointer.length)
+            raw = self.file.read(pointer.offset, L.LuksHeader.SIZE, "LUKS header")
+            header = L.LuksHeader.from_bytes(raw)
+            if header.magic != L.LUKS_MAGIC:
+                raise _err("bad LUKS magic", "LUKS header", pointer.offset)
+            if header.version != 1:
+                raise _err(f"unsupported LUKS version {header.version}", "LUKS header",
+                           pointer.offset + 6, header.version, UNSUPPORTED)
+        except Qcow2Error as exc:
+            raise exc.with_filename(self.filename) from None
+        cipher_alg = _luks_cipher_alg(header)
+        mode, _, ivgen = header.cipher_mode.partition("-")
+        ivgen_alg, _, ivgen_hash = ivgen.partition(":")
+        return LuksInfo(pointer.offset, pointer.length, header, cipher_alg, mode,
+                        ivgen_alg, ivgen_hash or None, header.hash_spec)
+
+
+def _luks_cipher_alg(header: L.LuksHeader) -> str:
+    """qcrypto_block_luks_cipher_name_lookup(): name + key size (aes, 64-byte xts: aes-256)."""
+    key_bytes = header.master_key_len
+    if header.cipher_mode.startswith("xts"):
+        key_bytes //= 2
+    name = header.cipher_name
+    if name in ("aes", "twofish", "serpent"):
+        return f"{name}-{key_bytes * 8}"
+    if name == "cast5":
+        return "cast5-128"
+    return name

@@ -1,0 +1,144 @@
+"""The neutral result model: what the core found, in base units (bytes, seconds, ratios 0..1).
+
+Adapters (nagios/, telegraf/, node_exporter_textfile/) read only these types (through
+:mod:`collectors.metrics`); the core never imports an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import Qcow2Error
+
+CONTAINER_FILE = "file"
+CONTAINER_BLOCK = "block"
+
+SOURCE_REFCOUNTS = "refcounts"  # fast path: highest nonzero on-disk refcount
+SOURCE_CHECK = "check"  # full metadata walk (refcounts untrusted)
+
+# Status of one backing-chain layer.
+LAYER_OK = "ok"
+LAYER_MISSING = "missing"
+LAYER_LOOP = "loop"
+LAYER_PROTOCOL = "protocol"  # json:, nbd:, ... reported, never interpreted
+LAYER_TOO_DEEP = "too-deep"
+LAYER_NOT_QCOW2 = "not-qcow2"  # e.g. a raw base image: present, not analysed
+LAYER_ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Container:
+    """Where an image lives and how far it can grow there."""
+
+    kind: str  # CONTAINER_FILE or CONTAINER_BLOCK
+    size: int  # block: device size; file: file size + free space of its filesystem
+    headroom: int  # block: size - image_end_offset; file: free space of its filesystem
+    length: int  # length of the file or device itself
+    allocated_bytes: Optional[int]  # files: st_blocks * 512; None for block devices
+
+
+@dataclass(frozen=True)
+class ImageUsage:
+    """The fast usage figures of one qcow2 image."""
+
+    filename: str
+    image_end_offset: int
+    image_end_offset_source: str  # SOURCE_REFCOUNTS or SOURCE_CHECK
+    container: Container
+    usage_ratio: float  # image_end_offset / container.size
+    fully_allocated_size: int  # bytes the container needs so the image can never outgrow it
+    virtual_size: int
+    cluster_size: int
+    qcow_version: int
+    in_use: bool  # a running qemu holds the write permission lock (byte 101)
+    dirty: bool
+    corrupt: bool
+    lazy_refcounts: bool
+    refcounts_trusted: bool
+    encrypted: bool
+    backing_filename: Optional[str]  # as written in the image
+    backing_format: Optional[str]
+    external_data_file: Optional[str]
+    snapshots: int
+    bitmaps: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChainLayer:
+    """One backing layer (depth >= 1) below a top image."""
+
+    depth: int
+    name: str  # as written in the image above
+    path: Optional[str]  # resolved path, None for protocols
+    status: str  # LAYER_*
+    format: Optional[str]  # backing format named by the layer above, if any
+    usage: Optional[ImageUsage] = None
+    error: Optional[Qcow2Error] = None
+
+
+@dataclass(frozen=True)
+class UsageResult:
+    """The outcome for one target: usage of the top image plus its backing chain, or an error."""
+
+    target: str
+    usage: Optional[ImageUsage]
+    chain: tuple[ChainLayer, ...] = ()
+    error: Optional[Qcow2Error] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# Finding severities of the full check (issue "The core, part 2").
+SEVERITY_CORRUPTION = "corruption"
+SEVERITY_LEAK = "leak"
+SEVERITY_CHECK_ERROR = "check-error"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found by the full check, located precisely."""
+
+    kind: str  # e.g. "refcount-too-low", "leak", "copied-flag", "unaligned-l2-offset"
+    severity: str  # SEVERITY_*
+    message: str
+    location: str  # e.g. "L1[3]", "L2 table at 0x50000 entry 12", "snapshot 1", "bitmap 'b0'"
+    host_offset: Optional[int] = None
+    cluster_index: Optional[int] = None
+    expected: Optional[int] = None
+    found: Optional[int] = None
+    advice: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Everything `qemu-img check` reports, with the same meaning, plus located findings."""
+
+    filename: str
+    check_errors: int
+    corruptions: int
+    leaks: int
+    image_end_offset: int
+    total_clusters: int
+    allocated_clusters: int
+    fragmented_clusters: int
+    compressed_clusters: int
+    findings: tuple[Finding, ...] = ()
+    findings_total: int = 0  # complete count even when `findings` was truncated
+    corrupt_bit: bool = False
+    dirty_bit: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def exit_code(self) -> int:
+        """qemu-img check's exit code: 1 check errors, 2 corruptions, 3 leaks only, 0 clean."""
+        if self.check_errors:
+            return 1
+        if self.corruptions:
+            return 2
+        if self.leaks:
+            return 3
+        return 0

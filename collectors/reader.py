@@ -1,0 +1,127 @@
+"""The one bounded, read-only reader every structure goes through.
+
+Opens with O_RDONLY (plus O_NOATIME where the kernel allows it, so analysing an image does not
+even touch its access time), never locks, never writes. Every read is checked against the
+length of the file or device and a per-read limit; a failure raises :class:`Qcow2Error` naming
+the structure and the offset.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from types import TracebackType
+from typing import Optional
+
+from .errors import IO_ERROR, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
+
+# No single structure qemu accepts is larger than this (the 32 MiB L1 and 64 MiB snapshot
+# table are the largest); refusing bigger reads bounds memory whatever the header claims.
+MAX_SINGLE_READ = 64 * 1024 * 1024
+
+
+def open_readonly(path: str) -> int:
+    """Open read-only without updating atime when allowed (O_NOATIME needs ownership)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime:
+        try:
+            return os.open(path, flags | noatime)
+        except PermissionError:
+            pass  # not the owner (and not root): fall back to a plain read-only open
+    return os.open(path, flags)
+
+
+class ImageFile:
+    """A read-only handle on a regular file or block device with bounded positional reads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = open_readonly(path)
+        except OSError as exc:
+            kind = IO_ERROR
+            raise Qcow2Error(
+                exc.strerror or str(exc), structure="file", kind=kind, filename=path
+            ) from None
+        try:
+            st = os.fstat(self.fd)
+            self.stat = st
+            self.is_block_device = stat.S_ISBLK(st.st_mode)
+            if self.is_block_device:
+                self.length = os.lseek(self.fd, 0, os.SEEK_END)
+            elif stat.S_ISREG(st.st_mode):
+                self.length = st.st_size
+            else:
+                raise Qcow2Error(
+                    "not a regular file or block device", structure="file", kind=IO_ERROR,
+                    filename=path,
+                )
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ImageFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def _check(self, offset: int, length: int, structure: str) -> None:
+        if length < 0 or length > MAX_SINGLE_READ:
+            raise Qcow2Error(
+                f"size {length} exceeds the {MAX_SINGLE_READ} byte read limit",
+                structure=structure, offset=offset, value=length, kind=OUT_OF_BOUNDS,
+                filename=self.path,
+            )
+        if offset < 0:
+            raise Qcow2Error("negative offset", structure=structure, offset=offset,
+                             kind=OUT_OF_BOUNDS, filename=self.path)
+
+    def _pread(self, offset: int, length: int, structure: str) -> bytes:
+        try:
+            return os.pread(self.fd, length, offset)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise Qcow2Error("invalid read position", structure=structure, offset=offset,
+                                 kind=OUT_OF_BOUNDS, filename=self.path) from None
+            raise Qcow2Error(f"read failed: {exc.strerror}", structure=structure,
+                             offset=offset, kind=IO_ERROR, filename=self.path) from None
+
+    def read(self, offset: int, length: int, structure: str) -> bytes:
+        """Exactly `length` bytes at `offset`, or a TRUNCATED error naming the structure."""
+        self._check(offset, length, structure)
+        if offset + length > self.length:
+            raise Qcow2Error(
+                f"{length} bytes at 0x{offset:x} run past the end of the image "
+                f"(length 0x{self.length:x})",
+                structure=structure, offset=offset, kind=TRUNCATED, filename=self.path,
+            )
+        data = self._pread(offset, length, structure)
+        if len(data) != length:
+            raise Qcow2Error(
+                f"short read: {len(data)} of {length} bytes", structure=structure,
+                offset=offset, kind=TRUNCATED, filename=self.path,
+            )
+        return data
+
+    def read_zero_padded(self, offset: int, length: int, structure: str) -> bytes:
+        """Like qemu's bdrv_pread on a file: the part past EOF reads as zeros."""
+        self._check(offset, length, structure)
+        if offset >= self.length:
+            return bytes(length)
+        data = self._pread(offset, min(length, self.length - offset), structure)
+        if len(data) < length:
+            data += bytes(length - len(data))
+        return data

@@ -1,0 +1,95 @@
+"""Reading on-disk refcounts of every width, and the fast image end offset.
+
+The fast path (../shared/reference/qcow2.md §7, last paragraph): scan refcount blocks from the
+highest refcount table entry down and stop at the highest nonzero entry below nb_clusters.
+Freed clusters (discard, deleted snapshots) leave zero holes below the end, so scanning for the
+first zero would be wrong.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Optional
+
+from . import layout as L
+from .errors import INVALID, Qcow2Error
+from .image import Qcow2Image
+
+_BE_FORMATS = {8: "B", 16: "H", 32: "I", 64: "Q"}
+
+
+def refcount_table(image: Qcow2Image) -> tuple[int, ...]:
+    """The refcount table entries (bounded by qemu's 8 MiB limit at open time)."""
+    h = image.header
+    raw = image.file.read_zero_padded(h.refcount_table_offset,
+                                      h.refcount_table_clusters * h.cluster_size,
+                                      "refcount table")
+    return struct.unpack(f">{len(raw) // 8}Q", raw)
+
+
+def decode_block(block: bytes, refcount_bits: int) -> list[int]:
+    """Every entry of one refcount block; widths below 8 bits are packed LSB first."""
+    if refcount_bits >= 8:
+        return list(struct.unpack(f">{len(block) * 8 // refcount_bits}"
+                                  f"{_BE_FORMATS[refcount_bits]}", block))
+    per_byte = 8 // refcount_bits
+    mask = (1 << refcount_bits) - 1
+    return [(byte >> (refcount_bits * j)) & mask for byte in block for j in range(per_byte)]
+
+
+def highest_nonzero_entry(block: bytes, refcount_bits: int, limit: int) -> Optional[int]:
+    """Index of the highest nonzero refcount among the first `limit` entries, or None."""
+    nbits = limit * refcount_bits
+    data = block[: (nbits + 7) // 8]
+    if nbits % 8:
+        # The last byte holds entries at and past `limit` (sub-byte widths): mask them off.
+        keep = (1 << (nbits % 8)) - 1
+        data = data[:-1] + bytes([data[-1] & keep])
+    stripped = data.rstrip(b"\0")
+    if not stripped:
+        return None
+    last = len(stripped) - 1
+    if refcount_bits >= 8:
+        return last // (refcount_bits // 8)
+    per_byte = 8 // refcount_bits
+    byte = stripped[-1]
+    mask = (1 << refcount_bits) - 1
+    for j in reversed(range(per_byte)):
+        if (byte >> (refcount_bits * j)) & mask:
+            return last * per_byte + j
+    raise AssertionError("unreachable: nonzero byte without a nonzero entry")
+
+
+def nb_clusters(image: Qcow2Image) -> int:
+    """size_to_clusters(file length), as qcow2_check_refcounts() computes it."""
+    cs = image.header.cluster_size
+    return -(-image.file.length // cs)
+
+
+def image_end_offset_from_refcounts(image: Qcow2Image) -> int:
+    """The highest cluster with a nonzero on-disk refcount below nb_clusters, plus one, in
+    bytes (at least one cluster). Equals `qemu-img check`'s figure on a consistent image."""
+    h = image.header
+    cs = h.cluster_size
+    clusters = nb_clusters(image)
+    per_block = h.refcount_block_entries
+    table = refcount_table(image)
+    # Only table entries covering clusters below nb_clusters matter (refcounts past EOF are
+    # ignored by qemu's compare_refcounts()).
+    last_index = min(len(table), -(-clusters // per_block)) - 1
+    for index in range(last_index, -1, -1):
+        block_offset = table[index] & L.REFT_OFFSET_MASK
+        if not block_offset:
+            continue
+        if block_offset % cs:
+            raise Qcow2Error(
+                f"refcount block offset 0x{block_offset:x} not cluster aligned "
+                f"(refcount table index {index})",
+                structure="refcount table", offset=h.refcount_table_offset + 8 * index,
+                value=block_offset, kind=INVALID)
+        block = image.file.read(block_offset, cs, f"refcount block (table index {index})")
+        base = index * per_block
+        top = highest_nonzero_entry(block, h.refcount_bits, min(per_block, clusters - base))
+        if top is not None:
+            return (base + top + 1) * cs
+    return cs
