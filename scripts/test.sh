@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs when missing (apt as root,
+# or through sudo), creates .venv, then runs lint, type check and pytest. .ci/run calls this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v qemu-img >/dev/null || missing+=(qemu-utils)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
+command -v influxd >/dev/null || missing+=(influxdb)
+command -v icinga2 >/dev/null || missing+=(icinga2-bin icinga2-common)
+command -v nagios4 >/dev/null || missing+=(nagios4-core)
+[ -x /usr/lib/nagios/plugins/check_dummy ] || missing+=(monitoring-plugins-basic)
+command -v losetup >/dev/null || missing+=(util-linux)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff check collectors nagios telegraf node_exporter_textfile tests bench
+.venv/bin/mypy
+exec .venv/bin/pytest -q "$@"
