@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, Optional, TextIO
 
 from . import layout as L
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Qcow2Error
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Qcow2Error, internal_error
 from .image import Qcow2Image
 from .info import chain_paths, image_info
 from .model import ChainLayer, ImageUsage, UsageResult
@@ -120,7 +120,7 @@ def run_legacy(args: argparse.Namespace) -> int:
         with Qcow2Image.open(args.file) as image:
             report = legacy_report(image, args.verbose)
     except Qcow2Error as exc:
-        report_error(exc, err)
+        report_error(exc.with_filename(args.file), err)
         return EXIT_FAILED
     if args.hex:
         report = _hexify(report)
@@ -204,7 +204,7 @@ def run_info(args: argparse.Namespace) -> int:
                 infos.append(image_info(image))
                 nxt = chain_paths(path, image) if args.backing_chain else None
         except Qcow2Error as exc:
-            report_error(exc, err)
+            report_error(exc.with_filename(path), err)
             status = EXIT_FAILED
             break
         seen.add(path)
@@ -221,6 +221,19 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         out.write("\n".join(render_info_human(info) for info in infos))
     return status
+
+
+# -- header ---------------------------------------------------------------------------------
+def run_header(args: argparse.Namespace) -> int:
+    from .describe import describe, render_human
+
+    with Qcow2Image.open(args.file) as image:
+        data = describe(image)
+    if args.output == "json":
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_human(data))
+    return EXIT_OK
 
 
 # -- usage -----------------------------------------------------------------------------------
@@ -346,6 +359,12 @@ def build_parser() -> ArgumentParser:
     info.add_argument("file")
     info.set_defaults(handler=run_info)
 
+    header = sub.add_parser("header", help="every header field, feature, extension, the "
+                            "LUKS header, snapshot table and bitmap directory")
+    header.add_argument("--output", choices=["human", "json"], default="human")
+    header.add_argument("file")
+    header.set_defaults(handler=run_header)
+
     usage = sub.add_parser("usage", help="image end offset, container and headroom (fast)")
     usage.add_argument("--output", choices=["human", "json"], default="human")
     usage.add_argument("--no-chain", action="store_true",
@@ -383,10 +402,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         handler = args.handler
         return int(handler(args))
     except Qcow2Error as exc:
-        report_error(exc, err)
+        file = getattr(args, "file", None)
+        report_error(exc.with_filename(file) if file else exc, err)
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:  # last resort: one line, never a traceback
+        report_error(internal_error(exc, getattr(args, "file", None)), err)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

@@ -24,6 +24,7 @@ OUT_OF_BOUNDS = "out-of-bounds"
 UNSUPPORTED = "unsupported"
 INVALID = "invalid"
 IO_ERROR = "io-error"
+INTERNAL = "internal-error"  # a bug of ours: reported as one line, never a traceback
 
 
 class Qcow2Error(Exception):
@@ -72,3 +73,10 @@ class Qcow2Error(Exception):
             "value": self.value,
             "message": str(self),
         }
+
+
+def internal_error(exc: BaseException, filename: str | None = None) -> Qcow2Error:
+    """Wrap an unexpected exception so one bad image never stops the others nor prints a
+    traceback; tests assert this never happens on the damaged corpus."""
+    return Qcow2Error(f"internal error: {type(exc).__name__}: {exc}", structure="analysis",
+                      kind=INTERNAL, filename=filename)

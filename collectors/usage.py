@@ -7,7 +7,7 @@ from typing import Optional
 
 from . import layout as L
 from .container import container_of, held_for_writing
-from .errors import Qcow2Error
+from .errors import Qcow2Error, internal_error
 from .image import Qcow2Image
 from .measure import prealloc_size
 from .model import (
@@ -164,6 +164,10 @@ def backing_chain(path: str, usage: ImageUsage,
             layers.append(ChainLayer(depth, name, resolved, LAYER_ERROR, fmt,
                                      error=exc.with_filename(resolved)))
             break
+        except Exception as exc:  # last resort, as in analyze_usage()
+            layers.append(ChainLayer(depth, name, resolved, LAYER_ERROR, fmt,
+                                     error=internal_error(exc, resolved)))
+            break
         layers.append(ChainLayer(depth, name, resolved, LAYER_OK, fmt, usage=layer_usage))
         above_path, above = resolved, layer_usage
     return tuple(layers)
@@ -177,6 +181,8 @@ def analyze_usage(path: str, *, chain: bool = True,
         usage = analyze_image(path)
     except Qcow2Error as exc:
         return UsageResult(path, None, (), exc.with_filename(path))
+    except Exception as exc:  # last resort: never let one image stop the others
+        return UsageResult(path, None, (), internal_error(exc, path))
     layers = backing_chain(path, usage, max_depth) if chain else ()
     return UsageResult(path, usage, layers, None)
 

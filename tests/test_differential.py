@@ -15,6 +15,7 @@ import pytest
 from collectors.image import Qcow2Image
 from collectors.info import image_info
 from collectors.usage import analyze_usage
+
 from corpus import CorpusImage, qemu_img_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def test_image_end_offset_equals_qemu_check(corpus: list[CorpusImage]) -> None:
     compared = 0
     mismatches = []
     for img in corpus:
-        expected, code = qemu_img_json("check", img)
+        expected, _code = qemu_img_json("check", img)
         if "image-end-offset" not in expected:
             continue  # qemu could not check it (the check tests cover those images)
         result = analyze_usage(str(img.path), chain=False)
