@@ -373,12 +373,9 @@ def build_parser() -> ArgumentParser:
                        help="image file, block device, glob or directory")
     usage.set_defaults(handler=run_usage)
 
-    try:  # TEMP until cli_check lands
-        from .cli_check import register
-    except ImportError:
-        pass
-    else:
-        register(sub)
+    from .cli_check import register
+
+    register(sub)
     return parser
 
 

@@ -3,7 +3,19 @@ qcow2_refcount_metadata_size in block/qcow2-refcount.c)."""
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING, Iterator, Optional
+
 from . import layout as L
+from .errors import UNSUPPORTED, Qcow2Error
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from .image import Qcow2Image
+
+    Runs = tuple[npt.NDArray[np.int64], npt.NDArray[np.int8]]
 
 
 def refcount_metadata_size(clusters: int, cluster_size: int, refcount_order: int) -> int:
@@ -34,3 +46,289 @@ def prealloc_size(virtual_size: int, cluster_size: int, refcount_order: int,
     meta += refcount_metadata_size((meta + aligned) // cluster_size, cluster_size,
                                    refcount_order)
     return meta + aligned
+
+
+# -- qemu-img measure of an existing image (qcow2_measure() with a source image) -------------
+# Defaults of the target qemu-img measure -O qcow2 creates: 64 KiB clusters, 16-bit refcounts,
+# no extended L2 (block/qcow2.c qcow2_measure / qcow2_co_create_opts defaults).
+TARGET_CLUSTER_SIZE = 65536
+TARGET_REFCOUNT_ORDER = 4
+BME_TABLE_ENTRY_SIZE = 8
+
+# Guest-range status codes, as bdrv_block_status_above() sees them.
+STATUS_UNALLOCATED = 0  # look at the layer below (zero if none)
+STATUS_ZERO = 1
+STATUS_DATA = 2
+
+
+def _bitmap_bytes_needed(length: int, granularity: int) -> int:
+    """get_bitmap_bytes_needed() in block/qcow2-bitmap.c."""
+    bits = -(-length // granularity)
+    return -(-bits // 8)
+
+
+def bitmaps_size(image: Qcow2Image, cluster_size: int = TARGET_CLUSTER_SIZE) -> int:
+    """qcow2_get_persistent_dirty_bitmap_size(): every persistent bitmap fully allocated,
+    its table, and the directory, in target clusters."""
+    ssize = image.header.size // 512 * 512
+    total = 0
+    directory = 0
+    for bm in image.bitmaps():
+        clusters = -(-_bitmap_bytes_needed(ssize, bm.granularity) // cluster_size)
+        total += clusters * cluster_size
+        total += L.align_up(clusters * BME_TABLE_ENTRY_SIZE, cluster_size)
+        directory += L.bitmap_dir_entry_size(len(bm.name.encode("utf-8", "surrogateescape")), 0)
+    return total + L.align_up(directory, cluster_size)
+
+
+def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> dict[str, int]:
+    """`qemu-img measure --output=json -O qcow2 FILE`: required, fully-allocated and (qemu 7.2,
+    version 3 target) bitmaps. `required` counts every target cluster holding data anywhere in
+    the backing chain (bdrv_block_status_above() over the whole chain). Raises Qcow2Error when a
+    backing layer cannot be read (qemu-img cannot open the chain either)."""
+    cs = TARGET_CLUSTER_SIZE
+    ssize = image.header.size // 512 * 512
+    virtual_size = L.align_up(ssize, cs)
+    required = 0
+    for first, last in data_segments(image, path or image.filename, ssize, cs):
+        required += (last - first + 1) * cs
+    fully = prealloc_size(virtual_size, cs, TARGET_REFCOUNT_ORDER, False)
+    result = {}
+    # has_bitmaps: the (version 3) target and a source that supports persistent bitmaps,
+    # i.e. a version 3 qcow2 (qcow2_supports_persistent_dirty_bitmap()).
+    if image.header.version >= 3:
+        result["bitmaps"] = bitmaps_size(image)
+    result["required"] = fully - virtual_size + required
+    result["fully-allocated"] = fully
+    return result
+
+
+def _file_data_extents(fd: int, length: int) -> list[tuple[int, int]]:
+    """Data extents of a file as file-posix's block status sees them (SEEK_DATA/SEEK_HOLE)."""
+    extents = []
+    pos = 0
+    try:
+        while pos < length:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: no data after pos
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, min(end, length)))
+            pos = end
+    except (AttributeError, OSError):
+        return [(0, length)]  # no hole detection here: everything reads as data
+    return extents
+
+
+def _rle(starts: npt.NDArray[np.int64], codes: npt.NDArray[np.int8]) -> Runs:
+    """Merge adjacent runs with the same code."""
+    import numpy as np
+
+    if len(codes) <= 1:
+        return starts, codes
+    keep = np.concatenate(([True], codes[1:] != codes[:-1]))
+    return starts[keep], codes[keep]
+
+
+def _metadata_preallocated(image: Qcow2Image) -> bool:
+    """qcow2_detect_metadata_preallocation(): more clusters with a nonzero refcount than the
+    file really has allocated (by 10 %) means preallocation=metadata; qemu then asks the file
+    (BDRV_BLOCK_RECURSE) whether a data cluster is a hole."""
+    import numpy as np
+
+    from .check import OnDiskRefcounts
+
+    cs = image.header.cluster_size
+    real = image.file.stat.st_blocks * 512 // cs if not image.file.is_block_device else (
+        image.file.length // cs)
+    threshold = max(real * 10 // 9, real + 2)
+    ondisk = OnDiskRefcounts(image)
+    end = -(-image.file.length // cs)
+    count = 0
+    for t in range(-(-end // ondisk.per_block)):
+        block = ondisk.block(t)
+        if block is None:
+            return False
+        count += int(np.count_nonzero(block[: end - t * ondisk.per_block]))
+        if count >= threshold:
+            return True
+    return False
+
+
+def _qcow2_runs(image: Qcow2Image) -> Runs:
+    """Status runs of one qcow2 layer over [0, its virtual size), per qcow2_co_block_status()
+    and qcow2_get_subcluster_type()."""
+    import numpy as np
+
+    h = image.header
+    cs = h.cluster_size
+    n = h.l2_entries
+    size = h.size // 512 * 512
+    coverage = n * cs
+    sub = 32 if h.extended_l2 else 1
+    unit = cs // sub
+    recurse = (not h.has_data_file and h.crypt_method == L.CRYPT_NONE
+               and _metadata_preallocated(image))
+    extents = _file_data_extents(image.file.fd, image.file.length) if recurse else []
+    ext_starts = np.array([a for a, _ in extents], dtype=np.int64)
+    ext_ends = np.array([b for _, b in extents], dtype=np.int64)
+    l1_entries = -(-size // coverage)
+    raw = image.file.read_zero_padded(h.l1_table_offset, l1_entries * 8, "active L1 table")
+    l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
+    all_starts: list[npt.NDArray[np.int64]] = []
+    all_codes: list[npt.NDArray[np.int8]] = []
+    for i, l2_offset in enumerate(l1.tolist()):
+        base = i * coverage
+        if not l2_offset:
+            all_starts.append(np.array([base], dtype=np.int64))
+            all_codes.append(np.array([STATUS_UNALLOCATED], dtype=np.int8))
+            continue
+        words = np.frombuffer(image.file.read_zero_padded(l2_offset, cs, "L2 table"),
+                              dtype=">u8").astype(np.uint64)
+        e = words[0::2] if h.extended_l2 else words
+        off = e & np.uint64(L.L2E_OFFSET_MASK)
+        comp = (e & np.uint64(L.QCOW_OFLAG_COMPRESSED)) != 0
+        allocated = (off != 0) & ~comp
+        if h.has_data_file:
+            allocated |= ~comp & ((e >> np.uint64(63)) != 0)
+        if h.extended_l2:
+            bitmap = words[1::2]
+            shifts = np.arange(32, dtype=np.uint64)
+            alloc_bits = ((bitmap[:, None] >> shifts) & np.uint64(1)) != 0
+            zero_bits = ((bitmap[:, None] >> (shifts + np.uint64(32))) & np.uint64(1)) != 0
+            grid = np.full((n, sub), STATUS_UNALLOCATED, dtype=np.int8)
+            grid[zero_bits] = STATUS_ZERO
+            grid[allocated[:, None] & alloc_bits & ~zero_bits] = STATUS_DATA
+            grid[~allocated[:, None] & ~zero_bits & alloc_bits] = STATUS_DATA  # invalid
+            grid[comp] = STATUS_DATA
+            host_grid = off[:, None] + np.arange(sub, dtype=np.uint64) * np.uint64(unit)
+            codes = grid.reshape(-1)
+            host = host_grid.reshape(-1)
+            normal = (allocated[:, None] & alloc_bits & ~zero_bits).reshape(-1)
+        else:
+            zero = ~comp & ((e & np.uint64(L.QCOW_OFLAG_ZERO)) != 0)
+            codes = np.full(n, STATUS_UNALLOCATED, dtype=np.int8)
+            codes[allocated] = STATUS_DATA
+            codes[comp] = STATUS_DATA
+            codes[zero] = STATUS_ZERO
+            host = off
+            normal = allocated & ~zero
+        if recurse:
+            # BDRV_BLOCK_RECURSE: a data cluster over a hole of the file (or past its end)
+            # reads as zeros.
+            hosts = host.astype(np.int64)
+            last = np.searchsorted(ext_starts, hosts + unit, side="left") - 1
+            overlaps = (last >= 0) & (ext_ends[np.maximum(last, 0)] > hosts)
+            codes[normal & ~overlaps] = STATUS_ZERO
+        starts = base + np.arange(len(codes), dtype=np.int64) * unit
+        s_, c_ = _rle(starts, codes)
+        all_starts.append(s_)
+        all_codes.append(c_)
+    if not all_starts:
+        return np.array([0], dtype=np.int64), np.array([STATUS_ZERO], dtype=np.int8)
+    starts = np.concatenate(all_starts)
+    codes = np.concatenate(all_codes)
+    keep = starts < size
+    starts, codes = _rle(starts[keep], codes[keep])
+    # Past the layer's end everything reads as zeros.
+    return (np.append(starts, np.int64(size)),
+            np.append(codes, np.int8(STATUS_ZERO)))
+
+
+def _raw_runs(path: str) -> Runs:
+    """A raw layer: file-posix data extents are data, holes and the space past EOF zeros."""
+    import numpy as np
+
+    from .reader import ImageFile
+
+    with ImageFile(path) as file:
+        extents = _file_data_extents(file.fd, file.length)
+        length = file.length
+    starts = [0]
+    codes = [STATUS_ZERO]
+    for a, b in extents:
+        starts += [a, b]
+        codes += [STATUS_DATA, STATUS_ZERO]
+    starts.append(length)
+    codes.append(STATUS_ZERO)
+    order = np.array(starts, dtype=np.int64)
+    # Later entries win at equal offsets (zero-length runs).
+    result_starts, idx = np.unique(order[::-1], return_index=True)
+    result_codes = np.array(codes[::-1], dtype=np.int8)[idx]
+    return _rle(result_starts, result_codes)
+
+
+def _chain_runs(image: Qcow2Image, path: str) -> list[Runs]:
+    """Runs of the image and of every layer of its backing chain, top first."""
+    from .image import Qcow2Image
+    from .usage import DEFAULT_MAX_DEPTH, backing_path, has_protocol
+
+    layers = [_qcow2_runs(image)]
+    name, fmt, above = image.backing_filename, image.backing_format, path
+    seen = {os.path.realpath(path)}
+    while name is not None:
+        if has_protocol(name) or len(layers) > DEFAULT_MAX_DEPTH:
+            raise Qcow2Error(f"backing file {name!r} is not a plain file path",
+                             structure="backing file", value=name, kind=UNSUPPORTED,
+                             filename=above)
+        resolved = backing_path(above, name)
+        real = os.path.realpath(resolved)
+        if real in seen:
+            raise Qcow2Error(f"backing chain loops at {resolved}", structure="backing file",
+                             value=name, filename=above)
+        seen.add(real)
+        if fmt == "raw":
+            layers.append(_raw_runs(resolved))
+            break
+        if fmt not in (None, "qcow2"):
+            raise Qcow2Error(f"backing format {fmt!r} is not supported",
+                             structure="backing file", value=fmt, kind=UNSUPPORTED,
+                             filename=above)
+        try:
+            layer = Qcow2Image.open(resolved)
+        except Qcow2Error as exc:
+            if fmt is None and exc.kind == "not-qcow2":
+                layers.append(_raw_runs(resolved))  # qemu probes: no qcow2 magic -> raw
+                break
+            raise
+        with layer:
+            layers.append(_qcow2_runs(layer))
+            name, fmt, above = layer.backing_filename, layer.backing_format, resolved
+    return layers
+
+
+def data_segments(image: Qcow2Image, path: str, ssize: int,
+                  cluster_size: int) -> Iterator[tuple[int, int]]:
+    """Target cluster ranges [first, last] holding data somewhere in the chain: the loop of
+    qcow2_measure() over bdrv_block_status_above(), where every data extent is rounded out to
+    whole target clusters."""
+    import numpy as np
+
+    layers = _chain_runs(image, path)
+    bounds = np.unique(np.concatenate([starts for starts, _ in layers] + [
+        np.array([0, ssize], dtype=np.int64)]))
+    bounds = bounds[(bounds >= 0) & (bounds <= ssize)]
+    seg_starts = bounds[:-1]
+    seg_ends = bounds[1:]
+    status = np.full(len(seg_starts), STATUS_UNALLOCATED, dtype=np.int8)
+    for starts, codes in layers:
+        pending = status == STATUS_UNALLOCATED
+        if not pending.any():
+            break
+        at = codes[np.searchsorted(starts, seg_starts, side="right") - 1]
+        status[pending] = at[pending]
+    data = status == STATUS_DATA
+    first = seg_starts[data] // cluster_size
+    last = (seg_ends[data] - 1) // cluster_size
+    if not len(first):
+        return
+    # Sorted, disjoint segments: merge the cluster ranges they touch.
+    run_first, run_last = int(first[0]), int(last[0])
+    for a, b in zip(first[1:].tolist(), last[1:].tolist()):
+        if a <= run_last + 1:
+            run_last = max(run_last, b)
+        else:
+            yield run_first, run_last
+            run_first, run_last = a, b
+    yield run_first, run_last

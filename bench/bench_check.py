@@ -1,0 +1,92 @@
+"""Benchmark: `qemu-img check` against `qcow2-analyze check`, side by side.
+
+Builds (once) in WORKDIR (default ./bench-work) a 1 TiB preallocation=metadata image (16.7 M
+allocated clusters, 128 MiB of L2 tables) and a 64 TiB sparse image with a little data, then
+runs both tools on each (after one warm-up run, so both read from the page cache) and prints
+whole-process wall time and peak RSS (from wait4's rusage of each child) with ratios.
+
+    .venv/bin/python bench/bench_check.py [WORKDIR] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+TiB = 1 << 40
+
+
+def build(workdir: Path) -> list[Path]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    big = workdir / "prealloc-metadata-1T.qcow2"
+    if not big.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                        "preallocation=metadata", str(big) + ".tmp", "1T"], check=True)
+        os.rename(str(big) + ".tmp", big)
+    sparse = workdir / "sparse-64T.qcow2"
+    if not sparse.exists():
+        tmp = str(sparse) + ".tmp"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", tmp, "64T"], check=True)
+        subprocess.run(["qemu-io", "-c", "write -P 1 0 1M", "-c", "write -P 2 32T 1M",
+                        "-c", "write -P 3 63T 4M", tmp], check=True, capture_output=True)
+        os.rename(tmp, sparse)
+    return [big, sparse]
+
+
+def analyzer() -> list[str]:
+    script = ROOT / ".venv" / "bin" / "qcow2-analyze"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "collectors.cli"]
+
+
+def measure(argv: list[str]) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS in KiB and exit code of one child process."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss, proc.returncode
+
+
+def bench(images: list[Path], runs: int) -> list[tuple[str, str, float, int, int]]:
+    rows = []
+    for image in images:
+        tools = {"qemu-img check": ["qemu-img", "check", "-f", "qcow2", str(image)],
+                 "qcow2-analyze check": [*analyzer(), "check", str(image)]}
+        for name, argv in tools.items():
+            measure(argv)  # warm-up: page cache
+            best = min((measure(argv) for _ in range(runs)), key=lambda r: r[0])
+            rows.append((image.name, name, best[0], best[1], best[2]))
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", nargs="?", default="bench-work")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (best kept)")
+    args = parser.parse_args(argv)
+    images = build(Path(args.workdir).resolve())
+    rows = bench(images, args.runs)
+    print(f"{'image':<28} {'tool':<21} {'wall s':>8} {'peak RSS MiB':>13} {'exit':>5}")
+    for image, tool, wall, rss, code in rows:
+        print(f"{image:<28} {tool:<21} {wall:8.3f} {rss / 1024:13.1f} {code:5d}")
+    print()
+    for i in range(0, len(rows), 2):
+        qemu, ours = rows[i], rows[i + 1]
+        print(f"{qemu[0]}: time ratio ours/qemu = {ours[2] / qemu[2]:.2f}, "
+              f"peak RSS ours = {ours[3] / 1024:.0f} MiB (qemu {qemu[3] / 1024:.0f} MiB), "
+              f"same exit code: {qemu[4] == ours[4]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

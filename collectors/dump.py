@@ -1,0 +1,261 @@
+"""Bounded dumps of the on-disk tables: L1, L2, refcounts, snapshots, bitmaps.
+
+Each dump is JSON-able data (dicts, lists, ints, strings); `render_human` turns it into text.
+Every list is bounded by `limit` entries, and says how many there were in total, so a dump of
+a 64 TiB image stays small. Entry types follow qemu's qcow2_get_cluster_type().
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import layout as L
+from .check import OnDiskRefcounts, read_snapshot_table
+from .image import Qcow2Image
+
+WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
+DEFAULT_LIMIT = 1000
+
+Data = dict[str, Any]
+
+
+def _table(image: Qcow2Image, offset: int, entries: int, structure: str) -> np.ndarray:
+    raw = image.file.read_zero_padded(offset, entries * 8, structure)
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+
+
+def dump_l1(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
+    h = image.header
+    l1 = _table(image, h.l1_table_offset, h.l1_size, "active L1 table")
+    used = np.flatnonzero(l1)
+    entries = []
+    for i in used[:limit].tolist():
+        raw = int(l1[i])
+        entries.append({
+            "index": i,
+            "raw": f"0x{raw:016x}",
+            "l2_offset": raw & L.L1E_OFFSET_MASK,
+            "copied": bool(raw & L.QCOW_OFLAG_COPIED),
+            "reserved_bits": raw & L.L1E_RESERVED_MASK,
+        })
+    return {"what": "l1", "l1_table_offset": h.l1_table_offset, "l1_size": h.l1_size,
+            "nonzero_entries": len(used), "entries": entries, "truncated": len(used) > limit}
+
+
+def l2_entry_type(entry: int, extended: bool, data_file: bool) -> str:
+    """qcow2_get_cluster_type()."""
+    if entry & L.QCOW_OFLAG_COMPRESSED:
+        return "compressed"
+    if entry & L.QCOW_OFLAG_ZERO and not extended:
+        return "zero-alloc" if entry & L.L2E_OFFSET_MASK else "zero-plain"
+    if not entry & L.L2E_OFFSET_MASK:
+        if data_file and entry & L.QCOW_OFLAG_COPIED:
+            return "normal"
+        return "unallocated"
+    return "normal"
+
+
+def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
+    """Every non-empty entry of every active L2 table (at most `limit` entries in all)."""
+    h = image.header
+    cs = h.cluster_size
+    cb = h.cluster_bits
+    n = h.l2_entries
+    csize_shift = 62 - (cb - 8)
+    csize_mask = (1 << (cb - 8)) - 1
+    offset_mask = (1 << csize_shift) - 1
+    l1 = _table(image, h.l1_table_offset, h.l1_size, "active L1 table")
+    tables = []
+    shown = 0
+    total = 0
+    for i in np.flatnonzero(l1).tolist():
+        l2_offset = int(l1[i]) & L.L1E_OFFSET_MASK
+        if not l2_offset:
+            continue
+        words = _table(image, l2_offset, cs // 8, "L2 table")
+        e = words[0::2] if h.extended_l2 else words
+        bitmaps = words[1::2] if h.extended_l2 else np.zeros(n, dtype=np.uint64)
+        nonempty = np.flatnonzero((e != 0) | (bitmaps != 0))
+        total += len(nonempty)
+        entries = []
+        for j in nonempty[: max(0, limit - shown)].tolist():
+            raw = int(e[j])
+            kind = l2_entry_type(raw, h.extended_l2, h.has_data_file)
+            item: dict[str, Any] = {
+                "index": j,
+                "guest_offset": (i * n + j) * cs,
+                "raw": f"0x{raw:016x}",
+                "type": kind,
+                "copied": bool(raw & L.QCOW_OFLAG_COPIED),
+            }
+            if kind == "compressed":
+                item["host_offset"] = raw & offset_mask
+                item["compressed_sectors"] = ((raw >> csize_shift) & csize_mask) + 1
+            else:
+                item["host_offset"] = raw & L.L2E_OFFSET_MASK
+                item["reserved_bits"] = raw & L.L2E_STD_RESERVED_MASK
+            if h.extended_l2:
+                bm = int(bitmaps[j])
+                item["subcluster_alloc"] = f"0x{bm & 0xFFFFFFFF:08x}"
+                item["subcluster_zero"] = f"0x{bm >> 32:08x}"
+            entries.append(item)
+        shown += len(entries)
+        tables.append({"l1_index": i, "l2_offset": l2_offset, "nonempty_entries": len(nonempty),
+                       "entries": entries})
+    return {"what": "l2", "cluster_size": cs, "extended_l2": h.extended_l2,
+            "nonempty_entries": total, "tables": tables, "truncated": total > shown}
+
+
+def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
+    """Refcount table entries and the nonzero refcounts as ranges of equal values."""
+    h = image.header
+    ondisk = OnDiskRefcounts(image)
+    table = ondisk.table
+    used = np.flatnonzero(table)
+    entries = [{"index": i, "raw": f"0x{int(table[i]):016x}",
+                "block_offset": int(table[i]) & L.REFT_OFFSET_MASK,
+                "covers_clusters": [i * ondisk.per_block, (i + 1) * ondisk.per_block - 1]}
+               for i in used[:limit].tolist()]
+    ranges: list[dict[str, Any]] = []
+    nranges = 0
+    unreadable = []
+    for t in used.tolist():
+        block = ondisk.block(t)
+        if block is None:
+            unreadable.append(t)
+            continue
+        if not block.any():
+            continue
+        change = np.flatnonzero(np.diff(block)) + 1
+        starts = np.concatenate(([0], change))
+        ends = np.concatenate((change, [len(block)]))
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            value = int(block[a])
+            if not value:
+                continue
+            base = t * ondisk.per_block
+            if (ranges and nranges <= limit and ranges[-1]["refcount"] == value
+                    and ranges[-1]["last_cluster"] == base + a - 1):
+                ranges[-1]["last_cluster"] = base + b - 1
+                continue
+            nranges += 1
+            if len(ranges) < limit:
+                ranges.append({"first_cluster": base + a, "last_cluster": base + b - 1,
+                               "refcount": value})
+    return {"what": "refcount", "refcount_table_offset": h.refcount_table_offset,
+            "refcount_table_clusters": h.refcount_table_clusters,
+            "refcount_bits": h.refcount_bits, "cluster_size": h.cluster_size,
+            "nonzero_table_entries": len(used), "table": entries,
+            "unreadable_blocks": unreadable, "ranges": ranges, "range_count": nranges,
+            "truncated": len(used) > limit or nranges > limit}
+
+
+def dump_snapshots(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
+    h = image.header
+    entries, table_size = read_snapshot_table(image)
+    items = []
+    for sn in entries[:limit]:
+        raw = image.file.read_zero_padded(sn.offset, L.SnapshotHeader.STRUCT.size,
+                                          f"snapshot table entry {sn.index}")
+        fixed = L.SnapshotHeader.from_bytes(raw)
+        extra = image.file.read_zero_padded(sn.offset + len(raw), fixed.extra_data_size,
+                                            f"snapshot table entry {sn.index}")
+        item: dict[str, Any] = {
+            "index": sn.index, "entry_offset": sn.offset, "id": sn.id_str, "name": sn.name,
+            "l1_table_offset": fixed.l1_table_offset, "l1_size": fixed.l1_size,
+            "date_sec": fixed.date_sec, "date_nsec": fixed.date_nsec,
+            "vm_clock_nsec": fixed.vm_clock_nsec, "vm_state_size": fixed.vm_state_size,
+            "extra_data_size": fixed.extra_data_size, "extra_data": extra.hex(),
+        }
+        if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
+            item["vm_state_size_large"] = int.from_bytes(extra[0:8], "big")
+        if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
+            item["disk_size"] = int.from_bytes(extra[8:16], "big")
+        if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
+            item["icount"] = int.from_bytes(extra[16:24], "big", signed=True)
+        items.append(item)
+    return {"what": "snapshots", "snapshots_offset": h.snapshots_offset,
+            "nb_snapshots": h.nb_snapshots, "table_size": table_size, "snapshots": items,
+            "truncated": len(entries) > limit}
+
+
+def dump_bitmaps(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
+    ext = image.bitmaps_extension
+    raw_ext = image.bitmaps_extension_raw
+    result: Data = {"what": "bitmaps", "extension_present": raw_ext is not None,
+                    "autoclear_valid": image.header.bitmaps_autoclear, "bitmaps": []}
+    if ext is None:
+        return result
+    result.update({"nb_bitmaps": ext.nb_bitmaps,
+                   "bitmap_directory_offset": ext.bitmap_directory_offset,
+                   "bitmap_directory_size": ext.bitmap_directory_size})
+    shown = 0
+    for bm in image.bitmaps():
+        table = _table(image, bm.bitmap_table_offset, bm.bitmap_table_size,
+                       f"bitmap '{bm.name}' table")
+        entries = []
+        for i in np.flatnonzero(table)[: max(0, limit - shown)].tolist():
+            raw = int(table[i])
+            entries.append({"index": i, "raw": f"0x{raw:016x}",
+                            "data_offset": raw & L.BME_TABLE_ENTRY_OFFSET_MASK,
+                            "all_ones": bool(raw & L.BME_TABLE_ENTRY_FLAG_ALL_ONES)})
+        shown += len(entries)
+        result["bitmaps"].append({
+            "name": bm.name, "entry_offset": bm.offset,
+            "bitmap_table_offset": bm.bitmap_table_offset,
+            "bitmap_table_size": bm.bitmap_table_size, "flags": bm.flag_names,
+            "flags_raw": bm.flags, "type": bm.type, "granularity_bits": bm.granularity_bits,
+            "granularity": bm.granularity, "extra_data_size": bm.extra_data_size,
+            "nonzero_table_entries": int(np.count_nonzero(table)), "table": entries,
+        })
+    return result
+
+
+def dump(image: Qcow2Image, what: str, *, limit: int = DEFAULT_LIMIT) -> Data:
+    """One of WHAT as JSON-able data, lists bounded by `limit`."""
+    handlers = {"l1": dump_l1, "l2": dump_l2, "refcount": dump_refcount,
+                "snapshots": dump_snapshots, "bitmaps": dump_bitmaps}
+    if what not in handlers:
+        raise ValueError(f"unknown dump {what!r} (one of {', '.join(WHAT)})")
+    data = handlers[what](image, limit)
+    data["filename"] = image.filename
+    return data
+
+
+def _fields(item: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    parts = []
+    for key, value in item.items():
+        if key in skip or isinstance(value, (list, dict)):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and key.endswith("offset"):
+            value = f"0x{value:x}"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def render_human(data: Data) -> str:
+    """A plain-text rendering of any dump."""
+    what = data["what"]
+    lines = [f"{data['filename']}: {what}", "  " + _fields(data, ("filename", "what"))]
+    if what == "l1":
+        lines += ["  " + _fields(e) for e in data["entries"]]
+    elif what == "l2":
+        for table in data["tables"]:
+            lines.append(f"  L2 table at 0x{table['l2_offset']:x} (L1[{table['l1_index']}]), "
+                         f"{table['nonempty_entries']} non-empty entries")
+            lines += ["    " + _fields(e) for e in table["entries"]]
+    elif what == "refcount":
+        lines += ["  table " + _fields(e) for e in data["table"]]
+        lines += [f"  clusters {r['first_cluster']}..{r['last_cluster']}: refcount "
+                  f"{r['refcount']}" for r in data["ranges"]]
+    elif what == "snapshots":
+        lines += ["  " + _fields(s) for s in data["snapshots"]]
+    elif what == "bitmaps":
+        for bm in data["bitmaps"]:
+            lines.append("  bitmap " + _fields(bm) + f" flags={','.join(bm['flags']) or '-'}")
+            lines += ["    " + _fields(e) for e in bm["table"]]
+    if data.get("truncated"):
+        lines.append("  (output truncated: raise --limit to see more)")
+    return "\n".join(lines) + "\n"
