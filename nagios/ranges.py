@@ -1,0 +1,119 @@
+"""Nagios threshold ranges: ``[@][start:][end]`` (monitoring-plugins development guidelines).
+
+Grammar and meaning, exactly as the guidelines define them (endpoints inclusive):
+
+========== ===========================================
+``10``     alert if value < 0 or > 10
+``10:``    alert if value < 10
+``~:10``   alert if value > 10 (``~`` is -infinity)
+``10:20``  alert if value < 10 or > 20
+``@10:20`` alert if 10 <= value <= 20
+========== ===========================================
+
+Numbers are plain decimals with an optional exponent (``1e3``), which nagiosplugin's parser
+rejects with a crash (monitoring.md). ``inf``/``nan`` are refused: they are not numbers a user
+means as a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+# Deliberately narrower than float(): float() also accepts "inf", "nan", "1_000" and spaces.
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_RANGE_RE = re.compile(
+    rf"^(?P<inside>@)?(?:(?P<start>~|{_NUMBER})?(?P<colon>:))?(?P<end>{_NUMBER})?$"
+)
+
+
+class RangeError(ValueError):
+    """A threshold range that does not follow the guidelines' grammar."""
+
+
+def format_number(value: float) -> str:
+    """A plain decimal as perfdata demands: no exponent, ``.`` as point, no trailing zeros.
+
+    ``repr`` gives the shortest text that round-trips, so Decimal renders exactly what the user
+    typed (``1e3`` -> ``1000``, ``0.0001`` -> ``0.0001``) instead of ``1e-05``.
+    """
+    if math.isinf(value) or math.isnan(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    if value == int(value):
+        return str(int(value))
+    text = format(Decimal(repr(float(value))), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+@dataclass(frozen=True)
+class Range:
+    """A parsed threshold range; :meth:`alert` tells whether a value triggers it."""
+
+    start: float = 0.0  # -inf for "~"
+    end: float = math.inf  # +inf when omitted after ":"
+    inside: bool = False  # "@": alert inside the range instead of outside
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        match = _RANGE_RE.match(text.strip())
+        # At least one number: "", "@", ":" and "@:" are typos, not "never alert".
+        if match is None or (match["start"] is None and match["end"] is None):
+            raise RangeError(
+                f"invalid range {text!r} (expected [@][start:][end], e.g. 80 or 10:20)"
+            )
+        start_text, end_text = match["start"], match["end"]
+        if start_text == "~":
+            start = -math.inf
+        elif start_text is None:
+            start = 0.0
+        else:
+            start = float(start_text)
+        end = math.inf if end_text is None else float(end_text)
+        # float() overflows huge literals to inf instead of raising: refuse those too.
+        if (math.isinf(end) and end_text is not None) or start == math.inf:
+            raise RangeError(f"invalid range {text!r}: number out of range")
+        if start > end:
+            raise RangeError(
+                f"invalid range {text!r}: start {start_text} is greater than end {end_text}"
+            )
+        return cls(start=start, end=end, inside=match["inside"] is not None)
+
+    def alert(self, value: float) -> bool:
+        """True when ``value`` is a problem under this range (endpoints are inclusive)."""
+        within = self.start <= value <= self.end
+        return within if self.inside else not within
+
+    def __str__(self) -> str:
+        """The canonical text, usable as the warn/crit field of perfdata."""
+        prefix = "@" if self.inside else ""
+        start = "~" if math.isinf(self.start) else format_number(self.start)
+        if math.isinf(self.end):
+            return f"{prefix}{start}:"
+        if self.start == 0:
+            return f"{prefix}{format_number(self.end)}"
+        return f"{prefix}{start}:{format_number(self.end)}"
+
+    def describe(self, unit: str = "") -> str:
+        """Human wording for the status text, e.g. ``> 90%`` or ``outside 10%..20%``."""
+        low = None if math.isinf(self.start) else format_number(self.start) + unit
+        high = None if math.isinf(self.end) else format_number(self.end) + unit
+        if self.inside:
+            if low is None and high is None:
+                return "(any value alerts)"
+            if low is None:
+                return f"<= {high}"
+            if high is None:
+                return f">= {low}"
+            return f"in {low}..{high}"
+        if low is None and high is None:
+            return "(never alerts)"
+        if low is None or (self.start == 0 and high is not None):
+            # "-w 80" also alerts below 0, but a usage or a count is never negative: say "> 80".
+            return f"> {high}"
+        if high is None:
+            return f"< {low}"
+        return f"outside {low}..{high}"
