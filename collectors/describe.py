@@ -4,6 +4,7 @@ length), the backing file, the LUKS header, the snapshot table and the bitmap di
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from . import layout as L
@@ -70,10 +71,11 @@ def describe_luks(image: Qcow2Image) -> dict[str, Any] | None:
 
 def describe(image: Qcow2Image) -> dict[str, Any]:
     h = image.header
-    fields = {name: getattr(h, name) for name in h.__dataclass_fields__}
+    header_fields = {f.name: getattr(h, f.name) for f in fields(h)}
+    header_fields["magic"] = h.magic.hex()
     return {
         "filename": image.filename,
-        "header": fields,
+        "header": header_fields,
         "cluster_size": h.cluster_size,
         "refcount_bits": h.refcount_bits,
         "crypt_method_name": L.CRYPT_METHOD_NAMES.get(h.crypt_method, "unknown"),
@@ -111,7 +113,8 @@ def describe(image: Qcow2Image) -> dict[str, Any]:
 def render_human(data: dict[str, Any]) -> str:
     lines = [f"image: {data['filename']}", "header:"]
     for key, value in data["header"].items():
-        shown = f"0x{value:x}" if key.endswith(("offset", "features")) else value
+        shown = (f"0x{value:x}" if key.endswith(("offset", "features")) and
+                 isinstance(value, int) else value)
         lines.append(f"    {key}: {shown}")
     lines.append(f"    (cluster size {data['cluster_size']}, refcount bits "
                  f"{data['refcount_bits']}, encryption {data['crypt_method_name']}, "

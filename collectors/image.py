@@ -18,80 +18,7 @@ from .reader import ImageFile
 HEAD_READ = 4096
 
 
-@dataclass(frozen=True)
-class Header:
-    """The header as qemu sees it: version 2 fields with their v3 defaults filled in."""
-
-    version: int
-    backing_file_offset: int
-    backing_file_size: int
-    cluster_bits: int
-    size: int
-    crypt_method: int
-    l1_size: int
-    l1_table_offset: int
-    refcount_table_offset: int
-    refcount_table_clusters: int
-    nb_snapshots: int
-    snapshots_offset: int
-    incompatible_features: int
-    compatible_features: int
-    autoclear_features: int
-    refcount_order: int
-    header_length: int
-    compression_type: int
-
-    @property
-    def cluster_size(self) -> int:
-        return 1 << self.cluster_bits
-
-    @property
-    def refcount_bits(self) -> int:
-        return 1 << self.refcount_order
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self.incompatible_features & L.QCOW2_INCOMPAT_DIRTY)
-
-    @property
-    def corrupt(self) -> bool:
-        return bool(self.incompatible_features & L.QCOW2_INCOMPAT_CORRUPT)
-
-    @property
-    def has_data_file(self) -> bool:
-        return bool(self.incompatible_features & L.QCOW2_INCOMPAT_DATA_FILE)
-
-    @property
-    def extended_l2(self) -> bool:
-        return bool(self.incompatible_features & L.QCOW2_INCOMPAT_EXTL2)
-
-    @property
-    def lazy_refcounts(self) -> bool:
-        return bool(self.compatible_features & L.QCOW2_COMPAT_LAZY_REFCOUNTS)
-
-    @property
-    def bitmaps_autoclear(self) -> bool:
-        return bool(self.autoclear_features & L.QCOW2_AUTOCLEAR_BITMAPS)
-
-    @property
-    def data_file_raw(self) -> bool:
-        return bool(self.autoclear_features & L.QCOW2_AUTOCLEAR_DATA_FILE_RAW)
-
-    @property
-    def l2_entry_size(self) -> int:
-        return L.L2E_SIZE_EXTENDED if self.extended_l2 else L.L2E_SIZE_NORMAL
-
-    @property
-    def l2_entries(self) -> int:
-        return self.cluster_size // self.l2_entry_size
-
-    @property
-    def refcount_table_entries(self) -> int:
-        return self.refcount_table_clusters * self.cluster_size // L.REFTABLE_ENTRY_SIZE
-
-    @property
-    def refcount_block_entries(self) -> int:
-        return self.cluster_size * 8 // self.refcount_bits
+Header = L.Header  # re-exported: the resolved header lives with every other layout
 
 
 @dataclass(frozen=True)
@@ -203,33 +130,33 @@ def parse_header(head: bytes, file_length: int) -> Header:
                    "header.cluster_bits", 20, v2.cluster_bits, UNSUPPORTED)
     cluster_size = 1 << v2.cluster_bits
     if v2.version == 2:
-        # A version 2 header is 72 bytes: never read v3 fields from it (qcow2.txt).
-        v3 = L.HeaderV3Fields(0, 0, 0, L.V2_REFCOUNT_ORDER, L.V2_HEADER_LENGTH)
-        compression_type = L.COMPRESSION_ZLIB
-    else:
-        if len(head) < L.V3_HEADER_LENGTH:
-            raise _err(f"file is only {file_length} bytes, shorter than the 104-byte v3 "
-                       "header", "header", 0, kind=TRUNCATED)
-        v3 = L.HeaderV3Fields.from_bytes(head)
-        if v3.header_length < L.V3_HEADER_LENGTH:
-            raise _err(f"header_length {v3.header_length} is shorter than 104",
-                       "header.header_length", 100, v3.header_length)
-        if v3.header_length > cluster_size:
-            raise _err(f"header_length {v3.header_length} exceeds the cluster size "
-                       f"{cluster_size}", "header.header_length", 100, v3.header_length)
-        if v3.header_length > file_length:
-            raise _err(f"header_length {v3.header_length} runs past the end of the file "
-                       f"({file_length} bytes)", "header", 0, kind=TRUNCATED)
-        compression_type = L.COMPRESSION_ZLIB
-        if v3.header_length > L.COMPRESSION_TYPE_OFFSET:
-            compression_type = head[L.COMPRESSION_TYPE_OFFSET]
-    header = Header(
-        v2.version, v2.backing_file_offset, v2.backing_file_size, v2.cluster_bits, v2.size,
-        v2.crypt_method, v2.l1_size, v2.l1_table_offset, v2.refcount_table_offset,
-        v2.refcount_table_clusters, v2.nb_snapshots, v2.snapshots_offset,
-        v3.incompatible_features, v3.compatible_features, v3.autoclear_features,
-        v3.refcount_order, v3.header_length, compression_type,
-    )
+        # A version 2 header is 72 bytes: never read v3 fields from it (qcow2.txt); the
+        # Header defaults are qemu's v2 values.
+        header = L.Header(**vars(v2))
+        _validate_header(header)
+        return header
+    if len(head) < L.V3_HEADER_LENGTH:
+        raise _err(f"file is only {file_length} bytes, shorter than the 104-byte v3 header",
+                   "header", 0, kind=TRUNCATED)
+    v3 = L.HEADER_V3_STRUCT.unpack_from(head, L.HEADER_V3_OFFSET)
+    header_length = v3[-1]
+    if header_length < L.V3_HEADER_LENGTH:
+        raise _err(f"header_length {header_length} is shorter than 104",
+                   "header.header_length", 100, header_length)
+    if header_length > cluster_size:
+        raise _err(f"header_length {header_length} exceeds the cluster size {cluster_size}",
+                   "header.header_length", 100, header_length)
+    if header_length > file_length:
+        raise _err(f"header_length {header_length} runs past the end of the file "
+                   f"({file_length} bytes)", "header", 0, kind=TRUNCATED)
+    compression_type = L.COMPRESSION_ZLIB
+    if header_length > L.COMPRESSION_TYPE_OFFSET:
+        compression_type = head[L.COMPRESSION_TYPE_OFFSET]
+    incompatible, compatible, autoclear, refcount_order, _ = v3
+    header = L.Header(**vars(v2), incompatible_features=incompatible,
+                      compatible_features=compatible, autoclear_features=autoclear,
+                      refcount_order=refcount_order, header_length=header_length,
+                      compression_type=compression_type)
     _validate_header(header)
     return header
 

@@ -134,28 +134,83 @@ class HeaderV2:
         return cls(*cls.STRUCT.unpack_from(data))
 
 
+# Bytes 72..103 of a version 3 header, in on-disk order: incompatible_features,
+# compatible_features, autoclear_features, refcount_order, header_length (the fields of
+# Header below). Never read from a version 2 header.
+HEADER_V3_STRUCT = struct.Struct(">QQQII")
+HEADER_V3_OFFSET = 72
+
+
 @dataclass(frozen=True)
-class HeaderV3Fields:
-    """Bytes 72..103 of a version 3 header (never read from a version 2 header)."""
+class Header(HeaderV2):
+    """The header as qemu sees it: the version 2 fields plus the version 3 ones, which a
+    version 2 image gets as defaults (qemu's qcow2_do_open: refcount_order 4, header_length
+    72, no feature bits) instead of reading them from bytes that belong to its extensions."""
 
-    STRUCT: ClassVar[struct.Struct] = struct.Struct(">QQQII")
-    OFFSET: ClassVar[int] = 72
+    incompatible_features: int = 0
+    compatible_features: int = 0
+    autoclear_features: int = 0
+    refcount_order: int = 4
+    header_length: int = 72
+    compression_type: int = 0  # byte 104, only when header_length > 104
 
-    incompatible_features: int
-    compatible_features: int
-    autoclear_features: int
-    refcount_order: int
-    header_length: int
+    @property
+    def cluster_size(self) -> int:
+        return 1 << self.cluster_bits
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> HeaderV3Fields:
-        return cls(*cls.STRUCT.unpack_from(data, cls.OFFSET))
+    @property
+    def refcount_bits(self) -> int:
+        return 1 << self.refcount_order
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.incompatible_features & QCOW2_INCOMPAT_DIRTY)
+
+    @property
+    def corrupt(self) -> bool:
+        return bool(self.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+
+    @property
+    def has_data_file(self) -> bool:
+        return bool(self.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+
+    @property
+    def extended_l2(self) -> bool:
+        return bool(self.incompatible_features & QCOW2_INCOMPAT_EXTL2)
+
+    @property
+    def lazy_refcounts(self) -> bool:
+        return bool(self.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)
+
+    @property
+    def bitmaps_autoclear(self) -> bool:
+        return bool(self.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)
+
+    @property
+    def data_file_raw(self) -> bool:
+        return bool(self.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)
+
+    @property
+    def l2_entry_size(self) -> int:
+        return L2E_SIZE_EXTENDED if self.extended_l2 else L2E_SIZE_NORMAL
+
+    @property
+    def l2_entries(self) -> int:
+        return self.cluster_size // self.l2_entry_size
+
+    @property
+    def refcount_table_entries(self) -> int:
+        return self.refcount_table_clusters * self.cluster_size // REFTABLE_ENTRY_SIZE
+
+    @property
+    def refcount_block_entries(self) -> int:
+        return self.cluster_size * 8 // self.refcount_bits
 
 
 # Byte 104 of a version 3 header whose header_length > 104.
 COMPRESSION_TYPE_OFFSET = 104
 V2_HEADER_LENGTH = HeaderV2.STRUCT.size  # 72
-V3_HEADER_LENGTH = V2_HEADER_LENGTH + HeaderV3Fields.STRUCT.size  # 104
+V3_HEADER_LENGTH = V2_HEADER_LENGTH + HEADER_V3_STRUCT.size  # 104
 V2_REFCOUNT_ORDER = 4
 
 
