@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs when missing (apt as root,
-# or through sudo), creates .venv, then runs lint, type check and pytest. .ci/run calls this.
+# or through sudo), creates .venv, then runs pytest (which runs ruff and mypy too).
+# .ci/run calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
-.venv/bin/ruff check collectors nagios telegraf node_exporter_textfile tests bench
-.venv/bin/mypy
+# Lint (ruff) and type check (mypy --strict) run inside the suite: tests/test_quality.py.
 exec .venv/bin/pytest -q "$@"

@@ -1,0 +1,208 @@
+"""Which images to look at: command-line specs and the images running qemu processes hold open.
+
+Shared by every adapter so that "what is a target" is decided once. Nothing here parses qcow2
+beyond the 4-byte magic: whether a named file really is a usable image is the core's verdict
+(it reports ``not-qcow2`` with the offset), so explicitly named files are passed through
+unchecked. Only directory scans and process scans filter on the magic, because there the user
+did not name the files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+
+from .errors import IO_ERROR, Qcow2Error
+
+QCOW2_MAGIC = b"QFI\xfb"  # qcow2 spec, header offset 0: "QFI\xfb"
+
+# Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
+# qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
+_QEMU_MARKER = "qemu"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image to analyse, or the reason a spec yielded none."""
+
+    spec: str  # as given by the user (or the path, for running images)
+    path: Optional[str]
+    error: Optional[Qcow2Error] = None
+
+
+def _target_error(spec: str, message: str, kind: str = IO_ERROR) -> Target:
+    return Target(spec, None, Qcow2Error(message, structure="target", kind=kind, filename=spec))
+
+
+def _os_error(spec: str, exc: OSError) -> Target:
+    return _target_error(spec, exc.strerror or str(exc))
+
+
+def _open_noatime(path: str) -> int:
+    """Open read-only without touching atime where the kernel allows it.
+
+    O_NOATIME is refused with EPERM unless we own the file or hold CAP_FOWNER; a monitoring
+    scan must not fail for that, so fall back to a plain read-only open.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime:
+        try:
+            return os.open(path, flags | noatime)
+        except PermissionError:
+            pass
+    return os.open(path, flags)
+
+
+def has_qcow2_magic(path: str) -> bool:
+    """True when the file or device starts with the qcow2 magic. Raises OSError if unreadable."""
+    fd = _open_noatime(path)
+    try:
+        return os.pread(fd, len(QCOW2_MAGIC), 0) == QCOW2_MAGIC
+    finally:
+        os.close(fd)
+
+
+def _scan_directory(spec: str, directory: str) -> Iterator[Target]:
+    """Every regular file below `directory` (recursively, sorted) that starts with the magic.
+
+    Files we cannot read are reported as failed targets rather than skipped: an image that the
+    collector's user cannot open is a monitoring failure, not a non-image.
+    """
+    walk_errors: list[OSError] = []
+    for root, dirs, files in os.walk(directory, onerror=walk_errors.append):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                # Symlinks to files are followed (os.walk lists them as files), but a FIFO or
+                # socket must never be opened: opening a FIFO blocks.
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    continue
+                if has_qcow2_magic(path):
+                    yield Target(spec, path)
+            except FileNotFoundError:
+                continue  # deleted (or dangling symlink) between listing and opening
+            except OSError as exc:
+                yield _os_error(path, exc)
+    for walk_error in walk_errors:
+        yield _os_error(walk_error.filename or spec, walk_error)
+
+
+def _expand_one(spec: str) -> Iterator[Target]:
+    # A literal file wins over glob interpretation: image names may contain '[' or '*'.
+    if glob.has_magic(spec) and not os.path.lexists(spec):
+        matches = sorted(glob.glob(spec))
+        if not matches:
+            yield _target_error(spec, "no file matches this pattern")
+            return
+        for match in matches:
+            yield from _expand_path(spec, match)
+        return
+    yield from _expand_path(spec, spec)
+
+
+def _expand_path(spec: str, path: str) -> Iterator[Target]:
+    path = os.path.abspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        yield _os_error(spec if spec == path else path, exc)
+        return
+    if stat.S_ISDIR(mode):
+        yield from _scan_directory(spec, path)
+    elif stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        yield Target(spec, path)
+    else:
+        yield _target_error(path, "not a regular file, block device or directory")
+
+
+def dedupe_targets(targets: Iterable[Target]) -> list[Target]:
+    """Keep the first target per real path (and per error spec), in order."""
+    seen: set[str] = set()
+    unique: list[Target] = []
+    for target in targets:
+        key = "path:" + os.path.realpath(target.path) if target.path else "spec:" + target.spec
+        if key not in seen:
+            seen.add(key)
+            unique.append(target)
+    return unique
+
+
+def expand_targets(specs: Sequence[str]) -> list[Target]:
+    """Turn command-line specs into targets.
+
+    A spec is a regular file, a block device, a glob (matching nothing is a failed target), or a
+    directory searched recursively for files starting with the qcow2 magic. Targets are
+    de-duplicated by real path, keeping the first occurrence.
+    """
+    return dedupe_targets(target for spec in specs for target in _expand_one(spec))
+
+
+def _process_image_candidates(pid: int, open_files: Iterable[str]) -> Iterator[str]:
+    yield from open_files
+    # open_files() lists regular files only; block devices (LVM, iSCSI, loop) are found here.
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            link = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if link.startswith("/dev/"):
+            try:
+                if stat.S_ISBLK(os.stat(link).st_mode):
+                    yield link
+            except OSError:
+                continue
+
+
+def _is_qemu(name: Optional[str], cmdline: Optional[Sequence[str]]) -> bool:
+    if name and _QEMU_MARKER in name:
+        return True
+    # Only the executable, not the arguments: `pytest -k qemu` is not a qemu process.
+    return _QEMU_MARKER in os.path.basename(cmdline[0]) if cmdline else False
+
+
+def running_images() -> list[str]:
+    """Every qcow2 image (backing layers included) held open by a running qemu process.
+
+    Sorted by path so that the output order, and anything derived from it, is stable between
+    runs. Processes we may not inspect are skipped: without root only our own are visible.
+    """
+    import psutil  # imported here: the Nagios plugin imports this module and must stay light
+
+    found: dict[str, str] = {}
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            if not _is_qemu(proc.info["name"], proc.info["cmdline"]):
+                continue
+            files = [f.path for f in proc.open_files()]
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        for path in _process_image_candidates(proc.info["pid"], files):
+            real = os.path.realpath(path)
+            if real in found:
+                continue
+            try:
+                if has_qcow2_magic(path):
+                    found[real] = path
+            except OSError:
+                continue  # closed meanwhile, or not ours to read: we cannot tell it is qcow2
+    return sorted(found.values())
+
+
+__all__ = [
+    "QCOW2_MAGIC",
+    "Target",
+    "dedupe_targets",
+    "expand_targets",
+    "has_qcow2_magic",
+    "running_images",
+]

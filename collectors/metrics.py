@@ -1,0 +1,462 @@
+"""One neutral metric model that every adapter renders (Nagios, Telegraf, node_exporter).
+
+The core's result model (:mod:`collectors.model`) says what an image *is*; this module decides,
+once, what is *exported* about it: metric names, units, help texts and labels. Adapters only
+change syntax (Prometheus prefixes ``qcow2_``, Telegraf turns metrics into fields of one line),
+so a series means the same thing whichever agent collected it.
+
+Kept light on purpose: the Nagios plugin imports this module on every check, so the core
+(which may use numpy) and psutil are imported only when :func:`collect` runs, and jinja2 /
+prometheus_client never.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
+
+from .discovery import Target, dedupe_targets, expand_targets, running_images
+from .errors import INVALID, IO_ERROR, Qcow2Error
+from .model import (
+    LAYER_ERROR,
+    LAYER_LOOP,
+    LAYER_MISSING,
+    LAYER_OK,
+    LAYER_TOO_DEEP,
+    ChainLayer,
+    CheckResult,
+    ImageUsage,
+    UsageResult,
+)
+
+Labels = tuple[tuple[str, str], ...]
+MetricValue = Union[bool, int, float]
+
+UNIT_BYTES = "bytes"
+UNIT_RATIO = "ratio"
+UNIT_SECONDS = "seconds"
+UNIT_NONE = ""
+
+GAUGE = "gauge"
+COUNTER = "counter"
+
+# Python type every value of a metric has, so that no field ever changes type between runs or
+# targets (InfluxDB fixes a field's type at its first write and rejects the other type after).
+_BOOL, _INT, _FLOAT = bool, int, float
+
+
+class MetricSpec(NamedTuple):
+    unit: str
+    help: str
+    value_type: type
+    type: str = GAUGE
+
+
+# Every exported metric, declared once: name -> unit, help, value type. Names carry their unit
+# suffix already so that they read the same in Prometheus and InfluxDB.
+METRICS: dict[str, MetricSpec] = {
+    "image_end_offset_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Host offset just past the last cluster the image uses (qemu-img check 'Image end "
+        "offset'): how much of its container the image occupies.",
+        _INT,
+    ),
+    "container_size_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Size the image can grow to in its container: the block device size, or the file "
+        "size plus the free space of its filesystem.",
+        _INT,
+    ),
+    "headroom_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Bytes the image can still grow before its container is full (device size minus "
+        "image end offset, or free space of the filesystem holding the file).",
+        _INT,
+    ),
+    "usage_ratio": MetricSpec(
+        UNIT_RATIO, "Image end offset divided by container size (0..1).", _FLOAT
+    ),
+    "fully_allocated_size_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Container size the image needs so that it can never outgrow it (all clusters and "
+        "metadata allocated, as qemu-img measure).",
+        _INT,
+    ),
+    "virtual_size_bytes": MetricSpec(UNIT_BYTES, "Virtual disk size seen by the guest.", _INT),
+    "allocated_bytes": MetricSpec(
+        UNIT_BYTES, "Bytes the filesystem has allocated to the image file (st_blocks * 512).", _INT
+    ),
+    "in_use": MetricSpec(
+        UNIT_NONE, "1 if a running qemu holds the image's write lock, else 0.", _BOOL
+    ),
+    "dirty": MetricSpec(
+        UNIT_NONE,
+        "1 if the dirty bit is set (lazy refcounts not flushed; refcounts need a repair "
+        "if no qemu has the image open), else 0.",
+        _BOOL,
+    ),
+    "corrupt": MetricSpec(
+        UNIT_NONE, "1 if qemu has marked the image corrupt (incompatible bit 1), else 0.", _BOOL
+    ),
+    "refcounts_trusted": MetricSpec(
+        UNIT_NONE,
+        "1 if the image end offset was taken from the refcount table, 0 if the refcounts "
+        "could not be trusted and all metadata was walked instead.",
+        _BOOL,
+    ),
+    "snapshots": MetricSpec(UNIT_NONE, "Number of internal snapshots.", _INT),
+    "bitmaps": MetricSpec(UNIT_NONE, "Number of persistent dirty bitmaps.", _INT),
+    "check_errors": MetricSpec(
+        UNIT_NONE, "Errors that prevented checking parts of the image (qemu-img check).", _INT
+    ),
+    "corruptions": MetricSpec(
+        UNIT_NONE, "Corruptions found by the full check (qemu-img check).", _INT
+    ),
+    "leaks": MetricSpec(
+        UNIT_NONE, "Leaked clusters found by the full check (qemu-img check).", _INT
+    ),
+    "total_clusters": MetricSpec(
+        UNIT_NONE, "Clusters of the virtual disk (qemu-img check total-clusters).", _INT
+    ),
+    "allocated_clusters": MetricSpec(
+        UNIT_NONE, "Allocated guest clusters (qemu-img check allocated-clusters).", _INT
+    ),
+    "fragmented_clusters": MetricSpec(
+        UNIT_NONE, "Fragmented guest clusters (qemu-img check fragmented-clusters).", _INT
+    ),
+    "compressed_clusters": MetricSpec(
+        UNIT_NONE, "Compressed guest clusters (qemu-img check compressed-clusters).", _INT
+    ),
+    "scrape_error": MetricSpec(
+        UNIT_NONE, "1 if this image (or its check) could not be analysed, else 0.", _INT
+    ),
+    "image_info": MetricSpec(
+        UNIT_NONE, "Descriptive labels of an image; the value is always 1.", _INT
+    ),
+    "collector_duration_seconds": MetricSpec(
+        UNIT_SECONDS, "Time the collector took to analyse all images.", _FLOAT
+    ),
+    "last_success_timestamp_seconds": MetricSpec(
+        UNIT_SECONDS, "Unix time the collector last completed a run.", _FLOAT
+    ),
+    "images": MetricSpec(UNIT_NONE, "Images (and backing layers) reported by this run.", _INT),
+}
+
+INFO_METRIC = "image_info"
+
+# Error kind of an unexpected exception inside the core (a bug), beside errors.py's kinds.
+INTERNAL_ERROR = "internal-error"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One value of one image (or of the collector run), in base units."""
+
+    name: str
+    value: MetricValue
+    unit: str
+    labels: Labels
+    help: str
+    type: str = GAUGE
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One analysed image: a target (depth 0) or one of its backing layers (depth >= 1)."""
+
+    target: str  # the spec that led here
+    path: Optional[str]
+    depth: int
+    usage: Optional[ImageUsage]
+    check: Optional[CheckResult]
+    error: Optional[Qcow2Error]
+    status: str = LAYER_OK  # model.LAYER_*; layers only, targets are "ok" or have `error`
+    name: Optional[str] = None  # backing file name as written in the layer above
+
+    @property
+    def label_path(self) -> str:
+        """The value of the `path` label: never empty, even for a glob that matched nothing."""
+        return self.path or self.name or self.target
+
+    @property
+    def identity(self) -> Labels:
+        """The labels every per-image metric carries: what identifies its series."""
+        return (("depth", str(self.depth)), ("path", valid_utf8(self.label_path)))
+
+
+@dataclass(frozen=True)
+class Collection:
+    """Everything one collector run found."""
+
+    records: tuple[ImageRecord, ...]
+    duration_seconds: float
+    timestamp: float  # Unix time at the end of the run
+
+    @property
+    def failed(self) -> tuple[ImageRecord, ...]:
+        return tuple(r for r in self.records if r.error is not None)
+
+
+def _metric(name: str, value: MetricValue, labels: Labels) -> Metric:
+    spec = METRICS[name]
+    # Coerce once here so every adapter sees the declared type (a ratio of exactly 1 stays 1.0).
+    return Metric(name, spec.value_type(value), spec.unit, labels, spec.help, spec.type)
+
+
+def valid_utf8(text: str) -> str:
+    """`text` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) become U+FFFD.
+
+    Python keeps undecodable file-name bytes as lone surrogates, which cannot be encoded at
+    all; line protocol and the Prometheus text format both require UTF-8.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
+def _bool_label(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def info_labels(record: ImageRecord) -> Labels:
+    """Descriptive labels of an image (identity labels included), sorted, no empty values."""
+    labels: dict[str, Optional[str]] = dict(record.identity)
+    labels["status"] = record.status if record.error is None else LAYER_ERROR
+    if record.depth > 0:
+        labels["backing_name"] = record.name
+    usage = record.usage
+    if usage is not None:
+        labels.update(
+            filename=os.path.basename(usage.filename),  # the short name dashboards show
+            container=usage.container.kind,
+            qcow_version=str(usage.qcow_version),
+            cluster_size=str(usage.cluster_size),
+            backing_file=usage.backing_filename,
+            backing_format=usage.backing_format,
+            data_file=usage.external_data_file,
+            encrypted=_bool_label(usage.encrypted),
+            lazy_refcounts=_bool_label(usage.lazy_refcounts),
+            end_offset_source=usage.image_end_offset_source,
+        )
+    # Empty label values are dropped: Prometheus treats them as absent, line protocol forbids them.
+    return tuple(sorted((k, valid_utf8(v)) for k, v in labels.items() if v))
+
+
+def image_metrics(record: ImageRecord) -> list[Metric]:
+    """The metrics of one record, with the same names and labels in every adapter."""
+    labels = record.identity
+    metrics: list[Metric] = []
+    usage = record.usage
+    if usage is not None:
+        container = usage.container
+        values: list[tuple[str, MetricValue]] = [
+            ("image_end_offset_bytes", usage.image_end_offset),
+            ("container_size_bytes", container.size),
+            ("headroom_bytes", container.headroom),
+            ("usage_ratio", usage.usage_ratio),
+            ("fully_allocated_size_bytes", usage.fully_allocated_size),
+            ("virtual_size_bytes", usage.virtual_size),
+        ]
+        if container.allocated_bytes is not None:
+            values.append(("allocated_bytes", container.allocated_bytes))
+        values += [
+            ("in_use", usage.in_use),
+            ("dirty", usage.dirty),
+            ("corrupt", usage.corrupt),
+            ("refcounts_trusted", usage.refcounts_trusted),
+            ("snapshots", usage.snapshots),
+            ("bitmaps", usage.bitmaps),
+        ]
+        metrics += [_metric(name, value, labels) for name, value in values]
+    check = record.check
+    if check is not None:
+        metrics += [
+            _metric(name, getattr(check, name), labels)
+            for name in (
+                "check_errors",
+                "corruptions",
+                "leaks",
+                "total_clusters",
+                "allocated_clusters",
+                "fragmented_clusters",
+                "compressed_clusters",
+            )
+        ]
+    metrics.append(_metric("scrape_error", record.error is not None, labels))
+    metrics.append(_metric(INFO_METRIC, 1, info_labels(record)))
+    return metrics
+
+
+def collection_metrics(collection: Collection) -> list[Metric]:
+    """Metrics about the run itself (no labels)."""
+    return [
+        _metric("collector_duration_seconds", collection.duration_seconds, ()),
+        _metric("last_success_timestamp_seconds", collection.timestamp, ()),
+        _metric("images", len(collection.records), ()),
+    ]
+
+
+def error_text(record: ImageRecord) -> Optional[str]:
+    """One line describing why a record failed (for logs and string fields), or None."""
+    if record.error is None:
+        return None
+    # One line for log collectors: a file name may contain newlines.
+    return valid_utf8(str(record.error)).replace("\n", "\\n").replace("\r", "\\r")
+
+
+# --- collecting ---------------------------------------------------------------------------
+
+AnalyzeFn = Callable[..., UsageResult]
+CheckFn = Callable[..., CheckResult]
+
+# Layer states that mean "this layer should have been analysed and was not". Protocol layers and
+# raw bases are reported as they are, not as failures (model.LAYER_*).
+_FAILED_LAYER_STATES = {LAYER_MISSING, LAYER_LOOP, LAYER_TOO_DEEP, LAYER_ERROR}
+
+
+# The core is imported lazily (it may pull in numpy): see the module docstring.
+def _analyze_fn() -> AnalyzeFn:
+    from .usage import analyze_usage
+
+    return analyze_usage
+
+
+def _check_fn() -> CheckFn:
+    from .check import check_image
+
+    return check_image
+
+
+def _internal_error(path: str, exc: BaseException) -> Qcow2Error:
+    # One image must never blind the monitoring of all others: an unexpected exception becomes
+    # this image's scrape error, with its type so that the bug can be reported.
+    kind = IO_ERROR if isinstance(exc, OSError) else INTERNAL_ERROR
+    return Qcow2Error(
+        f"{type(exc).__name__}: {exc}", structure="collector", kind=kind, filename=path
+    )
+
+
+def _layer_error(layer: ChainLayer) -> Optional[Qcow2Error]:
+    # The core reports missing / looping / too-deep layers by status alone; exporters need an
+    # error with a message for them all the same.
+    if layer.error is not None or layer.status not in _FAILED_LAYER_STATES:
+        return layer.error
+    kind = IO_ERROR if layer.status == LAYER_MISSING else INVALID
+    message = {
+        LAYER_MISSING: f"backing file {layer.name!r} not found",
+        LAYER_LOOP: f"backing file {layer.name!r} loops back into the chain",
+        LAYER_TOO_DEEP: f"backing chain deeper than the limit at {layer.name!r}",
+    }.get(layer.status, f"backing layer {layer.status}")
+    return Qcow2Error(
+        message, structure="backing chain", kind=kind, filename=layer.path or layer.name
+    )
+
+
+def _records_for(
+    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int
+) -> Iterator[ImageRecord]:
+    if target.path is None:
+        yield ImageRecord(target.spec, None, 0, None, None, target.error)
+        return
+    try:
+        result = analyze(target.path, chain=chain, max_depth=max_depth)
+    except Exception as exc:  # see _internal_error
+        error = _internal_error(target.path, exc)
+        yield ImageRecord(target.spec, target.path, 0, None, None, error)
+        return
+    yield ImageRecord(target.spec, target.path, 0, result.usage, None, result.error)
+    for layer in result.chain:
+        yield ImageRecord(
+            target.spec,
+            layer.path,
+            layer.depth,
+            layer.usage,
+            None,
+            _layer_error(layer),
+            status=layer.status,
+            name=layer.name,
+        )
+
+
+def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:
+    if record.usage is None or record.path is None or record.error is not None:
+        return record
+    try:
+        result = check_fn(record.path)
+    except Qcow2Error as exc:
+        return replace(record, error=exc)
+    except Exception as exc:  # see _internal_error
+        return replace(record, error=_internal_error(record.path, exc))
+    return replace(record, check=result)
+
+
+def collect(
+    specs: Sequence[str],
+    *,
+    running: bool = False,
+    chain: bool = False,
+    check: bool = False,
+    max_depth: int = 32,
+) -> Collection:
+    """Discover targets, analyse each (and its backing chain), optionally run the full check.
+
+    Never raises for image problems: a failing target is a record with `error` set and the others
+    still report. Each image is reported once, by real path: a base shared by several overlays,
+    or also named as a target, keeps the depth at which it was first met.
+    """
+    started = time.monotonic()
+    analyze = _analyze_fn()
+    check_fn = _check_fn() if check else None
+    targets = expand_targets(specs)
+    if running:
+        targets = dedupe_targets([*targets, *(Target(p, p) for p in running_images())])
+    seen: set[tuple[str, Optional[int]]] = set()
+    records: list[ImageRecord] = []
+    for target in targets:
+        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth):
+            # A failed layer is keyed with its depth too: a chain looping back to its top names
+            # an already reported file, and that loop must still be reported.
+            name = os.path.realpath(record.path) if record.path else record.label_path
+            key = (name, record.depth if record.error is not None else None)
+            if key in seen:
+                continue
+            seen.add(key)
+            if check_fn is not None:
+                record = _with_check(record, check_fn)
+            records.append(record)
+    return Collection(tuple(records), time.monotonic() - started, time.time())
+
+
+# --- sizes ----------------------------------------------------------------------------------
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+
+
+def parse_size(text: str) -> int:
+    """Parse "10GiB", "512M", "1.5T", "4096" into bytes.
+
+    As qemu-img does, every suffix is a power of 1024 whether written K, KB or KiB: one
+    convention for a tool whose users type qemu-img sizes. Fractions round down to a byte.
+    Raises ValueError with the offending text.
+    """
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"invalid size {text!r} (expected e.g. 512M, 10GiB, 1.5T)")
+    number, prefix, suffix = match.groups()
+    if suffix.lower() in ("i", "ib") and not prefix:
+        raise ValueError(f"invalid size {text!r}: 'i' needs a prefix such as Ki or Mi")
+    try:
+        amount = Decimal(number) * (1024 ** _SIZE_POWERS[prefix.lower()])
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
+        raise ValueError(f"invalid size {text!r}") from exc
+    return int(amount)
+

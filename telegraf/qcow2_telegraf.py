@@ -1,0 +1,163 @@
+"""qcow2-telegraf: qcow2 usage (and optionally check) figures as InfluxDB line protocol.
+
+For Telegraf's ``[[inputs.exec]]`` (one batch per run, ``data_format = "influx"``) or
+``[[inputs.execd]]`` with ``signal = "STDIN"`` (``--execd``: one batch per line read on stdin,
+exit at EOF). See telegraf/telegraf.conf.
+
+One point per image (and per backing layer with --chain) in measurement ``qcow2``: tags are the
+image's identity and descriptive labels (:func:`collectors.metrics.info_labels`), fields are the
+metrics of :func:`collectors.metrics.image_metrics` under the same names as in every adapter.
+A target that fails is still a point (``scrape_error=1i`` and an ``error`` string) and an
+``E! [inputs.qcow2] ...`` line on stderr, which Telegraf logs at error level; the exit status
+stays 0 so that Telegraf keeps the other images' points (exec discards stdout on failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence, TextIO
+
+from collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from collectors.metrics import (
+    INFO_METRIC,
+    Collection,
+    ImageRecord,
+    collect,
+    error_text,
+    image_metrics,
+)
+from telegraf.lineprotocol import FieldValue, format_line, representable
+
+MEASUREMENT = "qcow2"
+LOG_PREFIX = "E! [inputs.qcow2]"
+
+
+def record_point(record: ImageRecord) -> tuple[str, list[str]]:
+    """(line, problems) for one record; problems are log messages for stderr."""
+    tags: Sequence[tuple[str, str]] = ()
+    fields: list[tuple[str, FieldValue]] = []
+    problems: list[str] = []
+    for metric in image_metrics(record):
+        if metric.name == INFO_METRIC:
+            tags = metric.labels  # identity + descriptive labels: Telegraf's idiom for both
+        elif representable(metric.value):
+            fields.append((metric.name, metric.value))
+        else:
+            problems.append(f"{record.label_path!r}: {metric.name}={metric.value!r} has no "
+                            "line-protocol form, field left out")
+    message = error_text(record)
+    if message is not None:
+        fields.append(("error", message))
+        problems.insert(0, message)
+    return format_line(MEASUREMENT, tags, fields), problems
+
+
+def render(collection: Collection) -> tuple[str, list[str]]:
+    """The batch text (newline-terminated lines) and the messages for stderr."""
+    lines: list[str] = []
+    problems: list[str] = []
+    for record in collection.records:
+        line, record_problems = record_point(record)
+        lines.append(line + "\n")
+        problems += record_problems
+    return "".join(lines), problems
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qcow2-telegraf",
+        description="Print qcow2 image usage as InfluxDB line protocol for Telegraf's "
+        "inputs.exec / inputs.execd.",
+    )
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="image file, block device, directory (searched recursively for qcow2 files) or "
+        "glob pattern",
+    )
+    parser.add_argument(
+        "--running", action="store_true", help="also every image a running qemu holds open"
+    )
+    parser.add_argument(
+        "--chain", action="store_true", help="also report each image's backing layers"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="also run the full consistency check (slower: reads all metadata)",
+    )
+    parser.add_argument(
+        "--max-depth", type=int, default=32, help="backing chain depth limit (default 32)"
+    )
+    parser.add_argument(
+        "--execd",
+        action="store_true",
+        help="serve Telegraf's inputs.execd (signal = \"STDIN\"): one batch per line on stdin",
+    )
+    return parser
+
+
+def _write(stream: TextIO, text: str) -> None:
+    # Line protocol is UTF-8 whatever the locale Telegraf starts us with.
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        buffer.write(text.encode("utf-8"))
+    else:
+        stream.write(text)
+    stream.flush()
+
+
+def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
+    collection = collect(
+        args.targets,
+        running=args.running,
+        chain=args.chain,
+        check=args.check,
+        max_depth=args.max_depth,
+    )
+    text, problems = render(collection)
+    if problems:
+        _write(stderr, "".join(f"{LOG_PREFIX} {problem}\n" for problem in problems))
+    _write(stdout, text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits itself on --help (0) and bad usage (2)
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    if not args.targets and not args.running:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: give TARGETs and/or --running", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_depth < 0:
+        print(f"{parser.prog}: error: --max-depth must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        if not args.execd:
+            _batch(args, stdout, stderr)
+            return EXIT_OK
+        # Telegraf writes one newline per interval and closes stdin on shutdown.
+        for _ in sys.stdin:
+            try:
+                _batch(args, stdout, stderr)
+            except BrokenPipeError:
+                raise
+            except Exception as exc:  # one bad interval must not end the daemon
+                _write(stderr, f"{LOG_PREFIX} collection failed: {type(exc).__name__}: {exc}\n")
+        return EXIT_OK
+    except BrokenPipeError:
+        # Telegraf went away; nothing is left to report to. Point stdout at /dev/null so that
+        # the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Target selection: files, devices, globs, directories, de-duplication, running qemu images."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+from collectors.discovery import QCOW2_MAGIC, Target, expand_targets, running_images
+from collectors.errors import IO_ERROR
+
+from daemons import holding_open, make_image, require_binary
+
+
+def _paths(targets: list[Target]) -> list[str | None]:
+    return [t.path for t in targets]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """images/{a.qcow2, sub/b.qcow2, sub/deeper/c.img (qcow2 by magic), notes.txt, raw.img}"""
+    root = tmp_path / "images"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    make_image(root / "a.qcow2", "16M")
+    make_image(root / "sub" / "b.qcow2", "16M")
+    make_image(root / "sub" / "deeper" / "c.img", "16M")
+    (root / "notes.txt").write_text("QFI but not the magic\n")
+    (root / "raw.img").write_bytes(b"\0" * 4096)
+    (root / "short").write_bytes(QCOW2_MAGIC[:2])
+    return root
+
+
+def test_regular_file_is_taken_as_given_without_magic_check(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * 512)
+    # The core decides "not qcow2" with the offset; discovery passes named files through.
+    assert expand_targets([str(raw)]) == [Target(str(raw), str(raw))]
+
+
+def test_relative_paths_become_absolute(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree)
+    assert expand_targets(["a.qcow2"]) == [Target("a.qcow2", str(tree / "a.qcow2"))]
+
+
+def test_directory_is_searched_recursively_by_magic(tree: Path) -> None:
+    targets = expand_targets([str(tree)])
+    assert _paths(targets) == [
+        str(tree / "a.qcow2"),
+        str(tree / "sub" / "b.qcow2"),
+        str(tree / "sub" / "deeper" / "c.img"),
+    ]
+    assert all(t.spec == str(tree) and t.error is None for t in targets)
+
+
+def test_directory_scan_never_opens_a_fifo(tree: Path) -> None:
+    os.mkfifo(tree / "pipe")
+    result: list[list[Target]] = []
+    worker = threading.Thread(target=lambda: result.append(expand_targets([str(tree)])))
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "directory scan blocked opening a FIFO"
+    assert len(result[0]) == 3
+
+
+def test_directory_scan_follows_file_symlinks_and_dedupes(tree: Path) -> None:
+    (tree / "link.qcow2").symlink_to(tree / "sub" / "b.qcow2")
+    (tree / "dangling.qcow2").symlink_to(tree / "gone")
+    assert _paths(expand_targets([str(tree)])) == [
+        str(tree / "a.qcow2"),
+        str(tree / "link.qcow2"),  # sorted first; b.qcow2 is the same file and is dropped
+        str(tree / "sub" / "deeper" / "c.img"),
+    ]
+
+
+def test_empty_directory_yields_nothing(tmp_path: Path) -> None:
+    assert expand_targets([str(tmp_path)]) == []
+
+
+def test_glob(tree: Path) -> None:
+    targets = expand_targets([str(tree / "*.qcow2"), str(tree / "sub" / "*")])
+    assert _paths(targets) == [
+        str(tree / "a.qcow2"),
+        str(tree / "sub" / "b.qcow2"),
+        str(tree / "sub" / "deeper" / "c.img"),  # the directory match is searched
+    ]
+
+
+def test_glob_matching_nothing_is_a_failed_target(tree: Path) -> None:
+    spec = str(tree / "*.vmdk")
+    targets = expand_targets([spec, str(tree / "a.qcow2")])
+    assert targets[0].path is None and targets[0].spec == spec
+    assert targets[0].error is not None and targets[0].error.kind == IO_ERROR
+    assert "no file matches" in str(targets[0].error)
+    assert targets[1].path == str(tree / "a.qcow2")
+
+
+def test_literal_name_with_glob_characters_wins(tmp_path: Path) -> None:
+    odd = make_image(tmp_path / "disk[1]*.qcow2", "16M")
+    make_image(tmp_path / "disk1x.qcow2", "16M")  # what the pattern would match
+    assert _paths(expand_targets([str(odd)])) == [str(odd)]
+
+
+def test_missing_and_special_files_fail(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    targets = expand_targets([str(tmp_path / "missing.qcow2"), str(tmp_path / "fifo")])
+    assert _paths(targets) == [None, None]
+    assert "No such file" in str(targets[0].error)
+    assert "not a regular file" in str(targets[1].error)
+
+
+def test_dedupe_keeps_first_by_realpath(tree: Path) -> None:
+    link = tree.parent / "alias.qcow2"
+    link.symlink_to(tree / "a.qcow2")
+    targets = expand_targets([str(link), str(tree), str(tree / "a.qcow2"), str(link)])
+    assert _paths(targets) == [
+        str(link),
+        str(tree / "sub" / "b.qcow2"),
+        str(tree / "sub" / "deeper" / "c.img"),
+    ]
+
+
+def test_directory_scan_does_not_update_atime(tree: Path) -> None:
+    """O_NOATIME: relatime would update an atime older than the mtime on a plain read."""
+    image = tree / "a.qcow2"
+    stat = image.stat()
+    old_atime = stat.st_mtime_ns - 3600 * 10**9
+    os.utime(image, ns=(old_atime, stat.st_mtime_ns))
+    expand_targets([str(tree)])
+    assert image.stat().st_atime_ns == old_atime
+    # Control: a plain read does update it here, so the assertion above can fail.
+    with image.open("rb") as handle:
+        handle.read(4)
+    assert image.stat().st_atime_ns != old_atime
+
+
+@contextlib.contextmanager
+def _loop_device(backing: Path) -> Iterator[str]:
+    losetup = require_binary("losetup")
+    proc = subprocess.run(
+        [losetup, "--find", "--show", str(backing)], capture_output=True, text=True, timeout=30
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"losetup failed (the tests need root and loop devices): {proc.stderr}")
+    device = proc.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run([losetup, "--detach", device], capture_output=True, timeout=30)
+
+
+def test_block_device_target_and_running_block_image(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "blk.qcow2", "16M")
+    # Pad to whole sectors so the loop device covers the whole image.
+    with image.open("r+b") as handle:
+        handle.truncate((image.stat().st_size + 511) // 512 * 512)
+    with _loop_device(image) as device:
+        assert expand_targets([device]) == [Target(device, device)]
+        assert device not in running_images()
+        with holding_open(Path(device)):
+            assert device in running_images()
+
+
+def test_running_images_include_backing_layers(tmp_path: Path) -> None:
+    base = make_image(tmp_path / "base image.qcow2", "16M")
+    top = make_image(tmp_path / "top.qcow2", backing=base)
+    other = make_image(tmp_path / "idle.qcow2", "16M")
+    assert str(top) not in running_images()
+    log = tmp_path / "qemu-io.log"
+    with holding_open(top, log=log) as proc:
+        found = running_images()
+        assert str(top) in found and str(base) in found
+        assert str(other) not in found
+        assert found == sorted(found)
+        # qemu-io also holds its log, a regular file that is no image: filtered by magic.
+        held = [f.path for f in psutil.Process(proc.pid).open_files()]
+        assert str(log) in held
+        assert str(log) not in found
+    assert str(top) not in running_images()
+
+
+def test_running_images_ignore_processes_merely_mentioning_qemu(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "qemu-named.qcow2", "16M")
+    # A non-qemu process holding a qcow2 image open, with "qemu" in its arguments only.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; f = open(sys.argv[1], 'rb'); print(flush=True); time.sleep(30)",
+         str(image)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        holder.stdout.readline()  # the image is open once this line arrives
+        assert str(image) not in running_images()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)

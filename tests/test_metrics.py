@@ -1,0 +1,438 @@
+"""The neutral metric model: names, units, types, labels; collect() on real images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from collectors import metrics
+from collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from collectors.metrics import (
+    INFO_METRIC,
+    METRICS,
+    Collection,
+    ImageRecord,
+    collect,
+    collection_metrics,
+    error_text,
+    image_metrics,
+    info_labels,
+    parse_size,
+)
+from collectors.model import (
+    CONTAINER_BLOCK,
+    CONTAINER_FILE,
+    LAYER_MISSING,
+    LAYER_OK,
+    LAYER_PROTOCOL,
+    SOURCE_REFCOUNTS,
+    CheckResult,
+    Container,
+    ImageUsage,
+)
+from collectors.usage import analyze_usage
+
+from daemons import make_image, require_binary, run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# --- hand-built model objects, shared with the adapters' golden tests --------------------------
+
+AWKWARD_PATH = '/var/lib/images/a b,c=d "q\\ ü.qcow2'
+
+
+def sample_usage(filename: str, **changes: object) -> ImageUsage:
+    fields: dict[str, object] = dict(
+        filename=filename,
+        image_end_offset=327680,
+        image_end_offset_source=SOURCE_REFCOUNTS,
+        container=Container(
+            kind=CONTAINER_FILE,
+            size=10737418240,
+            headroom=10737090560,
+            length=327680,
+            allocated_bytes=266240,
+        ),
+        usage_ratio=327680 / 10737418240,
+        fully_allocated_size=1074135040,
+        virtual_size=1073741824,
+        cluster_size=65536,
+        qcow_version=3,
+        in_use=False,
+        dirty=False,
+        corrupt=False,
+        lazy_refcounts=False,
+        refcounts_trusted=True,
+        encrypted=False,
+        backing_filename="base.qcow2",
+        backing_format="qcow2",
+        external_data_file=None,
+        snapshots=1,
+        bitmaps=0,
+    )
+    fields.update(changes)
+    return ImageUsage(**fields)  # type: ignore[arg-type]
+
+
+def sample_check(filename: str) -> CheckResult:
+    return CheckResult(
+        filename=filename,
+        check_errors=0,
+        corruptions=0,
+        leaks=2,
+        image_end_offset=327680,
+        total_clusters=16384,
+        allocated_clusters=3,
+        fragmented_clusters=1,
+        compressed_clusters=0,
+    )
+
+
+def sample_collection() -> Collection:
+    """Four records covering every shape: full (+check), block layer, failed target, protocol."""
+    top = ImageRecord(
+        target="/var/lib/images",
+        path=AWKWARD_PATH,
+        depth=0,
+        usage=sample_usage(AWKWARD_PATH),
+        check=sample_check(AWKWARD_PATH),
+        error=None,
+    )
+    base = ImageRecord(
+        target="/var/lib/images",
+        path="/dev/vg0/base",
+        depth=1,
+        usage=sample_usage(
+            "/dev/vg0/base",
+            container=Container(
+                kind=CONTAINER_BLOCK,
+                size=1073741824,
+                headroom=0,
+                length=1073741824,
+                allocated_bytes=None,
+            ),
+            image_end_offset=1073741824,
+            usage_ratio=1.0,
+            backing_filename="nbd://backup.example:10809/base",
+            backing_format=None,
+            in_use=True,
+            dirty=True,
+            lazy_refcounts=True,
+            refcounts_trusted=False,
+            snapshots=0,
+            bitmaps=2,
+        ),
+        check=None,
+        error=None,
+        status=LAYER_OK,
+        name="/dev/vg0/base",
+    )
+    proto = ImageRecord(
+        target="/var/lib/images",
+        path=None,
+        depth=2,
+        usage=None,
+        check=None,
+        error=None,
+        status=LAYER_PROTOCOL,
+        name="nbd://backup.example:10809/base",
+    )
+    failed = ImageRecord(
+        target="/srv/*.qcow2",
+        path=None,
+        depth=0,
+        usage=None,
+        check=None,
+        error=Qcow2Error(
+            "no file matches this pattern", structure="target", kind=IO_ERROR,
+            filename="/srv/*.qcow2",
+        ),
+    )
+    return Collection((top, base, proto, failed), duration_seconds=0.25, timestamp=1700000000.5)
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+def test_metric_names_carry_their_unit_suffix() -> None:
+    suffix = {"bytes": "_bytes", "ratio": "_ratio", "seconds": "_seconds"}
+    for name, spec in METRICS.items():
+        if spec.unit:
+            assert name.endswith(suffix[spec.unit]), name
+        else:
+            assert not name.endswith(tuple(suffix.values())), name
+        assert spec.help and "\n" not in spec.help
+        assert spec.type in ("gauge", "counter")
+
+
+def test_image_metrics_full_record() -> None:
+    top = sample_collection().records[0]
+    by_name = {m.name: m for m in image_metrics(top)}
+    assert list(by_name) == [
+        "image_end_offset_bytes", "container_size_bytes", "headroom_bytes", "usage_ratio",
+        "fully_allocated_size_bytes", "virtual_size_bytes", "allocated_bytes", "in_use",
+        "dirty", "corrupt", "refcounts_trusted", "snapshots", "bitmaps", "check_errors",
+        "corruptions", "leaks", "total_clusters", "allocated_clusters", "fragmented_clusters",
+        "compressed_clusters", "scrape_error", "image_info",
+    ]
+    identity = (("depth", "0"), ("path", AWKWARD_PATH))
+    for metric in by_name.values():
+        if metric.name != INFO_METRIC:
+            assert metric.labels == identity
+        assert metric.unit == METRICS[metric.name].unit
+        assert metric.help == METRICS[metric.name].help
+    assert by_name["image_end_offset_bytes"].value == 327680
+    assert by_name["headroom_bytes"].value == 10737090560
+    assert by_name["leaks"].value == 2
+    assert by_name["scrape_error"].value == 0
+    assert dict(by_name[INFO_METRIC].labels) == {
+        "backing_file": "base.qcow2",
+        "backing_format": "qcow2",
+        "cluster_size": "65536",
+        "container": "file",
+        "depth": "0",
+        "encrypted": "false",
+        "end_offset_source": "refcounts",
+        "filename": 'a b,c=d "q\\ ü.qcow2',
+        "lazy_refcounts": "false",
+        "path": AWKWARD_PATH,
+        "qcow_version": "3",
+        "status": "ok",
+    }
+
+
+def test_value_types_never_change_between_records() -> None:
+    """A field's type is fixed by its first write in InfluxDB: ratio 1.0 stays float, etc."""
+    types: dict[str, set[type]] = {}
+    for record in sample_collection().records:
+        for metric in image_metrics(record):
+            types.setdefault(metric.name, set()).add(type(metric.value))
+    assert types["usage_ratio"] == {float}  # 1.0 for the full block device included
+    assert types["in_use"] == types["dirty"] == types["refcounts_trusted"] == {bool}
+    for name in ("image_end_offset_bytes", "snapshots", "scrape_error", "leaks", "image_info"):
+        assert types[name] == {int}, name
+    for name, seen in types.items():
+        assert seen == {METRICS[name].value_type}, name
+
+
+def test_block_layer_has_no_allocated_bytes_and_keeps_backing_name() -> None:
+    base = sample_collection().records[1]
+    names = [m.name for m in image_metrics(base)]
+    assert "allocated_bytes" not in names
+    assert "check_errors" not in names
+    info = dict(info_labels(base))
+    assert info["backing_name"] == "/dev/vg0/base"
+    assert info["container"] == "block"
+    assert info["backing_file"] == "nbd://backup.example:10809/base"
+    assert "backing_format" not in info  # None: never an empty label value
+
+
+def test_failed_and_protocol_records() -> None:
+    _, _, proto, failed = sample_collection().records
+    assert [(m.name, m.value) for m in image_metrics(failed)] == [
+        ("scrape_error", 1),
+        ("image_info", 1),
+    ]
+    assert image_metrics(failed)[0].labels == (("depth", "0"), ("path", "/srv/*.qcow2"))
+    assert dict(info_labels(failed))["status"] == "error"
+    assert error_text(failed) == "/srv/*.qcow2: target: no file matches this pattern"
+    assert [(m.name, m.value) for m in image_metrics(proto)] == [
+        ("scrape_error", 0),
+        ("image_info", 1),
+    ]
+    assert dict(info_labels(proto)) == {
+        "backing_name": "nbd://backup.example:10809/base",
+        "depth": "2",
+        "path": "nbd://backup.example:10809/base",
+        "status": "protocol",
+    }
+
+
+def test_error_text_is_one_line_and_label_values_valid_utf8() -> None:
+    bad_name = os.fsdecode(b"/img/new\nline\xff.qcow2")  # undecodable byte -> surrogate
+    record = ImageRecord(
+        bad_name, bad_name, 0, None, None,
+        Qcow2Error("not a qcow2 image", structure="header", kind=NOT_QCOW2, filename=bad_name),
+    )
+    text = error_text(record)
+    assert text is not None and "\n" not in text and "\\n" in text
+    text.encode("utf-8")
+    for metric in image_metrics(record):
+        for _, value in metric.labels:
+            value.encode("utf-8")  # raises on a lone surrogate
+    assert dict(image_metrics(record)[0].labels)["path"] == "/img/new\nline\ufffd.qcow2"
+
+
+def test_collection_metrics() -> None:
+    got = [(m.name, m.value, m.unit, m.labels) for m in collection_metrics(sample_collection())]
+    assert got == [
+        ("collector_duration_seconds", 0.25, "seconds", ()),
+        ("last_success_timestamp_seconds", 1700000000.5, "seconds", ()),
+        ("images", 4, "", ()),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4096", 4096),
+        ("512M", 512 * 2**20),
+        ("512m", 512 * 2**20),
+        ("10GiB", 10 * 2**30),
+        ("10G", 10 * 2**30),
+        ("10GB", 10 * 2**30),
+        ("1.5T", 3 * 2**39),
+        ("1K", 1024),
+        ("0", 0),
+        (" 2 Ki ", 2048),
+        ("100B", 100),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "1X", "1 GiBB", "1e3", "iB", "1..5G", "nan"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid size"):
+        parse_size(text)
+
+
+def test_metrics_module_stays_light() -> None:
+    """The Nagios plugin imports collectors.metrics on every check."""
+    code = (
+        "import sys, collectors.metrics\n"
+        "heavy = {'numpy', 'jinja2', 'prometheus_client', 'psutil', 'collectors.usage'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_core_imports_no_adapter() -> None:
+    for source in (ROOT / "collectors").glob("*.py"):
+        text = source.read_text()
+        for adapter in ("nagios", "telegraf", "node_exporter_textfile", "jinja2",
+                        "prometheus_client"):
+            assert f"import {adapter}" not in text and f"from {adapter}" not in text, (
+                source, adapter)
+
+
+# --- collect() on real images ------------------------------------------------------------------
+
+
+def _qemu_check(path: Path) -> dict[str, object]:
+    proc = subprocess.run(
+        [require_binary("qemu-img"), "check", "--output=json", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    result: dict[str, object] = json.loads(proc.stdout)
+    return result
+
+
+def test_collect_matches_core_and_qemu(tmp_path: Path) -> None:
+    base = make_image(tmp_path / "base.qcow2", "32M", write=["write -P 1 0 1M"])
+    top = make_image(tmp_path / "top img.qcow2", backing=base, write=["write -P 2 4M 2M"])
+    missing = tmp_path / "nope.qcow2"
+    collection = collect([str(top), str(missing)], chain=True)
+    assert [(r.label_path, r.depth, r.error is None) for r in collection.records] == [
+        (str(top), 0, True),
+        (str(base), 1, True),
+        (str(missing), 0, False),
+    ]
+    assert collection.duration_seconds > 0
+    for record in collection.records[:2]:
+        assert record.path is not None
+        core = analyze_usage(record.path, chain=False).usage
+        assert core is not None and record.usage is not None
+        # Free space of the shared filesystem moves between the two calls: compare the rest.
+        assert record.usage == replace(core, container=record.usage.container,
+                                       usage_ratio=record.usage.usage_ratio)
+        assert record.usage.container.length == core.container.length
+        values = {m.name: m.value for m in image_metrics(record)}
+        assert values["image_end_offset_bytes"] == _qemu_check(Path(record.path))[
+            "image-end-offset"]
+        assert values["virtual_size_bytes"] == 32 * 2**20
+        assert values["scrape_error"] == 0
+    assert dict(info_labels(collection.records[1]))["backing_name"] == str(base)
+    failed = collection.records[2]
+    assert failed.error is not None and failed.error.kind == IO_ERROR
+
+
+def test_collect_reports_each_file_once(tmp_path: Path) -> None:
+    base = make_image(tmp_path / "base.qcow2", "16M")
+    one = make_image(tmp_path / "one.qcow2", backing=base)
+    two = make_image(tmp_path / "two.qcow2", backing=base)
+    link = tmp_path / "link.qcow2"
+    link.symlink_to(one)
+    collection = collect([str(one), str(two), str(link), str(base)], chain=True)
+    assert [(r.path, r.depth) for r in collection.records] == [
+        (str(one), 0),
+        (str(base), 1),
+        (str(two), 0),
+    ]
+
+
+def test_collect_missing_and_looping_layers(tmp_path: Path) -> None:
+    base = make_image(tmp_path / "base.qcow2", "16M")
+    top = make_image(tmp_path / "top.qcow2", backing=base)
+    base.unlink()
+    a = make_image(tmp_path / "a.qcow2", "16M")
+    b = make_image(tmp_path / "b.qcow2", backing=a)
+    # a -> b -> a: rebase a onto b without touching data (-u).
+    run([require_binary("qemu-img"), "rebase", "-u", "-F", "qcow2", "-b", str(b), str(a)])
+    records = collect([str(top), str(a)], chain=True).records
+    by_key = {(r.label_path, r.depth): r for r in records}
+    missing = by_key[(str(base), 1)]
+    assert missing.status == LAYER_MISSING and missing.error is not None
+    assert "not found" in str(missing.error)
+    assert by_key[(str(a), 0)].error is None
+    assert by_key[(str(b), 1)].error is None
+    loop = by_key[(str(a), 2)]  # a again, below b: reported although a was reported at depth 0
+    assert loop.error is not None and "loops" in str(loop.error)
+    assert {m.name: m.value for m in image_metrics(loop)}["scrape_error"] == 1
+
+
+def test_collect_turns_unexpected_exceptions_into_record_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = make_image(tmp_path / "good.qcow2", "16M")
+    bad = make_image(tmp_path / "bad.qcow2", "16M")
+
+    def analyze(path: str, **kwargs: object) -> object:
+        if path == str(bad):
+            raise RuntimeError("boom")
+        return analyze_usage(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(metrics, "_analyze_fn", lambda: analyze)
+    records = collect([str(bad), str(good)]).records
+    assert records[0].error is not None and "RuntimeError: boom" in str(records[0].error)
+    assert records[1].error is None and records[1].usage is not None
+
+
+def test_collect_with_check(tmp_path: Path) -> None:
+    # Written out of guest order, so that some clusters are fragmented.
+    image = make_image(tmp_path / "c.qcow2", "16M",
+                       write=["write 8M 64k", "write 0 1M", "write 4M 64k"])
+    not_qcow2 = tmp_path / "raw.img"
+    not_qcow2.write_bytes(b"\0" * 65536)
+    records = collect([str(image), str(not_qcow2)], check=True).records
+    assert records[0].check is not None
+    expected = _qemu_check(image)
+    values = {m.name: m.value for m in image_metrics(records[0])}
+    assert values["check_errors"] == expected.get("check-errors", 0)
+    assert values["corruptions"] == expected.get("corruptions", 0)
+    assert values["leaks"] == expected.get("leaks", 0)
+    assert values["total_clusters"] == expected["total-clusters"]
+    assert values["allocated_clusters"] == expected["allocated-clusters"]
+    assert values["fragmented_clusters"] == expected["fragmented-clusters"]  # present: > 0
+    assert values["compressed_clusters"] == expected.get("compressed-clusters", 0)
+    assert records[1].error is not None and records[1].check is None

@@ -1,0 +1,283 @@
+"""qcow2-telegraf: line protocol rules, golden output, exec/execd modes, a real influxd 1.6."""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_metrics import sample_collection
+
+from collectors.usage import analyze_usage
+from telegraf import lineprotocol as lp
+from telegraf.qcow2_telegraf import main, render
+
+from daemons import holding_open, influxd, make_image, require_binary, run
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden" / "qcow2.lp"
+SCRIPT = [sys.executable, "-m", "telegraf.qcow2_telegraf"]
+
+# Names that exercise every escaping rule: space, comma, equals, quotes, backslashes (also
+# before an escaped character), non-ASCII, a leading '='.
+AWKWARD_NAMES = [
+    "plain.qcow2",
+    "with space.qcow2",
+    "comma,and=equals.qcow2",
+    'double"quote\'single.qcow2',
+    "back\\slash.qcow2",
+    "back\\,slash comma.qcow2",
+    "ünïcødé ✓ 磁盘.qcow2",
+    "=leading.qcow2",
+]
+
+
+# --- the one place for escaping ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("plain", "plain"),
+        ("a b", "a\\ b"),
+        ("a,b", "a\\,b"),
+        ("a=b", "a\\=b"),
+        ('q"uote', 'q"uote'),  # quotes need no escape outside string fields
+        ("a\\b", "a\\b"),  # a backslash before an ordinary character stays single
+        ("a\\,b", "a\\\\,b"),  # backslash, then the escaped comma
+        ("end\\", "end%5C"),  # would escape the separator after it
+        ("tab\tnl\ncr\r", "tab\\tnl\\ncr\\r"),
+        ("ü ✓", "ü\\ ✓"),
+    ],
+)
+def test_escape_tag_value(raw: str, escaped: str) -> None:
+    assert lp.escape_tag_value(raw) == escaped
+
+
+def test_escape_measurement_keeps_equals() -> None:
+    assert lp.escape_measurement("a b,c=d") == "a\\ b\\,c=d"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (True, "true"),
+        (False, "false"),
+        (0, "0i"),
+        (-5, "-5i"),
+        (2**63 - 1, "9223372036854775807i"),
+        (0.5, "0.5"),
+        (1.0, "1.0"),  # a float stays a float even when integral
+        (1e-05, "1e-05"),
+        ('say "hi" \\ there\n', '"say \\"hi\\" \\\\ there\\\\n"'),
+    ],
+)
+def test_format_field_value(value: lp.FieldValue, text: str) -> None:
+    assert lp.format_field_value(value) == text
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, math.inf, -math.inf, math.nan])
+def test_unrepresentable_values_are_refused(value: lp.FieldValue) -> None:
+    assert not lp.representable(value)
+    with pytest.raises(ValueError):
+        lp.format_field_value(value)
+
+
+def test_format_line_sorts_tags_drops_empty_ones_and_needs_a_field() -> None:
+    line = lp.format_line("qcow2", [("path", "/a b"), ("depth", "0"), ("empty", "")],
+                          [("x", 1), ("r", 0.25)])
+    assert line == "qcow2,depth=0,path=/a\\ b x=1i,r=0.25"
+    assert lp.format_line("m", [], [("v", True)], timestamp_ns=17) == "m v=true 17"
+    with pytest.raises(ValueError):
+        lp.format_line("qcow2", [("path", "/a")], [])
+
+
+def test_golden_batch() -> None:
+    text, problems = render(sample_collection())
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert text == GOLDEN.read_text(encoding="utf-8")
+    assert problems == ["/srv/*.qcow2: target: no file matches this pattern"]
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(SCRIPT + args, cwd=ROOT, capture_output=True, timeout=120, **kwargs)
+
+
+def test_exec_mode_reports_failures_as_points_and_exits_zero(tmp_path: Path) -> None:
+    good = make_image(tmp_path / "good.qcow2", "16M")
+    junk = tmp_path / "junk.qcow2"
+    junk.write_bytes(b"not an image" * 100)
+    proc = _run([str(good), str(junk), str(tmp_path / "none*.qcow2")])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("qcow2,") and "scrape_error=0i" in lines[0]
+    assert "scrape_error=1i" in lines[1] and 'error="' in lines[1]
+    assert "not a qcow2 image" in lines[1]
+    assert "scrape_error=1i" in lines[2] and "no file matches" in lines[2]
+    errors = proc.stderr.decode().splitlines()
+    assert len(errors) == 2
+    assert all(line.startswith("E! [inputs.qcow2] ") for line in errors)
+
+
+def test_usage_errors() -> None:
+    assert main([]) == 64
+    assert main(["--no-such-option", "x"]) == 64
+    assert main(["--max-depth", "-1", "x"]) == 64
+    assert _run(["--help"]).returncode == 0
+
+
+def _read_lines(proc: subprocess.Popen[bytes], count: int, timeout: float = 30) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(lines) < count:
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([proc.stdout], [], [], max(remaining, 0))
+        if not ready:
+            raise AssertionError(f"got {len(lines)} of {count} lines within {timeout}s: {lines}")
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"stdout closed after {lines}")
+        lines.append(line.decode())
+    return lines
+
+
+def test_execd_mode_one_batch_per_newline_until_eof(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "e.qcow2", "16M")
+    missing = tmp_path / "missing.qcow2"
+    proc = subprocess.Popen(
+        [*SCRIPT, "--execd", str(image), str(missing)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        bufsize=0,  # unbuffered reads: select() must see every line that has not been read
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        # Nothing before the first signal: Telegraf asks with a newline.
+        assert select.select([proc.stdout], [], [], 0.5)[0] == []
+        for _ in range(3):
+            proc.stdin.write(b"\n")
+            proc.stdin.flush()
+            batch = _read_lines(proc, 2)
+            assert "scrape_error=0i" in batch[0] and "scrape_error=1i" in batch[1]
+        # The image grows between two intervals: the next batch shows it (no caching).
+        run([require_binary("qemu-io"), "-f", "qcow2", "-c", "write 0 4M", str(image)])
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+        grown = _read_lines(proc, 2)[0]
+        assert grown != batch[0]
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        assert proc.stderr.read().decode().count("E! [inputs.qcow2]") == 4
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+# --- a real InfluxDB 1.6 -----------------------------------------------------------------------
+
+
+def _images(directory: Path) -> list[Path]:
+    directory.mkdir()
+    base = make_image(directory / "base,layer=1 ü.qcow2", "32M", write=["write -P 7 0 1M"])
+    images = [make_image(directory / name, "48M", write=["write 0 2M"])
+              for name in AWKWARD_NAMES]
+    images.append(make_image(directory / "overlay \\ \"x\".qcow2", backing=base,
+                             write=["write 1M 512k"]))
+    # Internal snapshot, dirty bit (lazy refcounts, qemu-io aborts without closing).
+    run([require_binary("qemu-img"), "snapshot", "-c", "s1", str(images[0])])
+    dirty = make_image(directory / "dirty.qcow2", "16M", options=["lazy_refcounts=on"])
+    subprocess.run([require_binary("qemu-io"), "-f", "qcow2", "-c", "write 0 64k", "-c", "abort",
+                    str(dirty)], capture_output=True, timeout=60)
+    images += [dirty, base]
+    return images
+
+
+def test_influxd_accepts_every_line_and_values_round_trip(tmp_path: Path) -> None:
+    require_binary("influxd")
+    images = _images(tmp_path / "img")
+    junk = tmp_path / "img" / "junk, = \"x\".qcow2"
+    junk.write_bytes(b"\0" * 1024)
+    with influxd(tmp_path / "influx") as db:
+        # Several shapes of batch into one measurement: a field that changed type between
+        # them would be rejected by influxd with "field type conflict".
+        batches = [
+            [str(tmp_path / "img"), "--chain", "--check"],
+            [str(junk), str(tmp_path / "nothing*")],
+            [str(images[0])],
+        ]
+        total = 0
+        for args in batches:
+            proc = _run(args)
+            assert proc.returncode == 0, proc.stderr
+            # No timestamps in the batch: influxd stamps them; ns precision keeps the same
+            # image of two batches as two points instead of one overwriting the other.
+            status, body = db.write(proc.stdout, precision="ns")
+            assert status == 204, (body, proc.stdout.decode())
+            total += len(proc.stdout.splitlines())
+        rows = db.rows("SELECT * FROM qcow2")
+        assert len(rows) == total
+
+        field_types = {row["fieldKey"]: row["fieldType"]
+                       for row in db.rows("SHOW FIELD KEYS FROM qcow2")}
+        assert field_types["usage_ratio"] == "float"
+        assert field_types["image_end_offset_bytes"] == "integer"
+        assert field_types["leaks"] == "integer", field_types
+        assert field_types["scrape_error"] == "integer"
+        assert field_types["in_use"] == "boolean"
+        assert field_types["error"] == "string"
+
+        # Every image came back under its exact path, with the core's values.
+        by_path: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            by_path.setdefault(row["path"], row)  # first batch: the directory scan
+        for image in images:
+            row = by_path[str(image)]
+            usage = analyze_usage(str(image), chain=False).usage
+            assert usage is not None
+            assert row["image_end_offset_bytes"] == usage.image_end_offset
+            assert row["virtual_size_bytes"] == usage.virtual_size
+            assert row["fully_allocated_size_bytes"] == usage.fully_allocated_size
+            assert row["snapshots"] == usage.snapshots
+            assert row["dirty"] is usage.dirty
+            assert row["filename"] == image.name
+            assert row["scrape_error"] == 0
+            assert row["leaks"] is not None  # --check ran
+            assert math.isclose(row["usage_ratio"], usage.usage_ratio, rel_tol=1e-3)
+        assert by_path[str(images[-2])]["dirty"] is True
+        assert by_path[str(images[0])]["snapshots"] == 1
+        assert by_path[str(junk)]["scrape_error"] == 1
+        assert "not a qcow2 image" in by_path[str(junk)]["error"]
+        assert by_path[str(tmp_path / "nothing*")]["scrape_error"] == 1
+
+
+def test_running_images_with_their_backing_layers(tmp_path: Path) -> None:
+    base = make_image(tmp_path / "run base.qcow2", "16M")
+    top = make_image(tmp_path / "run top.qcow2", backing=base)
+    with holding_open(top):
+        proc = _run(["--running", "--chain"])
+    assert proc.returncode == 0, proc.stderr
+    # Other qemu processes on this machine may add lines: look for ours only.
+    lines = proc.stdout.decode().splitlines()
+
+    def line_of(image: Path) -> str:
+        tag = f",path={lp.escape_tag_value(str(image))},"
+        found = [line for line in lines if tag in line]
+        assert len(found) == 1, (tag, lines)
+        return found[0]
+
+    assert "in_use=true" in line_of(top)  # qemu-io holds the write lock of the top image
+    assert "in_use=false" in line_of(base)  # backing files are opened read-only
+    assert "scrape_error=0i" in line_of(top) and "scrape_error=0i" in line_of(base)
