@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Union
 
 import pytest
+
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, build_corpus
 from damage import DamagedImage, copy_image, damaged_variants
 
