@@ -18,13 +18,14 @@ from .image import Qcow2Image
 _BE_FORMATS = {8: "B", 16: "H", 32: "I", 64: "Q"}
 
 
-def refcount_table(image: Qcow2Image) -> tuple[int, ...]:
-    """The refcount table entries (bounded by qemu's 8 MiB limit at open time)."""
+def refcount_table(image: Qcow2Image, entries: Optional[int] = None) -> tuple[int, ...]:
+    """The first `entries` refcount table entries (all by default; bounded by qemu's 8 MiB
+    limit at open time). Past EOF they read as zero, as in qemu."""
     h = image.header
-    raw = image.file.read_zero_padded(h.refcount_table_offset,
-                                      h.refcount_table_clusters * h.cluster_size,
-                                      "refcount table")
-    return struct.unpack(f">{len(raw) // 8}Q", raw)
+    count = h.refcount_table_entries if entries is None else min(entries,
+                                                                 h.refcount_table_entries)
+    raw = image.file.read_zero_padded(h.refcount_table_offset, count * 8, "refcount table")
+    return struct.unpack(f">{count}Q", raw)
 
 
 def decode_block(block: bytes, refcount_bits: int) -> list[int]:
@@ -73,10 +74,10 @@ def image_end_offset_from_refcounts(image: Qcow2Image) -> int:
     cs = h.cluster_size
     clusters = nb_clusters(image)
     per_block = h.refcount_block_entries
-    table = refcount_table(image)
     # Only table entries covering clusters below nb_clusters matter (refcounts past EOF are
-    # ignored by qemu's compare_refcounts()).
-    last_index = min(len(table), -(-clusters // per_block)) - 1
+    # ignored by qemu's compare_refcounts()), so only those are read.
+    table = refcount_table(image, -(-clusters // per_block))
+    last_index = len(table) - 1
     for index in range(last_index, -1, -1):
         block_offset = table[index] & L.REFT_OFFSET_MASK
         if not block_offset:
