@@ -20,13 +20,14 @@ into a small bounded cache. numpy is imported by this module only (usage imports
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
 import numpy.typing as npt
 
 from . import layout as L
+from .container import held_for_writing
 from .errors import OUT_OF_BOUNDS, Qcow2Error
 from .image import Qcow2Image
 from .model import (
@@ -1005,10 +1006,19 @@ def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
     )
 
 
+IN_USE_NOTE = ("held for writing by a running qemu: its cached metadata may not be on disk "
+               "yet, so leaks or corruptions found now can be transient; check again after "
+               "the VM stops")
+
+
 def check_image(path: str, *, max_findings: int = 100) -> CheckResult:
     """Open `path` read-only and check it; raises Qcow2Error when it cannot be checked."""
     with Qcow2Image.open(path) as image:
-        return check(image, max_findings=max_findings)
+        result = check(image, max_findings=max_findings)
+        if held_for_writing(image.file):
+            # qemu caches L2 and refcount blocks: what is on disk may lag behind the guest.
+            result = replace(result, notes=(*result.notes, IN_USE_NOTE))
+        return result
 
 
 def image_end_offset_by_walk(image: Qcow2Image) -> int:

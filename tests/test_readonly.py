@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -110,6 +111,13 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
         for args in all_commands(image):
             assert subprocess.run([sys.executable, "-m", "collectors.cli", *args], cwd=REPO,
                                   capture_output=True, timeout=120).returncode in (0, 3), args
+        # The check runs on an image in use (qemu-img check would refuse without -U) and says
+        # that what it finds may be transient.
+        check = subprocess.run([sys.executable, "-m", "collectors.cli", "check", "--output",
+                                "json", str(image)], cwd=REPO, capture_output=True, text=True,
+                               timeout=120)
+        assert any("held for writing" in note
+                   for note in json.loads(check.stdout).get("notes", [])), check.stdout
         out, err = writer.communicate(timeout=60)
     finally:
         if writer.poll() is None:
