@@ -1,0 +1,66 @@
+"""Backing chains: loops, pseudo-protocols, depth limit, missing layers (made with qemu-img)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from collectors.usage import analyze_usage
+
+
+def create(path: Path, backing: str | None = None, fmt: str = "qcow2") -> Path:
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        cmd += ["-u", "-b", backing, "-F", fmt]
+    subprocess.run([*cmd, str(path), "16M"], check=True)
+    return path
+
+
+def rebase_unsafe(path: Path, backing: str) -> None:
+    subprocess.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "qcow2",
+                    str(path)], check=True)
+
+
+def test_loop_is_detected(tmp_path: Path) -> None:
+    a = create(tmp_path / "a.qcow2")
+    b = create(tmp_path / "b.qcow2", "a.qcow2")
+    rebase_unsafe(a, "b.qcow2")  # a -> b -> a
+    result = analyze_usage(str(b))
+    assert result.error is None
+    assert [(layer.depth, layer.status) for layer in result.chain] == [(1, "ok"), (2, "loop")]
+    assert result.chain[1].name == "b.qcow2"
+
+
+def test_protocols_are_reported_never_opened(tmp_path: Path) -> None:
+    for name in ("nbd:127.0.0.1:1", 'json:{"driver": "file", "filename": "/etc/passwd"}'):
+        top = create(tmp_path / "top.qcow2", name, fmt="raw")
+        result = analyze_usage(str(top))
+        assert [(layer.status, layer.name, layer.path) for layer in result.chain] == [
+            ("protocol", name, None)]
+        top.unlink()
+
+
+def test_depth_limit(tmp_path: Path) -> None:
+    create(tmp_path / "l0.qcow2")
+    for i in range(1, 6):
+        create(tmp_path / f"l{i}.qcow2", f"l{i - 1}.qcow2")
+    result = analyze_usage(str(tmp_path / "l5.qcow2"), max_depth=3)
+    assert [layer.status for layer in result.chain] == ["ok", "ok", "ok", "too-deep"]
+    full = analyze_usage(str(tmp_path / "l5.qcow2"))
+    assert [layer.depth for layer in full.chain] == [1, 2, 3, 4, 5]
+    assert all(layer.status == "ok" for layer in full.chain)
+
+
+def test_missing_and_absolute_and_raw_layers(tmp_path: Path) -> None:
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    raw = tmp_path / "base.raw"
+    raw.write_bytes(b"\0" * 4096)
+    mid = create(sub / "mid.qcow2", str(raw), fmt="raw")  # absolute name, kept as is
+    top = create(sub / "top.qcow2", "mid.qcow2")
+    result = analyze_usage(str(top))
+    assert [(layer.status, layer.path) for layer in result.chain] == [
+        ("ok", str(mid)), ("not-qcow2", str(raw))]
+    raw.unlink()
+    result = analyze_usage(str(top))
+    assert [layer.status for layer in result.chain] == ["ok", "missing"]
