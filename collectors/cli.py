@@ -21,8 +21,8 @@ from . import layout as L
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Qcow2Error, internal_error
 from .image import Qcow2Image
 from .info import chain_paths, image_info
-from .model import ChainLayer, ImageUsage, UsageResult
-from .usage import DEFAULT_MAX_DEPTH, analyze_usage, end_offset
+from .model import DEFAULT_MAX_DEPTH, ChainLayer, ImageUsage, UsageResult
+from .usage import analyze_usage, end_offset
 
 PROG = "qcow2-analyze"
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
 from .errors import IO_ERROR, Qcow2Error
-
-QCOW2_MAGIC = b"QFI\xfb"  # qcow2 spec, header offset 0: "QFI\xfb"
+from .layout import QCOW_MAGIC as QCOW2_MAGIC
+from .reader import open_readonly
 
 # Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
 # qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
@@ -41,25 +41,9 @@ def _os_error(spec: str, exc: OSError) -> Target:
     return _target_error(spec, exc.strerror or str(exc))
 
 
-def _open_noatime(path: str) -> int:
-    """Open read-only without touching atime where the kernel allows it.
-
-    O_NOATIME is refused with EPERM unless we own the file or hold CAP_FOWNER; a monitoring
-    scan must not fail for that, so fall back to a plain read-only open.
-    """
-    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
-    noatime = getattr(os, "O_NOATIME", 0)
-    if noatime:
-        try:
-            return os.open(path, flags | noatime)
-        except PermissionError:
-            pass
-    return os.open(path, flags)
-
-
 def has_qcow2_magic(path: str) -> bool:
     """True when the file or device starts with the qcow2 magic. Raises OSError if unreadable."""
-    fd = _open_noatime(path)
+    fd = open_readonly(path)
     try:
         return os.pread(fd, len(QCOW2_MAGIC), 0) == QCOW2_MAGIC
     finally:

@@ -262,7 +262,8 @@ def _raw_runs(path: str) -> Runs:
 def _chain_runs(image: Qcow2Image, path: str) -> list[Runs]:
     """Runs of the image and of every layer of its backing chain, top first."""
     from .image import Qcow2Image
-    from .usage import DEFAULT_MAX_DEPTH, backing_path, has_protocol
+    from .model import DEFAULT_MAX_DEPTH
+    from .usage import backing_path, has_protocol
 
     layers = [_qcow2_runs(image)]
     name, fmt, above = image.backing_filename, image.backing_format, path

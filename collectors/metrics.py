@@ -22,6 +22,7 @@ from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 from .discovery import Target, dedupe_targets, expand_targets, running_images
 from .errors import INVALID, IO_ERROR, Qcow2Error
 from .model import (
+    DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
     LAYER_LOOP,
     LAYER_MISSING,
@@ -40,6 +41,17 @@ UNIT_BYTES = "bytes"
 UNIT_RATIO = "ratio"
 UNIT_SECONDS = "seconds"
 UNIT_NONE = ""
+
+# The figures of the full check (CheckResult fields, same names as metrics), in report order.
+CHECK_METRICS = (
+    "check_errors",
+    "corruptions",
+    "leaks",
+    "total_clusters",
+    "allocated_clusters",
+    "fragmented_clusters",
+    "compressed_clusters",
+)
 
 GAUGE = "gauge"
 COUNTER = "counter"
@@ -278,18 +290,7 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
         metrics += [_metric(name, value, labels) for name, value in values]
     check = record.check
     if check is not None:
-        metrics += [
-            _metric(name, getattr(check, name), labels)
-            for name in (
-                "check_errors",
-                "corruptions",
-                "leaks",
-                "total_clusters",
-                "allocated_clusters",
-                "fragmented_clusters",
-                "compressed_clusters",
-            )
-        ]
+        metrics += [_metric(name, getattr(check, name), labels) for name in CHECK_METRICS]
     metrics.append(_metric("scrape_error", record.error is not None, labels))
     metrics.append(_metric(INFO_METRIC, 1, info_labels(record)))
     return metrics
@@ -404,7 +405,7 @@ def collect(
     running: bool = False,
     chain: bool = False,
     check: bool = False,
-    max_depth: int = 32,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Collection:
     """Discover targets, analyse each (and its backing chain), optionally run the full check.
 

@@ -11,6 +11,9 @@ from typing import Optional
 
 from .errors import Qcow2Error
 
+# Backing-chain depth limit used everywhere (usage, info, measure, adapters).
+DEFAULT_MAX_DEPTH = 32
+
 CONTAINER_FILE = "file"
 CONTAINER_BLOCK = "block"
 

@@ -22,8 +22,9 @@ MAX_SINGLE_READ = 64 * 1024 * 1024
 
 
 def open_readonly(path: str) -> int:
-    """Open read-only without updating atime when allowed (O_NOATIME needs ownership)."""
-    flags = os.O_RDONLY | os.O_CLOEXEC
+    """Open read-only without updating atime when allowed (O_NOATIME needs ownership or
+    CAP_FOWNER; a scan must not fail for lack of it). O_NOCTTY: targets may be device nodes."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
     noatime = getattr(os, "O_NOATIME", 0)
     if noatime:
         try:

@@ -7,10 +7,12 @@ from typing import Optional
 
 from . import layout as L
 from .container import container_of, held_for_writing
+from .discovery import has_qcow2_magic
 from .errors import Qcow2Error, internal_error
 from .image import Qcow2Image
 from .measure import prealloc_size
 from .model import (
+    DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
     LAYER_LOOP,
     LAYER_MISSING,
@@ -25,8 +27,6 @@ from .model import (
     UsageResult,
 )
 from .refcount import image_end_offset_from_refcounts
-
-DEFAULT_MAX_DEPTH = 32
 
 
 def has_protocol(name: str) -> bool:
@@ -114,16 +114,6 @@ def analyze_image(path: str) -> ImageUsage:
             raise exc.with_filename(path) from None
 
 
-def _starts_with_qcow2_magic(path: str) -> bool:
-    from .reader import open_readonly
-
-    fd = open_readonly(path)
-    try:
-        return os.pread(fd, 4, 0) == L.QCOW_MAGIC
-    finally:
-        os.close(fd)
-
-
 def backing_chain(path: str, usage: ImageUsage,
                   max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[ChainLayer, ...]:
     """Every backing layer below `path`: analysed, or reported missing / looping / protocol /
@@ -151,7 +141,7 @@ def backing_chain(path: str, usage: ImageUsage,
             layers.append(ChainLayer(depth, name, resolved, LAYER_MISSING, fmt))
             break
         try:
-            if fmt not in (None, "qcow2") or not _starts_with_qcow2_magic(resolved):
+            if fmt not in (None, "qcow2") or not has_qcow2_magic(resolved):
                 layers.append(ChainLayer(depth, name, resolved, LAYER_NOT_QCOW2, fmt or "raw"))
                 break
             layer_usage = analyze_image(resolved)

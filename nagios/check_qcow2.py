@@ -47,19 +47,12 @@ MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lis
 
 # Perfdata figures, by their collectors.metrics names (one vocabulary for every adapter).
 # Only usage_ratio is rescaled, to percent under the label "usage_percent" (style.md #6).
-PERFDATA_METRICS = (
+# Perfdata: these usage figures, then (with --check) collectors.metrics.CHECK_METRICS.
+USAGE_PERFDATA_METRICS = (
     "usage_ratio",
     "image_end_offset_bytes",
     "container_size_bytes",
     "headroom_bytes",
-    # --check only:
-    "check_errors",
-    "corruptions",
-    "leaks",
-    "total_clusters",
-    "allocated_clusters",
-    "fragmented_clusters",
-    "compressed_clusters",
 )
 USAGE_PERCENT_LABEL = "usage_percent"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -125,12 +118,6 @@ def _timeout_option(text: str) -> float:
     return seconds
 
 
-def _depth_option(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 256:
-        raise argparse.ArgumentTypeError(f"invalid depth {text!r} (1..256)")
-    return int(text)
-
-
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -181,21 +168,9 @@ def build_parser() -> _Parser:
     )
     # Positional images too, so that a shell glob works: check_qcow2 -w 80 /images/*.qcow2
     sel.add_argument("images", nargs="*", metavar="IMAGE", help="same as -f IMAGE")
-    sel.add_argument(
-        "--running", action="store_true",
-        help="also check every qcow2 image a running qemu process holds open",
-    )
-    sel.add_argument(
-        "--chain", action="store_true", help="also check the backing files of each image"
-    )
-    sel.add_argument(
-        "--max-depth", type=_depth_option, default=32, metavar="N",
-        help="follow at most N backing files (default 32)",
-    )
-    sel.add_argument(
-        "--check", action="store_true",
-        help="full metadata check like qemu-img check (slower; reads all tables)",
-    )
+    from collectors.selection import add_selection_arguments  # inside main's safety net
+
+    add_selection_arguments(sel)
     thr = parser.add_argument_group("thresholds")
     thr.add_argument("-w", "--warning", type=_range_option, metavar="RANGE",
                      help="usage range in percent for WARNING, e.g. 80")
@@ -437,7 +412,7 @@ def perfdata(verdicts: Sequence[Verdict], limits: Thresholds) -> list[str]:
     Labels depend on nothing but the image and the figure, so they never change with the state
     and graphs keep their history. An image that could not be read has no perfdata this run.
     """
-    from collectors.metrics import image_metrics
+    from collectors.metrics import CHECK_METRICS, image_metrics
 
     items: list[str] = []
     seen: set[str] = set()
@@ -453,7 +428,7 @@ def perfdata(verdicts: Sequence[Verdict], limits: Thresholds) -> list[str]:
         metrics = {metric.name: metric for metric in image_metrics(record)}
         items.extend(
             _perf_item(metrics[name], path, size, limits)
-            for name in PERFDATA_METRICS
+            for name in (*USAGE_PERFDATA_METRICS, *CHECK_METRICS)
             if name in metrics
         )
     return items
@@ -577,12 +552,9 @@ def render(collection: Collection, limits: Thresholds, verbosity: int = 0,
 def _collect(args: argparse.Namespace) -> Collection:
     # Imported here, inside main()'s safety net: a broken installation must still give one
     # UNKNOWN line, not a traceback.
-    from collectors.metrics import collect
+    from collectors.selection import collect_selected
 
-    return collect(
-        args.files, running=args.running, chain=args.chain, check=args.check,
-        max_depth=args.max_depth,
-    )
+    return collect_selected(args.files, args)
 
 
 class _Output:

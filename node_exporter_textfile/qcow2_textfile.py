@@ -30,12 +30,12 @@ from collectors.metrics import (
     Labels,
     Metric,
     MetricValue,
-    collect,
     collection_metrics,
     error_text,
     image_metrics,
     valid_utf8,
 )
+from collectors.selection import add_selection_arguments, collect_selected
 
 if TYPE_CHECKING:
     import jinja2  # imported lazily at run time, like everything heavy
@@ -228,20 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--template", metavar="FILE", help="jinja2 template replacing the shipped one"
     )
-    parser.add_argument(
-        "--running", action="store_true", help="also every image a running qemu holds open"
-    )
-    parser.add_argument(
-        "--chain", action="store_true", help="also report each image's backing layers"
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="also run the full consistency check (slower: reads all metadata)",
-    )
-    parser.add_argument(
-        "--max-depth", type=int, default=32, help="backing chain depth limit (default 32)"
-    )
+    add_selection_arguments(parser)
     parser.add_argument(
         "-q",
         "--quiet",
@@ -262,9 +249,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{prog}: error: give TARGETs and/or --running", file=sys.stderr)
         return EXIT_USAGE
-    if args.max_depth < 0:
-        print(f"{prog}: error: --max-depth must be >= 0", file=sys.stderr)
-        return EXIT_USAGE
     if args.output != "-" and not args.output.endswith(".prom"):
         print(f"{prog}: warning: node_exporter reads only *.prom files", file=sys.stderr)
 
@@ -274,13 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{prog}: error: template: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
-    collection = collect(
-        args.targets,
-        running=args.running,
-        chain=args.chain,
-        check=args.check,
-        max_depth=args.max_depth,
-    )
+    collection = collect_selected(args.targets, args)
     if not args.quiet:
         for record in collection.failed:
             print(f"{prog}: {error_text(record)}", file=sys.stderr)

@@ -24,10 +24,10 @@ from collectors.metrics import (
     INFO_METRIC,
     Collection,
     ImageRecord,
-    collect,
     error_text,
     image_metrics,
 )
+from collectors.selection import add_selection_arguments, collect_selected
 from telegraf.lineprotocol import FieldValue, format_line, representable
 
 MEASUREMENT = "qcow2"
@@ -78,20 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         help="image file, block device, directory (searched recursively for qcow2 files) or "
         "glob pattern",
     )
-    parser.add_argument(
-        "--running", action="store_true", help="also every image a running qemu holds open"
-    )
-    parser.add_argument(
-        "--chain", action="store_true", help="also report each image's backing layers"
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="also run the full consistency check (slower: reads all metadata)",
-    )
-    parser.add_argument(
-        "--max-depth", type=int, default=32, help="backing chain depth limit (default 32)"
-    )
+    add_selection_arguments(parser)
     parser.add_argument(
         "--execd",
         action="store_true",
@@ -111,13 +98,7 @@ def _write(stream: TextIO, text: str) -> None:
 
 
 def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
-    collection = collect(
-        args.targets,
-        running=args.running,
-        chain=args.chain,
-        check=args.check,
-        max_depth=args.max_depth,
-    )
+    collection = collect_selected(args.targets, args)
     text, problems = render(collection)
     if problems:
         _write(stderr, "".join(f"{LOG_PREFIX} {problem}\n" for problem in problems))
@@ -133,9 +114,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.targets and not args.running:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: give TARGETs and/or --running", file=sys.stderr)
-        return EXIT_USAGE
-    if args.max_depth < 0:
-        print(f"{parser.prog}: error: --max-depth must be >= 0", file=sys.stderr)
         return EXIT_USAGE
     stdout, stderr = sys.stdout, sys.stderr
     try:

@@ -95,3 +95,21 @@ def loop_device(tmp_path: Path) -> Iterator[LoopAttach]:
     yield attach
     for device in reversed(attached):
         subprocess.run(["losetup", "-d", device], capture_output=True, text=True, check=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing may skip in CI: the test command installs every tool, so a skip there means a missing
+# install step. Outside CI a skip is reported with its reason (addopts -ra) and allowed.
+_skipped_in_ci: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and os.environ.get("CI"):
+        _skipped_in_ci.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_in_ci:
+        print(f"\nCI=true but {len(_skipped_in_ci)} test(s) skipped: "
+              + ", ".join(_skipped_in_ci))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
