@@ -1014,11 +1014,16 @@ IN_USE_NOTE = ("held for writing by a running qemu: its cached metadata may not 
 def check_image(path: str, *, max_findings: int = 100) -> CheckResult:
     """Open `path` read-only and check it; raises Qcow2Error when it cannot be checked."""
     with Qcow2Image.open(path) as image:
-        result = check(image, max_findings=max_findings)
-        if held_for_writing(image.file):
-            # qemu caches L2 and refcount blocks: what is on disk may lag behind the guest.
-            result = replace(result, notes=(*result.notes, IN_USE_NOTE))
-        return result
+        return check_opened(image, max_findings=max_findings)
+
+
+def check_opened(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
+    """Check an open image, noting when a running qemu holds it for writing."""
+    result = check(image, max_findings=max_findings)
+    if held_for_writing(image.file):
+        # qemu caches L2 and refcount blocks: what is on disk may lag behind the guest.
+        result = replace(result, notes=(*result.notes, IN_USE_NOTE))
+    return result
 
 
 def image_end_offset_by_walk(image: Qcow2Image) -> int:

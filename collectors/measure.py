@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from . import layout as L
 from .errors import UNSUPPORTED, Qcow2Error
+from .model import LAYER_NOT_QCOW2, LAYER_PROTOCOL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -260,42 +261,28 @@ def _raw_runs(path: str) -> Runs:
 
 
 def _chain_runs(image: Qcow2Image, path: str) -> list[Runs]:
-    """Runs of the image and of every layer of its backing chain, top first."""
-    from .image import Qcow2Image
-    from .model import DEFAULT_MAX_DEPTH
-    from .usage import backing_path, has_protocol
+    """Runs of the image and of every layer of its backing chain, top first. Raises Qcow2Error
+    for a layer qemu-img could not open either."""
+    from .chain import backing_layers
 
     layers = [_qcow2_runs(image)]
-    name, fmt, above = image.backing_filename, image.backing_format, path
-    seen = {os.path.realpath(path)}
-    while name is not None:
-        if has_protocol(name) or len(layers) > DEFAULT_MAX_DEPTH:
-            raise Qcow2Error(f"backing file {name!r} is not a plain file path",
-                             structure="backing file", value=name, kind=UNSUPPORTED,
-                             filename=above)
-        resolved = backing_path(above, name)
-        real = os.path.realpath(resolved)
-        if real in seen:
-            raise Qcow2Error(f"backing chain loops at {resolved}", structure="backing file",
-                             value=name, filename=above)
-        seen.add(real)
-        if fmt == "raw":
-            layers.append(_raw_runs(resolved))
-            break
-        if fmt not in (None, "qcow2"):
-            raise Qcow2Error(f"backing format {fmt!r} is not supported",
-                             structure="backing file", value=fmt, kind=UNSUPPORTED,
-                             filename=above)
-        try:
-            layer = Qcow2Image.open(resolved)
-        except Qcow2Error as exc:
-            if fmt is None and exc.kind == "not-qcow2":
-                layers.append(_raw_runs(resolved))  # qemu probes: no qcow2 magic -> raw
-                break
-            raise
-        with layer:
-            layers.append(_qcow2_runs(layer))
-            name, fmt, above = layer.backing_filename, layer.backing_format, resolved
+    for layer, opened in backing_layers(image, path):
+        if opened is not None:
+            layers.append(_qcow2_runs(opened))
+        elif layer.status == LAYER_NOT_QCOW2 and layer.format == "raw":
+            assert layer.path is not None
+            layers.append(_raw_runs(layer.path))  # named raw, or qemu probes: no magic -> raw
+        elif layer.status == LAYER_NOT_QCOW2:
+            raise Qcow2Error(f"backing format {layer.format!r} is not supported",
+                             structure="backing file", value=layer.format, kind=UNSUPPORTED,
+                             filename=layer.path)
+        elif layer.status == LAYER_PROTOCOL:
+            raise Qcow2Error(f"backing file {layer.name!r} is not a plain file path",
+                             structure="backing file", value=layer.name, kind=UNSUPPORTED,
+                             filename=path)
+        else:
+            assert layer.error is not None
+            raise layer.error
     return layers
 
 
