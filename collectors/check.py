@@ -19,8 +19,7 @@ into a small bounded cache. numpy is imported by this module only (usage imports
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -28,8 +27,8 @@ import numpy.typing as npt
 
 from . import layout as L
 from .container import held_for_writing
-from .errors import OUT_OF_BOUNDS, Qcow2Error
-from .image import Qcow2Image
+from .errors import Qcow2Error
+from .image import Qcow2Image, Snapshot
 from .model import (
     SEVERITY_CHECK_ERROR,
     SEVERITY_CORRUPTION,
@@ -37,6 +36,7 @@ from .model import (
     CheckResult,
     Finding,
 )
+from .refcount import OnDiskRefcounts
 
 U64 = npt.NDArray[np.uint64]
 Bools = npt.NDArray[np.bool_]
@@ -67,10 +67,6 @@ ADVICE_UNREADABLE = (
 
 # Entries of L2 tables classified per vectorised batch: bounds the temporaries (a few MiB).
 L2_BATCH_ENTRIES = 1 << 18
-# Decoded on-disk refcount blocks kept in memory at once.
-REFBLOCK_CACHE_BYTES = 32 * 1024 * 1024
-# qcow2_do_read_snapshots(): sizes checked while reading the table in check mode.
-INT_MAX = 2**31 - 1
 REFT_RESERVED_MASK = 0x1FF
 BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
 BME_TABLE_ENTRY_SIZE = 8
@@ -104,171 +100,6 @@ class _Findings:
     def count(self, n: int) -> None:
         """Findings counted but not built (the list is already full)."""
         self.total += n
-
-
-@dataclass(frozen=True)
-class _SnapshotEntry:
-    index: int
-    offset: int
-    l1_table_offset: int
-    l1_size: int
-    extra_data_size: int
-    id_str: str
-    name: str
-
-    @property
-    def label(self) -> str:
-        return f"snapshot {self.id_str}"
-
-
-def read_snapshot_table(image: Qcow2Image) -> tuple[list[_SnapshotEntry], int]:
-    """qcow2_do_read_snapshots(repair=false) as qcow2_check_read_snapshot_table() calls it:
-    reads past EOF give zeros (bdrv_pread on the file), and the conditions that make qemu's
-    check fail (too much extra data, table too big) raise Qcow2Error. Returns the entries and
-    s->snapshots_size (end of the last name minus the table offset, not rounded)."""
-    h = image.header
-    file = image.file
-    start = offset = h.snapshots_offset
-    table_length = 0
-    entries = []
-    fixed_size = L.SnapshotHeader.STRUCT.size
-    for i in range(h.nb_snapshots):
-        table_length = L.align_up(table_length, 8)
-        offset = L.align_up(offset, 8)
-        entry_offset = offset
-        fixed = L.SnapshotHeader.from_bytes(
-            file.read_zero_padded(offset, fixed_size, f"snapshot table entry {i}"))
-        offset += fixed_size
-        if fixed.extra_data_size > L.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
-            raise Qcow2Error(
-                f"too much extra metadata in snapshot table entry {i} "
-                f"({fixed.extra_data_size} > {L.QCOW_MAX_SNAPSHOT_EXTRA_DATA} bytes): "
-                "qemu-img check fails on this image",
-                structure=f"snapshot table entry {i}", offset=entry_offset + 36,
-                value=fixed.extra_data_size, kind=OUT_OF_BOUNDS, filename=image.filename)
-        offset += fixed.extra_data_size
-        id_raw = file.read_zero_padded(offset, fixed.id_str_size, f"snapshot table entry {i}")
-        offset += fixed.id_str_size
-        name_raw = file.read_zero_padded(offset, fixed.name_size, f"snapshot table entry {i}")
-        offset += fixed.name_size
-        table_length += fixed_size + fixed.extra_data_size + fixed.id_str_size + fixed.name_size
-        if table_length > L.QCOW_MAX_SNAPSHOTS_SIZE or offset - start > INT_MAX:
-            raise Qcow2Error(
-                "snapshot table is too big (over 64 MiB): qemu-img check fails on this image",
-                structure="snapshot table", offset=start, value=table_length,
-                kind=OUT_OF_BOUNDS, filename=image.filename)
-        entries.append(_SnapshotEntry(
-            i, entry_offset, fixed.l1_table_offset, fixed.l1_size, fixed.extra_data_size,
-            id_raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"),
-            name_raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")))
-    return entries, (offset - start if entries else 0)
-
-
-class OnDiskRefcounts:
-    """The refcount table and blocks as qcow2_get_refcount() reads them: entries past the
-    table or without a block read 0; an unaligned block offset makes the refcount unreadable
-    (-EIO in qemu); blocks past EOF read as zeros."""
-
-    def __init__(self, image: Qcow2Image) -> None:
-        h = image.header
-        self.file = image.file
-        self.cluster_size = h.cluster_size
-        self.refcount_bits = h.refcount_bits
-        self.block_bits = h.cluster_bits + 3 - h.refcount_order
-        self.per_block = 1 << self.block_bits
-        raw = image.file.read_zero_padded(h.refcount_table_offset,
-                                          h.refcount_table_clusters * h.cluster_size,
-                                          "refcount table")
-        self.table: U64 = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-        self.table_offset = h.refcount_table_offset
-        self._cache: OrderedDict[int, U64] = OrderedDict()
-        self._cache_bytes = 0
-        self._zeros: Optional[U64] = None
-
-    def block_offset(self, index: int) -> int:
-        if index >= len(self.table):
-            return 0
-        return int(self.table[index]) & L.REFT_OFFSET_MASK
-
-    def zeros(self) -> U64:
-        if self._zeros is None:
-            self._zeros = np.zeros(self.per_block, dtype=np.uint64)
-        return self._zeros
-
-    def decode(self, data: bytes) -> U64:
-        """Every refcount of one block (widths below 8 bits packed LSB first)."""
-        bits = self.refcount_bits
-        if bits >= 8:
-            return np.frombuffer(data, dtype=f">u{bits // 8}").astype(np.uint64)
-        raw = np.frombuffer(data, dtype=np.uint8)
-        shifts = np.arange(0, 8, bits, dtype=np.uint8)
-        values = (raw[:, None] >> shifts) & np.uint8((1 << bits) - 1)
-        return values.reshape(-1).astype(np.uint64)
-
-    def block(self, index: int) -> Optional[U64]:
-        """Refcounts of refcount table entry `index`, or None when unreadable."""
-        offset = self.block_offset(index)
-        if not offset:
-            return self.zeros()
-        if offset % self.cluster_size:
-            return None
-        cached = self._cache.get(index)
-        if cached is not None:
-            self._cache.move_to_end(index)
-            return cached
-        values = self.decode(self.file.read_zero_padded(offset, self.cluster_size,
-                                                        f"refcount block {index}"))
-        self._cache[index] = values
-        self._cache_bytes += values.nbytes
-        while self._cache_bytes > REFBLOCK_CACHE_BYTES and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes
-        return values
-
-    def range_all_one(self, first: int, end: int) -> bool:
-        """Whether every cluster in [first, end) has a readable on-disk refcount of 1."""
-        cluster = first
-        while cluster < end:
-            index = cluster >> self.block_bits
-            block = self.block(index)
-            if block is None:
-                return False
-            lo = cluster - (index << self.block_bits)
-            hi = min(self.per_block, lo + end - cluster)
-            if not bool(np.all(block[lo:hi] == 1)):
-                return False
-            cluster += hi - lo
-        return True
-
-    def get(self, cluster: int) -> Optional[int]:
-        block = self.block(cluster >> self.block_bits)
-        return None if block is None else int(block[cluster & (self.per_block - 1)])
-
-    def lookup(self, clusters: U64) -> tuple[U64, Bools]:
-        """Refcounts of many clusters and which of them could be read."""
-        values = np.zeros(len(clusters), dtype=np.uint64)
-        valid = np.ones(len(clusters), dtype=bool)
-        if not len(clusters):
-            return values, valid
-        tables = clusters >> _u64(self.block_bits)
-        within = clusters & _u64(self.per_block - 1)
-        if len(tables) > 1 and not bool(np.all(tables[1:] >= tables[:-1])):
-            order = np.argsort(tables, kind="stable")
-        else:
-            order = None
-        sorted_tables = tables if order is None else tables[order]
-        bounds = np.flatnonzero(sorted_tables[1:] != sorted_tables[:-1]) + 1
-        starts = np.concatenate(([0], bounds))
-        ends = np.concatenate((bounds, [len(sorted_tables)]))
-        for lo, hi in zip(starts.tolist(), ends.tolist()):
-            index = int(sorted_tables[lo])
-            where = slice(lo, hi) if order is None else order[lo:hi]
-            block = self.block(index)
-            if block is None:
-                valid[where] = False
-            else:
-                values[where] = block[within[where]]
-        return values, valid
 
 
 class _Checker:
@@ -748,7 +579,7 @@ class _Checker:
                        where, found=bm, advice=ADVICE_METADATA)
 
     # -- calculate_refcounts ----------------------------------------------------------------
-    def calculate(self, snapshots: list[_SnapshotEntry], snapshots_size: int) -> None:
+    def calculate(self, snapshots: list[Snapshot], snapshots_size: int) -> None:
         h = self.h
         self.inc_region(0, self.cs, "header")
         self.check_l1(h.l1_table_offset, h.l1_size, active=True, label="")
@@ -959,7 +790,7 @@ def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
     try:
         checker = _Checker(image, max_findings)
         # qcow2_check_read_snapshot_table(): v3 entries need 16 bytes of extra data.
-        snapshots, snapshots_size = read_snapshot_table(image)
+        snapshots, snapshots_size = image.snapshots(), image.snapshots_size
         snapshot_findings = _Findings(max_findings)
         snapshot_corruptions = 0
         if h.version >= 3:
@@ -1033,10 +864,8 @@ def image_end_offset_by_walk(image: Qcow2Image) -> int:
 
 
 __all__ = [
-    "OnDiskRefcounts",
     "check",
     "check_image",
     "image_end_offset_by_walk",
-    "read_snapshot_table",
 ]
 

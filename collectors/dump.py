@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from . import layout as L
-from .check import OnDiskRefcounts, read_snapshot_table
 from .image import Qcow2Image
+from .refcount import OnDiskRefcounts
 
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
 DEFAULT_LIMIT = 1000
@@ -154,31 +154,27 @@ def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
 
 def dump_snapshots(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
     h = image.header
-    entries, table_size = read_snapshot_table(image)
+    entries = image.snapshots()
     items = []
     for sn in entries[:limit]:
-        raw = image.file.read_zero_padded(sn.offset, L.SnapshotHeader.STRUCT.size,
-                                          f"snapshot table entry {sn.index}")
-        fixed = L.SnapshotHeader.from_bytes(raw)
-        extra = image.file.read_zero_padded(sn.offset + len(raw), fixed.extra_data_size,
-                                            f"snapshot table entry {sn.index}")
+        extra = sn.extra_data
         item: dict[str, Any] = {
             "index": sn.index, "entry_offset": sn.offset, "id": sn.id_str, "name": sn.name,
-            "l1_table_offset": fixed.l1_table_offset, "l1_size": fixed.l1_size,
-            "date_sec": fixed.date_sec, "date_nsec": fixed.date_nsec,
-            "vm_clock_nsec": fixed.vm_clock_nsec, "vm_state_size": fixed.vm_state_size,
-            "extra_data_size": fixed.extra_data_size, "extra_data": extra.hex(),
+            "l1_table_offset": sn.l1_table_offset, "l1_size": sn.l1_size,
+            "date_sec": sn.date_sec, "date_nsec": sn.date_nsec,
+            "vm_clock_nsec": sn.vm_clock_nsec, "vm_state_size": sn.vm_state_size32,
+            "extra_data_size": sn.extra_data_size, "extra_data": extra.hex(),
         }
         if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
-            item["vm_state_size_large"] = int.from_bytes(extra[0:8], "big")
-        if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
-            item["disk_size"] = int.from_bytes(extra[8:16], "big")
+            item["vm_state_size_large"] = sn.vm_state_size
+        if sn.disk_size is not None:
+            item["disk_size"] = sn.disk_size
         if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
             item["icount"] = int.from_bytes(extra[16:24], "big", signed=True)
         items.append(item)
     return {"what": "snapshots", "snapshots_offset": h.snapshots_offset,
-            "nb_snapshots": h.nb_snapshots, "table_size": table_size, "snapshots": items,
-            "truncated": len(entries) > limit}
+            "nb_snapshots": h.nb_snapshots, "table_size": image.snapshots_size,
+            "snapshots": items, "truncated": len(entries) > limit}
 
 
 def dump_bitmaps(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:

@@ -138,7 +138,7 @@ def _metadata_preallocated(image: Qcow2Image) -> bool:
     (BDRV_BLOCK_RECURSE) whether a data cluster is a hole."""
     import numpy as np
 
-    from .check import OnDiskRefcounts
+    from .refcount import OnDiskRefcounts
 
     cs = image.header.cluster_size
     real = image.file.stat.st_blocks * 512 // cs if not image.file.is_block_device else (

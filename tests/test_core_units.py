@@ -86,13 +86,13 @@ def test_truncated_file_is_reported(tmp_path: Path) -> None:
 def test_refcount_decoding_every_width() -> None:
     # One byte 0b1110_0100 read as packed LSB-first entries.
     block = bytes([0b11100100])
-    assert decode_block(block, 1) == [0, 0, 1, 0, 0, 1, 1, 1]
-    assert decode_block(block, 2) == [0, 1, 2, 3]
-    assert decode_block(block, 4) == [4, 14]
-    assert decode_block(bytes([0, 7]), 8) == [0, 7]
-    assert decode_block(bytes([1, 2]), 16) == [0x0102]
-    assert decode_block(bytes([0, 0, 1, 0]), 32) == [256]
-    assert decode_block(bytes(7) + b"\x05", 64) == [5]
+    assert decode_block(block, 1).tolist() == [0, 0, 1, 0, 0, 1, 1, 1]
+    assert decode_block(block, 2).tolist() == [0, 1, 2, 3]
+    assert decode_block(block, 4).tolist() == [4, 14]
+    assert decode_block(bytes([0, 7]), 8).tolist() == [0, 7]
+    assert decode_block(bytes([1, 2]), 16).tolist() == [0x0102]
+    assert decode_block(bytes([0, 0, 1, 0]), 32).tolist() == [256]
+    assert decode_block(bytes(7) + b"\x05", 64).tolist() == [5]
 
 
 def test_highest_nonzero_entry_respects_limit() -> None:
