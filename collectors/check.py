@@ -29,6 +29,7 @@ from . import layout as L
 from .container import held_for_writing
 from .errors import Qcow2Error
 from .image import Qcow2Image, Snapshot
+from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
 from .model import (
     SEVERITY_CHECK_ERROR,
     SEVERITY_CORRUPTION,
@@ -279,12 +280,7 @@ class _Checker:
         cs = self.cs
         n = self.l2_entries
         words = self._read_tables(table_offsets)
-        if self.extended:
-            e = words[0::2]
-            bitmap: Optional[U64] = words[1::2]
-        else:
-            e = words
-            bitmap = None
+        e, bitmap = split_entries(words, self.extended)
         odd_bits = L.QCOW_OFLAG_COMPRESSED | L.L2E_STD_RESERVED_MASK
         if not self.extended:
             odd_bits |= L.QCOW_OFLAG_ZERO
@@ -293,32 +289,13 @@ class _Checker:
             self._fast_l2_batch(e, copied_ok, active, table_offsets, l1_indices, label)
             return
         off = e & _u64(L.L2E_OFFSET_MASK)
-        simple = not bool(np.any(e & _u64(odd_bits)))
-        if simple:
-            comp = reserved = zero_alloc = None
-            plain = None
-        else:
-            comp = (e & _u64(L.QCOW_OFLAG_COMPRESSED)) != 0
-            noncomp = ~comp
-            reserved = noncomp & ((e & _u64(L.L2E_STD_RESERVED_MASK)) != 0)
-            if self.extended:
-                zero = np.zeros(len(e), dtype=bool)
-            else:
-                zero = noncomp & ((e & _u64(L.QCOW_OFLAG_ZERO)) != 0)
-            zero_alloc = zero & (off != 0)
-            plain = noncomp & ~zero
-        # qcow2_get_cluster_type(): offset 0 is unallocated, except COPIED with a data file.
-        if plain is None:
-            alloc = off != 0
-        else:
-            alloc = plain & (off != 0)
-        if self.data_file:
-            offset0_normal = (off == 0) & ((e >> _u64(63)) != 0)
-            if plain is not None:
-                offset0_normal &= plain
-            alloc = alloc | offset0_normal
-        if zero_alloc is not None:
-            alloc = alloc | zero_alloc
+        types = cluster_types(e, extended=self.extended, data_file=self.data_file)
+        alloc = (types == NORMAL) | (types == ZERO_ALLOC)
+        comp: Optional[Bools] = None
+        reserved: Optional[Bools] = None
+        if bool(np.any(e & _u64(odd_bits))):
+            comp = types == COMPRESSED
+            reserved = ~comp & ((e & _u64(L.L2E_STD_RESERVED_MASK)) != 0)
         unalloc_bm = sub_bad = None
         if bitmap is not None:
             if comp is None:

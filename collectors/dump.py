@@ -13,6 +13,7 @@ import numpy as np
 
 from . import layout as L
 from .image import Qcow2Image
+from .l2 import cluster_types, split_entries
 from .refcount import OnDiskRefcounts
 
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
@@ -44,19 +45,6 @@ def dump_l1(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
             "nonzero_entries": len(used), "entries": entries, "truncated": len(used) > limit}
 
 
-def l2_entry_type(entry: int, extended: bool, data_file: bool) -> str:
-    """qcow2_get_cluster_type()."""
-    if entry & L.QCOW_OFLAG_COMPRESSED:
-        return "compressed"
-    if entry & L.QCOW_OFLAG_ZERO and not extended:
-        return "zero-alloc" if entry & L.L2E_OFFSET_MASK else "zero-plain"
-    if not entry & L.L2E_OFFSET_MASK:
-        if data_file and entry & L.QCOW_OFLAG_COPIED:
-            return "normal"
-        return "unallocated"
-    return "normal"
-
-
 def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
     """Every non-empty entry of every active L2 table (at most `limit` entries in all)."""
     h = image.header
@@ -74,23 +62,23 @@ def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
         l2_offset = int(l1[i]) & L.L1E_OFFSET_MASK
         if not l2_offset:
             continue
-        words = _table(image, l2_offset, cs // 8, "L2 table")
-        e = words[0::2] if h.extended_l2 else words
-        bitmaps = words[1::2] if h.extended_l2 else np.zeros(n, dtype=np.uint64)
+        e, bitmap = split_entries(_table(image, l2_offset, cs // 8, "L2 table"), h.extended_l2)
+        bitmaps = np.zeros(n, dtype=np.uint64) if bitmap is None else bitmap
+        types = cluster_types(e, extended=h.extended_l2, data_file=h.has_data_file)
         nonempty = np.flatnonzero((e != 0) | (bitmaps != 0))
         total += len(nonempty)
         entries = []
         for j in nonempty[: max(0, limit - shown)].tolist():
             raw = int(e[j])
-            kind = l2_entry_type(raw, h.extended_l2, h.has_data_file)
+            kind = L.ClusterType(int(types[j]))
             item: dict[str, Any] = {
                 "index": j,
                 "guest_offset": (i * n + j) * cs,
                 "raw": f"0x{raw:016x}",
-                "type": kind,
+                "type": kind.label,
                 "copied": bool(raw & L.QCOW_OFLAG_COPIED),
             }
-            if kind == "compressed":
+            if kind == L.ClusterType.QCOW2_CLUSTER_COMPRESSED:
                 item["host_offset"] = raw & offset_mask
                 item["compressed_sectors"] = ((raw >> csize_shift) & csize_mask) + 1
             else:

@@ -162,6 +162,8 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     and qcow2_get_subcluster_type()."""
     import numpy as np
 
+    from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, ZERO_PLAIN, cluster_types, split_entries
+
     h = image.header
     cs = h.cluster_size
     n = h.l2_entries
@@ -187,14 +189,13 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
             continue
         words = np.frombuffer(image.file.read_zero_padded(l2_offset, cs, "L2 table"),
                               dtype=">u8").astype(np.uint64)
-        e = words[0::2] if h.extended_l2 else words
+        e, bitmap = split_entries(words, h.extended_l2)
         off = e & np.uint64(L.L2E_OFFSET_MASK)
-        comp = (e & np.uint64(L.QCOW_OFLAG_COMPRESSED)) != 0
-        allocated = (off != 0) & ~comp
-        if h.has_data_file:
-            allocated |= ~comp & ((e >> np.uint64(63)) != 0)
-        if h.extended_l2:
-            bitmap = words[1::2]
+        types = cluster_types(e, extended=h.extended_l2, data_file=h.has_data_file)
+        comp = types == COMPRESSED
+        zero = (types == ZERO_PLAIN) | (types == ZERO_ALLOC)
+        allocated = (types == NORMAL) | (types == ZERO_ALLOC)
+        if bitmap is not None:
             shifts = np.arange(32, dtype=np.uint64)
             alloc_bits = ((bitmap[:, None] >> shifts) & np.uint64(1)) != 0
             zero_bits = ((bitmap[:, None] >> (shifts + np.uint64(32))) & np.uint64(1)) != 0
@@ -208,7 +209,6 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
             host = host_grid.reshape(-1)
             normal = (allocated[:, None] & alloc_bits & ~zero_bits).reshape(-1)
         else:
-            zero = ~comp & ((e & np.uint64(L.QCOW_OFLAG_ZERO)) != 0)
             codes = np.full(n, STATUS_UNALLOCATED, dtype=np.int8)
             codes[allocated] = STATUS_DATA
             codes[comp] = STATUS_DATA
