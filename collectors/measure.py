@@ -156,6 +156,25 @@ def _metadata_preallocated(image: Qcow2Image) -> bool:
     return False
 
 
+def _host_file_extents(image: Qcow2Image) -> list[tuple[int, int]]:
+    """Data extents of the file the data clusters live in: the image file, or its external
+    data file (qcow2_co_block_status() hands the block layer s->data_file there). The data
+    file's name is resolved like a backing file name, against the image's directory (qemu 7.2
+    resolves it against its working directory; the two agree when run from there)."""
+    from .reader import ImageFile
+    from .usage import backing_path, has_protocol
+
+    if not image.header.has_data_file:
+        return _file_data_extents(image.file.fd, image.file.length)
+    name = image.data_file_name
+    if name is None or has_protocol(name):
+        raise Qcow2Error("the external data file is not named by a plain file path",
+                         structure="external data file name", value=name, kind=UNSUPPORTED,
+                         filename=image.filename)
+    with ImageFile(backing_path(image.filename, name)) as data_file:
+        return _file_data_extents(data_file.fd, data_file.length)
+
+
 def _extent_bounds(extents: list[tuple[int, int]]) -> npt.NDArray[np.int64]:
     """Sorted boundaries [start0, end0, start1, end1, ...] of disjoint data extents: a position
     lies in data when the last boundary at or before it has an even index."""
@@ -213,10 +232,9 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     coverage = n * cs
     sub = 32 if h.extended_l2 else 1
     unit = cs // sub
-    recurse = (not h.has_data_file and h.crypt_method == L.CRYPT_NONE
-               and _metadata_preallocated(image))
-    host_bounds = (_extent_bounds(_file_data_extents(image.file.fd, image.file.length))
-                   if recurse else None)
+    # qcow2_co_block_status() gives no host offset for encrypted images: no descent there.
+    recurse = h.crypt_method == L.CRYPT_NONE and _metadata_preallocated(image)
+    host_bounds = _extent_bounds(_host_file_extents(image)) if recurse else None
     l1_entries = -(-size // coverage)
     raw = image.file.read_zero_padded(h.l1_table_offset, l1_entries * 8, "active L1 table")
     l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)

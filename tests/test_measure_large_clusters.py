@@ -22,6 +22,7 @@ from typing import Optional
 
 import pytest
 
+from collectors.errors import Qcow2Error
 from collectors.image import Qcow2Image
 from collectors.measure import TARGET_CLUSTER_SIZE, measure_image
 
@@ -47,7 +48,7 @@ def io(path: Path, *commands: str) -> None:
     argv = [QEMU_IO, "-f", "qcow2"]
     for command in commands:
         argv += ["-c", command]
-    proc = run([*argv, str(path)])
+    proc = run([*argv, path.name], cwd=path.parent)
     assert "failed" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
@@ -56,8 +57,11 @@ def snapshot(path: Path, name: str) -> None:
 
 
 def qemu_measure(path: Path) -> dict[str, int]:
+    # From the image's directory: qemu 7.2 resolves a relative data file name against its
+    # working directory.
     proc = subprocess.run([QEMU_IMG, "measure", "--output=json", "-O", "qcow2", str(path)],
-                          capture_output=True, text=True, check=False, timeout=300)
+                          capture_output=True, text=True, check=False, timeout=300,
+                          cwd=path.parent)
     assert proc.returncode == 0, proc.stderr
     result: dict[str, int] = json.loads(proc.stdout)
     return result
@@ -149,6 +153,28 @@ def test_extended_l2_large_clusters(tmp_path: Path) -> None:
                   "cluster_size=2M,extended_l2=on,preallocation=metadata")
     io(path, "write -P 1 8M 100k", "write -z 10M 64k", "discard 12M 2M")
     assert_equal_to_qemu(path)
+
+
+@pytest.mark.parametrize("raw", ["off", "on"])
+def test_external_data_file(tmp_path: Path, raw: str) -> None:
+    """The descent goes into the external data file, where the data clusters are. Mostly empty
+    bitmap clusters make qemu take the image as metadata-preallocated."""
+    path = create(tmp_path / "df.qcow2",
+                  f"cluster_size=2M,data_file=df.raw,data_file_raw={raw}")
+    io(path, "write -P 1 8M 100k", "write -P 2 20M 1M")
+    for name in ("b1", "b2", "b3", "b4"):
+        run([QEMU_IMG, "bitmap", "--add", path.name, name], cwd=tmp_path)
+    io(path, "write -P 3 30M 100k")
+    measured = assert_equal_to_qemu(path)
+    # 100 KiB, 1 MiB, 100 KiB: 2 + 16 + 2 target clusters. data_file_raw maps every cluster
+    # (guest offset = data file offset), and creating the data file wrote its first 4 KiB
+    # (file-posix allocate_first_block()): one more.
+    first_block = 1 if raw == "on" else 0
+    assert data_bytes(measured) == (2 + 16 + 2 + first_block) * TARGET
+    (tmp_path / "df.raw").unlink()
+    with Qcow2Image.open(str(path)) as image, pytest.raises(Qcow2Error) as failure:
+        measure_image(image, path=str(path))
+    assert str(tmp_path / "df.raw") in str(failure.value)
 
 
 def test_chain_of_large_cluster_layers(tmp_path: Path) -> None:
