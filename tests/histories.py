@@ -1,7 +1,8 @@
 """Random qcow2 histories made with qemu-img and qemu-io, for randomised differential tests.
 
 A history is a chain of one to three qcow2 layers, each created with random options (cluster
-size, refcount width, v2/v3, extended L2, preallocation, virtual size) and then put through a
+size, refcount width, v2/v3, extended L2, external data file, preallocation, virtual size) and
+then put through a
 random sequence of steps: data writes, zero writes (with and without unmap), discards,
 compressed writes, internal snapshots created and deleted, persistent bitmaps, and resizes.
 Everything is drawn from ``random.Random(seed)``, so a seed names the same history on every
@@ -10,9 +11,12 @@ run; :meth:`History.describe` prints it as the commands that replay it by hand::
     python tests/histories.py DIRECTORY SEED [COUNT]
 
 The generator only draws histories qemu accepts (compressed writes go to clusters no earlier
-step touched; v2 images get no bitmaps and no resize once they have snapshots; snapshots only
-where the refcount width has room for the extra references; preallocated overlays only with
-extended L2), so building one never fails for a reason the history itself could have avoided.
+step touched; v2 images get no bitmaps, and no resize with snapshots or a backing file;
+snapshots only where the refcount width has room for the extra references; neither snapshots
+nor compressed writes with an external data file; preallocated overlays only with extended L2),
+so building one never fails for a reason the history itself could have avoided. Every
+command runs in the history's directory: qemu 7.2 resolves a relative data file name against
+its working directory.
 """
 
 from __future__ import annotations
@@ -141,6 +145,7 @@ class _LayerDraw:
         self.rng = rng
         self.layer = layer
         self.version = version
+        self.data_file = "data_file" in layer.options
         self.cluster_size = cluster_size
         self.refcount_bits = refcount_bits
         self.compressed_any = False
@@ -192,7 +197,8 @@ class _LayerDraw:
 
     def compressed_write(self) -> None:
         cs = self.cluster_size
-        if self.all_allocated or (self.snapshot_count and self.refcount_bits < 8):
+        if (self.all_allocated or self.data_file
+                or (self.snapshot_count and self.refcount_bits < 8)):
             return self.data_write()
         clusters = -(-self.size // cs)
         first = self.rng.randrange(clusters)
@@ -214,6 +220,8 @@ class _LayerDraw:
         # A snapshot adds one reference to every cluster, and compressed clusters share a
         # host cluster: qemu refuses a snapshot whose refcounts would overflow (-EINVAL). The
         # at most 8 snapshots of a layer fit 8-bit refcounts, and 4-bit ones without sharing.
+        if self.data_file:
+            return False  # qemu: snapshots are not supported with an external data file
         return self.refcount_bits >= 8 or (self.refcount_bits == 4 and not self.compressed_any)
 
     def snapshot_create(self) -> None:
@@ -246,8 +254,10 @@ class _LayerDraw:
         return None
 
     def resize(self) -> None:
-        if self.version < 3 and (self.snapshots or self.snapshot_count):
-            return self.data_write()  # "Can't resize a v2 image which has snapshots"
+        if self.version < 3 and (self.snapshot_count or self.layer.backing is not None):
+            # qemu: "Can't resize a v2 image which has snapshots", and growing a v2 overlay
+            # over a longer backing file needs zero clusters v2 does not have.
+            return self.data_write()
         self._flush()
         new_size = self.size + self.rng.choice((512, 64 * KiB, 1 * MiB, 3 * MiB + 512))
         prealloc = self.rng.choice(("off", "off", "metadata", "falloc"))
@@ -278,6 +288,10 @@ def _draw_layer(rng: random.Random, name: str, backing: Optional[Layer]) -> Laye
         options["refcount_bits"] = str(refcount_bits)
         if cluster_size >= 16 * KiB and rng.random() < 0.2:
             options["extended_l2"] = "on"
+        if rng.random() < 0.15:
+            options["data_file"] = name.replace(".qcow2", ".data")
+            if backing is None and rng.random() < 0.5:  # qemu: no raw data over a backing
+                options["data_file_raw"] = "on"
     size = rng.choice(VIRTUAL_SIZES)
     if rng.random() < 0.2:
         size += rng.randrange(1, 64) * 512  # not a multiple of the cluster size
