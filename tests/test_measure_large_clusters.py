@@ -92,7 +92,7 @@ def test_preallocation_metadata_counts_written_bytes_only(tmp_path: Path, cluste
        "discard 16M 2M")
     measured = assert_equal_to_qemu(path)
     # Counting whole source clusters would give two of them; the file holds two target
-    # clusters' worth of data.
+    # clusters' worth of data (on a filesystem whose blocks are at most 64 KiB, as ext4's).
     assert data_bytes(measured) == 2 * TARGET
 
 
