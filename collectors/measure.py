@@ -157,6 +157,70 @@ def _metadata_preallocated(image: Qcow2Image) -> bool:
     return False
 
 
+def _host_file_extents(image: Qcow2Image) -> list[tuple[int, int]]:
+    """Data extents of the file the data clusters live in: the image file, or its external
+    data file (qcow2_co_block_status() hands the block layer s->data_file there). The data
+    file's name is resolved like a backing file name, against the image's directory (qemu 7.2
+    resolves it against its working directory; the two agree when run from there)."""
+    from .chain import backing_path, has_protocol
+    from .reader import ImageFile
+
+    if not image.header.has_data_file:
+        return _file_data_extents(image.file.fd, image.file.length)
+    name = image.data_file_name
+    if name is None or has_protocol(name):
+        raise Qcow2Error("the external data file is not named by a plain file path",
+                         structure="external data file name", value=name, kind=UNSUPPORTED,
+                         filename=image.filename)
+    with ImageFile(backing_path(image.filename, name)) as data_file:
+        return _file_data_extents(data_file.fd, data_file.length)
+
+
+def _extent_bounds(extents: list[tuple[int, int]]) -> npt.NDArray[np.int64]:
+    """Sorted boundaries [start0, end0, start1, end1, ...] of disjoint data extents: a position
+    lies in data when the last boundary at or before it has an even index."""
+    import numpy as np
+
+    return np.array([bound for extent in extents for bound in extent], dtype=np.int64)
+
+
+def _descend_into_file(starts: npt.NDArray[np.int64], codes: npt.NDArray[np.int8],
+                       hosts: npt.NDArray[np.int64], normal: npt.NDArray[np.bool_], unit: int,
+                       host_bounds: npt.NDArray[np.int64]) -> Runs:
+    """BDRV_BLOCK_RECURSE in bdrv_co_block_status(): for a data unit (cluster or subcluster)
+    with a host offset, qemu asks the host file for the status of [host, host + unit) and
+    takes the file's answer at the file's granularity, with no rounding (file-posix
+    request_alignment is 1 without O_DIRECT): the parts over holes of the file (SEEK_HOLE) and
+    past its end read as zeros, the parts over data extents (SEEK_DATA) stay data. Each data
+    unit of `starts`/`codes` (guest offsets, one entry per unit) is split at the file's extent
+    boundaries that fall inside it."""
+    import numpy as np
+
+    units = np.flatnonzero(normal)
+    if not len(units):
+        return starts, codes
+    guest = starts[units]
+    host = hosts[units]
+    # Status at the first byte of each unit: data when inside an extent.
+    at = np.searchsorted(host_bounds, host, side="right") - 1
+    first_codes = np.where((at >= 0) & (at % 2 == 0), STATUS_DATA, STATUS_ZERO).astype(np.int8)
+    # Extent boundaries strictly inside each unit, flattened unit by unit.
+    lo = at + 1
+    hi = np.searchsorted(host_bounds, host + unit, side="left")
+    counts = hi - lo
+    owner = np.repeat(np.arange(len(units)), counts)
+    rank = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    bound_index = lo[owner] + rank
+    inner_starts = guest[owner] + host_bounds[bound_index] - host[owner]
+    inner_codes = np.where(bound_index % 2 == 0, STATUS_DATA, STATUS_ZERO).astype(np.int8)
+    codes = codes.copy()
+    codes[units] = first_codes
+    # Inner boundaries lie strictly inside their unit, so no position repeats.
+    all_starts = np.concatenate((starts, inner_starts))
+    order = np.argsort(all_starts, kind="stable")
+    return all_starts[order], np.concatenate((codes, inner_codes))[order]
+
+
 def _qcow2_runs(image: Qcow2Image) -> Runs:
     """Status runs of one qcow2 layer over [0, its virtual size), per qcow2_co_block_status()
     and qcow2_get_subcluster_type()."""
@@ -171,11 +235,9 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     coverage = n * cs
     sub = 32 if h.extended_l2 else 1
     unit = cs // sub
-    recurse = (not h.has_data_file and h.crypt_method == L.CRYPT_NONE
-               and _metadata_preallocated(image))
-    extents = _file_data_extents(image.file.fd, image.file.length) if recurse else []
-    ext_starts = np.array([a for a, _ in extents], dtype=np.int64)
-    ext_ends = np.array([b for _, b in extents], dtype=np.int64)
+    # qcow2_co_block_status() gives no host offset for encrypted images: no descent there.
+    recurse = h.crypt_method == L.CRYPT_NONE and _metadata_preallocated(image)
+    host_bounds = _extent_bounds(_host_file_extents(image)) if recurse else None
     l1_entries = -(-size // coverage)
     raw = image.file.read_zero_padded(h.l1_table_offset, l1_entries * 8, "active L1 table")
     l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
@@ -215,14 +277,10 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
             codes[zero] = STATUS_ZERO
             host = off
             normal = allocated & ~zero
-        if recurse:
-            # BDRV_BLOCK_RECURSE: a data cluster over a hole of the file (or past its end)
-            # reads as zeros.
-            hosts = host.astype(np.int64)
-            last = np.searchsorted(ext_starts, hosts + unit, side="left") - 1
-            overlaps = (last >= 0) & (ext_ends[np.maximum(last, 0)] > hosts)
-            codes[normal & ~overlaps] = STATUS_ZERO
         starts = base + np.arange(len(codes), dtype=np.int64) * unit
+        if host_bounds is not None:
+            starts, codes = _descend_into_file(starts, codes, host.astype(np.int64), normal,
+                                               unit, host_bounds)
         s_, c_ = _rle(starts, codes)
         all_starts.append(s_)
         all_codes.append(c_)
