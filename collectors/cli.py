@@ -19,6 +19,7 @@ from typing import Any, NoReturn, Optional, TextIO
 
 from . import layout as L
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Qcow2Error, internal_error
+from .health import broken_layer
 from .image import Qcow2Image
 from .info import chain_paths, image_info
 from .model import DEFAULT_MAX_DEPTH, ChainLayer, ImageUsage, UsageResult
@@ -285,7 +286,7 @@ def result_json(result: UsageResult) -> dict[str, Any]:
         assert result.error is not None
         return {"filename": result.target, "error": result.error.as_dict()}
     data = usage_json(result.usage)
-    data["backing_chain"] = [layer_json(layer) for layer in result.chain]
+    data["backing_chain"] = [layer_json(layer) for layer in result.reported_chain]
     return data
 
 
@@ -297,7 +298,7 @@ def render_usage_human(result: UsageResult) -> str:
     rows += [("  " * layer.depth + "└ ", layer.usage,
               "" if layer.usage else f"{layer.name}: {layer.status}"
               + (f" ({layer.error})" if layer.error else ""))
-             for layer in result.chain]
+             for layer in result.reported_chain]
     for prefix, usage, status in rows:
         if usage is None:
             lines.append(f"{prefix}{status}")
@@ -331,9 +332,11 @@ def run_usage(args: argparse.Namespace) -> int:
         if result.error is not None:
             report_error(result.error, err)
             status = EXIT_FAILED
-        for layer in result.chain:
+        for layer in result.reported_chain:
             if layer.error is not None:
                 report_error(layer.error, err)
+        if broken_layer(result.chain) is not None:
+            status = EXIT_FAILED  # the image cannot be opened by qemu: its chain is broken
     if args.output == "json":
         out.write(json.dumps([result_json(r) for r in results], indent=2) + "\n")
     else:

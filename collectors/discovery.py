@@ -104,12 +104,38 @@ def _expand_path(spec: str, path: str) -> Iterator[Target]:
         yield _target_error(path, "not a regular file, block device or directory")
 
 
+def canonical_path(path: str) -> str:
+    """The one name of a disk, whatever symlink or device node reached it.
+
+    Files: their real path. Block devices: ``/dev/mapper/NAME`` for device-mapper (LVM, crypt,
+    multipath: the kernel's ``dm-N`` numbers change between boots), else ``/dev/`` plus the
+    kernel's name (``/dev/loop0``, ``/dev/sda``), read from sysfs by device number so that a
+    device node elsewhere maps to the same name.
+    """
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return real
+    if not stat.S_ISBLK(st.st_mode):
+        return real
+    sys_dir = f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    try:
+        with open(os.path.join(sys_dir, "dm", "name"), encoding="utf-8") as dm_name:
+            return "/dev/mapper/" + dm_name.read().strip()
+    except OSError:
+        pass
+    if not os.path.exists(sys_dir):  # no sysfs (a container without it): keep the node
+        return real
+    return "/dev/" + os.path.basename(os.path.realpath(sys_dir))
+
+
 def dedupe_targets(targets: Iterable[Target]) -> list[Target]:
     """Keep the first target per real path (and per error spec), in order."""
     seen: set[str] = set()
     unique: list[Target] = []
     for target in targets:
-        key = "path:" + os.path.realpath(target.path) if target.path else "spec:" + target.spec
+        key = "path:" + canonical_path(target.path) if target.path else "spec:" + target.spec
         if key not in seen:
             seen.add(key)
             unique.append(target)
@@ -185,6 +211,7 @@ def running_images() -> list[str]:
 __all__ = [
     "QCOW2_MAGIC",
     "Target",
+    "canonical_path",
     "dedupe_targets",
     "expand_targets",
     "has_qcow2_magic",

@@ -8,7 +8,7 @@ from typing import Optional
 from . import layout as L
 from .container import container_of, held_for_writing
 from .discovery import has_qcow2_magic
-from .errors import Qcow2Error, internal_error
+from .errors import IO_ERROR, Qcow2Error, internal_error
 from .image import Qcow2Image
 from .measure import prealloc_size
 from .model import (
@@ -18,6 +18,7 @@ from .model import (
     LAYER_MISSING,
     LAYER_NOT_QCOW2,
     LAYER_OK,
+    LAYER_OTHER_FORMAT,
     LAYER_PROTOCOL,
     LAYER_TOO_DEEP,
     SOURCE_CHECK,
@@ -85,7 +86,7 @@ def image_usage(image: Qcow2Image) -> ImageUsage:
         image_end_offset=end,
         image_end_offset_source=source,
         container=container,
-        usage_ratio=end / container.size if container.size else 1.0,
+        usage_ratio=container.usage_ratio,
         fully_allocated_size=fully_allocated_size(image),
         virtual_size=h.size,
         cluster_size=h.cluster_size,
@@ -114,17 +115,25 @@ def analyze_image(path: str) -> ImageUsage:
             raise exc.with_filename(path) from None
 
 
-def backing_chain(path: str, usage: ImageUsage,
-                  max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[ChainLayer, ...]:
-    """Every backing layer below `path`: analysed, or reported missing / looping / protocol /
-    too deep. Names are only ever paths: pseudo-protocols are reported, never opened."""
+def _probe(path: str) -> tuple[Optional[str], Optional[str]]:
+    """The backing name and format of a layer, from its header alone (no refcount reads)."""
+    with Qcow2Image.open(path) as image:
+        return image.backing_filename, image.backing_format
+
+
+def backing_chain(path: str, usage: ImageUsage, max_depth: int = DEFAULT_MAX_DEPTH,
+                  *, analyze: bool = True) -> tuple[ChainLayer, ...]:
+    """Every backing layer below `path`: analysed (or, with analyze=False, only opened and its
+    header read, which is enough to know that qemu could open the chain), or reported missing /
+    looping / protocol / too deep. Names are only ever paths: pseudo-protocols are reported,
+    never opened."""
     layers: list[ChainLayer] = []
     seen = {os.path.realpath(path)}
-    above_path, above = path, usage
+    above_path = path
+    name, fmt = usage.backing_filename, usage.backing_format
     depth = 0
-    while above.backing_filename is not None:
+    while name is not None:
         depth += 1
-        name, fmt = above.backing_filename, above.backing_format
         if depth > max_depth:
             layers.append(ChainLayer(depth, name, None, LAYER_TOO_DEEP, fmt))
             break
@@ -141,13 +150,24 @@ def backing_chain(path: str, usage: ImageUsage,
             layers.append(ChainLayer(depth, name, resolved, LAYER_MISSING, fmt))
             break
         try:
-            if fmt not in (None, "qcow2") or not has_qcow2_magic(resolved):
-                layers.append(ChainLayer(depth, name, resolved, LAYER_NOT_QCOW2, fmt or "raw"))
+            if fmt not in (None, "qcow2"):
+                # Declared as another format (raw, ...): present, reported, not analysed.
+                layers.append(ChainLayer(depth, name, resolved, LAYER_OTHER_FORMAT, fmt))
                 break
-            layer_usage = analyze_image(resolved)
+            if not has_qcow2_magic(resolved):
+                # Declared qcow2 (or undeclared) but is not: qemu refuses (or misreads) it.
+                layers.append(ChainLayer(depth, name, resolved, LAYER_NOT_QCOW2, fmt))
+                break
+            if analyze:
+                layer_usage: Optional[ImageUsage] = analyze_image(resolved)
+                assert layer_usage is not None
+                next_name, next_fmt = layer_usage.backing_filename, layer_usage.backing_format
+            else:
+                layer_usage = None
+                next_name, next_fmt = _probe(resolved)
         except OSError as exc:
             error = Qcow2Error(exc.strerror or str(exc), structure="backing file",
-                               filename=resolved)
+                               filename=resolved, kind=IO_ERROR)
             layers.append(ChainLayer(depth, name, resolved, LAYER_ERROR, fmt, error=error))
             break
         except Qcow2Error as exc:
@@ -159,7 +179,7 @@ def backing_chain(path: str, usage: ImageUsage,
                                      error=internal_error(exc, resolved)))
             break
         layers.append(ChainLayer(depth, name, resolved, LAYER_OK, fmt, usage=layer_usage))
-        above_path, above = resolved, layer_usage
+        above_path, name, fmt = resolved, next_name, next_fmt
     return tuple(layers)
 
 
@@ -173,8 +193,10 @@ def analyze_usage(path: str, *, chain: bool = True,
         return UsageResult(path, None, (), exc.with_filename(path))
     except Exception as exc:  # last resort: never let one image stop the others
         return UsageResult(path, None, (), internal_error(exc, path))
-    layers = backing_chain(path, usage, max_depth) if chain else ()
-    return UsageResult(path, usage, layers, None)
+    # Without `chain` the layers are still opened (headers only): a missing or broken backing
+    # file keeps the VM from starting, and finding that out is cheap.
+    layers = backing_chain(path, usage, max_depth, analyze=chain)
+    return UsageResult(path, usage, layers, None, analyzed_chain=chain)
 
 
 def first_error(result: UsageResult) -> Optional[Qcow2Error]:

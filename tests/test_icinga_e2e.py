@@ -59,9 +59,11 @@ def icinga_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "qcow2_chain": True, "qcow2_max_depth": 4, "qcow2_check": False,
             "qcow2_warning": "~:80", "qcow2_critical": "~:90", "qcow2_warning_headroom": "2K",
             "qcow2_critical_headroom": "1K", "qcow2_corrupt_state": "critical",
-            "qcow2_corruptions_state": "critical", "qcow2_check_errors_state": "critical",
+            "qcow2_corruptions_state": "critical", "qcow2_damaged_state": "critical",
+            "qcow2_backing_state": "critical", "qcow2_unknown_state": "unknown",
             "qcow2_leaks_state": "warning", "qcow2_dirty_state": "warning",
-            "qcow2_untrusted_state": "warning", "qcow2_timeout": 20, "qcow2_verbose": True,
+            "qcow2_dirty_in_use_state": "ok", "qcow2_warning_overcommit": "1000",
+            "qcow2_critical_overcommit": "2000", "qcow2_timeout": 20, "qcow2_verbose": True,
         },
     }
     results = run_icinga_checks(tmp, services)
@@ -158,7 +160,10 @@ def test_every_option_reaches_the_plugin(icinga_results: dict[str, Any]) -> None
         ("-f", str(icinga_results["images"] / "p*.qcow2")), ("--max-depth", "4"),
         ("-w", "~:80"), ("-c", "~:90"), ("--warning-headroom", "2K"),
         ("--critical-headroom", "1K"), ("--corrupt-state", "critical"), ("-t", "20"),
-        ("--leaks-state", "warning"), ("--untrusted-state", "warning"),
+        ("--leaks-state", "warning"), ("--dirty-in-use-state", "ok"),
+        ("--damaged-state", "critical"), ("--backing-state", "critical"),
+        ("--unknown-state", "unknown"), ("--warning-overcommit", "1000"),
+        ("--critical-overcommit", "2000"),
     ):
         assert command[command.index(option) + 1] == value
     assert "--chain" in command and "-v" in command
