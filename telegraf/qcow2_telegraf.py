@@ -2,7 +2,8 @@
 
 For Telegraf's ``[[inputs.exec]]`` (one batch per run, ``data_format = "influx"``) or
 ``[[inputs.execd]]`` with ``signal = "STDIN"`` (``--execd``: one batch per line read on stdin,
-exit at EOF). See telegraf/telegraf.conf.
+exit at EOF). Snippets: telegraf/qcow2-exec.conf (Telegraf >= 1.39),
+qcow2-exec-legacy.conf (<= 1.38) and qcow2-execd.conf.
 
 One point per image (and per backing layer with --chain) in measurement ``qcow2``: tags are the
 disk's identity (its canonical path) and the labels that describe what it is
