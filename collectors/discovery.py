@@ -22,6 +22,9 @@ from .reader import open_readonly
 # Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
 # qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
 _QEMU_MARKER = "qemu"
+# sysfs directory of block devices by "major:minor" (a constant so that tests can stand in a
+# device-mapper entry on kernels without device-mapper).
+SYS_DEV_BLOCK = "/sys/dev/block"
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def canonical_path(path: str) -> str:
         return real
     if not stat.S_ISBLK(st.st_mode):
         return real
-    sys_dir = f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    sys_dir = os.path.join(SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
     try:
         with open(os.path.join(sys_dir, "dm", "name"), encoding="utf-8") as dm_name:
             return "/dev/mapper/" + dm_name.read().strip()

@@ -140,6 +140,7 @@ def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict
     # Worst first, then in the collector's (stable) order; filesystems after images.
     bad = [(v.state, _image_name(v.record), v.problems) for v in verdicts if v.state != 0]
     bad.sort(key=lambda item: -_severity(item[0]))
+    bad_images = len(bad)
     bad += [(f.state, "filesystem " + f.figures.mountpoint, f.problems)
             for f in filesystems if f.state != 0]
     shown = "; ".join(
@@ -148,8 +149,8 @@ def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict
     )
     if len(bad) > MAX_IMAGES_IN_SUMMARY:
         shown += f"; +{len(bad) - MAX_IMAGES_IN_SUMMARY} more"
-    if len(verdicts) > 1:
-        shown = f"{len(bad)} of {len(verdicts)} images: {shown}"
+    if len(verdicts) > 1 and bad_images:
+        shown = f"{bad_images} of {len(verdicts)} images: {shown}"
     return clean_text(shown)
 
 
