@@ -14,6 +14,8 @@ from . import layout as L
 from .errors import INVALID, NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
 from .reader import ImageFile
 
+# qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
+INT_MAX = 2**31 - 1
 # First read: enough for the header and, for nearly every image, all its extensions.
 HEAD_READ = 4096
 
@@ -56,6 +58,12 @@ class Snapshot:
     extra_data: bytes
     disk_size: Optional[int]
     icount: Optional[int]  # None when absent or -1 (qemu: no icount recorded)
+    index: int  # position in the table
+    vm_state_size32: int  # the 32-bit field of the fixed part, as written
+
+    @property
+    def label(self) -> str:
+        return f"snapshot {self.id_str}"
 
 
 @dataclass(frozen=True)
@@ -236,7 +244,7 @@ class Qcow2Image:
             self.backing_filename = self._read_backing_filename()
         except Qcow2Error as exc:
             raise exc.with_filename(file.path) from None
-        self._snapshots: Optional[list[Snapshot]] = None
+        self._snapshots: Optional[tuple[list[Snapshot], int]] = None
         self._bitmaps: Optional[list[Bitmap]] = None
 
     @classmethod
@@ -418,6 +426,15 @@ class Qcow2Image:
 
     # -- snapshots ----------------------------------------------------------------------------
     def snapshots(self) -> list[Snapshot]:
+        return self._snapshot_table()[0]
+
+    @property
+    def snapshots_size(self) -> int:
+        """qemu's s->snapshots_size: end of the last entry minus the table offset (0 without
+        snapshots), not rounded up."""
+        return self._snapshot_table()[1]
+
+    def _snapshot_table(self) -> tuple[list[Snapshot], int]:
         if self._snapshots is None:
             try:
                 self._snapshots = self._read_snapshots()
@@ -425,48 +442,33 @@ class Qcow2Image:
                 raise exc.with_filename(self.filename) from None
         return self._snapshots
 
-    def _read_snapshots(self) -> list[Snapshot]:
-        """qcow2_read_snapshots(): entries are read one by one, every size bounded."""
+    def _read_snapshots(self) -> tuple[list[Snapshot], int]:
+        """qcow2_do_read_snapshots(): entries are read one by one, every size bounded; reads
+        past EOF give zeros (bdrv_pread on the file)."""
         h = self.header
-        offset = h.snapshots_offset
-        total = 0
+        start = offset = h.snapshots_offset
+        table_length = 0
         snapshots = []
+        fixed_size = L.SnapshotHeader.STRUCT.size
         for i in range(h.nb_snapshots):
             structure = f"snapshot table entry {i}"
-            offset = L.align_up(offset, 8)
+            table_length = L.align_up(table_length, 8)
+            offset = entry_offset = L.align_up(offset, 8)
             fixed = L.SnapshotHeader.from_bytes(
-                self.file.read(offset, L.SnapshotHeader.STRUCT.size, structure))
+                self.file.read_zero_padded(offset, fixed_size, structure))
             if fixed.extra_data_size > L.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
-                raise _err(f"{fixed.extra_data_size} bytes of extra data exceed the "
+                raise _err(f"too much extra metadata: {fixed.extra_data_size} bytes exceed the "
                            f"{L.QCOW_MAX_SNAPSHOT_EXTRA_DATA} byte limit", structure,
                            offset + 36, fixed.extra_data_size, OUT_OF_BOUNDS)
             var_len = fixed.extra_data_size + fixed.id_str_size + fixed.name_size
-            entry_end = offset + L.SnapshotHeader.STRUCT.size + var_len
-            total += L.align_up(entry_end - offset, 8)
-            if total > L.QCOW_MAX_SNAPSHOTS_SIZE:
+            offset += fixed_size + var_len
+            table_length += fixed_size + var_len
+            if table_length > L.QCOW_MAX_SNAPSHOTS_SIZE or offset - start > INT_MAX:
                 raise _err("snapshot table exceeds the 64 MiB maximum", "snapshot table",
-                           h.snapshots_offset, total, OUT_OF_BOUNDS)
-            var = self.file.read(offset + L.SnapshotHeader.STRUCT.size, var_len, structure)
-            extra = var[:fixed.extra_data_size]
-            id_str = var[fixed.extra_data_size:fixed.extra_data_size + fixed.id_str_size]
-            name = var[fixed.extra_data_size + fixed.id_str_size:]
-            vm_state_size = fixed.vm_state_size
-            disk_size = icount = None
-            if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
-                vm_state_size = int.from_bytes(extra[0:8], "big")
-            if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
-                disk_size = int.from_bytes(extra[8:16], "big")
-            if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
-                raw_icount = int.from_bytes(extra[16:24], "big", signed=True)
-                icount = None if raw_icount == -1 else raw_icount
-            snapshots.append(Snapshot(
-                offset, id_str.decode("utf-8", "backslashreplace"),
-                name.decode("utf-8", "backslashreplace"), fixed.l1_table_offset,
-                fixed.l1_size, fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec,
-                vm_state_size, fixed.extra_data_size, extra, disk_size, icount,
-            ))
-            offset = entry_end
-        return snapshots
+                           start, table_length, OUT_OF_BOUNDS)
+            var = self.file.read_zero_padded(entry_offset + fixed_size, var_len, structure)
+            snapshots.append(_snapshot(i, entry_offset, fixed, var))
+        return snapshots, (offset - start if snapshots else 0)
 
     # -- bitmaps ------------------------------------------------------------------------------
     def bitmaps(self) -> list[Bitmap]:
@@ -564,6 +566,33 @@ class Qcow2Image:
         ivgen_alg, _, ivgen_hash = ivgen.partition(":")
         return LuksInfo(pointer.offset, pointer.length, header, cipher_alg, mode,
                         ivgen_alg, ivgen_hash or None, header.hash_spec)
+
+
+def _snapshot(index: int, offset: int, fixed: L.SnapshotHeader, var: bytes) -> Snapshot:
+    """One snapshot table entry from its fixed part and its variable part (extra data, id,
+    name)."""
+    extra = var[:fixed.extra_data_size]
+    id_str = var[fixed.extra_data_size:fixed.extra_data_size + fixed.id_str_size]
+    name = var[fixed.extra_data_size + fixed.id_str_size:]
+    vm_state_size = fixed.vm_state_size
+    disk_size = icount = None
+    if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
+        vm_state_size = int.from_bytes(extra[0:8], "big")
+    if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
+        disk_size = int.from_bytes(extra[8:16], "big")
+    if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
+        raw_icount = int.from_bytes(extra[16:24], "big", signed=True)
+        icount = None if raw_icount == -1 else raw_icount
+    return Snapshot(
+        offset, _c_string(id_str), _c_string(name), fixed.l1_table_offset, fixed.l1_size,
+        fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec, vm_state_size,
+        fixed.extra_data_size, extra, disk_size, icount, index, fixed.vm_state_size,
+    )
+
+
+def _c_string(raw: bytes) -> str:
+    """A name as qemu prints it: up to the first NUL."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
 
 
 def _luks_cipher_alg(header: L.LuksHeader) -> str:

@@ -26,8 +26,9 @@ LAYER_MISSING = "missing"
 LAYER_LOOP = "loop"
 LAYER_PROTOCOL = "protocol"  # json:, nbd:, ... reported, never interpreted
 LAYER_TOO_DEEP = "too-deep"
-LAYER_NOT_QCOW2 = "not-qcow2"  # declared qcow2 (or undeclared) but is not: a broken chain
-LAYER_OTHER_FORMAT = "other-format"  # declared raw (or another format): present, not analysed
+LAYER_NOT_QCOW2 = "not-qcow2"  # declared qcow2 but is not: qemu cannot open the chain
+LAYER_OTHER_FORMAT = "other-format"  # declared raw (or other), or undeclared non-qcow2 (qemu
+# probes it as raw): present, reported, not analysed
 LAYER_ERROR = "error"
 
 
@@ -151,13 +152,3 @@ class CheckResult:
     dirty_bit: bool = False
     notes: tuple[str, ...] = field(default=())
 
-    @property
-    def exit_code(self) -> int:
-        """qemu-img check's exit code: 1 check errors, 2 corruptions, 3 leaks only, 0 clean."""
-        if self.check_errors:
-            return 1
-        if self.corruptions:
-            return 2
-        if self.leaks:
-            return 3
-        return 0

@@ -14,7 +14,6 @@ command -v icinga2 >/dev/null || missing+=(icinga2-bin icinga2-common)
 command -v nagios4 >/dev/null || missing+=(nagios4-core)
 [ -x /usr/lib/nagios/plugins/check_dummy ] || missing+=(monitoring-plugins-basic)
 command -v losetup >/dev/null || missing+=(util-linux)
-command -v dmsetup >/dev/null || missing+=(dmsetup)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     sudo=""

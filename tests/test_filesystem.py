@@ -16,7 +16,8 @@ from typing import Callable, Iterator
 import pytest
 
 from collectors import discovery
-from collectors.metrics import collect, filesystems, image_metrics, info_labels
+from collectors.collect import collect
+from collectors.metrics import filesystems, image_metrics, info_labels
 from nagios.ranges import format_number
 
 from alerting import promtool_test, textfile_samples

@@ -22,9 +22,10 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from collectors.collect import judge
 from collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
 from collectors.health import policy_from_args
-from collectors.metrics import Collection, ImageRecord, judge
+from collectors.metrics import Collection, ImageRecord
 from collectors.model import (
     CONTAINER_BLOCK,
     CONTAINER_FILE,
@@ -187,7 +188,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, records: list[ImageRecord],
              *argv: str) -> tuple[int, str]:
     """main() on hand-built records, in process (the collector is replaced, nothing else)."""
     def collect(args: argparse.Namespace) -> Collection:
-        # As collectors.metrics.collect does: every record judged by the options' policy.
+        # As collectors.collect.collect does: every record judged by the options' policy.
         judged = tuple(judge(record, policy_from_args(args)) for record in records)
         return Collection(judged, 0.01, 1_700_000_000.0)
 
