@@ -210,6 +210,21 @@ def test_alert_rules_follow_the_same_policy(runs: dict[str, Any], tmp_path: Path
     promtool_test(tmp_path, samples, expected)
 
 
+def test_usage_command_fails_on_a_broken_chain(runs: dict[str, Any]) -> None:
+    """qcow2-analyze usage exits 1 and names the missing layer, with or without --no-chain."""
+    orphan = runs["cases"]["backing-missing"].image
+    for extra in ([], ["--no-chain"]):
+        proc = subprocess.run([str(BIN / "qcow2-analyze"), "usage", *extra, str(orphan)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, (extra, proc.stdout, proc.stderr)
+        assert "gone.qcow2' not found" in proc.stderr
+        assert "gone.qcow2: missing" in proc.stdout
+    clean = runs["cases"]["clean"].image
+    proc = subprocess.run([str(BIN / "qcow2-analyze"), "usage", "--no-chain", str(clean)],
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
 def test_loop_layer_itself_and_the_top_above_it() -> None:
     """A layer record that loops is CRITICAL by itself, and so is every image above it."""
     loop = ChainLayer(2, "a.qcow2", "/i/a.qcow2", LAYER_LOOP, "qcow2")
