@@ -182,7 +182,11 @@ def assess(
     """
     states = policy if policy is not None else default_policy()
     found: list[tuple[str, str]] = []
-    if layer is not None and layer.status in BROKEN_LAYER_STATES:
+    if layer is not None and layer.status == LAYER_ERROR and error is not None:
+        # The layer itself could not be read: damaged metadata, or we could not look. The
+        # images above it get the backing rule (broken_below).
+        found.append((_error_state(error), error_text(error)))
+    elif layer is not None and layer.status in BROKEN_LAYER_STATES:
         found.append((RULE_BACKING, _layer_text(layer)))
     elif layer is not None and layer.status == LAYER_TOO_DEEP:
         found.append((RULE_UNKNOWN, f"backing chain deeper than the limit at {layer.name!r}"))

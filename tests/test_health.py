@@ -17,8 +17,9 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
+from collectors.errors import INVALID, IO_ERROR, Qcow2Error
 from collectors.health import CRITICAL, OK, SEVERITY, UNKNOWN, WARNING, assess
-from collectors.model import LAYER_LOOP, ChainLayer
+from collectors.model import LAYER_ERROR, LAYER_LOOP, ChainLayer
 
 from alerting import parse_line, promtool_test, textfile_samples
 from daemons import make_image, require_binary, run
@@ -235,6 +236,13 @@ def test_loop_layer_itself_and_the_top_above_it() -> None:
     policy = {**{r: s for r, s in _defaults().items()}, "backing": WARNING}
     assert assess(usage=None, check=None, error=None, broken_below=loop,
                   policy=policy).state == WARNING
+    # A layer that cannot be read is judged by why: damaged metadata, or we could not look.
+    for kind, rule, state in ((INVALID, "damaged", CRITICAL), (IO_ERROR, "unknown", UNKNOWN)):
+        error = Qcow2Error("bad", structure="refcount table", kind=kind, filename="/i/b")
+        layer = ChainLayer(1, "b", "/i/b", LAYER_ERROR, "qcow2", error=error)
+        health = assess(usage=None, check=None, error=error, layer=layer)
+        assert [(r.rule, r.state) for r in health.reasons] == [(rule, state)]
+        assert assess(usage=None, check=None, error=None, broken_below=layer).state == CRITICAL
 
 
 def _defaults() -> dict[str, int]:
