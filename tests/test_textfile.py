@@ -262,6 +262,10 @@ def test_node_exporter_serves_every_series(tmp_path: Path) -> None:
             assert scraped[("qcow2_virtual_size_bytes", labels)] == usage.virtual_size
         junk_labels = frozenset({("path", str(junk))})
         assert scraped[("qcow2_scrape_error", junk_labels)] == 1
+        assert scraped[("qcow2_health", junk_labels)] == 3  # could not look: unknown
+        assert scraped[("qcow2_health_reason", junk_labels | {("rule", "unknown")})] == 3
+        mounts = [labels for name, labels in scraped if name == "qcow2_filesystem_size_bytes"]
+        assert len(mounts) == 1  # every image of the test lives on one filesystem
 
         # Control: the same file without its final newline is refused by node_exporter, so
         # the assertions above can fail.
