@@ -44,7 +44,12 @@ def icinga_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     set_refcount(leaky, size // 65536, 1)
     text = images / "notes.txt"
     text.write_text("not an image\n")
+    gone = make_image(tmp / "gone.qcow2", "32M")
+    orphan = make_image(images / "orphan.qcow2", backing=gone)
+    gone.unlink()
     services: dict[str, dict[str, Any]] = {
+        "backing": {"qcow2_file": [str(orphan)]},
+        "backing-as-warning": {"qcow2_file": [str(orphan)], "qcow2_backing_state": "warning"},
         "ok": {"qcow2_file": [str(plain)]},
         "warning": {"qcow2_file": [str(plain)], "qcow2_warning": "0.0000001",
                     "qcow2_critical": "99"},
@@ -68,7 +73,7 @@ def icinga_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     results = run_icinga_checks(tmp, services)
     return {"results": results, "images": images, "plain": plain, "awkward": awkward,
-            "corrupt": corrupt, "leaky": leaky, "text": text}
+            "corrupt": corrupt, "leaky": leaky, "text": text, "orphan": orphan, "gone": gone}
 
 
 def result(icinga_results: dict[str, Any], name: str) -> dict[str, Any]:
@@ -104,6 +109,17 @@ def test_critical(icinga_results: dict[str, Any]) -> None:
     assert res["exit_status"] == 2
     assert res["output"] == f"QCOW2 CRITICAL - {icinga_results['corrupt']}: corrupt bit set "
     assert len(res["performance_data"]) == 4
+
+
+def test_missing_backing_file_is_critical_without_chain(icinga_results: dict[str, Any]) -> None:
+    """The health policy through Icinga: the VM of orphan.qcow2 cannot start."""
+    res = result(icinga_results, "backing")
+    assert res["exit_status"] == 2, res["output"]
+    assert res["output"].startswith(
+        f"QCOW2 CRITICAL - {icinga_results['orphan']}: backing file "
+        f"'{icinga_results['gone']}' (depth 1) not found")
+    res = result(icinga_results, "backing-as-warning")
+    assert res["exit_status"] == 1, res["output"]
 
 
 def test_unknown(icinga_results: dict[str, Any]) -> None:
