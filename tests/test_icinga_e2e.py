@@ -14,7 +14,7 @@ import pytest
 
 from nagios.check_qcow2 import build_parser
 
-from daemons import make_image
+from daemons import make_image, own_filesystem
 from damage import INCOMPAT_CORRUPT, OFF_INCOMPATIBLE, patch_u64, read_u64, set_refcount
 from nagios_daemons import (
     ICINGA_CONF,
@@ -32,7 +32,11 @@ def icinga_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One daemon run for all services (about 3 s), shared by the assertions below."""
     tmp = tmp_path_factory.mktemp("icinga")
     images = tmp / "images"
-    images.mkdir()
+    with own_filesystem(images):  # usage thresholds must not depend on the build disk
+        return _run_services(tmp, images)
+
+
+def _run_services(tmp: Path, images: Path) -> dict[str, Any]:
     plain = make_image(images / "plain.qcow2", "64M", write=["write -P 1 0 2M"])
     awkward = make_image(images / "b c|d=e'f$.qcow2", "32M", write=["write -P 2 0 1M"])
     corrupt = make_image(images / "corrupt.qcow2", "32M", write=["write -P 3 0 1M"])
