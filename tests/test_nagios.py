@@ -18,7 +18,7 @@ import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -43,7 +43,7 @@ from nagios import check_qcow2
 from nagios.check_qcow2 import clean_label, clean_text, main, percent_text
 from nagios.ranges import Range, RangeError, format_number
 
-from daemons import holding_open, make_image, require_binary
+from daemons import holding_open, make_image, own_filesystem, require_binary
 from damage import INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFF_INCOMPATIBLE, patch_u64, read_u64
 from nagios_daemons import PLUGIN, REPO, plugin_script
 
@@ -540,13 +540,13 @@ def qemu_check(path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    make_image(directory / "a.qcow2", "64M", write=["write -P 1 0 3M"])
-    make_image(directory / "b c|d=e'f.qcow2", "32M", write=["write -P 2 1M 1M"])
-    (directory / "notes.txt").write_text("not an image\n")
-    return directory
+def images(tmp_path: Path) -> Iterator[Path]:
+    # Their own small filesystem (their container): usage must not depend on the build disk.
+    with own_filesystem(tmp_path / "images") as directory:
+        make_image(directory / "a.qcow2", "64M", write=["write -P 1 0 3M"])
+        make_image(directory / "b c|d=e'f.qcow2", "32M", write=["write -P 2 1M 1M"])
+        (directory / "notes.txt").write_text("not an image\n")
+        yield directory
 
 
 def test_real_ok_warning_critical(images: Path) -> None:
