@@ -11,7 +11,7 @@ from collectors.chain import walk
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.image import Qcow2Image
 from collectors.info import image_info
-from collectors.model import LAYER_ERROR, LAYER_LOOP
+from collectors.model import LAYER_ERROR, LAYER_LOOP, LAYER_NOT_QCOW2
 
 from .common import human_size, report_error
 
@@ -70,7 +70,8 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     status = EXIT_OK
     with closing(walk(args.file)) as steps:
         for layer, image in steps:
-            error = layer.error if layer.status in (LAYER_ERROR, LAYER_LOOP) else None
+            error = layer.error if layer.status in (LAYER_ERROR, LAYER_LOOP, LAYER_NOT_QCOW2) \
+                else None
             if image is not None:
                 try:
                     infos.append(image_info(image))

@@ -8,6 +8,7 @@ from typing import Any, Optional, TextIO
 
 from collectors.discovery import expand_targets
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from collectors.health import broken_layer
 from collectors.model import ChainLayer, ImageUsage, UsageResult
 from collectors.usage import analyze_usage
 
@@ -62,7 +63,7 @@ def result_json(result: UsageResult) -> dict[str, Any]:
         assert result.error is not None
         return {"filename": result.target, "error": result.error.as_dict()}
     data = usage_json(result.usage)
-    data["backing_chain"] = [layer_json(layer) for layer in result.chain]
+    data["backing_chain"] = [layer_json(layer) for layer in result.reported_chain]
     return data
 
 
@@ -74,7 +75,7 @@ def render_usage_human(result: UsageResult) -> str:
     rows += [("  " * layer.depth + "└ ", layer.usage,
               "" if layer.usage else f"{layer.name}: {layer.status}"
               + (f" ({layer.error})" if layer.error else ""))
-             for layer in result.chain]
+             for layer in result.reported_chain]
     for prefix, usage, status in rows:
         if usage is None:
             lines.append(f"{prefix}{status}")
@@ -105,9 +106,11 @@ def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if result.error is not None:
             report_error(result.error, err)
             status = EXIT_FAILED
-        for layer in result.chain:
+        for layer in result.reported_chain:
             if layer.error is not None:
                 report_error(layer.error, err)
+        if broken_layer(result.chain) is not None:
+            status = EXIT_FAILED  # qemu cannot open the image: its backing chain is broken
     if args.output == "json":
         out.write(json.dumps([result_json(r) for r in results], indent=2) + "\n")
     else:

@@ -22,6 +22,7 @@ from .model import (
     LAYER_MISSING,
     LAYER_NOT_QCOW2,
     LAYER_OK,
+    LAYER_OTHER_FORMAT,
     LAYER_PROTOCOL,
     LAYER_TOO_DEEP,
     ChainLayer,
@@ -58,7 +59,13 @@ def _open_layer(depth: int, name: str, path: str, fmt: Optional[str]) -> Step:
     """Open one existing layer: a qcow2 image, a not-qcow2 layer, or the reason it failed."""
     try:
         if fmt not in (None, "qcow2") or (fmt is None and not has_qcow2_magic(path)):
-            return ChainLayer(depth, name, path, LAYER_NOT_QCOW2, fmt or "raw"), None
+            # Declared as another format, or undeclared and not qcow2 (qemu probes it: raw):
+            # present, reported, not analysed.
+            return ChainLayer(depth, name, path, LAYER_OTHER_FORMAT, fmt or "raw"), None
+        if not has_qcow2_magic(path):
+            # Declared qcow2 but is not: qemu refuses to open the chain.
+            error = _chain_error(f"backing file {name!r} is not a qcow2 image", INVALID, path)
+            return ChainLayer(depth, name, path, LAYER_NOT_QCOW2, fmt, error=error), None
         image = Qcow2Image.open(path)
     except OSError as exc:
         error = Qcow2Error(exc.strerror or str(exc), structure="backing file", kind=IO_ERROR,

@@ -7,13 +7,13 @@ every check and must stay light.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 from typing import Callable, Iterator, Optional, Sequence
 
-from .discovery import Target, dedupe_targets, expand_targets, running_images
+from .discovery import Target, canonical_path, dedupe_targets, expand_targets, running_images
 from .errors import INTERNAL, IO_ERROR, Qcow2Error
+from .health import Policy, assess, broken_layer
 from .metrics import Collection, ImageRecord
 from .model import (
     DEFAULT_MAX_DEPTH,
@@ -55,10 +55,17 @@ def _records_for(
         result = analyze(target.path, chain=chain, max_depth=max_depth)
     except Exception as exc:  # see _internal_error
         error = _internal_error(target.path, exc)
-        yield ImageRecord(target.spec, target.path, 0, None, None, error)
+        yield ImageRecord(target.spec, target.path, 0, None, None, error,
+                          canonical=canonical_path(target.path))
         return
-    yield ImageRecord(target.spec, target.path, 0, result.usage, None, result.error)
-    for layer in result.chain:
+    canonical = canonical_path(target.path)
+    # The chain is always opened (headers only without --chain): a broken one is the top's
+    # problem too, since qemu cannot open the top without it.
+    yield ImageRecord(target.spec, target.path, 0, result.usage, None, result.error,
+                      canonical=canonical, broken_below=broken_layer(result.chain))
+    if not chain:
+        return
+    for index, layer in enumerate(result.chain):
         yield ImageRecord(
             target.spec,
             layer.path,
@@ -68,6 +75,9 @@ def _records_for(
             layer.error,
             status=layer.status,
             name=layer.name,
+            canonical=canonical_path(layer.path) if layer.path else None,
+            layer=layer,
+            broken_below=broken_layer(result.chain[index + 1 :]),
         )
 
 
@@ -83,6 +93,13 @@ def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:
     return replace(record, check=result)
 
 
+def judge(record: ImageRecord, policy: Optional[Policy] = None) -> ImageRecord:
+    """`record` with its health by the one policy (collectors.health)."""
+    health = assess(usage=record.usage, check=record.check, error=record.error,
+                    layer=record.layer, broken_below=record.broken_below, policy=policy)
+    return replace(record, health=health)
+
+
 def collect(
     specs: Sequence[str],
     *,
@@ -90,12 +107,14 @@ def collect(
     chain: bool = False,
     check: bool = False,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    policy: Optional[Policy] = None,
 ) -> Collection:
-    """Discover targets, analyse each (and its backing chain), optionally run the full check.
+    """Discover targets, analyse each (and its backing chain), optionally run the full check,
+    and judge each image's health by `policy` (default: every rule's default state).
 
     Never raises for image problems: a failing target is a record with `error` set and the others
-    still report. Each image is reported once, by real path: a base shared by several overlays,
-    or also named as a target, keeps the depth at which it was first met.
+    still report. Each image is reported once, by canonical path: a base shared by several
+    overlays, or also named as a target, keeps the depth at which it was first met.
     """
     started = time.monotonic()
     analyze = _analyze_fn()
@@ -109,12 +128,11 @@ def collect(
         for record in _records_for(target, analyze, chain=chain, max_depth=max_depth):
             # A failed layer is keyed with its depth too: a chain looping back to its top names
             # an already reported file, and that loop must still be reported.
-            name = os.path.realpath(record.path) if record.path else record.label_path
-            key = (name, record.depth if record.error is not None else None)
+            key = (record.label_path, record.depth if record.error is not None else None)
             if key in seen:
                 continue
             seen.add(key)
             if check_fn is not None:
                 record = _with_check(record, check_fn)
-            records.append(record)
+            records.append(judge(record, policy))
     return Collection(tuple(records), time.monotonic() - started, time.time())

@@ -22,6 +22,9 @@ from .reader import has_qcow2_magic
 # Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
 # qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
 _QEMU_MARKER = "qemu"
+# sysfs directory of block devices by "major:minor" (a constant so that tests can stand in a
+# device-mapper entry on kernels without device-mapper).
+SYS_DEV_BLOCK = "/sys/dev/block"
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,38 @@ def _expand_path(spec: str, path: str) -> Iterator[Target]:
         yield _target_error(path, "not a regular file, block device or directory")
 
 
+def canonical_path(path: str) -> str:
+    """The one name of a disk, whatever symlink or device node reached it.
+
+    Files: their real path. Block devices: ``/dev/mapper/NAME`` for device-mapper (LVM, crypt,
+    multipath: the kernel's ``dm-N`` numbers change between boots), else ``/dev/`` plus the
+    kernel's name (``/dev/loop0``, ``/dev/sda``), read from sysfs by device number so that a
+    device node elsewhere maps to the same name.
+    """
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return real
+    if not stat.S_ISBLK(st.st_mode):
+        return real
+    sys_dir = os.path.join(SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+    try:
+        with open(os.path.join(sys_dir, "dm", "name"), encoding="utf-8") as dm_name:
+            return "/dev/mapper/" + dm_name.read().strip()
+    except OSError:
+        pass
+    if not os.path.exists(sys_dir):  # no sysfs (a container without it): keep the node
+        return real
+    return "/dev/" + os.path.basename(os.path.realpath(sys_dir))
+
+
 def dedupe_targets(targets: Iterable[Target]) -> list[Target]:
     """Keep the first target per real path (and per error spec), in order."""
     seen: set[str] = set()
     unique: list[Target] = []
     for target in targets:
-        key = "path:" + os.path.realpath(target.path) if target.path else "spec:" + target.spec
+        key = "path:" + canonical_path(target.path) if target.path else "spec:" + target.spec
         if key not in seen:
             seen.add(key)
             unique.append(target)
@@ -176,6 +205,7 @@ def running_images() -> list[str]:
 __all__ = [
     "QCOW2_MAGIC",
     "Target",
+    "canonical_path",
     "dedupe_targets",
     "expand_targets",
     "has_qcow2_magic",

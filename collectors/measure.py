@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from . import layout as L
 from .errors import UNSUPPORTED, Qcow2Error
-from .model import LAYER_NOT_QCOW2, LAYER_PROTOCOL
+from .model import LAYER_OTHER_FORMAT, LAYER_PROTOCOL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -327,10 +327,10 @@ def _chain_runs(image: Qcow2Image, path: str) -> list[Runs]:
     for layer, opened in backing_layers(image, path):
         if opened is not None:
             layers.append(_qcow2_runs(opened))
-        elif layer.status == LAYER_NOT_QCOW2 and layer.format == "raw":
+        elif layer.status == LAYER_OTHER_FORMAT and layer.format == "raw":
             assert layer.path is not None
             layers.append(_raw_runs(layer.path))  # named raw, or qemu probes: no magic -> raw
-        elif layer.status == LAYER_NOT_QCOW2:
+        elif layer.status == LAYER_OTHER_FORMAT:
             raise Qcow2Error(f"backing format {layer.format!r} is not supported",
                              structure="backing file", value=layer.format, kind=UNSUPPORTED,
                              filename=layer.path)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple, Optional, Union
 
 from .errors import Qcow2Error
+from .health import HEALTHY, OK, Health
 from .model import (
     LAYER_ERROR,
     LAYER_OK,
+    ChainLayer,
     CheckResult,
     ImageUsage,
 )
@@ -50,7 +52,8 @@ COUNTER = "counter"
 
 # Python type every value of a metric has, so that no field ever changes type between runs or
 # targets (InfluxDB fixes a field's type at its first write and rejects the other type after).
-_BOOL, _INT, _FLOAT = bool, int, float
+# Flags are integers 0/1, not booleans: InfluxQL cannot aggregate booleans.
+_INT, _FLOAT = int, float
 
 
 class MetricSpec(NamedTuple):
@@ -71,18 +74,21 @@ METRICS: dict[str, MetricSpec] = {
     ),
     "container_size_bytes": MetricSpec(
         UNIT_BYTES,
-        "Size the image can grow to in its container: the block device size, or the file "
-        "size plus the free space of its filesystem.",
+        "Size of the image's container: the block device, or the filesystem holding the "
+        "image file (used + available, as df's Use% counts it).",
         _INT,
     ),
     "headroom_bytes": MetricSpec(
         UNIT_BYTES,
         "Bytes the image can still grow before its container is full (device size minus "
-        "image end offset, or free space of the filesystem holding the file).",
+        "image end offset, or what the filesystem holding the file can still give).",
         _INT,
     ),
     "usage_ratio": MetricSpec(
-        UNIT_RATIO, "Image end offset divided by container size (0..1).", _FLOAT
+        UNIT_RATIO,
+        "How full the container is (0..1): image end offset / device size, or filesystem "
+        "used / filesystem size for an image file.",
+        _FLOAT,
     ),
     "fully_allocated_size_bytes": MetricSpec(
         UNIT_BYTES,
@@ -95,22 +101,22 @@ METRICS: dict[str, MetricSpec] = {
         UNIT_BYTES, "Bytes the filesystem has allocated to the image file (st_blocks * 512).", _INT
     ),
     "in_use": MetricSpec(
-        UNIT_NONE, "1 if a running qemu holds the image's write lock, else 0.", _BOOL
+        UNIT_NONE, "1 if a running qemu holds the image's write lock, else 0.", _INT
     ),
     "dirty": MetricSpec(
         UNIT_NONE,
         "1 if the dirty bit is set (lazy refcounts not flushed; refcounts need a repair "
         "if no qemu has the image open), else 0.",
-        _BOOL,
+        _INT,
     ),
     "corrupt": MetricSpec(
-        UNIT_NONE, "1 if qemu has marked the image corrupt (incompatible bit 1), else 0.", _BOOL
+        UNIT_NONE, "1 if qemu has marked the image corrupt (incompatible bit 1), else 0.", _INT
     ),
     "refcounts_trusted": MetricSpec(
         UNIT_NONE,
         "1 if the image end offset was taken from the refcount table, 0 if the refcounts "
         "could not be trusted and all metadata was walked instead.",
-        _BOOL,
+        _INT,
     ),
     "snapshots": MetricSpec(UNIT_NONE, "Number of internal snapshots.", _INT),
     "bitmaps": MetricSpec(UNIT_NONE, "Number of persistent dirty bitmaps.", _INT),
@@ -135,11 +141,45 @@ METRICS: dict[str, MetricSpec] = {
     "compressed_clusters": MetricSpec(
         UNIT_NONE, "Compressed guest clusters (qemu-img check compressed-clusters).", _INT
     ),
+    "health": MetricSpec(
+        UNIT_NONE,
+        "Health of the image by the one qcow2 health policy: 0 ok, 1 warning, 2 critical, "
+        "3 unknown (could not look); the rules behind it are qcow2_health_reason.",
+        _INT,
+    ),
+    "health_reason": MetricSpec(
+        UNIT_NONE,
+        "One health rule that applies to the image (label rule), valued with the state it "
+        "gives: 0 ok (a note), 1 warning, 2 critical, 3 unknown.",
+        _INT,
+    ),
     "scrape_error": MetricSpec(
         UNIT_NONE, "1 if this image (or its check) could not be analysed, else 0.", _INT
     ),
     "image_info": MetricSpec(
         UNIT_NONE, "Descriptive labels of an image; the value is always 1.", _INT
+    ),
+    "filesystem_size_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Size of a filesystem holding image files: used + available (blocks reserved for root "
+        "excluded, as df's Use% counts it).",
+        _INT,
+    ),
+    "filesystem_free_bytes": MetricSpec(
+        UNIT_BYTES, "Bytes the filesystem can still give (what an unprivileged writer gets).",
+        _INT,
+    ),
+    "filesystem_image_end_offset_bytes": MetricSpec(
+        UNIT_BYTES, "Sum of the image end offsets of the top images on the filesystem.", _INT
+    ),
+    "filesystem_virtual_size_bytes": MetricSpec(
+        UNIT_BYTES, "Sum of the virtual sizes of the top images on the filesystem.", _INT
+    ),
+    "filesystem_overcommit_ratio": MetricSpec(
+        UNIT_RATIO,
+        "Summed virtual sizes of the top images on the filesystem / filesystem size: above 1 "
+        "the guests can fill it.",
+        _FLOAT,
     ),
     "collector_duration_seconds": MetricSpec(
         UNIT_SECONDS, "Time the collector took to analyse all images.", _FLOAT
@@ -151,6 +191,15 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 INFO_METRIC = "image_info"
+HEALTH_REASON_METRIC = "health_reason"
+FILESYSTEM_LABEL = "mountpoint"
+
+# One disk, one series: the canonical path is the only identity label of a per-image series.
+IDENTITY_LABELS = ("path",)
+# Labels of the info series that describe how the disk was reached or measured this run, not
+# what it is: they change without the disk changing, so line protocol carries them as fields
+# (a tag would start a new series) and Prometheus only on qcow2_image_info.
+INFO_FIELD_LABELS = ("depth", "status", "end_offset_source", "name", "backing_name")
 
 
 @dataclass(frozen=True)
@@ -170,23 +219,27 @@ class ImageRecord:
     """One analysed image: a target (depth 0) or one of its backing layers (depth >= 1)."""
 
     target: str  # the spec that led here
-    path: Optional[str]
+    path: Optional[str]  # as reached (the user's name, a /proc link, a resolved backing name)
     depth: int
     usage: Optional[ImageUsage]
     check: Optional[CheckResult]
     error: Optional[Qcow2Error]
     status: str = LAYER_OK  # model.LAYER_*; layers only, targets are "ok" or have `error`
     name: Optional[str] = None  # backing file name as written in the layer above
+    canonical: Optional[str] = None  # discovery.canonical_path(path)
+    layer: Optional[ChainLayer] = None  # the chain layer this record reports (depth >= 1)
+    broken_below: Optional[ChainLayer] = None  # first broken layer under this image
+    health: Health = HEALTHY
 
     @property
     def label_path(self) -> str:
         """The value of the `path` label: never empty, even for a glob that matched nothing."""
-        return self.path or self.name or self.target
+        return self.canonical or self.path or self.name or self.target
 
     @property
     def identity(self) -> Labels:
         """The labels every per-image metric carries: what identifies its series."""
-        return (("depth", str(self.depth)), ("path", valid_utf8(self.label_path)))
+        return (("path", valid_utf8(self.label_path)),)
 
 
 @dataclass(frozen=True)
@@ -230,14 +283,18 @@ def _bool_label(value: bool) -> str:
 def info_labels(record: ImageRecord) -> Labels:
     """Descriptive labels of an image (identity labels included), sorted, no empty values."""
     labels: dict[str, Optional[str]] = dict(record.identity)
+    labels["depth"] = str(record.depth)
     labels["status"] = record.status if record.error is None else LAYER_ERROR
+    labels["name"] = record.path or record.name or record.target  # as the disk was reached
     if record.depth > 0:
         labels["backing_name"] = record.name
     usage = record.usage
     if usage is not None:
         labels.update(
-            filename=os.path.basename(usage.filename),  # the short name dashboards show
+            # The short name dashboards show, of the disk itself (not of a symlink to it).
+            filename=os.path.basename(record.label_path),
             container=usage.container.kind,
+            filesystem=usage.container.filesystem,
             qcow_version=str(usage.qcow_version),
             cluster_size=str(usage.cluster_size),
             backing_file=usage.backing_filename,
@@ -249,6 +306,12 @@ def info_labels(record: ImageRecord) -> Labels:
         )
     # Empty label values are dropped: Prometheus treats them as absent, line protocol forbids them.
     return tuple(sorted((k, valid_utf8(v)) for k, v in labels.items() if v))
+
+
+def health_text(record: ImageRecord) -> str:
+    """The health reasons on one line ("rule: text; ..."), for string fields and logs."""
+    text = "; ".join(f"{reason.rule}: {reason.text}" for reason in record.health.reasons)
+    return valid_utf8(text).replace("\n", "\\n").replace("\r", "\\r")
 
 
 def image_metrics(record: ImageRecord) -> list[Metric]:
@@ -280,9 +343,66 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
     check = record.check
     if check is not None:
         metrics += [_metric(name, getattr(check, name), labels) for name in CHECK_METRICS]
+    metrics.append(_metric("health", record.health.state, labels))
+    # One series per rule: two reasons of the same rule (rare) report the worse state.
+    by_rule: dict[str, int] = {}
+    for reason in record.health.reasons:
+        by_rule[reason.rule] = max(by_rule.get(reason.rule, OK), reason.state)
+    metrics += [_metric(HEALTH_REASON_METRIC, state, (*labels, ("rule", rule)))
+                for rule, state in sorted(by_rule.items())]
     metrics.append(_metric("scrape_error", record.error is not None, labels))
     metrics.append(_metric(INFO_METRIC, 1, info_labels(record)))
     return metrics
+
+
+@dataclass(frozen=True)
+class FilesystemFigures:
+    """One filesystem holding image files, and the top images reported on it."""
+
+    mountpoint: str
+    size: int
+    free: int
+    image_end_offsets: int
+    virtual_sizes: int
+    images: int
+
+    @property
+    def overcommit_ratio(self) -> float:
+        return self.virtual_sizes / self.size if self.size else 0.0
+
+
+def filesystems(collection: Collection) -> list[FilesystemFigures]:
+    """Per filesystem (mount point): its size and free space, and the summed end offsets and
+    virtual sizes of the top images (depth 0) on it, sorted by mount point. Backing layers are
+    not summed: they never grow, and --chain must not change the figures."""
+    found: dict[str, FilesystemFigures] = {}
+    for record in collection.records:
+        usage = record.usage
+        if usage is None or record.depth or usage.container.filesystem is None:
+            continue
+        container = usage.container
+        mount = container.filesystem
+        assert mount is not None
+        before = found.get(mount, FilesystemFigures(mount, container.size, container.headroom,
+                                                    0, 0, 0))
+        found[mount] = replace(
+            before,
+            image_end_offsets=before.image_end_offsets + usage.image_end_offset,
+            virtual_sizes=before.virtual_sizes + usage.virtual_size,
+            images=before.images + 1,
+        )
+    return [found[mount] for mount in sorted(found)]
+
+
+def filesystem_metrics(figures: FilesystemFigures) -> list[Metric]:
+    labels: Labels = ((FILESYSTEM_LABEL, valid_utf8(figures.mountpoint)),)
+    return [_metric(name, value, labels) for name, value in (
+        ("filesystem_size_bytes", figures.size),
+        ("filesystem_free_bytes", figures.free),
+        ("filesystem_image_end_offset_bytes", figures.image_end_offsets),
+        ("filesystem_virtual_size_bytes", figures.virtual_sizes),
+        ("filesystem_overcommit_ratio", figures.overcommit_ratio),
+    )]
 
 
 def collection_metrics(collection: Collection) -> list[Metric]:

@@ -26,7 +26,9 @@ LAYER_MISSING = "missing"
 LAYER_LOOP = "loop"
 LAYER_PROTOCOL = "protocol"  # json:, nbd:, ... reported, never interpreted
 LAYER_TOO_DEEP = "too-deep"
-LAYER_NOT_QCOW2 = "not-qcow2"  # e.g. a raw base image: present, not analysed
+LAYER_NOT_QCOW2 = "not-qcow2"  # declared qcow2 but is not: qemu cannot open the chain
+LAYER_OTHER_FORMAT = "other-format"  # declared raw (or other), or undeclared non-qcow2 (qemu
+# probes it as raw): present, reported, not analysed
 LAYER_ERROR = "error"
 
 
@@ -35,10 +37,17 @@ class Container:
     """Where an image lives and how far it can grow there."""
 
     kind: str  # CONTAINER_FILE or CONTAINER_BLOCK
-    size: int  # block: device size; file: file size + free space of its filesystem
+    size: int  # block: device size; file: its filesystem's used + available (as df's Use%)
     headroom: int  # block: size - image_end_offset; file: free space of its filesystem
     length: int  # length of the file or device itself
     allocated_bytes: Optional[int]  # files: st_blocks * 512; None for block devices
+    used: int = 0  # block: image end offset; file: bytes used on its filesystem (df's Used)
+    filesystem: Optional[str] = None  # files: mount point of their filesystem
+
+    @property
+    def usage_ratio(self) -> float:
+        """How full the container is (0..1): used / size."""
+        return self.used / self.size if self.size else 1.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,14 @@ class UsageResult:
     usage: Optional[ImageUsage]
     chain: tuple[ChainLayer, ...] = ()
     error: Optional[Qcow2Error] = None
+    analyzed_chain: bool = True  # False: the layers were only opened (no usage figures)
+
+    @property
+    def reported_chain(self) -> tuple[ChainLayer, ...]:
+        """The layers to show: all when analysed, else only those that are not plainly ok."""
+        if self.analyzed_chain:
+            return self.chain
+        return tuple(layer for layer in self.chain if layer.status != LAYER_OK)
 
     @property
     def ok(self) -> bool:

@@ -7,6 +7,7 @@ import argparse
 from typing import Union
 
 from .collect import collect
+from .health import add_health_arguments, policy_from_args
 from .metrics import Collection
 from .model import DEFAULT_MAX_DEPTH
 
@@ -43,7 +44,14 @@ def add_selection_arguments(group: ArgumentContainer) -> None:
     )
 
 
+def add_selection_and_health_arguments(parser: argparse.ArgumentParser) -> None:
+    """Both option sets, in their own help groups (what every adapter offers)."""
+    add_selection_arguments(parser.add_argument_group("images"))
+    add_health_arguments(parser.add_argument_group(
+        "health states (ok, warning, critical or unknown)"))
+
+
 def collect_selected(targets: list[str], args: argparse.Namespace) -> Collection:
     """collect() with the options add_selection_arguments() declared."""
     return collect(targets, running=args.running, chain=args.chain, check=args.check,
-                   max_depth=args.max_depth)
+                   max_depth=args.max_depth, policy=policy_from_args(args))

@@ -14,6 +14,7 @@ from .measure import prealloc_size
 from .model import (
     DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
+    LAYER_OK,
     SOURCE_CHECK,
     SOURCE_REFCOUNTS,
     ChainLayer,
@@ -61,7 +62,7 @@ def image_usage(image: Qcow2Image) -> ImageUsage:
         image_end_offset=end,
         image_end_offset_source=source,
         container=container,
-        usage_ratio=end / container.size if container.size else 1.0,
+        usage_ratio=container.usage_ratio,
         fully_allocated_size=fully_allocated_size(image),
         virtual_size=h.size,
         cluster_size=h.cluster_size,
@@ -113,11 +114,15 @@ def analyze_usage(path: str, *, chain: bool = True,
     layers: list[ChainLayer] = []
     with closing(walk(path, max_depth=max_depth)) as steps:
         for step, image in steps:
-            layer = _layer_usage(step, image) if image is not None else step
+            # Without `chain` the layers are still opened by the walker (headers only): a
+            # missing or broken backing file keeps the VM from starting, and finding that out
+            # is cheap. Only their usage figures are left out.
+            wanted = image is not None and (chain or step.depth == 0)
+            layer = _layer_usage(step, image) if wanted and image is not None else step
             if layer.error is not None and layer.depth == 0:
                 return UsageResult(path, None, (), layer.error)
             layers.append(layer)
-            if not chain or layer.usage is None:
+            if layer.status != LAYER_OK:
                 break
     top, *below = layers
-    return UsageResult(path, top.usage, tuple(below), None)
+    return UsageResult(path, top.usage, tuple(below), None, analyzed_chain=chain)

@@ -32,10 +32,12 @@ from collectors.metrics import (
     MetricValue,
     collection_metrics,
     error_text,
+    filesystem_metrics,
+    filesystems,
     image_metrics,
     valid_utf8,
 )
-from collectors.selection import add_selection_arguments, collect_selected
+from collectors.selection import add_selection_and_health_arguments, collect_selected
 
 if TYPE_CHECKING:
     import jinja2  # imported lazily at run time, like everything heavy
@@ -101,6 +103,9 @@ def families(collection: Collection) -> list[Family]:
     grouped: dict[str, list[Metric]] = {}
     for record in collection.records:
         for metric in image_metrics(record):
+            grouped.setdefault(metric.name, []).append(metric)
+    for figures in filesystems(collection):
+        for metric in filesystem_metrics(figures):
             grouped.setdefault(metric.name, []).append(metric)
     for metric in collection_metrics(collection):
         grouped.setdefault(metric.name, []).append(metric)
@@ -228,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--template", metavar="FILE", help="jinja2 template replacing the shipped one"
     )
-    add_selection_arguments(parser)
+    add_selection_and_health_arguments(parser)
     parser.add_argument(
         "-q",
         "--quiet",

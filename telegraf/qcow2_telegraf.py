@@ -2,11 +2,17 @@
 
 For Telegraf's ``[[inputs.exec]]`` (one batch per run, ``data_format = "influx"``) or
 ``[[inputs.execd]]`` with ``signal = "STDIN"`` (``--execd``: one batch per line read on stdin,
-exit at EOF). See telegraf/telegraf.conf.
+exit at EOF). Snippets: telegraf/qcow2-exec.conf (Telegraf >= 1.39),
+qcow2-exec-legacy.conf (<= 1.38) and qcow2-execd.conf.
 
 One point per image (and per backing layer with --chain) in measurement ``qcow2``: tags are the
-image's identity and descriptive labels (:func:`collectors.metrics.info_labels`), fields are the
-metrics of :func:`collectors.metrics.image_metrics` under the same names as in every adapter.
+disk's identity (its canonical path) and the labels that describe what it is
+(:func:`collectors.metrics.info_labels`); fields are the metrics of
+:func:`collectors.metrics.image_metrics` under the same names as in every adapter, plus the
+info labels that change with how the disk was reached (``depth``, ``status``, ``name``, ...: as
+tags they would start a new series) and ``health_reasons``, the health rules that applied.
+Flags (in_use, dirty, ...) are integers 0/1. One point per filesystem holding image files in
+measurement ``qcow2_filesystem``, tagged ``mountpoint``.
 A target that fails is still a point (``scrape_error=1i`` and an ``error`` string) and an
 ``E! [inputs.qcow2] ...`` line on stderr, which Telegraf logs at error level; the exit status
 stays 0 so that Telegraf keeps the other images' points (exec discards stdout on failure).
@@ -21,16 +27,23 @@ from typing import Optional, Sequence, TextIO
 
 from collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from collectors.metrics import (
+    FILESYSTEM_LABEL,
+    HEALTH_REASON_METRIC,
+    INFO_FIELD_LABELS,
     INFO_METRIC,
     Collection,
     ImageRecord,
     error_text,
+    filesystem_metrics,
+    filesystems,
+    health_text,
     image_metrics,
 )
-from collectors.selection import add_selection_arguments, collect_selected
+from collectors.selection import add_selection_and_health_arguments, collect_selected
 from telegraf.lineprotocol import FieldValue, format_line, representable
 
 MEASUREMENT = "qcow2"
+FILESYSTEM_MEASUREMENT = "qcow2_filesystem"
 LOG_PREFIX = "E! [inputs.qcow2]"
 
 
@@ -41,12 +54,21 @@ def record_point(record: ImageRecord) -> tuple[str, list[str]]:
     problems: list[str] = []
     for metric in image_metrics(record):
         if metric.name == INFO_METRIC:
-            tags = metric.labels  # identity + descriptive labels: Telegraf's idiom for both
+            # Identity + what the disk is as tags (Telegraf's idiom); how it was reached as
+            # fields, so that a new overlay or a status change keeps the series.
+            tags = [(k, v) for k, v in metric.labels if k not in INFO_FIELD_LABELS]
+            fields += [(k, int(v) if k == "depth" else v)
+                       for k, v in metric.labels if k in INFO_FIELD_LABELS]
+        elif metric.name == HEALTH_REASON_METRIC:
+            continue  # one field per rule would be sparse: health_reasons carries them all
         elif representable(metric.value):
             fields.append((metric.name, metric.value))
         else:
             problems.append(f"{record.label_path!r}: {metric.name}={metric.value!r} has no "
                             "line-protocol form, field left out")
+    reasons = health_text(record)
+    if reasons:
+        fields.append(("health_reasons", reasons))
     message = error_text(record)
     if message is not None:
         fields.append(("error", message))
@@ -62,6 +84,10 @@ def render(collection: Collection) -> tuple[str, list[str]]:
         line, record_problems = record_point(record)
         lines.append(line + "\n")
         problems += record_problems
+    for figures in filesystems(collection):
+        fields = [(metric.name, metric.value) for metric in filesystem_metrics(figures)]
+        lines.append(format_line(FILESYSTEM_MEASUREMENT,
+                                 [(FILESYSTEM_LABEL, figures.mountpoint)], fields) + "\n")
     return "".join(lines), problems
 
 
@@ -78,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         help="image file, block device, directory (searched recursively for qcow2 files) or "
         "glob pattern",
     )
-    add_selection_arguments(parser)
+    add_selection_and_health_arguments(parser)
     parser.add_argument(
         "--execd",
         action="store_true",

@@ -82,6 +82,24 @@ def make_image(
 # --- ports and HTTP -----------------------------------------------------------------------------
 
 
+@contextmanager
+def own_filesystem(directory: Path, size: str = "256m") -> Iterator[Path]:
+    """A fresh tmpfs mounted on `directory` (created) for the block's duration.
+
+    An image file's container is its filesystem: tests whose expected state depends on how full
+    that is must not depend on the build machine's disk.
+    """
+    if os.geteuid() != 0:
+        raise AssertionError("mounting a tmpfs needs root; run the test suite as root")
+    directory.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)])
+    try:
+        yield directory
+    finally:
+        # Lazy: a plugin a daemon started just before it stopped may still be exiting.
+        run(["umount", "--lazy", str(directory)])
+
+
 def free_port() -> int:
     """A port that was free a moment ago (the kernel's choice for port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

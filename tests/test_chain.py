@@ -59,8 +59,24 @@ def test_missing_and_absolute_and_raw_layers(tmp_path: Path) -> None:
     mid = create(sub / "mid.qcow2", str(raw), fmt="raw")  # absolute name, kept as is
     top = create(sub / "top.qcow2", "mid.qcow2")
     result = analyze_usage(str(top))
+    # Declared raw: present and reported, not analysed (and not a broken chain).
     assert [(layer.status, layer.path) for layer in result.chain] == [
-        ("ok", str(mid)), ("not-qcow2", str(raw))]
+        ("ok", str(mid)), ("other-format", str(raw))]
     raw.unlink()
     result = analyze_usage(str(top))
     assert [layer.status for layer in result.chain] == ["ok", "missing"]
+
+
+def test_layer_declared_qcow2_that_is_not_breaks_the_chain(tmp_path: Path) -> None:
+    raw = tmp_path / "base.img"
+    raw.write_bytes(b"\0" * 65536)
+    # -u: qemu-img would refuse to create it otherwise, as qemu refuses to open it.
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(raw), "-F",
+                    "qcow2", str(top), "16M"], check=True)
+    for chain in (True, False):
+        result = analyze_usage(str(top), chain=chain)
+        assert [(layer.status, layer.usage is None) for layer in result.chain] == [
+            ("not-qcow2", True)]
+    assert subprocess.run(["qemu-img", "info", "--backing-chain", str(top)],
+                          capture_output=True).returncode != 0

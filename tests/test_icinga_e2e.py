@@ -14,7 +14,7 @@ import pytest
 
 from nagios.check_qcow2 import build_parser
 
-from daemons import make_image
+from daemons import make_image, own_filesystem
 from damage import INCOMPAT_CORRUPT, OFF_INCOMPATIBLE, patch_u64, read_u64, set_refcount
 from nagios_daemons import (
     ICINGA_CONF,
@@ -32,7 +32,11 @@ def icinga_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One daemon run for all services (about 3 s), shared by the assertions below."""
     tmp = tmp_path_factory.mktemp("icinga")
     images = tmp / "images"
-    images.mkdir()
+    with own_filesystem(images):  # usage thresholds must not depend on the build disk
+        return _run_services(tmp, images)
+
+
+def _run_services(tmp: Path, images: Path) -> dict[str, Any]:
     plain = make_image(images / "plain.qcow2", "64M", write=["write -P 1 0 2M"])
     awkward = make_image(images / "b c|d=e'f$.qcow2", "32M", write=["write -P 2 0 1M"])
     corrupt = make_image(images / "corrupt.qcow2", "32M", write=["write -P 3 0 1M"])
@@ -44,7 +48,12 @@ def icinga_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     set_refcount(leaky, size // 65536, 1)
     text = images / "notes.txt"
     text.write_text("not an image\n")
+    gone = make_image(tmp / "gone.qcow2", "32M")
+    orphan = make_image(images / "orphan.qcow2", backing=gone)
+    gone.unlink()
     services: dict[str, dict[str, Any]] = {
+        "backing": {"qcow2_file": [str(orphan)]},
+        "backing-as-warning": {"qcow2_file": [str(orphan)], "qcow2_backing_state": "warning"},
         "ok": {"qcow2_file": [str(plain)]},
         "warning": {"qcow2_file": [str(plain)], "qcow2_warning": "0.0000001",
                     "qcow2_critical": "99"},
@@ -59,14 +68,16 @@ def icinga_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "qcow2_chain": True, "qcow2_max_depth": 4, "qcow2_check": False,
             "qcow2_warning": "~:80", "qcow2_critical": "~:90", "qcow2_warning_headroom": "2K",
             "qcow2_critical_headroom": "1K", "qcow2_corrupt_state": "critical",
-            "qcow2_corruptions_state": "critical", "qcow2_check_errors_state": "critical",
+            "qcow2_corruptions_state": "critical", "qcow2_damaged_state": "critical",
+            "qcow2_backing_state": "critical", "qcow2_unknown_state": "unknown",
             "qcow2_leaks_state": "warning", "qcow2_dirty_state": "warning",
-            "qcow2_untrusted_state": "warning", "qcow2_timeout": 20, "qcow2_verbose": True,
+            "qcow2_dirty_in_use_state": "ok", "qcow2_warning_overcommit": "1000",
+            "qcow2_critical_overcommit": "2000", "qcow2_timeout": 20, "qcow2_verbose": True,
         },
     }
     results = run_icinga_checks(tmp, services)
     return {"results": results, "images": images, "plain": plain, "awkward": awkward,
-            "corrupt": corrupt, "leaky": leaky, "text": text}
+            "corrupt": corrupt, "leaky": leaky, "text": text, "orphan": orphan, "gone": gone}
 
 
 def result(icinga_results: dict[str, Any], name: str) -> dict[str, Any]:
@@ -102,6 +113,17 @@ def test_critical(icinga_results: dict[str, Any]) -> None:
     assert res["exit_status"] == 2
     assert res["output"] == f"QCOW2 CRITICAL - {icinga_results['corrupt']}: corrupt bit set "
     assert len(res["performance_data"]) == 4
+
+
+def test_missing_backing_file_is_critical_without_chain(icinga_results: dict[str, Any]) -> None:
+    """The health policy through Icinga: the VM of orphan.qcow2 cannot start."""
+    res = result(icinga_results, "backing")
+    assert res["exit_status"] == 2, res["output"]
+    assert res["output"].startswith(
+        f"QCOW2 CRITICAL - {icinga_results['orphan']}: backing file "
+        f"'{icinga_results['gone']}' (depth 1) not found")
+    res = result(icinga_results, "backing-as-warning")
+    assert res["exit_status"] == 1, res["output"]
 
 
 def test_unknown(icinga_results: dict[str, Any]) -> None:
@@ -158,7 +180,10 @@ def test_every_option_reaches_the_plugin(icinga_results: dict[str, Any]) -> None
         ("-f", str(icinga_results["images"] / "p*.qcow2")), ("--max-depth", "4"),
         ("-w", "~:80"), ("-c", "~:90"), ("--warning-headroom", "2K"),
         ("--critical-headroom", "1K"), ("--corrupt-state", "critical"), ("-t", "20"),
-        ("--leaks-state", "warning"), ("--untrusted-state", "warning"),
+        ("--leaks-state", "warning"), ("--dirty-in-use-state", "ok"),
+        ("--damaged-state", "critical"), ("--backing-state", "critical"),
+        ("--unknown-state", "unknown"), ("--warning-overcommit", "1000"),
+        ("--critical-overcommit", "2000"),
     ):
         assert command[command.index(option) + 1] == value
     assert "--chain" in command and "-v" in command

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from collectors import collect as collecting
-from collectors.collect import collect
+from collectors.collect import collect, judge
 from collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
 from collectors.metrics import (
     INFO_METRIC,
@@ -154,7 +154,8 @@ def sample_collection() -> Collection:
             filename="/srv/*.qcow2",
         ),
     )
-    return Collection((top, base, proto, failed), duration_seconds=0.25, timestamp=1700000000.5)
+    records = tuple(judge(record) for record in (top, base, proto, failed))
+    return Collection(records, duration_seconds=0.25, timestamp=1700000000.5)
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -179,11 +180,13 @@ def test_image_metrics_full_record() -> None:
         "fully_allocated_size_bytes", "virtual_size_bytes", "allocated_bytes", "in_use",
         "dirty", "corrupt", "refcounts_trusted", "snapshots", "bitmaps", "check_errors",
         "corruptions", "leaks", "total_clusters", "allocated_clusters", "fragmented_clusters",
-        "compressed_clusters", "scrape_error", "image_info",
+        "compressed_clusters", "health", "health_reason", "scrape_error", "image_info",
     ]
-    identity = (("depth", "0"), ("path", AWKWARD_PATH))
+    identity = (("path", AWKWARD_PATH),)  # one disk, one series: nothing but its path
     for metric in by_name.values():
-        if metric.name != INFO_METRIC:
+        if metric.name == "health_reason":
+            assert metric.labels == (*identity, ("rule", "leaks"))
+        elif metric.name != INFO_METRIC:
             assert metric.labels == identity
         assert metric.unit == METRICS[metric.name].unit
         assert metric.help == METRICS[metric.name].help
@@ -191,6 +194,8 @@ def test_image_metrics_full_record() -> None:
     assert by_name["headroom_bytes"].value == 10737090560
     assert by_name["leaks"].value == 2
     assert by_name["scrape_error"].value == 0
+    assert by_name["health"].value == 1  # leaks: WARNING
+    assert by_name["health_reason"].value == 1
     assert dict(by_name[INFO_METRIC].labels) == {
         "backing_file": "base.qcow2",
         "backing_format": "qcow2",
@@ -201,6 +206,7 @@ def test_image_metrics_full_record() -> None:
         "end_offset_source": "refcounts",
         "filename": 'a b,c=d "q\\ ü.qcow2',
         "lazy_refcounts": "false",
+        "name": AWKWARD_PATH,
         "path": AWKWARD_PATH,
         "qcow_version": "3",
         "status": "ok",
@@ -214,7 +220,8 @@ def test_value_types_never_change_between_records() -> None:
         for metric in image_metrics(record):
             types.setdefault(metric.name, set()).add(type(metric.value))
     assert types["usage_ratio"] == {float}  # 1.0 for the full block device included
-    assert types["in_use"] == types["dirty"] == types["refcounts_trusted"] == {bool}
+    # Flags are integers 0/1: InfluxQL cannot aggregate booleans.
+    assert types["in_use"] == types["dirty"] == types["refcounts_trusted"] == {int}
     for name in ("image_end_offset_bytes", "snapshots", "scrape_error", "leaks", "image_info"):
         assert types[name] == {int}, name
     for name, seen in types.items():
@@ -236,19 +243,23 @@ def test_block_layer_has_no_allocated_bytes_and_keeps_backing_name() -> None:
 def test_failed_and_protocol_records() -> None:
     _, _, proto, failed = sample_collection().records
     assert [(m.name, m.value) for m in image_metrics(failed)] == [
+        ("health", 3),  # could not look: UNKNOWN
+        ("health_reason", 3),
         ("scrape_error", 1),
         ("image_info", 1),
     ]
-    assert image_metrics(failed)[0].labels == (("depth", "0"), ("path", "/srv/*.qcow2"))
+    assert image_metrics(failed)[0].labels == (("path", "/srv/*.qcow2"),)
     assert dict(info_labels(failed))["status"] == "error"
     assert error_text(failed) == "/srv/*.qcow2: target: no file matches this pattern"
     assert [(m.name, m.value) for m in image_metrics(proto)] == [
+        ("health", 0),
         ("scrape_error", 0),
         ("image_info", 1),
     ]
     assert dict(info_labels(proto)) == {
         "backing_name": "nbd://backup.example:10809/base",
         "depth": "2",
+        "name": "nbd://backup.example:10809/base",
         "path": "nbd://backup.example:10809/base",
         "status": "protocol",
     }

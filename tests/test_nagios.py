@@ -6,6 +6,7 @@ parses every byte of them, and graphs break when a label changes.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -15,19 +16,24 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
+from collectors.collect import judge
 from collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from collectors.health import policy_from_args
 from collectors.metrics import Collection, ImageRecord
 from collectors.model import (
     CONTAINER_BLOCK,
     CONTAINER_FILE,
-    LAYER_NOT_QCOW2,
+    LAYER_MISSING,
+    LAYER_OTHER_FORMAT,
     SOURCE_CHECK,
     SOURCE_REFCOUNTS,
+    ChainLayer,
     CheckResult,
     Container,
     Finding,
@@ -37,7 +43,7 @@ from nagios import check_qcow2
 from nagios.check_qcow2 import clean_label, clean_text, main, percent_text
 from nagios.ranges import Range, RangeError, format_number
 
-from daemons import holding_open, make_image, require_binary
+from daemons import holding_open, make_image, own_filesystem, require_binary
 from damage import INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFF_INCOMPATIBLE, patch_u64, read_u64
 from nagios_daemons import PLUGIN, REPO, plugin_script
 
@@ -181,8 +187,12 @@ PERF_B = (
 def run_main(monkeypatch: pytest.MonkeyPatch, records: list[ImageRecord],
              *argv: str) -> tuple[int, str]:
     """main() on hand-built records, in process (the collector is replaced, nothing else)."""
-    collection = Collection(tuple(records), 0.01, 1_700_000_000.0)
-    monkeypatch.setattr(check_qcow2, "_collect", lambda args: collection)
+    def collect(args: argparse.Namespace) -> Collection:
+        # As collectors.collect.collect does: every record judged by the options' policy.
+        judged = tuple(judge(record, policy_from_args(args)) for record in records)
+        return Collection(judged, 0.01, 1_700_000_000.0)
+
+    monkeypatch.setattr(check_qcow2, "_collect", collect)
     out = io.StringIO()
     code = main(["-f", "placeholder", *argv], stream=out)
     return code, out.getvalue()
@@ -279,26 +289,29 @@ def test_golden_dirty_and_in_use_verbose(monkeypatch: pytest.MonkeyPatch) -> Non
     code, text = run_main(monkeypatch, [dirty, in_use], "-v")
     assert code == 1
     lines = text.splitlines()
+    # Dirty while no qemu has it open: WARNING, qemu repairs it on the next open. Dirty while
+    # in use with lazy refcounts is how lazy refcounts work: OK, with a note.
     assert lines[0].startswith(
-        "QCOW2 WARNING - 2 of 2 images: /x/dirty.qcow2: dirty bit set, not in use; "
-        "/x/inuse.qcow2: in use with untrusted refcounts | ")
+        "QCOW2 WARNING - 1 of 2 images: /x/dirty.qcow2: dirty, not in use: repaired by qemu on "
+        "next open | ")
     assert lines[1:] == [
         "WARNING: /x/dirty.qcow2: usage 10% (end 1 GiB of 10 GiB file container, headroom "
-        "9 GiB); dirty bit set, not in use; qcow2 v3, virtual 20 GiB, cluster 64 KiB, end offset "
-        "from check, fully allocated 21 GiB, dirty, lazy refcounts",
-        "WARNING: /x/inuse.qcow2: usage 10% (end 1 GiB of 10 GiB block container, headroom "
-        "9 GiB); in use with untrusted refcounts; qcow2 v3, virtual 20 GiB, cluster 64 KiB, end "
-        "offset from check, fully allocated 21 GiB, in use, dirty, lazy refcounts, backing "
-        "base.qcow2",
+        "9 GiB); dirty, not in use: repaired by qemu on next open; qcow2 v3, virtual 20 GiB, "
+        "cluster 64 KiB, end offset from check, fully allocated 21 GiB, dirty, lazy refcounts",
+        "OK: /x/inuse.qcow2: usage 10% (end 1 GiB of 10 GiB block container, headroom "
+        "9 GiB); note: dirty while in use with lazy refcounts; qcow2 v3, virtual 20 GiB, "
+        "cluster 64 KiB, end offset from check, fully allocated 21 GiB, in use, dirty, lazy "
+        "refcounts, backing base.qcow2",
     ]
     # Each health state is configurable, "ok" included.
     code, text = run_main(monkeypatch, [dirty, in_use], "--dirty-state", "critical",
-                          "--untrusted-state", "ok")
+                          "--dirty-in-use-state", "warning")
     assert code == 2
     assert text.splitlines()[0].startswith(
-        "QCOW2 CRITICAL - 1 of 2 images: /x/dirty.qcow2: dirty bit set, not in use | ")
-    assert text.splitlines()[2] == (
-        "OK: /x/inuse.qcow2: usage 10% (end 1 GiB of 10 GiB block container, headroom 9 GiB)")
+        "QCOW2 CRITICAL - 2 of 2 images: /x/dirty.qcow2: dirty, not in use: repaired by qemu on "
+        "next open; /x/inuse.qcow2: dirty while in use with lazy refcounts | ")
+    code, text = run_main(monkeypatch, [dirty, in_use], "--dirty-state", "ok")
+    assert code == 0
 
 
 CHECK = CheckResult(
@@ -344,12 +357,21 @@ def test_check_of_image_in_use_with_lazy_refcounts_is_not_critical(
 ) -> None:
     busy = record("/x/l.qcow2", usage("/x/l.qcow2", GiB, 10 * GiB, in_use=True, dirty=True,
                                       lazy_refcounts=True, refcounts_trusted=False), check=CHECK)
-    code, text = run_main(monkeypatch, [busy])
+    code, text = run_main(monkeypatch, [busy], "-v")
+    assert code == 0
+    assert text.split(" | ")[0] == "QCOW2 OK - /x/l.qcow2: usage 10%, headroom 9 GiB"
+    # The check's findings are the expected lazy-refcount debt, said so in the note.
+    assert ("note: dirty while in use with lazy refcounts; 2 corruptions, 3 leaked clusters are "
+            "the expected lazy-refcount debt") in text
+    assert "'/x/l.qcow2 corruptions'=2;;;0" in text  # the figures are still graphed
+    # Not in use: WARNING, and the corruptions are still debt, not corruption.
+    idle = record("/x/l.qcow2", usage("/x/l.qcow2", GiB, 10 * GiB, dirty=True,
+                                      lazy_refcounts=True, refcounts_trusted=False), check=CHECK)
+    code, text = run_main(monkeypatch, [idle])
     assert code == 1
     assert text.split(" | ")[0] == (
-        "QCOW2 WARNING - /x/l.qcow2: in use with untrusted refcounts, 2 corruptions, 3 leaked "
-        "clusters (expected while in use with lazy refcounts)")
-    assert "'/x/l.qcow2 corruptions'=2;;;0" in text  # the figures are still graphed
+        "QCOW2 WARNING - /x/l.qcow2: dirty, not in use: repaired by qemu on next open; "
+        "2 corruptions, 3 leaked clusters are the expected lazy-refcount debt")
 
 
 def test_golden_backing_layers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,15 +380,22 @@ def test_golden_backing_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     base = record("/i/base.qcow2", usage("/i/base.qcow2", 2 * MiB, 10 * GiB,
                                          backing_filename="raw.img"),
                   depth=1, target="/i/top.qcow2")
-    raw = record("/i/raw.img", depth=2, target="/i/top.qcow2", status=LAYER_NOT_QCOW2)
-    missing = record("/i/gone.qcow2", depth=1, target="/i/other.qcow2", error=Qcow2Error(
-        "backing layer missing", structure="backing chain", kind=IO_ERROR,
-        filename="/i/gone.qcow2"))
-    code, text = run_main(monkeypatch, [top, base, raw, missing], "-w", "80")
-    assert code == 3
+    raw = record("/i/raw.img", depth=2, target="/i/top.qcow2", status=LAYER_OTHER_FORMAT)
+    gone = ChainLayer(1, "gone.qcow2", "/i/gone.qcow2", LAYER_MISSING, "qcow2")
+    other = replace(record("/i/other.qcow2", usage("/i/other.qcow2", MiB, 10 * GiB,
+                                                   backing_filename="gone.qcow2")),
+                    broken_below=gone)
+    missing = replace(record("/i/gone.qcow2", depth=1, target="/i/other.qcow2",
+                             status=LAYER_MISSING, error=Qcow2Error(
+                                 "backing file 'gone.qcow2' not found",
+                                 structure="backing chain", kind=IO_ERROR,
+                                 filename="/i/gone.qcow2")), layer=gone)
+    code, text = run_main(monkeypatch, [top, base, raw, other, missing], "-w", "80")
+    assert code == 2  # the VM of other.qcow2 cannot start
     lines = text.splitlines()
     assert lines[0].startswith(
-        "QCOW2 UNKNOWN - 1 of 4 images: /i/gone.qcow2: backing chain: backing layer missing | ")
+        "QCOW2 CRITICAL - 2 of 5 images: /i/other.qcow2: backing file 'gone.qcow2' (depth 1) "
+        "not found; /i/gone.qcow2: backing file 'gone.qcow2' (depth 1) not found | ")
     assert "'/i/base.qcow2 usage_percent'=0.01953125%;80;;0;100" in lines[0]
     assert "/i/raw.img" not in lines[0]  # nothing measured, so no perfdata
     assert lines[1:] == [
@@ -374,9 +403,12 @@ def test_golden_backing_layers(monkeypatch: pytest.MonkeyPatch) -> None:
         "10 GiB)",
         "OK: /i/base.qcow2 (backing file, depth 1 below /i/top.qcow2): usage 0.02% (end 2 MiB "
         "of 10 GiB block container, headroom 10 GiB)",
-        "OK: /i/raw.img (backing file, depth 2 below /i/top.qcow2): not-qcow2, not analysed",
-        "UNKNOWN: /i/gone.qcow2 (backing file, depth 1 below /i/other.qcow2): backing chain: "
-        "backing layer missing",
+        "OK: /i/raw.img (backing file, depth 2 below /i/top.qcow2): other-format, not "
+        "analysed",
+        "CRITICAL: /i/other.qcow2: usage 0.0098% (end 1 MiB of 10 GiB block container, headroom "
+        "10 GiB); backing file 'gone.qcow2' (depth 1) not found",
+        "CRITICAL: /i/gone.qcow2 (backing file, depth 1 below /i/other.qcow2): backing file "
+        "'gone.qcow2' (depth 1) not found",
     ]
 
 
@@ -508,13 +540,13 @@ def qemu_check(path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    make_image(directory / "a.qcow2", "64M", write=["write -P 1 0 3M"])
-    make_image(directory / "b c|d=e'f.qcow2", "32M", write=["write -P 2 1M 1M"])
-    (directory / "notes.txt").write_text("not an image\n")
-    return directory
+def images(tmp_path: Path) -> Iterator[Path]:
+    # Their own small filesystem (their container): usage must not depend on the build disk.
+    with own_filesystem(tmp_path / "images") as directory:
+        make_image(directory / "a.qcow2", "64M", write=["write -P 1 0 3M"])
+        make_image(directory / "b c|d=e'f.qcow2", "32M", write=["write -P 2 1M 1M"])
+        (directory / "notes.txt").write_text("not an image\n")
+        yield directory
 
 
 def test_real_ok_warning_critical(images: Path) -> None:
@@ -582,10 +614,11 @@ def test_real_dirty_bit_is_warning(images: Path) -> None:
     a = images / "a.qcow2"
     patch_u64(a, OFF_INCOMPATIBLE, read_u64(a, OFF_INCOMPATIBLE) | INCOMPAT_DIRTY)
     code, out, _ = run_plugin("-f", str(a))
-    assert (code, out.split(" | ")[0]) == (1, f"QCOW2 WARNING - {a}: dirty bit set, not in use")
+    assert (code, out.split(" | ")[0]) == (
+        1, f"QCOW2 WARNING - {a}: dirty, not in use: repaired by qemu on next open")
 
 
-def test_real_in_use_with_lazy_refcounts_is_warning(tmp_path: Path) -> None:
+def test_real_in_use_with_lazy_refcounts_is_ok_with_a_note(tmp_path: Path) -> None:
     image = make_image(tmp_path / "lazy.qcow2", "64M", options=["lazy_refcounts=on"])
     # qemu-io writes (setting the dirty bit: lazy refcounts) and keeps the image open.
     proc = subprocess.Popen(
@@ -596,9 +629,16 @@ def test_real_in_use_with_lazy_refcounts_is_warning(tmp_path: Path) -> None:
         while not read_u64(image, OFF_INCOMPATIBLE) & INCOMPAT_DIRTY:
             assert time.monotonic() < deadline, "qemu-io did not set the dirty bit"
             time.sleep(0.05)
-        code, out, _ = run_plugin("-f", str(image))
-        assert (code, out.split(" | ")[0]) == (
-            1, f"QCOW2 WARNING - {image}: in use with untrusted refcounts")
+        code, out, _ = run_plugin("-f", str(image), "--check", "-v")
+        assert code == 0, out
+        assert "note: dirty while in use with lazy refcounts" in out
+        # The debt qemu-img check would count as corruptions is named as such.
+        expected = json.loads(subprocess.run(
+            [require_binary("qemu-img"), "check", "-U", "--output=json", str(image)],
+            capture_output=True, text=True, timeout=60).stdout)
+        assert expected["corruptions"] > 0  # the refcounts of the write are not on disk yet
+        assert (f"{expected['corruptions']} corruptions, {expected.get('leaks', 0)} leaked "
+                "clusters are the expected lazy-refcount debt") in out
     finally:
         proc.kill()
         proc.wait(10)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from daemons import make_image
+from daemons import make_image, own_filesystem
 from nagios_daemons import (
     NAGIOS_CONF,
     nagios_config,
@@ -54,7 +54,12 @@ def test_validation_has_teeth(tmp_path: Path) -> None:
 
 def test_daemon_runs_the_shipped_commands(tmp_path: Path) -> None:
     images = tmp_path / "my images"  # a space: the definitions' quoting must hold
-    images.mkdir()
+    # Its own small filesystem: the usage thresholds must not depend on the build disk.
+    with own_filesystem(images):
+        _run_in(tmp_path, images)
+
+
+def _run_in(tmp_path: Path, images: Path) -> None:
     plain = make_image(images / "plain.qcow2", "64M", write=["write -P 1 0 2M"])
     (images / "notes.txt").write_text("not an image\n")
     services = {

@@ -120,7 +120,9 @@ def test_exec_mode_reports_failures_as_points_and_exits_zero(tmp_path: Path) -> 
     proc = _run([str(good), str(junk), str(tmp_path / "none*.qcow2")])
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.decode().splitlines()
-    assert len(lines) == 3
+    # One point per image, then one per filesystem holding images.
+    assert len(lines) == 4
+    assert lines[3].startswith("qcow2_filesystem,mountpoint=")
     assert lines[0].startswith("qcow2,") and "scrape_error=0i" in lines[0]
     assert "scrape_error=1i" in lines[1] and 'error="' in lines[1]
     assert "not a qcow2 image" in lines[1]
@@ -168,13 +170,14 @@ def test_execd_mode_one_batch_per_newline_until_eof(tmp_path: Path) -> None:
         for _ in range(3):
             proc.stdin.write(b"\n")
             proc.stdin.flush()
-            batch = _read_lines(proc, 2)
+            batch = _read_lines(proc, 3)  # two images and their filesystem
             assert "scrape_error=0i" in batch[0] and "scrape_error=1i" in batch[1]
+            assert batch[2].startswith("qcow2_filesystem,")
         # The image grows between two intervals: the next batch shows it (no caching).
         run([require_binary("qemu-io"), "-f", "qcow2", "-c", "write 0 4M", str(image)])
         proc.stdin.write(b"\n")
         proc.stdin.flush()
-        grown = _read_lines(proc, 2)[0]
+        grown = _read_lines(proc, 3)[0]
         assert grown != batch[0]
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0
@@ -226,9 +229,11 @@ def test_influxd_accepts_every_line_and_values_round_trip(tmp_path: Path) -> Non
             # image of two batches as two points instead of one overwriting the other.
             status, body = db.write(proc.stdout, precision="ns")
             assert status == 204, (body, proc.stdout.decode())
-            total += len(proc.stdout.splitlines())
+            total += sum(line.startswith(b"qcow2,") for line in proc.stdout.splitlines())
         rows = db.rows("SELECT * FROM qcow2")
         assert len(rows) == total
+        filesystems = db.rows("SELECT * FROM qcow2_filesystem")
+        assert filesystems and all(row["filesystem_size_bytes"] > 0 for row in filesystems)
 
         field_types = {row["fieldKey"]: row["fieldType"]
                        for row in db.rows("SHOW FIELD KEYS FROM qcow2")}
@@ -236,8 +241,12 @@ def test_influxd_accepts_every_line_and_values_round_trip(tmp_path: Path) -> Non
         assert field_types["image_end_offset_bytes"] == "integer"
         assert field_types["leaks"] == "integer", field_types
         assert field_types["scrape_error"] == "integer"
-        assert field_types["in_use"] == "boolean"
-        assert field_types["error"] == "string"
+        # Flags are integers 0/1 as documented (InfluxQL cannot aggregate booleans).
+        for flag in ("in_use", "dirty", "corrupt", "refcounts_trusted", "depth", "health"):
+            assert field_types[flag] == "integer", (flag, field_types)
+        for text in ("error", "status", "name", "end_offset_source", "health_reasons"):
+            assert field_types[text] == "string", (text, field_types)
+        assert db.rows("SELECT MAX(dirty) FROM qcow2")[0]["max"] == 1
 
         # Every image came back under its exact path, with the core's values.
         by_path: dict[str, dict[str, Any]] = {}
@@ -251,12 +260,16 @@ def test_influxd_accepts_every_line_and_values_round_trip(tmp_path: Path) -> Non
             assert row["virtual_size_bytes"] == usage.virtual_size
             assert row["fully_allocated_size_bytes"] == usage.fully_allocated_size
             assert row["snapshots"] == usage.snapshots
-            assert row["dirty"] is usage.dirty
+            assert row["dirty"] == int(usage.dirty)
             assert row["filename"] == image.name
             assert row["scrape_error"] == 0
             assert row["leaks"] is not None  # --check ran
-            assert math.isclose(row["usage_ratio"], usage.usage_ratio, rel_tol=1e-3)
-        assert by_path[str(images[-2])]["dirty"] is True
+            # A file's container is its filesystem, which others write meanwhile: its size is
+            # stable, its usage only close.
+            assert row["container_size_bytes"] == usage.container.size
+            assert math.isclose(row["usage_ratio"], usage.usage_ratio, abs_tol=0.02)
+        assert by_path[str(images[-2])]["dirty"] == 1
+        assert by_path[str(images[-2])]["health"] == 1  # dirty, not in use: WARNING
         assert by_path[str(images[0])]["snapshots"] == 1
         assert by_path[str(junk)]["scrape_error"] == 1
         assert "not a qcow2 image" in by_path[str(junk)]["error"]
@@ -278,6 +291,6 @@ def test_running_images_with_their_backing_layers(tmp_path: Path) -> None:
         assert len(found) == 1, (tag, lines)
         return found[0]
 
-    assert "in_use=true" in line_of(top)  # qemu-io holds the write lock of the top image
-    assert "in_use=false" in line_of(base)  # backing files are opened read-only
+    assert "in_use=1i" in line_of(top)  # qemu-io holds the write lock of the top image
+    assert "in_use=0i" in line_of(base)  # backing files are opened read-only
     assert "scrape_error=0i" in line_of(top) and "scrape_error=0i" in line_of(base)

@@ -63,18 +63,19 @@ def test_golden_file() -> None:
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8")
     assert text.endswith("\n")
-    assert validate(text) == 43
+    assert validate(text) == 50  # 43 figures, 4 health, 3 health reasons
 
 
 def test_golden_file_reads_back_with_the_model_values() -> None:
     series = series_of(GOLDEN.read_text(encoding="utf-8"))
     path = '/var/lib/images/a b,c=d "q\\ ü.qcow2'
-    labels = frozenset({("depth", "0"), ("path", path)})
+    labels = frozenset({("path", path)})
     assert series[("qcow2_image_end_offset_bytes", labels)] == 327680
     assert series[("qcow2_usage_ratio", labels)] == 327680 / 10737418240
     assert series[("qcow2_leaks", labels)] == 2
-    assert series[("qcow2_scrape_error", frozenset({("depth", "0"),
-                                                     ("path", "/srv/*.qcow2")}))] == 1
+    assert series[("qcow2_scrape_error", frozenset({("path", "/srv/*.qcow2")}))] == 1
+    assert series[("qcow2_health", labels)] == 1  # 2 leaks: WARNING
+    assert series[("qcow2_health_reason", frozenset({("path", path), ("rule", "leaks")}))] == 1
 
 
 @pytest.mark.parametrize(
@@ -124,7 +125,7 @@ def test_writes_0644_atomically_whatever_the_umask(tmp_path: Path) -> None:
     for image in images:  # base is met by the directory scan before overlay: depth 0
         usage = analyze_usage(str(image), chain=False).usage
         assert usage is not None
-        labels = frozenset({("depth", "0"), ("path", str(image))})
+        labels = frozenset({("path", str(image))})
         assert series[("qcow2_image_end_offset_bytes", labels)] == usage.image_end_offset
         assert series[("qcow2_scrape_error", labels)] == 0
 
@@ -137,7 +138,7 @@ def test_promtool_check_metrics_accepts_the_file(tmp_path: Path) -> None:
     assert main(["--output", str(out), "--chain", "--check", str(tmp_path / "img"),
                  str(junk), str(tmp_path / "none-*.qcow2")]) == 0
     text = out.read_text(encoding="utf-8")
-    assert "qcow2_leaks{" in text and 'qcow2_scrape_error{depth="0",path="' in text
+    assert "qcow2_leaks{" in text and 'qcow2_scrape_error{path="' in text
     proc = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -152,7 +153,7 @@ def test_output_dash_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     image = make_image(tmp_path / "p.qcow2", "16M")
     assert main(["--output", "-", str(image)]) == 0
     out = capsys.readouterr().out
-    assert f'qcow2_scrape_error{{depth="0",path="{image}"}} 0\n' in out
+    assert f'qcow2_scrape_error{{path="{image}"}} 0\n' in out
     assert list(tmp_path.iterdir()) == [image]
 
 
@@ -217,7 +218,7 @@ def test_custom_template(tmp_path: Path) -> None:
     assert main(["--output", str(out), "--template", str(custom), str(image)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "# TYPE qcow2_headroom_bytes gauge"
-    assert lines[1].startswith(f'qcow2_headroom_bytes{{depth="0",path="{image}"}} ')
+    assert lines[1].startswith(f'qcow2_headroom_bytes{{path="{image}"}} ')
     assert len(lines) == 2
 
 
@@ -256,11 +257,15 @@ def test_node_exporter_serves_every_series(tmp_path: Path) -> None:
         for image in images[:2]:
             usage = analyze_usage(str(image), chain=False).usage
             assert usage is not None
-            labels = frozenset({("depth", "0"), ("path", str(image))})
+            labels = frozenset({("path", str(image))})
             assert scraped[("qcow2_image_end_offset_bytes", labels)] == usage.image_end_offset
             assert scraped[("qcow2_virtual_size_bytes", labels)] == usage.virtual_size
-        junk_labels = frozenset({("depth", "0"), ("path", str(junk))})
+        junk_labels = frozenset({("path", str(junk))})
         assert scraped[("qcow2_scrape_error", junk_labels)] == 1
+        assert scraped[("qcow2_health", junk_labels)] == 3  # could not look: unknown
+        assert scraped[("qcow2_health_reason", junk_labels | {("rule", "unknown")})] == 3
+        mounts = [labels for name, labels in scraped if name == "qcow2_filesystem_size_bytes"]
+        assert len(mounts) == 1  # every image of the test lives on one filesystem
 
         # Control: the same file without its final newline is refused by node_exporter, so
         # the assertions above can fail.

@@ -1,0 +1,148 @@
+"""check_qcow2's command line: options, their types and the help text.
+
+argparse is made to raise instead of printing to stderr and exiting 2 (which a monitoring system
+reads as CRITICAL): bad arguments, --help and --version all end as UNKNOWN in check_qcow2.main.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, NoReturn, Optional
+
+from nagios.ranges import Range, RangeError
+from nagios.runtime import DEFAULT_TIMEOUT, PROG
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
+
+class UsageError(Exception):
+    """The command line is wrong: UNKNOWN with the reason, never argparse's exit 2."""
+
+
+class ParserExit(Exception):
+    """argparse wants to exit (after --help or --version): exit UNKNOWN per the guidelines."""
+
+
+class Parser(argparse.ArgumentParser):
+    # argparse prints to stderr and calls sys.exit(2) on its own; both are wrong for a plugin.
+    printed = ""  # --help / --version text, written by main() to stdout like all output
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+    def exit(self, status: int = 0, message: Optional[str] = None) -> NoReturn:
+        raise ParserExit(message or "")
+
+    def _print_message(self, message: str, file: Optional[SupportsWrite[str]] = None) -> None:
+        # Monitoring systems show stdout only; collect the text for main() to write there.
+        self.printed += message or ""
+
+
+def range_option(text: str) -> Range:
+    try:
+        return Range.parse(text)
+    except RangeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def size_option(text: str) -> int:
+    # The shared parser, so that every adapter reads "10G" alike: all units binary, as
+    # qemu-img reads sizes (10G = 10GB = 10GiB).
+    from collectors.metrics import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; units B, K, M, G, T, P, all binary") from None
+
+
+def timeout_option(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86400:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r} (seconds, > 0)")
+    return seconds
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("qcow2-monitor")
+    except Exception:  # not installed as a distribution (running from a source tree)
+        return "unknown"
+
+
+EPILOG = """\
+thresholds:
+  -w/-c take Nagios ranges on the usage in percent of the container: for a block device the
+  image end offset / device size; for an image file its filesystem's used / size (as df shows
+  it: every image on a filesystem shares it). Endpoints are inclusive; critical is evaluated
+  before warning:
+    -w 80 -c 90        WARNING above 80 %, CRITICAL above 90 %
+    -w ~:80 -c ~:90    the same, written explicitly
+    -w @0:50           WARNING while usage is between 0 and 50 % (inverted range)
+  --warning-headroom/--critical-headroom take a size: alert when the free space left in the
+  container falls below it (equal is fine). Units B, K, M, G, T, P (also KB/KiB, MB/MiB, ...),
+  all binary: 10G = 10GB = 10GiB = 10737418240 bytes. Example:
+    --warning-headroom 20G --critical-headroom 5G
+  --warning-overcommit/--critical-overcommit take ranges on each filesystem's overcommit
+  ratio, summed virtual sizes of its images / filesystem size: -w ... --warning-overcommit 1.5
+  warns when the guests could write 1.5 times what the filesystem holds.
+
+health: one policy for every adapter (qcow2-telegraf and qcow2-textfile export it as the
+  health figure): each rule's state can be changed with its --RULE-state option below.
+  Unreadable and non-qcow2 files are UNKNOWN; damaged metadata is CRITICAL. When images
+  disagree the worst state wins, in the order CRITICAL, UNKNOWN, WARNING, OK.
+
+exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for bad arguments, timeout, --help
+and --version).
+"""
+
+
+def build_parser() -> Parser:
+    # Inside main's safety net: even a broken installation gives one UNKNOWN line.
+    from collectors.health import add_health_arguments
+    from collectors.selection import add_selection_arguments
+
+    parser = Parser(
+        prog=PROG,
+        description="Check how full the containers of qcow2 images are, and the images' health.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    sel = parser.add_argument_group("images")
+    sel.add_argument(
+        "-f", "--file", dest="files", action="append", default=[], metavar="IMAGE",
+        help="image file, block device, directory (searched recursively) or glob; repeatable",
+    )
+    # Positional images too, so that a shell glob works: check_qcow2 -w 80 /images/*.qcow2
+    sel.add_argument("images", nargs="*", metavar="IMAGE", help="same as -f IMAGE")
+    add_selection_arguments(sel)
+    thr = parser.add_argument_group("thresholds")
+    thr.add_argument("-w", "--warning", type=range_option, metavar="RANGE",
+                     help="usage range in percent for WARNING, e.g. 80")
+    thr.add_argument("-c", "--critical", type=range_option, metavar="RANGE",
+                     help="usage range in percent for CRITICAL, e.g. 90")
+    thr.add_argument("--warning-headroom", type=size_option, metavar="SIZE",
+                     help="WARNING when the free space in the container is below SIZE")
+    thr.add_argument("--critical-headroom", type=size_option, metavar="SIZE",
+                     help="CRITICAL when the free space in the container is below SIZE")
+    thr.add_argument("--warning-overcommit", type=range_option, metavar="RANGE",
+                     help="overcommit ratio range of a filesystem for WARNING, e.g. 1.5")
+    thr.add_argument("--critical-overcommit", type=range_option, metavar="RANGE",
+                     help="overcommit ratio range of a filesystem for CRITICAL, e.g. 3")
+    add_health_arguments(parser.add_argument_group(
+        "health states (each: ok, warning, critical or unknown)"))
+    gen = parser.add_argument_group("general")
+    gen.add_argument("-t", "--timeout", type=timeout_option, default=DEFAULT_TIMEOUT,
+                     metavar="SECONDS", help="UNKNOWN after this many seconds (default 30)")
+    gen.add_argument("-v", "--verbose", action="count", default=0,
+                     help="more detail in the long output; repeatable (-vvv: tracebacks on stderr)")
+    gen.add_argument("-V", "--version", action="version", version=f"{PROG} {_version()}")
+    gen.add_argument("-h", "--help", action="help", help="show this help and exit")
+    return parser

@@ -1,0 +1,169 @@
+"""The plugin's text: the short first line and one long-output line per image (and per
+filesystem when overcommit is thresholded)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from nagios.perfdata import perfdata
+from nagios.runtime import PREFIX
+from nagios.text import clean_text, human_size, percent_text, usage_percent
+from nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
+
+if TYPE_CHECKING:
+    from collectors.metrics import ImageRecord
+
+MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lists everything
+STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+
+def _severity(state: int) -> int:
+    from collectors.health import SEVERITY
+
+    return SEVERITY[state]
+
+
+def _image_name(record: ImageRecord) -> str:
+    return clean_text(record.label_path)
+
+
+def _details(record: ImageRecord) -> list[str]:
+    """-v: what the image is, its notes and the check totals."""
+    parts = [f"note: {note.text}" for note in record.health.notes]
+    usage = record.usage
+    if usage is not None:
+        flags = [
+            flag for flag, on in (
+                ("in use", usage.in_use), ("dirty", usage.dirty), ("corrupt", usage.corrupt),
+                ("lazy refcounts", usage.lazy_refcounts), ("encrypted", usage.encrypted),
+            ) if on
+        ]
+        detail = (
+            f"qcow2 v{usage.qcow_version}, virtual {human_size(usage.virtual_size)}, "
+            f"cluster {human_size(usage.cluster_size)}, end offset from "
+            f"{usage.image_end_offset_source}, "
+            f"fully allocated {human_size(usage.fully_allocated_size)}"
+        )
+        if flags:
+            detail += ", " + ", ".join(flags)
+        if usage.backing_filename:
+            detail += f", backing {usage.backing_filename}"
+        parts.append(detail)
+    check = record.check
+    if check is not None:
+        parts.append(
+            f"check: {check.corruptions} corruptions, {check.leaks} leaks, "
+            f"{check.check_errors} check errors, {check.allocated_clusters}/"
+            f"{check.total_clusters} clusters allocated"
+        )
+    return parts
+
+
+def _findings(record: ImageRecord) -> list[str]:
+    """-vv: every located finding of the check."""
+    if record.check is None:
+        return []
+    lines = [
+        "    " + clean_text(f"{finding.severity} {finding.kind} at {finding.location}: "
+                            f"{finding.message}")
+        for finding in record.check.findings
+    ]
+    hidden = record.check.findings_total - len(record.check.findings)
+    if hidden > 0:
+        lines.append(f"    ... {hidden} more findings")
+    return lines
+
+
+def image_line(verdict: Verdict, verbosity: int) -> str:
+    record = verdict.record
+    usage = record.usage
+    parts: list[str] = []
+    if usage is not None:
+        container = usage.container
+        parts.append(
+            f"usage {percent_text(usage_percent(usage.usage_ratio))}% "
+            f"(end {human_size(usage.image_end_offset)} of {human_size(container.size)} "
+            f"{container.kind} container, headroom {human_size(container.headroom)})"
+        )
+    parts.extend(problem.text for problem in verdict.problems)
+    if verbosity >= 1:
+        parts.extend(_details(record))
+    where = f" (backing file, depth {record.depth} below {clean_text(record.target)})" \
+        if record.depth else ""
+    # A raw base or a json:/nbd: layer is reported, not analysed (model.LAYER_*).
+    text = "; ".join(clean_text(part) for part in parts) or f"{record.status}, not analysed"
+    lines = [f"{STATE_NAMES[verdict.state]}: {_image_name(record)}{where}: {text}"]
+    if verbosity >= 2:
+        lines.extend(_findings(record))
+    return "\n".join(lines)
+
+
+def filesystem_line(verdict: FilesystemVerdict) -> str:
+    fs = verdict.figures
+    text = (
+        f"overcommit {percent_text(fs.overcommit_ratio)} ({fs.images} images, virtual "
+        f"{human_size(fs.virtual_sizes)} on {human_size(fs.size)}, free {human_size(fs.free)})"
+    )
+    texts = [text, *(problem.text for problem in verdict.problems)]
+    return clean_text(f"{STATE_NAMES[verdict.state]}: filesystem {fs.mountpoint}: "
+                      + "; ".join(texts))
+
+
+def _ok_summary(verdicts: Sequence[Verdict]) -> str:
+    if len(verdicts) == 1:
+        record = verdicts[0].record
+        usage = record.usage
+        if usage is None:  # only a backing layer lacks figures without an error
+            return f"{_image_name(record)}: {record.status}, not analysed"
+        return (
+            f"{_image_name(record)}: usage "
+            f"{percent_text(usage_percent(usage.usage_ratio))}%, headroom "
+            f"{human_size(usage.container.headroom)}"
+        )
+    measured = [(v.record.usage.usage_ratio, v.record) for v in verdicts
+                if v.record.usage is not None]
+    text = f"{len(verdicts)} images"
+    if measured:
+        ratio, fullest = max(measured, key=lambda pair: pair[0])
+        text += (
+            f", highest usage {percent_text(usage_percent(ratio))}% "
+            f"({_image_name(fullest)})"
+        )
+    return text
+
+
+def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict],
+            state: int) -> str:
+    if state == 0:
+        return _ok_summary(verdicts)
+    # Worst first, then in the collector's (stable) order; filesystems after images.
+    bad = [(v.state, _image_name(v.record), v.problems) for v in verdicts if v.state != 0]
+    bad.sort(key=lambda item: -_severity(item[0]))
+    bad_images = len(bad)
+    bad += [(f.state, "filesystem " + f.figures.mountpoint, f.problems)
+            for f in filesystems if f.state != 0]
+    shown = "; ".join(
+        f"{name}: {', '.join(p.text for p in problems)}"
+        for _, name, problems in bad[:MAX_IMAGES_IN_SUMMARY]
+    )
+    if len(bad) > MAX_IMAGES_IN_SUMMARY:
+        shown += f"; +{len(bad) - MAX_IMAGES_IN_SUMMARY} more"
+    if len(verdicts) > 1 and bad_images:
+        shown = f"{bad_images} of {len(verdicts)} images: {shown}"
+    return clean_text(shown)
+
+
+def render(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict],
+           limits: Thresholds, state: int, verbosity: int = 0) -> str:
+    """The whole plugin output: first line with perfdata, then the long output."""
+    first = f"{PREFIX} {STATE_NAMES[state]} - {summary(verdicts, filesystems, state)}"
+    perf = perfdata(verdicts, filesystems, limits)
+    if perf:
+        first += " | " + " ".join(perf)
+    lines = [first]
+    # Long output is worth its lines only when it says more than the first line.
+    if len(verdicts) > 1 or verbosity >= 1:
+        lines.extend(image_line(verdict, verbosity) for verdict in verdicts)
+    lines.extend(filesystem_line(fs) for fs in filesystems)
+    return "\n".join(lines) + "\n"

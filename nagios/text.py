@@ -1,0 +1,61 @@
+"""How values read in the plugin's text: safe paths and labels, sizes, percentages."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from nagios.ranges import Range, format_number
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def usage_percent(ratio: float) -> float:
+    """The one rescaling this adapter does (style.md #6): Nagios users think in percent."""
+    return ratio * 100.0
+
+
+def clean_text(text: str) -> str:
+    """Make a path safe for the text part of the output.
+
+    A ``|`` would start the perfdata (Icinga splits at the first ``|`` followed by ``=``), a
+    newline would start a new long-output line, and undecodable bytes (surrogate escapes in
+    POSIX file names) cannot be encoded on stdout.
+    """
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return _CONTROL_CHARS.sub("?", text.replace("|", "_"))
+
+
+def clean_label(text: str) -> str:
+    """A perfdata label: anything but ``=`` and ``'`` (guidelines), and no ``|`` either."""
+    return clean_text(text).replace("=", "_").replace("'", "_")
+
+
+def human_size(size: int) -> str:
+    """Binary units for the text part, e.g. ``9.5 GiB``; perfdata stays in bytes."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            if unit == "B":
+                return f"{size} B"
+            return f"{format_number(round(value, 1))} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def percent_text(percent: float, limit: Optional[Range] = None) -> str:
+    """Two decimals, or two significant digits below 1 so that tiny values do not read 0.
+
+    Next to a threshold, as many decimals as it takes not to print the endpoint itself:
+    "usage 80% > 80%" for 80.0001 % would read as a false alarm.
+    """
+    if percent == 0 or percent >= 1:
+        text = format_number(round(percent, 2))
+    else:
+        text = format_number(float(f"{percent:.2g}"))
+    if limit is not None and percent not in (limit.start, limit.end):
+        digits = 2
+        while float(text) in (limit.start, limit.end) and digits < 12:
+            digits += 1
+            text = format_number(round(percent, digits))
+    return text

@@ -1,0 +1,107 @@
+"""Threshold evaluation: the user's -w/-c, headroom and overcommit limits, on top of each
+image's health (judged once in the core by collectors.health, never here)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from nagios.ranges import Range
+from nagios.text import human_size, percent_text, usage_percent
+
+if TYPE_CHECKING:
+    from collectors.metrics import FilesystemFigures, ImageRecord
+
+# The core's numbers (collectors.health), repeated so that this module imports no core code
+# before main() runs.
+OK, WARNING, CRITICAL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The limits that turn figures into a state."""
+
+    usage_warning: Optional[Range] = None
+    usage_critical: Optional[Range] = None
+    headroom_warning: Optional[int] = None
+    headroom_critical: Optional[int] = None
+    overcommit_warning: Optional[Range] = None
+    overcommit_critical: Optional[Range] = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Thresholds:
+        return cls(
+            usage_warning=args.warning,
+            usage_critical=args.critical,
+            headroom_warning=args.warning_headroom,
+            headroom_critical=args.critical_headroom,
+            overcommit_warning=args.warning_overcommit,
+            overcommit_critical=args.critical_overcommit,
+        )
+
+    @property
+    def overcommit(self) -> bool:
+        return self.overcommit_warning is not None or self.overcommit_critical is not None
+
+
+@dataclass(frozen=True)
+class Problem:
+    state: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The state of one image and why."""
+
+    record: ImageRecord
+    state: int
+    problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True)
+class FilesystemVerdict:
+    figures: FilesystemFigures
+    state: int
+    problems: tuple[Problem, ...]
+
+
+def _range_problem(value: float, what: str, unit: str,
+                   critical: Optional[Range], warning: Optional[Range]) -> list[Problem]:
+    """Critical is evaluated before warning (guidelines); at most one problem."""
+    for state, limit in ((CRITICAL, critical), (WARNING, warning)):
+        if limit is not None and limit.alert(value):
+            shown = percent_text(value, limit)
+            return [Problem(state, f"{what} {shown}{unit} {limit.describe(unit=unit)}")]
+    return []
+
+
+def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
+    """One image's state: its health problems, then the thresholds (critical first)."""
+    from collectors.health import worst
+
+    problems = [Problem(reason.state, reason.text) for reason in record.health.problems]
+    usage = record.usage
+    if usage is not None:
+        problems += _range_problem(usage_percent(usage.usage_ratio), "usage", "%",
+                                   limits.usage_critical, limits.usage_warning)
+        headroom = usage.container.headroom
+        for state, minimum in (
+            (CRITICAL, limits.headroom_critical),
+            (WARNING, limits.headroom_warning),
+        ):
+            if minimum is not None and headroom < minimum:
+                problems.append(
+                    Problem(state, f"headroom {human_size(headroom)} < {human_size(minimum)}")
+                )
+                break
+    return Verdict(record, worst([problem.state for problem in problems]), tuple(problems))
+
+
+def evaluate_filesystem(figures: FilesystemFigures, limits: Thresholds) -> FilesystemVerdict:
+    from collectors.health import worst
+
+    problems = _range_problem(figures.overcommit_ratio, "overcommit", "",
+                              limits.overcommit_critical, limits.overcommit_warning)
+    return FilesystemVerdict(figures, worst([p.state for p in problems]), tuple(problems))

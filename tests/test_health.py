@@ -1,0 +1,251 @@
+"""One health policy, three adapters: real images made by qemu-img/qemu-io (and byte-patched
+copies) run through check_qcow2, qcow2-textfile + the shipped alert rules (promtool test rules)
+and qcow2-telegraf, and all three must say the same thing about every image.
+
+The expected state of each case is derived by hand from the rules of collectors/health.py and
+written beside the case; qemu-img check confirms that each damaged copy is damaged the way the
+case says.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+
+from collectors.errors import INVALID, IO_ERROR, Qcow2Error
+from collectors.health import CRITICAL, OK, SEVERITY, UNKNOWN, WARNING, assess
+from collectors.model import LAYER_ERROR, LAYER_LOOP, ChainLayer
+
+from alerting import parse_line, promtool_test, textfile_samples
+from daemons import make_image, require_binary, run
+from damage import (
+    INCOMPAT_CORRUPT,
+    INCOMPAT_DIRTY,
+    L2E_OFFSET_MASK,
+    OFF_INCOMPATIBLE,
+    active_l2_entries,
+    patch_u64,
+    read_header,
+    read_u64,
+    set_refcount,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+ALERT_BY_STATE = {CRITICAL: "Qcow2ImageCritical", WARNING: "Qcow2ImageWarning",
+                  UNKNOWN: "Qcow2ImageUnknown"}
+
+
+@dataclass(frozen=True)
+class Case:
+    image: Path
+    state: int  # by hand, from the rules
+    rule: Optional[str]  # the rule that decides it (None: healthy)
+
+
+def _lazy_dirty(path: Path) -> Path:
+    """Lazy refcounts, a write, SIGKILL: the dirty bit stays set, refcounts were never written."""
+    make_image(path, "16M", options=["lazy_refcounts=on"])
+    subprocess.run([require_binary("qemu-io"), "-f", "qcow2", "-c", "write -P 5 0 1M", "-c",
+                    "sigraise 9", str(path)], capture_output=True, timeout=60)
+    assert read_u64(path, OFF_INCOMPATIBLE) & INCOMPAT_DIRTY
+    return path
+
+
+def _qemu_check_exit(path: Path) -> int:
+    return subprocess.run([require_binary("qemu-img"), "check", str(path)],
+                          capture_output=True, timeout=60).returncode
+
+
+def build_cases(d: Path) -> dict[str, Case]:
+    cases: dict[str, Case] = {}
+    cases["clean"] = Case(make_image(d / "clean.qcow2", "16M", write=["write 0 1M"]), OK, None)
+
+    corrupt = make_image(d / "corrupt.qcow2", "16M")
+    patch_u64(corrupt, OFF_INCOMPATIBLE, read_u64(corrupt, OFF_INCOMPATIBLE) | INCOMPAT_CORRUPT)
+    cases["corrupt"] = Case(corrupt, CRITICAL, "corrupt")
+
+    # A referenced data cluster with refcount 0: qemu-img check exits 2 (corruptions).
+    corruptions = make_image(d / "corruptions.qcow2", "16M", write=["write 0 1M"])
+    data = next(iter(active_l2_entries(corruptions))).entry & L2E_OFFSET_MASK
+    set_refcount(corruptions, data // 65536, 0)
+    assert _qemu_check_exit(corruptions) == 2
+    cases["corruptions"] = Case(corruptions, CRITICAL, "corruptions")
+
+    # The header cluster counted twice, referenced once: a leak only (qemu-img check exit 3).
+    leaks = make_image(d / "leaks.qcow2", "16M", write=["write 0 1M"])
+    set_refcount(leaks, 0, 2)
+    assert _qemu_check_exit(leaks) == 3
+    cases["leaks"] = Case(leaks, WARNING, "leaks")
+
+    # Refcount table entry not cluster aligned: the metadata is there but damaged.
+    damaged = make_image(d / "damaged.qcow2", "16M")
+    table = read_header(damaged)["refcount_table_offset"]
+    patch_u64(damaged, table, read_u64(damaged, table) + 512)
+    assert _qemu_check_exit(damaged) == 1
+    cases["damaged"] = Case(damaged, CRITICAL, "damaged")
+
+    # Backing layers: missing, looping, declared qcow2 but raw, unreadable (a directory).
+    gone = make_image(d / "gone.qcow2", "16M")
+    cases["backing-missing"] = Case(make_image(d / "orphan.qcow2", backing=gone), CRITICAL,
+                                    "backing")
+    gone.unlink()
+    a = make_image(d / "loop-a.qcow2", "16M")
+    b = make_image(d / "loop-b.qcow2", backing=a)
+    run([require_binary("qemu-img"), "rebase", "-u", "-F", "qcow2", "-b", str(b), str(a)])
+    cases["backing-loop"] = Case(b, CRITICAL, "backing")
+    raw = d / "raw-base.img"
+    raw.write_bytes(b"\0" * 65536)
+    over_raw = d / "over-raw.qcow2"
+    run([require_binary("qemu-img"), "create", "-q", "-f", "qcow2", "-u", "-b", str(raw), "-F",
+         "qcow2", str(over_raw), "16M"])
+    cases["backing-not-qcow2"] = Case(over_raw, CRITICAL, "backing")
+    (d / "dir-base.qcow2").mkdir()
+    over_dir = d / "over-dir.qcow2"
+    run([require_binary("qemu-img"), "create", "-q", "-f", "qcow2", "-u", "-b",
+         str(d / "dir-base.qcow2"), "-F", "qcow2", str(over_dir), "16M"])
+    cases["backing-unreadable"] = Case(over_dir, CRITICAL, "backing")
+
+    # Dirty, not in use: WARNING; its check corruptions are lazy-refcount debt, not CRITICAL.
+    idle = _lazy_dirty(d / "lazy-idle.qcow2")
+    assert _qemu_check_exit(idle) == 2
+    cases["dirty-idle"] = Case(idle, WARNING, "dirty")
+
+    notq = d / "notes.qcow2"
+    notq.write_text("not an image\n" * 100)
+    cases["not-qcow2"] = Case(notq, UNKNOWN, "unknown")
+    return cases
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Every adapter over the same images, while a qemu-io holds the in-use case open."""
+    d = tmp_path_factory.mktemp("health")
+    cases = build_cases(d)
+    busy = d / "lazy-busy.qcow2"
+    make_image(busy, "16M", options=["lazy_refcounts=on"])
+    holder = subprocess.Popen(
+        [require_binary("qemu-io"), "-f", "qcow2", "-c", "write -P 3 0 1M", "-c", "sleep 20000",
+         str(busy)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run(["sh", "-c", f"for i in $(seq 100); do "
+             f"[ $(od -An -j{OFF_INCOMPATIBLE + 7} -N1 -tu1 '{busy}') -ne 0 ] && exit 0; "
+             "sleep 0.1; done; exit 1"])
+        # Dirty while in use with lazy refcounts: OK, with a note.
+        cases["dirty-in-use"] = Case(busy, OK, "dirty-in-use")
+        images = [str(case.image) for case in cases.values()]
+        plugin = {name: subprocess.run([str(BIN / "check_qcow2"), "-f", str(case.image),
+                                        "--check", "-v"], capture_output=True, text=True,
+                                       timeout=120)
+                  for name, case in cases.items()}
+        textfile = subprocess.run([str(BIN / "qcow2-textfile"), "-o", "-", "--check", *images],
+                                  capture_output=True, text=True, timeout=120)
+        telegraf = subprocess.run([str(BIN / "qcow2-telegraf"), "--check", *images],
+                                  capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert textfile.returncode == 0, textfile.stderr
+    assert telegraf.returncode == 0, telegraf.stderr
+    yield {"cases": cases, "plugin": plugin, "textfile": textfile.stdout,
+           "telegraf": telegraf.stdout, "dir": d}
+
+
+def test_check_qcow2_states(runs: dict[str, Any]) -> None:
+    for name, case in runs["cases"].items():
+        proc = runs["plugin"][name]
+        assert proc.returncode == case.state, (name, proc.stdout)
+    # The texts operators read.
+    out = {name: proc.stdout for name, proc in runs["plugin"].items()}
+    gone = runs["dir"] / "gone.qcow2"  # make_image writes the absolute name
+    assert f"backing file '{gone}' (depth 1) not found" in out["backing-missing"]
+    assert "loops back into the chain" in out["backing-loop"]
+    assert "is not qcow2" in out["backing-not-qcow2"]
+    assert "unreadable" in out["backing-unreadable"]
+    assert "not cluster aligned" in out["damaged"]
+    # The check's corruptions on it are named as lazy-refcount debt, and nothing else.
+    assert re.fullmatch(r"QCOW2 WARNING - \S+: dirty, not in use: repaired by qemu on next "
+                        r"open; [1-9]\d* corruptions, \d+ leaked clusters are the expected "
+                        r"lazy-refcount debt", out["dirty-idle"].split(" | ")[0])
+    assert "note: dirty while in use with lazy refcounts" in out["dirty-in-use"]
+
+
+def test_textfile_and_telegraf_agree_with_check_qcow2(runs: dict[str, Any]) -> None:
+    samples = textfile_samples(runs["textfile"])
+    prom_health = {labels["path"]: int(value) for name, labels, value in samples
+                   if name == "qcow2_health"}
+    prom_rules = {(labels["path"], labels["rule"]): int(value) for name, labels, value in samples
+                  if name == "qcow2_health_reason"}
+    lines = [parse_line(line) for line in runs["telegraf"].splitlines()
+             if line.startswith("qcow2,")]
+    influx_health = {tags["path"]: fields["health"] for tags, fields in lines}
+    for name, case in runs["cases"].items():
+        path = str(case.image.resolve())
+        assert prom_health[path] == influx_health[path] == case.state, name
+        if case.rule is not None:
+            assert (path, case.rule) in prom_rules, (name, prom_rules)
+        reasons = {rule: state for (p, rule), state in prom_rules.items() if p == path}
+        worst = max(reasons.values(), key=SEVERITY.__getitem__, default=OK)
+        assert worst == case.state, (name, reasons)
+
+
+def test_alert_rules_follow_the_same_policy(runs: dict[str, Any], tmp_path: Path) -> None:
+    samples = [s for s in textfile_samples(runs["textfile"])
+               if s[0] in ("qcow2_health", "qcow2_health_reason")]
+    expected: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for name, labels, value in samples:
+        if name == "qcow2_health_reason" and int(value) in ALERT_BY_STATE:
+            expected.setdefault(ALERT_BY_STATE[int(value)], []).append((labels, value))
+    # The alerts of each image say what check_qcow2 says: its worst alert is its exit state.
+    for case_name, case in runs["cases"].items():
+        path = str(case.image.resolve())
+        fired = [state for state, alert in ALERT_BY_STATE.items()
+                 for labels, _ in expected.get(alert, []) if labels["path"] == path]
+        assert max(fired, key=SEVERITY.__getitem__, default=OK) == \
+            runs["plugin"][case_name].returncode, case_name
+    promtool_test(tmp_path, samples, expected)
+
+
+def test_usage_command_fails_on_a_broken_chain(runs: dict[str, Any]) -> None:
+    """qcow2-analyze usage exits 1 and names the missing layer, with or without --no-chain."""
+    orphan = runs["cases"]["backing-missing"].image
+    for extra in ([], ["--no-chain"]):
+        proc = subprocess.run([str(BIN / "qcow2-analyze"), "usage", *extra, str(orphan)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, (extra, proc.stdout, proc.stderr)
+        assert "gone.qcow2' not found" in proc.stderr
+        assert "gone.qcow2: missing" in proc.stdout
+    clean = runs["cases"]["clean"].image
+    proc = subprocess.run([str(BIN / "qcow2-analyze"), "usage", "--no-chain", str(clean)],
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_loop_layer_itself_and_the_top_above_it() -> None:
+    """A layer record that loops is CRITICAL by itself, and so is every image above it."""
+    loop = ChainLayer(2, "a.qcow2", "/i/a.qcow2", LAYER_LOOP, "qcow2")
+    assert assess(usage=None, check=None, error=None, layer=loop).state == CRITICAL
+    above = assess(usage=None, check=None, error=None, broken_below=loop)
+    assert [(r.rule, r.state) for r in above.reasons] == [("backing", CRITICAL)]
+    # Each rule can be changed: the backing rule mapped to warning.
+    policy = {**{r: s for r, s in _defaults().items()}, "backing": WARNING}
+    assert assess(usage=None, check=None, error=None, broken_below=loop,
+                  policy=policy).state == WARNING
+    # A layer that cannot be read is judged by why: damaged metadata, or we could not look.
+    for kind, rule, state in ((INVALID, "damaged", CRITICAL), (IO_ERROR, "unknown", UNKNOWN)):
+        error = Qcow2Error("bad", structure="refcount table", kind=kind, filename="/i/b")
+        layer = ChainLayer(1, "b", "/i/b", LAYER_ERROR, "qcow2", error=error)
+        health = assess(usage=None, check=None, error=error, layer=layer)
+        assert [(r.rule, r.state) for r in health.reasons] == [(rule, state)]
+        assert assess(usage=None, check=None, error=None, broken_below=layer).state == CRITICAL
+
+
+def _defaults() -> dict[str, int]:
+    from collectors.health import default_policy
+
+    return default_policy()

@@ -1,0 +1,109 @@
+"""The shipped Telegraf snippets: valid TOML, only options Telegraf documents, and commands that
+run the real qcow2-telegraf.
+
+Telegraf refuses a configuration with a key its plugin does not know ("configuration specified
+the fields [...], but they weren't used"), so a typo or an option of another version would stop
+the agent. The allowed keys are written here from Telegraf's own documentation:
+plugins/inputs/exec/README.md and plugins/inputs/execd/README.md (sample.conf), and the
+parameters docs/CONFIGURATION.md allows on any input plugin ("Input Plugins", "Metric
+Filtering").
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the CI runs 3.11
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+SNIPPETS = sorted((ROOT / "telegraf").glob("*.conf"))
+SCRIPT = ROOT / ".venv" / "bin" / "qcow2-telegraf"
+
+# docs/CONFIGURATION.md, "Input Plugins": parameters that can be used with any input plugin.
+ANY_INPUT = {
+    "alias", "interval", "precision", "collection_jitter", "collection_offset",
+    "name_override", "name_prefix", "name_suffix", "tags", "log_level",
+    # "Metric Filtering": selectors and modifiers.
+    "namepass", "namepass_separator", "namedrop", "namedrop_separator", "tagpass", "tagdrop",
+    "metricpass", "fieldinclude", "fieldexclude", "taginclude", "tagexclude",
+}
+# plugins/inputs/exec/README.md sample.conf.
+EXEC = {"commands", "environment", "timeout", "name_suffix", "ignore_error", "data_format"}
+# plugins/inputs/execd/README.md sample.conf.
+EXECD = {"command", "environment", "signal", "restart_delay", "data_format"}
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def seconds(text: str) -> float:
+    match = _DURATION.match(text)
+    assert match, f"not a Telegraf duration: {text!r}"
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def plugins(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    config = tomllib.loads(path.read_text(encoding="utf-8"))
+    assert set(config) == {"inputs"}, path
+    return [(name, table) for name, tables in config["inputs"].items() for table in tables]
+
+
+def test_three_snippets_are_shipped() -> None:
+    assert [p.name for p in SNIPPETS] == [
+        "qcow2-exec-legacy.conf", "qcow2-exec.conf", "qcow2-execd.conf"]
+
+
+@pytest.mark.parametrize("path", SNIPPETS, ids=lambda p: p.name)
+def test_keys_are_documented_options(path: Path) -> None:
+    for name, table in plugins(path):
+        allowed = {"exec": EXEC, "execd": EXECD}[name] | ANY_INPUT
+        assert set(table) <= allowed, (path.name, set(table) - allowed)
+        # exec's default data_format is "json": without this every line would be refused.
+        assert table["data_format"] == "influx"
+        # 500 images, one batch well within the interval; exec's timeout below it.
+        assert seconds(table["interval"]) >= 30
+        if name == "exec":
+            assert seconds(table["timeout"]) < seconds(table["interval"])
+
+
+def _argv(path: Path) -> list[list[str]]:
+    (name, table), = plugins(path)
+    if name == "execd":
+        assert table["signal"] == "STDIN"
+        return [table["command"]]
+    return [shlex.split(c) if isinstance(c, str) else c for c in table["commands"]]
+
+
+def test_exec_forms_per_version() -> None:
+    legacy = plugins(ROOT / "telegraf" / "qcow2-exec-legacy.conf")[0][1]["commands"]
+    argv = plugins(ROOT / "telegraf" / "qcow2-exec.conf")[0][1]["commands"]
+    # <= 1.38 accepts only strings; >= 1.39 the argv arrays. Both run the same command.
+    assert all(isinstance(command, str) for command in legacy)
+    assert all(isinstance(command, list) for command in argv)
+    assert [shlex.split(command) for command in legacy] == argv
+    execd = plugins(ROOT / "telegraf" / "qcow2-execd.conf")[0][1]["command"]
+    assert isinstance(execd, list) and "--execd" in execd
+
+
+@pytest.mark.parametrize("path", SNIPPETS, ids=lambda p: p.name)
+def test_commands_run_the_real_collector(path: Path, tmp_path: Path) -> None:
+    """Each command, with the installed script and a real image as target, prints points."""
+    image = tmp_path / "t.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    for argv in _argv(path):
+        assert Path(argv[0]).name == "qcow2-telegraf"
+        options = [arg for arg in argv[1:] if arg.startswith("--")]
+        proc = subprocess.run([str(SCRIPT), *options, str(image)], input=b"\n",
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(b"qcow2,"), proc.stdout
