@@ -2,7 +2,8 @@
 
     qcow2-analyze -f FILE [-o json|raw] [-v] [-H]        drop-in for the older Go tool
     qcow2-analyze info [--output human|json] [--backing-chain] FILE
-    qcow2-analyze usage [--output human|json] [--no-chain] TARGET...
+    qcow2-analyze usage [--output human|json] [--no-chain] [--no-live] [--libvirt-uri URI]
+                        [--qmp SOCKET]... TARGET...
     qcow2-analyze check | dump | measure ...            (see collectors/cli_check.py)
 
 Exit codes: 0 success; 1 a target could not be analysed; for `check` also 2 corruptions and
@@ -243,6 +244,11 @@ def usage_json(usage: ImageUsage) -> dict[str, Any]:
         "filename": usage.filename,
         "image_end_offset": usage.image_end_offset,
         "image_end_offset_source": usage.image_end_offset_source,
+        "live_end_offset": usage.live_end_offset,
+        "end_offset": usage.end_offset,
+        "end_offset_source": usage.end_offset_source,
+        "domain": usage.domain,
+        "disk": usage.disk,
         "container_type": c.kind,
         "container_size": c.size,
         "container_length": c.length,
@@ -305,9 +311,11 @@ def render_usage_human(result: UsageResult) -> str:
         c = usage.container
         flags = [name for name, on in (("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
                                        ("in-use", usage.in_use)) if on]
+        live = (f" [live: {usage.domain} {usage.disk}, on disk {usage.image_end_offset}]"
+                if usage.live_end_offset is not None else "")
         lines.append(
-            f"{prefix}{usage.filename}: end {usage.image_end_offset} "
-            f"({human_size(usage.image_end_offset)}) of {c.kind} {human_size(c.size)}, "
+            f"{prefix}{usage.filename}: end {usage.end_offset} "
+            f"({human_size(usage.end_offset)}){live} of {c.kind} {human_size(c.size)}, "
             f"{usage.usage_ratio * 100:.1f}% used, headroom {human_size(c.headroom)}, "
             f"fully allocated {human_size(usage.fully_allocated_size)}"
             + (f" [{', '.join(flags)}]" if flags else ""))
@@ -318,15 +326,23 @@ def render_usage_human(result: UsageResult) -> str:
 def run_usage(args: argparse.Namespace) -> int:
     out, err = sys.stdout, sys.stderr
     from .discovery import expand_targets
+    from .live import gather_live
+    from .selection import live_uri
 
     status = EXIT_OK
+    uri = live_uri(args)
+    live = gather_live(uri, args.qmp) if uri is not None or args.qmp else None
+    if live is not None and live.libvirt_note and args.libvirt_uri is not None:
+        print(f"{PROG}: note: {live.libvirt_note}", file=err)  # asked for by name: say why not
     results: list[UsageResult] = []
     for target in expand_targets(args.targets):
         if target.error is not None or target.path is None:
             error = target.error or Qcow2Error("no such target", structure="target")
             results.append(UsageResult(target.spec, None, (), error.with_filename(target.spec)))
         else:
-            results.append(analyze_usage(target.path, chain=not args.no_chain))
+            results.append(analyze_usage(target.path, chain=not args.no_chain, live=live))
+    if live is not None:
+        results += [UsageResult(e.filename or "--qmp", None, (), e) for e in live.errors]
     for result in results:
         if result.error is not None:
             report_error(result.error, err)
@@ -371,6 +387,9 @@ def build_parser() -> ArgumentParser:
                        help="do not analyse backing layers")
     usage.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image file, block device, glob or directory")
+    from .selection import add_live_arguments
+
+    add_live_arguments(usage)
     usage.set_defaults(handler=run_usage)
 
     from .cli_check import register

@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
-from .discovery import Target, dedupe_targets, expand_targets, running_images
+from .discovery import Target, dedupe_targets, expand_targets, scan_running
 from .errors import INVALID, IO_ERROR, Qcow2Error
+from .live import LiveView, gather_live
 from .model import (
     DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
@@ -73,8 +74,20 @@ class MetricSpec(NamedTuple):
 METRICS: dict[str, MetricSpec] = {
     "image_end_offset_bytes": MetricSpec(
         UNIT_BYTES,
-        "Host offset just past the last cluster the image uses (qemu-img check 'Image end "
-        "offset'): how much of its container the image occupies.",
+        "Host offset just past the last cluster the image's on-disk metadata uses (qemu-img "
+        "check 'Image end offset'); on a running VM it may lag behind live_end_offset_bytes.",
+        _INT,
+    ),
+    "live_end_offset_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Highest byte a running qemu has written to the image (libvirt allocation, QMP "
+        "wr_highest_offset); absent when no live source covers the image.",
+        _INT,
+    ),
+    "end_offset_bytes": MetricSpec(
+        UNIT_BYTES,
+        "How far the image really reaches: the larger of the on-disk image end offset and "
+        "the live end offset. Usage ratio and headroom count from this figure.",
         _INT,
     ),
     "container_size_bytes": MetricSpec(
@@ -86,11 +99,11 @@ METRICS: dict[str, MetricSpec] = {
     "headroom_bytes": MetricSpec(
         UNIT_BYTES,
         "Bytes the image can still grow before its container is full (device size minus "
-        "image end offset, or free space of the filesystem holding the file).",
+        "end offset, or free space of the filesystem holding the file).",
         _INT,
     ),
     "usage_ratio": MetricSpec(
-        UNIT_RATIO, "Image end offset divided by container size (0..1).", _FLOAT
+        UNIT_RATIO, "End offset divided by container size (0..1).", _FLOAT
     ),
     "fully_allocated_size_bytes": MetricSpec(
         UNIT_BYTES,
@@ -160,6 +173,9 @@ METRICS: dict[str, MetricSpec] = {
 
 INFO_METRIC = "image_info"
 
+# The target (and `path` label) of the error about qemu processes --running could not inspect.
+RUNNING_TARGET = "--running"
+
 # Error kind of an unexpected exception inside the core (a bug), beside errors.py's kinds.
 INTERNAL_ERROR = "internal-error"
 
@@ -207,6 +223,7 @@ class Collection:
     records: tuple[ImageRecord, ...]
     duration_seconds: float
     timestamp: float  # Unix time at the end of the run
+    notes: tuple[str, ...] = ()  # about the run, e.g. why libvirt gave no live figures
 
     @property
     def failed(self) -> tuple[ImageRecord, ...]:
@@ -256,7 +273,9 @@ def info_labels(record: ImageRecord) -> Labels:
             data_file=usage.external_data_file,
             encrypted=_bool_label(usage.encrypted),
             lazy_refcounts=_bool_label(usage.lazy_refcounts),
-            end_offset_source=usage.image_end_offset_source,
+            end_offset_source=usage.end_offset_source,
+            domain=usage.domain,
+            disk=usage.disk,
         )
     # Empty label values are dropped: Prometheus treats them as absent, line protocol forbids them.
     return tuple(sorted((k, valid_utf8(v)) for k, v in labels.items() if v))
@@ -271,6 +290,11 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
         container = usage.container
         values: list[tuple[str, MetricValue]] = [
             ("image_end_offset_bytes", usage.image_end_offset),
+        ]
+        if usage.live_end_offset is not None:
+            values.append(("live_end_offset_bytes", usage.live_end_offset))
+        values += [
+            ("end_offset_bytes", usage.end_offset),
             ("container_size_bytes", container.size),
             ("headroom_bytes", container.headroom),
             ("usage_ratio", usage.usage_ratio),
@@ -362,13 +386,13 @@ def _layer_error(layer: ChainLayer) -> Optional[Qcow2Error]:
 
 
 def _records_for(
-    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int
+    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int, live: Optional[LiveView]
 ) -> Iterator[ImageRecord]:
     if target.path is None:
         yield ImageRecord(target.spec, None, 0, None, None, target.error)
         return
     try:
-        result = analyze(target.path, chain=chain, max_depth=max_depth)
+        result = analyze(target.path, chain=chain, max_depth=max_depth, live=live)
     except Exception as exc:  # see _internal_error
         error = _internal_error(target.path, exc)
         yield ImageRecord(target.spec, target.path, 0, None, None, error)
@@ -406,8 +430,14 @@ def collect(
     chain: bool = False,
     check: bool = False,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    libvirt_uri: Optional[str] = None,
+    qmp: Sequence[str] = (),
 ) -> Collection:
     """Discover targets, analyse each (and its backing chain), optionally run the full check.
+
+    Live figures come from libvirt at `libvirt_uri` (None: not asked) and the QMP sockets
+    `qmp`; with `running`, the disks of libvirt's running domains come first, then those of
+    qemu processes outside libvirt.
 
     Never raises for image problems: a failing target is a record with `error` set and the others
     still report. Each image is reported once, by real path: a base shared by several overlays,
@@ -416,13 +446,23 @@ def collect(
     started = time.monotonic()
     analyze = _analyze_fn()
     check_fn = _check_fn() if check else None
+    live = gather_live(libvirt_uri, qmp) if libvirt_uri is not None or qmp else None
     targets = expand_targets(specs)
+    failed: list[ImageRecord] = []
+    if live is not None:
+        failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e)
+                   for e in live.errors]
     if running:
-        targets = dedupe_targets([*targets, *(Target(p, p) for p in running_images())])
+        scan = scan_running(live.libvirt_domains if live is not None else ())
+        found = [*(live.libvirt_paths if live is not None else ()), *scan.paths]
+        targets = dedupe_targets([*targets, *(Target(p, p) for p in found)])
+        if scan.uninspected:
+            failed.append(_uninspected_record(scan.uninspected))
     seen: set[tuple[str, Optional[int]]] = set()
     records: list[ImageRecord] = []
     for target in targets:
-        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth):
+        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth,
+                                   live=live):
             # A failed layer is keyed with its depth too: a chain looping back to its top names
             # an already reported file, and that loop must still be reported.
             name = os.path.realpath(record.path) if record.path else record.label_path
@@ -433,7 +473,21 @@ def collect(
             if check_fn is not None:
                 record = _with_check(record, check_fn)
             records.append(record)
-    return Collection(tuple(records), time.monotonic() - started, time.time())
+    records += failed
+    notes = (live.libvirt_note,) if live is not None and live.libvirt_note else ()
+    return Collection(tuple(records), time.monotonic() - started, time.time(), notes)
+
+
+def _uninspected_record(pids: Sequence[int]) -> ImageRecord:
+    # Never an OK with zero images: qemu processes whose images we cannot see are a failure of
+    # this run, reported like an image that could not be read.
+    shown = ", ".join(str(pid) for pid in pids[:10]) + (", ..." if len(pids) > 10 else "")
+    error = Qcow2Error(
+        f"{len(pids)} qemu process(es) not inspectable by this user (pid {shown}): their images "
+        "are not reported; let libvirt answer (read-only socket) or run as root",
+        structure="running qemu processes", kind=IO_ERROR, filename=None,
+    )
+    return ImageRecord(RUNNING_TARGET, None, 0, None, None, error)
 
 
 # --- sizes ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from .container import container_of, held_for_writing
 from .discovery import has_qcow2_magic
 from .errors import Qcow2Error, internal_error
 from .image import Qcow2Image
+from .live import LiveView, no_live_source_note
 from .measure import prealloc_size
 from .model import (
     DEFAULT_MAX_DEPTH,
@@ -71,21 +72,28 @@ def end_offset(image: Qcow2Image) -> tuple[int, str, tuple[str, ...]]:
     return image_end_offset_from_refcounts(image), SOURCE_REFCOUNTS, ()
 
 
-def image_usage(image: Qcow2Image) -> ImageUsage:
+def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsage:
     h = image.header
     end, source, notes = end_offset(image)
-    container = container_of(image.file, end)
+    live_disk = live.lookup(image.file.stat) if live is not None else None
+    live_end = live_disk.end_offset if live_disk is not None else None
+    container = container_of(image.file, max(end, live_end or 0))
     in_use = held_for_writing(image.file)
-    if in_use:
+    if live_disk is not None and live_disk.end_offset > end:
+        notes += (f"live end offset {live_disk.end_offset} ({live_disk.source}: "
+                  f"{live_disk.domain} {live_disk.disk}) is {live_disk.end_offset - end} bytes "
+                  "ahead of the on-disk figure: qemu has not yet written back its metadata",)
+    elif in_use and live_disk is None:
         notes += ("held for writing by a running qemu: on-disk metadata may lag behind the "
-                  "guest until its next flush",)
+                  "guest until its next flush; "
+                  + no_live_source_note(live.libvirt_note if live is not None else None),)
     bitmaps = image.bitmaps_extension
     return ImageUsage(
         filename=image.filename,
         image_end_offset=end,
         image_end_offset_source=source,
         container=container,
-        usage_ratio=end / container.size if container.size else 1.0,
+        usage_ratio=max(end, live_end or 0) / container.size if container.size else 1.0,
         fully_allocated_size=fully_allocated_size(image),
         virtual_size=h.size,
         cluster_size=h.cluster_size,
@@ -102,20 +110,23 @@ def image_usage(image: Qcow2Image) -> ImageUsage:
         snapshots=h.nb_snapshots,
         bitmaps=bitmaps.nb_bitmaps if bitmaps is not None else 0,
         notes=notes,
+        live_end_offset=live_end,
+        domain=live_disk.domain if live_disk is not None else None,
+        disk=live_disk.disk if live_disk is not None else None,
     )
 
 
-def analyze_image(path: str) -> ImageUsage:
-    """Usage of one image; raises Qcow2Error."""
+def analyze_image(path: str, live: Optional[LiveView] = None) -> ImageUsage:
+    """Usage of one image (with its live figure when `live` covers it); raises Qcow2Error."""
     with Qcow2Image.open(path) as image:
         try:
-            return image_usage(image)
+            return image_usage(image, live)
         except Qcow2Error as exc:
             raise exc.with_filename(path) from None
 
 
-def backing_chain(path: str, usage: ImageUsage,
-                  max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[ChainLayer, ...]:
+def backing_chain(path: str, usage: ImageUsage, max_depth: int = DEFAULT_MAX_DEPTH,
+                  live: Optional[LiveView] = None) -> tuple[ChainLayer, ...]:
     """Every backing layer below `path`: analysed, or reported missing / looping / protocol /
     too deep. Names are only ever paths: pseudo-protocols are reported, never opened."""
     layers: list[ChainLayer] = []
@@ -144,7 +155,7 @@ def backing_chain(path: str, usage: ImageUsage,
             if fmt not in (None, "qcow2") or not has_qcow2_magic(resolved):
                 layers.append(ChainLayer(depth, name, resolved, LAYER_NOT_QCOW2, fmt or "raw"))
                 break
-            layer_usage = analyze_image(resolved)
+            layer_usage = analyze_image(resolved, live)
         except OSError as exc:
             error = Qcow2Error(exc.strerror or str(exc), structure="backing file",
                                filename=resolved)
@@ -163,17 +174,17 @@ def backing_chain(path: str, usage: ImageUsage,
     return tuple(layers)
 
 
-def analyze_usage(path: str, *, chain: bool = True,
-                  max_depth: int = DEFAULT_MAX_DEPTH) -> UsageResult:
+def analyze_usage(path: str, *, chain: bool = True, max_depth: int = DEFAULT_MAX_DEPTH,
+                  live: Optional[LiveView] = None) -> UsageResult:
     """Usage of the image at `path` and (by default) its backing chain. Never raises for a
     bad image: the error is carried in the result."""
     try:
-        usage = analyze_image(path)
+        usage = analyze_image(path, live)
     except Qcow2Error as exc:
         return UsageResult(path, None, (), exc.with_filename(path))
     except Exception as exc:  # last resort: never let one image stop the others
         return UsageResult(path, None, (), internal_error(exc, path))
-    layers = backing_chain(path, usage, max_depth) if chain else ()
+    layers = backing_chain(path, usage, max_depth, live) if chain else ()
     return UsageResult(path, usage, layers, None)
 
 

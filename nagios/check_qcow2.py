@@ -50,7 +50,9 @@ MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lis
 # Perfdata: these usage figures, then (with --check) collectors.metrics.CHECK_METRICS.
 USAGE_PERFDATA_METRICS = (
     "usage_ratio",
+    "end_offset_bytes",
     "image_end_offset_bytes",
+    "live_end_offset_bytes",
     "container_size_bytes",
     "headroom_bytes",
 )
@@ -401,7 +403,7 @@ def _perf_item(metric: Metric, path: str, usage_size: Optional[int], limits: Thr
         warn = "" if limits.headroom_warning is None else f"{limits.headroom_warning}:"
         crit = "" if limits.headroom_critical is None else f"{limits.headroom_critical}:"
         return _perf(f"{path} {metric.name}", value, uom, warn, crit, "0", size)
-    if metric.name == "image_end_offset_bytes":
+    if metric.name in ("end_offset_bytes", "image_end_offset_bytes", "live_end_offset_bytes"):
         return _perf(f"{path} {metric.name}", value, uom, minimum="0", maximum=size)
     return _perf(f"{path} {metric.name}", value, uom, minimum="0")
 
@@ -446,7 +448,10 @@ def _image_line(verdict: Verdict, verbosity: int) -> str:
         container = usage.container
         parts.append(
             f"usage {percent_text(usage_percent(usage.usage_ratio))}% "
-            f"(end {human_size(usage.image_end_offset)} of {human_size(container.size)} "
+            f"(end {human_size(usage.end_offset)}"
+            + (clean_text(f" live from {usage.domain} {usage.disk}")
+               if usage.live_end_offset is not None else "")
+            + f" of {human_size(container.size)} "
             f"{container.kind} container, headroom {human_size(container.headroom)})"
         )
     parts.extend(problem.text for problem in verdict.problems)
@@ -460,7 +465,7 @@ def _image_line(verdict: Verdict, verbosity: int) -> str:
         detail = (
             f"qcow2 v{usage.qcow_version}, virtual {human_size(usage.virtual_size)}, "
             f"cluster {human_size(usage.cluster_size)}, end offset from "
-            f"{usage.image_end_offset_source}, "
+            f"{usage.end_offset_source}, "
             f"fully allocated {human_size(usage.fully_allocated_size)}"
         )
         if flags:

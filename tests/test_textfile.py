@@ -63,7 +63,7 @@ def test_golden_file() -> None:
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8")
     assert text.endswith("\n")
-    assert validate(text) == 43
+    assert validate(text) == 45  # 43 + end_offset_bytes of 2 images
 
 
 def test_golden_file_reads_back_with_the_model_values() -> None:
