@@ -9,6 +9,7 @@ end: domains destroyed, libvirtd and qemu killed, loop devices detached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -109,13 +110,12 @@ class Libvirt:
             self.domains.remove(name)
 
     def allocation(self, domain: str, target: str) -> int:
-        """libvirt's own figure for one disk (domblkinfo: "Allocation:")."""
-        out = run(["virsh", "-r", "-c", self.ro_uri, "domblkinfo", domain, target]).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Allocation":
-                return int(value.split()[0])
-        raise AssertionError(f"no Allocation in domblkinfo output: {out!r}")
+        """libvirt's block.N.allocation of the disk `target` (its top layer)."""
+        out = run(["virsh", "-r", "-c", self.ro_uri, "domstats", "--block", domain]).stdout
+        values = dict(line.strip().split("=", 1) for line in out.splitlines() if "=" in line)
+        index = next(k.split(".")[1] for k, v in values.items()
+                     if k.endswith(".name") and v == target)
+        return int(values[f"block.{index}.allocation"])
 
     def losetup(self, image: Path) -> str:
         device = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
@@ -256,7 +256,5 @@ def start_qemu_qmp(directory: Path, image: Path) -> QemuQmp:
 def stop_qemu(qemu: Optional[QemuQmp]) -> None:
     if qemu is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(qemu.pid, signal.SIGKILL)  # -daemonize: not our child, nothing to wait for
-    except ProcessLookupError:
-        pass
