@@ -155,9 +155,14 @@ def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess[
     """Run `argv` for at most `timeout` seconds. On timeout its whole process group is killed:
     a child that kept our pipes open would otherwise make the wait hang after all."""
     env = dict(os.environ, LC_ALL="C")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    # Not subprocess.DEVNULL, which opens /dev/null read-write: nothing here opens for writing.
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    try:
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+    finally:
+        os.close(stdin)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -5,34 +5,25 @@ once, what is *exported* about it: metric names, units, help texts and labels. A
 change syntax (Prometheus prefixes ``qcow2_``, Telegraf turns metrics into fields of one line),
 so a series means the same thing whichever agent collected it.
 
-Kept light on purpose: the Nagios plugin imports this module on every check, so the core
-(which may use numpy) and psutil are imported only when :func:`collect` runs, and jinja2 /
-prometheus_client never.
+Collecting the records is :mod:`collectors.collect`'s job. Kept light on purpose: the Nagios
+plugin imports this module on every check, so it imports no numpy, psutil, jinja2 or
+prometheus_client.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Union
 
-from .discovery import Target, dedupe_targets, expand_targets, scan_running
-from .errors import INVALID, IO_ERROR, Qcow2Error
-from .live import LiveView, gather_live
+from .errors import Qcow2Error
 from .model import (
-    DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
-    LAYER_LOOP,
-    LAYER_MISSING,
     LAYER_OK,
-    LAYER_TOO_DEEP,
-    ChainLayer,
     CheckResult,
     ImageUsage,
-    UsageResult,
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -172,12 +163,6 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 INFO_METRIC = "image_info"
-
-# The target (and `path` label) of the error about qemu processes --running could not inspect.
-RUNNING_TARGET = "--running"
-
-# Error kind of an unexpected exception inside the core (a bug), beside errors.py's kinds.
-INTERNAL_ERROR = "internal-error"
 
 
 @dataclass(frozen=True)
@@ -335,159 +320,6 @@ def error_text(record: ImageRecord) -> Optional[str]:
         return None
     # One line for log collectors: a file name may contain newlines.
     return valid_utf8(str(record.error)).replace("\n", "\\n").replace("\r", "\\r")
-
-
-# --- collecting ---------------------------------------------------------------------------
-
-AnalyzeFn = Callable[..., UsageResult]
-CheckFn = Callable[..., CheckResult]
-
-# Layer states that mean "this layer should have been analysed and was not". Protocol layers and
-# raw bases are reported as they are, not as failures (model.LAYER_*).
-_FAILED_LAYER_STATES = {LAYER_MISSING, LAYER_LOOP, LAYER_TOO_DEEP, LAYER_ERROR}
-
-
-# The core is imported lazily (it may pull in numpy): see the module docstring.
-def _analyze_fn() -> AnalyzeFn:
-    from .usage import analyze_usage
-
-    return analyze_usage
-
-
-def _check_fn() -> CheckFn:
-    from .check import check_image
-
-    return check_image
-
-
-def _internal_error(path: str, exc: BaseException) -> Qcow2Error:
-    # One image must never blind the monitoring of all others: an unexpected exception becomes
-    # this image's scrape error, with its type so that the bug can be reported.
-    kind = IO_ERROR if isinstance(exc, OSError) else INTERNAL_ERROR
-    return Qcow2Error(
-        f"{type(exc).__name__}: {exc}", structure="collector", kind=kind, filename=path
-    )
-
-
-def _layer_error(layer: ChainLayer) -> Optional[Qcow2Error]:
-    # The core reports missing / looping / too-deep layers by status alone; exporters need an
-    # error with a message for them all the same.
-    if layer.error is not None or layer.status not in _FAILED_LAYER_STATES:
-        return layer.error
-    kind = IO_ERROR if layer.status == LAYER_MISSING else INVALID
-    message = {
-        LAYER_MISSING: f"backing file {layer.name!r} not found",
-        LAYER_LOOP: f"backing file {layer.name!r} loops back into the chain",
-        LAYER_TOO_DEEP: f"backing chain deeper than the limit at {layer.name!r}",
-    }.get(layer.status, f"backing layer {layer.status}")
-    return Qcow2Error(
-        message, structure="backing chain", kind=kind, filename=layer.path or layer.name
-    )
-
-
-def _records_for(
-    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int, live: Optional[LiveView]
-) -> Iterator[ImageRecord]:
-    if target.path is None:
-        yield ImageRecord(target.spec, None, 0, None, None, target.error)
-        return
-    try:
-        result = analyze(target.path, chain=chain, max_depth=max_depth, live=live)
-    except Exception as exc:  # see _internal_error
-        error = _internal_error(target.path, exc)
-        yield ImageRecord(target.spec, target.path, 0, None, None, error)
-        return
-    yield ImageRecord(target.spec, target.path, 0, result.usage, None, result.error)
-    for layer in result.chain:
-        yield ImageRecord(
-            target.spec,
-            layer.path,
-            layer.depth,
-            layer.usage,
-            None,
-            _layer_error(layer),
-            status=layer.status,
-            name=layer.name,
-        )
-
-
-def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:
-    if record.usage is None or record.path is None or record.error is not None:
-        return record
-    try:
-        result = check_fn(record.path)
-    except Qcow2Error as exc:
-        return replace(record, error=exc)
-    except Exception as exc:  # see _internal_error
-        return replace(record, error=_internal_error(record.path, exc))
-    return replace(record, check=result)
-
-
-def collect(
-    specs: Sequence[str],
-    *,
-    running: bool = False,
-    chain: bool = False,
-    check: bool = False,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-    libvirt_uri: Optional[str] = None,
-    qmp: Sequence[str] = (),
-) -> Collection:
-    """Discover targets, analyse each (and its backing chain), optionally run the full check.
-
-    Live figures come from libvirt at `libvirt_uri` (None: not asked) and the QMP sockets
-    `qmp`; with `running`, the disks of libvirt's running domains come first, then those of
-    qemu processes outside libvirt.
-
-    Never raises for image problems: a failing target is a record with `error` set and the others
-    still report. Each image is reported once, by real path: a base shared by several overlays,
-    or also named as a target, keeps the depth at which it was first met.
-    """
-    started = time.monotonic()
-    analyze = _analyze_fn()
-    check_fn = _check_fn() if check else None
-    live = gather_live(libvirt_uri, qmp) if libvirt_uri is not None or qmp else None
-    targets = expand_targets(specs)
-    failed: list[ImageRecord] = []
-    if live is not None:
-        failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e)
-                   for e in live.errors]
-    if running:
-        scan = scan_running(live.libvirt_domains if live is not None else ())
-        found = [*(live.libvirt_paths if live is not None else ()), *scan.paths]
-        targets = dedupe_targets([*targets, *(Target(p, p) for p in found)])
-        if scan.uninspected:
-            failed.append(_uninspected_record(scan.uninspected))
-    seen: set[tuple[str, Optional[int]]] = set()
-    records: list[ImageRecord] = []
-    for target in targets:
-        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth,
-                                   live=live):
-            # A failed layer is keyed with its depth too: a chain looping back to its top names
-            # an already reported file, and that loop must still be reported.
-            name = os.path.realpath(record.path) if record.path else record.label_path
-            key = (name, record.depth if record.error is not None else None)
-            if key in seen:
-                continue
-            seen.add(key)
-            if check_fn is not None:
-                record = _with_check(record, check_fn)
-            records.append(record)
-    records += failed
-    notes = (live.libvirt_note,) if live is not None and live.libvirt_note else ()
-    return Collection(tuple(records), time.monotonic() - started, time.time(), notes)
-
-
-def _uninspected_record(pids: Sequence[int]) -> ImageRecord:
-    # Never an OK with zero images: qemu processes whose images we cannot see are a failure of
-    # this run, reported like an image that could not be read.
-    shown = ", ".join(str(pid) for pid in pids[:10]) + (", ..." if len(pids) > 10 else "")
-    error = Qcow2Error(
-        f"{len(pids)} qemu process(es) not inspectable by this user (pid {shown}): their images "
-        "are not reported; let libvirt answer (read-only socket) or run as root",
-        structure="running qemu processes", kind=IO_ERROR, filename=None,
-    )
-    return ImageRecord(RUNNING_TARGET, None, 0, None, None, error)
 
 
 # --- sizes ----------------------------------------------------------------------------------

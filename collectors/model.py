@@ -153,13 +153,3 @@ class CheckResult:
     dirty_bit: bool = False
     notes: tuple[str, ...] = field(default=())
 
-    @property
-    def exit_code(self) -> int:
-        """qemu-img check's exit code: 1 check errors, 2 corruptions, 3 leaks only, 0 clean."""
-        if self.check_errors:
-            return 1
-        if self.corruptions:
-            return 2
-        if self.leaks:
-            return 3
-        return 0

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Union
 
+from .collect import collect
 from .live import DEFAULT_LIBVIRT_URI
-from .metrics import Collection, collect
+from .metrics import Collection
 from .model import DEFAULT_MAX_DEPTH
 
 MAX_DEPTH_LIMIT = 256

@@ -4,7 +4,6 @@ located findings."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import subprocess
@@ -12,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from analyze.check import check_json, exit_code
+from analyze.main import main
 from collectors import layout as L
 from collectors.check import check, check_image, image_end_offset_by_walk
-from collectors.cli_check import check_json, register
 from collectors.errors import Qcow2Error
 from collectors.image import Qcow2Image
 from collectors.usage import analyze_image
@@ -38,7 +38,7 @@ def qemu_check(args: list[str]) -> tuple[dict, int]:
 
 def ours_json(path: Path) -> tuple[dict, int]:
     result = check_image(str(path))
-    return check_json(result, str(path)), result.exit_code
+    return check_json(result, str(path)), exit_code(result)
 
 
 def assert_same(ours: dict, qemu: dict) -> None:
@@ -101,7 +101,7 @@ def test_located_l1_reserved_bits(damaged_by_name: dict[str, DamagedImage]) -> N
 
 def test_unaligned_refblock_is_check_error(damaged_by_name: dict[str, DamagedImage]) -> None:
     result = check_image(str(damaged_by_name["mixed--refcount-block-unaligned"].path))
-    assert result.exit_code == 1 and result.check_errors > 0
+    assert exit_code(result) == 1 and result.check_errors > 0
     kinds = {f.kind: f for f in result.findings}
     assert kinds["unaligned-refcount-block"].location == "refcount table entry 0"
     assert kinds["refcount-unreadable"].found == result.check_errors
@@ -122,7 +122,7 @@ def test_extended_l2_bitmap_damage(damaged_by_name: dict[str, DamagedImage]) -> 
 
 def test_leak_advice(damaged_by_name: dict[str, DamagedImage]) -> None:
     result = check_image(str(damaged_by_name["mixed--leaked-cluster-appended"].path))
-    assert result.exit_code == 3
+    assert exit_code(result) == 3
     (leak,) = result.findings
     assert leak.kind == "leak" and "qemu-img check -r leaks" in leak.advice
 
@@ -208,15 +208,12 @@ def test_huge_sparse_is_fast(corpus: list[CorpusImage]) -> None:
     with Qcow2Image.open(str(img.path)) as image:
         result = check(image)
     assert time.monotonic() - start < 1.0
-    assert result.exit_code == 0
+    assert exit_code(result) == 0
 
 
 def _cli(argv: list[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
     out, err = io.StringIO(), io.StringIO()
-    code = args.handler(args, out, err)
+    code = main(argv, out, err)
     return code, out.getvalue(), err.getvalue()
 
 

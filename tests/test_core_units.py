@@ -138,8 +138,8 @@ def test_core_imports_no_adapter() -> None:
 
 
 def test_usage_path_imports_nothing_heavy() -> None:
-    code = ("import sys; from collectors import cli; "
-            "cli.build_parser(); "
+    code = ("import sys; from analyze import main; "
+            "main.build_parser(); "
             "heavy = {'numpy', 'jinja2', 'prometheus_client'} & set(sys.modules); "
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

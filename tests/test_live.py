@@ -56,7 +56,7 @@ def tool(module: str, *args: str, env: dict[str, str] | None = None,
 
 
 def usage_json(*args: str, **kwargs: Any) -> list[dict[str, Any]]:
-    proc = tool("collectors.cli", "usage", "--output", "json", *args, **kwargs)
+    proc = tool("analyze", "usage", "--output", "json", *args, **kwargs)
     assert proc.returncode == 0, proc.stderr
     return list(json.loads(proc.stdout))
 
@@ -240,7 +240,7 @@ def test_socket_that_is_not_qmp_is_a_target_error(tmp_path: Path, greeting: byte
     server = _Server(tmp_path / "s.sock", greeting)
     try:
         started = time.monotonic()
-        proc = tool("collectors.cli", "usage", "--output", "json", "--no-live", "--qmp",
+        proc = tool("analyze", "usage", "--output", "json", "--no-live", "--qmp",
                     str(tmp_path / "s.sock"), str(image))
         elapsed = time.monotonic() - started
     finally:
@@ -259,12 +259,12 @@ def test_socket_that_is_not_qmp_is_a_target_error(tmp_path: Path, greeting: byte
 def test_virsh_missing_libvirt_down_or_slow(tmp_path: Path, vm: dict[str, str]) -> None:
     image = make_image(tmp_path / "i.qcow2", "16M")
     env = dict(os.environ, PATH=str(tmp_path / "empty"))
-    proc = tool("collectors.cli", "usage", "--libvirt-uri", "qemu:///system", str(image),
+    proc = tool("analyze", "usage", "--libvirt-uri", "qemu:///system", str(image),
                 env=env)
     assert proc.returncode == 0 and "virsh not found" in proc.stderr
     assert str(image) in proc.stdout
 
-    proc = tool("collectors.cli", "usage", "--libvirt-uri",
+    proc = tool("analyze", "usage", "--libvirt-uri",
                 f"qemu+unix:///system?socket={tmp_path}/no-such-sock", str(image))
     assert proc.returncode == 0 and "failed to connect" in proc.stderr
 

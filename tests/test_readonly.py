@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from collectors import cli
+from analyze import main as cli
 from collectors.usage import analyze_usage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def test_analysis_changes_nothing_not_even_atime(tmp_path: Path) -> None:
     os.utime(image, ns=(old, os.stat(image).st_mtime_ns))
     before = fingerprint(image)
     for args in all_commands(image):
-        proc = subprocess.run([sys.executable, "-m", "collectors.cli", *args], cwd=REPO,
+        proc = subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, (args, proc.stderr)
     assert fingerprint(image) == before
@@ -109,11 +109,11 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
         assert usage is not None and any("running qemu" in note for note in usage.notes)
         # Analyse repeatedly while it runs: every command succeeds, nothing is refused.
         for args in all_commands(image):
-            assert subprocess.run([sys.executable, "-m", "collectors.cli", *args], cwd=REPO,
+            assert subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
                                   capture_output=True, timeout=120).returncode in (0, 3), args
         # The check runs on an image in use (qemu-img check would refuse without -U) and says
         # that what it finds may be transient.
-        check = subprocess.run([sys.executable, "-m", "collectors.cli", "check", "--output",
+        check = subprocess.run([sys.executable, "-m", "analyze", "check", "--output",
                                 "json", str(image)], cwd=REPO, capture_output=True, text=True,
                                timeout=120)
         assert any("held for writing" in note

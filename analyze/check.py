@@ -1,4 +1,4 @@
-"""The `check`, `dump` and `measure` subcommands of qcow2-analyze.
+"""`qcow2-analyze check`.
 
 `check` prints what `qemu-img check` prints (human summary, or its JSON keys with qemu's
 presence rules) plus located findings, and exits like it: 0 clean, 1 could not check,
@@ -10,20 +10,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any, Optional, TextIO
 
-from . import layout as L
-from .errors import EXIT_CORRUPTIONS, EXIT_FAILED, EXIT_LEAKS, EXIT_OK, Qcow2Error
-from .image import Qcow2Image
-from .model import CheckResult, Finding
+from collectors import layout as L
+from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from collectors.image import Qcow2Image
+from collectors.model import CheckResult, Finding
+
+from .common import report_error
+
+# qemu-img check's exit codes beside the common ones.
+EXIT_CORRUPTIONS = 2
+EXIT_LEAKS = 3
 
 DEFAULT_MAX_FINDINGS = 100
 MAX_CHAIN_DEPTH = 32
 
 
 def register(subparsers: Any) -> None:
-    """Add check, dump and measure to the lead CLI's subparsers."""
+    """Add check to the lead parser's subparsers."""
     check = subparsers.add_parser(
         "check", help="full consistency check, equal to `qemu-img check` (read-only)")
     check.add_argument("--output", choices=["human", "json"], default="human")
@@ -34,20 +39,16 @@ def register(subparsers: Any) -> None:
     check.add_argument("file")
     check.set_defaults(handler=run_check)
 
-    dump = subparsers.add_parser("dump", help="dump L1/L2/refcount/snapshot/bitmap tables")
-    dump.add_argument("--what", choices=["l1", "l2", "refcount", "snapshots", "bitmaps"],
-                      required=True)
-    dump.add_argument("--output", choices=["human", "json"], default="human")
-    dump.add_argument("--limit", type=int, default=1000, metavar="N",
-                      help="at most N entries per list (default 1000)")
-    dump.add_argument("file")
-    dump.set_defaults(handler=run_dump)
 
-    measure = subparsers.add_parser(
-        "measure", help="what `qemu-img measure -O qcow2` reports (required, fully allocated)")
-    measure.add_argument("--output", choices=["human", "json"], default="human")
-    measure.add_argument("file")
-    measure.set_defaults(handler=run_measure)
+def exit_code(result: CheckResult) -> int:
+    """qemu-img check's exit code: 1 check errors, 2 corruptions, 3 leaks only, 0 clean."""
+    if result.check_errors:
+        return EXIT_FAILED
+    if result.corruptions:
+        return EXIT_CORRUPTIONS
+    if result.leaks:
+        return EXIT_LEAKS
+    return EXIT_OK
 
 
 # -- check -----------------------------------------------------------------------------------
@@ -118,13 +119,9 @@ def check_human(result: CheckResult) -> str:
     return "".join(out)
 
 
-def _error_line(exc: Qcow2Error, err: TextIO) -> None:
-    print(f"qcow2-analyze: {exc}", file=err)
-
-
 def _chain_paths(path: str) -> list[tuple[str, Optional[str], Optional[Qcow2Error]]]:
     """(path, format, error) of the image and each backing layer, top first."""
-    from .usage import backing_path, has_protocol
+    from collectors.usage import backing_path, has_protocol
 
     layers: list[tuple[str, Optional[str], Optional[Qcow2Error]]] = [(path, "qcow2", None)]
     seen = {os.path.realpath(path)}
@@ -177,12 +174,9 @@ def _worst(codes: list[int]) -> int:
     return EXIT_OK
 
 
-def run_check(args: argparse.Namespace, out: Optional[TextIO] = None,
-              err: Optional[TextIO] = None) -> int:
-    from .check import check_image  # numpy only for this command
+def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from collectors.check import check_image  # numpy only for this command
 
-    out = out or sys.stdout
-    err = err or sys.stderr
     layers = _chain_paths(args.file) if args.chain else [(args.file, "qcow2", None)]
     reports: list[dict[str, Any]] = []
     codes = []
@@ -194,7 +188,7 @@ def run_check(args: argparse.Namespace, out: Optional[TextIO] = None,
             except Qcow2Error as exc:
                 error = exc.with_filename(path)
         if error is not None:
-            _error_line(error, err)
+            report_error(error, err)
             codes.append(EXIT_FAILED)
             reports.append({"filename": path, "depth": depth, "error": str(error)})
             if args.output == "human" and args.chain:
@@ -207,7 +201,7 @@ def run_check(args: argparse.Namespace, out: Optional[TextIO] = None,
             if args.output == "human":
                 out.write(f"\n== {path} ({fmt}): not qcow2, nothing to check\n")
             continue
-        codes.append(result.exit_code)
+        codes.append(exit_code(result))
         data = check_json(result, path)
         if args.chain:
             data["depth"] = depth
@@ -222,47 +216,3 @@ def run_check(args: argparse.Namespace, out: Optional[TextIO] = None,
         elif "error" not in reports[0]:
             out.write(json.dumps(reports[0], indent=4) + "\n")
     return _worst(codes)
-
-
-# -- dump / measure --------------------------------------------------------------------------
-def run_dump(args: argparse.Namespace, out: Optional[TextIO] = None,
-             err: Optional[TextIO] = None) -> int:
-    from .dump import dump, render_human
-
-    out = out or sys.stdout
-    try:
-        with Qcow2Image.open(args.file) as image:
-            data = dump(image, args.what, limit=max(0, args.limit))
-    except Qcow2Error as exc:
-        _error_line(exc.with_filename(args.file), err or sys.stderr)
-        return EXIT_FAILED
-    if args.output == "json":
-        out.write(json.dumps(data, indent=2) + "\n")
-    else:
-        out.write(render_human(data))
-    return EXIT_OK
-
-
-def run_measure(args: argparse.Namespace, out: Optional[TextIO] = None,
-                err: Optional[TextIO] = None) -> int:
-    from .measure import measure_image
-
-    out = out or sys.stdout
-    try:
-        with Qcow2Image.open(args.file) as image:
-            data = measure_image(image, path=args.file)
-    except Qcow2Error as exc:
-        _error_line(exc.with_filename(args.file), err or sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
-        _error_line(Qcow2Error(exc.strerror or str(exc), structure="backing file",
-                               filename=args.file), err or sys.stderr)
-        return EXIT_FAILED
-    if args.output == "json":
-        out.write(json.dumps(data, indent=4) + "\n")
-    else:
-        out.write(f"required size: {data['required']}\n"
-                  f"fully allocated size: {data['fully-allocated']}\n")
-        if "bitmaps" in data:
-            out.write(f"bitmaps size: {data['bitmaps']}\n")
-    return EXIT_OK
