@@ -337,3 +337,26 @@ def test_unprivileged_running_sees_domains_and_refuses_ok_for_hidden_qemu(
 
     lines = tool("telegraf.qcow2_telegraf", "--running", *uri, user="nobody").stdout
     assert "path=--running" in lines and "scrape_error=1i" in lines
+
+
+def test_running_as_root_takes_libvirt_disks_first(
+        libvirt: Libvirt, vm: dict[str, str], qemu: QemuQmp) -> None:
+    from collectors.collect import RUNNING_TARGET, collect
+
+    collection = collect([], running=True, libvirt_uri=libvirt.ro_uri)
+    paths = [record.path for record in collection.records]
+    # domstats order: sda, sdb, sdc and sdc's backing layer; then qemu outside libvirt.
+    assert paths[:4] == [vm["file"], vm["block"], vm["overlay"], vm["base"]]
+    assert str(qemu.image) in paths[4:]
+    assert RUNNING_TARGET not in [record.target for record in collection.records]
+    assert collection.notes == ()
+    by_path = {record.path: record.usage for record in collection.records}
+    top = by_path[vm["file"]]
+    assert top is not None and top.domain == "vm1"
+    assert top.live_end_offset == libvirt.allocation("vm1", "sda")
+
+    down = collect([vm["file"]], libvirt_uri=f"qemu+unix:///system?socket={libvirt.directory}/x")
+    assert "failed to connect" in down.notes[0]
+    usage = down.records[0].usage
+    assert usage is not None and usage.live_end_offset is None
+    assert any("no live source covers it" in note for note in usage.notes)
