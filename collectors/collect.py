@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from .discovery import Target, dedupe_targets, expand_targets, scan_running
 from .errors import INTERNAL, INVALID, IO_ERROR, Qcow2Error
-from .live import LiveView, gather_live
+from .live import LiveView, gather_live, no_live_source_note
 from .metrics import Collection, ImageRecord
 from .model import (
     DEFAULT_MAX_DEPTH,
@@ -164,8 +164,19 @@ def collect(
                 record = _with_check(record, check_fn)
             records.append(record)
     records += failed
-    notes = (live.libvirt_note,) if live is not None and live.libvirt_note else ()
-    return Collection(tuple(records), time.monotonic() - started, time.time(), notes)
+    return Collection(tuple(records), time.monotonic() - started, time.time(),
+                      _run_notes(records, live))
+
+
+def _run_notes(records: Sequence[ImageRecord], live: Optional[LiveView]) -> tuple[str, ...]:
+    # Said once per run, and only when it matters: images being written whose figures may lag.
+    # A host without libvirt that monitors images at rest hears nothing.
+    lagging = [r for r in records
+               if r.usage is not None and r.usage.in_use and r.usage.live_end_offset is None]
+    if live is None or not lagging:
+        return ()
+    return (f"{len(lagging)} image(s) held for writing by a running qemu have only on-disk "
+            f"figures, which may lag; {no_live_source_note(live.libvirt_note)}",)
 
 
 def _uninspected_record(pids: Sequence[int]) -> ImageRecord:

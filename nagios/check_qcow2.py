@@ -551,6 +551,7 @@ def render(collection: Collection, limits: Thresholds, verbosity: int = 0,
     # Long output is worth its lines only when it says more than the first line.
     if len(verdicts) > 1 or verbosity >= 1:
         lines.extend(_image_line(verdict, verbosity) for verdict in verdicts)
+    lines.extend(clean_text(f"note: {note}") for note in collection.notes)
     return state, "\n".join(lines) + "\n"
 
 
