@@ -126,8 +126,8 @@ def collect(
     """Discover targets, analyse each (and its backing chain), optionally run the full check.
 
     Live figures come from libvirt at `libvirt_uri` (None: not asked) and the QMP sockets
-    `qmp`; with `running`, the disks of libvirt's running domains come first, then those of
-    qemu processes outside libvirt.
+    `qmp`; with `running`, the disks these name come first (libvirt's running domains, then
+    the QMP qemus), then those of other qemu processes found through /proc.
 
     Never raises for image problems: a failing target is a record with `error` set and the others
     still report. Each image is reported once, by real path: a base shared by several overlays,
@@ -143,8 +143,12 @@ def collect(
         failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e)
                    for e in live.errors]
     if running:
-        scan = scan_running(live.libvirt_domains if live is not None else ())
-        found = [*(live.libvirt_paths if live is not None else ()), *scan.paths]
+        if live is not None:
+            scan = scan_running(live.libvirt_domains, live.qmp_pids)
+            found = [*live.paths, *scan.paths]
+        else:
+            scan = scan_running()
+            found = scan.paths
         targets = dedupe_targets([*targets, *(Target(p, p) for p in found)])
         if scan.uninspected:
             failed.append(_uninspected_record(scan.uninspected))

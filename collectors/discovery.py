@@ -172,16 +172,18 @@ def _libvirt_guest(cmdline: Optional[Sequence[str]]) -> Optional[str]:
     return None
 
 
-def scan_running(covered_guests: Iterable[str] = ()) -> RunningScan:
+def scan_running(covered_guests: Iterable[str] = (),
+                 covered_pids: Iterable[int] = ()) -> RunningScan:
     """Every qcow2 image (backing layers included) held open by a running qemu process.
 
     Sorted by path so that the output order, and anything derived from it, is stable between
     runs. A qemu we may not inspect is listed in `uninspected`, unless it is the process of a
-    libvirt domain in `covered_guests` (libvirt has named its disks already).
+    libvirt domain in `covered_guests` or a qemu in `covered_pids` (a live source has named
+    its disks already).
     """
     import psutil  # imported here: the Nagios plugin imports this module and must stay light
 
-    guests = set(covered_guests)
+    guests, pids = set(covered_guests), set(covered_pids)
     found: dict[str, str] = {}
     uninspected: list[int] = []
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
@@ -190,7 +192,8 @@ def scan_running(covered_guests: Iterable[str] = ()) -> RunningScan:
                 continue
             files = [f.path for f in proc.open_files()]
         except psutil.AccessDenied:
-            if _libvirt_guest(proc.info["cmdline"]) not in guests:
+            covered = proc.info["pid"] in pids or _libvirt_guest(proc.info["cmdline"]) in guests
+            if not covered:
                 uninspected.append(proc.info["pid"])
             continue
         except (psutil.NoSuchProcess, psutil.ZombieProcess):

@@ -21,6 +21,7 @@ for a regular file, the device number for a block device, so ``/dev/vg/lv``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,8 +83,11 @@ class LiveView:
     """Everything the live sources said in one run."""
 
     disks: dict[DiskIdentity, LiveDisk] = field(default_factory=dict)
+    # Disks that the sources named (libvirt's running domains first, then QMP), in order, and
+    # the qemu processes they answered for: --running needs not inspect those itself.
+    paths: list[str] = field(default_factory=list)
     libvirt_domains: set[str] = field(default_factory=set)
-    libvirt_paths: list[str] = field(default_factory=list)  # running domains' disks, in order
+    qmp_pids: set[int] = field(default_factory=set)
     libvirt_note: Optional[str] = None  # why libvirt gave nothing, when it did not answer
     errors: list[Qcow2Error] = field(default_factory=list)  # --qmp sockets that failed
 
@@ -92,6 +96,8 @@ class LiveView:
         return self.disks.get(key) if key is not None else None
 
     def add(self, disk: LiveDisk) -> None:
+        if disk.path not in self.paths:
+            self.paths.append(disk.path)
         key = identity_of_path(disk.path)
         if key is None:
             return  # gone meanwhile, or not ours to stat: it cannot match an image either
@@ -166,7 +172,8 @@ def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess[
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
@@ -194,8 +201,6 @@ def read_libvirt(view: LiveView, uri: str, timeout: float = LIBVIRT_TIMEOUT) -> 
         return
     for disk in parse_domstats(done.stdout):
         view.libvirt_domains.add(disk.domain)
-        if disk.path not in view.libvirt_paths:
-            view.libvirt_paths.append(disk.path)
         view.add(disk)
 
 
@@ -268,9 +273,9 @@ class _QmpConnection:
             return answer["return"]
 
 
-def qmp_disks(path: str, timeout: float = QMP_TIMEOUT) -> list[LiveDisk]:
-    """Every file or host_device node of the qemu behind QMP socket `path` with its
-    wr_highest_offset. Raises Qcow2Error naming the socket."""
+def qmp_disks(path: str, timeout: float = QMP_TIMEOUT) -> tuple[Optional[int], list[LiveDisk]]:
+    """The pid of the qemu behind QMP socket `path`, and every file or host_device node of it
+    with its wr_highest_offset. Raises Qcow2Error naming the socket."""
     try:
         conn = _QmpConnection(path, timeout)
     except OSError as exc:
@@ -286,7 +291,7 @@ def qmp_disks(path: str, timeout: float = QMP_TIMEOUT) -> list[LiveDisk]:
         raise _qmp_error(path, text or type(exc).__name__) from None
     finally:
         conn.close()
-    return list(_qmp_match(path, pid, stats, nodes))
+    return pid, list(_qmp_match(path, pid, stats, nodes))
 
 
 def _qmp_error(path: str, text: str) -> Qcow2Error:
@@ -321,8 +326,12 @@ def gather_live(libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = (), *,
         view.libvirt_note = "live figures off (--no-live)"
     for path in qmp_sockets:
         try:
-            for disk in qmp_disks(path, qmp_timeout):
-                view.add(disk)
+            pid, disks = qmp_disks(path, qmp_timeout)
         except Qcow2Error as exc:
             view.errors.append(exc)
+            continue
+        if pid is not None:
+            view.qmp_pids.add(pid)
+        for disk in disks:
+            view.add(disk)
     return view

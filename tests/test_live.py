@@ -340,6 +340,16 @@ def test_unprivileged_running_sees_domains_and_refuses_ok_for_hidden_qemu(
     hidden = proc.stdout.split("not inspectable by this user (pid ", 1)[1].split(")")[0]
     assert vm1_pid not in hidden.split(", ")
 
+    # With its QMP socket open to nobody, that qemu is covered too: its image is reported with
+    # the live figure, and it no longer counts as uninspectable.
+    qemu.socket.chmod(0o777)
+    proc = tool("nagios.check_qcow2", "--running", *uri, "--qmp", str(qemu.socket), "-v",
+                user="nobody")
+    assert f"live from qemu {qemu.pid} f0" in proc.stdout, proc.stdout
+    if "not inspectable by this user" in proc.stdout:  # other users' qemu may run meanwhile
+        hidden = proc.stdout.split("not inspectable by this user (pid ", 1)[1].split(")")[0]
+        assert str(qemu.pid) not in hidden.split(", ")
+
     out = libvirt.directory / "textfile"  # reachable by nobody, unlike tmp_path
     out.mkdir()
     out.chmod(0o777)
