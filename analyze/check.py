@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+from contextlib import closing
 from typing import Any, Optional, TextIO
 
-from collectors import layout as L
+from collectors.chain import walk
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.image import Qcow2Image
-from collectors.model import CheckResult, Finding
+from collectors.model import LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
 
 from .common import report_error
 
@@ -24,7 +24,6 @@ EXIT_CORRUPTIONS = 2
 EXIT_LEAKS = 3
 
 DEFAULT_MAX_FINDINGS = 100
-MAX_CHAIN_DEPTH = 32
 
 
 def register(subparsers: Any) -> None:
@@ -119,54 +118,6 @@ def check_human(result: CheckResult) -> str:
     return "".join(out)
 
 
-def _chain_paths(path: str) -> list[tuple[str, Optional[str], Optional[Qcow2Error]]]:
-    """(path, format, error) of the image and each backing layer, top first."""
-    from collectors.usage import backing_path, has_protocol
-
-    layers: list[tuple[str, Optional[str], Optional[Qcow2Error]]] = [(path, "qcow2", None)]
-    seen = {os.path.realpath(path)}
-    current = path
-    for _ in range(MAX_CHAIN_DEPTH):
-        try:
-            with Qcow2Image.open(current) as image:
-                name, fmt = image.backing_filename, image.backing_format
-        except Qcow2Error:
-            break  # reported when the layer itself is checked
-        if name is None:
-            break
-        if has_protocol(name):
-            layers.append((name, fmt, Qcow2Error(
-                "backing file name uses a protocol; not opened", structure="backing file",
-                value=name, filename=current)))
-            break
-        resolved = backing_path(current, name)
-        if os.path.realpath(resolved) in seen:
-            layers.append((resolved, fmt, Qcow2Error(
-                "backing chain loops", structure="backing file", value=name,
-                filename=current)))
-            break
-        seen.add(os.path.realpath(resolved))
-        if not os.path.exists(resolved):
-            layers.append((resolved, fmt, Qcow2Error(
-                "backing file not found", structure="backing file", value=name,
-                filename=current)))
-            break
-        if fmt not in (None, "qcow2") or not _is_qcow2(resolved):
-            layers.append((resolved, fmt or "raw", None))
-            break
-        layers.append((resolved, "qcow2", None))
-        current = resolved
-    return layers
-
-
-def _is_qcow2(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(4) == L.QCOW_MAGIC
-    except OSError:
-        return False
-
-
 def _worst(codes: list[int]) -> int:
     for code in (EXIT_FAILED, EXIT_CORRUPTIONS, EXIT_LEAKS):
         if code in codes:
@@ -174,42 +125,58 @@ def _worst(codes: list[int]) -> int:
     return EXIT_OK
 
 
-def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from collectors.check import check_image  # numpy only for this command
+def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: int,
+                  ) -> tuple[dict[str, Any], Optional[CheckResult], Optional[Qcow2Error]]:
+    """(JSON report, check result, error) of one layer of the walk."""
+    from collectors.check import check_opened  # numpy only for this command
 
-    layers = _chain_paths(args.file) if args.chain else [(args.file, "qcow2", None)]
+    path = layer.path or layer.name
+    error = layer.error
+    if layer.status == LAYER_PROTOCOL:
+        error = Qcow2Error("backing file name uses a protocol; not opened",
+                           structure="backing file", value=layer.name, filename=path)
+    if image is not None:
+        try:
+            result = check_opened(image, max_findings=max_findings)
+        except Qcow2Error as exc:
+            error = exc.with_filename(path)
+        else:
+            return check_json(result, path), result, None
+    if error is not None:
+        return {"filename": path, "depth": layer.depth, "error": str(error)}, None, error
+    return {"filename": path, "depth": layer.depth, "format": layer.format,
+            "skipped": "not a qcow2 image: nothing to check"}, None, None
+
+
+def _human(layer: ChainLayer, result: Optional[CheckResult], error: Optional[Qcow2Error],
+           chain: bool) -> str:
+    """The human text of one layer: its heading (with --chain) and qemu-img check's text."""
+    path = layer.path or layer.name
+    gap = "" if layer.depth == 0 else "\n"
+    if error is not None:
+        return f"{gap}== {path}: could not check\n" if chain else ""
+    if result is None:
+        return f"\n== {path} ({layer.format}): not qcow2, nothing to check\n"
+    return (f"{gap}== {path}\n" if chain else "") + check_human(result)
+
+
+def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     reports: list[dict[str, Any]] = []
     codes = []
-    for depth, (path, fmt, error) in enumerate(layers):
-        result = None
-        if error is None and fmt == "qcow2":
-            try:
-                result = check_image(path, max_findings=args.max_findings)
-            except Qcow2Error as exc:
-                error = exc.with_filename(path)
-        if error is not None:
-            report_error(error, err)
-            codes.append(EXIT_FAILED)
-            reports.append({"filename": path, "depth": depth, "error": str(error)})
-            if args.output == "human" and args.chain:
-                out.write(f"{'' if depth == 0 else chr(10)}== {path}: could not check\n")
-            continue
-        if result is None:
-            codes.append(EXIT_OK)
-            reports.append({"filename": path, "depth": depth, "format": fmt,
-                            "skipped": "not a qcow2 image: nothing to check"})
+    with closing(walk(args.file)) as steps:
+        for layer, image in steps:
+            data, result, error = _layer_report(layer, image, args.max_findings)
+            reports.append(data)
+            if error is not None:
+                report_error(error, err)
+            codes.append(EXIT_FAILED if error is not None
+                         else EXIT_OK if result is None else exit_code(result))
+            if result is not None and args.chain:
+                data["depth"] = layer.depth
             if args.output == "human":
-                out.write(f"\n== {path} ({fmt}): not qcow2, nothing to check\n")
-            continue
-        codes.append(exit_code(result))
-        data = check_json(result, path)
-        if args.chain:
-            data["depth"] = depth
-        reports.append(data)
-        if args.output == "human":
-            if args.chain:
-                out.write(f"{'' if depth == 0 else chr(10)}== {path}\n")
-            out.write(check_human(result))
+                out.write(_human(layer, result, error, args.chain))
+            if not args.chain:
+                break
     if args.output == "json":
         if args.chain:
             out.write(json.dumps(reports, indent=4) + "\n")

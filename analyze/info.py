@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Optional, TextIO
+from contextlib import closing
+from typing import Any, TextIO
 
+from collectors.chain import walk
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.image import Qcow2Image
-from collectors.info import chain_paths, image_info
-from collectors.model import DEFAULT_MAX_DEPTH
+from collectors.info import image_info
+from collectors.model import LAYER_ERROR, LAYER_LOOP
 
-from .common import PROG, human_size, report_error
+from .common import human_size, report_error
 
 
 def render_info_human(info: dict[str, Any]) -> str:
@@ -62,25 +64,23 @@ def _render_nested(data: Any, indent: str) -> list[str]:
 
 
 def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """qemu-img info [--backing-chain]: the qcow2 layers; the walk stops quietly at a missing,
+    protocol or not-qcow2 layer, and reports a loop or a layer that cannot be read."""
     infos: list[dict[str, Any]] = []
-    path: Optional[str] = args.file
-    seen: set[str] = set()
     status = EXIT_OK
-    while path is not None and len(infos) <= DEFAULT_MAX_DEPTH:
-        try:
-            with Qcow2Image.open(path) as image:
-                infos.append(image_info(image))
-                nxt = chain_paths(path, image) if args.backing_chain else None
-        except Qcow2Error as exc:
-            report_error(exc.with_filename(path), err)
-            status = EXIT_FAILED
-            break
-        seen.add(path)
-        if nxt is not None and nxt in seen:
-            print(f"{PROG}: {nxt}: backing chain loops", file=err)
-            status = EXIT_FAILED
-            break
-        path = nxt
+    with closing(walk(args.file)) as steps:
+        for layer, image in steps:
+            error = layer.error if layer.status in (LAYER_ERROR, LAYER_LOOP) else None
+            if image is not None:
+                try:
+                    infos.append(image_info(image))
+                except Qcow2Error as exc:
+                    error = exc.with_filename(image.filename)
+            if error is not None:
+                report_error(error, err)
+                status = EXIT_FAILED
+            if error is not None or not args.backing_chain:
+                break
     if args.output == "json":
         if args.backing_chain:
             out.write(json.dumps(infos, indent=4) + "\n")

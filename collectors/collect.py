@@ -13,26 +13,17 @@ from dataclasses import replace
 from typing import Callable, Iterator, Optional, Sequence
 
 from .discovery import Target, dedupe_targets, expand_targets, scan_running
-from .errors import INTERNAL, INVALID, IO_ERROR, Qcow2Error
+from .errors import INTERNAL, IO_ERROR, Qcow2Error
 from .live import LiveView, gather_live, no_live_source_note
 from .metrics import Collection, ImageRecord
 from .model import (
     DEFAULT_MAX_DEPTH,
-    LAYER_ERROR,
-    LAYER_LOOP,
-    LAYER_MISSING,
-    LAYER_TOO_DEEP,
-    ChainLayer,
     CheckResult,
     UsageResult,
 )
 
 AnalyzeFn = Callable[..., UsageResult]
 CheckFn = Callable[..., CheckResult]
-
-# Layer states that mean "this layer should have been analysed and was not". Protocol layers and
-# raw bases are reported as they are, not as failures (model.LAYER_*).
-_FAILED_LAYER_STATES = {LAYER_MISSING, LAYER_LOOP, LAYER_TOO_DEEP, LAYER_ERROR}
 
 # The target (and `path` label) of the error about qemu processes --running could not inspect.
 RUNNING_TARGET = "--running"
@@ -59,22 +50,6 @@ def _internal_error(path: str, exc: BaseException) -> Qcow2Error:
     )
 
 
-def _layer_error(layer: ChainLayer) -> Optional[Qcow2Error]:
-    # The core reports missing / looping / too-deep layers by status alone; exporters need an
-    # error with a message for them all the same.
-    if layer.error is not None or layer.status not in _FAILED_LAYER_STATES:
-        return layer.error
-    kind = IO_ERROR if layer.status == LAYER_MISSING else INVALID
-    message = {
-        LAYER_MISSING: f"backing file {layer.name!r} not found",
-        LAYER_LOOP: f"backing file {layer.name!r} loops back into the chain",
-        LAYER_TOO_DEEP: f"backing chain deeper than the limit at {layer.name!r}",
-    }.get(layer.status, f"backing layer {layer.status}")
-    return Qcow2Error(
-        message, structure="backing chain", kind=kind, filename=layer.path or layer.name
-    )
-
-
 def _records_for(
     target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int, live: Optional[LiveView]
 ) -> Iterator[ImageRecord]:
@@ -95,7 +70,7 @@ def _records_for(
             layer.depth,
             layer.usage,
             None,
-            _layer_error(layer),
+            layer.error,
             status=layer.status,
             name=layer.name,
         )

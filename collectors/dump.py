@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from . import layout as L
-from .check import OnDiskRefcounts, read_snapshot_table
 from .image import Qcow2Image
+from .l2 import cluster_types, split_entries
+from .refcount import OnDiskRefcounts
 
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
 DEFAULT_LIMIT = 1000
@@ -44,19 +45,6 @@ def dump_l1(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
             "nonzero_entries": len(used), "entries": entries, "truncated": len(used) > limit}
 
 
-def l2_entry_type(entry: int, extended: bool, data_file: bool) -> str:
-    """qcow2_get_cluster_type()."""
-    if entry & L.QCOW_OFLAG_COMPRESSED:
-        return "compressed"
-    if entry & L.QCOW_OFLAG_ZERO and not extended:
-        return "zero-alloc" if entry & L.L2E_OFFSET_MASK else "zero-plain"
-    if not entry & L.L2E_OFFSET_MASK:
-        if data_file and entry & L.QCOW_OFLAG_COPIED:
-            return "normal"
-        return "unallocated"
-    return "normal"
-
-
 def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
     """Every non-empty entry of every active L2 table (at most `limit` entries in all)."""
     h = image.header
@@ -74,23 +62,23 @@ def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
         l2_offset = int(l1[i]) & L.L1E_OFFSET_MASK
         if not l2_offset:
             continue
-        words = _table(image, l2_offset, cs // 8, "L2 table")
-        e = words[0::2] if h.extended_l2 else words
-        bitmaps = words[1::2] if h.extended_l2 else np.zeros(n, dtype=np.uint64)
+        e, bitmap = split_entries(_table(image, l2_offset, cs // 8, "L2 table"), h.extended_l2)
+        bitmaps = np.zeros(n, dtype=np.uint64) if bitmap is None else bitmap
+        types = cluster_types(e, extended=h.extended_l2, data_file=h.has_data_file)
         nonempty = np.flatnonzero((e != 0) | (bitmaps != 0))
         total += len(nonempty)
         entries = []
         for j in nonempty[: max(0, limit - shown)].tolist():
             raw = int(e[j])
-            kind = l2_entry_type(raw, h.extended_l2, h.has_data_file)
+            kind = L.ClusterType(int(types[j]))
             item: dict[str, Any] = {
                 "index": j,
                 "guest_offset": (i * n + j) * cs,
                 "raw": f"0x{raw:016x}",
-                "type": kind,
+                "type": kind.label,
                 "copied": bool(raw & L.QCOW_OFLAG_COPIED),
             }
-            if kind == "compressed":
+            if kind == L.ClusterType.QCOW2_CLUSTER_COMPRESSED:
                 item["host_offset"] = raw & offset_mask
                 item["compressed_sectors"] = ((raw >> csize_shift) & csize_mask) + 1
             else:
@@ -154,31 +142,27 @@ def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
 
 def dump_snapshots(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
     h = image.header
-    entries, table_size = read_snapshot_table(image)
+    entries = image.snapshots()
     items = []
     for sn in entries[:limit]:
-        raw = image.file.read_zero_padded(sn.offset, L.SnapshotHeader.STRUCT.size,
-                                          f"snapshot table entry {sn.index}")
-        fixed = L.SnapshotHeader.from_bytes(raw)
-        extra = image.file.read_zero_padded(sn.offset + len(raw), fixed.extra_data_size,
-                                            f"snapshot table entry {sn.index}")
+        extra = sn.extra_data
         item: dict[str, Any] = {
             "index": sn.index, "entry_offset": sn.offset, "id": sn.id_str, "name": sn.name,
-            "l1_table_offset": fixed.l1_table_offset, "l1_size": fixed.l1_size,
-            "date_sec": fixed.date_sec, "date_nsec": fixed.date_nsec,
-            "vm_clock_nsec": fixed.vm_clock_nsec, "vm_state_size": fixed.vm_state_size,
-            "extra_data_size": fixed.extra_data_size, "extra_data": extra.hex(),
+            "l1_table_offset": sn.l1_table_offset, "l1_size": sn.l1_size,
+            "date_sec": sn.date_sec, "date_nsec": sn.date_nsec,
+            "vm_clock_nsec": sn.vm_clock_nsec, "vm_state_size": sn.vm_state_size32,
+            "extra_data_size": sn.extra_data_size, "extra_data": extra.hex(),
         }
         if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
-            item["vm_state_size_large"] = int.from_bytes(extra[0:8], "big")
-        if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
-            item["disk_size"] = int.from_bytes(extra[8:16], "big")
+            item["vm_state_size_large"] = sn.vm_state_size
+        if sn.disk_size is not None:
+            item["disk_size"] = sn.disk_size
         if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
             item["icount"] = int.from_bytes(extra[16:24], "big", signed=True)
         items.append(item)
     return {"what": "snapshots", "snapshots_offset": h.snapshots_offset,
-            "nb_snapshots": h.nb_snapshots, "table_size": table_size, "snapshots": items,
-            "truncated": len(entries) > limit}
+            "nb_snapshots": h.nb_snapshots, "table_size": image.snapshots_size,
+            "snapshots": items, "truncated": len(entries) > limit}
 
 
 def dump_bitmaps(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:

@@ -14,6 +14,7 @@ import stat
 from types import TracebackType
 from typing import Optional
 
+from . import layout as L
 from .errors import IO_ERROR, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
 
 # No single structure qemu accepts is larger than this (the 32 MiB L1 and 64 MiB snapshot
@@ -32,6 +33,15 @@ def open_readonly(path: str) -> int:
         except PermissionError:
             pass  # not the owner (and not root): fall back to a plain read-only open
     return os.open(path, flags)
+
+
+def has_qcow2_magic(path: str) -> bool:
+    """True when the file or device starts with the qcow2 magic. Raises OSError if unreadable."""
+    fd = open_readonly(path)
+    try:
+        return os.pread(fd, len(L.QCOW_MAGIC), 0) == L.QCOW_MAGIC
+    finally:
+        os.close(fd)
 
 
 class ImageFile:
