@@ -8,7 +8,7 @@ from typing import Any, Optional, TextIO
 
 from collectors.discovery import expand_targets
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from collectors.live import gather_live
+from collectors.live import start_live
 from collectors.model import ChainLayer, ImageUsage, UsageResult
 from collectors.selection import live_uri
 from collectors.usage import analyze_usage
@@ -103,12 +103,13 @@ def render_usage_human(result: UsageResult) -> str:
 
 def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     status = EXIT_OK
-    uri = live_uri(args)
-    live = gather_live(uri, args.qmp) if uri is not None or args.qmp else None
+    pending = start_live(live_uri(args), args.qmp)
+    targets = expand_targets(args.targets)
+    live = pending.wait() if pending is not None else None
     if live is not None and live.libvirt_note and args.libvirt_uri is not None:
         print(f"{PROG}: note: {live.libvirt_note}", file=err)  # asked for by name: say why not
     results: list[UsageResult] = []
-    for target in expand_targets(args.targets):
+    for target in targets:
         if target.error is not None or target.path is None:
             error = target.error or Qcow2Error("no such target", structure="target")
             results.append(UsageResult(target.spec, None, (), error.with_filename(target.spec)))

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from .discovery import Target, dedupe_targets, expand_targets, scan_running
 from .errors import INTERNAL, IO_ERROR, Qcow2Error
-from .live import LiveView, gather_live, no_live_source_note
+from .live import LiveView, no_live_source_note, start_live
 from .metrics import Collection, ImageRecord
 from .model import (
     DEFAULT_MAX_DEPTH,
@@ -111,8 +111,9 @@ def collect(
     started = time.monotonic()
     analyze = _analyze_fn()
     check_fn = _check_fn() if check else None
-    live = gather_live(libvirt_uri, qmp) if libvirt_uri is not None or qmp else None
+    pending = start_live(libvirt_uri, qmp)
     targets = expand_targets(specs)
+    live = pending.wait() if pending is not None else None
     failed: list[ImageRecord] = []
     if live is not None:
         failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e)

@@ -28,6 +28,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
@@ -335,3 +336,33 @@ def gather_live(libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = (), *,
         for disk in disks:
             view.add(disk)
     return view
+
+
+class PendingLive:
+    """gather_live() in a thread, so that the virsh round trip overlaps with target discovery:
+    start it first, wait() for the view when the first image is about to be analysed."""
+
+    def __init__(self, libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = ()) -> None:
+        self._view: Optional[LiveView] = None
+        self._args = (libvirt_uri, list(qmp_sockets))
+        self._thread = threading.Thread(target=self._run, name="live-sources", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._view = gather_live(*self._args)
+        except Exception as exc:  # a bug of ours must not cost the on-disk figures
+            self._view = LiveView(libvirt_note=f"live sources failed: {type(exc).__name__}: "
+                                               f"{exc}")
+
+    def wait(self) -> LiveView:
+        self._thread.join()
+        assert self._view is not None
+        return self._view
+
+
+def start_live(libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = ()
+               ) -> Optional[PendingLive]:
+    """Start asking the live sources, or None when none is asked (--no-live, no --qmp)."""
+    qmp = list(qmp_sockets)
+    return PendingLive(libvirt_uri, qmp) if libvirt_uri is not None or qmp else None
