@@ -3,7 +3,8 @@
     qcow2-analyze -f FILE [-o json|raw] [-v] [-H]        drop-in for the older Go tool
     qcow2-analyze info [--output human|json] [--backing-chain] FILE
     qcow2-analyze header [--output human|json] FILE
-    qcow2-analyze usage [--output human|json] [--no-chain] TARGET...
+    qcow2-analyze usage [--output human|json] [--no-chain] [--no-live] [--libvirt-uri URI]
+                        [--qmp SOCKET]... TARGET...
     qcow2-analyze check | dump | measure ...            (see analyze/check.py, analyze/tables.py)
 
 Exit codes: 0 success; 1 a target could not be analysed; for `check` also 2 corruptions and
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from typing import Optional, TextIO
 
 from collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Qcow2Error, internal_error
+from collectors.selection import add_live_arguments
 
 from . import check, tables
 from .common import PROG, ArgumentParser, UsageError, report_error
@@ -54,6 +56,7 @@ def build_parser() -> ArgumentParser:
                        help="do not analyse backing layers")
     usage.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image file, block device, glob or directory")
+    add_live_arguments(usage)
     usage.set_defaults(handler=run_usage)
 
     check.register(sub)

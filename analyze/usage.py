@@ -9,10 +9,12 @@ from typing import Any, Optional, TextIO
 from collectors.discovery import expand_targets
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.health import broken_layer
+from collectors.live import start_live
 from collectors.model import ChainLayer, ImageUsage, UsageResult
+from collectors.selection import live_uri
 from collectors.usage import analyze_usage
 
-from .common import human_size, report_error
+from .common import PROG, human_size, report_error
 
 
 def usage_json(usage: ImageUsage) -> dict[str, Any]:
@@ -21,6 +23,11 @@ def usage_json(usage: ImageUsage) -> dict[str, Any]:
         "filename": usage.filename,
         "image_end_offset": usage.image_end_offset,
         "image_end_offset_source": usage.image_end_offset_source,
+        "live_end_offset": usage.live_end_offset,
+        "end_offset": usage.end_offset,
+        "end_offset_source": usage.end_offset_source,
+        "domain": usage.domain,
+        "disk": usage.disk,
         "container_type": c.kind,
         "container_size": c.size,
         "container_length": c.length,
@@ -83,9 +90,11 @@ def render_usage_human(result: UsageResult) -> str:
         c = usage.container
         flags = [name for name, on in (("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
                                        ("in-use", usage.in_use)) if on]
+        live = (f" [live: {usage.domain} {usage.disk}, on disk {usage.image_end_offset}]"
+                if usage.live_end_offset is not None else "")
         lines.append(
-            f"{prefix}{usage.filename}: end {usage.image_end_offset} "
-            f"({human_size(usage.image_end_offset)}) of {c.kind} {human_size(c.size)}, "
+            f"{prefix}{usage.filename}: end {usage.end_offset} "
+            f"({human_size(usage.end_offset)}){live} of {c.kind} {human_size(c.size)}, "
             f"{usage.usage_ratio * 100:.1f}% used, headroom {human_size(c.headroom)}, "
             f"fully allocated {human_size(usage.fully_allocated_size)}"
             + (f" [{', '.join(flags)}]" if flags else ""))
@@ -95,13 +104,20 @@ def render_usage_human(result: UsageResult) -> str:
 
 def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     status = EXIT_OK
+    pending = start_live(live_uri(args), args.qmp)
+    targets = expand_targets(args.targets)
+    live = pending.wait() if pending is not None else None
+    if live is not None and live.libvirt_note and args.libvirt_uri is not None:
+        print(f"{PROG}: note: {live.libvirt_note}", file=err)  # asked for by name: say why not
     results: list[UsageResult] = []
-    for target in expand_targets(args.targets):
+    for target in targets:
         if target.error is not None or target.path is None:
             error = target.error or Qcow2Error("no such target", structure="target")
             results.append(UsageResult(target.spec, None, (), error.with_filename(target.spec)))
         else:
-            results.append(analyze_usage(target.path, chain=not args.no_chain))
+            results.append(analyze_usage(target.path, chain=not args.no_chain, live=live))
+    if live is not None:
+        results += [UsageResult(e.filename or "--qmp", None, (), e) for e in live.errors]
     for result in results:
         if result.error is not None:
             report_error(result.error, err)

@@ -11,9 +11,10 @@ import time
 from dataclasses import replace
 from typing import Callable, Iterator, Optional, Sequence
 
-from .discovery import Target, canonical_path, dedupe_targets, expand_targets, running_images
+from .discovery import Target, canonical_path, dedupe_targets, expand_targets, scan_running
 from .errors import INTERNAL, IO_ERROR, Qcow2Error
 from .health import Policy, assess, broken_layer
+from .live import NO_LIVE_SOURCES, LiveSources, LiveView, no_live_source_note, start_live
 from .metrics import Collection, ImageRecord
 from .model import (
     DEFAULT_MAX_DEPTH,
@@ -23,6 +24,10 @@ from .model import (
 
 AnalyzeFn = Callable[..., UsageResult]
 CheckFn = Callable[..., CheckResult]
+
+# The target (and `path` label) of the error about qemu processes --running could not inspect.
+RUNNING_TARGET = "--running"
+
 
 def _analyze_fn() -> AnalyzeFn:
     from .usage import analyze_usage
@@ -46,13 +51,13 @@ def _internal_error(path: str, exc: BaseException) -> Qcow2Error:
 
 
 def _records_for(
-    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int
+    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int, live: Optional[LiveView]
 ) -> Iterator[ImageRecord]:
     if target.path is None:
         yield ImageRecord(target.spec, None, 0, None, None, target.error)
         return
     try:
-        result = analyze(target.path, chain=chain, max_depth=max_depth)
+        result = analyze(target.path, chain=chain, max_depth=max_depth, live=live)
     except Exception as exc:  # see _internal_error
         error = _internal_error(target.path, exc)
         yield ImageRecord(target.spec, target.path, 0, None, None, error,
@@ -108,9 +113,14 @@ def collect(
     check: bool = False,
     max_depth: int = DEFAULT_MAX_DEPTH,
     policy: Optional[Policy] = None,
+    live_sources: LiveSources = NO_LIVE_SOURCES,
 ) -> Collection:
     """Discover targets, analyse each (and its backing chain), optionally run the full check,
     and judge each image's health by `policy` (default: every rule's default state).
+
+    Live figures come from `live_sources` (by default none is asked); with `running`, the
+    disks these name come first (libvirt's running domains, then the QMP qemus), then those of
+    other qemu processes found through /proc.
 
     Never raises for image problems: a failing target is a record with `error` set and the others
     still report. Each image is reported once, by canonical path: a base shared by several
@@ -119,13 +129,28 @@ def collect(
     started = time.monotonic()
     analyze = _analyze_fn()
     check_fn = _check_fn() if check else None
+    pending = start_live(live_sources.libvirt_uri, live_sources.qmp)
     targets = expand_targets(specs)
+    live = pending.wait() if pending is not None else None
+    failed: list[ImageRecord] = []
+    if live is not None:
+        failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e)
+                   for e in live.errors]
     if running:
-        targets = dedupe_targets([*targets, *(Target(p, p) for p in running_images())])
+        if live is not None:
+            scan = scan_running(live.libvirt_domains, live.qmp_pids)
+            found = [*live.paths, *scan.paths]
+        else:
+            scan = scan_running()
+            found = scan.paths
+        targets = dedupe_targets([*targets, *(Target(p, p) for p in found)])
+        if scan.uninspected:
+            failed.append(_uninspected_record(scan.uninspected))
     seen: set[tuple[str, Optional[int]]] = set()
     records: list[ImageRecord] = []
     for target in targets:
-        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth):
+        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth,
+                                   live=live):
             # A failed layer is keyed with its depth too: a chain looping back to its top names
             # an already reported file, and that loop must still be reported.
             key = (record.label_path, record.depth if record.error is not None else None)
@@ -135,4 +160,29 @@ def collect(
             if check_fn is not None:
                 record = _with_check(record, check_fn)
             records.append(judge(record, policy))
-    return Collection(tuple(records), time.monotonic() - started, time.time())
+    records += [judge(record, policy) for record in failed]
+    return Collection(tuple(records), time.monotonic() - started, time.time(),
+                      _run_notes(records, live))
+
+
+def _run_notes(records: Sequence[ImageRecord], live: Optional[LiveView]) -> tuple[str, ...]:
+    # Said once per run, and only when it matters: images being written whose figures may lag.
+    # A host without libvirt that monitors images at rest hears nothing.
+    lagging = [r for r in records
+               if r.usage is not None and r.usage.in_use and r.usage.live_end_offset is None]
+    if live is None or not lagging:
+        return ()
+    return (f"{len(lagging)} image(s) held for writing by a running qemu have only on-disk "
+            f"figures, which may lag; {no_live_source_note(live.libvirt_note)}",)
+
+
+def _uninspected_record(pids: Sequence[int]) -> ImageRecord:
+    # Never an OK with zero images: qemu processes whose images we cannot see are a failure of
+    # this run, reported like an image that could not be read.
+    shown = ", ".join(str(pid) for pid in pids[:10]) + (", ..." if len(pids) > 10 else "")
+    error = Qcow2Error(
+        f"{len(pids)} qemu process(es) not inspectable by this user (pid {shown}): their images "
+        "are not reported; let libvirt answer (read-only socket) or run as root",
+        structure="running qemu processes", kind=IO_ERROR, filename=None,
+    )
+    return ImageRecord(RUNNING_TARGET, None, 0, None, None, error)

@@ -174,21 +174,49 @@ def _is_qemu(name: Optional[str], cmdline: Optional[Sequence[str]]) -> bool:
     return _QEMU_MARKER in os.path.basename(cmdline[0]) if cmdline else False
 
 
-def running_images() -> list[str]:
+@dataclass(frozen=True)
+class RunningScan:
+    """The images running qemu processes hold, and the qemu processes we may not inspect."""
+
+    paths: list[str]
+    uninspected: list[int]  # pids: without root, other users' processes cannot be read
+
+
+def _libvirt_guest(cmdline: Optional[Sequence[str]]) -> Optional[str]:
+    """The domain name libvirt gives its qemu: ``-name guest=NAME,...``."""
+    args = list(cmdline or ())
+    for flag, value in zip(args, args[1:]):
+        if flag == "-name" and value.startswith("guest="):
+            # qemu's option syntax doubles a literal comma
+            return value[len("guest="):].replace(",,", "\0").split(",")[0].replace("\0", ",")
+    return None
+
+
+def scan_running(covered_guests: Iterable[str] = (),
+                 covered_pids: Iterable[int] = ()) -> RunningScan:
     """Every qcow2 image (backing layers included) held open by a running qemu process.
 
     Sorted by path so that the output order, and anything derived from it, is stable between
-    runs. Processes we may not inspect are skipped: without root only our own are visible.
+    runs. A qemu we may not inspect is listed in `uninspected`, unless it is the process of a
+    libvirt domain in `covered_guests` or a qemu in `covered_pids` (a live source has named
+    its disks already).
     """
     import psutil  # imported here: the Nagios plugin imports this module and must stay light
 
+    guests, pids = set(covered_guests), set(covered_pids)
     found: dict[str, str] = {}
+    uninspected: list[int] = []
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         try:
             if not _is_qemu(proc.info["name"], proc.info["cmdline"]):
                 continue
             files = [f.path for f in proc.open_files()]
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        except psutil.AccessDenied:
+            covered = proc.info["pid"] in pids or _libvirt_guest(proc.info["cmdline"]) in guests
+            if not covered:
+                uninspected.append(proc.info["pid"])
+            continue
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
         for path in _process_image_candidates(proc.info["pid"], files):
             real = os.path.realpath(path)
@@ -199,15 +227,22 @@ def running_images() -> list[str]:
                     found[real] = path
             except OSError:
                 continue  # closed meanwhile, or not ours to read: we cannot tell it is qcow2
-    return sorted(found.values())
+    return RunningScan(sorted(found.values()), sorted(uninspected))
+
+
+def running_images() -> list[str]:
+    """The paths of :func:`scan_running`."""
+    return scan_running().paths
 
 
 __all__ = [
     "QCOW2_MAGIC",
+    "RunningScan",
     "Target",
     "canonical_path",
     "dedupe_targets",
     "expand_targets",
     "has_qcow2_magic",
     "running_images",
+    "scan_running",
 ]

@@ -68,8 +68,20 @@ class MetricSpec(NamedTuple):
 METRICS: dict[str, MetricSpec] = {
     "image_end_offset_bytes": MetricSpec(
         UNIT_BYTES,
-        "Host offset just past the last cluster the image uses (qemu-img check 'Image end "
-        "offset'): how much of its container the image occupies.",
+        "Host offset just past the last cluster the image's on-disk metadata uses (qemu-img "
+        "check 'Image end offset'); on a running VM it may lag behind live_end_offset_bytes.",
+        _INT,
+    ),
+    "live_end_offset_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Highest byte a running qemu has written to the image (libvirt allocation, QMP "
+        "wr_highest_offset); absent when no live source covers the image.",
+        _INT,
+    ),
+    "end_offset_bytes": MetricSpec(
+        UNIT_BYTES,
+        "How far the image really reaches: the larger of the on-disk image end offset and "
+        "the live end offset. Usage ratio and headroom count from this figure.",
         _INT,
     ),
     "container_size_bytes": MetricSpec(
@@ -81,12 +93,12 @@ METRICS: dict[str, MetricSpec] = {
     "headroom_bytes": MetricSpec(
         UNIT_BYTES,
         "Bytes the image can still grow before its container is full (device size minus "
-        "image end offset, or what the filesystem holding the file can still give).",
+        "end offset, or what the filesystem holding the file can still give).",
         _INT,
     ),
     "usage_ratio": MetricSpec(
         UNIT_RATIO,
-        "How full the container is (0..1): image end offset / device size, or filesystem "
+        "How full the container is (0..1): end offset / device size, or filesystem "
         "used / filesystem size for an image file.",
         _FLOAT,
     ),
@@ -249,6 +261,7 @@ class Collection:
     records: tuple[ImageRecord, ...]
     duration_seconds: float
     timestamp: float  # Unix time at the end of the run
+    notes: tuple[str, ...] = ()  # about the run, e.g. why libvirt gave no live figures
 
     @property
     def failed(self) -> tuple[ImageRecord, ...]:
@@ -302,7 +315,9 @@ def info_labels(record: ImageRecord) -> Labels:
             data_file=usage.external_data_file,
             encrypted=_bool_label(usage.encrypted),
             lazy_refcounts=_bool_label(usage.lazy_refcounts),
-            end_offset_source=usage.image_end_offset_source,
+            end_offset_source=usage.end_offset_source,
+            domain=usage.domain,
+            disk=usage.disk,
         )
     # Empty label values are dropped: Prometheus treats them as absent, line protocol forbids them.
     return tuple(sorted((k, valid_utf8(v)) for k, v in labels.items() if v))
@@ -323,6 +338,11 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
         container = usage.container
         values: list[tuple[str, MetricValue]] = [
             ("image_end_offset_bytes", usage.image_end_offset),
+        ]
+        if usage.live_end_offset is not None:
+            values.append(("live_end_offset_bytes", usage.live_end_offset))
+        values += [
+            ("end_offset_bytes", usage.end_offset),
             ("container_size_bytes", container.size),
             ("headroom_bytes", container.headroom),
             ("usage_ratio", usage.usage_ratio),

@@ -19,6 +19,7 @@ CONTAINER_BLOCK = "block"
 
 SOURCE_REFCOUNTS = "refcounts"  # fast path: highest nonzero on-disk refcount
 SOURCE_CHECK = "check"  # full metadata walk (refcounts untrusted)
+SOURCE_LIVE = "live"  # a running qemu has written past the on-disk figure (collectors.live)
 
 # Status of one backing-chain layer.
 LAYER_OK = "ok"
@@ -38,7 +39,7 @@ class Container:
 
     kind: str  # CONTAINER_FILE or CONTAINER_BLOCK
     size: int  # block: device size; file: its filesystem's used + available (as df's Use%)
-    headroom: int  # block: size - image_end_offset; file: free space of its filesystem
+    headroom: int  # block: size - end_offset (ImageUsage); file: free space of its filesystem
     length: int  # length of the file or device itself
     allocated_bytes: Optional[int]  # files: st_blocks * 512; None for block devices
     used: int = 0  # block: image end offset; file: bytes used on its filesystem (df's Used)
@@ -55,10 +56,10 @@ class ImageUsage:
     """The fast usage figures of one qcow2 image."""
 
     filename: str
-    image_end_offset: int
+    image_end_offset: int  # the on-disk figure (= qemu-img check)
     image_end_offset_source: str  # SOURCE_REFCOUNTS or SOURCE_CHECK
-    container: Container
-    usage_ratio: float  # image_end_offset / container.size
+    container: Container  # headroom of a block device counts from end_offset
+    usage_ratio: float  # container.usage_ratio: block end_offset / size; file: filesystem use
     fully_allocated_size: int  # bytes the container needs so the image can never outgrow it
     virtual_size: int
     cluster_size: int
@@ -75,6 +76,23 @@ class ImageUsage:
     snapshots: int
     bitmaps: int
     notes: tuple[str, ...] = ()
+    # What a running qemu has really written (its wr_highest_offset), None when no live source
+    # covers the image; domain and disk name where it came from (collectors.live).
+    live_end_offset: Optional[int] = None
+    domain: Optional[str] = None
+    disk: Optional[str] = None
+
+    @property
+    def end_offset(self) -> int:
+        """How far the image really reaches: the larger of the on-disk and the live figure."""
+        return max(self.image_end_offset, self.live_end_offset or 0)
+
+    @property
+    def end_offset_source(self) -> str:
+        """SOURCE_LIVE when the live figure is ahead, else where image_end_offset came from."""
+        if self.live_end_offset is not None and self.live_end_offset > self.image_end_offset:
+            return SOURCE_LIVE
+        return self.image_end_offset_source
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Union
 
 from .collect import collect
 from .health import add_health_arguments, policy_from_args
+from .live import DEFAULT_LIBVIRT_URI, LiveSources
 from .metrics import Collection
 from .model import DEFAULT_MAX_DEPTH
 
@@ -42,6 +43,31 @@ def add_selection_arguments(group: ArgumentContainer) -> None:
         help="also run the full consistency check like qemu-img check (slower: reads all "
         "metadata)",
     )
+    add_live_arguments(group)
+
+
+def add_live_arguments(group: ArgumentContainer) -> None:
+    """--no-live, --libvirt-uri and --qmp: where the live end offsets of running VMs come
+    from (collectors.live). Shared by every adapter and by `qcow2-analyze usage`."""
+    group.add_argument(
+        "--no-live", action="store_true",
+        help="do not ask libvirt for the live end offsets of running VMs",
+    )
+    group.add_argument(
+        "--libvirt-uri", metavar="URI",
+        help=f"libvirt to ask, read-only (default {DEFAULT_LIBVIRT_URI}); when it does not "
+        "answer, the on-disk figures still report",
+    )
+    group.add_argument(
+        "--qmp", action="append", default=[], metavar="SOCKET",
+        help="also ask the qemu behind this QMP unix socket (repeatable; query commands only). "
+        "A QMP socket serves one client at a time: only for qemu outside libvirt",
+    )
+
+
+def live_uri(args: argparse.Namespace) -> str | None:
+    """The libvirt URI to ask, None with --no-live."""
+    return None if args.no_live else str(args.libvirt_uri or DEFAULT_LIBVIRT_URI)
 
 
 def add_selection_and_health_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +78,8 @@ def add_selection_and_health_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def collect_selected(targets: list[str], args: argparse.Namespace) -> Collection:
-    """collect() with the options add_selection_arguments() declared."""
+    """collect() with the options add_selection_arguments() and add_live_arguments()
+    declared."""
     return collect(targets, running=args.running, chain=args.chain, check=args.check,
-                   max_depth=args.max_depth, policy=policy_from_args(args))
+                   max_depth=args.max_depth, policy=policy_from_args(args),
+                   live_sources=LiveSources(live_uri(args), tuple(args.qmp)))

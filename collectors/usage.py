@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from contextlib import closing
 from dataclasses import replace
+from typing import Optional
 
 from . import layout as L
 from .chain import walk
 from .container import container_of, held_for_writing
 from .errors import Qcow2Error, internal_error
 from .image import Qcow2Image
+from .live import LiveView, no_live_source_note
 from .measure import prealloc_size
 from .model import (
     DEFAULT_MAX_DEPTH,
@@ -48,14 +50,21 @@ def end_offset(image: Qcow2Image) -> tuple[int, str, tuple[str, ...]]:
     return image_end_offset_from_refcounts(image), SOURCE_REFCOUNTS, ()
 
 
-def image_usage(image: Qcow2Image) -> ImageUsage:
+def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsage:
     h = image.header
     end, source, notes = end_offset(image)
-    container = container_of(image.file, end)
+    live_disk = live.lookup(image.file.stat) if live is not None else None
+    live_end = live_disk.end_offset if live_disk is not None else None
+    container = container_of(image.file, max(end, live_end or 0))
     in_use = held_for_writing(image.file)
-    if in_use:
+    if live_disk is not None and live_disk.end_offset > end:
+        notes += (f"live end offset {live_disk.end_offset} ({live_disk.source}: "
+                  f"{live_disk.domain} {live_disk.disk}) is {live_disk.end_offset - end} bytes "
+                  "ahead of the on-disk figure: qemu has not yet written back its metadata",)
+    elif in_use and live_disk is None:
         notes += ("held for writing by a running qemu: on-disk metadata may lag behind the "
-                  "guest until its next flush",)
+                  "guest until its next flush; "
+                  + no_live_source_note(live.libvirt_note if live is not None else None),)
     bitmaps = image.bitmaps_extension
     return ImageUsage(
         filename=image.filename,
@@ -79,27 +88,30 @@ def image_usage(image: Qcow2Image) -> ImageUsage:
         snapshots=h.nb_snapshots,
         bitmaps=bitmaps.nb_bitmaps if bitmaps is not None else 0,
         notes=notes,
+        live_end_offset=live_end,
+        domain=live_disk.domain if live_disk is not None else None,
+        disk=live_disk.disk if live_disk is not None else None,
     )
 
 
-def analyze_image(path: str) -> ImageUsage:
-    """Usage of one image; raises Qcow2Error."""
+def analyze_image(path: str, live: Optional[LiveView] = None) -> ImageUsage:
+    """Usage of one image (with its live figure when `live` covers it); raises Qcow2Error."""
     with Qcow2Image.open(path) as image:
-        return _usage_of(image, path)
+        return _usage_of(image, path, live)
 
 
-def _usage_of(image: Qcow2Image, path: str) -> ImageUsage:
+def _usage_of(image: Qcow2Image, path: str, live: Optional[LiveView]) -> ImageUsage:
     try:
-        return image_usage(image)
+        return image_usage(image, live)
     except Qcow2Error as exc:
         raise exc.with_filename(path) from None
 
 
-def _layer_usage(layer: ChainLayer, image: Qcow2Image) -> ChainLayer:
+def _layer_usage(layer: ChainLayer, image: Qcow2Image, live: Optional[LiveView]) -> ChainLayer:
     """The walker's ok layer with its usage, or turned into an error layer."""
     path = layer.path or layer.name
     try:
-        return replace(layer, usage=_usage_of(image, path))
+        return replace(layer, usage=_usage_of(image, path, live))
     except Qcow2Error as exc:
         return replace(layer, status=LAYER_ERROR, error=exc)
     except Exception as exc:  # last resort, as in analyze_usage()
@@ -107,8 +119,8 @@ def _layer_usage(layer: ChainLayer, image: Qcow2Image) -> ChainLayer:
                        error=internal_error(exc, path))
 
 
-def analyze_usage(path: str, *, chain: bool = True,
-                  max_depth: int = DEFAULT_MAX_DEPTH) -> UsageResult:
+def analyze_usage(path: str, *, chain: bool = True, max_depth: int = DEFAULT_MAX_DEPTH,
+                  live: Optional[LiveView] = None) -> UsageResult:
     """Usage of the image at `path` and (by default) its backing chain. Never raises for a
     bad image: the error is carried in the result."""
     layers: list[ChainLayer] = []
@@ -118,7 +130,7 @@ def analyze_usage(path: str, *, chain: bool = True,
             # missing or broken backing file keeps the VM from starting, and finding that out
             # is cheap. Only their usage figures are left out.
             wanted = image is not None and (chain or step.depth == 0)
-            layer = _layer_usage(step, image) if wanted and image is not None else step
+            layer = _layer_usage(step, image, live) if wanted and image is not None else step
             if layer.error is not None and layer.depth == 0:
                 return UsageResult(path, None, (), layer.error)
             layers.append(layer)

@@ -52,7 +52,7 @@ def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
     fs_verdicts = [evaluate_filesystem(fs, limits) for fs in filesystems(collection)] \
         if limits.overcommit else []
     state = worst([v.state for v in verdicts] + [f.state for f in fs_verdicts])
-    return state, render(verdicts, fs_verdicts, limits, state, verbosity)
+    return state, render(verdicts, fs_verdicts, limits, state, verbosity, collection.notes)
 
 
 def _collect(args: argparse.Namespace) -> Collection:

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 # Perfdata: these usage figures, then (with --check) collectors.metrics.CHECK_METRICS.
 USAGE_PERFDATA_METRICS = (
     "usage_ratio",
+    "end_offset_bytes",
     "image_end_offset_bytes",
+    "live_end_offset_bytes",
     "container_size_bytes",
     "headroom_bytes",
 )
@@ -56,7 +58,7 @@ def _perf_item(metric: Metric, path: str, usage_size: Optional[int], limits: Thr
         warn = "" if limits.headroom_warning is None else f"{limits.headroom_warning}:"
         crit = "" if limits.headroom_critical is None else f"{limits.headroom_critical}:"
         return _perf(f"{path} {metric.name}", value, uom, warn, crit, "0", size)
-    if metric.name == "image_end_offset_bytes":
+    if metric.name in ("end_offset_bytes", "image_end_offset_bytes", "live_end_offset_bytes"):
         return _perf(f"{path} {metric.name}", value, uom, minimum="0", maximum=size)
     return _perf(f"{path} {metric.name}", value, uom, minimum="0")
 

@@ -42,7 +42,7 @@ def _details(record: ImageRecord) -> list[str]:
         detail = (
             f"qcow2 v{usage.qcow_version}, virtual {human_size(usage.virtual_size)}, "
             f"cluster {human_size(usage.cluster_size)}, end offset from "
-            f"{usage.image_end_offset_source}, "
+            f"{usage.end_offset_source}, "
             f"fully allocated {human_size(usage.fully_allocated_size)}"
         )
         if flags:
@@ -83,7 +83,10 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
         container = usage.container
         parts.append(
             f"usage {percent_text(usage_percent(usage.usage_ratio))}% "
-            f"(end {human_size(usage.image_end_offset)} of {human_size(container.size)} "
+            f"(end {human_size(usage.end_offset)}"
+            + (clean_text(f" live from {usage.domain} {usage.disk}")
+               if usage.live_end_offset is not None else "")
+            + f" of {human_size(container.size)} "
             f"{container.kind} container, headroom {human_size(container.headroom)})"
         )
     parts.extend(problem.text for problem in verdict.problems)
@@ -155,7 +158,8 @@ def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict
 
 
 def render(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict],
-           limits: Thresholds, state: int, verbosity: int = 0) -> str:
+           limits: Thresholds, state: int, verbosity: int = 0,
+           notes: Sequence[str] = ()) -> str:
     """The whole plugin output: first line with perfdata, then the long output."""
     first = f"{PREFIX} {STATE_NAMES[state]} - {summary(verdicts, filesystems, state)}"
     perf = perfdata(verdicts, filesystems, limits)
@@ -166,4 +170,5 @@ def render(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict]
     if len(verdicts) > 1 or verbosity >= 1:
         lines.extend(image_line(verdict, verbosity) for verdict in verdicts)
     lines.extend(filesystem_line(fs) for fs in filesystems)
+    lines.extend(clean_text(f"note: {note}") for note in notes)
     return "\n".join(lines) + "\n"

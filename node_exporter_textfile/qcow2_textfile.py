@@ -267,6 +267,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.quiet:
         for record in collection.failed:
             print(f"{prog}: {error_text(record)}", file=sys.stderr)
+        for note in collection.notes:
+            print(f"{prog}: note: {note}", file=sys.stderr)
     try:
         text = render(collection, template)
         validate(text)

@@ -45,6 +45,7 @@ from telegraf.lineprotocol import FieldValue, format_line, representable
 MEASUREMENT = "qcow2"
 FILESYSTEM_MEASUREMENT = "qcow2_filesystem"
 LOG_PREFIX = "E! [inputs.qcow2]"
+NOTE_PREFIX = "W! [inputs.qcow2]"  # a remark about the run, not a failure
 
 
 def record_point(record: ImageRecord) -> tuple[str, list[str]]:
@@ -128,6 +129,8 @@ def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
     text, problems = render(collection)
     if problems:
         _write(stderr, "".join(f"{LOG_PREFIX} {problem}\n" for problem in problems))
+    if collection.notes:
+        _write(stderr, "".join(f"{NOTE_PREFIX} {note}\n" for note in collection.notes))
     _write(stdout, text)
 
 

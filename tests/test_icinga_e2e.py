@@ -95,7 +95,8 @@ def test_ok(icinga_results: dict[str, Any]) -> None:
                         r"[0-9.]+ [KMGT]iB ", res["output"])
     # The CheckCommand's default thresholds reach the plugin and its perfdata.
     labels = [re.match(r"'([^']*)'=", item)[1] for item in res["performance_data"]]  # type: ignore[index]
-    assert labels == [f"{plain} usage_percent", f"{plain} image_end_offset_bytes",
+    assert labels == [f"{plain} usage_percent", f"{plain} end_offset_bytes",
+                      f"{plain} image_end_offset_bytes",
                       f"{plain} container_size_bytes", f"{plain} headroom_bytes"]
     assert re.fullmatch(r"'[^']*'=[0-9.]+%;80;90;0;100", res["performance_data"][0])
 
@@ -112,7 +113,7 @@ def test_critical(icinga_results: dict[str, Any]) -> None:
     res = result(icinga_results, "critical")
     assert res["exit_status"] == 2
     assert res["output"] == f"QCOW2 CRITICAL - {icinga_results['corrupt']}: corrupt bit set "
-    assert len(res["performance_data"]) == 4
+    assert len(res["performance_data"]) == 5
 
 
 def test_missing_backing_file_is_critical_without_chain(icinga_results: dict[str, Any]) -> None:
@@ -155,10 +156,10 @@ def test_two_files_repeat_key_and_awkward_name(icinga_results: dict[str, Any]) -
         ["WARNING", str(plain)], ["WARNING", shown]]
     # Icinga split the perfdata into the 8 items: the "|", "=", "'" in the name broke nothing.
     label = shown.replace("=", "_").replace("'", "_")
-    assert len(res["performance_data"]) == 8
-    assert res["performance_data"][4].startswith(f"'{label} usage_percent'=")
-    assert res["performance_data"][7].startswith(f"'{label} headroom_bytes'=")
-    assert ";1125899906842624:;;0;" in res["performance_data"][7]
+    assert len(res["performance_data"]) == 10
+    assert res["performance_data"][5].startswith(f"'{label} usage_percent'=")
+    assert res["performance_data"][9].startswith(f"'{label} headroom_bytes'=")
+    assert ";1125899906842624:;;0;" in res["performance_data"][9]
 
 
 def test_check_figures(icinga_results: dict[str, Any]) -> None:
@@ -211,6 +212,7 @@ def test_real_block_device_golden(tmp_path: Path, loop_device: Callable[..., str
     # Icinga keeps the quotes because every label has a space (it drops them otherwise).
     assert res["performance_data"] == [
         f"'{device} usage_percent'=33.203125%;30;50;0;100",
+        f"'{device} end_offset_bytes'=5570560B;;;0;16777216",
         f"'{device} image_end_offset_bytes'=5570560B;;;0;16777216",
         f"'{device} container_size_bytes'=16777216B;;;0",
         f"'{device} headroom_bytes'=11206656B;12582912:;;0;16777216",

@@ -172,12 +172,14 @@ NOT_Q = record("/x/notq", error=Qcow2Error(
 
 PERF_A = (
     "'/var/lib/images/a.qcow2 usage_percent'=80.00011497%;80;90;0;100 "
+    "'/var/lib/images/a.qcow2 end_offset_bytes'=8589946937B;;;0;10737418240 "
     "'/var/lib/images/a.qcow2 image_end_offset_bytes'=8589946937B;;;0;10737418240 "
     "'/var/lib/images/a.qcow2 container_size_bytes'=10737418240B;;;0 "
     "'/var/lib/images/a.qcow2 headroom_bytes'=2147471303B;;;0;10737418240"
 )
 PERF_B = (
     "'/var/lib/images/b.qcow2 usage_percent'=95%;80;90;0;100 "
+    "'/var/lib/images/b.qcow2 end_offset_bytes'=10200547328B;;;0;10737418240 "
     "'/var/lib/images/b.qcow2 image_end_offset_bytes'=10200547328B;;;0;10737418240 "
     "'/var/lib/images/b.qcow2 container_size_bytes'=10737418240B;;;0 "
     "'/var/lib/images/b.qcow2 headroom_bytes'=536870912B;;;0;10737418240"
@@ -235,6 +237,7 @@ def test_golden_headroom(monkeypatch: pytest.MonkeyPatch) -> None:
     assert text == (
         "QCOW2 WARNING - /var/lib/images/a.qcow2: headroom 2 GiB < 4 GiB | "
         "'/var/lib/images/a.qcow2 usage_percent'=80.00011497%;;;0;100 "
+        "'/var/lib/images/a.qcow2 end_offset_bytes'=8589946937B;;;0;10737418240 "
         "'/var/lib/images/a.qcow2 image_end_offset_bytes'=8589946937B;;;0;10737418240 "
         "'/var/lib/images/a.qcow2 container_size_bytes'=10737418240B;;;0 "
         "'/var/lib/images/a.qcow2 headroom_bytes'=2147471303B;4294967296:;1073741824:;0;"
@@ -258,6 +261,7 @@ def test_golden_mixed_corrupt_unknown_and_awkward_path(monkeypatch: pytest.Monke
         "offset 0x0: not a qcow2 image (bad magic) | "
         + PERF_A.replace(";80;90;", ";90;95;") + " "
         "'/x/c_d_e_f.qcow2 usage_percent'=10%;90;95;0;100 "
+        "'/x/c_d_e_f.qcow2 end_offset_bytes'=1073741824B;;;0;10737418240 "
         "'/x/c_d_e_f.qcow2 image_end_offset_bytes'=1073741824B;;;0;10737418240 "
         "'/x/c_d_e_f.qcow2 container_size_bytes'=10737418240B;;;0 "
         "'/x/c_d_e_f.qcow2 headroom_bytes'=9663676416B;;;0;10737418240\n"
@@ -323,6 +327,7 @@ CHECK = CheckResult(
 )
 PERF_CHECK = (
     "'/x/l.qcow2 usage_percent'=10%;;;0;100 "
+    "'/x/l.qcow2 end_offset_bytes'=1073741824B;;;0;10737418240 "
     "'/x/l.qcow2 image_end_offset_bytes'=1073741824B;;;0;10737418240 "
     "'/x/l.qcow2 container_size_bytes'=10737418240B;;;0 "
     "'/x/l.qcow2 headroom_bytes'=9663676416B;;;0;10737418240 "
@@ -439,7 +444,7 @@ def test_labels_are_stable_across_states(monkeypatch: pytest.MonkeyPatch) -> Non
     _, ok = run_main(monkeypatch, [REC_A, REC_B])
     _, crit = run_main(monkeypatch, [REC_A, REC_B], "-w", "1", "-c", "2",
                        "--warning-headroom", "1T")
-    assert labels(ok) == labels(crit) and len(labels(ok)) == 8
+    assert labels(ok) == labels(crit) and len(labels(ok)) == 10
 
 
 def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -557,6 +562,7 @@ def test_real_ok_warning_critical(images: Path) -> None:
     assert re.fullmatch(
         rf"QCOW2 OK - {a_re}: usage [0-9.]+%, headroom [0-9.]+ [KMGT]iB \| "
         rf"'{a_re} usage_percent'=[0-9.]+%;80;90;0;100 "
+        rf"'{a_re} end_offset_bytes'=\d+B;;;0;\d+ "
         rf"'{a_re} image_end_offset_bytes'=\d+B;;;0;\d+ "
         rf"'{a_re} container_size_bytes'=\d+B;;;0 '{a_re} headroom_bytes'=\d+B;;;0;\d+\n", out)
     # The end offset agrees with qemu-img check's (differential, style.md #9).
@@ -691,6 +697,7 @@ def test_real_golden_on_block_device(tmp_path: Path,
     assert out == (
         f"QCOW2 WARNING - {device}: usage 33.2% > 30%, headroom 10.7 MiB < 12 MiB | "
         f"'{device} usage_percent'=33.203125%;30;50;0;100 "
+        f"'{device} end_offset_bytes'=5570560B;;;0;16777216 "
         f"'{device} image_end_offset_bytes'=5570560B;;;0;16777216 "
         f"'{device} container_size_bytes'=16777216B;;;0 "
         f"'{device} headroom_bytes'=11206656B;12582912:;;0;16777216\n"
