@@ -141,7 +141,6 @@ def test_file_disk_live_ahead_until_flush_then_on_disk_catches_up(
     # The on-disk figure lags exactly as qemu-img check's does.
     assert image["image_end_offset"] == qemu_img_check_end(vm["file"]) < allocation
     assert any("ahead of the on-disk figure" in note for note in image["notes"])
-    assert image["usage_ratio"] == allocation / image["container_size"]
     # --no-live: the on-disk figure alone, and the note says how to get the live one.
     [off] = usage_json("--no-live", vm["file"])
     assert off["live_end_offset"] is None and off["end_offset"] == off["image_end_offset"]
@@ -165,6 +164,8 @@ def test_block_device_matched_by_device_number_not_path(
     assert image["live_end_offset"] == allocation > image["image_end_offset"]
     assert image["disk"] == "sdb"
     assert image["headroom"] == image["container_size"] - allocation
+    # A block device is its own container: its usage counts from the live end offset.
+    assert image["usage_ratio"] == allocation / image["container_size"]
 
 
 def test_two_layer_chain(libvirt: Libvirt, vm: dict[str, str]) -> None:
@@ -191,8 +192,8 @@ def test_every_adapter_shows_the_live_figure(
     assert tool("node_exporter_textfile.qcow2_textfile", "--output", str(out), *uri,
                 vm["file"]).returncode == 0
     prom = out.read_text()
-    assert f'qcow2_live_end_offset_bytes{{depth="0",path="{vm["file"]}"}} {allocation}' in prom
-    assert f'qcow2_end_offset_bytes{{depth="0",path="{vm["file"]}"}} {allocation}' in prom
+    assert f'qcow2_live_end_offset_bytes{{path="{vm["file"]}"}} {allocation}' in prom
+    assert f'qcow2_end_offset_bytes{{path="{vm["file"]}"}} {allocation}' in prom
     info = next(line for line in prom.splitlines() if line.startswith("qcow2_image_info{"))
     assert 'domain="vm1"' in info and 'disk="sda"' in info
     assert 'end_offset_source="live"' in info
@@ -381,8 +382,8 @@ def test_unprivileged_running_sees_domains_and_refuses_ok_for_hidden_qemu(
                 "--running", *uri, user="nobody")
     assert proc.returncode == 0, proc.stderr
     prom = (out / "q.prom").read_text()
-    assert 'qcow2_scrape_error{depth="0",path="--running"} 1' in prom
-    assert f'qcow2_live_end_offset_bytes{{depth="0",path="{vm["file"]}"}}' in prom
+    assert 'qcow2_scrape_error{path="--running"} 1' in prom
+    assert f'qcow2_live_end_offset_bytes{{path="{vm["file"]}"}}' in prom
 
     lines = tool("telegraf.qcow2_telegraf", "--running", *uri, user="nobody").stdout
     assert "path=--running" in lines and "scrape_error=1i" in lines
