@@ -17,7 +17,7 @@ from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.image import Qcow2Image
 from collectors.model import LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
 
-from .common import report_error
+from .common import OUTPUT_HELP, count_option, epilog, report_error
 
 # qemu-img check's exit codes beside the common ones.
 EXIT_CORRUPTIONS = 2
@@ -29,13 +29,21 @@ DEFAULT_MAX_FINDINGS = 100
 def register(subparsers: Any) -> None:
     """Add check to the lead parser's subparsers."""
     check = subparsers.add_parser(
-        "check", help="full consistency check, equal to `qemu-img check` (read-only)")
-    check.add_argument("--output", choices=["human", "json"], default="human")
+        "check", help="full consistency check, equal to `qemu-img check` (read-only)",
+        description="The full consistency check of `qemu-img check` (same counters, same exit "
+        "codes), read-only, plus every finding located: the table, its offset, the entry and "
+        "the guest offset or snapshot it affects.",
+        epilog=epilog("check vm.qcow2", "check --chain --output json --max-findings 20 vm.qcow2",
+                      exit_codes="exit codes: as qemu-img check: 0 no errors; 1 the image (or, "
+                      "with --chain, a layer) could not be checked, e.g. a missing backing "
+                      "file; 2 corruptions; 3 leaked clusters only; 64 bad command line."))
+    check.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
     check.add_argument("--chain", action="store_true",
-                       help="also check every qcow2 layer of the backing chain")
-    check.add_argument("--max-findings", type=int, default=DEFAULT_MAX_FINDINGS, metavar="N",
-                       help="keep at most N located findings (counters stay complete)")
-    check.add_argument("file")
+                       help="also check every layer of the backing chain")
+    check.add_argument("--max-findings", type=count_option, default=DEFAULT_MAX_FINDINGS,
+                       metavar="N", help="keep at most N located findings, N >= 0 (counters "
+                       f"stay complete; default {DEFAULT_MAX_FINDINGS})")
+    check.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
     check.set_defaults(handler=run_check)
 
 

@@ -21,6 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, Optional, Sequence, TextIO
 
+from collectors.units import human_size, percent_number
 from nagios.ranges import Range, RangeError, format_number
 
 if TYPE_CHECKING:
@@ -119,12 +120,9 @@ def _timeout_option(text: str) -> float:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from collectors.version import package_version
 
-        return version("qcow2-monitor")
-    except Exception:  # not installed as a distribution (running from a source tree)
-        return "unknown"
+    return package_version()
 
 
 _EPILOG = """\
@@ -274,28 +272,13 @@ def clean_label(text: str) -> str:
     return clean_text(text).replace("=", "_").replace("'", "_")
 
 
-def human_size(size: int) -> str:
-    """Binary units for the text part, e.g. ``9.5 GiB``; perfdata stays in bytes."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            if unit == "B":
-                return f"{size} B"
-            return f"{format_number(round(value, 1))} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def percent_text(percent: float, limit: Optional[Range] = None) -> str:
     """Two decimals, or two significant digits below 1 % so that tiny usages do not read 0.
 
     Next to a threshold, as many decimals as it takes not to print the endpoint itself:
     "usage 80% > 80%" for 80.0001 % would read as a false alarm.
     """
-    if percent == 0 or percent >= 1:
-        text = format_number(round(percent, 2))
-    else:
-        text = format_number(float(f"{percent:.2g}"))
+    text = percent_number(percent)
     if limit is not None and percent not in (limit.start, limit.end):
         digits = 2
         while float(text) in (limit.start, limit.end) and digits < 12:
@@ -605,7 +588,7 @@ def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) 
     try:
         parser = build_parser()
         try:
-            args = parser.parse_args(argv)
+            args = parser.parse_intermixed_args(argv)
         except _ParserExit:
             # --help / --version: exit 3 per the guidelines (monitoring.md).
             output.write(parser.printed)

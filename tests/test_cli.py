@@ -1,0 +1,241 @@
+"""Command lines and human output of every command: options and targets in any order,
+--version and --help everywhere, `info` exactly as `qemu-img info` prints it, the usage table,
+and the one size/percent formatter (against qemu-img's own sizes)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collectors.units import counted, human_size, percent_number, ratio_percent
+
+from corpus import CorpusImage
+from damage import patch_bytes, read_header
+
+REPO = Path(__file__).resolve().parent.parent
+COMMANDS = {
+    "qcow2-analyze": ["-m", "analyze"],
+    "check_qcow2": ["-m", "nagios.check_qcow2"],
+    "qcow2-telegraf": ["-m", "telegraf.qcow2_telegraf"],
+    "qcow2-textfile": ["-m", "node_exporter_textfile.qcow2_textfile"],
+}
+ANALYZE_COMMANDS = ["info", "header", "usage", "check", "dump", "measure"]
+
+
+def run(command: str, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *COMMANDS[command], *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def qemu_img(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def create(path: Path, size: str = "64M", *options: str) -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *options, str(path), size],
+                   check=True)
+    return path
+
+
+# -- options and targets in any order --------------------------------------------------------
+def test_targets_after_options_in_every_command(tmp_path: Path) -> None:
+    a = str(create(tmp_path / "a.qcow2"))
+    b = str(create(tmp_path / "b.qcow2"))
+    nagios = run("check_qcow2", a, "-w", "80", b)
+    assert nagios.returncode == 0, nagios.stdout
+    assert a in nagios.stdout and b in nagios.stdout
+    # Several globs, each followed by options, as a Nagios command line builds them.
+    globbed = run("check_qcow2", str(tmp_path / "a*.qcow2"), "-c", "90",
+                  str(tmp_path / "b*.qcow2"), "-w", "80")
+    assert globbed.returncode == 0 and a in globbed.stdout and b in globbed.stdout
+
+    textfile = run("qcow2-textfile", "--output", "-", a, "--chain", b)
+    assert textfile.returncode == 0, textfile.stderr
+    assert f'path="{a}"' in textfile.stdout and f'path="{b}"' in textfile.stdout
+
+    telegraf = run("qcow2-telegraf", a, "--chain", b)
+    assert telegraf.returncode == 0, telegraf.stderr
+    assert len(telegraf.stdout.splitlines()) == 2
+
+    usage = run("qcow2-analyze", "usage", a, "--no-chain", b, "--output", "json")
+    assert usage.returncode == 0, usage.stderr
+    assert usage.stdout.count('"filename"') == 2
+    for command in ("info", "header", "check", "measure"):
+        proc = run("qcow2-analyze", command, a, "--output", "json")
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert proc.stdout.lstrip().startswith("{"), command
+    dump = run("qcow2-analyze", "dump", a, "--what", "l1", "--output", "json")
+    assert dump.returncode == 0, dump.stderr
+
+
+# -- --version, --help, the no-command error ------------------------------------------------
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_version_on_every_command(command: str) -> None:
+    proc = run(command, "--version")
+    # The Nagios plugin guidelines want UNKNOWN (3) after --version; the others exit 0.
+    assert proc.returncode == (3 if command == "check_qcow2" else 0), proc.stderr
+    assert re.fullmatch(rf"{command} \S+\n", proc.stdout), proc.stdout
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    from analyze.main import build_parser as analyze_parser
+    from nagios.check_qcow2 import build_parser as nagios_parser
+    from node_exporter_textfile.qcow2_textfile import _parser as textfile_parser
+    from telegraf.qcow2_telegraf import _parser as telegraf_parser
+
+    parsers: dict[str, argparse.ArgumentParser] = {
+        "check_qcow2": nagios_parser(), "qcow2-telegraf": telegraf_parser(),
+        "qcow2-textfile": textfile_parser(), "qcow2-analyze": analyze_parser()}
+    for action in parsers["qcow2-analyze"]._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                parsers[f"qcow2-analyze {name}"] = sub
+    return parsers
+
+
+PARSERS = _parsers()
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_help_has_every_option_an_example_and_the_exit_codes(name: str) -> None:
+    assert set(PARSERS) >= {f"qcow2-analyze {sub}" for sub in ANALYZE_COMMANDS}
+    command, *sub = name.split()
+    proc = run(command, *sub, "--help")
+    assert proc.returncode == (3 if command == "check_qcow2" else 0)
+    text = proc.stdout
+    assert "exit codes:" in text and "example" in text.lower(), text
+    for action in PARSERS[name]._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            assert all(choice in text for choice in action.choices)
+            continue
+        assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+        shown = action.option_strings[-1] if action.option_strings else action.metavar
+        assert shown and str(shown) in text, (name, action.dest)
+
+
+def test_no_command_lists_every_command() -> None:
+    proc = run("qcow2-analyze")
+    assert proc.returncode == 64 and proc.stdout == ""
+    for command in ANALYZE_COMMANDS:
+        assert command in proc.stderr
+
+
+# -- info as qemu-img info prints it ---------------------------------------------------------
+def _patch_first_snapshot(path: Path, *, date_sec: int, vm_clock_nsec: int,
+                          vm_state_size: int) -> None:
+    """Give the first snapshot a date, a guest clock and a VM state size (qemu-img snapshot -c
+    leaves the last two 0): snapshot table entry fields as the qcow2 spec lays them out."""
+    header = read_header(path)
+    table = header["snapshots_offset"]
+    # l1_table_offset u64, l1_size u32, id_str_size u16, name_size u16, date_sec u32,
+    # date_nsec u32, vm_clock_nsec u64, vm_state_size u32, extra_data_size u32, then extra
+    # data: vm_state_size_large u64 (used instead of the 32-bit one when present).
+    patch_bytes(path, table + 16, struct.pack(">IIQI", date_sec, 5, vm_clock_nsec,
+                                              vm_state_size))
+    patch_bytes(path, table + 40, struct.pack(">Q", vm_state_size))
+
+
+def _info_lines_equal(path: Path, tz: str, *extra: str) -> None:
+    env = {"TZ": tz}
+    qemu = qemu_img("info", *extra, str(path), env=env)
+    ours = run("qcow2-analyze", "info", *extra, str(path), env=env)
+    assert qemu.returncode == 0, qemu.stderr
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.splitlines() == qemu.stdout.splitlines()
+
+
+def test_info_snapshot_table_equals_qemu_img(tmp_path: Path) -> None:
+    base = create(tmp_path / "base.qcow2")
+    top = create(tmp_path / "top.qcow2", "64M", "-b", "base.qcow2", "-F", "qcow2")
+    for name in ("first", "a snapshot name longer than sixteen"):
+        subprocess.run(["qemu-img", "snapshot", "-c", name, str(top)], check=True)
+    # 1 h 2 min 3.456 s of guest time, 123456789 bytes of VM state, a fixed date.
+    _patch_first_snapshot(top, date_sec=1_796_045_533, vm_clock_nsec=3_723_456_789_000,
+                          vm_state_size=123_456_789)
+    for tz in ("UTC", "Asia/Kolkata", "America/St_Johns"):
+        _info_lines_equal(top, tz)
+    _info_lines_equal(top, "Europe/Berlin", "--backing-chain")
+    ours = run("qcow2-analyze", "info", str(top), env={"TZ": "UTC"}).stdout
+    assert "2026-11-30 13:32:13" in ours and "01:02:03.456" in ours and "118 MiB" in ours
+    assert base.exists()
+
+
+def test_info_equals_qemu_img_on_luks_dirty_and_bitmaps(tmp_path: Path) -> None:
+    luks = create(tmp_path / "luks.qcow2", "16M", "--object", "secret,id=s0,data=k",
+                  "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10")
+    _info_lines_equal(luks, "UTC")
+    dirty = create(tmp_path / "dirty.qcow2")
+    patch_bytes(dirty, 79, b"\x01")  # incompatible feature bit 0: dirty
+    _info_lines_equal(dirty, "UTC")
+    bitmaps = create(tmp_path / "bitmaps.qcow2")
+    for name in ("b0", "b1"):
+        subprocess.run(["qemu-img", "bitmap", "--add", "-g", "128K", str(bitmaps), name],
+                       check=True)
+    subprocess.run(["qemu-img", "bitmap", "--disable", str(bitmaps), "b1"], check=True)
+    _info_lines_equal(bitmaps, "UTC")
+
+
+def test_info_equals_qemu_img_on_the_corpus(corpus: list[CorpusImage]) -> None:
+    compared = 0
+    for image in corpus:
+        qemu = qemu_img("info", *image.info_args)
+        if qemu.returncode != 0:
+            continue
+        ours = run("qcow2-analyze", "info", str(image.path))
+        assert ours.stdout.splitlines() == qemu.stdout.splitlines(), image.name
+        compared += 1
+    assert compared >= 10
+
+
+# -- usage table -----------------------------------------------------------------------------
+def test_usage_is_an_aligned_table(tmp_path: Path) -> None:
+    base = create(tmp_path / "base.qcow2")
+    top = create(tmp_path / "top.qcow2", "64M", "-b", "base.qcow2", "-F", "qcow2")
+    proc = run("qcow2-analyze", "usage", str(top), str(tmp_path / "missing.qcow2"))
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["IMAGE", "END"]
+    assert len(lines) == 4
+    # The figures' columns end at the same place on every line.
+    used_end = lines[0].index("USED") + len("USED")
+    for line in lines[1:]:
+        assert line[used_end - 1] != " ", line
+    assert lines[2].lstrip().startswith("└ base.qcow2")
+    assert lines[3].startswith(str(tmp_path / "missing.qcow2")) and lines[3].endswith("error")
+    # The error is said once, on stderr, with the path once.
+    assert proc.stderr.count("missing.qcow2") == 1 and "missing.qcow2" not in \
+        proc.stdout.replace(lines[3], "")
+    assert "No such file" not in proc.stdout
+    assert base.exists()
+
+
+# -- one formatter ---------------------------------------------------------------------------
+def test_human_size_is_qemus(tmp_path: Path) -> None:
+    # qemu-img info prints the virtual size through size_to_str(): compare on sizes around
+    # every unit switch (qemu switches at 1000 of a unit, not 1024).
+    for size in (512, 1000 * 512, 1023 * 1024, 1024 * 1024, 999 * 1024 * 1024 + 512,
+                 1000 * 1024 * 1024, 1536 * 1024 * 1024, 10 * 1024**3 + 512, 1000 * 1024**4):
+        path = create(tmp_path / "s.qcow2", str(size))
+        line = qemu_img("info", str(path)).stdout.splitlines()[2]
+        assert line == f"virtual size: {human_size(size)} ({size} bytes)"
+        path.unlink()
+
+
+def test_percent_and_plural_rules() -> None:
+    assert percent_number(80.0) == "80"
+    assert percent_number(80.126) == "80.13"
+    assert percent_number(0.000641) == "0.00064"  # two significant digits below 1 %
+    assert ratio_percent(0.5) == "50%"
+    assert counted(1, "corruption") == "1 corruption"
+    assert counted(2, "corruption") == "2 corruptions"
+    assert counted(1, "leaked cluster") == "1 leaked cluster"
