@@ -15,7 +15,7 @@ from typing import Any, Optional, TextIO
 from collectors.chain import walk
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.image import Qcow2Image
-from collectors.model import LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
+from collectors.model import LAYER_ERROR, LAYER_OK, LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
 
 from .common import OUTPUT_HELP, count_option, epilog, report_error
 
@@ -151,9 +151,11 @@ def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: 
         else:
             return check_json(result, path), result, None
     if error is not None:
-        return {"filename": path, "depth": layer.depth, "error": str(error)}, None, error
-    return {"filename": path, "depth": layer.depth, "format": layer.format,
-            "skipped": "not a qcow2 image: nothing to check"}, None, None
+        status = layer.status if layer.error is not None else LAYER_ERROR
+        return ({"filename": path, "depth": layer.depth, "status": status,
+                 "error": error.as_dict()}, None, error)
+    return {"filename": path, "depth": layer.depth, "status": layer.status,
+            "format": layer.format, "skipped": "not a qcow2 image: nothing to check"}, None, None
 
 
 def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -177,6 +179,7 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 codes.append(exit_code(result))
                 if args.chain:
                     data["depth"] = depth
+                    data["status"] = LAYER_OK
                 if args.output == "human":
                     if args.chain:
                         out.write(f"{'' if depth == 0 else chr(10)}== {path}\n")

@@ -6,13 +6,13 @@ import argparse
 import json
 import time
 from contextlib import closing
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
 from collectors.chain import walk
-from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from collectors.errors import EXIT_FAILED, EXIT_OK, UNSUPPORTED, Qcow2Error
 from collectors.image import Qcow2Image
-from collectors.info import image_info
-from collectors.model import LAYER_ERROR, LAYER_LOOP
+from collectors.info import image_info, raw_info
+from collectors.model import LAYER_ERROR, LAYER_NOT_QCOW2, LAYER_PROTOCOL, ChainLayer
 from collectors.units import human_size
 
 from .common import report_error
@@ -28,7 +28,8 @@ def render_info_human(info: dict[str, Any]) -> str:
     ]
     if info.get("encrypted"):
         lines.append("encrypted: yes")
-    lines.append(f"cluster_size: {info['cluster-size']}")
+    if "cluster-size" in info:
+        lines.append(f"cluster_size: {info['cluster-size']}")
     if info.get("dirty-flag"):
         lines.append("cleanly shut down: no")
     if "backing-filename" in info:
@@ -51,8 +52,9 @@ def render_info_human(info: dict[str, Any]) -> str:
                                   vm_clock(sn["vm-clock-sec"], sn["vm-clock-nsec"]),
                                   str(sn["icount"]) if "icount" in sn else "")
                      for sn in snapshots)
-    lines.append("Format specific information:")
-    lines.extend(_render_qobject(info["format-specific"]["data"], 1))
+    if "format-specific" in info:
+        lines.append("Format specific information:")
+        lines.extend(_render_qobject(info["format-specific"]["data"], 1))
     return "\n".join(lines) + "\n"
 
 
@@ -110,31 +112,55 @@ def _render_qobject(data: Any, indent: int) -> list[str]:
 
 
 def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """qemu-img info [--backing-chain]: the qcow2 layers; the walk stops quietly at a missing,
-    protocol or not-qcow2 layer, and reports a loop or a layer that cannot be read."""
+    """qemu-img info [--backing-chain]. Every layer qemu would print is printed (a raw base
+    layer too); a layer that cannot be shown (missing, unreadable, a loop, a protocol we never
+    open, a format we do not read) is said once on stderr, is an entry with its status and
+    error in the JSON list, and makes the exit status 1 (qemu-img prints nothing then and
+    exits 1 naming the file)."""
     infos: list[dict[str, Any]] = []
     status = EXIT_OK
     with closing(walk(args.file)) as steps:
         for layer, image in steps:
-            error = layer.error if layer.status in (LAYER_ERROR, LAYER_LOOP) else None
-            if image is not None:
-                try:
-                    infos.append(image_info(image))
-                except Qcow2Error as exc:
-                    error = exc.with_filename(image.filename)
+            error = layer.error
+            info: Optional[dict[str, Any]] = None
+            try:
+                if image is not None:
+                    info = image_info(image)
+                elif layer.status == LAYER_NOT_QCOW2 and layer.format == "raw" and layer.path:
+                    info = raw_info(layer.path)
+            except Qcow2Error as exc:
+                error = exc.with_filename(layer.path or layer.name)
+            if info is None and error is None:
+                error = _unshown_layer_error(layer)
             if error is not None:
                 report_error(error, err)
                 status = EXIT_FAILED
+                if layer.depth > 0:
+                    infos.append({"filename": layer.path or layer.name, "depth": layer.depth,
+                                  "status": layer.status if layer.error else LAYER_ERROR,
+                                  "error": error.as_dict()})
+            elif info is not None:
+                infos.append(info)
             if error is not None or not args.backing_chain:
                 break
+    shown = [info for info in infos if "error" not in info]
     if args.output == "json":
         if args.backing_chain:
             out.write(json.dumps(infos, indent=4) + "\n")
-        elif infos:
-            out.write(json.dumps(infos[0], indent=4) + "\n")
+        elif shown:
+            out.write(json.dumps(shown[0], indent=4) + "\n")
     else:
-        out.write("\n".join(render_info_human(info) for info in infos))
+        out.write("\n".join(render_info_human(info) for info in shown))
     return status
+
+
+def _unshown_layer_error(layer: ChainLayer) -> Qcow2Error:
+    if layer.status == LAYER_PROTOCOL:
+        message = "backing file name uses a protocol; not opened (read-only policy)"
+    else:
+        message = f"backing format {layer.format} is not analysed"
+    return Qcow2Error(message, structure="backing file", value=layer.name,
+                      kind=UNSUPPORTED, filename=layer.path or layer.name)
 
 
 def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -5,6 +5,7 @@ and the one size/percent formatter (against qemu-img's own sizes)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import struct
@@ -239,3 +240,69 @@ def test_percent_and_plural_rules() -> None:
     assert counted(1, "corruption") == "1 corruption"
     assert counted(2, "corruption") == "2 corruptions"
     assert counted(1, "leaked cluster") == "1 leaked cluster"
+
+
+# -- JSON errors and layer statuses ----------------------------------------------------------
+ERROR_KEYS = {"kind", "structure", "offset", "value", "message", "filename"}
+
+
+def _orphan(tmp_path: Path) -> Path:
+    """An image whose backing file does not exist."""
+    return create(tmp_path / "orphan.qcow2", "16M", "-u", "-b", "gone.qcow2", "-F", "qcow2")
+
+
+def test_missing_backing_layer_fails_info_and_check(tmp_path: Path) -> None:
+    orphan = _orphan(tmp_path)
+    gone = str(tmp_path / "gone.qcow2")
+    qemu = qemu_img("info", "--backing-chain", str(orphan))
+    assert qemu.returncode == 1 and "gone.qcow2" in qemu.stderr  # what we compare with
+    for argv in (["info", "--backing-chain"], ["check", "--chain"]):
+        human = run("qcow2-analyze", *argv, str(orphan))
+        assert human.returncode == 1, argv
+        assert human.stderr.count("\n") == 1 and human.stderr.count(gone) == 1, human.stderr
+        assert "not found" not in human.stdout
+        data = json.loads(run("qcow2-analyze", *argv, "--output", "json", str(orphan)).stdout)
+        assert [entry.get("status", "ok") for entry in data] == ["ok", "missing"]
+        assert data[0]["filename"] == str(orphan)
+        assert data[1]["filename"] == gone and data[1]["depth"] == 1
+        assert set(data[1]["error"]) == ERROR_KEYS
+        assert data[1]["error"]["kind"] == "io-error" and data[1]["error"]["filename"] == gone
+    # Without the chain options the top image alone is reported, as by qemu-img info.
+    assert run("qcow2-analyze", "info", str(orphan)).returncode == 0
+    assert qemu_img("info", str(orphan)).returncode == 0
+
+
+def test_raw_base_layer_shown_as_qemu_img_shows_it(tmp_path: Path) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(tmp_path / "raw.img"), "10M"],
+                   check=True)
+    top = create(tmp_path / "top.qcow2", "10M", "-b", "raw.img", "-F", "raw")
+    _info_lines_equal(top, "UTC", "--backing-chain")
+    ours = json.loads(run("qcow2-analyze", "info", "--backing-chain", "--output", "json",
+                          str(top)).stdout)
+    assert ours == json.loads(qemu_img("info", "--backing-chain", "--output=json",
+                                       str(top)).stdout)
+
+
+def test_errors_have_one_json_shape(tmp_path: Path) -> None:
+    orphan = _orphan(tmp_path)
+    not_qcow2 = tmp_path / "text.qcow2"
+    not_qcow2.write_text("not an image\n" * 100)
+    usage = json.loads(run("qcow2-analyze", "usage", "--output", "json", str(orphan),
+                           str(not_qcow2)).stdout)
+    assert usage[0]["backing_chain"][0]["status"] == "missing"
+    assert set(usage[0]["backing_chain"][0]["error"]) == ERROR_KEYS
+    assert set(usage[1]["error"]) == ERROR_KEYS and usage[1]["error"]["kind"] == "not-qcow2"
+    assert usage[1]["error"]["filename"] == str(not_qcow2)
+    check = json.loads(run("qcow2-analyze", "check", "--chain", "--output", "json",
+                           str(not_qcow2)).stdout)
+    assert check == [{"filename": str(not_qcow2), "depth": 0, "status": "error",
+                      "error": usage[1]["error"]}]
+
+
+@pytest.mark.parametrize("argv", [["check", "--max-findings", "-1"],
+                                  ["check", "--max-findings=-1"], ["dump", "--what", "l1",
+                                                                   "--limit", "-5"]])
+def test_negative_counts_are_refused(tmp_path: Path, argv: list[str]) -> None:
+    image = create(tmp_path / "a.qcow2")
+    proc = run("qcow2-analyze", *argv, str(image))
+    assert proc.returncode == 64 and "invalid count" in proc.stderr and proc.stdout == ""
