@@ -158,32 +158,34 @@ def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: 
             "format": layer.format, "skipped": "not a qcow2 image: nothing to check"}, None, None
 
 
+def _human(layer: ChainLayer, result: Optional[CheckResult], error: Optional[Qcow2Error],
+           chain: bool) -> str:
+    """The human text of one layer: its heading (with --chain) and qemu-img check's text."""
+    path = layer.path or layer.name
+    gap = "" if layer.depth == 0 else "\n"
+    if error is not None:
+        return f"{gap}== {path}: could not check\n" if chain else ""
+    if result is None:
+        return f"\n== {path} ({layer.format}): not qcow2, nothing to check\n"
+    return (f"{gap}== {path}\n" if chain else "") + check_human(result)
+
+
 def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     reports: list[dict[str, Any]] = []
     codes = []
     with closing(walk(args.file)) as steps:
         for layer, image in steps:
-            depth, path = layer.depth, layer.path or layer.name
             data, result, error = _layer_report(layer, image, args.max_findings)
             reports.append(data)
             if error is not None:
                 report_error(error, err)
-                codes.append(EXIT_FAILED)
-                if args.output == "human" and args.chain:
-                    out.write(f"{'' if depth == 0 else chr(10)}== {path}: could not check\n")
-            elif result is None:
-                codes.append(EXIT_OK)
-                if args.output == "human":
-                    out.write(f"\n== {path} ({layer.format}): not qcow2, nothing to check\n")
-            else:
-                codes.append(exit_code(result))
-                if args.chain:
-                    data["depth"] = depth
-                    data["status"] = LAYER_OK
-                if args.output == "human":
-                    if args.chain:
-                        out.write(f"{'' if depth == 0 else chr(10)}== {path}\n")
-                    out.write(check_human(result))
+            codes.append(EXIT_FAILED if error is not None
+                         else EXIT_OK if result is None else exit_code(result))
+            if result is not None and args.chain:
+                data["depth"] = layer.depth
+                data["status"] = LAYER_OK
+            if args.output == "human":
+                out.write(_human(layer, result, error, args.chain))
             if not args.chain:
                 break
     if args.output == "json":

@@ -121,17 +121,7 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     status = EXIT_OK
     with closing(walk(args.file)) as steps:
         for layer, image in steps:
-            error = layer.error
-            info: Optional[dict[str, Any]] = None
-            try:
-                if image is not None:
-                    info = image_info(image)
-                elif layer.status == LAYER_NOT_QCOW2 and layer.format == "raw" and layer.path:
-                    info = raw_info(layer.path)
-            except Qcow2Error as exc:
-                error = exc.with_filename(layer.path or layer.name)
-            if info is None and error is None:
-                error = _unshown_layer_error(layer)
+            info, error = _layer_info(layer, image)
             if error is not None:
                 report_error(error, err)
                 status = EXIT_FAILED
@@ -152,6 +142,19 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         out.write("\n".join(render_info_human(info) for info in shown))
     return status
+
+
+def _layer_info(layer: ChainLayer, image: Optional[Qcow2Image]
+                ) -> tuple[Optional[dict[str, Any]], Optional[Qcow2Error]]:
+    """(qemu-img info's JSON of the layer, or the error that keeps it from being shown)."""
+    try:
+        if image is not None:
+            return image_info(image), None
+        if layer.status == LAYER_NOT_QCOW2 and layer.format == "raw" and layer.path:
+            return raw_info(layer.path), None
+    except Qcow2Error as exc:
+        return None, exc.with_filename(layer.path or layer.name)
+    return None, layer.error or _unshown_layer_error(layer)
 
 
 def _unshown_layer_error(layer: ChainLayer) -> Qcow2Error:

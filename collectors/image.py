@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import layout as L
+from .bitmaps import Bitmap, read_bitmap_directory
 from .errors import INVALID, NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
+from .luks import LuksInfo, read_luks
 from .reader import ImageFile
 
 # qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
@@ -64,57 +66,6 @@ class Snapshot:
     @property
     def label(self) -> str:
         return f"snapshot {self.id_str}"
-
-
-@dataclass(frozen=True)
-class Bitmap:
-    offset: int  # of the directory entry
-    name: str
-    bitmap_table_offset: int
-    bitmap_table_size: int
-    flags: int
-    type: int
-    granularity_bits: int
-    extra_data_size: int
-
-    @property
-    def granularity(self) -> int:
-        return 1 << self.granularity_bits
-
-    @property
-    def in_use(self) -> bool:
-        return bool(self.flags & L.BME_FLAG_IN_USE)
-
-    @property
-    def auto(self) -> bool:
-        return bool(self.flags & L.BME_FLAG_AUTO)
-
-    @property
-    def flag_names(self) -> list[str]:
-        names = []
-        if self.in_use:
-            names.append("in-use")
-        if self.auto:
-            names.append("auto")
-        return names
-
-
-@dataclass(frozen=True)
-class LuksInfo:
-    """The LUKS1 header fields `qemu-img info` shows (qcrypto_block_luks_get_info)."""
-
-    offset: int
-    length: int
-    header: L.LuksHeader
-    cipher_alg: str
-    cipher_mode: str
-    ivgen_alg: str
-    ivgen_hash_alg: Optional[str]
-    hash_alg: str
-
-    @property
-    def payload_offset(self) -> int:
-        return self.header.payload_offset_sector * L.LUKS_SECTOR_SIZE
 
 
 def _err(message: str, structure: str, offset: Optional[int] = None,
@@ -470,102 +421,26 @@ class Qcow2Image:
             snapshots.append(_snapshot(i, entry_offset, fixed, var))
         return snapshots, (offset - start if snapshots else 0)
 
-    # -- bitmaps ------------------------------------------------------------------------------
+    # -- bitmaps and LUKS -----------------------------------------------------------------------
     def bitmaps(self) -> list[Bitmap]:
         if self._bitmaps is None:
+            ext = self.bitmaps_extension
             try:
-                self._bitmaps = self._read_bitmaps()
+                self._bitmaps = ([] if ext is None
+                                 else read_bitmap_directory(self.file, self.header, ext))
             except Qcow2Error as exc:
                 raise exc.with_filename(self.filename) from None
         return self._bitmaps
 
-    def _read_bitmaps(self) -> list[Bitmap]:
-        """bitmap_list_load() + check_dir_entry() in block/qcow2-bitmap.c."""
-        ext = self.bitmaps_extension
-        if ext is None:
-            return []
-        directory = self.file.read(ext.bitmap_directory_offset, ext.bitmap_directory_size,
-                                   "bitmap directory")
-        bitmaps: list[Bitmap] = []
-        pos = 0
-        fixed_size = L.BitmapDirectoryEntry.STRUCT.size
-        while pos < len(directory):
-            where = ext.bitmap_directory_offset + pos
-            structure = f"bitmap directory entry {len(bitmaps)}"
-            if pos + fixed_size > len(directory):
-                raise _err("entry runs past the end of the bitmap directory", structure, where,
-                           kind=OUT_OF_BOUNDS)
-            entry = L.BitmapDirectoryEntry.from_bytes(directory, pos)
-            size = L.bitmap_dir_entry_size(entry.name_size, entry.extra_data_size)
-            if pos + size > len(directory):
-                raise _err("entry runs past the end of the bitmap directory", structure, where,
-                           size, OUT_OF_BOUNDS)
-            name_at = pos + fixed_size + entry.extra_data_size
-            name = directory[name_at:name_at + entry.name_size].decode("utf-8",
-                                                                       "backslashreplace")
-            self._check_bitmap_entry(entry, structure, where)
-            bitmaps.append(Bitmap(where, name, entry.bitmap_table_offset,
-                                  entry.bitmap_table_size, entry.flags, entry.type,
-                                  entry.granularity_bits, entry.extra_data_size))
-            pos += size
-            if len(bitmaps) > ext.nb_bitmaps:
-                break
-        if len(bitmaps) != ext.nb_bitmaps:
-            raise _err(f"bitmap directory holds {len(bitmaps)} entries, the extension says "
-                       f"{ext.nb_bitmaps}", "bitmap directory", ext.bitmap_directory_offset,
-                       len(bitmaps))
-        return bitmaps
 
-    def _check_bitmap_entry(self, entry: L.BitmapDirectoryEntry, structure: str,
-                            where: int) -> None:
-        cs = self.header.cluster_size
-        problems = []
-        if entry.bitmap_table_size > L.BME_MAX_TABLE_SIZE:
-            problems.append(f"bitmap_table_size {entry.bitmap_table_size} too large")
-        if not L.BME_MIN_GRANULARITY_BITS <= entry.granularity_bits <= L.BME_MAX_GRANULARITY_BITS:
-            problems.append(f"granularity_bits {entry.granularity_bits} outside 9..31")
-        if entry.flags & L.BME_RESERVED_FLAGS:
-            problems.append(f"reserved flags set (0x{entry.flags:x})")
-        if entry.name_size > L.BME_MAX_NAME_SIZE:
-            problems.append(f"name_size {entry.name_size} too large")
-        if entry.type != L.BT_DIRTY_TRACKING_BITMAP:
-            problems.append(f"unknown bitmap type {entry.type}")
-        phys = entry.bitmap_table_size * cs
-        if phys > L.BME_MAX_PHYS_SIZE:
-            problems.append("bitmap table too large")
-        elif self.header.size > (phys * 8) << entry.granularity_bits:
-            problems.append("bitmap table too small for the virtual size")
-        if entry.bitmap_table_offset % cs or entry.bitmap_table_offset == 0:
-            problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
-                            "cluster-aligned nonzero offset")
-        if problems:
-            raise _err("; ".join(problems), structure, where)
-
-    # -- LUKS ---------------------------------------------------------------------------------
     def luks(self) -> Optional[LuksInfo]:
         ext = self.extension(L.QCOW2_EXT_MAGIC_CRYPTO_HEADER)
         if ext is None:
             return None
-        pointer = L.CryptoHeaderExtension.from_bytes(ext.data)
         try:
-            if pointer.length < L.LuksHeader.SIZE:
-                raise _err(f"LUKS header area of {pointer.length} bytes is smaller than the "
-                           f"{L.LuksHeader.SIZE}-byte LUKS header", "LUKS header",
-                           pointer.offset, pointer.length)
-            raw = self.file.read(pointer.offset, L.LuksHeader.SIZE, "LUKS header")
-            header = L.LuksHeader.from_bytes(raw)
-            if header.magic != L.LUKS_MAGIC:
-                raise _err("bad LUKS magic", "LUKS header", pointer.offset)
-            if header.version != 1:
-                raise _err(f"unsupported LUKS version {header.version}", "LUKS header",
-                           pointer.offset + 6, header.version, UNSUPPORTED)
+            return read_luks(self.file, ext.data)
         except Qcow2Error as exc:
             raise exc.with_filename(self.filename) from None
-        cipher_alg = _luks_cipher_alg(header)
-        mode, _, ivgen = header.cipher_mode.partition("-")
-        ivgen_alg, _, ivgen_hash = ivgen.partition(":")
-        return LuksInfo(pointer.offset, pointer.length, header, cipher_alg, mode,
-                        ivgen_alg, ivgen_hash or None, header.hash_spec)
 
 
 def _snapshot(index: int, offset: int, fixed: L.SnapshotHeader, var: bytes) -> Snapshot:
@@ -593,16 +468,3 @@ def _snapshot(index: int, offset: int, fixed: L.SnapshotHeader, var: bytes) -> S
 def _c_string(raw: bytes) -> str:
     """A name as qemu prints it: up to the first NUL."""
     return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-
-
-def _luks_cipher_alg(header: L.LuksHeader) -> str:
-    """qcrypto_block_luks_cipher_name_lookup(): name + key size (aes, 64-byte xts: aes-256)."""
-    key_bytes = header.master_key_len
-    if header.cipher_mode.startswith("xts"):
-        key_bytes //= 2
-    name = header.cipher_name
-    if name in ("aes", "twofish", "serpent"):
-        return f"{name}-{key_bytes * 8}"
-    if name == "cast5":
-        return "cast5-128"
-    return name

@@ -70,7 +70,8 @@ class ImageUsage:
 
 @dataclass(frozen=True)
 class ChainLayer:
-    """One backing layer (depth >= 1) below a top image."""
+    """One layer of a backing chain: a backing layer (depth >= 1) below a top image, or the top
+    image itself (depth 0) as the chain walker reports it."""
 
     depth: int
     name: str  # as written in the image above

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -119,29 +116,3 @@ def test_protocols_are_detected_like_qemu() -> None:
     assert backing_path("/images/sub/top.qcow2", "base.qcow2") == "/images/sub/base.qcow2"
     assert backing_path("sub/top.qcow2", "../base.qcow2") == "sub/../base.qcow2"
     assert backing_path("/images/top.qcow2", "/abs/base.qcow2") == "/abs/base.qcow2"
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-def test_core_imports_no_adapter() -> None:
-    for path in (REPO / "collectors").glob("*.py"):
-        assert not _imports(path) & {"nagios", "telegraf", "node_exporter_textfile"}, path
-
-
-def test_usage_path_imports_nothing_heavy() -> None:
-    code = ("import sys; from analyze import main; "
-            "main.build_parser(); "
-            "heavy = {'numpy', 'jinja2', 'prometheus_client'} & set(sys.modules); "
-            "print(sorted(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
-    assert out.strip() == "[]"
