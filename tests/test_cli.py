@@ -308,3 +308,41 @@ def test_negative_counts_are_refused(tmp_path: Path, argv: list[str]) -> None:
     image = create(tmp_path / "a.qcow2")
     proc = run("qcow2-analyze", *argv, str(image))
     assert proc.returncode == 64 and "invalid count" in proc.stderr and proc.stdout == ""
+
+
+# -- past EOF reads as zeros, as qemu's file driver reads it ---------------------------------
+def _truncated(src: Path, dst: Path, length: int) -> Path:
+    dst.write_bytes(src.read_bytes()[:length])
+    return dst
+
+
+def test_files_shorter_than_their_metadata_read_as_qemu_reads_them(tmp_path: Path) -> None:
+    v2 = create(tmp_path / "v2.qcow2", "16M", "-o", "compat=0.10")
+    # No backing file: a backing name cut off reads as NULs, the names-with-NUL rules' case.
+    v3 = create(tmp_path / "v3.qcow2", "16M")
+    subprocess.run(["qemu-img", "snapshot", "-c", "s1", str(v3)], check=True)
+    snapshots_offset = read_header(v3)["snapshots_offset"]
+    agreed_ok = damage_found = 0
+    cuts = [48, 72, 104, 200, 4096]
+    # The v3 image also cut inside its snapshot table (the table then runs past EOF).
+    for src, lengths in ((v2, cuts), (v3, [*cuts, snapshots_offset + 8, snapshots_offset + 40])):
+        for length in lengths:
+            image = _truncated(src, tmp_path / f"cut-{src.stem}-{length}.qcow2", length)
+            qemu = qemu_img("info", "-f", "qcow2", str(image), env={"TZ": "UTC"})
+            ours = run("qcow2-analyze", "info", str(image), env={"TZ": "UTC"})
+            assert ours.returncode == qemu.returncode, (image.name, qemu.stderr, ours.stderr)
+            assert "Traceback" not in ours.stderr
+            if qemu.returncode:
+                assert ours.stderr.count("\n") == 1 and str(image) in ours.stderr
+                continue
+            agreed_ok += 1
+            assert ours.stdout.splitlines() == qemu.stdout.splitlines(), image.name
+            for argv in (["header"], ["-f"]):
+                proc = run("qcow2-analyze", *argv, str(image))
+                assert proc.returncode == 0, (argv, image.name, proc.stderr)
+            qemu_check = qemu_img("check", "-f", "qcow2", str(image))
+            ours_check = run("qcow2-analyze", "check", str(image))
+            assert ours_check.returncode == qemu_check.returncode, image.name
+            damage_found += ours_check.returncode != 0
+    assert agreed_ok >= 6
+    assert damage_found >= 3  # what info reads as zeros, check reports as damage
