@@ -346,3 +346,60 @@ def test_files_shorter_than_their_metadata_read_as_qemu_reads_them(tmp_path: Pat
             damage_found += ours_check.returncode != 0
     assert agreed_ok >= 6
     assert damage_found >= 3  # what info reads as zeros, check reports as damage
+
+
+# -- findings located precisely --------------------------------------------------------------
+def _u64_at(path: Path, offset: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return int.from_bytes(f.read(8), "big")
+
+
+def test_one_flipped_l2_byte_is_located_at_its_entry(tmp_path: Path) -> None:
+    image = create(tmp_path / "flip.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 1M", str(image)],
+                   check=True, capture_output=True)
+    header = read_header(image)
+    cluster_size = 1 << header["cluster_bits"]
+    l2_table = _u64_at(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
+    # Entry 3 maps guest offset 3 * cluster_size; point it at entry 4's cluster: that cluster
+    # is referenced twice (a corruption), and entry 3's own cluster by nothing (a leak).
+    entry3 = _u64_at(image, l2_table + 3 * 8)
+    entry4 = _u64_at(image, l2_table + 4 * 8)
+    patch_bytes(image, l2_table + 3 * 8, entry4.to_bytes(8, "big"))
+    assert bin(entry3 ^ entry4).count("1") >= 1
+    old_cluster = (entry3 & 0x00FFFFFFFFFFFE00) // cluster_size
+    new_cluster = (entry4 & 0x00FFFFFFFFFFFE00) // cluster_size
+    refblock = _u64_at(image, header["refcount_table_offset"]) & ~0x1FF
+    entries_per_block = cluster_size * 8 // (1 << header["refcount_order"])
+
+    proc = run("qcow2-analyze", "check", "--output", "json", str(image))
+    assert proc.returncode == qemu_img("check", str(image)).returncode == 2
+    findings = {f["kind"]: f for f in json.loads(proc.stdout)["findings"]}
+    assert findings["refcount-too-low"]["location"] == (
+        f"L2 table at 0x{l2_table:x} entry 3 (L1[0], guest offset 0x{3 * cluster_size:x}); "
+        f"L2 table at 0x{l2_table:x} entry 4 (L1[0], guest offset 0x{4 * cluster_size:x})")
+    assert findings["refcount-too-low"]["cluster-index"] == new_cluster
+    assert findings["leak"]["location"] == (
+        f"refcount block at 0x{refblock:x} entry {old_cluster % entries_per_block} "
+        f"(cluster {old_cluster} at 0x{old_cluster * cluster_size:x})")
+
+
+def test_snapshot_entries_are_named_in_locations(tmp_path: Path) -> None:
+    image = create(tmp_path / "snap.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 256k", str(image)],
+                   check=True, capture_output=True)
+    subprocess.run(["qemu-img", "snapshot", "-c", "s1", str(image)], check=True)
+    header = read_header(image)
+    cluster_size = 1 << header["cluster_bits"]
+    l2_table = _u64_at(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
+    # Active and snapshot share the L2 table and its data (refcount 2). Unhook the active L1
+    # entry: each of those clusters is then referenced once, by snapshot 1 only (leaks).
+    patch_bytes(image, header["l1_table_offset"], bytes(8))
+    proc = run("qcow2-analyze", "check", "--output", "json", str(image))
+    assert proc.returncode == qemu_img("check", str(image)).returncode == 3
+    locations = {f["location"] for f in json.loads(proc.stdout)["findings"]}
+    assert "snapshot 1: L1[0] (L2 table)" in locations
+    for j in range(256 * 1024 // cluster_size):
+        assert (f"snapshot 1: L2 table at 0x{l2_table:x} entry {j} "
+                f"(L1[0], guest offset 0x{j * cluster_size:x})") in locations
