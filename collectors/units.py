@@ -65,3 +65,16 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[str]],
                          for i, cell in enumerate(cells)).rstrip()
 
     return "".join(line(row) + "\n" for row in [list(columns), *rows])
+
+
+def render_fields(pairs: Sequence[tuple[str, str]], indent: str = "  ") -> str:
+    """`name  value` lines with the values aligned in one column."""
+    if not pairs:
+        return ""
+    width = max(len(name) for name, _ in pairs)
+    return "".join(f"{indent}{name:<{width}}  {value}".rstrip() + "\n" for name, value in pairs)
+
+
+def indent_block(text: str, indent: str = "  ") -> str:
+    """Every line of `text` indented."""
+    return "".join(f"{indent}{line}\n" if line else "\n" for line in text.splitlines())
