@@ -7,6 +7,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Finding
 
 _SIZE_PREFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
 
@@ -78,3 +82,10 @@ def render_fields(pairs: Sequence[tuple[str, str]], indent: str = "  ") -> str:
 def indent_block(text: str, indent: str = "  ") -> str:
     """Every line of `text` indented."""
     return "".join(f"{indent}{line}\n" if line else "\n" for line in text.splitlines())
+
+
+def finding_text(finding: Finding) -> str:
+    """One finding on one line: `corruption (refcount-too-low) at WHERE: MESSAGE`; the kind
+    is not repeated when it is the severity itself (a leak is a leak)."""
+    kind = "" if finding.kind == finding.severity else f" ({finding.kind})"
+    return f"{finding.severity}{kind} at {finding.location}: {finding.message}"

@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, Optional, Sequence, TextIO
 
-from collectors.units import human_size, percent_number
+from collectors.units import counted, finding_text, human_size, percent_number
 from nagios.ranges import Range, RangeError, format_number
 
 if TYPE_CHECKING:
@@ -343,19 +343,21 @@ def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
             # Paging someone as CRITICAL for that would be a false alarm: untrusted state.
             problems.append(Problem(
                 limits.untrusted_state,
-                f"{check.corruptions} corruptions, {check.leaks} leaked clusters "
+                f"{counted(check.corruptions, 'corruption')}, "
+                f"{counted(check.leaks, 'leaked cluster')} "
                 "(expected while in use with lazy refcounts)",
             ))
         else:
             if check.corruptions:
                 problems.append(
-                    Problem(limits.corruptions_state, f"{check.corruptions} corruptions")
+                    Problem(limits.corruptions_state, counted(check.corruptions, "corruption"))
                 )
             if check.leaks:
-                problems.append(Problem(limits.leaks_state, f"{check.leaks} leaked clusters"))
+                problems.append(Problem(limits.leaks_state,
+                                        counted(check.leaks, "leaked cluster")))
         if check.check_errors:
             problems.append(
-                Problem(limits.check_errors_state, f"{check.check_errors} check errors")
+                Problem(limits.check_errors_state, counted(check.check_errors, "check error"))
             )
     # A problem the user mapped to "ok" is not a problem: drop it from the texts as well.
     shown = tuple(problem for problem in problems if problem.state != OK)
@@ -454,8 +456,9 @@ def _image_line(verdict: Verdict, verbosity: int) -> str:
     if record.check is not None and verbosity >= 1:
         check = record.check
         parts.append(
-            f"check: {check.corruptions} corruptions, {check.leaks} leaks, "
-            f"{check.check_errors} check errors, {check.allocated_clusters}/"
+            f"check: {counted(check.corruptions, 'corruption')}, "
+            f"{counted(check.leaks, 'leak')}, {counted(check.check_errors, 'check error')}, "
+            f"{check.allocated_clusters}/"
             f"{check.total_clusters} clusters allocated"
         )
     where = f" (backing file, depth {record.depth} below {clean_text(record.target)})" \
@@ -465,8 +468,7 @@ def _image_line(verdict: Verdict, verbosity: int) -> str:
     lines = [f"{STATE_NAMES[verdict.state]}: {_image_name(record)}{where}: {text}"]
     if record.check is not None and verbosity >= 2:
         lines.extend(
-            "    " + clean_text(f"{finding.severity} {finding.kind} at {finding.location}: "
-                                f"{finding.message}")
+            "    " + clean_text(finding_text(finding))
             for finding in record.check.findings
         )
         hidden = record.check.findings_total - len(record.check.findings)

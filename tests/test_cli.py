@@ -403,3 +403,13 @@ def test_snapshot_entries_are_named_in_locations(tmp_path: Path) -> None:
     for j in range(256 * 1024 // cluster_size):
         assert (f"snapshot 1: L2 table at 0x{l2_table:x} entry {j} "
                 f"(L1[0], guest offset 0x{j * cluster_size:x})") in locations
+
+
+def test_one_finding_line_never_repeats_its_kind() -> None:
+    from collectors.model import Finding
+    from collectors.units import finding_text
+
+    leak = Finding("leak", "leak", "Leaked cluster 10 refcount=1 reference=0", "cluster 10")
+    assert finding_text(leak) == "leak at cluster 10: Leaked cluster 10 refcount=1 reference=0"
+    low = Finding("refcount-too-low", "corruption", "ERROR cluster 9", "L2 table at 0x0 entry 1")
+    assert finding_text(low).startswith("corruption (refcount-too-low) at L2 table")
