@@ -413,3 +413,19 @@ def test_one_finding_line_never_repeats_its_kind() -> None:
     assert finding_text(leak) == "leak at cluster 10: Leaked cluster 10 refcount=1 reference=0"
     low = Finding("refcount-too-low", "corruption", "ERROR cluster 9", "L2 table at 0x0 entry 1")
     assert finding_text(low).startswith("corruption (refcount-too-low) at L2 table")
+
+
+@pytest.mark.parametrize("argv", [["info"], ["header"], ["check"], ["measure"],
+                                  ["dump", "--what", "l1"], ["usage"], ["-f"],
+                                  ["info", "--backing-chain"], ["check", "--chain"]])
+def test_an_error_is_said_once_on_stderr_naming_the_file_once(tmp_path: Path,
+                                                              argv: list[str]) -> None:
+    image = tmp_path / "short.qcow2"
+    image.write_bytes(create(tmp_path / "full.qcow2").read_bytes()[:48])
+    for target in (image, tmp_path / "missing.qcow2"):
+        proc = run("qcow2-analyze", *argv, str(target))
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1 and proc.stderr.count(str(target)) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        # stdout carries no error text (a table row or chain heading may name the file).
+        assert "No such file" not in proc.stdout and "header_length" not in proc.stdout
