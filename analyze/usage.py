@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from collectors.discovery import expand_targets
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from collectors.model import ChainLayer, ImageUsage, UsageResult
+from collectors.model import LAYER_ERROR, LAYER_OK, ChainLayer, ImageUsage, UsageResult
 from collectors.units import human_size, ratio_percent, render_table
 from collectors.usage import analyze_usage
 
@@ -61,8 +61,10 @@ def layer_json(layer: ChainLayer) -> dict[str, Any]:
 def result_json(result: UsageResult) -> dict[str, Any]:
     if result.usage is None:
         assert result.error is not None
-        return {"filename": result.target, "error": result.error.as_dict()}
+        return {"filename": result.target, "status": LAYER_ERROR,
+                "error": result.error.as_dict()}
     data = usage_json(result.usage)
+    data["status"] = LAYER_OK
     data["backing_chain"] = [layer_json(layer) for layer in result.chain]
     return data
 
