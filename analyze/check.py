@@ -16,6 +16,7 @@ from collectors.chain import walk
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.image import Qcow2Image
 from collectors.model import LAYER_ERROR, LAYER_OK, LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
+from collectors.units import finding_text
 
 from .common import OUTPUT_HELP, count_option, epilog, report_error
 
@@ -118,7 +119,7 @@ def check_human(result: CheckResult) -> str:
                       < result.findings_total else "") + "):\n")
         advice_seen: list[str] = []
         for f in result.findings:
-            out.append(f"  [{f.severity}] {f.location}: {f.message}\n")
+            out.append(f"  {finding_text(f)}\n")
             if f.advice and f.advice not in advice_seen:
                 advice_seen.append(f.advice)
         if advice_seen:
