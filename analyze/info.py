@@ -63,7 +63,13 @@ def snapshot_row(sn_id: str, name: str, size: str, date: str, clock: str, icount
     """One line of bdrv_snapshot_dump(): its header and its rows are padded differently."""
     if header:
         return f"{sn_id:<10}{name:<17}{size:>8}{date:>20}{clock:>13}{icount:>11}"
-    return f"{sn_id:<9} {name:<16} {size:>8}{date:>20}{clock:>13}{icount:>11}"
+    return f"{_ljust_bytes(sn_id, 9)} {_ljust_bytes(name, 16)} {size:>8}{date:>20}{clock:>13}" \
+        f"{icount:>11}"
+
+
+def _ljust_bytes(text: str, width: int) -> str:
+    """printf's %-Ns: padded to N bytes of UTF-8, not N characters (names may be non-ASCII)."""
+    return text + " " * max(0, width - len(text.encode("utf-8", "surrogateescape")))
 
 
 def snapshot_date(date_sec: int) -> str:

@@ -158,7 +158,7 @@ def _info_lines_equal(path: Path, tz: str, *extra: str) -> None:
 def test_info_snapshot_table_equals_qemu_img(tmp_path: Path) -> None:
     base = create(tmp_path / "base.qcow2")
     top = create(tmp_path / "top.qcow2", "64M", "-b", "base.qcow2", "-F", "qcow2")
-    for name in ("first", "a snapshot name longer than sixteen"):
+    for name in ("first", "a snapshot name longer than sixteen", "café-été"):
         subprocess.run(["qemu-img", "snapshot", "-c", name, str(top)], check=True)
     # 1 h 2 min 3.456 s of guest time, 123456789 bytes of VM state, a fixed date.
     _patch_first_snapshot(top, date_sec=1_796_045_533, vm_clock_nsec=3_723_456_789_000,
