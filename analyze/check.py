@@ -15,9 +15,10 @@ from typing import Any, Optional, TextIO
 from collectors.chain import walk
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.image import Qcow2Image
-from collectors.model import LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
+from collectors.model import LAYER_ERROR, LAYER_OK, LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
+from collectors.units import finding_text
 
-from .common import report_error
+from .common import OUTPUT_HELP, count_option, epilog, report_error
 
 # qemu-img check's exit codes beside the common ones.
 EXIT_CORRUPTIONS = 2
@@ -29,13 +30,21 @@ DEFAULT_MAX_FINDINGS = 100
 def register(subparsers: Any) -> None:
     """Add check to the lead parser's subparsers."""
     check = subparsers.add_parser(
-        "check", help="full consistency check, equal to `qemu-img check` (read-only)")
-    check.add_argument("--output", choices=["human", "json"], default="human")
+        "check", help="full consistency check, equal to `qemu-img check` (read-only)",
+        description="The full consistency check of `qemu-img check` (same counters, same exit "
+        "codes), read-only, plus every finding located: the table, its offset, the entry and "
+        "the guest offset or snapshot it affects.",
+        epilog=epilog("check vm.qcow2", "check --chain --output json --max-findings 20 vm.qcow2",
+                      exit_codes="exit codes: as qemu-img check: 0 no errors; 1 the image (or, "
+                      "with --chain, a layer) could not be checked, e.g. a missing backing "
+                      "file; 2 corruptions; 3 leaked clusters only; 64 bad command line."))
+    check.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
     check.add_argument("--chain", action="store_true",
-                       help="also check every qcow2 layer of the backing chain")
-    check.add_argument("--max-findings", type=int, default=DEFAULT_MAX_FINDINGS, metavar="N",
-                       help="keep at most N located findings (counters stay complete)")
-    check.add_argument("file")
+                       help="also check every layer of the backing chain")
+    check.add_argument("--max-findings", type=count_option, default=DEFAULT_MAX_FINDINGS,
+                       metavar="N", help="keep at most N located findings, N >= 0 (counters "
+                       f"stay complete; default {DEFAULT_MAX_FINDINGS})")
+    check.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
     check.set_defaults(handler=run_check)
 
 
@@ -110,7 +119,7 @@ def check_human(result: CheckResult) -> str:
                       < result.findings_total else "") + "):\n")
         advice_seen: list[str] = []
         for f in result.findings:
-            out.append(f"  [{f.severity}] {f.location}: {f.message}\n")
+            out.append(f"  {finding_text(f)}\n")
             if f.advice and f.advice not in advice_seen:
                 advice_seen.append(f.advice)
         if advice_seen:
@@ -143,9 +152,11 @@ def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: 
         else:
             return check_json(result, path), result, None
     if error is not None:
-        return {"filename": path, "depth": layer.depth, "error": str(error)}, None, error
-    return {"filename": path, "depth": layer.depth, "format": layer.format,
-            "skipped": "not a qcow2 image: nothing to check"}, None, None
+        status = layer.status if layer.error is not None else LAYER_ERROR
+        return ({"filename": path, "depth": layer.depth, "status": status,
+                 "error": error.as_dict()}, None, error)
+    return {"filename": path, "depth": layer.depth, "status": layer.status,
+            "format": layer.format, "skipped": "not a qcow2 image: nothing to check"}, None, None
 
 
 def _human(layer: ChainLayer, result: Optional[CheckResult], error: Optional[Qcow2Error],
@@ -173,6 +184,7 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                          else EXIT_OK if result is None else exit_code(result))
             if result is not None and args.chain:
                 data["depth"] = layer.depth
+                data["status"] = LAYER_OK
             if args.output == "human":
                 out.write(_human(layer, result, error, args.chain))
             if not args.chain:

@@ -1,14 +1,37 @@
-"""What every qcow2-analyze subcommand shares: the program name, the command-line error, how an
-error is printed, and qemu's human size format."""
+"""What every qcow2-analyze subcommand shares: the program name, the command-line parser and its
+error, and how an error is printed."""
 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn, TextIO
+import textwrap
+from collections.abc import Sequence
+from typing import Any, NoReturn, Optional, TextIO
 
 from collectors.errors import Qcow2Error
 
 PROG = "qcow2-analyze"
+HELP_WIDTH = 79
+
+EXIT_CODES = "exit codes: 0 success; 1 a target could not be analysed (said on stderr); " \
+    "64 bad command line."
+
+
+OUTPUT_HELP = "human: text for people (default); json: one JSON document on stdout"
+
+
+def count_option(text: str) -> int:
+    """argparse type of a count (--max-findings, --limit): an integer >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (an integer >= 0)")
+    return int(text)
+
+
+def epilog(*examples: str, exit_codes: str = EXIT_CODES) -> str:
+    """The end of a --help: examples, then the exit codes."""
+    return "examples:\n" + "".join(f"  {PROG} {example}\n" for example in examples) \
+        + "\n" + "\n".join(textwrap.fill(part, HELP_WIDTH) for part in exit_codes.split("\n")) \
+        + "\n"
 
 
 class UsageError(Exception):
@@ -16,22 +39,35 @@ class UsageError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    """Exit 64 on a bad command line, and options and targets in any order
+    (`usage a.qcow2 --no-chain b.qcow2`): a parser without subcommands parses intermixed."""
+
+    _intermixing = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Raw, so that the examples keep their lines; the prose is wrapped here instead.
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        if kwargs.get("description"):
+            kwargs["description"] = textwrap.fill(kwargs["description"], HELP_WIDTH)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # argparse's own intermixed parsing refuses parsers with subcommands, and calls
+        # parse_known_args itself: the flag makes that inner call the plain one.
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
 
 def report_error(err: Qcow2Error, stream: TextIO) -> None:
+    """An error, once, on stderr: the error names its file itself."""
     print(f"{PROG}: {err}", file=stream)
-
-
-def human_size(value: int) -> str:
-    """qemu's size_to_str(): 1024-based with three significant digits."""
-    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-    size = float(value)
-    unit = 0
-    while size >= 1024 and unit < len(units) - 1:
-        size /= 1024
-        unit += 1
-    if unit == 0:
-        return f"{value} B"
-    return f"{size:.3g} {units[unit]}"

@@ -4,92 +4,172 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from contextlib import closing
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
 from collectors.chain import walk
-from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from collectors.errors import EXIT_FAILED, EXIT_OK, UNSUPPORTED, Qcow2Error
 from collectors.image import Qcow2Image
-from collectors.info import image_info
-from collectors.model import LAYER_ERROR, LAYER_LOOP, LAYER_NOT_QCOW2
+from collectors.info import image_info, raw_info
+from collectors.model import LAYER_ERROR, LAYER_OTHER_FORMAT, LAYER_PROTOCOL, ChainLayer
+from collectors.units import human_size
 
-from .common import human_size, report_error
+from .common import report_error
 
 
 def render_info_human(info: dict[str, Any]) -> str:
+    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line, from the JSON view."""
     lines = [
         f"image: {info['filename']}",
         f"file format: {info['format']}",
         f"virtual size: {human_size(info['virtual-size'])} ({info['virtual-size']} bytes)",
         f"disk size: {human_size(info['actual-size'])}",
-        f"cluster_size: {info['cluster-size']}",
     ]
+    if info.get("encrypted"):
+        lines.append("encrypted: yes")
+    if "cluster-size" in info:
+        lines.append(f"cluster_size: {info['cluster-size']}")
+    if info.get("dirty-flag"):
+        lines.append("cleanly shut down: no")
     if "backing-filename" in info:
         line = f"backing file: {info['backing-filename']}"
-        if info.get("full-backing-filename") not in (None, info["backing-filename"]):
-            line += f" (actual path: {info['full-backing-filename']})"
+        full = info.get("full-backing-filename")
+        if full is None:
+            line += " (cannot determine actual path)"
+        elif full != info["backing-filename"]:
+            line += f" (actual path: {full})"
         lines.append(line)
         if "backing-filename-format" in info:
             lines.append(f"backing file format: {info['backing-filename-format']}")
-    if info.get("encrypted"):
-        lines.append("encrypted: yes")
     snapshots = info.get("snapshots", [])
     if snapshots:
         lines.append("Snapshot list:")
-        lines.append(f"{'ID':<8}{'TAG':<24}{'VM SIZE':>10}  {'DATE':<20}{'VM CLOCK':>16}")
-        for sn in snapshots:
-            lines.append(f"{sn['id']:<8}{sn['name']:<24}{human_size(sn['vm-state-size']):>10}"
-                         f"  {sn['date-sec']:<20}{sn['vm-clock-sec']:>16}")
-    lines.append("Format specific information:")
-    lines.extend(_render_nested(info["format-specific"]["data"], "    "))
-    lines.append(f"dirty flag: {'yes' if info['dirty-flag'] else 'no'}")
+        lines.append(snapshot_row("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT",
+                                  header=True))
+        lines.extend(snapshot_row(sn["id"], sn["name"], human_size(sn["vm-state-size"]),
+                                  snapshot_date(sn["date-sec"]),
+                                  vm_clock(sn["vm-clock-sec"], sn["vm-clock-nsec"]),
+                                  str(sn["icount"]) if "icount" in sn else "")
+                     for sn in snapshots)
+    if "format-specific" in info:
+        lines.append("Format specific information:")
+        lines.extend(_render_qobject(info["format-specific"]["data"], 1))
     return "\n".join(lines) + "\n"
 
 
-def _render_nested(data: Any, indent: str) -> list[str]:
+def snapshot_row(sn_id: str, name: str, size: str, date: str, clock: str, icount: str,
+                 header: bool = False) -> str:
+    """One line of bdrv_snapshot_dump(): its header and its rows are padded differently."""
+    if header:
+        return f"{sn_id:<10}{name:<17}{size:>8}{date:>20}{clock:>13}{icount:>11}"
+    return f"{_ljust_bytes(sn_id, 9)} {_ljust_bytes(name, 16)} {size:>8}{date:>20}{clock:>13}" \
+        f"{icount:>11}"
+
+
+def _ljust_bytes(text: str, width: int) -> str:
+    """printf's %-Ns: padded to N bytes of UTF-8, not N characters (names may be non-ASCII)."""
+    return text + " " * max(0, width - len(text.encode("utf-8", "surrogateescape")))
+
+
+def snapshot_date(date_sec: int) -> str:
+    """Local time as qemu-img prints it (strftime "%Y-%m-%d %H:%M:%S" of localtime_r)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(date_sec))
+    except (OverflowError, OSError, ValueError):  # beyond the platform's time_t
+        return str(date_sec)
+
+
+def vm_clock(seconds: int, nanoseconds: int) -> str:
+    """The guest clock at the snapshot as HH:MM:SS.mmm (hours not wrapped), as qemu-img."""
+    return (f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}."
+            f"{nanoseconds // 1_000_000 % 1000:03d}")
+
+
+def _qdict_bucket(key: str) -> int:
+    """The bucket of `key` in a qemu QDict (tdb_hash() % QDICT_BUCKET_MAX, qobject/qdict.c):
+    qemu-img prints format-specific information in the order of the dict's buckets."""
+    raw = key.encode()
+    value = (0x238F13AF * len(raw)) & 0xFFFFFFFF
+    for i, byte in enumerate(raw):
+        value = (value + ((byte << (i * 5 % 24)) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % 512
+
+
+def _render_qobject(data: Any, indent: int) -> list[str]:
+    """dump_qdict()/dump_qlist() of block/qapi.c: keys with '-' shown as ' ', dicts in bucket
+    order (a later key of the same bucket first, as QLIST_INSERT_HEAD puts it)."""
+    pad = " " * (4 * indent)
     lines: list[str] = []
     if isinstance(data, dict):
-        for key, value in data.items():
-            if isinstance(value, (dict, list)):
-                lines.append(f"{indent}{key}:")
-                lines.extend(_render_nested(value, indent + "    "))
-            else:
-                shown = str(value).lower() if isinstance(value, bool) else value
-                lines.append(f"{indent}{key}: {shown}")
-    elif isinstance(data, list):
-        for i, item in enumerate(data):
-            lines.append(f"{indent}[{i}]:")
-            lines.extend(_render_nested(item, indent + "    "))
+        entries = list(data.items())
+        order = sorted(range(len(entries)), key=lambda i: (_qdict_bucket(entries[i][0]), -i))
+        items = [(entries[i][0].replace("-", " "), entries[i][1]) for i in order]
+    else:
+        items = [(f"[{i}]", value) for i, value in enumerate(data)]
+    for key, value in items:
+        if isinstance(value, (dict, list)):
+            lines.append(f"{pad}{key}:")
+            lines.extend(_render_qobject(value, indent + 1))
+        else:
+            shown = ("true" if value else "false") if isinstance(value, bool) else value
+            lines.append(f"{pad}{key}: {shown}")
     return lines
 
 
 def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """qemu-img info [--backing-chain]: the qcow2 layers; the walk stops quietly at a missing,
-    protocol or not-qcow2 layer, and reports a loop or a layer that cannot be read."""
+    """qemu-img info [--backing-chain]. Every layer qemu would print is printed (a raw base
+    layer too); a layer that cannot be shown (missing, unreadable, a loop, a protocol we never
+    open, a format we do not read) is said once on stderr, is an entry with its status and
+    error in the JSON list, and makes the exit status 1 (qemu-img prints nothing then and
+    exits 1 naming the file)."""
     infos: list[dict[str, Any]] = []
     status = EXIT_OK
     with closing(walk(args.file)) as steps:
         for layer, image in steps:
-            error = layer.error if layer.status in (LAYER_ERROR, LAYER_LOOP, LAYER_NOT_QCOW2) \
-                else None
-            if image is not None:
-                try:
-                    infos.append(image_info(image))
-                except Qcow2Error as exc:
-                    error = exc.with_filename(image.filename)
+            info, error = _layer_info(layer, image)
             if error is not None:
                 report_error(error, err)
                 status = EXIT_FAILED
+                if layer.depth > 0:
+                    infos.append({"filename": layer.path or layer.name, "depth": layer.depth,
+                                  "status": layer.status if layer.error else LAYER_ERROR,
+                                  "error": error.as_dict()})
+            elif info is not None:
+                infos.append(info)
             if error is not None or not args.backing_chain:
                 break
+    shown = [info for info in infos if "error" not in info]
     if args.output == "json":
         if args.backing_chain:
             out.write(json.dumps(infos, indent=4) + "\n")
-        elif infos:
-            out.write(json.dumps(infos[0], indent=4) + "\n")
+        elif shown:
+            out.write(json.dumps(shown[0], indent=4) + "\n")
     else:
-        out.write("\n".join(render_info_human(info) for info in infos))
+        out.write("\n".join(render_info_human(info) for info in shown))
     return status
+
+
+def _layer_info(layer: ChainLayer, image: Optional[Qcow2Image]
+                ) -> tuple[Optional[dict[str, Any]], Optional[Qcow2Error]]:
+    """(qemu-img info's JSON of the layer, or the error that keeps it from being shown)."""
+    try:
+        if image is not None:
+            return image_info(image), None
+        if layer.status == LAYER_OTHER_FORMAT and layer.format == "raw" and layer.path:
+            return raw_info(layer.path), None
+    except Qcow2Error as exc:
+        return None, exc.with_filename(layer.path or layer.name)
+    return None, layer.error or _unshown_layer_error(layer)
+
+
+def _unshown_layer_error(layer: ChainLayer) -> Qcow2Error:
+    if layer.status == LAYER_PROTOCOL:
+        message = "backing file name uses a protocol; not opened (read-only policy)"
+    else:
+        message = f"backing format {layer.format} is not analysed"
+    return Qcow2Error(message, structure="backing file", value=layer.name,
+                      kind=UNSUPPORTED, filename=layer.path or layer.name)
 
 
 def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -13,55 +13,87 @@ Exit codes: 0 success; 1 a target could not be analysed; for `check` also 2 corr
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from typing import Optional, TextIO
 
 from collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Qcow2Error, internal_error
 from collectors.selection import add_live_arguments
+from collectors.version import add_version_argument
 
 from . import check, tables
-from .common import PROG, ArgumentParser, UsageError, report_error
+from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, report_error
 from .info import run_header, run_info
 from .legacy import run_legacy
 from .usage import run_usage
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog=PROG, description="Read-only qcow2 analyzer.")
-    parser.add_argument("-f", "--file", help="analyse FILE (drop-in for the Go tool)")
+    parser = ArgumentParser(
+        prog=PROG, description="Read-only qcow2 analyzer: what qemu-img info/check/measure "
+        "report, plus usage and metadata views, without ever writing or locking an image.",
+        epilog=epilog("info --backing-chain vm.qcow2", "usage --output json /srv/vm/*.qcow2",
+                      "check vm.qcow2", "-f vm.qcow2 -o raw",
+                      exit_codes=EXIT_CODES + "\n`check` adds qemu-img check's: 2 corruptions, "
+                      "3 leaked clusters only.\nEach command has its own --help."))
+    parser.add_argument("-f", "--file", help="analyse FILE with the key set of the older Go "
+                        "qcow2-analyze (drop-in)")
     parser.add_argument("-o", dest="legacy_output", choices=["json", "raw"], default="json",
                         help="output of -f: json (default) or raw text")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="with -f: also every header field and feature flag")
     parser.add_argument("-H", "--hex", action="store_true",
                         help="with -f: offsets and sizes in hex")
-    sub = parser.add_subparsers(dest="command", parser_class=ArgumentParser)
+    add_version_argument(parser)
+    sub = parser.add_subparsers(dest="command", parser_class=ArgumentParser, metavar="COMMAND")
 
-    info = sub.add_parser("info", help="what `qemu-img info` reports, without key")
-    info.add_argument("--output", choices=["human", "json"], default="human")
-    info.add_argument("--backing-chain", action="store_true")
-    info.add_argument("file")
+    info = sub.add_parser(
+        "info", help="what `qemu-img info` reports, laid out as it prints it (no key needed)",
+        description="What `qemu-img info` reports, laid out as it prints it (no key needed).",
+        epilog=epilog("info vm.qcow2", "info --backing-chain --output json vm.qcow2",
+                      exit_codes=EXIT_CODES + "\nWith --backing-chain a missing, unreadable or "
+                      "looping backing layer is said on stderr and exits 1."))
+    info.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
+    info.add_argument("--backing-chain", action="store_true",
+                      help="also every layer of the backing chain, as qemu-img info does")
+    info.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
     info.set_defaults(handler=run_info)
 
-    header = sub.add_parser("header", help="every header field, feature, extension, the "
-                            "LUKS header, snapshot table and bitmap directory")
-    header.add_argument("--output", choices=["human", "json"], default="human")
-    header.add_argument("file")
+    header = sub.add_parser(
+        "header", help="every header field, feature, extension, the LUKS header, snapshot "
+        "table and bitmap directory",
+        description="Every header field, feature bit, header extension, the LUKS header, the "
+        "snapshot table and the bitmap directory.",
+        epilog=epilog("header vm.qcow2", "header --output json vm.qcow2"))
+    header.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
+    header.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
     header.set_defaults(handler=run_header)
 
-    usage = sub.add_parser("usage", help="image end offset, container and headroom (fast)")
-    usage.add_argument("--output", choices=["human", "json"], default="human")
+    usage = sub.add_parser(
+        "usage", help="image end offset, container and headroom (fast)",
+        description="How full each image's container is: the image end offset, the container "
+        "(block device, or file plus its filesystem's free space) and the headroom left.",
+        epilog=epilog("usage /var/lib/libvirt/images", "usage --no-chain --output json "
+                      "'/srv/vm/*.qcow2' /dev/vg0/vm1"))
+    usage.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
     usage.add_argument("--no-chain", action="store_true",
                        help="do not analyse backing layers")
     usage.add_argument("targets", nargs="+", metavar="TARGET",
-                       help="image file, block device, glob or directory")
+                       help="image file, block device, glob or directory (searched recursively)")
     add_live_arguments(usage)
     usage.set_defaults(handler=run_usage)
 
     check.register(sub)
     tables.register(sub)
     return parser
+
+
+def _commands(parser: ArgumentParser) -> list[str]:
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
 
 
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
@@ -72,12 +104,12 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
     try:
         args = parser.parse_args(argv)
         if args.command is None and args.file is None:
-            raise UsageError(f"{PROG}: give -f FILE or a command (info, usage, check, dump, "
-                             "measure); see --help")
+            raise UsageError(f"{PROG}: give -f FILE or a command "
+                             f"({', '.join(_commands(parser))}); see --help")
     except UsageError as exc:
         print(exc, file=err)
         return EXIT_USAGE
-    except SystemExit as exc:  # --help
+    except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
     try:
         if args.command is None:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 from collectors.discovery import expand_targets
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.health import broken_layer
 from collectors.live import start_live
-from collectors.model import ChainLayer, ImageUsage, UsageResult
+from collectors.model import LAYER_ERROR, LAYER_OK, ChainLayer, ImageUsage, UsageResult
 from collectors.selection import live_uri
+from collectors.units import human_size, ratio_percent, render_table
 from collectors.usage import analyze_usage
 
-from .common import PROG, human_size, report_error
+from .common import PROG, report_error
 
 
 def usage_json(usage: ImageUsage) -> dict[str, Any]:
@@ -68,38 +69,48 @@ def layer_json(layer: ChainLayer) -> dict[str, Any]:
 def result_json(result: UsageResult) -> dict[str, Any]:
     if result.usage is None:
         assert result.error is not None
-        return {"filename": result.target, "error": result.error.as_dict()}
+        return {"filename": result.target, "status": LAYER_ERROR,
+                "error": result.error.as_dict()}
     data = usage_json(result.usage)
+    data["status"] = LAYER_OK
     data["backing_chain"] = [layer_json(layer) for layer in result.reported_chain]
     return data
 
 
-def render_usage_human(result: UsageResult) -> str:
-    if result.usage is None:
-        return f"{result.target}: ERROR {result.error}\n"
-    lines = []
-    rows: list[tuple[str, Optional[ImageUsage], str]] = [("", result.usage, "")]
-    rows += [("  " * layer.depth + "└ ", layer.usage,
-              "" if layer.usage else f"{layer.name}: {layer.status}"
-              + (f" ({layer.error})" if layer.error else ""))
-             for layer in result.reported_chain]
-    for prefix, usage, status in rows:
-        if usage is None:
-            lines.append(f"{prefix}{status}")
+USAGE_COLUMNS = ("IMAGE", "END OFFSET", "FROM", "CONTAINER", "CONTAINER SIZE", "USED",
+                 "HEADROOM", "FULLY ALLOCATED", "STATE")
+
+
+def _usage_row(name: str, usage: ImageUsage) -> list[str]:
+    c = usage.container
+    flags = [flag for flag, on in (("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
+                                   ("in-use", usage.in_use)) if on]
+    return [name, human_size(usage.end_offset), usage.end_offset_source, c.kind,
+            human_size(c.size), ratio_percent(usage.usage_ratio), human_size(c.headroom),
+            human_size(usage.fully_allocated_size), ", ".join(flags) or "ok"]
+
+
+def render_usage_human(results: list[UsageResult]) -> str:
+    """One aligned table: a row per image, its backing layers indented below it; a target
+    that failed is a row whose state says so (the error itself is on stderr, once)."""
+    rows: list[list[str]] = []
+    notes: list[str] = []
+    empty = ["-"] * (len(USAGE_COLUMNS) - 2)
+    for result in results:
+        if result.usage is None:
+            rows.append([result.target, *empty, "error"])
             continue
-        c = usage.container
-        flags = [name for name, on in (("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
-                                       ("in-use", usage.in_use)) if on]
-        live = (f" [live: {usage.domain} {usage.disk}, on disk {usage.image_end_offset}]"
-                if usage.live_end_offset is not None else "")
-        lines.append(
-            f"{prefix}{usage.filename}: end {usage.end_offset} "
-            f"({human_size(usage.end_offset)}){live} of {c.kind} {human_size(c.size)}, "
-            f"{usage.usage_ratio * 100:.1f}% used, headroom {human_size(c.headroom)}, "
-            f"fully allocated {human_size(usage.fully_allocated_size)}"
-            + (f" [{', '.join(flags)}]" if flags else ""))
-        lines.extend(f"{' ' * len(prefix)}  note: {note}" for note in usage.notes)
-    return "\n".join(lines) + "\n"
+        rows.append(_usage_row(result.usage.filename, result.usage))
+        notes += [f"{result.usage.filename}: {note}" for note in result.usage.notes]
+        for layer in result.reported_chain:
+            name = "  " * layer.depth + "└ " + layer.name
+            if layer.usage is None:
+                rows.append([name, *empty, layer.status])
+            else:
+                rows.append(_usage_row(name, layer.usage))
+                notes += [f"{layer.usage.filename}: {note}" for note in layer.usage.notes]
+    text = render_table(USAGE_COLUMNS, rows, right=(1, 4, 5, 6, 7))
+    return text + "".join(f"note: {note}\n" for note in notes)
 
 
 def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -130,5 +141,5 @@ def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output == "json":
         out.write(json.dumps([result_json(r) for r in results], indent=2) + "\n")
     else:
-        out.write("".join(render_usage_human(r) for r in results))
+        out.write(render_usage_human(results))
     return status

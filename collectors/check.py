@@ -170,6 +170,14 @@ class _Check:
                 self.tally.corruption("refcount-block-refcount", where, cluster_index=cluster,
                                       expected=1, found=value, **values)
 
+    def locate(self) -> None:
+        """Refcount findings (known by cluster number only) located at the entries that
+        reference the cluster: one more pass over the tables, only when there are some."""
+        from .locate import locate_findings
+
+        for part in (self.tally.structure, self.tally.compare):
+            part.items = locate_findings(self.image, self.ondisk, part.items)
+
     def result(self, highest: int) -> CheckResult:
         h = self.h
         tally = self.tally
@@ -210,6 +218,7 @@ def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
         run.refs.overflows(image.header.refcount_bits)
         highest = compare_refcounts(run.refs, run.ondisk, (1 << image.header.refcount_bits) - 1,
                                     run.tally)
+        run.locate()
     except Qcow2Error as exc:
         raise exc.with_filename(image.filename) from None
     return run.result(highest)

@@ -9,6 +9,7 @@ from typing import Any
 
 from . import layout as L
 from .image import Qcow2Image
+from .units import indent_block, render_fields, render_table
 
 
 def describe_extensions(image: Qcow2Image) -> list[dict[str, Any]]:
@@ -110,47 +111,81 @@ def describe(image: Qcow2Image) -> dict[str, Any]:
     }
 
 
+HEX_FIELDS = ("offset", "features")
+
+
 def render_human(data: dict[str, Any]) -> str:
-    lines = [f"image: {data['filename']}", "header:"]
-    for key, value in data["header"].items():
-        shown = (f"0x{value:x}" if key.endswith(("offset", "features")) and
-                 isinstance(value, int) else value)
-        lines.append(f"    {key}: {shown}")
-    lines.append(f"    (cluster size {data['cluster_size']}, refcount bits "
-                 f"{data['refcount_bits']}, encryption {data['crypt_method_name']}, "
-                 f"compression {data['compression_type_name']})")
-    lines.append("features:")
-    for f in data["features"]:
-        lines.append(f"    {f['type']} bit {f['bit']}: {f['name']}: "
-                     f"{'on' if f['enabled'] else 'off'}")
-    lines.append("extensions:")
+    """The description as aligned text: one section per structure, figures in columns."""
+    h = data["header"]
+    header = [(key, f"0x{value:x}" if key.endswith(HEX_FIELDS) and isinstance(value, int)
+               else f"0x{value}" if key == "magic" else str(value))
+              for key, value in h.items()]
+    header += [("(cluster size)", str(data["cluster_size"])),
+               ("(refcount bits)", str(data["refcount_bits"])),
+               ("(encryption)", data["crypt_method_name"]),
+               ("(compression)", data["compression_type_name"])]
+    out = [f"image: {data['filename']}\n", "\nHeader\n", render_fields(header)]
+    out += ["\nFeatures\n", indent_block(render_table(
+        ("TYPE", "BIT", "NAME", "STATE"),
+        [(f["type"], str(f["bit"]), f["name"], "on" if f["enabled"] else "off")
+         for f in data["features"]], right=(1,)))]
+    out += ["\nHeader extensions\n", indent_block(render_table(
+        ("TYPE", "NAME", "OFFSET", "LENGTH"),
+        [(e["type"], e["name"], f"0x{e['offset']:x}", str(e["length"]))
+         for e in data["extensions"]], right=(2, 3)))]
     for ext in data["extensions"]:
-        extra = {k: v for k, v in ext.items() if k not in ("type", "name", "offset", "length")}
-        lines.append(f"    {ext['type']} {ext['name']} ({ext['length']} bytes at "
-                     f"0x{ext['offset']:x}) {extra if extra else ''}".rstrip())
+        out.append(_extension_detail(ext))
     if data["backing_file"] is not None:
-        lines.append(f"backing file: {data['backing_file']} "
-                     f"(format {data['backing_format'] or 'not recorded'})")
+        out.append(f"\nBacking file: {data['backing_file']} "
+                   f"(format {data['backing_format'] or 'not recorded'})\n")
     if data["external_data_file"] is not None:
-        lines.append(f"external data file: {data['external_data_file']}")
+        out.append(f"\nExternal data file: {data['external_data_file']}\n")
     if data["luks"]:
-        luks = data["luks"]
-        lines.append(f"LUKS: {luks['cipher_alg']} {luks['cipher_mode']}, "
-                     f"hash {luks['hash_spec']}, payload at {luks['payload_offset']}, "
-                     f"{luks['master_key_iterations']} digest iterations, uuid {luks['uuid']}")
-        for slot in luks["key_slots"]:
-            state = (f"active, {slot['iterations']} iterations, {slot['stripes']} stripes"
-                     if slot["active"] else "inactive")
-            lines.append(f"    key slot {slot['slot']}: {state}, key material at "
-                         f"{slot['key_offset']}")
-    for sn in data["snapshots"]:
-        lines.append(f"snapshot {sn['id']} '{sn['name']}': L1 at 0x{sn['l1_table_offset']:x} "
-                     f"({sn['l1_size']} entries), vm state {sn['vm_state_size']} bytes, "
-                     f"disk size {sn['disk_size']}, extra data {sn['extra_data_size']} bytes")
-    for bm in data["bitmaps"]:
-        flags = ",".join(n for n, on in (("in_use", bm["in_use"]), ("auto", bm["auto"]))
-                         if on) or "-"
-        lines.append(f"bitmap '{bm['name']}': granularity {bm['granularity']}, flags {flags}, "
-                     f"table at 0x{bm['bitmap_table_offset']:x} "
-                     f"({bm['bitmap_table_size']} entries)")
-    return "\n".join(lines) + "\n"
+        out.append(_luks_text(data["luks"]))
+    if data["snapshots"]:
+        out += ["\nSnapshot table\n", indent_block(render_table(
+            ("ID", "NAME", "ENTRY AT", "L1 TABLE", "L1 SIZE", "VM STATE", "DISK SIZE",
+             "EXTRA"),
+            [(sn["id"], sn["name"], f"0x{sn['table_entry_offset']:x}",
+              f"0x{sn['l1_table_offset']:x}", str(sn["l1_size"]), str(sn["vm_state_size"]),
+              "-" if sn["disk_size"] is None else str(sn["disk_size"]),
+              str(sn["extra_data_size"])) for sn in data["snapshots"]],
+            right=(2, 3, 4, 5, 6, 7)))]
+    if data["bitmaps"]:
+        out += ["\nBitmap directory\n", indent_block(render_table(
+            ("NAME", "GRANULARITY", "FLAGS", "TABLE AT", "TABLE SIZE"),
+            [(bm["name"], str(bm["granularity"]),
+              ",".join(n for n, on in (("in_use", bm["in_use"]), ("auto", bm["auto"])) if on)
+              or "-", f"0x{bm['bitmap_table_offset']:x}", str(bm["bitmap_table_size"]))
+             for bm in data["bitmaps"]], right=(1, 3, 4)))]
+    return "".join(out)
+
+
+def _extension_detail(ext: dict[str, Any]) -> str:
+    """What an extension holds, below the extensions table (nothing for an empty one)."""
+    if "entries" in ext:
+        return f"\n{ext['name']} ({ext['type']})\n" + indent_block(render_table(
+            ("TYPE", "BIT", "NAME"),
+            [(e["type"], str(e["bit"]), e["name"]) for e in ext["entries"]], right=(1,)))
+    extra = [(key, f"0x{value:x}" if key.endswith("offset") and isinstance(value, int)
+              else str(value))
+             for key, value in ext.items() if key not in ("type", "name", "offset", "length")]
+    if not extra:
+        return ""
+    return f"\n{ext['name']} ({ext['type']})\n" + render_fields(extra)
+
+
+def _luks_text(luks: dict[str, Any]) -> str:
+    fields_shown = [(key, f"0x{luks[key]:x}" if key in ("offset", "payload_offset")
+                     else "-" if luks[key] is None else str(luks[key]))
+                    for key in ("offset", "length", "version", "cipher_name", "cipher_mode",
+                                "cipher_alg", "ivgen_alg", "ivgen_hash_alg", "hash_spec",
+                                "payload_offset", "master_key_bytes", "master_key_iterations",
+                                "uuid")]
+    slots = render_table(
+        ("SLOT", "STATE", "ITERATIONS", "STRIPES", "KEY MATERIAL AT"),
+        [(str(s["slot"]), "active" if s["active"] else "inactive",
+          str(s["iterations"]) if s["active"] else "-",
+          str(s["stripes"]) if s["active"] else "-", f"0x{s['key_offset']:x}")
+         for s in luks["key_slots"]], right=(0, 2, 3, 4))
+    return "\nLUKS header\n" + render_fields(fields_shown) + "\n" + indent_block(slots)

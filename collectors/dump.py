@@ -15,6 +15,7 @@ from . import layout as L
 from .image import Qcow2Image
 from .l2 import cluster_types, split_entries
 from .refcount import OnDiskRefcounts
+from .units import counted, indent_block, render_fields, render_table
 
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
 DEFAULT_LIMIT = 1000
@@ -208,38 +209,61 @@ def dump(image: Qcow2Image, what: str, *, limit: int = DEFAULT_LIMIT) -> Data:
     return data
 
 
-def _fields(item: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
-    parts = []
-    for key, value in item.items():
-        if key in skip or isinstance(value, (list, dict)):
-            continue
-        if isinstance(value, int) and not isinstance(value, bool) and key.endswith("offset"):
-            value = f"0x{value:x}"
-        parts.append(f"{key}={value}")
-    return " ".join(parts)
+def _shown(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and key.endswith("offset"):
+        return f"0x{value:x}"
+    if isinstance(value, list) and key == "covers_clusters":
+        return "..".join(str(v) for v in value)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return "-" if value is None else str(value)
+
+
+def _summary(item: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    """The scalar fields of `item` as aligned `name  value` lines."""
+    return render_fields([(key, _shown(key, value)) for key, value in item.items()
+                          if key not in skip and not isinstance(value, dict)
+                          and not (isinstance(value, list) and value
+                                   and isinstance(value[0], dict))])
+
+
+def _entries(items: list[dict[str, Any]], indent: str = "  ") -> str:
+    """A list of entries as an aligned table, one column per field (figures right-aligned)."""
+    if not items:
+        return f"{indent}(none)\n"
+    keys = [key for key, value in items[0].items() if not isinstance(value, dict)]
+    rows = [[_shown(key, item.get(key)) for key in keys] for item in items]
+    right = [i for i, key in enumerate(keys)
+             if all(isinstance(item.get(key), int) and not isinstance(item.get(key), bool)
+                    for item in items)]
+    return indent_block(render_table([key.upper().replace("_", " ") for key in keys], rows,
+                                     right=right), indent)
 
 
 def render_human(data: Data) -> str:
-    """A plain-text rendering of any dump."""
+    """Any dump as text: its summary fields aligned, then its entries as tables."""
     what = data["what"]
-    lines = [f"{data['filename']}: {what}", "  " + _fields(data, ("filename", "what"))]
+    out = [f"image: {data['filename']}\n", f"dump: {what}\n",
+           _summary(data, ("filename", "what"))]
     if what == "l1":
-        lines += ["  " + _fields(e) for e in data["entries"]]
+        out += ["\nActive L1 table\n", _entries(data["entries"])]
     elif what == "l2":
         for table in data["tables"]:
-            lines.append(f"  L2 table at 0x{table['l2_offset']:x} (L1[{table['l1_index']}]), "
-                         f"{table['nonempty_entries']} non-empty entries")
-            lines += ["    " + _fields(e) for e in table["entries"]]
+            entries = counted(table["nonempty_entries"], "non-empty entry", "non-empty entries")
+            out.append(f"\nL2 table at 0x{table['l2_offset']:x} (L1[{table['l1_index']}]), "
+                       f"{entries}\n")
+            out.append(_entries(table["entries"]))
     elif what == "refcount":
-        lines += ["  table " + _fields(e) for e in data["table"]]
-        lines += [f"  clusters {r['first_cluster']}..{r['last_cluster']}: refcount "
-                  f"{r['refcount']}" for r in data["ranges"]]
+        out += ["\nRefcount table\n", _entries(data["table"]),
+                "\nRefcounts by cluster range\n", _entries(data["ranges"])]
     elif what == "snapshots":
-        lines += ["  " + _fields(s) for s in data["snapshots"]]
+        out += ["\nSnapshot table\n", _entries(data["snapshots"])]
     elif what == "bitmaps":
         for bm in data["bitmaps"]:
-            lines.append("  bitmap " + _fields(bm) + f" flags={','.join(bm['flags']) or '-'}")
-            lines += ["    " + _fields(e) for e in bm["table"]]
+            out += [f"\nBitmap {bm['name']!r}\n", _summary(bm, ("name",)),
+                    "\n", _entries(bm["table"])]
     if data.get("truncated"):
-        lines.append("  (output truncated: raise --limit to see more)")
-    return "\n".join(lines) + "\n"
+        out.append("\n(output truncated: raise --limit to see more)\n")
+    return "".join(out)

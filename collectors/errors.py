@@ -64,12 +64,14 @@ class Qcow2Error(Exception):
         return text
 
     def as_dict(self) -> dict[str, object]:
+        """The one JSON shape of an error in every command's output."""
         return {
             "kind": self.kind,
             "structure": self.structure,
             "offset": self.offset,
             "value": self.value,
-            "message": str(self),
+            "message": self.message,
+            "filename": self.filename,
         }
 
 

@@ -26,6 +26,7 @@ from .model import (
     CheckResult,
     ImageUsage,
 )
+from .units import counted
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -150,19 +151,20 @@ def _usage_reasons(usage: ImageUsage, check: Optional[CheckResult]) -> list[tupl
         if check is not None and (check.corruptions or check.leaks):
             # With lazy refcounts qemu writes refcounts only at a clean close: what the check
             # finds meanwhile is the expected debt, not corruption (qcow2_mark_dirty()).
-            debt = (f"; {check.corruptions} corruptions, {check.leaks} leaked clusters are the "
-                    "expected lazy-refcount debt")
+            debt = (f"; {counted(check.corruptions, 'corruption')}, "
+                    f"{counted(check.leaks, 'leaked cluster')} are the expected lazy-refcount "
+                    "debt")
         if usage.in_use:
             found.append((RULE_DIRTY_IN_USE, "dirty while in use with lazy refcounts" + debt))
         else:
             found.append((RULE_DIRTY, "dirty, not in use: repaired by qemu on next open" + debt))
     if check is not None:
         if check.corruptions and not lazy_debt:
-            found.append((RULE_CORRUPTIONS, f"{check.corruptions} corruptions"))
+            found.append((RULE_CORRUPTIONS, counted(check.corruptions, "corruption")))
         if check.leaks and not lazy_debt:
-            found.append((RULE_LEAKS, f"{check.leaks} leaked clusters"))
+            found.append((RULE_LEAKS, counted(check.leaks, "leaked cluster")))
         if check.check_errors:
-            found.append((RULE_DAMAGED, f"{check.check_errors} check errors"))
+            found.append((RULE_DAMAGED, counted(check.check_errors, "check error")))
     return found
 
 

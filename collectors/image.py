@@ -105,9 +105,6 @@ def parse_header(head: bytes, file_length: int) -> Header:
     if header_length > cluster_size:
         raise _err(f"header_length {header_length} exceeds the cluster size {cluster_size}",
                    "header.header_length", 100, header_length)
-    if header_length > file_length:
-        raise _err(f"header_length {header_length} runs past the end of the file "
-                   f"({file_length} bytes)", "header", 0, kind=TRUNCATED)
     compression_type = L.COMPRESSION_ZLIB
     if header_length > L.COMPRESSION_TYPE_OFFSET:
         compression_type = head[L.COMPRESSION_TYPE_OFFSET]
@@ -179,6 +176,16 @@ def _validate_header(h: Header) -> None:
                     "snapshot table", 64)
 
 
+def _shorter_than_header(exc: Qcow2Error, file_length: int) -> Qcow2Error:
+    """An image refused on the zeros read past its end: say that the file is truncated."""
+    if exc.kind == NOT_QCOW2 or file_length >= L.V3_HEADER_LENGTH:
+        return exc
+    exc.message += f" (the file is only {file_length} bytes, shorter than a qcow2 header)"
+    exc.kind = TRUNCATED
+    exc.args = (exc.message,)
+    return exc
+
+
 class Qcow2Image:
     """A validated qcow2 image: header, extensions and backing name parsed at open time;
     snapshots, bitmaps and the LUKS header parsed (and validated) on first use."""
@@ -187,14 +194,16 @@ class Qcow2Image:
         self.file = file
         self.filename = file.path
         try:
-            head = file.read_zero_padded(0, min(HEAD_READ, max(file.length, 0)), "header")
+            # qemu's file driver reads past EOF as zeros: so does the header's first read
+            # (a file shorter than its header is then judged on zeros, as qemu judges it).
+            head = file.read_zero_padded(0, HEAD_READ, "header")
             self._head = head
             self.header = parse_header(head, file.length)
             self.extensions = self._read_extensions()
             self._validate_extensions()
             self.backing_filename = self._read_backing_filename()
         except Qcow2Error as exc:
-            raise exc.with_filename(file.path) from None
+            raise _shorter_than_header(exc, file.length).with_filename(file.path) from None
         self._snapshots: Optional[tuple[list[Snapshot], int]] = None
         self._bitmaps: Optional[list[Bitmap]] = None
 
@@ -218,16 +227,16 @@ class Qcow2Image:
 
     # -- cluster 0 --------------------------------------------------------------------------
     def _area(self, offset: int, length: int, structure: str) -> bytes:
-        """Bytes from cluster 0, served from the first read when it covers them."""
+        """Bytes from cluster 0, served from the first read when it covers them; zeros past
+        EOF, as qemu reads them."""
         if offset + length <= len(self._head):
             return self._head[offset:offset + length]
-        return self.file.read(offset, length, structure)
+        return self.file.read_zero_padded(offset, length, structure)
 
     def _read_extensions(self) -> list[Extension]:
         """qcow2_read_extensions(): from header_length to the backing name or cluster end."""
         h = self.header
         end = h.backing_file_offset if h.backing_file_offset else h.cluster_size
-        end = min(end, self.file.length)
         offset = h.header_length
         extensions: list[Extension] = []
         while offset < end:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from . import layout as L
 from .chain import backing_path, has_protocol
 from .image import Qcow2Image, Snapshot
+from .reader import ImageFile
 
 JsonDict = dict[str, Any]
 
@@ -117,3 +118,16 @@ def image_info(image: Qcow2Image) -> JsonDict:
     if snapshots:
         info["snapshots"] = [snapshot_info(sn) for sn in snapshots]
     return info
+
+
+def raw_info(path: str) -> JsonDict:
+    """`qemu-img info --output=json` of a raw layer (a raw base image below a qcow2 one): the
+    raw driver's virtual size is the length of the file or device."""
+    with ImageFile(path) as file:
+        return {
+            "virtual-size": file.length,
+            "filename": path,
+            "format": "raw",
+            "actual-size": 0 if file.is_block_device else file.stat.st_blocks * 512,
+            "dirty-flag": False,
+        }

@@ -75,10 +75,19 @@ class Batch(NamedTuple):
     active: bool  # the active L1 table, not a snapshot's
     label: str  # "" or "snapshot N: "
 
-    def location(self, pos: int, l2_entries: int) -> str:
-        row, j = divmod(pos, l2_entries)
-        return (f"{self.label}L2 table at 0x{int(self.table_offsets[row]):x} entry {j} "
-                f"(L1[{int(self.l1_indices[row])}])")
+    def location(self, pos: int, geo: Geometry) -> str:
+        row, j = divmod(pos, geo.l2_entries)
+        return l2_entry_location(self.label, int(self.table_offsets[row]), j,
+                                 int(self.l1_indices[row]), geo.l2_entries, geo.cluster_bits)
+
+
+def l2_entry_location(label: str, table_offset: int, entry: int, l1_index: int,
+                      l2_entries: int, cluster_bits: int) -> str:
+    """`L2 table at 0x... entry j (L1[i], guest offset 0x...)`, after the snapshot's label:
+    the table, the entry, and the guest data it maps."""
+    guest = (l1_index * l2_entries + entry) << cluster_bits
+    return (f"{label}L2 table at 0x{table_offset:x} entry {entry} "
+            f"(L1[{l1_index}], guest offset 0x{guest:x})")
 
 
 def read_tables(image: Qcow2Image, offsets: U64, size: int) -> U64:
@@ -287,7 +296,7 @@ class TableWalk:
             pos = int(check_pos[k])
             entry = int(e[pos])
             copied.add(finding(
-                "copied-flag", batch.location(pos, n), what="data cluster",
+                "copied-flag", batch.location(pos, self.geo), what="data cluster",
                 entry_name="l2_entry", entry=entry, host_offset=entry & L.L2E_OFFSET_MASK,
                 cluster_index=(entry & L.L2E_OFFSET_MASK) >> self.geo.cluster_bits,
                 found=int(rc[k])))
@@ -361,7 +370,7 @@ class TableWalk:
         for pos in sorted(by_entry):
             entry = int(e[pos])
             bm = int(bitmap[pos]) if bitmap is not None else 0
-            where = batch.location(pos, self.geo.l2_entries)
+            where = batch.location(pos, self.geo)
             for kind in by_entry[pos]:
                 structure.add(l2_finding(kind, entry, bm, where, self.geo))
                 built += 1

@@ -66,7 +66,7 @@ def _run(argv: Optional[Sequence[str]], output: Output, options: dict[str, int])
     soon as it is known, for main's error report."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)
     except ParserExit:
         # --help / --version: exit 3 per the guidelines.
         return UNKNOWN, parser.printed

@@ -68,12 +68,9 @@ def timeout_option(text: str) -> float:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from collectors.version import package_version
 
-        return version("qcow2-monitor")
-    except Exception:  # not installed as a distribution (running from a source tree)
-        return "unknown"
+    return package_version()
 
 
 EPILOG = """\

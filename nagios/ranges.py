@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal
+
+from collectors.units import plain_number
 
 # Deliberately narrower than float(): float() also accepts "inf", "nan", "1_000" and spaces.
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
@@ -33,20 +34,8 @@ class RangeError(ValueError):
     """A threshold range that does not follow the guidelines' grammar."""
 
 
-def format_number(value: float) -> str:
-    """A plain decimal as perfdata demands: no exponent, ``.`` as point, no trailing zeros.
-
-    ``repr`` gives the shortest text that round-trips, so Decimal renders exactly what the user
-    typed (``1e3`` -> ``1000``, ``0.0001`` -> ``0.0001``) instead of ``1e-05``.
-    """
-    if math.isinf(value) or math.isnan(value):
-        raise ValueError(f"not a finite number: {value!r}")
-    if value == int(value):
-        return str(int(value))
-    text = format(Decimal(repr(float(value))), "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text
+# Perfdata numbers are written by the one core formatter (no exponent, no trailing zeros).
+format_number = plain_number
 
 
 @dataclass(frozen=True)

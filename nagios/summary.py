@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from collectors.units import finding_text, human_size
 from nagios.perfdata import perfdata
 from nagios.runtime import PREFIX
-from nagios.text import clean_text, human_size, percent_text, usage_percent
+from nagios.text import clean_text, percent_text, usage_percent
 from nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
 if TYPE_CHECKING:
@@ -65,8 +66,7 @@ def _findings(record: ImageRecord) -> list[str]:
     if record.check is None:
         return []
     lines = [
-        "    " + clean_text(f"{finding.severity} {finding.kind} at {finding.location}: "
-                            f"{finding.message}")
+        "    " + clean_text(finding_text(finding))
         for finding in record.check.findings
     ]
     hidden = record.check.findings_total - len(record.check.findings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from collectors.units import percent_number
 from nagios.ranges import Range, format_number
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -31,28 +32,13 @@ def clean_label(text: str) -> str:
     return clean_text(text).replace("=", "_").replace("'", "_")
 
 
-def human_size(size: int) -> str:
-    """Binary units for the text part, e.g. ``9.5 GiB``; perfdata stays in bytes."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            if unit == "B":
-                return f"{size} B"
-            return f"{format_number(round(value, 1))} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def percent_text(percent: float, limit: Optional[Range] = None) -> str:
     """Two decimals, or two significant digits below 1 so that tiny values do not read 0.
 
     Next to a threshold, as many decimals as it takes not to print the endpoint itself:
     "usage 80% > 80%" for 80.0001 % would read as a false alarm.
     """
-    if percent == 0 or percent >= 1:
-        text = format_number(round(percent, 2))
-    else:
-        text = format_number(float(f"{percent:.2g}"))
+    text = percent_number(percent)
     if limit is not None and percent not in (limit.start, limit.end):
         digits = 2
         while float(text) in (limit.start, limit.end) and digits < 12:

@@ -7,8 +7,9 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from collectors.units import human_size
 from nagios.ranges import Range
-from nagios.text import human_size, percent_text, usage_percent
+from nagios.text import percent_text, usage_percent
 
 if TYPE_CHECKING:
     from collectors.metrics import FilesystemFigures, ImageRecord

@@ -38,6 +38,7 @@ from collectors.metrics import (
     valid_utf8,
 )
 from collectors.selection import add_selection_and_health_arguments, collect_selected
+from collectors.version import add_version_argument
 
 if TYPE_CHECKING:
     import jinja2  # imported lazily at run time, like everything heavy
@@ -210,10 +211,23 @@ def write_atomically(path: str, text: str) -> None:
 # --- command line ------------------------------------------------------------------------------
 
 
+_EPILOG = """\
+examples:
+  qcow2-textfile -o /var/lib/prometheus/node-exporter/qcow2.prom /var/lib/libvirt/images
+  qcow2-textfile --output - --running --chain
+
+exit codes: 0 file written (images that cannot be analysed are in it, with
+qcow2_scrape_error 1, and listed on stderr); 1 file not written (template or write error;
+the previous file is kept); 64 bad command line.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qcow2-textfile",
         description="Write qcow2 image metrics for node_exporter's textfile collector.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "targets",
@@ -240,6 +254,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not list images that could not be analysed on stderr (they are in the file)",
     )
+    add_version_argument(parser)
     return parser
 
 
@@ -247,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     prog = parser.prog
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)
     except SystemExit as exc:  # argparse exits itself on --help (0) and bad usage (2)
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     if not args.targets and not args.running:

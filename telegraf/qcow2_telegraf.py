@@ -40,6 +40,7 @@ from collectors.metrics import (
     image_metrics,
 )
 from collectors.selection import add_selection_and_health_arguments, collect_selected
+from collectors.version import add_version_argument
 from telegraf.lineprotocol import FieldValue, format_line, representable
 
 MEASUREMENT = "qcow2"
@@ -92,11 +93,24 @@ def render(collection: Collection) -> tuple[str, list[str]]:
     return "".join(lines), problems
 
 
+_EPILOG = """\
+examples:
+  qcow2-telegraf /var/lib/libvirt/images --chain
+  qcow2-telegraf --running --check '/srv/vm/*.qcow2'
+
+exit codes: 0 points written (a target that cannot be analysed is still a point, with
+scrape_error=1i, and an E! line on stderr); 1 stdout closed (Telegraf went away);
+64 bad command line.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qcow2-telegraf",
         description="Print qcow2 image usage as InfluxDB line protocol for Telegraf's "
         "inputs.exec / inputs.execd.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "targets",
@@ -111,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve Telegraf's inputs.execd (signal = \"STDIN\"): one batch per line on stdin",
     )
+    add_version_argument(parser)
     return parser
 
 
@@ -137,7 +152,7 @@ def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)
     except SystemExit as exc:  # argparse exits itself on --help (0) and bad usage (2)
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     if not args.targets and not args.running:

@@ -20,7 +20,10 @@ def test_dump_smoke(corpus: list[CorpusImage]) -> None:
             for what in WHAT:
                 data = dump(image, what, limit=50)
                 json.dumps(data)
-                assert render_human(data).startswith(str(img.path))
+                text = render_human(data)
+                assert text.startswith(f"image: {img.path}\n")
+                # Readable text: no Python reprs of dicts or lists.
+                assert "{'" not in text and "[{" not in text, (img.name, what)
 
 
 def test_dump_content(tmp_path: Path) -> None:

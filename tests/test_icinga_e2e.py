@@ -167,7 +167,7 @@ def test_check_figures(icinga_results: dict[str, Any]) -> None:
     leaky = icinga_results["leaky"]
     assert "--check" in res["command"]
     assert (res["exit_status"], res["output"]) == (
-        1, f"QCOW2 WARNING - {leaky}: 1 leaked clusters ")
+        1, f"QCOW2 WARNING - {leaky}: 1 leaked cluster ")
     perf = dict(item.split("=", 1) for item in res["performance_data"])
     assert perf[f"'{leaky} leaks'"] == "1;;;0"
     assert perf[f"'{leaky} corruptions'"] == "0;;;0"

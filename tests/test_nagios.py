@@ -347,7 +347,7 @@ def test_golden_check_findings(monkeypatch: pytest.MonkeyPatch) -> None:
         "2 corruptions; 3 leaked clusters; qcow2 v3, virtual 20 GiB, cluster 64 KiB, end offset "
         "from refcounts, fully allocated 21 GiB; check: 2 corruptions, 3 leaks, 0 check errors, "
         "1000/327680 clusters allocated\n"
-        "    corruption refcount-too-low at L2 table at 0x50000 entry 12: refcount 0, "
+        "    corruption (refcount-too-low) at L2 table at 0x50000 entry 12: refcount 0, "
         "referenced 1\n"
         "    ... 4 more findings\n"
     )
@@ -355,6 +355,24 @@ def test_golden_check_findings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (code, text) == (1, f"QCOW2 WARNING - /x/l.qcow2: 3 leaked clusters | {PERF_CHECK}\n")
     code, _ = run_main(monkeypatch, [checked], "--corruptions-state", "ok", "--leaks-state", "ok")
     assert code == 0
+
+
+def test_singular_counts_and_leaks_read_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = CheckResult(
+        filename="/x/one.qcow2", check_errors=1, corruptions=1, leaks=1, image_end_offset=GiB,
+        total_clusters=10, allocated_clusters=5, fragmented_clusters=0, compressed_clusters=0,
+        findings=(Finding("leak", "leak", "Leaked cluster 10 refcount=1 reference=0",
+                          "refcount block at 0x20000 entry 10 (cluster 10 at 0xa0000)"),),
+        findings_total=1)
+    checked = record("/x/one.qcow2", usage("/x/one.qcow2", GiB, 10 * GiB), check=one)
+    _code, text = run_main(monkeypatch, [checked], "-vv")
+    prose = "\n".join(line.split(" | ")[0] for line in text.splitlines())  # not perfdata
+    assert "; 1 corruption; 1 leaked cluster; 1 check error;" in prose
+    assert "corruptions" not in prose and "leaked clusters" not in prose
+    assert "check: 1 corruption, 1 leak, 1 check error" in text
+    assert "    leak at refcount block at 0x20000 entry 10 (cluster 10 at 0xa0000): Leaked " \
+        "cluster 10 refcount=1 reference=0\n" in text
+    assert "leak leak" not in text
 
 
 def test_check_of_image_in_use_with_lazy_refcounts_is_not_critical(
@@ -673,7 +691,7 @@ def test_real_check_leak_is_warning(tmp_path: Path) -> None:
     assert qemu_check(image)["leaks"] == 1
     code, out, _ = run_plugin("-f", str(image), "--check")
     assert code == 1
-    assert out.startswith(f"QCOW2 WARNING - {image}: 1 leaked clusters | ")
+    assert out.startswith(f"QCOW2 WARNING - {image}: 1 leaked cluster | ")
     perf = perf_values(out)
     assert perf[f"{image} leaks"] == "1;;;0"
     assert perf[f"{image} corruptions"] == "0;;;0"

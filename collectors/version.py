@@ -1,0 +1,23 @@
+"""The version every command's --version prints."""
+
+from __future__ import annotations
+
+import argparse
+
+DISTRIBUTION = "qcow2-monitor"
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(DISTRIBUTION)
+    except Exception:  # not installed as a distribution (running from a source tree)
+        return "unknown"
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    """-V/--version on a command: its name and the package version, on stdout."""
+    parser.add_argument("-V", "--version", action="version",
+                        version=f"{parser.prog} {package_version()}",
+                        help="print the program's version and exit")

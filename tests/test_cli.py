@@ -1,0 +1,432 @@
+"""Command lines and human output of every command: options and targets in any order,
+--version and --help everywhere, `info` exactly as `qemu-img info` prints it, the usage table,
+and the one size/percent formatter (against qemu-img's own sizes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collectors.units import counted, human_size, percent_number, ratio_percent
+
+from corpus import CorpusImage
+from damage import patch_bytes, read_header
+
+REPO = Path(__file__).resolve().parent.parent
+COMMANDS = {
+    "qcow2-analyze": ["-m", "analyze"],
+    "check_qcow2": ["-m", "nagios.check_qcow2"],
+    "qcow2-telegraf": ["-m", "telegraf.qcow2_telegraf"],
+    "qcow2-textfile": ["-m", "node_exporter_textfile.qcow2_textfile"],
+}
+ANALYZE_COMMANDS = ["info", "header", "usage", "check", "dump", "measure"]
+
+
+def run(command: str, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *COMMANDS[command], *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def qemu_img(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def create(path: Path, size: str = "64M", *options: str) -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *options, str(path), size],
+                   check=True)
+    return path
+
+
+# -- options and targets in any order --------------------------------------------------------
+def test_targets_after_options_in_every_command(tmp_path: Path) -> None:
+    a = str(create(tmp_path / "a.qcow2"))
+    b = str(create(tmp_path / "b.qcow2"))
+    nagios = run("check_qcow2", a, "-w", "80", b)
+    assert nagios.returncode == 0, nagios.stdout
+    assert a in nagios.stdout and b in nagios.stdout
+    # Several globs, each followed by options, as a Nagios command line builds them.
+    globbed = run("check_qcow2", str(tmp_path / "a*.qcow2"), "-c", "90",
+                  str(tmp_path / "b*.qcow2"), "-w", "80")
+    assert globbed.returncode == 0 and a in globbed.stdout and b in globbed.stdout
+
+    textfile = run("qcow2-textfile", "--output", "-", a, "--chain", b)
+    assert textfile.returncode == 0, textfile.stderr
+    assert f'path="{a}"' in textfile.stdout and f'path="{b}"' in textfile.stdout
+
+    telegraf = run("qcow2-telegraf", a, "--chain", b)
+    assert telegraf.returncode == 0, telegraf.stderr
+    assert len(telegraf.stdout.splitlines()) == 2
+
+    usage = run("qcow2-analyze", "usage", a, "--no-chain", b, "--output", "json")
+    assert usage.returncode == 0, usage.stderr
+    assert usage.stdout.count('"filename"') == 2
+    for command in ("info", "header", "check", "measure"):
+        proc = run("qcow2-analyze", command, a, "--output", "json")
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert proc.stdout.lstrip().startswith("{"), command
+    dump = run("qcow2-analyze", "dump", a, "--what", "l1", "--output", "json")
+    assert dump.returncode == 0, dump.stderr
+
+
+# -- --version, --help, the no-command error ------------------------------------------------
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_version_on_every_command(command: str) -> None:
+    proc = run(command, "--version")
+    # The Nagios plugin guidelines want UNKNOWN (3) after --version; the others exit 0.
+    assert proc.returncode == (3 if command == "check_qcow2" else 0), proc.stderr
+    assert re.fullmatch(rf"{command} \S+\n", proc.stdout), proc.stdout
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    from analyze.main import build_parser as analyze_parser
+    from nagios.check_qcow2 import build_parser as nagios_parser
+    from node_exporter_textfile.qcow2_textfile import _parser as textfile_parser
+    from telegraf.qcow2_telegraf import _parser as telegraf_parser
+
+    parsers: dict[str, argparse.ArgumentParser] = {
+        "check_qcow2": nagios_parser(), "qcow2-telegraf": telegraf_parser(),
+        "qcow2-textfile": textfile_parser(), "qcow2-analyze": analyze_parser()}
+    for action in parsers["qcow2-analyze"]._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                parsers[f"qcow2-analyze {name}"] = sub
+    return parsers
+
+
+PARSERS = _parsers()
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_help_has_every_option_an_example_and_the_exit_codes(name: str) -> None:
+    assert set(PARSERS) >= {f"qcow2-analyze {sub}" for sub in ANALYZE_COMMANDS}
+    command, *sub = name.split()
+    proc = run(command, *sub, "--help")
+    assert proc.returncode == (3 if command == "check_qcow2" else 0)
+    text = proc.stdout
+    assert "exit codes:" in text and "example" in text.lower(), text
+    for action in PARSERS[name]._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            assert all(choice in text for choice in action.choices)
+            continue
+        assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+        shown = action.option_strings[-1] if action.option_strings else action.metavar
+        assert shown and str(shown) in text, (name, action.dest)
+
+
+def test_no_command_lists_every_command() -> None:
+    proc = run("qcow2-analyze")
+    assert proc.returncode == 64 and proc.stdout == ""
+    for command in ANALYZE_COMMANDS:
+        assert command in proc.stderr
+
+
+# -- info as qemu-img info prints it ---------------------------------------------------------
+def _patch_first_snapshot(path: Path, *, date_sec: int, vm_clock_nsec: int,
+                          vm_state_size: int) -> None:
+    """Give the first snapshot a date, a guest clock and a VM state size (qemu-img snapshot -c
+    leaves the last two 0): snapshot table entry fields as the qcow2 spec lays them out."""
+    header = read_header(path)
+    table = header["snapshots_offset"]
+    # l1_table_offset u64, l1_size u32, id_str_size u16, name_size u16, date_sec u32,
+    # date_nsec u32, vm_clock_nsec u64, vm_state_size u32, extra_data_size u32, then extra
+    # data: vm_state_size_large u64 (used instead of the 32-bit one when present).
+    patch_bytes(path, table + 16, struct.pack(">IIQI", date_sec, 5, vm_clock_nsec,
+                                              vm_state_size))
+    patch_bytes(path, table + 40, struct.pack(">Q", vm_state_size))
+
+
+def _info_lines_equal(path: Path, tz: str, *extra: str) -> None:
+    env = {"TZ": tz}
+    qemu = qemu_img("info", *extra, str(path), env=env)
+    ours = run("qcow2-analyze", "info", *extra, str(path), env=env)
+    assert qemu.returncode == 0, qemu.stderr
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.splitlines() == qemu.stdout.splitlines()
+
+
+def test_info_snapshot_table_equals_qemu_img(tmp_path: Path) -> None:
+    base = create(tmp_path / "base.qcow2")
+    top = create(tmp_path / "top.qcow2", "64M", "-b", "base.qcow2", "-F", "qcow2")
+    for name in ("first", "a snapshot name longer than sixteen", "café-été"):
+        subprocess.run(["qemu-img", "snapshot", "-c", name, str(top)], check=True)
+    # 1 h 2 min 3.456 s of guest time, 123456789 bytes of VM state, a fixed date.
+    _patch_first_snapshot(top, date_sec=1_796_045_533, vm_clock_nsec=3_723_456_789_000,
+                          vm_state_size=123_456_789)
+    for tz in ("UTC", "Asia/Kolkata", "America/St_Johns"):
+        _info_lines_equal(top, tz)
+    _info_lines_equal(top, "Europe/Berlin", "--backing-chain")
+    ours = run("qcow2-analyze", "info", str(top), env={"TZ": "UTC"}).stdout
+    assert "2026-11-30 13:32:13" in ours and "01:02:03.456" in ours and "118 MiB" in ours
+    assert base.exists()
+
+
+def test_info_equals_qemu_img_on_luks_dirty_and_bitmaps(
+        tmp_path: Path, corpus_by_name: dict[str, CorpusImage]) -> None:
+    # LUKS images of the corpus (made with qemu-img create -o encrypt.format=luks): no line
+    # needs the key, so every line is compared.
+    for name in ("luks", "luks-cs-4096"):
+        _info_lines_equal(corpus_by_name[name].path, "UTC")
+    dirty = create(tmp_path / "dirty.qcow2")
+    patch_bytes(dirty, 79, b"\x01")  # incompatible feature bit 0: dirty
+    _info_lines_equal(dirty, "UTC")
+    bitmaps = create(tmp_path / "bitmaps.qcow2")
+    for name in ("b0", "b1"):
+        subprocess.run(["qemu-img", "bitmap", "--add", "-g", "128K", str(bitmaps), name],
+                       check=True)
+    subprocess.run(["qemu-img", "bitmap", "--disable", str(bitmaps), "b1"], check=True)
+    _info_lines_equal(bitmaps, "UTC")
+
+
+def test_info_equals_qemu_img_on_the_corpus(corpus: list[CorpusImage]) -> None:
+    compared = 0
+    for image in corpus:
+        qemu = qemu_img("info", *image.info_args)
+        if qemu.returncode != 0:
+            continue
+        ours = run("qcow2-analyze", "info", str(image.path))
+        assert ours.stdout.splitlines() == qemu.stdout.splitlines(), image.name
+        compared += 1
+    assert compared >= 10
+
+
+# -- usage table -----------------------------------------------------------------------------
+def test_usage_is_an_aligned_table(tmp_path: Path) -> None:
+    base = create(tmp_path / "base.qcow2")
+    top = create(tmp_path / "top.qcow2", "64M", "-b", "base.qcow2", "-F", "qcow2")
+    proc = run("qcow2-analyze", "usage", str(top), str(tmp_path / "missing.qcow2"))
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["IMAGE", "END"]
+    assert len(lines) == 4
+    # The figures' columns end at the same place on every line.
+    used_end = lines[0].index("USED") + len("USED")
+    for line in lines[1:]:
+        assert line[used_end - 1] != " ", line
+    assert lines[2].lstrip().startswith("└ base.qcow2")
+    assert lines[3].startswith(str(tmp_path / "missing.qcow2")) and lines[3].endswith("error")
+    # The error is said once, on stderr, with the path once.
+    assert proc.stderr.count("missing.qcow2") == 1 and "missing.qcow2" not in \
+        proc.stdout.replace(lines[3], "")
+    assert "No such file" not in proc.stdout
+    assert base.exists()
+
+
+# -- one formatter ---------------------------------------------------------------------------
+def test_human_size_is_qemus(tmp_path: Path) -> None:
+    # qemu-img info prints the virtual size through size_to_str(): compare on sizes around
+    # every unit switch (qemu switches at 1000 of a unit, not 1024).
+    for size in (512, 1000 * 512, 1023 * 1024, 1024 * 1024, 999 * 1024 * 1024 + 512,
+                 1000 * 1024 * 1024, 1536 * 1024 * 1024, 10 * 1024**3 + 512, 1000 * 1024**4):
+        path = create(tmp_path / "s.qcow2", str(size))
+        line = qemu_img("info", str(path)).stdout.splitlines()[2]
+        assert line == f"virtual size: {human_size(size)} ({size} bytes)"
+        path.unlink()
+
+
+def test_percent_and_plural_rules() -> None:
+    assert percent_number(80.0) == "80"
+    assert percent_number(80.126) == "80.13"
+    assert percent_number(0.000641) == "0.00064"  # two significant digits below 1 %
+    assert ratio_percent(0.5) == "50%"
+    assert counted(1, "corruption") == "1 corruption"
+    assert counted(2, "corruption") == "2 corruptions"
+    assert counted(1, "leaked cluster") == "1 leaked cluster"
+
+
+# -- JSON errors and layer statuses ----------------------------------------------------------
+ERROR_KEYS = {"kind", "structure", "offset", "value", "message", "filename"}
+
+
+def _orphan(tmp_path: Path) -> Path:
+    """An image whose backing file does not exist."""
+    return create(tmp_path / "orphan.qcow2", "16M", "-u", "-b", "gone.qcow2", "-F", "qcow2")
+
+
+def test_missing_backing_layer_fails_info_and_check(tmp_path: Path) -> None:
+    orphan = _orphan(tmp_path)
+    gone = str(tmp_path / "gone.qcow2")
+    qemu = qemu_img("info", "--backing-chain", str(orphan))
+    assert qemu.returncode == 1 and "gone.qcow2" in qemu.stderr  # what we compare with
+    for argv in (["info", "--backing-chain"], ["check", "--chain"]):
+        human = run("qcow2-analyze", *argv, str(orphan))
+        assert human.returncode == 1, argv
+        assert human.stderr.count("\n") == 1 and human.stderr.count(gone) == 1, human.stderr
+        assert "not found" not in human.stdout
+        data = json.loads(run("qcow2-analyze", *argv, "--output", "json", str(orphan)).stdout)
+        assert [entry.get("status", "ok") for entry in data] == ["ok", "missing"]
+        assert data[0]["filename"] == str(orphan)
+        assert data[1]["filename"] == gone and data[1]["depth"] == 1
+        assert set(data[1]["error"]) == ERROR_KEYS
+        assert data[1]["error"]["kind"] == "io-error" and data[1]["error"]["filename"] == gone
+    # Without the chain options the top image alone is reported, as by qemu-img info.
+    assert run("qcow2-analyze", "info", str(orphan)).returncode == 0
+    assert qemu_img("info", str(orphan)).returncode == 0
+
+
+def test_raw_base_layer_shown_as_qemu_img_shows_it(tmp_path: Path) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(tmp_path / "raw.img"), "10M"],
+                   check=True)
+    top = create(tmp_path / "top.qcow2", "10M", "-b", "raw.img", "-F", "raw")
+    _info_lines_equal(top, "UTC", "--backing-chain")
+    ours = json.loads(run("qcow2-analyze", "info", "--backing-chain", "--output", "json",
+                          str(top)).stdout)
+    assert ours == json.loads(qemu_img("info", "--backing-chain", "--output=json",
+                                       str(top)).stdout)
+
+
+def test_errors_have_one_json_shape(tmp_path: Path) -> None:
+    orphan = _orphan(tmp_path)
+    not_qcow2 = tmp_path / "text.qcow2"
+    not_qcow2.write_text("not an image\n" * 100)
+    usage = json.loads(run("qcow2-analyze", "usage", "--output", "json", str(orphan),
+                           str(not_qcow2)).stdout)
+    assert [entry["status"] for entry in usage] == ["ok", "error"]
+    assert usage[0]["backing_chain"][0]["status"] == "missing"
+    assert set(usage[0]["backing_chain"][0]["error"]) == ERROR_KEYS
+    assert set(usage[1]["error"]) == ERROR_KEYS and usage[1]["error"]["kind"] == "not-qcow2"
+    assert usage[1]["error"]["filename"] == str(not_qcow2)
+    check = json.loads(run("qcow2-analyze", "check", "--chain", "--output", "json",
+                           str(not_qcow2)).stdout)
+    assert check == [{"filename": str(not_qcow2), "depth": 0, "status": "error",
+                      "error": usage[1]["error"]}]
+
+
+@pytest.mark.parametrize("argv", [["check", "--max-findings", "-1"],
+                                  ["check", "--max-findings=-1"], ["dump", "--what", "l1",
+                                                                   "--limit", "-5"]])
+def test_negative_counts_are_refused(tmp_path: Path, argv: list[str]) -> None:
+    image = create(tmp_path / "a.qcow2")
+    proc = run("qcow2-analyze", *argv, str(image))
+    assert proc.returncode == 64 and "invalid count" in proc.stderr and proc.stdout == ""
+
+
+# -- past EOF reads as zeros, as qemu's file driver reads it ---------------------------------
+def _truncated(src: Path, dst: Path, length: int) -> Path:
+    dst.write_bytes(src.read_bytes()[:length])
+    return dst
+
+
+def test_files_shorter_than_their_metadata_read_as_qemu_reads_them(tmp_path: Path) -> None:
+    v2 = create(tmp_path / "v2.qcow2", "16M", "-o", "compat=0.10")
+    # No backing file: a backing name cut off reads as NULs, the names-with-NUL rules' case.
+    v3 = create(tmp_path / "v3.qcow2", "16M")
+    subprocess.run(["qemu-img", "snapshot", "-c", "s1", str(v3)], check=True)
+    snapshots_offset = read_header(v3)["snapshots_offset"]
+    agreed_ok = damage_found = 0
+    cuts = [48, 72, 104, 200, 4096]
+    # The v3 image also cut inside its snapshot table (the table then runs past EOF).
+    for src, lengths in ((v2, cuts), (v3, [*cuts, snapshots_offset + 8, snapshots_offset + 40])):
+        for length in lengths:
+            image = _truncated(src, tmp_path / f"cut-{src.stem}-{length}.qcow2", length)
+            qemu = qemu_img("info", "-f", "qcow2", str(image), env={"TZ": "UTC"})
+            ours = run("qcow2-analyze", "info", str(image), env={"TZ": "UTC"})
+            assert ours.returncode == qemu.returncode, (image.name, qemu.stderr, ours.stderr)
+            assert "Traceback" not in ours.stderr
+            if qemu.returncode:
+                assert ours.stderr.count("\n") == 1 and str(image) in ours.stderr
+                continue
+            agreed_ok += 1
+            assert ours.stdout.splitlines() == qemu.stdout.splitlines(), image.name
+            for argv in (["header"], ["-f"]):
+                proc = run("qcow2-analyze", *argv, str(image))
+                assert proc.returncode == 0, (argv, image.name, proc.stderr)
+            qemu_check = qemu_img("check", "-f", "qcow2", str(image))
+            ours_check = run("qcow2-analyze", "check", str(image))
+            assert ours_check.returncode == qemu_check.returncode, image.name
+            damage_found += ours_check.returncode != 0
+    assert agreed_ok >= 6
+    assert damage_found >= 3  # what info reads as zeros, check reports as damage
+
+
+# -- findings located precisely --------------------------------------------------------------
+def _u64_at(path: Path, offset: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return int.from_bytes(f.read(8), "big")
+
+
+def test_one_flipped_l2_byte_is_located_at_its_entry(tmp_path: Path) -> None:
+    image = create(tmp_path / "flip.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 1M", str(image)],
+                   check=True, capture_output=True)
+    header = read_header(image)
+    cluster_size = 1 << header["cluster_bits"]
+    l2_table = _u64_at(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
+    # Entry 3 maps guest offset 3 * cluster_size; point it at entry 4's cluster: that cluster
+    # is referenced twice (a corruption), and entry 3's own cluster by nothing (a leak).
+    entry3 = _u64_at(image, l2_table + 3 * 8)
+    entry4 = _u64_at(image, l2_table + 4 * 8)
+    patch_bytes(image, l2_table + 3 * 8, entry4.to_bytes(8, "big"))
+    assert bin(entry3 ^ entry4).count("1") >= 1
+    old_cluster = (entry3 & 0x00FFFFFFFFFFFE00) // cluster_size
+    new_cluster = (entry4 & 0x00FFFFFFFFFFFE00) // cluster_size
+    refblock = _u64_at(image, header["refcount_table_offset"]) & ~0x1FF
+    entries_per_block = cluster_size * 8 // (1 << header["refcount_order"])
+
+    proc = run("qcow2-analyze", "check", "--output", "json", str(image))
+    assert proc.returncode == qemu_img("check", str(image)).returncode == 2
+    findings = {f["kind"]: f for f in json.loads(proc.stdout)["findings"]}
+    assert findings["refcount-too-low"]["location"] == (
+        f"L2 table at 0x{l2_table:x} entry 3 (L1[0], guest offset 0x{3 * cluster_size:x}); "
+        f"L2 table at 0x{l2_table:x} entry 4 (L1[0], guest offset 0x{4 * cluster_size:x})")
+    assert findings["refcount-too-low"]["cluster-index"] == new_cluster
+    assert findings["leak"]["location"] == (
+        f"refcount block at 0x{refblock:x} entry {old_cluster % entries_per_block} "
+        f"(cluster {old_cluster} at 0x{old_cluster * cluster_size:x})")
+
+
+def test_snapshot_entries_are_named_in_locations(tmp_path: Path) -> None:
+    image = create(tmp_path / "snap.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 256k", str(image)],
+                   check=True, capture_output=True)
+    subprocess.run(["qemu-img", "snapshot", "-c", "s1", str(image)], check=True)
+    header = read_header(image)
+    cluster_size = 1 << header["cluster_bits"]
+    l2_table = _u64_at(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
+    # Active and snapshot share the L2 table and its data (refcount 2). Unhook the active L1
+    # entry: each of those clusters is then referenced once, by snapshot 1 only (leaks).
+    patch_bytes(image, header["l1_table_offset"], bytes(8))
+    proc = run("qcow2-analyze", "check", "--output", "json", str(image))
+    assert proc.returncode == qemu_img("check", str(image)).returncode == 3
+    locations = {f["location"] for f in json.loads(proc.stdout)["findings"]}
+    assert "snapshot 1: L1[0] (L2 table)" in locations
+    for j in range(256 * 1024 // cluster_size):
+        assert (f"snapshot 1: L2 table at 0x{l2_table:x} entry {j} "
+                f"(L1[0], guest offset 0x{j * cluster_size:x})") in locations
+
+
+def test_one_finding_line_never_repeats_its_kind() -> None:
+    from collectors.model import Finding
+    from collectors.units import finding_text
+
+    leak = Finding("leak", "leak", "Leaked cluster 10 refcount=1 reference=0", "cluster 10")
+    assert finding_text(leak) == "leak at cluster 10: Leaked cluster 10 refcount=1 reference=0"
+    low = Finding("refcount-too-low", "corruption", "ERROR cluster 9", "L2 table at 0x0 entry 1")
+    assert finding_text(low).startswith("corruption (refcount-too-low) at L2 table")
+
+
+@pytest.mark.parametrize("argv", [["info"], ["header"], ["check"], ["measure"],
+                                  ["dump", "--what", "l1"], ["usage"], ["-f"],
+                                  ["info", "--backing-chain"], ["check", "--chain"]])
+def test_an_error_is_said_once_on_stderr_naming_the_file_once(tmp_path: Path,
+                                                              argv: list[str]) -> None:
+    image = tmp_path / "short.qcow2"
+    image.write_bytes(create(tmp_path / "full.qcow2").read_bytes()[:48])
+    for target in (image, tmp_path / "missing.qcow2"):
+        proc = run("qcow2-analyze", *argv, str(target))
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1 and proc.stderr.count(str(target)) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        # stdout carries no error text (a table row or chain heading may name the file).
+        assert "No such file" not in proc.stdout and "header_length" not in proc.stdout
