@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from collectors.units import finding_text, human_size
+from collectors.units import counted, finding_text, human_size
 from nagios.perfdata import perfdata
 from nagios.runtime import PREFIX
 from nagios.text import clean_text, percent_text, usage_percent
@@ -54,8 +54,9 @@ def _details(record: ImageRecord) -> list[str]:
     check = record.check
     if check is not None:
         parts.append(
-            f"check: {check.corruptions} corruptions, {check.leaks} leaks, "
-            f"{check.check_errors} check errors, {check.allocated_clusters}/"
+            f"check: {counted(check.corruptions, 'corruption')}, "
+            f"{counted(check.leaks, 'leak')}, {counted(check.check_errors, 'check error')}, "
+            f"{check.allocated_clusters}/"
             f"{check.total_clusters} clusters allocated"
         )
     return parts
