@@ -6,6 +6,7 @@
     qcow2-analyze usage [--output human|json] [--no-chain] [--no-live] [--libvirt-uri URI]
                         [--qmp SOCKET]... TARGET...
     qcow2-analyze check | dump | measure ...            (see analyze/check.py, analyze/tables.py)
+    qcow2-analyze config [NAME]                           shipped configuration files
 
 Exit codes: 0 success; 1 a target could not be analysed; for `check` also 2 corruptions and
 3 leaks (as qemu-img check); 64 bad command line.
@@ -22,7 +23,7 @@ from collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Qcow2Error, inte
 from collectors.selection import add_live_arguments
 from collectors.version import add_version_argument
 
-from . import check, tables
+from . import check, config, tables
 from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, report_error
 from .info import run_header, run_info
 from .legacy import run_legacy
@@ -72,8 +73,9 @@ def build_parser() -> ArgumentParser:
 
     usage = sub.add_parser(
         "usage", help="image end offset, container and headroom (fast)",
-        description="How full each image's container is: the image end offset, the container "
-        "(block device, or file plus its filesystem's free space) and the headroom left.",
+        description="How full each image's container is: the image end offset (on disk, and "
+        "live from libvirt or QMP for running VMs), the container (the block device, or the "
+        "filesystem holding the image file) and the headroom left.",
         epilog=epilog("usage /var/lib/libvirt/images", "usage --no-chain --output json "
                       "'/srv/vm/*.qcow2' /dev/vg0/vm1"))
     usage.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
@@ -86,6 +88,7 @@ def build_parser() -> ArgumentParser:
 
     check.register(sub)
     tables.register(sub)
+    config.register(sub)
     return parser
 
 

@@ -97,13 +97,17 @@ def test_exec_forms_per_version() -> None:
 
 @pytest.mark.parametrize("path", SNIPPETS, ids=lambda p: p.name)
 def test_commands_run_the_real_collector(path: Path, tmp_path: Path) -> None:
-    """Each command, with the installed script and a real image as target, prints points."""
+    """Each command, as `qcow2-analyze config` renders the snippet (the installed script's
+    real path), with a real image as target, prints points."""
     image = tmp_path / "t.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
-    for argv in _argv(path):
-        assert Path(argv[0]).name == "qcow2-telegraf"
+    rendered = tmp_path / path.name
+    rendered.write_bytes(subprocess.run([str(SCRIPT.parent / "qcow2-analyze"), "config",
+                                         path.name], capture_output=True, check=True).stdout)
+    for argv in _argv(rendered):
+        assert argv[0] == str(SCRIPT)
         options = [arg for arg in argv[1:] if arg.startswith("--")]
-        proc = subprocess.run([str(SCRIPT), *options, str(image)], input=b"\n",
+        proc = subprocess.run([argv[0], *options, str(image)], input=b"\n",
                               capture_output=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(b"qcow2,"), proc.stdout

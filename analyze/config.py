@@ -1,0 +1,93 @@
+"""`qcow2-analyze config`: the configuration files the package ships, found where they were
+installed, and rendered with the real path of the installed commands.
+
+The Nagios and Icinga 2 definitions, the Telegraf snippets, the systemd unit and timer, the cron
+line and the Prometheus alert rules are package data of their adapter. Files that start a
+command name it as ``@BINDIR@/command``; this command replaces ``@BINDIR@`` with the directory
+the commands were installed into (a virtual environment's ``bin``, ``/usr/local/bin``, ...), so
+that what an operator copies into /etc runs the right program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import sysconfig
+from importlib import resources
+from typing import Any, TextIO
+
+from collectors.errors import EXIT_OK
+
+from .common import epilog
+
+BINDIR_PLACEHOLDER = "@BINDIR@"
+
+# name -> (adapter package beside this one, what the file is for)
+SHIPPED: dict[str, tuple[str, str]] = {
+    "qcow2.conf": ("nagios", "Nagios Core command definitions (uses $USER1$/check_qcow2)"),
+    "qcow2-icinga2.conf": ("nagios", "Icinga 2 CheckCommand (uses PluginDir/check_qcow2)"),
+    "qcow2-exec.conf": ("telegraf", "Telegraf >= 1.39 inputs.exec (argv form of commands)"),
+    "qcow2-exec-legacy.conf": ("telegraf", "Telegraf <= 1.38 inputs.exec (string form)"),
+    "qcow2-execd.conf": ("telegraf", "Telegraf inputs.execd (a long-running collector)"),
+    "qcow2-textfile.service": ("node_exporter_textfile", "systemd service writing the textfile"),
+    "qcow2-textfile.timer": ("node_exporter_textfile", "systemd timer: the service every minute"),
+    "qcow2-textfile.cron": ("node_exporter_textfile", "/etc/cron.d line, with an overlap lock"),
+    "qcow2.rules.yml": ("node_exporter_textfile", "Prometheus alerting rules"),
+    "qcow2.rules.test.yml": ("node_exporter_textfile", "promtool test rules for them"),
+}
+
+
+def _adapter_package(adapter: str) -> str:
+    # Siblings of this package, whatever it is installed as (e.g. qcow2_monitor.analyze).
+    parent = __package__.rpartition(".")[0] if __package__ else ""
+    return f"{parent}.{adapter}" if parent else adapter
+
+
+def shipped_path(name: str) -> str:
+    """Where the shipped file `name` is installed."""
+    adapter, _what = SHIPPED[name]
+    return str(resources.files(_adapter_package(adapter)).joinpath(name))
+
+
+def bin_dir() -> str:
+    """The directory the package's commands were installed into: the one holding the running
+    console script, else the interpreter's scripts directory."""
+    running = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(running) == "qcow2-analyze" and os.path.isfile(running):
+        return os.path.dirname(running)
+    return sysconfig.get_path("scripts")
+
+
+def render(name: str) -> str:
+    """The shipped file `name`, with @BINDIR@ replaced by the installed commands' directory."""
+    with open(shipped_path(name), encoding="utf-8") as file:
+        return file.read().replace(BINDIR_PLACEHOLDER, bin_dir())
+
+
+def run_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.name is None:
+        width = max(len(name) for name in SHIPPED)
+        for name, (_adapter, what) in SHIPPED.items():
+            out.write(f"{name:<{width}}  {shipped_path(name)}\n{'':<{width}}  {what}\n")
+        return EXIT_OK
+    out.write(render(args.name))
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    config = sub.add_parser(
+        "config", help="list the shipped configuration files, or print one ready to install",
+        description="Without NAME: every configuration file the package ships, with the path "
+        "it was installed at. With NAME: that file, with @BINDIR@ replaced by the directory of "
+        "the installed commands, ready to copy into /etc.",
+        epilog=epilog("config", "config qcow2-textfile.service > "
+                      "/etc/systemd/system/qcow2-textfile.service",
+                      exit_codes="exit codes: 0 printed; 64 bad command line (e.g. a NAME "
+                      "that is not shipped)."))
+    config.add_argument("name", nargs="?", metavar="NAME", choices=list(SHIPPED),
+                        help="one of: " + ", ".join(SHIPPED))
+    config.set_defaults(handler=run_config)
+
+
+__all__ = ["BINDIR_PLACEHOLDER", "SHIPPED", "bin_dir", "register", "render", "shipped_path"]
