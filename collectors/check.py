@@ -37,6 +37,7 @@ from .model import (
     CheckResult,
     Finding,
 )
+from .names import c_string_text
 
 U64 = npt.NDArray[np.uint64]
 Bools = npt.NDArray[np.bool_]
@@ -76,6 +77,10 @@ BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
 BME_TABLE_ENTRY_SIZE = 8
 COMPRESSED_SECTOR_SIZE = 512
 COUNT_MAX = np.iinfo(np.uint32).max
+# block/block_int.h: QEMU_ALIGN_DOWN(INT64_MAX, BDRV_MAX_ALIGNMENT); reads past it fail (EIO).
+BDRV_MAX_LENGTH = (2**63 - 1) // (1 << 30) * (1 << 30)
+# L1 entries accounted per vectorised pass (bounds the temporaries of a 32 MiB L1 table).
+L1_CHUNK_ENTRIES = 1 << 20
 # Beyond this many runs of adjacent clusters in one batch, count per entry instead.
 MAX_RUNS = 4096
 
@@ -159,8 +164,7 @@ def read_snapshot_table(image: Qcow2Image) -> tuple[list[_SnapshotEntry], int]:
                 kind=OUT_OF_BOUNDS, filename=image.filename)
         entries.append(_SnapshotEntry(
             i, entry_offset, fixed.l1_table_offset, fixed.l1_size, fixed.extra_data_size,
-            id_raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"),
-            name_raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")))
+            c_string_text(id_raw), c_string_text(name_raw)))
     return entries, (offset - start if entries else 0)
 
 
@@ -205,12 +209,17 @@ class OnDiskRefcounts:
         values = (raw[:, None] >> shifts) & np.uint8((1 << bits) - 1)
         return values.reshape(-1).astype(np.uint64)
 
+    def readable(self, offset: int) -> bool:
+        """Whether qemu can read a refcount block at `offset`: it must be cluster aligned, and
+        the block layer refuses (EIO) requests ending past BDRV_MAX_LENGTH."""
+        return not offset % self.cluster_size and offset + self.cluster_size <= BDRV_MAX_LENGTH
+
     def block(self, index: int) -> Optional[U64]:
         """Refcounts of refcount table entry `index`, or None when unreadable."""
         offset = self.block_offset(index)
         if not offset:
             return self.zeros()
-        if offset % self.cluster_size:
+        if not self.readable(offset):
             return None
         cached = self._cache.get(index)
         if cached is not None:
@@ -346,16 +355,19 @@ class _Checker:
             return
         if offset + size - self.file_len >= self.cs:
             self.corruptions += 1
-            self.structure.add(Finding(
-                "reference-past-eof", SEVERITY_CORRUPTION,
-                f"{what} at 0x{offset:x} ({size} bytes) ends a cluster or more past the end of "
-                f"the file (length 0x{self.file_len:x})", what, host_offset=offset,
-                cluster_index=offset >> self.cb, found=size, advice=ADVICE_METADATA))
+            self.structure.add(self._past_eof(offset, size, what))
             return
         first = offset >> self.cb
         last = (offset + size - 1) >> self.cb
         self.imrt_size = max(self.imrt_size, last + 1)
         self.counts[first:last + 1] += np.uint32(1)
+
+    def _past_eof(self, offset: int, size: int, what: str) -> Finding:
+        return Finding(
+            "reference-past-eof", SEVERITY_CORRUPTION,
+            f"{what} at 0x{offset:x} ({size} bytes) ends a cluster or more past the end of "
+            f"the file (length 0x{self.file_len:x})", what, host_offset=offset,
+            cluster_index=offset >> self.cb, found=size, advice=ADVICE_METADATA)
 
     # -- check_refcounts_l1 -----------------------------------------------------------------
     def check_l1(self, l1_offset: int, l1_size: int, *, active: bool, label: str) -> None:
@@ -391,23 +403,37 @@ class _Checker:
                     cluster_index=int(l2_offsets[i]) >> self.cb, expected=1 if flag[i] else None,
                     found=int(rc[i]), advice=ADVICE_REFCOUNT))
         per_batch = max(1, L2_BATCH_ENTRIES // self.l2_entries)
-        for lo in range(0, len(used), per_batch):
-            hi = min(len(used), lo + per_batch)
+        for lo in range(0, len(used), L1_CHUNK_ENTRIES):
+            hi = min(len(used), lo + L1_CHUNK_ENTRIES)
             # Per L1 entry in qemu's order: reserved bits, the L2 table's own reference,
-            # alignment, then its entries.
-            for i in (np.flatnonzero(reserved[lo:hi] | unaligned[lo:hi]) + lo).tolist():
+            # alignment, then its entries. Findings are built only while there is room; the
+            # rest are counted, so the time follows the tables, not the L1 size.
+            flagged = np.flatnonzero(reserved[lo:hi] | unaligned[lo:hi]) + lo
+            shown = flagged[: self.structure.room]
+            for i in shown.tolist():
                 self._l1_entry_findings(label, int(used[i]), int(entries[i]),
                                         bool(reserved[i]), bool(unaligned[i]))
+            rest = flagged[len(shown):]
+            hidden = int(np.count_nonzero(reserved[rest])) + int(np.count_nonzero(unaligned[rest]))
+            self.corruptions += hidden
+            self.structure.count(hidden)
             table_offsets = l2_offsets[lo:hi]
             past = self._add_regions(table_offsets, np.full(hi - lo, self.cs, dtype=np.uint64))
-            for i in np.flatnonzero(past).tolist():
+            past_at = np.flatnonzero(past)
+            for i in past_at[: self.structure.room].tolist():
                 off = int(table_offsets[i])
                 self.structure.add(Finding(
                     "reference-past-eof", SEVERITY_CORRUPTION,
                     f"L2 table at 0x{off:x} lies a cluster or more past the end of the file "
                     f"(length 0x{self.file_len:x})", f"{label}L1[{int(used[lo + i])}]",
                     host_offset=off, cluster_index=off >> self.cb, advice=ADVICE_METADATA))
-            self._check_l2_batch(table_offsets, used[lo:hi], copied_ok[lo:hi], active, label)
+            self.structure.count(max(0, len(past_at) - self.structure.room))
+            # An L2 table at or past EOF reads as zeros (as qemu's bdrv_pread on a file):
+            # no entries to check, so it is not read at all.
+            inside = np.flatnonzero(table_offsets < _u64(self.file_len)) + lo
+            for b in range(0, len(inside), per_batch):
+                sel = inside[b:b + per_batch]
+                self._check_l2_batch(l2_offsets[sel], used[sel], copied_ok[sel], active, label)
 
     def _l1_entry_findings(self, label: str, index: int, entry: int, reserved: bool,
                            unaligned: bool) -> None:
@@ -828,48 +854,86 @@ class _Checker:
                 self.structure.count(max(0, int(np.count_nonzero(past)) - self.structure.room))
 
     def check_refblocks(self) -> None:
-        """check_refblocks(): each refcount block must end up with a refcount of exactly 1."""
+        """check_refblocks(): each refcount block must end up with a refcount of exactly 1.
+
+        qemu walks the table entry by entry; a table can hold a million entries that all name
+        the same few clusters, so the walk is vectorised: the value an entry sees is the count
+        before the walk plus one per earlier entry naming the same cluster (its rank), plus its
+        own reference. Findings are then built in entry order for the first `room` problems."""
         table = self.ondisk.table
-        for i in np.flatnonzero(table).tolist():
-            raw = int(table[i])
+        index = np.flatnonzero(table)
+        if not len(index):
+            return
+        raw = table[index]
+        offset = raw & _u64(L.REFT_OFFSET_MASK)
+        reserved = (raw & _u64(REFT_RESERVED_MASK)) != 0
+        unaligned = ~reserved & ((offset & _u64(self.cs - 1)) != 0)
+        cluster = offset >> _u64(self.cb)
+        outside = ~reserved & ~unaligned & (cluster >= _u64(self.imrt_size))
+        usable = ~(reserved | unaligned | outside)
+        # inc_region() refuses a block that starts at or past EOF (it can only be the one
+        # cluster the in-memory table grew by): a corruption, and no reference counted.
+        past = usable & (offset >= _u64(self.file_len))
+        counted = usable & ~past
+        value = np.zeros(len(index), dtype=np.int64)
+        pos = np.flatnonzero(counted)
+        if len(pos):
+            clusters = cluster[pos].astype(np.intp)
+            order = np.argsort(clusters, kind="stable")
+            ordered = clusters[order]
+            first = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+            group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order)) - group_start
+            value[pos] = self.counts[clusters].astype(np.int64) + rank + 1
+            self._add_indices(cluster[pos])
+        past_pos = np.flatnonzero(past)
+        if len(past_pos):
+            value[past_pos] = self.counts[cluster[past_pos].astype(np.intp)].astype(np.int64)
+        np.minimum(value, min(self.refcount_max, 2**62), out=value)
+        wrong = usable & (value != 1)
+        problems = np.flatnonzero(reserved | unaligned | outside | past | wrong)
+        # A block past EOF is two corruptions: the refused reference, then its refcount.
+        total = len(problems) + int(np.count_nonzero(past & wrong))
+        self.corruptions += total
+        built = 0
+        for k in problems[: self.structure.room].tolist():
+            i = int(index[k])
+            raw_k = int(raw[k])
+            off = raw_k & L.REFT_OFFSET_MASK
             where = f"refcount table entry {i}"
-            offset = raw & L.REFT_OFFSET_MASK
-            if raw & REFT_RESERVED_MASK:
-                self.corruptions += 1
-                self.structure.add(Finding(
+            if reserved[k]:
+                finding = Finding(
                     "refcount-table-reserved-bits", SEVERITY_CORRUPTION,
-                    f"refcount table entry {i} has reserved bits set (0x{raw:x})", where,
-                    host_offset=offset, found=raw & REFT_RESERVED_MASK,
-                    advice=ADVICE_UNREADABLE))
-                continue
-            if offset % self.cs:
-                self.corruptions += 1
-                self.structure.add(Finding(
+                    f"refcount table entry {i} has reserved bits set (0x{raw_k:x})", where,
+                    host_offset=off, found=raw_k & REFT_RESERVED_MASK, advice=ADVICE_UNREADABLE)
+            elif unaligned[k]:
+                finding = Finding(
                     "unaligned-refcount-block", SEVERITY_CORRUPTION,
-                    f"refcount block {i} at 0x{offset:x} is not cluster aligned; refcount "
-                    "table entry corrupted", where, host_offset=offset,
-                    advice=ADVICE_UNREADABLE))
-                continue
-            cluster = offset >> self.cb
-            if cluster >= self.imrt_size:
-                self.corruptions += 1
-                self.structure.add(Finding(
+                    f"refcount block {i} at 0x{off:x} is not cluster aligned; refcount "
+                    "table entry corrupted", where, host_offset=off, advice=ADVICE_UNREADABLE)
+            elif outside[k]:
+                finding = Finding(
                     "refcount-block-outside-image", SEVERITY_CORRUPTION,
-                    f"refcount block {i} at 0x{offset:x} is outside the image (length "
-                    f"0x{self.file_len:x})", where, host_offset=offset, cluster_index=cluster,
-                    advice=ADVICE_UNREADABLE))
-                continue
-            if offset:
-                self.inc_region(offset, self.cs, f"refcount block {i}")
-                value = min(int(self.counts[cluster]), self.refcount_max)
-                if value != 1:
-                    self.corruptions += 1
-                    self.structure.add(Finding(
-                        "refcount-block-refcount", SEVERITY_CORRUPTION,
-                        f"refcount block {i} at 0x{offset:x} refcount={value} (it must be "
-                        "referenced exactly once; it overlaps other metadata or data)", where,
-                        host_offset=offset, cluster_index=cluster, expected=1, found=value,
-                        advice=ADVICE_DATA))
+                    f"refcount block {i} at 0x{off:x} is outside the image (length "
+                    f"0x{self.file_len:x})", where, host_offset=off,
+                    cluster_index=off >> self.cb, advice=ADVICE_UNREADABLE)
+            else:
+                if past[k]:
+                    self.structure.add(self._past_eof(off, self.cs, f"refcount block {i}"))
+                    built += 1
+                    if not wrong[k]:
+                        continue
+                v = int(value[k])
+                finding = Finding(
+                    "refcount-block-refcount", SEVERITY_CORRUPTION,
+                    f"refcount block {i} at 0x{off:x} refcount={v} (it must be referenced "
+                    "exactly once; it overlaps other metadata or data)", where,
+                    host_offset=off, cluster_index=off >> self.cb, expected=1, found=v,
+                    advice=ADVICE_DATA)
+            self.structure.add(finding)
+            built += 1
+        self.structure.count(max(0, total - built))
 
     def overflows(self) -> None:
         """Increments qemu refused at the maximum refcount: one corruption each."""
@@ -910,7 +974,8 @@ class _Checker:
                 self.compare.add(Finding(
                     "refcount-unreadable", SEVERITY_CHECK_ERROR,
                     f"can't get refcounts of clusters {lo}..{hi - 1}: refcount block offset "
-                    f"0x{self.ondisk.block_offset(t):x} is not cluster aligned",
+                    f"0x{self.ondisk.block_offset(t):x} is not cluster aligned or beyond what "
+                    "qemu can read",
                     f"refcount table entry {t}", host_offset=self.ondisk.block_offset(t),
                     cluster_index=lo, found=hi - lo, advice=ADVICE_UNREADABLE))
                 continue

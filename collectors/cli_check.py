@@ -124,6 +124,7 @@ def _error_line(exc: Qcow2Error, err: TextIO) -> None:
 
 def _chain_paths(path: str) -> list[tuple[str, Optional[str], Optional[Qcow2Error]]]:
     """(path, format, error) of the image and each backing layer, top first."""
+    from .names import path_problem, shown
     from .usage import backing_path, has_protocol
 
     layers: list[tuple[str, Optional[str], Optional[Qcow2Error]]] = [(path, "qcow2", None)]
@@ -136,6 +137,12 @@ def _chain_paths(path: str) -> list[tuple[str, Optional[str], Optional[Qcow2Erro
         except Qcow2Error:
             break  # reported when the layer itself is checked
         if name is None:
+            break
+        problem = path_problem(name)
+        if problem is not None:
+            layers.append((shown(name), fmt, Qcow2Error(
+                f"backing file name {problem}", structure="backing file name",
+                value=shown(name), filename=current)))
             break
         if has_protocol(name):
             layers.append((name, fmt, Qcow2Error(

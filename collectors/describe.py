@@ -89,6 +89,7 @@ def describe(image: Qcow2Image) -> dict[str, Any]:
         "backing_file": image.backing_filename,
         "backing_format": image.backing_format,
         "external_data_file": image.data_file_name,
+        "name_problems": image.name_problems(),
         "luks": describe_luks(image),
         "snapshots": [
             {"id": sn.id_str, "name": sn.name, "table_entry_offset": sn.offset,
@@ -133,6 +134,7 @@ def render_human(data: dict[str, Any]) -> str:
                      f"(format {data['backing_format'] or 'not recorded'})")
     if data["external_data_file"] is not None:
         lines.append(f"external data file: {data['external_data_file']}")
+    lines.extend(f"name problem: {problem}" for problem in data["name_problems"])
     if data["luks"]:
         luks = data["luks"]
         lines.append(f"LUKS: {luks['cipher_alg']} {luks['cipher_mode']}, "

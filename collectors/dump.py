@@ -14,6 +14,7 @@ import numpy as np
 from . import layout as L
 from .check import OnDiskRefcounts, read_snapshot_table
 from .image import Qcow2Image
+from .refcount import nb_clusters
 
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
 DEFAULT_LIMIT = 1000
@@ -58,54 +59,74 @@ def l2_entry_type(entry: int, extended: bool, data_file: bool) -> str:
 
 
 def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
-    """Every non-empty entry of every active L2 table (at most `limit` entries in all)."""
+    """The non-empty entries of the active L2 tables (at most `limit` tables and `limit`
+    entries listed), with complete counts. Each distinct table in the file is read once
+    however many L1 entries name it, and tables at or past EOF (zeros, as qemu reads them)
+    are only counted: the time follows the file, not the L1 size the header claims."""
     h = image.header
     cs = h.cluster_size
-    cb = h.cluster_bits
     n = h.l2_entries
-    csize_shift = 62 - (cb - 8)
-    csize_mask = (1 << (cb - 8)) - 1
-    offset_mask = (1 << csize_shift) - 1
     l1 = _table(image, h.l1_table_offset, h.l1_size, "active L1 table")
+    l1_indices = np.flatnonzero(l1)
+    offsets = l1[l1_indices] & np.uint64(L.L1E_OFFSET_MASK)
+    named = offsets != 0
+    in_file = named & (offsets < np.uint64(image.file.length))
+    unique, inverse = np.unique(offsets[in_file], return_inverse=True)
+    nonempty_of = np.array([len(_l2_nonempty(image, int(off))[2]) for off in unique.tolist()],
+                           dtype=np.int64)
+    total = int(nonempty_of[inverse].sum()) if len(unique) else 0
     tables = []
     shown = 0
-    total = 0
-    for i in np.flatnonzero(l1).tolist():
-        l2_offset = int(l1[i]) & L.L1E_OFFSET_MASK
-        if not l2_offset:
-            continue
-        words = _table(image, l2_offset, cs // 8, "L2 table")
-        e = words[0::2] if h.extended_l2 else words
-        bitmaps = words[1::2] if h.extended_l2 else np.zeros(n, dtype=np.uint64)
-        nonempty = np.flatnonzero((e != 0) | (bitmaps != 0))
-        total += len(nonempty)
+    for i, l2_offset in zip(l1_indices[in_file][:limit].tolist(),
+                            offsets[in_file][:limit].tolist()):
+        e, bitmaps, nonempty = _l2_nonempty(image, l2_offset)
         entries = []
         for j in nonempty[: max(0, limit - shown)].tolist():
-            raw = int(e[j])
-            kind = l2_entry_type(raw, h.extended_l2, h.has_data_file)
-            item: dict[str, Any] = {
-                "index": j,
-                "guest_offset": (i * n + j) * cs,
-                "raw": f"0x{raw:016x}",
-                "type": kind,
-                "copied": bool(raw & L.QCOW_OFLAG_COPIED),
-            }
-            if kind == "compressed":
-                item["host_offset"] = raw & offset_mask
-                item["compressed_sectors"] = ((raw >> csize_shift) & csize_mask) + 1
-            else:
-                item["host_offset"] = raw & L.L2E_OFFSET_MASK
-                item["reserved_bits"] = raw & L.L2E_STD_RESERVED_MASK
-            if h.extended_l2:
-                bm = int(bitmaps[j])
-                item["subcluster_alloc"] = f"0x{bm & 0xFFFFFFFF:08x}"
-                item["subcluster_zero"] = f"0x{bm >> 32:08x}"
-            entries.append(item)
+            entries.append(_l2_item(h, i * n + j, j, int(e[j]),
+                                    int(bitmaps[j]) if bitmaps is not None else None))
         shown += len(entries)
         tables.append({"l1_index": i, "l2_offset": l2_offset, "nonempty_entries": len(nonempty),
                        "entries": entries})
     return {"what": "l2", "cluster_size": cs, "extended_l2": h.extended_l2,
-            "nonempty_entries": total, "tables": tables, "truncated": total > shown}
+            "nonempty_entries": total, "tables_named": int(np.count_nonzero(named)),
+            "tables_past_end_of_file": int(np.count_nonzero(named & ~in_file)),
+            "tables": tables,
+            "truncated": total > shown or int(np.count_nonzero(in_file)) > len(tables)}
+
+
+def _l2_nonempty(image: Qcow2Image, l2_offset: int
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(entries, subcluster bitmaps or None, indices of the non-empty entries) of one table."""
+    h = image.header
+    words = _table(image, l2_offset, h.cluster_size // 8, "L2 table")
+    e = words[0::2] if h.extended_l2 else words
+    bitmaps = words[1::2] if h.extended_l2 else None
+    nonempty = np.flatnonzero((e != 0) | (bitmaps != 0)) if bitmaps is not None else \
+        np.flatnonzero(e)
+    return e, bitmaps, nonempty
+
+
+def _l2_item(h: L.Header, guest_cluster: int, j: int, raw: int, bm: int | None) -> Data:
+    cb = h.cluster_bits
+    csize_shift = 62 - (cb - 8)
+    kind = l2_entry_type(raw, h.extended_l2, h.has_data_file)
+    item: dict[str, Any] = {
+        "index": j,
+        "guest_offset": guest_cluster * h.cluster_size,
+        "raw": f"0x{raw:016x}",
+        "type": kind,
+        "copied": bool(raw & L.QCOW_OFLAG_COPIED),
+    }
+    if kind == "compressed":
+        item["host_offset"] = raw & ((1 << csize_shift) - 1)
+        item["compressed_sectors"] = ((raw >> csize_shift) & ((1 << (cb - 8)) - 1)) + 1
+    else:
+        item["host_offset"] = raw & L.L2E_OFFSET_MASK
+        item["reserved_bits"] = raw & L.L2E_STD_RESERVED_MASK
+    if bm is not None:
+        item["subcluster_alloc"] = f"0x{bm & 0xFFFFFFFF:08x}"
+        item["subcluster_zero"] = f"0x{bm >> 32:08x}"
+    return item
 
 
 def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
@@ -120,11 +141,18 @@ def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
                for i in used[:limit].tolist()]
     ranges: list[dict[str, Any]] = []
     nranges = 0
-    unreadable = []
-    for t in used.tolist():
+    unreadable: list[int] = []
+    nunreadable = 0
+    # Only entries that cover clusters of the file are decoded (qemu ignores refcounts past
+    # EOF too): the work follows the file's length, not the table size the header claims.
+    covering = -(-nb_clusters(image) // ondisk.per_block)
+    in_file = used[used < covering]
+    for t in in_file.tolist():
         block = ondisk.block(t)
         if block is None:
-            unreadable.append(t)
+            nunreadable += 1
+            if len(unreadable) < limit:
+                unreadable.append(t)
             continue
         if not block.any():
             continue
@@ -148,8 +176,10 @@ def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
             "refcount_table_clusters": h.refcount_table_clusters,
             "refcount_bits": h.refcount_bits, "cluster_size": h.cluster_size,
             "nonzero_table_entries": len(used), "table": entries,
-            "unreadable_blocks": unreadable, "ranges": ranges, "range_count": nranges,
-            "truncated": len(used) > limit or nranges > limit}
+            "entries_past_end_of_file": len(used) - len(in_file),
+            "unreadable_blocks": unreadable, "unreadable_count": nunreadable,
+            "ranges": ranges, "range_count": nranges,
+            "truncated": len(used) > limit or nranges > limit or nunreadable > limit}
 
 
 def dump_snapshots(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:

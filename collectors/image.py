@@ -12,6 +12,7 @@ from typing import Optional
 
 from . import layout as L
 from .errors import INVALID, NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
+from .names import c_string_text, decode_path_name, name_problem, shown
 from .reader import ImageFile
 
 # First read: enough for the header and, for nearly every image, all its extensions.
@@ -371,7 +372,7 @@ class Qcow2Image:
             raise _err(f"backing file name of {h.backing_file_size} bytes is too long "
                        f"(max {limit})", "header.backing_file_size", 16, h.backing_file_size)
         raw = self._area(h.backing_file_offset, h.backing_file_size, "backing file name")
-        return raw.decode("utf-8", "surrogateescape")
+        return decode_path_name(raw)
 
     # -- names --------------------------------------------------------------------------------
     @property
@@ -382,7 +383,34 @@ class Qcow2Image:
     @property
     def data_file_name(self) -> Optional[str]:
         ext = self.extension(L.QCOW2_EXT_MAGIC_DATA_FILE)
-        return ext.data.decode("utf-8", "surrogateescape") if ext is not None else None
+        return decode_path_name(ext.data) if ext is not None else None
+
+    def name_problems(self) -> list[str]:
+        """Every name in the header area that cannot be used as what it names (a path, or
+        text), each as a sentence naming the structure and its offset."""
+        h = self.header
+        named: list[tuple[str, int, bytes, bool]] = []
+        if h.backing_file_offset:
+            named.append(("backing file name", h.backing_file_offset,
+                          self._area(h.backing_file_offset, h.backing_file_size,
+                                     "backing file name"), True))
+        for ext in self.extensions:
+            if ext.type in (L.QCOW2_EXT_MAGIC_DATA_FILE, L.QCOW2_EXT_MAGIC_BACKING_FORMAT):
+                named.append((ext.name, ext.offset, ext.data,
+                              ext.type == L.QCOW2_EXT_MAGIC_DATA_FILE))
+            elif ext.type == L.QCOW2_EXT_MAGIC_FEATURE_TABLE:
+                size = L.FeatureNameEntry.STRUCT.size
+                for i in range(ext.length // size):
+                    at = i * size + 2
+                    named.append((f"feature name table entry {i}", ext.offset + at,
+                                  ext.data[at:at + size - 2], False))
+        problems = []
+        for what, offset, raw, is_path in named:
+            problem = name_problem(raw, is_path=is_path)
+            if problem is not None:
+                text = shown(decode_path_name(raw.rstrip(b"\0") if not is_path else raw))
+                problems.append(f"{what} '{text}' at offset 0x{offset:x} {problem}")
+        return problems
 
     def feature_table(self) -> dict[tuple[int, int], str]:
         names = dict(L.DEFAULT_FEATURE_NAMES)
@@ -460,8 +488,7 @@ class Qcow2Image:
                 raw_icount = int.from_bytes(extra[16:24], "big", signed=True)
                 icount = None if raw_icount == -1 else raw_icount
             snapshots.append(Snapshot(
-                offset, id_str.decode("utf-8", "backslashreplace"),
-                name.decode("utf-8", "backslashreplace"), fixed.l1_table_offset,
+                offset, c_string_text(id_str), c_string_text(name), fixed.l1_table_offset,
                 fixed.l1_size, fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec,
                 vm_state_size, fixed.extra_data_size, extra, disk_size, icount,
             ))
@@ -499,8 +526,7 @@ class Qcow2Image:
                 raise _err("entry runs past the end of the bitmap directory", structure, where,
                            size, OUT_OF_BOUNDS)
             name_at = pos + fixed_size + entry.extra_data_size
-            name = directory[name_at:name_at + entry.name_size].decode("utf-8",
-                                                                       "backslashreplace")
+            name = c_string_text(directory[name_at:name_at + entry.name_size])
             self._check_bitmap_entry(entry, structure, where)
             bitmaps.append(Bitmap(where, name, entry.bitmap_table_offset,
                                   entry.bitmap_table_size, entry.flags, entry.type,

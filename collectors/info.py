@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from . import layout as L
 from .image import Qcow2Image, Snapshot
+from .names import path_problem
 from .usage import backing_path, has_protocol
 
 JsonDict = dict[str, Any]
@@ -105,13 +106,14 @@ def image_info(image: Qcow2Image) -> JsonDict:
     }
     if h.crypt_method != L.CRYPT_NONE:
         info["encrypted"] = True
-    if image.backing_filename:
-        info["backing-filename"] = image.backing_filename
-        if has_protocol(image.backing_filename):
-            info["full-backing-filename"] = image.backing_filename
+    # qemu reads the name into a C string: what follows a NUL byte is not part of it.
+    backing = (image.backing_filename or "").split("\0", 1)[0]
+    if backing:
+        info["backing-filename"] = backing
+        if has_protocol(backing):
+            info["full-backing-filename"] = backing
         else:
-            info["full-backing-filename"] = backing_path(image.filename,
-                                                         image.backing_filename)
+            info["full-backing-filename"] = backing_path(image.filename, backing)
         if image.backing_format:
             info["backing-filename-format"] = image.backing_format
     snapshots = image.snapshots()
@@ -123,7 +125,7 @@ def image_info(image: Qcow2Image) -> JsonDict:
 def chain_paths(path: str, image: Qcow2Image) -> Optional[str]:
     """The next layer's path for --backing-chain, or None at the end of the chain."""
     name = image.backing_filename
-    if not name or has_protocol(name):
+    if not name or has_protocol(name) or path_problem(name) is not None:
         return None
     fmt = image.backing_format
     nxt = backing_path(path, name)

@@ -263,12 +263,17 @@ def _chain_runs(image: Qcow2Image, path: str) -> list[Runs]:
     """Runs of the image and of every layer of its backing chain, top first."""
     from .image import Qcow2Image
     from .model import DEFAULT_MAX_DEPTH
+    from .names import path_problem, shown
     from .usage import backing_path, has_protocol
 
     layers = [_qcow2_runs(image)]
     name, fmt, above = image.backing_filename, image.backing_format, path
     seen = {os.path.realpath(path)}
     while name is not None:
+        problem = path_problem(name)
+        if problem is not None:
+            raise Qcow2Error(f"'{shown(name)}' {problem}",
+                             structure="backing file name", kind=UNSUPPORTED, filename=above)
         if has_protocol(name) or len(layers) > DEFAULT_MAX_DEPTH:
             raise Qcow2Error(f"backing file {name!r} is not a plain file path",
                              structure="backing file", value=name, kind=UNSUPPORTED,

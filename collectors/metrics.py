@@ -24,6 +24,7 @@ from .errors import INVALID, IO_ERROR, Qcow2Error
 from .model import (
     DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
+    LAYER_INVALID_NAME,
     LAYER_LOOP,
     LAYER_MISSING,
     LAYER_OK,
@@ -220,11 +221,14 @@ def _metric(name: str, value: MetricValue, labels: Labels) -> Metric:
 
 
 def valid_utf8(text: str) -> str:
-    """`text` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) become U+FFFD.
+    """`text` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) become U+FFFD,
+    a NUL byte becomes the four characters \\x00.
 
     Python keeps undecodable file-name bytes as lone surrogates, which cannot be encoded at
     all; line protocol and the Prometheus text format both require UTF-8.
     """
+    if "\0" in text:  # a NUL byte from an image's backing name: no consumer accepts it
+        text = text.replace("\0", "\\x00")
     if text.isascii():
         return text
     try:
@@ -320,7 +324,8 @@ CheckFn = Callable[..., CheckResult]
 
 # Layer states that mean "this layer should have been analysed and was not". Protocol layers and
 # raw bases are reported as they are, not as failures (model.LAYER_*).
-_FAILED_LAYER_STATES = {LAYER_MISSING, LAYER_LOOP, LAYER_TOO_DEEP, LAYER_ERROR}
+_FAILED_LAYER_STATES = {LAYER_MISSING, LAYER_LOOP, LAYER_TOO_DEEP, LAYER_ERROR,
+                        LAYER_INVALID_NAME}
 
 
 # The core is imported lazily (it may pull in numpy): see the module docstring.

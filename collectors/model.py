@@ -28,6 +28,7 @@ LAYER_PROTOCOL = "protocol"  # json:, nbd:, ... reported, never interpreted
 LAYER_TOO_DEEP = "too-deep"
 LAYER_NOT_QCOW2 = "not-qcow2"  # e.g. a raw base image: present, not analysed
 LAYER_ERROR = "error"
+LAYER_INVALID_NAME = "invalid-name"  # the name cannot be a path (e.g. a NUL byte): not opened
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ from typing import Optional
 from . import layout as L
 from .container import container_of, held_for_writing
 from .discovery import has_qcow2_magic
-from .errors import Qcow2Error, internal_error
+from .errors import INVALID, Qcow2Error, internal_error
 from .image import Qcow2Image
 from .measure import prealloc_size
 from .model import (
     DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
+    LAYER_INVALID_NAME,
     LAYER_LOOP,
     LAYER_MISSING,
     LAYER_NOT_QCOW2,
@@ -26,6 +27,7 @@ from .model import (
     ImageUsage,
     UsageResult,
 )
+from .names import path_problem, shown
 from .refcount import image_end_offset_from_refcounts
 
 
@@ -76,6 +78,7 @@ def image_usage(image: Qcow2Image) -> ImageUsage:
     end, source, notes = end_offset(image)
     container = container_of(image.file, end)
     in_use = held_for_writing(image.file)
+    notes += tuple(image.name_problems())
     if in_use:
         notes += ("held for writing by a running qemu: on-disk metadata may lag behind the "
                   "guest until its next flush",)
@@ -127,6 +130,13 @@ def backing_chain(path: str, usage: ImageUsage,
         name, fmt = above.backing_filename, above.backing_format
         if depth > max_depth:
             layers.append(ChainLayer(depth, name, None, LAYER_TOO_DEEP, fmt))
+            break
+        problem = path_problem(name)
+        if problem is not None:
+            error = Qcow2Error(f"'{shown(name)}' {problem}",
+                               structure="backing file name", kind=INVALID,
+                               filename=above_path)
+            layers.append(ChainLayer(depth, name, None, LAYER_INVALID_NAME, fmt, error=error))
             break
         if has_protocol(name):
             layers.append(ChainLayer(depth, name, None, LAYER_PROTOCOL, fmt))

@@ -1,0 +1,177 @@
+"""Hostile images: a fuzzing budget on every run, and every case the fuzzer ever found as a
+regular test on a byte-patched image built here.
+
+The long run is ``scripts/fuzz.sh`` (see tests/fuzzing.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from fuzzing import MAX_CPU_SECONDS, build_seeds, calls, fuzz, run_call
+
+from collectors.check import check_image
+from collectors.dump import dump
+from collectors.image import Qcow2Image
+from collectors.model import LAYER_INVALID_NAME
+from collectors.usage import analyze_usage
+from nagios.check_qcow2 import main as nagios_main
+
+from corpus import QEMU_IMG, QEMU_IO, run
+from damage import patch_bytes, patch_u32, read_header
+
+# Cases of the budget run; QCOW2_FUZZ_CASES / QCOW2_FUZZ_SEED override (scripts/fuzz.sh runs
+# long). Every case is deterministic from the seed, so a failure names a case to replay.
+FUZZ_CASES = int(os.environ.get("QCOW2_FUZZ_CASES", "2000"))
+FUZZ_SEED = int(os.environ.get("QCOW2_FUZZ_SEED", "20261130"))
+
+
+def test_fuzz_budget(tmp_path: Path) -> None:
+    seeds = build_seeds(tmp_path / "seeds")
+    report = fuzz(seeds, seed=FUZZ_SEED, cases=FUZZ_CASES, workers=2,
+                  workdir=tmp_path / "work")
+    assert not report.failures, "\n".join(str(f) for f in report.failures[:20])
+    assert report.cases == FUZZ_CASES
+
+
+def test_fuzzer_catches_an_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """The fuzzer's oracle must be able to fail: a bug planted in the core is reported."""
+    import collectors.usage
+
+    def broken(_image: Qcow2Image) -> int:
+        raise ValueError("planted")
+
+    monkeypatch.setattr(collectors.usage, "image_end_offset_from_refcounts", broken)
+    path = tmp_path / "i.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1M"])
+    usage = next(c for c in calls(random.Random(0)) if c.name == "usage")
+    problems, output, _ = run_call(usage, str(path))
+    assert any("internal error" in p for p in problems), (problems, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases the fuzzer found
+
+
+def _all_entry_points_clean(path: Path) -> None:
+    """Every subcommand and adapter, in both output formats, within the CPU limit."""
+    for fmt_seed in range(2):
+        for call in calls(random.Random(fmt_seed)):
+            problems, output, _ = run_call(call, str(path))
+            assert not problems, f"{call.name}: {problems}\n{output}"
+
+
+def _qemu_json(*argv: str) -> dict[str, object]:
+    proc = run([QEMU_IMG, *argv, "--output=json"], allowed_returncodes=(0, 1, 2, 3))
+    return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def _no_backing(path: Path) -> str:
+    spec = {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": str(path)}}
+    return "json:" + json.dumps(spec)
+
+
+@pytest.fixture
+def overlay(tmp_path: Path) -> Path:
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(tmp_path / "base.qcow2"), "4M"])
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+         "top.qcow2", "4M"], cwd=tmp_path)
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x5a 0 192k", str(tmp_path / "top.qcow2")])
+    return tmp_path / "top.qcow2"
+
+
+@pytest.mark.parametrize("position,value", [(2, 0), (9, 0), (2, 0xFF)])
+def test_backing_name_nul_or_not_utf8(overlay: Path, position: int, value: int) -> None:
+    """Found as `ValueError: embedded null byte` failing usage and every adapter: a backing name
+    with a NUL byte (fuzz cases 1:1264, 2:1177) is reported as an invalid name, and the image's
+    own figures are still those qemu-img check reports."""
+    header = read_header(overlay)
+    patch_bytes(overlay, header["backing_file_offset"] + position, bytes([value]))
+    qemu = _qemu_json("check", _no_backing(overlay))
+    result = analyze_usage(str(overlay))
+    assert result.error is None and result.usage is not None
+    assert result.usage.image_end_offset == qemu["image-end-offset"]
+    note = " ".join(result.usage.notes)
+    if value == 0:
+        assert f"NUL byte at position {position}" in note
+        assert [layer.status for layer in result.chain] == [LAYER_INVALID_NAME]
+        assert result.chain[0].error is not None
+        # info stays equal to qemu-img info, which keeps the part before the NUL.
+        info = _qemu_json("info", str(overlay))
+        ours = json.loads(_stdout(["info", "--output", "json", str(overlay)]))
+        assert ours["backing-filename"] == info["backing-filename"]
+    else:
+        assert "not valid UTF-8 (byte 0xff at position 2)" in note
+    _all_entry_points_clean(overlay)
+    # Every adapter still reports the image itself.
+    stream = io.StringIO()
+    nagios_main(["-f", str(overlay), "-w", "80", "-c", "90"], stream=stream)
+    assert f"'{overlay} image_end_offset_bytes'={qemu['image-end-offset']}B" in stream.getvalue()
+
+
+def _stdout(argv: list[str]) -> str:
+    from contextlib import redirect_stdout
+
+    from collectors.cli import main
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        main(argv)
+    return buffer.getvalue()
+
+
+def test_invalid_names_in_extensions(tmp_path: Path) -> None:
+    """A data file name with a NUL and a backing format that is not UTF-8: notes, not
+    failures."""
+    path = tmp_path / "d.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", f"data_file={tmp_path / 'd.raw'}",
+         str(path), "1M"])
+    with Qcow2Image.open(str(path)) as image:
+        ext = next(e for e in image.extensions if e.name == "external data file name")
+    patch_bytes(path, ext.offset + 1, b"\0")
+    notes = " ".join(analyze_usage(str(path)).usage.notes)  # type: ignore[union-attr]
+    assert f"external data file name '{str(tmp_path / 'd.raw')[:1]}\\x00" in notes
+    assert "NUL byte at position 1" in notes
+    _all_entry_points_clean(path)
+
+
+def _cpu(fn: object, *args: object) -> float:
+    start = time.process_time()
+    fn(*args)  # type: ignore[operator]
+    return time.process_time() - start
+
+
+def test_refcount_table_claims_do_not_set_the_time(tmp_path: Path) -> None:
+    """Found as `dump --what refcount` taking 8-14 s (fuzz case 2:675): refcount_table_offset
+    and refcount_table_clusters pointing the table at 8 MiB of guest data, so a million nonzero
+    entries. The time follows the file; the check's figures stay qemu's."""
+    path = tmp_path / "r.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "64M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x71 0 8M", "-c", "write -P 0x72 32M 2M",
+         str(path)])
+    # The largest table qemu accepts (8 MiB = 2048 clusters of 4 KiB) over the data: offset
+    # one cluster past the L1 table, so it covers the L2 tables and the data after them.
+    header = read_header(path)
+    table_offset = header["l1_table_offset"] + 4096
+    patch_bytes(path, 48, struct.pack(">Q", table_offset))
+    patch_u32(path, 56, 2048)
+    qemu = _qemu_json("check", str(path))
+    assert _cpu(check_image, str(path)) < MAX_CPU_SECONDS
+    ours = check_image(str(path))
+    assert (ours.corruptions, ours.leaks, ours.check_errors, ours.image_end_offset) == (
+        qemu.get("corruptions", 0), qemu.get("leaks", 0), qemu["check-errors"],
+        qemu["image-end-offset"])
+    with Qcow2Image.open(str(path)) as image:
+        assert _cpu(dump, image, "refcount") < MAX_CPU_SECONDS
+        data = dump(image, "refcount")
+    assert data["nonzero_table_entries"] > 500_000
+    assert len(data["unreadable_blocks"]) <= 1000
+    _all_entry_points_clean(path)
