@@ -718,7 +718,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seeds-dir", type=Path, default=None,
                         help="where to build the seed images (default: a temporary directory)")
     parser.add_argument("--replay", type=int, default=None, metavar="INDEX",
-                        help="write case INDEX of --seed to ./fuzz-case.qcow2 and run it")
+                        help="rebuild case INDEX of --seed, keep its image and run it")
     args = parser.parse_args(argv)
     seeds_dir = args.seeds_dir or Path(tempfile.mkdtemp(prefix="qcow2-fuzz-seeds-"))
     seeds = build_seeds(seeds_dir)
@@ -727,7 +727,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"seed image {chosen.name}; mutations: {'; '.join(steps)}")
         path = _prepare_workdir(chosen, Path(tempfile.mkdtemp(prefix="qcow2-fuzz-replay-")))
         path.write_bytes(data)
-        shutil.copy(path, "fuzz-case.qcow2")
+        print(f"image kept at {path}")
         for call in calls(random.Random(f"{args.seed}:{args.replay}:calls")):
             problems, _, cpu = run_call(call, str(path))
             print(f"{call.name}: {cpu:.3f} s {'; '.join(problems) or 'ok'}")

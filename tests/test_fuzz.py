@@ -175,3 +175,53 @@ def test_refcount_table_claims_do_not_set_the_time(tmp_path: Path) -> None:
     assert data["nonzero_table_entries"] > 500_000
     assert len(data["unreadable_blocks"]) <= 1000
     _all_entry_points_clean(path)
+
+
+def _repoint_l1(path: Path, entries: int, snapshot_too: bool = False) -> None:
+    """Append a new L1 table of `entries` copies of L1[0] and point the header (and the first
+    snapshot) at it: one L2 table named `entries` times."""
+    header = read_header(path)
+    data = bytearray(path.read_bytes())
+    first = data[header["l1_table_offset"]:header["l1_table_offset"] + 8]
+    cs = 1 << header["cluster_bits"]
+    table = -(-len(data) // cs) * cs
+    body = bytes(first) * entries
+    data += bytes(table - len(data)) + body + bytes(-len(body) % cs)
+    struct.pack_into(">IQ", data, 36, entries, table)
+    if snapshot_too:
+        struct.pack_into(">QI", data, header["snapshots_offset"], table, entries)
+    path.write_bytes(data)
+
+
+def test_one_l2_table_named_many_times_equals_qemu(tmp_path: Path) -> None:
+    """An L1 table (active and snapshot) naming the same L2 table 64 times: walked once and
+    counted 64 times, with qemu-img check's figures."""
+    path = tmp_path / "d.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 300k", str(path)])
+    run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 6 0 8k", str(path)])
+    _repoint_l1(path, 64, snapshot_too=True)
+    qemu = _qemu_json("check", str(path))
+    ours = json.loads(_stdout(["check", "--output", "json", str(path)]))
+    for key in ("image-end-offset", "corruptions", "leaks", "check-errors",
+                "allocated-clusters", "fragmented-clusters", "compressed-clusters"):
+        assert ours.get(key) == qemu.get(key), key
+    assert ours["findings-total"] >= ours["corruptions"] + ours["leaks"]
+
+
+def test_l1_naming_one_table_millions_of_times(tmp_path: Path) -> None:
+    """The largest L1 qemu accepts (4 Mi entries, 32 MiB) all naming one L2 table: qemu-img
+    check walks that table 4 Mi times (minutes); the time here follows the one table."""
+    path = tmp_path / "m.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 300k", str(path)])
+    allocated_once = _qemu_json("check", str(path))["allocated-clusters"]
+    entries = 4 * 1024 * 1024
+    _repoint_l1(path, entries)
+    assert _cpu(check_image, str(path)) < MAX_CPU_SECONDS
+    # Each L1 entry adds the table's allocated clusters (qemu's count, from the unpatched image).
+    assert check_image(str(path)).allocated_clusters == allocated_once * entries
+    with Qcow2Image.open(str(path)) as image:
+        assert _cpu(dump, image, "l2") < MAX_CPU_SECONDS
+    _all_entry_points_clean(path)
