@@ -43,7 +43,7 @@ def analyzer() -> list[str]:
     script = ROOT / ".venv" / "bin" / "qcow2-analyze"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "collectors.cli"]
+    return [sys.executable, "-m", "analyze"]
 
 
 def measure(argv: list[str]) -> tuple[float, int, int]:

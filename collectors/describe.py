@@ -10,6 +10,9 @@ from typing import Any
 from . import layout as L
 from .image import Qcow2Image
 
+# Snapshots listed (a header may claim 65536, read as zeros past EOF); the total is complete.
+MAX_LISTED = 1000
+
 
 def describe_extensions(image: Qcow2Image) -> list[dict[str, Any]]:
     described = []
@@ -98,8 +101,9 @@ def describe(image: Qcow2Image) -> dict[str, Any]:
              "vm_clock_nsec": sn.vm_clock_nsec, "vm_state_size": sn.vm_state_size,
              "extra_data_size": sn.extra_data_size, "disk_size": sn.disk_size,
              "icount": sn.icount, "extra_data_hex": sn.extra_data.hex()}
-            for sn in image.snapshots()
+            for sn in image.snapshots()[:MAX_LISTED]
         ],
+        "snapshots_total": len(image.snapshots()),
         "bitmaps": [
             {"name": bm.name, "directory_entry_offset": bm.offset,
              "granularity": bm.granularity, "granularity_bits": bm.granularity_bits,
@@ -145,6 +149,9 @@ def render_human(data: dict[str, Any]) -> str:
                      if slot["active"] else "inactive")
             lines.append(f"    key slot {slot['slot']}: {state}, key material at "
                          f"{slot['key_offset']}")
+    if data["snapshots_total"] > len(data["snapshots"]):
+        lines.append(f"({data['snapshots_total']} snapshots, first {len(data['snapshots'])} "
+                     "shown)")
     for sn in data["snapshots"]:
         lines.append(f"snapshot {sn['id']} '{sn['name']}': L1 at 0x{sn['l1_table_offset']:x} "
                      f"({sn['l1_size']} entries), vm state {sn['vm_state_size']} bytes, "

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from .errors import IO_ERROR, Qcow2Error
 from .layout import QCOW_MAGIC as QCOW2_MAGIC
-from .reader import open_readonly
+from .reader import has_qcow2_magic
 
 # Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
 # qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
@@ -39,15 +39,6 @@ def _target_error(spec: str, message: str, kind: str = IO_ERROR) -> Target:
 
 def _os_error(spec: str, exc: OSError) -> Target:
     return _target_error(spec, exc.strerror or str(exc))
-
-
-def has_qcow2_magic(path: str) -> bool:
-    """True when the file or device starts with the qcow2 magic. Raises OSError if unreadable."""
-    fd = open_readonly(path)
-    try:
-        return os.pread(fd, len(QCOW2_MAGIC), 0) == QCOW2_MAGIC
-    finally:
-        os.close(fd)
 
 
 def _scan_directory(spec: str, directory: str) -> Iterator[Target]:

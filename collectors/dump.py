@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from . import layout as L
-from .check import OnDiskRefcounts, read_snapshot_table
 from .image import Qcow2Image
-from .refcount import nb_clusters
+from .l2 import cluster_types, split_entries
+from .refcount import OnDiskRefcounts, nb_clusters
 
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
 DEFAULT_LIMIT = 1000
@@ -45,85 +45,69 @@ def dump_l1(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
             "nonzero_entries": len(used), "entries": entries, "truncated": len(used) > limit}
 
 
-def l2_entry_type(entry: int, extended: bool, data_file: bool) -> str:
-    """qcow2_get_cluster_type()."""
-    if entry & L.QCOW_OFLAG_COMPRESSED:
-        return "compressed"
-    if entry & L.QCOW_OFLAG_ZERO and not extended:
-        return "zero-alloc" if entry & L.L2E_OFFSET_MASK else "zero-plain"
-    if not entry & L.L2E_OFFSET_MASK:
-        if data_file and entry & L.QCOW_OFLAG_COPIED:
-            return "normal"
-        return "unallocated"
-    return "normal"
-
-
 def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
     """The non-empty entries of the active L2 tables (at most `limit` tables and `limit`
     entries listed), with complete counts. Each distinct table in the file is read once
     however many L1 entries name it, and tables at or past EOF (zeros, as qemu reads them)
     are only counted: the time follows the file, not the L1 size the header claims."""
     h = image.header
-    cs = h.cluster_size
-    n = h.l2_entries
     l1 = _table(image, h.l1_table_offset, h.l1_size, "active L1 table")
     l1_indices = np.flatnonzero(l1)
     offsets = l1[l1_indices] & np.uint64(L.L1E_OFFSET_MASK)
     named = offsets != 0
     in_file = named & (offsets < np.uint64(image.file.length))
     unique, inverse = np.unique(offsets[in_file], return_inverse=True)
-    nonempty_of = np.array([len(_l2_nonempty(image, int(off))[2]) for off in unique.tolist()],
+    nonempty_of = np.array([len(_l2_table(image, off)[2]) for off in unique.tolist()],
                            dtype=np.int64)
     total = int(nonempty_of[inverse].sum()) if len(unique) else 0
     tables = []
     shown = 0
     for i, l2_offset in zip(l1_indices[in_file][:limit].tolist(),
                             offsets[in_file][:limit].tolist()):
-        e, bitmaps, nonempty = _l2_nonempty(image, l2_offset)
-        entries = []
-        for j in nonempty[: max(0, limit - shown)].tolist():
-            entries.append(_l2_item(h, i * n + j, j, int(e[j]),
-                                    int(bitmaps[j]) if bitmaps is not None else None))
+        e, bitmaps, nonempty, types = _l2_table(image, l2_offset)
+        entries = [_l2_item(h, i * h.l2_entries + j, j, int(e[j]), int(bitmaps[j]),
+                            L.ClusterType(int(types[j])))
+                   for j in nonempty[: max(0, limit - shown)].tolist()]
         shown += len(entries)
         tables.append({"l1_index": i, "l2_offset": l2_offset, "nonempty_entries": len(nonempty),
                        "entries": entries})
-    return {"what": "l2", "cluster_size": cs, "extended_l2": h.extended_l2,
+    return {"what": "l2", "cluster_size": h.cluster_size, "extended_l2": h.extended_l2,
             "nonempty_entries": total, "tables_named": int(np.count_nonzero(named)),
             "tables_past_end_of_file": int(np.count_nonzero(named & ~in_file)),
             "tables": tables,
             "truncated": total > shown or int(np.count_nonzero(in_file)) > len(tables)}
 
 
-def _l2_nonempty(image: Qcow2Image, l2_offset: int
-                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(entries, subcluster bitmaps or None, indices of the non-empty entries) of one table."""
+def _l2_table(image: Qcow2Image, l2_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          np.ndarray]:
+    """(entries, subcluster bitmaps, indices of the non-empty entries, cluster types)."""
     h = image.header
-    words = _table(image, l2_offset, h.cluster_size // 8, "L2 table")
-    e = words[0::2] if h.extended_l2 else words
-    bitmaps = words[1::2] if h.extended_l2 else None
-    nonempty = np.flatnonzero((e != 0) | (bitmaps != 0)) if bitmaps is not None else \
-        np.flatnonzero(e)
-    return e, bitmaps, nonempty
+    e, bitmap = split_entries(_table(image, l2_offset, h.cluster_size // 8, "L2 table"),
+                              h.extended_l2)
+    bitmaps = np.zeros(len(e), dtype=np.uint64) if bitmap is None else bitmap
+    nonempty = np.flatnonzero((e != 0) | (bitmaps != 0))
+    return e, bitmaps, nonempty, cluster_types(e, extended=h.extended_l2,
+                                               data_file=h.has_data_file)
 
 
-def _l2_item(h: L.Header, guest_cluster: int, j: int, raw: int, bm: int | None) -> Data:
+def _l2_item(h: L.Header, guest_cluster: int, j: int, raw: int, bm: int,
+             kind: L.ClusterType) -> Data:
     cb = h.cluster_bits
     csize_shift = 62 - (cb - 8)
-    kind = l2_entry_type(raw, h.extended_l2, h.has_data_file)
     item: dict[str, Any] = {
         "index": j,
         "guest_offset": guest_cluster * h.cluster_size,
         "raw": f"0x{raw:016x}",
-        "type": kind,
+        "type": kind.label,
         "copied": bool(raw & L.QCOW_OFLAG_COPIED),
     }
-    if kind == "compressed":
+    if kind == L.ClusterType.QCOW2_CLUSTER_COMPRESSED:
         item["host_offset"] = raw & ((1 << csize_shift) - 1)
         item["compressed_sectors"] = ((raw >> csize_shift) & ((1 << (cb - 8)) - 1)) + 1
     else:
         item["host_offset"] = raw & L.L2E_OFFSET_MASK
         item["reserved_bits"] = raw & L.L2E_STD_RESERVED_MASK
-    if bm is not None:
+    if h.extended_l2:
         item["subcluster_alloc"] = f"0x{bm & 0xFFFFFFFF:08x}"
         item["subcluster_zero"] = f"0x{bm >> 32:08x}"
     return item
@@ -184,31 +168,27 @@ def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
 
 def dump_snapshots(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
     h = image.header
-    entries, table_size = read_snapshot_table(image)
+    entries = image.snapshots()
     items = []
     for sn in entries[:limit]:
-        raw = image.file.read_zero_padded(sn.offset, L.SnapshotHeader.STRUCT.size,
-                                          f"snapshot table entry {sn.index}")
-        fixed = L.SnapshotHeader.from_bytes(raw)
-        extra = image.file.read_zero_padded(sn.offset + len(raw), fixed.extra_data_size,
-                                            f"snapshot table entry {sn.index}")
+        extra = sn.extra_data
         item: dict[str, Any] = {
             "index": sn.index, "entry_offset": sn.offset, "id": sn.id_str, "name": sn.name,
-            "l1_table_offset": fixed.l1_table_offset, "l1_size": fixed.l1_size,
-            "date_sec": fixed.date_sec, "date_nsec": fixed.date_nsec,
-            "vm_clock_nsec": fixed.vm_clock_nsec, "vm_state_size": fixed.vm_state_size,
-            "extra_data_size": fixed.extra_data_size, "extra_data": extra.hex(),
+            "l1_table_offset": sn.l1_table_offset, "l1_size": sn.l1_size,
+            "date_sec": sn.date_sec, "date_nsec": sn.date_nsec,
+            "vm_clock_nsec": sn.vm_clock_nsec, "vm_state_size": sn.vm_state_size32,
+            "extra_data_size": sn.extra_data_size, "extra_data": extra.hex(),
         }
         if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
-            item["vm_state_size_large"] = int.from_bytes(extra[0:8], "big")
-        if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
-            item["disk_size"] = int.from_bytes(extra[8:16], "big")
+            item["vm_state_size_large"] = sn.vm_state_size
+        if sn.disk_size is not None:
+            item["disk_size"] = sn.disk_size
         if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
             item["icount"] = int.from_bytes(extra[16:24], "big", signed=True)
         items.append(item)
     return {"what": "snapshots", "snapshots_offset": h.snapshots_offset,
-            "nb_snapshots": h.nb_snapshots, "table_size": table_size, "snapshots": items,
-            "truncated": len(entries) > limit}
+            "nb_snapshots": h.nb_snapshots, "table_size": image.snapshots_size,
+            "snapshots": items, "truncated": len(entries) > limit}
 
 
 def dump_bitmaps(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-# Exit codes of qcow2-analyze (documented in the README). `check` additionally follows
-# qemu-img check: 2 corruptions, 3 leaks only.
+# The exit codes every front end shares (documented in the README); qcow2-analyze's `check`
+# adds qemu-img check's own (analyze/check.py).
 EXIT_OK = 0
 EXIT_FAILED = 1  # a target could not be analysed (not qcow2, damaged, unsupported, unreadable)
-EXIT_CORRUPTIONS = 2
-EXIT_LEAKS = 3
 EXIT_USAGE = 64  # bad command line (sysexits EX_USAGE)
 
 # Kinds of failure, stable strings that adapters may show or export.

@@ -11,10 +11,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import layout as L
+from .bitmaps import Bitmap, read_bitmap_directory
 from .errors import INVALID, NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
+from .luks import LuksInfo, read_luks
 from .names import c_string_text, decode_path_name, name_problem, shown
-from .reader import ImageFile
+from .reader import ImageFile, Window
 
+# qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
+INT_MAX = 2**31 - 1
 # First read: enough for the header and, for nearly every image, all its extensions.
 HEAD_READ = 4096
 
@@ -57,57 +61,12 @@ class Snapshot:
     extra_data: bytes
     disk_size: Optional[int]
     icount: Optional[int]  # None when absent or -1 (qemu: no icount recorded)
-
-
-@dataclass(frozen=True)
-class Bitmap:
-    offset: int  # of the directory entry
-    name: str
-    bitmap_table_offset: int
-    bitmap_table_size: int
-    flags: int
-    type: int
-    granularity_bits: int
-    extra_data_size: int
+    index: int  # position in the table
+    vm_state_size32: int  # the 32-bit field of the fixed part, as written
 
     @property
-    def granularity(self) -> int:
-        return 1 << self.granularity_bits
-
-    @property
-    def in_use(self) -> bool:
-        return bool(self.flags & L.BME_FLAG_IN_USE)
-
-    @property
-    def auto(self) -> bool:
-        return bool(self.flags & L.BME_FLAG_AUTO)
-
-    @property
-    def flag_names(self) -> list[str]:
-        names = []
-        if self.in_use:
-            names.append("in-use")
-        if self.auto:
-            names.append("auto")
-        return names
-
-
-@dataclass(frozen=True)
-class LuksInfo:
-    """The LUKS1 header fields `qemu-img info` shows (qcrypto_block_luks_get_info)."""
-
-    offset: int
-    length: int
-    header: L.LuksHeader
-    cipher_alg: str
-    cipher_mode: str
-    ivgen_alg: str
-    ivgen_hash_alg: Optional[str]
-    hash_alg: str
-
-    @property
-    def payload_offset(self) -> int:
-        return self.header.payload_offset_sector * L.LUKS_SECTOR_SIZE
+    def label(self) -> str:
+        return f"snapshot {self.id_str}"
 
 
 def _err(message: str, structure: str, offset: Optional[int] = None,
@@ -237,7 +196,7 @@ class Qcow2Image:
             self.backing_filename = self._read_backing_filename()
         except Qcow2Error as exc:
             raise exc.with_filename(file.path) from None
-        self._snapshots: Optional[list[Snapshot]] = None
+        self._snapshots: Optional[tuple[list[Snapshot], int]] = None
         self._bitmaps: Optional[list[Bitmap]] = None
 
     @classmethod
@@ -371,8 +330,11 @@ class Qcow2Image:
         if h.backing_file_size > limit:
             raise _err(f"backing file name of {h.backing_file_size} bytes is too long "
                        f"(max {limit})", "header.backing_file_size", 16, h.backing_file_size)
-        raw = self._area(h.backing_file_offset, h.backing_file_size, "backing file name")
-        return decode_path_name(raw)
+        return decode_path_name(self.backing_name_raw())
+
+    def backing_name_raw(self) -> bytes:
+        h = self.header
+        return self._area(h.backing_file_offset, h.backing_file_size, "backing file name")
 
     # -- names --------------------------------------------------------------------------------
     @property
@@ -386,14 +348,13 @@ class Qcow2Image:
         return decode_path_name(ext.data) if ext is not None else None
 
     def name_problems(self) -> list[str]:
-        """Every name in the header area that cannot be used as what it names (a path, or
+        """Every name in the image's header area that cannot be used as what it names (a path, or
         text), each as a sentence naming the structure and its offset."""
         h = self.header
         named: list[tuple[str, int, bytes, bool]] = []
         if h.backing_file_offset:
-            named.append(("backing file name", h.backing_file_offset,
-                          self._area(h.backing_file_offset, h.backing_file_size,
-                                     "backing file name"), True))
+            named.append(("backing file name", h.backing_file_offset, self.backing_name_raw(),
+                          True))
         for ext in self.extensions:
             if ext.type in (L.QCOW2_EXT_MAGIC_DATA_FILE, L.QCOW2_EXT_MAGIC_BACKING_FORMAT):
                 named.append((ext.name, ext.offset, ext.data,
@@ -408,7 +369,7 @@ class Qcow2Image:
         for what, offset, raw, is_path in named:
             problem = name_problem(raw, is_path=is_path)
             if problem is not None:
-                text = shown(decode_path_name(raw.rstrip(b"\0") if not is_path else raw))
+                text = shown(decode_path_name(raw if is_path else raw.rstrip(b"\0")))
                 problems.append(f"{what} '{text}' at offset 0x{offset:x} {problem}")
         return problems
 
@@ -446,6 +407,15 @@ class Qcow2Image:
 
     # -- snapshots ----------------------------------------------------------------------------
     def snapshots(self) -> list[Snapshot]:
+        return self._snapshot_table()[0]
+
+    @property
+    def snapshots_size(self) -> int:
+        """qemu's s->snapshots_size: end of the last entry minus the table offset (0 without
+        snapshots), not rounded up."""
+        return self._snapshot_table()[1]
+
+    def _snapshot_table(self) -> tuple[list[Snapshot], int]:
         if self._snapshots is None:
             try:
                 self._snapshots = self._read_snapshots()
@@ -453,153 +423,73 @@ class Qcow2Image:
                 raise exc.with_filename(self.filename) from None
         return self._snapshots
 
-    def _read_snapshots(self) -> list[Snapshot]:
-        """qcow2_read_snapshots(): entries are read one by one, every size bounded."""
+    def _read_snapshots(self) -> tuple[list[Snapshot], int]:
+        """qcow2_do_read_snapshots(): entries are read one by one, every size bounded; reads
+        past EOF give zeros (bdrv_pread on the file)."""
         h = self.header
-        offset = h.snapshots_offset
-        total = 0
+        start = offset = h.snapshots_offset
+        table_length = 0
         snapshots = []
+        fixed_size = L.SnapshotHeader.STRUCT.size
+        window = Window(self.file, "snapshot table")
         for i in range(h.nb_snapshots):
             structure = f"snapshot table entry {i}"
-            offset = L.align_up(offset, 8)
-            fixed = L.SnapshotHeader.from_bytes(
-                self.file.read(offset, L.SnapshotHeader.STRUCT.size, structure))
+            table_length = L.align_up(table_length, 8)
+            offset = entry_offset = L.align_up(offset, 8)
+            fixed = L.SnapshotHeader.from_bytes(window.read(offset, fixed_size))
             if fixed.extra_data_size > L.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
-                raise _err(f"{fixed.extra_data_size} bytes of extra data exceed the "
+                raise _err(f"too much extra metadata: {fixed.extra_data_size} bytes exceed the "
                            f"{L.QCOW_MAX_SNAPSHOT_EXTRA_DATA} byte limit", structure,
                            offset + 36, fixed.extra_data_size, OUT_OF_BOUNDS)
             var_len = fixed.extra_data_size + fixed.id_str_size + fixed.name_size
-            entry_end = offset + L.SnapshotHeader.STRUCT.size + var_len
-            total += L.align_up(entry_end - offset, 8)
-            if total > L.QCOW_MAX_SNAPSHOTS_SIZE:
+            offset += fixed_size + var_len
+            table_length += fixed_size + var_len
+            if table_length > L.QCOW_MAX_SNAPSHOTS_SIZE or offset - start > INT_MAX:
                 raise _err("snapshot table exceeds the 64 MiB maximum", "snapshot table",
-                           h.snapshots_offset, total, OUT_OF_BOUNDS)
-            var = self.file.read(offset + L.SnapshotHeader.STRUCT.size, var_len, structure)
-            extra = var[:fixed.extra_data_size]
-            id_str = var[fixed.extra_data_size:fixed.extra_data_size + fixed.id_str_size]
-            name = var[fixed.extra_data_size + fixed.id_str_size:]
-            vm_state_size = fixed.vm_state_size
-            disk_size = icount = None
-            if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
-                vm_state_size = int.from_bytes(extra[0:8], "big")
-            if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
-                disk_size = int.from_bytes(extra[8:16], "big")
-            if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
-                raw_icount = int.from_bytes(extra[16:24], "big", signed=True)
-                icount = None if raw_icount == -1 else raw_icount
-            snapshots.append(Snapshot(
-                offset, c_string_text(id_str), c_string_text(name), fixed.l1_table_offset,
-                fixed.l1_size, fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec,
-                vm_state_size, fixed.extra_data_size, extra, disk_size, icount,
-            ))
-            offset = entry_end
-        return snapshots
+                           start, table_length, OUT_OF_BOUNDS)
+            var = window.read(entry_offset + fixed_size, var_len)
+            snapshots.append(_snapshot(i, entry_offset, fixed, var))
+        return snapshots, (offset - start if snapshots else 0)
 
-    # -- bitmaps ------------------------------------------------------------------------------
+    # -- bitmaps and LUKS -----------------------------------------------------------------------
     def bitmaps(self) -> list[Bitmap]:
         if self._bitmaps is None:
+            ext = self.bitmaps_extension
             try:
-                self._bitmaps = self._read_bitmaps()
+                self._bitmaps = ([] if ext is None
+                                 else read_bitmap_directory(self.file, self.header, ext))
             except Qcow2Error as exc:
                 raise exc.with_filename(self.filename) from None
         return self._bitmaps
 
-    def _read_bitmaps(self) -> list[Bitmap]:
-        """bitmap_list_load() + check_dir_entry() in block/qcow2-bitmap.c."""
-        ext = self.bitmaps_extension
-        if ext is None:
-            return []
-        directory = self.file.read(ext.bitmap_directory_offset, ext.bitmap_directory_size,
-                                   "bitmap directory")
-        bitmaps: list[Bitmap] = []
-        pos = 0
-        fixed_size = L.BitmapDirectoryEntry.STRUCT.size
-        while pos < len(directory):
-            where = ext.bitmap_directory_offset + pos
-            structure = f"bitmap directory entry {len(bitmaps)}"
-            if pos + fixed_size > len(directory):
-                raise _err("entry runs past the end of the bitmap directory", structure, where,
-                           kind=OUT_OF_BOUNDS)
-            entry = L.BitmapDirectoryEntry.from_bytes(directory, pos)
-            size = L.bitmap_dir_entry_size(entry.name_size, entry.extra_data_size)
-            if pos + size > len(directory):
-                raise _err("entry runs past the end of the bitmap directory", structure, where,
-                           size, OUT_OF_BOUNDS)
-            name_at = pos + fixed_size + entry.extra_data_size
-            name = c_string_text(directory[name_at:name_at + entry.name_size])
-            self._check_bitmap_entry(entry, structure, where)
-            bitmaps.append(Bitmap(where, name, entry.bitmap_table_offset,
-                                  entry.bitmap_table_size, entry.flags, entry.type,
-                                  entry.granularity_bits, entry.extra_data_size))
-            pos += size
-            if len(bitmaps) > ext.nb_bitmaps:
-                break
-        if len(bitmaps) != ext.nb_bitmaps:
-            raise _err(f"bitmap directory holds {len(bitmaps)} entries, the extension says "
-                       f"{ext.nb_bitmaps}", "bitmap directory", ext.bitmap_directory_offset,
-                       len(bitmaps))
-        return bitmaps
 
-    def _check_bitmap_entry(self, entry: L.BitmapDirectoryEntry, structure: str,
-                            where: int) -> None:
-        cs = self.header.cluster_size
-        problems = []
-        if entry.bitmap_table_size > L.BME_MAX_TABLE_SIZE:
-            problems.append(f"bitmap_table_size {entry.bitmap_table_size} too large")
-        if not L.BME_MIN_GRANULARITY_BITS <= entry.granularity_bits <= L.BME_MAX_GRANULARITY_BITS:
-            problems.append(f"granularity_bits {entry.granularity_bits} outside 9..31")
-        if entry.flags & L.BME_RESERVED_FLAGS:
-            problems.append(f"reserved flags set (0x{entry.flags:x})")
-        if entry.name_size > L.BME_MAX_NAME_SIZE:
-            problems.append(f"name_size {entry.name_size} too large")
-        if entry.type != L.BT_DIRTY_TRACKING_BITMAP:
-            problems.append(f"unknown bitmap type {entry.type}")
-        phys = entry.bitmap_table_size * cs
-        if phys > L.BME_MAX_PHYS_SIZE:
-            problems.append("bitmap table too large")
-        elif self.header.size > (phys * 8) << entry.granularity_bits:
-            problems.append("bitmap table too small for the virtual size")
-        if entry.bitmap_table_offset % cs or entry.bitmap_table_offset == 0:
-            problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
-                            "cluster-aligned nonzero offset")
-        if problems:
-            raise _err("; ".join(problems), structure, where)
-
-    # -- LUKS ---------------------------------------------------------------------------------
     def luks(self) -> Optional[LuksInfo]:
         ext = self.extension(L.QCOW2_EXT_MAGIC_CRYPTO_HEADER)
         if ext is None:
             return None
-        pointer = L.CryptoHeaderExtension.from_bytes(ext.data)
         try:
-            if pointer.length < L.LuksHeader.SIZE:
-                raise _err(f"LUKS header area of {pointer.length} bytes is smaller than the "
-                           f"{L.LuksHeader.SIZE}-byte LUKS header", "LUKS header",
-                           pointer.offset, pointer.length)
-            raw = self.file.read(pointer.offset, L.LuksHeader.SIZE, "LUKS header")
-            header = L.LuksHeader.from_bytes(raw)
-            if header.magic != L.LUKS_MAGIC:
-                raise _err("bad LUKS magic", "LUKS header", pointer.offset)
-            if header.version != 1:
-                raise _err(f"unsupported LUKS version {header.version}", "LUKS header",
-                           pointer.offset + 6, header.version, UNSUPPORTED)
+            return read_luks(self.file, ext.data)
         except Qcow2Error as exc:
             raise exc.with_filename(self.filename) from None
-        cipher_alg = _luks_cipher_alg(header)
-        mode, _, ivgen = header.cipher_mode.partition("-")
-        ivgen_alg, _, ivgen_hash = ivgen.partition(":")
-        return LuksInfo(pointer.offset, pointer.length, header, cipher_alg, mode,
-                        ivgen_alg, ivgen_hash or None, header.hash_spec)
 
 
-def _luks_cipher_alg(header: L.LuksHeader) -> str:
-    """qcrypto_block_luks_cipher_name_lookup(): name + key size (aes, 64-byte xts: aes-256)."""
-    key_bytes = header.master_key_len
-    if header.cipher_mode.startswith("xts"):
-        key_bytes //= 2
-    name = header.cipher_name
-    if name in ("aes", "twofish", "serpent"):
-        return f"{name}-{key_bytes * 8}"
-    if name == "cast5":
-        return "cast5-128"
-    return name
+def _snapshot(index: int, offset: int, fixed: L.SnapshotHeader, var: bytes) -> Snapshot:
+    """One snapshot table entry from its fixed part and its variable part (extra data, id,
+    name)."""
+    extra = var[:fixed.extra_data_size]
+    id_str = var[fixed.extra_data_size:fixed.extra_data_size + fixed.id_str_size]
+    name = var[fixed.extra_data_size + fixed.id_str_size:]
+    vm_state_size = fixed.vm_state_size
+    disk_size = icount = None
+    if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
+        vm_state_size = int.from_bytes(extra[0:8], "big")
+    if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
+        disk_size = int.from_bytes(extra[8:16], "big")
+    if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
+        raw_icount = int.from_bytes(extra[16:24], "big", signed=True)
+        icount = None if raw_icount == -1 else raw_icount
+    return Snapshot(
+        offset, c_string_text(id_str), c_string_text(name), fixed.l1_table_offset, fixed.l1_size,
+        fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec, vm_state_size,
+        fixed.extra_data_size, extra, disk_size, icount, index, fixed.vm_state_size,
+    )

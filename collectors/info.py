@@ -3,13 +3,11 @@ and qcow2_get_specific_info()), computed from metadata alone: no key, no data fi
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 from . import layout as L
+from .chain import backing_path, has_protocol
 from .image import Qcow2Image, Snapshot
-from .names import path_problem
-from .usage import backing_path, has_protocol
 
 JsonDict = dict[str, Any]
 
@@ -120,15 +118,3 @@ def image_info(image: Qcow2Image) -> JsonDict:
     if snapshots:
         info["snapshots"] = [snapshot_info(sn) for sn in snapshots]
     return info
-
-
-def chain_paths(path: str, image: Qcow2Image) -> Optional[str]:
-    """The next layer's path for --backing-chain, or None at the end of the chain."""
-    name = image.backing_filename
-    if not name or has_protocol(name) or path_problem(name) is not None:
-        return None
-    fmt = image.backing_format
-    nxt = backing_path(path, name)
-    if fmt not in (None, "qcow2") or not os.path.exists(nxt):
-        return None
-    return nxt

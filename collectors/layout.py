@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import ClassVar
 
 from .names import c_string_text
@@ -97,6 +98,22 @@ QCOW_OFLAG_ZERO = 1 << 0
 L1E_SIZE = 8
 L2E_SIZE_NORMAL = 8
 L2E_SIZE_EXTENDED = 16
+
+
+class ClusterType(IntEnum):
+    """What an L2 entry describes: qemu's QCow2ClusterType (qcow2_get_cluster_type())."""
+
+    QCOW2_CLUSTER_UNALLOCATED = 0
+    QCOW2_CLUSTER_ZERO_PLAIN = 1
+    QCOW2_CLUSTER_ZERO_ALLOC = 2
+    QCOW2_CLUSTER_NORMAL = 3
+    QCOW2_CLUSTER_COMPRESSED = 4
+
+    @property
+    def label(self) -> str:
+        """Short name for output: "unallocated", "zero-plain", "zero-alloc", "normal",
+        "compressed"."""
+        return self.name[len("QCOW2_CLUSTER_"):].lower().replace("_", "-")
 REFTABLE_ENTRY_SIZE = 8
 BME_TABLE_ENTRY_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 BME_TABLE_ENTRY_FLAG_ALL_ONES = 1

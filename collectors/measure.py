@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from . import layout as L
 from .errors import UNSUPPORTED, Qcow2Error
+from .model import LAYER_NOT_QCOW2, LAYER_PROTOCOL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,7 +138,7 @@ def _metadata_preallocated(image: Qcow2Image) -> bool:
     (BDRV_BLOCK_RECURSE) whether a data cluster is a hole."""
     import numpy as np
 
-    from .check import OnDiskRefcounts
+    from .refcount import OnDiskRefcounts
 
     cs = image.header.cluster_size
     real = image.file.stat.st_blocks * 512 // cs if not image.file.is_block_device else (
@@ -160,6 +161,8 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     """Status runs of one qcow2 layer over [0, its virtual size), per qcow2_co_block_status()
     and qcow2_get_subcluster_type()."""
     import numpy as np
+
+    from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, ZERO_PLAIN, cluster_types, split_entries
 
     h = image.header
     cs = h.cluster_size
@@ -186,14 +189,13 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
             continue
         words = np.frombuffer(image.file.read_zero_padded(l2_offset, cs, "L2 table"),
                               dtype=">u8").astype(np.uint64)
-        e = words[0::2] if h.extended_l2 else words
+        e, bitmap = split_entries(words, h.extended_l2)
         off = e & np.uint64(L.L2E_OFFSET_MASK)
-        comp = (e & np.uint64(L.QCOW_OFLAG_COMPRESSED)) != 0
-        allocated = (off != 0) & ~comp
-        if h.has_data_file:
-            allocated |= ~comp & ((e >> np.uint64(63)) != 0)
-        if h.extended_l2:
-            bitmap = words[1::2]
+        types = cluster_types(e, extended=h.extended_l2, data_file=h.has_data_file)
+        comp = types == COMPRESSED
+        zero = (types == ZERO_PLAIN) | (types == ZERO_ALLOC)
+        allocated = (types == NORMAL) | (types == ZERO_ALLOC)
+        if bitmap is not None:
             shifts = np.arange(32, dtype=np.uint64)
             alloc_bits = ((bitmap[:, None] >> shifts) & np.uint64(1)) != 0
             zero_bits = ((bitmap[:, None] >> (shifts + np.uint64(32))) & np.uint64(1)) != 0
@@ -207,7 +209,6 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
             host = host_grid.reshape(-1)
             normal = (allocated[:, None] & alloc_bits & ~zero_bits).reshape(-1)
         else:
-            zero = ~comp & ((e & np.uint64(L.QCOW_OFLAG_ZERO)) != 0)
             codes = np.full(n, STATUS_UNALLOCATED, dtype=np.int8)
             codes[allocated] = STATUS_DATA
             codes[comp] = STATUS_DATA
@@ -260,47 +261,28 @@ def _raw_runs(path: str) -> Runs:
 
 
 def _chain_runs(image: Qcow2Image, path: str) -> list[Runs]:
-    """Runs of the image and of every layer of its backing chain, top first."""
-    from .image import Qcow2Image
-    from .model import DEFAULT_MAX_DEPTH
-    from .names import path_problem, shown
-    from .usage import backing_path, has_protocol
+    """Runs of the image and of every layer of its backing chain, top first. Raises Qcow2Error
+    for a layer qemu-img could not open either."""
+    from .chain import backing_layers
 
     layers = [_qcow2_runs(image)]
-    name, fmt, above = image.backing_filename, image.backing_format, path
-    seen = {os.path.realpath(path)}
-    while name is not None:
-        problem = path_problem(name)
-        if problem is not None:
-            raise Qcow2Error(f"'{shown(name)}' {problem}",
-                             structure="backing file name", kind=UNSUPPORTED, filename=above)
-        if has_protocol(name) or len(layers) > DEFAULT_MAX_DEPTH:
-            raise Qcow2Error(f"backing file {name!r} is not a plain file path",
-                             structure="backing file", value=name, kind=UNSUPPORTED,
-                             filename=above)
-        resolved = backing_path(above, name)
-        real = os.path.realpath(resolved)
-        if real in seen:
-            raise Qcow2Error(f"backing chain loops at {resolved}", structure="backing file",
-                             value=name, filename=above)
-        seen.add(real)
-        if fmt == "raw":
-            layers.append(_raw_runs(resolved))
-            break
-        if fmt not in (None, "qcow2"):
-            raise Qcow2Error(f"backing format {fmt!r} is not supported",
-                             structure="backing file", value=fmt, kind=UNSUPPORTED,
-                             filename=above)
-        try:
-            layer = Qcow2Image.open(resolved)
-        except Qcow2Error as exc:
-            if fmt is None and exc.kind == "not-qcow2":
-                layers.append(_raw_runs(resolved))  # qemu probes: no qcow2 magic -> raw
-                break
-            raise
-        with layer:
-            layers.append(_qcow2_runs(layer))
-            name, fmt, above = layer.backing_filename, layer.backing_format, resolved
+    for layer, opened in backing_layers(image, path):
+        if opened is not None:
+            layers.append(_qcow2_runs(opened))
+        elif layer.status == LAYER_NOT_QCOW2 and layer.format == "raw":
+            assert layer.path is not None
+            layers.append(_raw_runs(layer.path))  # named raw, or qemu probes: no magic -> raw
+        elif layer.status == LAYER_NOT_QCOW2:
+            raise Qcow2Error(f"backing format {layer.format!r} is not supported",
+                             structure="backing file", value=layer.format, kind=UNSUPPORTED,
+                             filename=layer.path)
+        elif layer.status == LAYER_PROTOCOL:
+            raise Qcow2Error(f"backing file {layer.name!r} is not a plain file path",
+                             structure="backing file", value=layer.name, kind=UNSUPPORTED,
+                             filename=path)
+        else:
+            assert layer.error is not None
+            raise layer.error
     return layers
 
 

@@ -5,34 +5,25 @@ once, what is *exported* about it: metric names, units, help texts and labels. A
 change syntax (Prometheus prefixes ``qcow2_``, Telegraf turns metrics into fields of one line),
 so a series means the same thing whichever agent collected it.
 
-Kept light on purpose: the Nagios plugin imports this module on every check, so the core
-(which may use numpy) and psutil are imported only when :func:`collect` runs, and jinja2 /
-prometheus_client never.
+Collecting the records is :mod:`collectors.collect`'s job. Kept light on purpose: the Nagios
+plugin imports this module on every check, so it imports no numpy, psutil, jinja2 or
+prometheus_client.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Union
 
-from .discovery import Target, dedupe_targets, expand_targets, running_images
-from .errors import INVALID, IO_ERROR, Qcow2Error
+from .errors import Qcow2Error
 from .model import (
-    DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
-    LAYER_INVALID_NAME,
-    LAYER_LOOP,
-    LAYER_MISSING,
     LAYER_OK,
-    LAYER_TOO_DEEP,
-    ChainLayer,
     CheckResult,
     ImageUsage,
-    UsageResult,
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -161,9 +152,6 @@ METRICS: dict[str, MetricSpec] = {
 
 INFO_METRIC = "image_info"
 
-# Error kind of an unexpected exception inside the core (a bug), beside errors.py's kinds.
-INTERNAL_ERROR = "internal-error"
-
 
 @dataclass(frozen=True)
 class Metric:
@@ -222,12 +210,12 @@ def _metric(name: str, value: MetricValue, labels: Labels) -> Metric:
 
 def valid_utf8(text: str) -> str:
     """`text` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) become U+FFFD,
-    a NUL byte becomes the four characters \\x00.
+    a NUL byte (possible in a backing name read from an image) the four characters \\x00.
 
     Python keeps undecodable file-name bytes as lone surrogates, which cannot be encoded at
     all; line protocol and the Prometheus text format both require UTF-8.
     """
-    if "\0" in text:  # a NUL byte from an image's backing name: no consumer accepts it
+    if "\0" in text:
         text = text.replace("\0", "\\x00")
     if text.isascii():
         return text
@@ -315,130 +303,6 @@ def error_text(record: ImageRecord) -> Optional[str]:
         return None
     # One line for log collectors: a file name may contain newlines.
     return valid_utf8(str(record.error)).replace("\n", "\\n").replace("\r", "\\r")
-
-
-# --- collecting ---------------------------------------------------------------------------
-
-AnalyzeFn = Callable[..., UsageResult]
-CheckFn = Callable[..., CheckResult]
-
-# Layer states that mean "this layer should have been analysed and was not". Protocol layers and
-# raw bases are reported as they are, not as failures (model.LAYER_*).
-_FAILED_LAYER_STATES = {LAYER_MISSING, LAYER_LOOP, LAYER_TOO_DEEP, LAYER_ERROR,
-                        LAYER_INVALID_NAME}
-
-
-# The core is imported lazily (it may pull in numpy): see the module docstring.
-def _analyze_fn() -> AnalyzeFn:
-    from .usage import analyze_usage
-
-    return analyze_usage
-
-
-def _check_fn() -> CheckFn:
-    from .check import check_image
-
-    return check_image
-
-
-def _internal_error(path: str, exc: BaseException) -> Qcow2Error:
-    # One image must never blind the monitoring of all others: an unexpected exception becomes
-    # this image's scrape error, with its type so that the bug can be reported.
-    kind = IO_ERROR if isinstance(exc, OSError) else INTERNAL_ERROR
-    return Qcow2Error(
-        f"{type(exc).__name__}: {exc}", structure="collector", kind=kind, filename=path
-    )
-
-
-def _layer_error(layer: ChainLayer) -> Optional[Qcow2Error]:
-    # The core reports missing / looping / too-deep layers by status alone; exporters need an
-    # error with a message for them all the same.
-    if layer.error is not None or layer.status not in _FAILED_LAYER_STATES:
-        return layer.error
-    kind = IO_ERROR if layer.status == LAYER_MISSING else INVALID
-    message = {
-        LAYER_MISSING: f"backing file {layer.name!r} not found",
-        LAYER_LOOP: f"backing file {layer.name!r} loops back into the chain",
-        LAYER_TOO_DEEP: f"backing chain deeper than the limit at {layer.name!r}",
-    }.get(layer.status, f"backing layer {layer.status}")
-    return Qcow2Error(
-        message, structure="backing chain", kind=kind, filename=layer.path or layer.name
-    )
-
-
-def _records_for(
-    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int
-) -> Iterator[ImageRecord]:
-    if target.path is None:
-        yield ImageRecord(target.spec, None, 0, None, None, target.error)
-        return
-    try:
-        result = analyze(target.path, chain=chain, max_depth=max_depth)
-    except Exception as exc:  # see _internal_error
-        error = _internal_error(target.path, exc)
-        yield ImageRecord(target.spec, target.path, 0, None, None, error)
-        return
-    yield ImageRecord(target.spec, target.path, 0, result.usage, None, result.error)
-    for layer in result.chain:
-        yield ImageRecord(
-            target.spec,
-            layer.path,
-            layer.depth,
-            layer.usage,
-            None,
-            _layer_error(layer),
-            status=layer.status,
-            name=layer.name,
-        )
-
-
-def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:
-    if record.usage is None or record.path is None or record.error is not None:
-        return record
-    try:
-        result = check_fn(record.path)
-    except Qcow2Error as exc:
-        return replace(record, error=exc)
-    except Exception as exc:  # see _internal_error
-        return replace(record, error=_internal_error(record.path, exc))
-    return replace(record, check=result)
-
-
-def collect(
-    specs: Sequence[str],
-    *,
-    running: bool = False,
-    chain: bool = False,
-    check: bool = False,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-) -> Collection:
-    """Discover targets, analyse each (and its backing chain), optionally run the full check.
-
-    Never raises for image problems: a failing target is a record with `error` set and the others
-    still report. Each image is reported once, by real path: a base shared by several overlays,
-    or also named as a target, keeps the depth at which it was first met.
-    """
-    started = time.monotonic()
-    analyze = _analyze_fn()
-    check_fn = _check_fn() if check else None
-    targets = expand_targets(specs)
-    if running:
-        targets = dedupe_targets([*targets, *(Target(p, p) for p in running_images())])
-    seen: set[tuple[str, Optional[int]]] = set()
-    records: list[ImageRecord] = []
-    for target in targets:
-        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth):
-            # A failed layer is keyed with its depth too: a chain looping back to its top names
-            # an already reported file, and that loop must still be reported.
-            name = os.path.realpath(record.path) if record.path else record.label_path
-            key = (name, record.depth if record.error is not None else None)
-            if key in seen:
-                continue
-            seen.add(key)
-            if check_fn is not None:
-                record = _with_check(record, check_fn)
-            records.append(record)
-    return Collection(tuple(records), time.monotonic() - started, time.time())
 
 
 # --- sizes ----------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ class ImageUsage:
 
 @dataclass(frozen=True)
 class ChainLayer:
-    """One backing layer (depth >= 1) below a top image."""
+    """One layer of a backing chain: a backing layer (depth >= 1) below a top image, or the top
+    image itself (depth 0) as the chain walker reports it."""
 
     depth: int
     name: str  # as written in the image above
@@ -136,13 +137,3 @@ class CheckResult:
     dirty_bit: bool = False
     notes: tuple[str, ...] = field(default=())
 
-    @property
-    def exit_code(self) -> int:
-        """qemu-img check's exit code: 1 check errors, 2 corruptions, 3 leaks only, 0 clean."""
-        if self.check_errors:
-            return 1
-        if self.corruptions:
-            return 2
-        if self.leaks:
-            return 3
-        return 0

@@ -60,3 +60,4 @@ def name_problem(raw: bytes, *, is_path: bool) -> Optional[str]:
         if problem is not None:
             return problem
     return text_problem(raw)
+

@@ -14,6 +14,7 @@ import stat
 from types import TracebackType
 from typing import Optional
 
+from . import layout as L
 from .errors import IO_ERROR, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
 
 # No single structure qemu accepts is larger than this (the 32 MiB L1 and 64 MiB snapshot
@@ -32,6 +33,15 @@ def open_readonly(path: str) -> int:
         except PermissionError:
             pass  # not the owner (and not root): fall back to a plain read-only open
     return os.open(path, flags)
+
+
+def has_qcow2_magic(path: str) -> bool:
+    """True when the file or device starts with the qcow2 magic. Raises OSError if unreadable."""
+    fd = open_readonly(path)
+    try:
+        return os.pread(fd, len(L.QCOW_MAGIC), 0) == L.QCOW_MAGIC
+    finally:
+        os.close(fd)
 
 
 class ImageFile:
@@ -126,3 +136,25 @@ class ImageFile:
         if len(data) < length:
             data += bytes(length - len(data))
         return data
+
+
+class Window:
+    """Sequential reads through one buffer, zeros past EOF (as qemu's bdrv_pread on a file):
+    the 65536 snapshot entries a header may claim cost a few reads, not two each."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, file: ImageFile, structure: str) -> None:
+        self.file = file
+        self.structure = structure
+        self.start = 0
+        self.data = b""
+
+    def read(self, offset: int, length: int) -> bytes:
+        at = offset - self.start
+        if at < 0 or at + length > len(self.data):
+            self.start = offset
+            self.data = self.file.read_zero_padded(offset, max(length, self.CHUNK),
+                                                   self.structure)
+            at = 0
+        return self.data[at:at + length]

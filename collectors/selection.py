@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Union
 
-from .metrics import Collection, collect
+from .collect import collect
+from .metrics import Collection
 from .model import DEFAULT_MAX_DEPTH
 
 MAX_DEPTH_LIMIT = 256

@@ -323,7 +323,7 @@ def _plain(
     )
 
 
-def _simple(
+def _simple(  # noqa: PLR0913 - qemu-img create options, keyword-only
     root: Path,
     name: str,
     *,

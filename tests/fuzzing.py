@@ -209,13 +209,36 @@ BITMAP_FIELDS = (("bitmap_table_offset", 0, 8), ("bitmap_table_size", 8, 4), ("f
 class Layout:
     """Offsets of the fields and table entries a mutation may hit."""
 
-    length: int
+    data: bytes
     cluster_size: int
     fields: list[tuple[str, int, int]] = field(default_factory=list)  # (name, offset, size)
     entries: dict[str, list[int]] = field(default_factory=dict)  # 8-byte table entries by kind
     clusters: list[int] = field(default_factory=list)  # offsets of metadata clusters
     refcount_blocks: list[tuple[int, int]] = field(default_factory=list)  # (offset, bits)
     names: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) of names
+
+    @property
+    def length(self) -> int:
+        return len(self.data)
+
+    def u(self, offset: int, size: int) -> int:
+        return _u(self.data, offset, size)
+
+    def table(self, kind: str, offset: int, count: int) -> list[int]:
+        """Record a table of 8-byte entries (at most 65536, inside the file); its values."""
+        cs = self.cluster_size
+        count = max(0, min(count, (self.length - offset) // 8, 1 << 16))
+        slots = [offset + 8 * i for i in range(count)]
+        self.entries.setdefault(kind, []).extend(slots)
+        self.clusters.extend(range(offset - offset % cs, offset + 8 * count, cs))
+        return [self.u(slot, 8) for slot in slots]
+
+    def l1(self, offset: int, size: int) -> None:
+        cs = self.cluster_size
+        for entry in self.table("l1", offset, size):
+            l2 = entry & 0x00FFFFFFFFFFFE00
+            if l2 and l2 % cs == 0 and l2 + cs <= self.length:
+                self.table("l2", l2, cs // 8)
 
 
 def _u(data: bytes, offset: int, size: int) -> int:
@@ -226,80 +249,67 @@ def _u(data: bytes, offset: int, size: int) -> int:
 
 def analyse_layout(data: bytes) -> Layout:
     cluster_bits = _u(data, 20, 4)
-    cs = 1 << cluster_bits if 9 <= cluster_bits <= 21 else 65536
-    lay = Layout(len(data), cs)
-    version = _u(data, 4, 4)
-    header_length = _u(data, 100, 4) if version >= 3 else 72
+    lay = Layout(data, 1 << cluster_bits if 9 <= cluster_bits <= 21 else 65536)
+    version = lay.u(4, 4)
+    header_length = lay.u(100, 4) if version >= 3 else 72
     lay.fields += [f for f in HEADER_FIELDS if f[1] + f[2] <= max(header_length, 72)]
     lay.clusters.append(0)
-
-    def table(kind: str, offset: int, count: int) -> list[int]:
-        count = max(0, min(count, (len(data) - offset) // 8, 1 << 16))
-        slots = [offset + 8 * i for i in range(count)]
-        lay.entries.setdefault(kind, []).extend(slots)
-        for c in range(offset - offset % cs, offset + 8 * count, cs):
-            lay.clusters.append(c)
-        return [_u(data, s, 8) for s in slots]
-
-    def l1(offset: int, size: int) -> None:
-        for entry in table("l1", offset, size):
-            l2 = entry & 0x00FFFFFFFFFFFE00
-            if l2 and l2 % cs == 0 and l2 + cs <= len(data):
-                table("l2", l2, cs // 8)
-
-    l1(_u(data, 40, 8), _u(data, 36, 4))
-    rt_offset = _u(data, 48, 8)
-    refcount_order = _u(data, 96, 4) if version >= 3 else 4
-    for entry in table("refcount-table", rt_offset, _u(data, 56, 4) * cs // 8):
+    lay.l1(lay.u(40, 8), lay.u(36, 4))
+    refcount_order = lay.u(96, 4) if version >= 3 else 4
+    cs = lay.cluster_size
+    for entry in lay.table("refcount-table", lay.u(48, 8), lay.u(56, 4) * cs // 8):
         block = entry & ~0x1FF & (2**64 - 1)
         if block and block % cs == 0 and block + cs <= len(data):
             lay.refcount_blocks.append((block, 1 << min(refcount_order, 6)))
             lay.clusters.append(block)
-    backing_offset, backing_size = _u(data, 8, 8), _u(data, 16, 4)
+    backing_offset, backing_size = lay.u(8, 8), lay.u(16, 4)
     if backing_offset and backing_offset + backing_size <= len(data):
         lay.names.append((backing_offset, backing_size))
-    # Header extensions.
-    pos = header_length
-    end = backing_offset or cs
-    while pos + 8 <= min(end, len(data)):
-        ext_type, ext_len = _u(data, pos, 4), _u(data, pos + 4, 4)
+    _extensions(lay, header_length, backing_offset or cs)
+    _snapshots(lay)
+    return lay
+
+
+def _extensions(lay: Layout, pos: int, end: int) -> None:
+    while pos + 8 <= min(end, lay.length):
+        ext_type, ext_len = lay.u(pos, 4), lay.u(pos + 4, 4)
         lay.fields += [(f"extension@{pos}.type", pos, 4), (f"extension@{pos}.length", pos + 4, 4)]
-        if ext_type == 0 or pos + 8 + ext_len > len(data):
+        if ext_type == 0 or pos + 8 + ext_len > lay.length:
             break
         if ext_type in (0xE2792ACA, 0x44415441, 0x6803F857):  # backing fmt, data file, features
             lay.names.append((pos + 8, ext_len))
         if ext_type == 0x23852875 and ext_len >= 24:  # bitmaps
             lay.fields += [("nb_bitmaps", pos + 8, 4), ("bitmap_directory_size", pos + 16, 8),
                            ("bitmap_directory_offset", pos + 24, 8)]
-            _bitmap_directory(data, lay, _u(data, pos + 24, 8), _u(data, pos + 16, 8), table)
+            _bitmap_directory(lay, lay.u(pos + 24, 8), lay.u(pos + 16, 8))
         if ext_type == 0x0537BE77 and ext_len >= 16:  # LUKS header pointer
             lay.fields += [("luks_offset", pos + 8, 8), ("luks_length", pos + 16, 8)]
         pos += 8 + (ext_len + 7) // 8 * 8
-    # Snapshot table.
-    sn = _u(data, 64, 8)
-    for _ in range(min(_u(data, 60, 4), 64)):
+
+
+def _snapshots(lay: Layout) -> None:
+    sn = lay.u(64, 8)
+    for _ in range(min(lay.u(60, 4), 64)):
         sn = (sn + 7) // 8 * 8
-        if sn + 40 > len(data):
+        if sn + 40 > lay.length:
             break
         lay.fields += [(f"snapshot@{sn}.{name}", sn + off, size)
                        for name, off, size in SNAPSHOT_FIELDS]
-        lay.clusters.append(sn - sn % cs)
-        extra, id_size, name_size = _u(data, sn + 36, 4), _u(data, sn + 12, 2), _u(data, sn + 14, 2)
+        lay.clusters.append(sn - sn % lay.cluster_size)
+        extra, id_size, name_size = lay.u(sn + 36, 4), lay.u(sn + 12, 2), lay.u(sn + 14, 2)
         lay.names.append((sn + 40 + extra, id_size + name_size))
-        l1(_u(data, sn, 8), min(_u(data, sn + 8, 4), 1 << 16))
+        lay.l1(lay.u(sn, 8), min(lay.u(sn + 8, 4), 1 << 16))
         sn += 40 + extra + id_size + name_size
-    return lay
 
 
-def _bitmap_directory(data: bytes, lay: Layout, offset: int, size: int,
-                      table: Callable[[str, int, int], list[int]]) -> None:
-    pos, end = offset, min(offset + size, len(data))
+def _bitmap_directory(lay: Layout, offset: int, size: int) -> None:
+    pos, end = offset, min(offset + size, lay.length)
     while pos + 24 <= end:
         lay.fields += [(f"bitmap@{pos}.{name}", pos + off, sz) for name, off, sz in BITMAP_FIELDS]
         lay.clusters.append(pos - pos % lay.cluster_size)
-        name_size, extra = _u(data, pos + 18, 2), _u(data, pos + 20, 4)
+        name_size, extra = lay.u(pos + 18, 2), lay.u(pos + 20, 4)
         lay.names.append((pos + 24 + extra, name_size))
-        table("bitmap-table", _u(data, pos, 8), min(_u(data, pos + 8, 4), 1 << 16))
+        lay.table("bitmap-table", lay.u(pos, 8), min(lay.u(pos + 8, 4), 1 << 16))
         pos += (24 + extra + name_size + 7) // 8 * 8
 
 
@@ -342,83 +352,131 @@ def _put(data: bytearray, offset: int, size: int, value: int) -> None:
         data[offset:offset + size] = value.to_bytes(size, "big")
 
 
-def mutate(data: bytearray, rng: random.Random) -> str:
-    """Apply one mutation in place; returns what it did (for failure reports)."""
-    lay = analyse_layout(bytes(data))
-    cs = lay.cluster_size
-    strategy = rng.choices(
-        ("header", "field", "entry", "refcount", "name", "bitflip", "bytes", "truncate",
-         "copy-cluster", "zero-cluster"),
-        weights=(12, 10, 20, 8, 5, 12, 5, 4, 6, 3))[0]
-    if strategy == "header" or (strategy == "field" and not lay.fields):
-        name, off, size = rng.choice([f for f in HEADER_FIELDS if f[1] + f[2] <= 105])
-        value = _interesting(rng, size, _u(data, off, size), lay)
-        _put(data, off, size, value)
-        return f"header.{name}=0x{value:x}"
-    if strategy == "field":
-        name, off, size = rng.choice(lay.fields)
-        value = _interesting(rng, size, _u(data, off, size), lay)
-        _put(data, off, size, value)
-        return f"{name}=0x{value:x}"
-    if strategy == "entry" and lay.entries:
-        kind = rng.choice(sorted(lay.entries))
-        if lay.entries[kind]:
-            slot = rng.choice(lay.entries[kind])
-            value = _entry_value(rng, _u(data, slot, 8), lay)
-            _put(data, slot, 8, value)
-            return f"{kind} entry at 0x{slot:x}=0x{value:x}"
-    if strategy == "refcount" and lay.refcount_blocks:
-        block, bits = rng.choice(lay.refcount_blocks)
-        index = rng.randrange(cs * 8 // bits)
-        width = max(1, bits // 8)
-        value = rng.choice((0, 1, 2, (1 << bits) - 1, rng.randrange(1 << bits)))
-        if bits >= 8:
-            _put(data, block + index * width, width, value)
-        else:
-            byte = block + index * bits // 8
-            shift = index * bits % 8
-            mask = ((1 << bits) - 1) << shift
-            data[byte] = (data[byte] & ~mask) | ((value << shift) & mask)
-        return f"refcount of cluster {index} in block 0x{block:x}={value}"
-    if strategy == "name" and lay.names:
-        off, length = rng.choice(lay.names)
-        if length:
-            pos = off + rng.randrange(length)
-            value = rng.choice(b"\x00\xff\xc3/:.\n\\")
-            if pos < len(data):
-                data[pos] = value
-                return f"name byte at 0x{pos:x}=0x{value:02x}"
-    if strategy == "truncate":
-        length = rng.choice((rng.randrange(0, min(len(data), 4 * cs) + 1),
-                             rng.randrange(0, len(data) + 1), len(data) - rng.randrange(1, 513)))
-        del data[max(0, length):]
-        return f"truncate to {max(0, length)}"
-    if strategy in ("copy-cluster", "zero-cluster") and len(data) >= 2 * cs:
+Mutation = Callable[[bytearray, random.Random, Layout], Optional[str]]
+
+
+def _header(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
+    name, off, size = rng.choice([f for f in HEADER_FIELDS if f[1] + f[2] <= 105])
+    value = _interesting(rng, size, _u(data, off, size), lay)
+    _put(data, off, size, value)
+    return f"header.{name}=0x{value:x}"
+
+
+def _field(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
+    if not lay.fields:
+        return _header(data, rng, lay)
+    name, off, size = rng.choice(lay.fields)
+    value = _interesting(rng, size, _u(data, off, size), lay)
+    _put(data, off, size, value)
+    return f"{name}=0x{value:x}"
+
+
+def _entry(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
+    if not lay.entries:
+        return None
+    kind = rng.choice(sorted(lay.entries))
+    if not lay.entries[kind]:
+        return None
+    slot = rng.choice(lay.entries[kind])
+    value = _entry_value(rng, _u(data, slot, 8), lay)
+    _put(data, slot, 8, value)
+    return f"{kind} entry at 0x{slot:x}=0x{value:x}"
+
+
+def _refcount(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
+    if not lay.refcount_blocks:
+        return None
+    block, bits = rng.choice(lay.refcount_blocks)
+    index = rng.randrange(lay.cluster_size * 8 // bits)
+    value = rng.choice((0, 1, 2, (1 << bits) - 1, rng.randrange(1 << bits)))
+    if bits >= 8:
+        _put(data, block + index * (bits // 8), bits // 8, value)
+    else:
+        byte = block + index * bits // 8
+        shift = index * bits % 8
+        mask = ((1 << bits) - 1) << shift
+        data[byte] = (data[byte] & ~mask) | ((value << shift) & mask)
+    return f"refcount of cluster {index} in block 0x{block:x}={value}"
+
+
+def _name(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
+    if not lay.names:
+        return None
+    off, length = rng.choice(lay.names)
+    if not length:
+        return None
+    pos = off + rng.randrange(length)
+    value = rng.choice(b"\x00\xff\xc3/:.\n\\")
+    if pos >= len(data):
+        return None
+    data[pos] = value
+    return f"name byte at 0x{pos:x}=0x{value:02x}"
+
+
+def _truncate(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
+    length = rng.choice((rng.randrange(0, min(len(data), 4 * lay.cluster_size) + 1),
+                         rng.randrange(0, len(data) + 1), len(data) - rng.randrange(1, 513)))
+    del data[max(0, length):]
+    return f"truncate to {max(0, length)}"
+
+
+def _cluster(zero: bool) -> Mutation:
+    def mutation(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
+        cs = lay.cluster_size
+        if len(data) < 2 * cs:
+            return None
         nclusters = len(data) // cs
         dst = rng.choice(lay.clusters) if lay.clusters and rng.random() < 0.7 else \
             rng.randrange(nclusters) * cs
-        if dst + cs <= len(data):
-            if strategy == "zero-cluster":
-                data[dst:dst + cs] = bytes(cs)
-                return f"zero cluster 0x{dst:x}"
-            src = rng.randrange(nclusters) * cs
-            data[dst:dst + cs] = data[src:src + cs]
-            return f"copy cluster 0x{src:x} to 0x{dst:x}"
-    if strategy == "bytes" and data:
-        area = min(len(data), rng.choice((cs, 4 * cs, len(data))))
-        pos = rng.randrange(area)
-        chunk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
-        data[pos:pos + len(chunk)] = chunk
-        return f"bytes at 0x{pos:x}={chunk.hex()}"
+        if dst + cs > len(data):
+            return None
+        if zero:
+            data[dst:dst + cs] = bytes(cs)
+            return f"zero cluster 0x{dst:x}"
+        src = rng.randrange(nclusters) * cs
+        data[dst:dst + cs] = data[src:src + cs]
+        return f"copy cluster 0x{src:x} to 0x{dst:x}"
+    return mutation
+
+
+def _bytes(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
+    if not data:
+        return None
+    area = min(len(data), rng.choice((lay.cluster_size, 4 * lay.cluster_size, len(data))))
+    pos = rng.randrange(area)
+    chunk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+    data[pos:pos + len(chunk)] = chunk
+    return f"bytes at 0x{pos:x}={chunk.hex()}"
+
+
+def _bitflip(data: bytearray, rng: random.Random, lay: Layout) -> Optional[str]:
     if not data:
         return "empty"
-    area = min(len(data), rng.choice((128, cs, 4 * cs, len(data))))
+    area = min(len(data), rng.choice((128, lay.cluster_size, 4 * lay.cluster_size, len(data))))
     flips = []
     for _ in range(rng.randrange(1, 9)):
         bit = rng.randrange(area * 8)
         data[bit // 8] ^= 1 << (bit % 8)
         flips.append(bit)
     return "bit flips " + ",".join(f"0x{b // 8:x}.{b % 8}" for b in flips)
+
+
+# Strategy, weight. A strategy with nothing to hit in this image falls back to bit flips.
+STRATEGIES: tuple[tuple[Mutation, int], ...] = (
+    (_header, 12), (_field, 10), (_entry, 20), (_refcount, 8), (_name, 5), (_bitflip, 12),
+    (_bytes, 5), (_truncate, 4), (_cluster(zero=False), 6), (_cluster(zero=True), 3),
+)
+
+
+def mutate(data: bytearray, rng: random.Random) -> str:
+    """Apply one mutation in place; returns what it did (for failure reports)."""
+    lay = analyse_layout(bytes(data))
+    strategy = rng.choices([m for m, _ in STRATEGIES], weights=[w for _, w in STRATEGIES])[0]
+    done = strategy(data, rng, lay)
+    if done is None:
+        done = _bitflip(data, rng, lay)
+    assert done is not None
+    return done
 
 
 def mutate_case(seeds: Sequence[Seed], seed: int, index: int) -> tuple[Seed, bytes, list[str]]:
@@ -488,7 +546,7 @@ def _entry_point(name: str) -> Callable[[list[str]], int]:
     if name == "qcow2-textfile":
         from node_exporter_textfile.qcow2_textfile import main as textfile_main
         return textfile_main
-    from collectors.cli import main as analyze_main
+    from analyze.main import main as analyze_main
     return analyze_main
 
 
@@ -619,88 +677,122 @@ def _spawn(seeds: Sequence[Seed], seed: int, indices: list[int], workdir: Path
     return pid, read_fd
 
 
+# A run stops starting workers after this many failures (each is printed).
+MAX_FAILURES = 1000
+
+
+@dataclass
+class _Worker:
+    pid: int
+    stream: io.TextIOWrapper
+    workdir: Path
+    chunk: list[int]
+    last_event: float
+    current: Optional[dict[str, object]] = None  # the call running now ("start" event)
+
+
+class _Pool:
+    """Forked workers running chunks of cases; events arrive as JSON lines on pipes."""
+
+    def __init__(self, seeds: Sequence[Seed], seed: int, base: Path,
+                 progress: Optional[Callable[[Report], None]]) -> None:
+        self.seeds, self.seed, self.base, self.progress = seeds, seed, base, progress
+        self.report = Report()
+        self.active: dict[int, _Worker] = {}
+        self.started = 0
+
+    def start(self, chunk: list[int]) -> None:
+        workdir = self.base / f"w{self.started}"
+        self.started += 1
+        workdir.mkdir()
+        pid, fd = _spawn(self.seeds, self.seed, chunk, workdir)
+        self.active[fd] = _Worker(pid, os.fdopen(fd), workdir, chunk, time.monotonic())
+
+    def event(self, fd: int) -> None:
+        """Read one event from worker `fd`, or reap it when it has exited."""
+        worker = self.active[fd]
+        line = worker.stream.readline()
+        if not line:
+            _, status = os.waitpid(worker.pid, 0)
+            worker.stream.close()
+            del self.active[fd]
+            if status != 0:
+                self.report.failures.append(_crash(self.seed, worker.current,
+                                                   f"worker died ({status})"))
+            shutil.rmtree(worker.workdir, ignore_errors=True)
+            return
+        event = json.loads(line)
+        worker.last_event = time.monotonic()
+        if "failure" in event:
+            f = event["failure"]
+            self.report.failures.append(Failure(f[0], f[1], f[2], tuple(f[3]), f[4],
+                                                tuple(f[5]), tuple(f[6]), f[7]))
+        elif "done" in event:
+            self.report.cases += 1
+            if self.progress is not None:
+                self.progress(self.report)
+        elif "start" in event:
+            worker.current = event
+
+    def reap_hung(self) -> list[int]:
+        """Kill workers silent for HANG_SECONDS; returns the cases they had left to run."""
+        left: list[int] = []
+        now = time.monotonic()
+        for fd, worker in list(self.active.items()):
+            if now - worker.last_event > HANG_SECONDS:
+                self.stop(fd)
+                self.report.failures.append(_crash(self.seed, worker.current,
+                                                   f"no progress for {HANG_SECONDS:.0f} s"))
+                if worker.current is not None:
+                    hung = int(str(worker.current["start"]))
+                    left += [i for i in worker.chunk if i > hung]
+        return left
+
+    def stop(self, fd: int) -> None:
+        worker = self.active.pop(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(worker.pid, 0)
+        worker.stream.close()
+
+
 def fuzz(seeds: Sequence[Seed], *, seed: int, cases: int, workers: int = 2,
          workdir: Optional[Path] = None, deadline: Optional[float] = None,
-         progress: Optional[Callable[[Report], None]] = None,
-         max_failures: int = 50) -> Report:
+         progress: Optional[Callable[[Report], None]] = None) -> Report:
     """Run cases 0..cases-1 of fuzzing run `seed` in `workers` forked processes. Stops early
-    at `deadline` (time.monotonic()) or after `max_failures` failures."""
+    at `deadline` (time.monotonic()) or after MAX_FAILURES failures."""
     started = time.monotonic()
-    report = Report()
-    own_dir = workdir is None
     base = Path(tempfile.mkdtemp(prefix="qcow2-fuzz-")) if workdir is None else workdir
+    base.mkdir(parents=True, exist_ok=True)
+    pool = _Pool(seeds, seed, base, progress)
     pending = list(range(cases))
-    active: dict[int, tuple[int, io.TextIOWrapper, str, list[int], float, Optional[dict]]] = {}
-    worker_no = 0
     try:
-        while pending or active:
-            out_of_time = deadline is not None and time.monotonic() > deadline
-            while (pending and len(active) < workers and not out_of_time
-                   and len(report.failures) < max_failures):
-                chunk, pending = pending[:CASES_PER_WORKER], pending[CASES_PER_WORKER:]
-                wdir = base / f"w{worker_no}"
-                worker_no += 1
-                wdir.mkdir()
-                pid, fd = _spawn(seeds, seed, chunk, wdir)
-                active[fd] = (pid, os.fdopen(fd), str(wdir), chunk, time.monotonic(), None)
-            if not active:
+        while pending or pool.active:
+            if deadline is not None and time.monotonic() > deadline:
                 break
-            ready, _, _ = select.select(list(active), [], [], 1.0)
+            while (pending and len(pool.active) < workers
+                   and len(pool.report.failures) < MAX_FAILURES):
+                pool.start(pending[:CASES_PER_WORKER])
+                pending = pending[CASES_PER_WORKER:]
+            if not pool.active:
+                break
+            ready, _, _ = select.select(list(pool.active), [], [], 1.0)
             for fd in ready:
-                pid, stream, wdir, chunk, last, current = active[fd]
-                line = stream.readline()
-                if line:
-                    event = json.loads(line)
-                    if "failure" in event:
-                        f = event["failure"]
-                        report.failures.append(Failure(f[0], f[1], f[2], tuple(f[3]), f[4],
-                                                       tuple(f[5]), tuple(f[6]), f[7]))
-                    elif "done" in event:
-                        report.cases += 1
-                        if progress is not None:
-                            progress(report)
-                    active[fd] = (pid, stream, wdir, chunk, time.monotonic(),
-                                  event if "start" in event else current)
-                    if deadline is not None and time.monotonic() > deadline:
-                        os.kill(pid, signal.SIGKILL)
-                    continue
-                _, status = os.waitpid(pid, 0)
-                stream.close()
-                del active[fd]
-                if os.WIFSIGNALED(status) and deadline is not None and \
-                        time.monotonic() > deadline:
-                    continue
-                if status != 0:
-                    report.failures.append(_crash(seed, current, f"worker died ({status})"))
-                shutil.rmtree(wdir, ignore_errors=True)
-            now = time.monotonic()
-            for fd, (pid, stream, _, chunk, last, current) in list(active.items()):
-                if now - last > HANG_SECONDS:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    stream.close()
-                    del active[fd]
-                    report.failures.append(_crash(seed, current,
-                                                  f"no progress for {HANG_SECONDS:.0f} s"))
-                    # The rest of the chunk still has to run.
-                    if current is not None:
-                        pending += [i for i in chunk if i > current["start"]]
+                pool.event(fd)
+            pending += pool.reap_hung()
     finally:
-        for pid, stream, *_ in active.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            stream.close()
-        if own_dir:
+        for fd in list(pool.active):
+            pool.stop(fd)
+        if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
-    report.seconds = time.monotonic() - started
-    return report
+    pool.report.seconds = time.monotonic() - started
+    return pool.report
 
 
-def _crash(seed: int, current: Optional[dict], what: str) -> Failure:
-    index = current["start"] if current else -1
-    call = current["call"] if current else "?"
+def _crash(seed: int, current: Optional[dict[str, object]], what: str) -> Failure:
+    index = int(str(current["start"])) if current else -1
+    call = str(current["call"]) if current else "?"
     return Failure(seed, index, "?", (), call, (), (what,), "")
 
 
@@ -741,7 +833,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  {report.cases} cases, {len(report.failures)} failures", flush=True)
 
     report = fuzz(seeds, seed=args.seed, cases=args.cases, workers=args.workers,
-                  deadline=deadline, progress=progress, max_failures=1000)
+                  deadline=deadline, progress=progress)
     for text in iter_failures_text(report):
         print(text)
     print(f"{report.cases} cases in {report.seconds:.1f} s, {len(report.failures)} failures")

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from collectors.cli_check import register
+from analyze.tables import register
 from collectors.dump import WHAT, dump, render_human
 from collectors.image import Qcow2Image
 

@@ -120,7 +120,7 @@ def test_backing_name_nul_or_not_utf8(overlay: Path, position: int, value: int) 
 def _stdout(argv: list[str]) -> str:
     from contextlib import redirect_stdout
 
-    from collectors.cli import main
+    from analyze.main import main
 
     buffer = io.StringIO()
     with redirect_stdout(buffer):

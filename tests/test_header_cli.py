@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from collectors.cli import main
+from analyze.main import main
 
 from corpus import CorpusImage, qemu_img_json
 from damage import header_extensions, patch_bytes, patch_u64, read_header
@@ -22,7 +22,7 @@ FEATURE_TABLE = 0x6803F857
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collectors.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from collectors import metrics
+from collectors import collect as collecting
+from collectors.collect import collect
 from collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
 from collectors.metrics import (
     INFO_METRIC,
     METRICS,
     Collection,
     ImageRecord,
-    collect,
     collection_metrics,
     error_text,
     image_metrics,
@@ -412,7 +412,7 @@ def test_collect_turns_unexpected_exceptions_into_record_errors(
             raise RuntimeError("boom")
         return analyze_usage(path, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(metrics, "_analyze_fn", lambda: analyze)
+    monkeypatch.setattr(collecting, "_analyze_fn", lambda: analyze)
     records = collect([str(bad), str(good)]).records
     assert records[0].error is not None and "RuntimeError: boom" in str(records[0].error)
     assert records[1].error is None and records[1].usage is not None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from collectors import cli
+from analyze import main as cli
 from collectors.usage import analyze_usage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,25 +42,81 @@ def fingerprint(path: Path) -> tuple[str, int, int, int]:
 
 
 def all_commands(path: Path) -> list[list[str]]:
-    commands = [["-f", str(path), "-v"], ["info", "--output", "json", str(path)],
-                ["usage", "--output", "json", str(path)]]
-    for extra in (["check", "--output", "json", str(path)],
-                  ["dump", "--what", "l2", str(path)], ["measure", str(path)]):
-        commands.append(extra)
+    """Every qcow2-analyze command and output on `path`, every chain variant included."""
+    commands = [["-f", str(path), "-v"], ["-f", str(path), "-o", "raw", "-H"]]
+    for output in ("human", "json"):
+        commands += [["info", "--output", output, str(path)],
+                     ["info", "--output", output, "--backing-chain", str(path)],
+                     ["header", "--output", output, str(path)],
+                     ["usage", "--output", output, str(path)],
+                     ["usage", "--output", output, "--no-chain", str(path)],
+                     ["check", "--output", output, str(path)],
+                     ["check", "--output", output, "--chain", str(path)],
+                     ["measure", "--output", output, str(path)]]
+        commands += [["dump", "--what", what, "--output", output, str(path)]
+                     for what in ("l1", "l2", "refcount", "snapshots", "bitmaps")]
     return commands
 
 
-def test_analysis_changes_nothing_not_even_atime(tmp_path: Path) -> None:
-    image = make_image(tmp_path / "img.qcow2")
+def one_of_each(path: Path) -> list[list[str]]:
+    """One run of every command, quick enough to run beside a writer."""
+    return [["-f", str(path), "-v"], ["info", "--output", "json", str(path)],
+            ["usage", "--output", "json", str(path)], ["check", "--output", "json", str(path)],
+            ["dump", "--what", "l2", str(path)], ["measure", str(path)]]
+
+
+def adapter_commands(path: Path) -> list[list[str]]:
+    """Every adapter, with and without --chain and --check."""
+    commands = []
+    for extra in ([], ["--chain"], ["--check"], ["--chain", "--check"]):
+        commands += [["nagios.check_qcow2", "-f", str(path), *extra],
+                     ["telegraf.qcow2_telegraf", *extra, str(path)],
+                     ["node_exporter_textfile.qcow2_textfile", "--output", "-", *extra,
+                      str(path)]]
+    return commands
+
+
+def make_chain(tmp_path: Path) -> list[Path]:
+    """base <- mid <- top, each with data of its own, the backing names relative."""
+    base = make_image(tmp_path / "base.qcow2")
+    chain = [base]
+    for name in ("mid.qcow2", "top.qcow2"):
+        layer = tmp_path / name
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", chain[-1].name,
+                        "-F", "qcow2", str(layer)], check=True)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x6c 8M 64k", str(layer)],
+                       check=True, capture_output=True)
+        chain.append(layer)
+    return chain
+
+
+def age_access_times(paths: list[Path]) -> None:
     # An atime far in the past: relatime would refresh it on any ordinary read.
     old = time.time_ns() - 10 * 24 * 3600 * 10**9
-    os.utime(image, ns=(old, os.stat(image).st_mtime_ns))
-    before = fingerprint(image)
-    for args in all_commands(image):
-        proc = subprocess.run([sys.executable, "-m", "collectors.cli", *args], cwd=REPO,
+    for path in paths:
+        os.utime(path, ns=(old, os.stat(path).st_mtime_ns))
+
+
+def test_analysis_changes_nothing_not_even_atime(tmp_path: Path) -> None:
+    chain = make_chain(tmp_path)
+    age_access_times(chain)
+    before = [fingerprint(layer) for layer in chain]
+    for args in all_commands(chain[-1]):
+        proc = subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, (args, proc.stderr)
-    assert fingerprint(image) == before
+        assert [fingerprint(layer) for layer in chain] == before, args
+
+
+def test_adapters_change_nothing_not_even_atime(tmp_path: Path) -> None:
+    chain = make_chain(tmp_path)
+    age_access_times(chain)
+    before = [fingerprint(layer) for layer in chain]
+    for args in adapter_commands(chain[-1]):
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        assert [fingerprint(layer) for layer in chain] == before, args
 
 
 def test_never_opens_for_writing_nor_locks(tmp_path: Path,
@@ -108,12 +164,12 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
         assert in_use, "write lock of the running qemu-io not detected"
         assert usage is not None and any("running qemu" in note for note in usage.notes)
         # Analyse repeatedly while it runs: every command succeeds, nothing is refused.
-        for args in all_commands(image):
-            assert subprocess.run([sys.executable, "-m", "collectors.cli", *args], cwd=REPO,
+        for args in one_of_each(image):
+            assert subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
                                   capture_output=True, timeout=120).returncode in (0, 3), args
         # The check runs on an image in use (qemu-img check would refuse without -U) and says
         # that what it finds may be transient.
-        check = subprocess.run([sys.executable, "-m", "collectors.cli", "check", "--output",
+        check = subprocess.run([sys.executable, "-m", "analyze", "check", "--output",
                                 "json", str(image)], cwd=REPO, capture_output=True, text=True,
                                timeout=120)
         assert any("held for writing" in note

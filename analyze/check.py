@@ -1,0 +1,185 @@
+"""`qcow2-analyze check`.
+
+`check` prints what `qemu-img check` prints (human summary, or its JSON keys with qemu's
+presence rules) plus located findings, and exits like it: 0 clean, 1 could not check,
+2 corruptions, 3 leaks only. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import closing
+from typing import Any, Optional, TextIO
+
+from collectors.chain import walk
+from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from collectors.image import Qcow2Image
+from collectors.model import LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
+
+from .common import report_error
+
+# qemu-img check's exit codes beside the common ones.
+EXIT_CORRUPTIONS = 2
+EXIT_LEAKS = 3
+
+DEFAULT_MAX_FINDINGS = 100
+
+
+def register(subparsers: Any) -> None:
+    """Add check to the lead parser's subparsers."""
+    check = subparsers.add_parser(
+        "check", help="full consistency check, equal to `qemu-img check` (read-only)")
+    check.add_argument("--output", choices=["human", "json"], default="human")
+    check.add_argument("--chain", action="store_true",
+                       help="also check every qcow2 layer of the backing chain")
+    check.add_argument("--max-findings", type=int, default=DEFAULT_MAX_FINDINGS, metavar="N",
+                       help="keep at most N located findings (counters stay complete)")
+    check.add_argument("file")
+    check.set_defaults(handler=run_check)
+
+
+def exit_code(result: CheckResult) -> int:
+    """qemu-img check's exit code: 1 check errors, 2 corruptions, 3 leaks only, 0 clean."""
+    if result.check_errors:
+        return EXIT_FAILED
+    if result.corruptions:
+        return EXIT_CORRUPTIONS
+    if result.leaks:
+        return EXIT_LEAKS
+    return EXIT_OK
+
+
+# -- check -----------------------------------------------------------------------------------
+def finding_dict(finding: Finding) -> dict[str, Any]:
+    return {key: value for key, value in (
+        ("kind", finding.kind), ("severity", finding.severity),
+        ("message", finding.message), ("location", finding.location),
+        ("host-offset", finding.host_offset), ("cluster-index", finding.cluster_index),
+        ("expected", finding.expected), ("found", finding.found),
+        ("advice", finding.advice)) if value is not None and value != ""}
+
+
+def check_json(result: CheckResult, filename: str) -> dict[str, Any]:
+    """qemu-img check --output=json: filename, format, check-errors always; the other figures
+    only when nonzero (qemu's has_* rules); then our findings."""
+    data: dict[str, Any] = {"filename": filename, "format": "qcow2",
+                            "check-errors": result.check_errors}
+    for key, value in (("image-end-offset", result.image_end_offset),
+                       ("corruptions", result.corruptions), ("leaks", result.leaks),
+                       ("total-clusters", result.total_clusters),
+                       ("allocated-clusters", result.allocated_clusters),
+                       ("fragmented-clusters", result.fragmented_clusters),
+                       ("compressed-clusters", result.compressed_clusters)):
+        if value:
+            data[key] = value
+    data["findings-total"] = result.findings_total
+    data["findings"] = [finding_dict(f) for f in result.findings]
+    if result.notes:
+        data["notes"] = list(result.notes)
+    return data
+
+
+def check_human(result: CheckResult) -> str:
+    """dump_human_image_check() in qemu-img.c, then the findings with advice."""
+    out = []
+    if not (result.corruptions or result.leaks or result.check_errors):
+        out.append("No errors were found on the image.\n")
+    else:
+        if result.corruptions:
+            out.append(f"\n{result.corruptions} errors were found on the image.\n"
+                       "Data may be corrupted, or further writes to the image may corrupt it.\n")
+        if result.leaks:
+            out.append(f"\n{result.leaks} leaked clusters were found on the image.\n"
+                       "This means waste of disk space, but no harm to data.\n")
+        if result.check_errors:
+            out.append(f"\n{result.check_errors} internal errors have occurred during the "
+                       "check.\n")
+    if result.total_clusters and result.allocated_clusters:
+        a, t = result.allocated_clusters, result.total_clusters
+        out.append(f"{a}/{t} = {a * 100.0 / t:0.2f}% allocated, "
+                   f"{result.fragmented_clusters * 100.0 / a:0.2f}% fragmented, "
+                   f"{result.compressed_clusters * 100.0 / a:0.2f}% compressed clusters\n")
+    if result.image_end_offset:
+        out.append(f"Image end offset: {result.image_end_offset}\n")
+    for note in result.notes:
+        out.append(f"Note: {note}\n")
+    if result.findings_total:
+        out.append(f"\nFindings ({result.findings_total}"
+                   + (f", first {len(result.findings)} shown" if len(result.findings)
+                      < result.findings_total else "") + "):\n")
+        advice_seen: list[str] = []
+        for f in result.findings:
+            out.append(f"  [{f.severity}] {f.location}: {f.message}\n")
+            if f.advice and f.advice not in advice_seen:
+                advice_seen.append(f.advice)
+        if advice_seen:
+            out.append("\nAdvice:\n" + "".join(f"  - {a}\n" for a in advice_seen))
+    return "".join(out)
+
+
+def _worst(codes: list[int]) -> int:
+    for code in (EXIT_FAILED, EXIT_CORRUPTIONS, EXIT_LEAKS):
+        if code in codes:
+            return code
+    return EXIT_OK
+
+
+def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: int,
+                  ) -> tuple[dict[str, Any], Optional[CheckResult], Optional[Qcow2Error]]:
+    """(JSON report, check result, error) of one layer of the walk."""
+    from collectors.check import check_opened  # numpy only for this command
+
+    path = layer.path or layer.name
+    error = layer.error
+    if layer.status == LAYER_PROTOCOL:
+        error = Qcow2Error("backing file name uses a protocol; not opened",
+                           structure="backing file", value=layer.name, filename=path)
+    if image is not None:
+        try:
+            result = check_opened(image, max_findings=max_findings)
+        except Qcow2Error as exc:
+            error = exc.with_filename(path)
+        else:
+            return check_json(result, path), result, None
+    if error is not None:
+        return {"filename": path, "depth": layer.depth, "error": str(error)}, None, error
+    return {"filename": path, "depth": layer.depth, "format": layer.format,
+            "skipped": "not a qcow2 image: nothing to check"}, None, None
+
+
+def _human(layer: ChainLayer, result: Optional[CheckResult], error: Optional[Qcow2Error],
+           chain: bool) -> str:
+    """The human text of one layer: its heading (with --chain) and qemu-img check's text."""
+    path = layer.path or layer.name
+    gap = "" if layer.depth == 0 else "\n"
+    if error is not None:
+        return f"{gap}== {path}: could not check\n" if chain else ""
+    if result is None:
+        return f"\n== {path} ({layer.format}): not qcow2, nothing to check\n"
+    return (f"{gap}== {path}\n" if chain else "") + check_human(result)
+
+
+def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    reports: list[dict[str, Any]] = []
+    codes = []
+    with closing(walk(args.file)) as steps:
+        for layer, image in steps:
+            data, result, error = _layer_report(layer, image, args.max_findings)
+            reports.append(data)
+            if error is not None:
+                report_error(error, err)
+            codes.append(EXIT_FAILED if error is not None
+                         else EXIT_OK if result is None else exit_code(result))
+            if result is not None and args.chain:
+                data["depth"] = layer.depth
+            if args.output == "human":
+                out.write(_human(layer, result, error, args.chain))
+            if not args.chain:
+                break
+    if args.output == "json":
+        if args.chain:
+            out.write(json.dumps(reports, indent=4) + "\n")
+        elif "error" not in reports[0]:
+            out.write(json.dumps(reports[0], indent=4) + "\n")
+    return _worst(codes)

@@ -1,0 +1,112 @@
+"""The persistent dirty bitmap directory (block/qcow2-bitmap.c), read and checked as qemu does
+before it trusts an entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from . import layout as L
+from .errors import INVALID, OUT_OF_BOUNDS, Qcow2Error
+from .names import c_string_text
+from .reader import ImageFile
+
+
+@dataclass(frozen=True)
+class Bitmap:
+    offset: int  # of the directory entry
+    name: str
+    bitmap_table_offset: int
+    bitmap_table_size: int
+    flags: int
+    type: int
+    granularity_bits: int
+    extra_data_size: int
+
+    @property
+    def granularity(self) -> int:
+        return 1 << self.granularity_bits
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.flags & L.BME_FLAG_IN_USE)
+
+    @property
+    def auto(self) -> bool:
+        return bool(self.flags & L.BME_FLAG_AUTO)
+
+    @property
+    def flag_names(self) -> list[str]:
+        names = []
+        if self.in_use:
+            names.append("in-use")
+        if self.auto:
+            names.append("auto")
+        return names
+
+
+def _error(message: str, structure: str, offset: int, value: Optional[int] = None,
+           kind: str = INVALID) -> Qcow2Error:
+    return Qcow2Error(message, structure=structure, offset=offset, value=value, kind=kind)
+
+
+def read_bitmap_directory(file: ImageFile, header: L.Header,
+                          ext: L.BitmapsExtension) -> list[Bitmap]:
+    """bitmap_list_load() + check_dir_entry() in block/qcow2-bitmap.c."""
+    directory = file.read(ext.bitmap_directory_offset, ext.bitmap_directory_size,
+                          "bitmap directory")
+    bitmaps: list[Bitmap] = []
+    pos = 0
+    fixed_size = L.BitmapDirectoryEntry.STRUCT.size
+    while pos < len(directory):
+        where = ext.bitmap_directory_offset + pos
+        structure = f"bitmap directory entry {len(bitmaps)}"
+        if pos + fixed_size > len(directory):
+            raise _error("entry runs past the end of the bitmap directory", structure, where,
+                         kind=OUT_OF_BOUNDS)
+        entry = L.BitmapDirectoryEntry.from_bytes(directory, pos)
+        size = L.bitmap_dir_entry_size(entry.name_size, entry.extra_data_size)
+        if pos + size > len(directory):
+            raise _error("entry runs past the end of the bitmap directory", structure, where,
+                         size, OUT_OF_BOUNDS)
+        name_at = pos + fixed_size + entry.extra_data_size
+        name = c_string_text(directory[name_at:name_at + entry.name_size])
+        _check_entry(entry, header, structure, where)
+        bitmaps.append(Bitmap(where, name, entry.bitmap_table_offset,
+                              entry.bitmap_table_size, entry.flags, entry.type,
+                              entry.granularity_bits, entry.extra_data_size))
+        pos += size
+        if len(bitmaps) > ext.nb_bitmaps:
+            break
+    if len(bitmaps) != ext.nb_bitmaps:
+        raise _error(f"bitmap directory holds {len(bitmaps)} entries, the extension says "
+                     f"{ext.nb_bitmaps}", "bitmap directory", ext.bitmap_directory_offset,
+                     len(bitmaps))
+    return bitmaps
+
+
+def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, structure: str,
+                 where: int) -> None:
+    """check_dir_entry(): every field within qemu's limits."""
+    cs = header.cluster_size
+    problems = []
+    if entry.bitmap_table_size > L.BME_MAX_TABLE_SIZE:
+        problems.append(f"bitmap_table_size {entry.bitmap_table_size} too large")
+    if not L.BME_MIN_GRANULARITY_BITS <= entry.granularity_bits <= L.BME_MAX_GRANULARITY_BITS:
+        problems.append(f"granularity_bits {entry.granularity_bits} outside 9..31")
+    if entry.flags & L.BME_RESERVED_FLAGS:
+        problems.append(f"reserved flags set (0x{entry.flags:x})")
+    if entry.name_size > L.BME_MAX_NAME_SIZE:
+        problems.append(f"name_size {entry.name_size} too large")
+    if entry.type != L.BT_DIRTY_TRACKING_BITMAP:
+        problems.append(f"unknown bitmap type {entry.type}")
+    phys = entry.bitmap_table_size * cs
+    if phys > L.BME_MAX_PHYS_SIZE:
+        problems.append("bitmap table too large")
+    elif header.size > (phys * 8) << entry.granularity_bits:
+        problems.append("bitmap table too small for the virtual size")
+    if entry.bitmap_table_offset % cs or entry.bitmap_table_offset == 0:
+        problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
+                        "cluster-aligned nonzero offset")
+    if problems:
+        raise _error("; ".join(problems), structure, where)

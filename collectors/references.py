@@ -1,0 +1,166 @@
+"""Reference counting of the full check: qemu's in-memory refcount table (the "imrt" of
+calculate_refcounts()) and qcow2_inc_refcounts_imrt(), vectorised.
+
+Every rule of qcow2_inc_refcounts_imrt() is order independent (a region is counted or not on
+its own; an increment at the maximum is one corruption, so the final count is min(total, max)
+and the overflows are total - max), which is what makes counting whole batches at once valid.
+The counts are one uint32 array of nb_clusters + 1 entries, sized by the file length, never by
+the virtual size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from .findings import Tally, finding
+
+U64 = npt.NDArray[np.uint64]
+Bools = npt.NDArray[np.bool_]
+
+COUNT_MAX = np.iinfo(np.uint32).max
+
+
+def u64(value: int) -> np.uint64:
+    return np.uint64(value)
+
+
+class ReferenceCounts:
+    """How often each host cluster is referenced by the metadata walked so far."""
+
+    def __init__(self, file_length: int, cluster_bits: int, tally: Tally) -> None:
+        self.file_length = file_length
+        self.cluster_bits = cluster_bits
+        self.cluster_size = 1 << cluster_bits
+        self.tally = tally
+        nb_clusters = -(-file_length // self.cluster_size)
+        # qcow2_inc_refcounts_imrt() may grow the array by one cluster (a region ending less
+        # than a cluster past EOF); nothing can reach further (see add_regions).
+        self.counts = np.zeros(nb_clusters + 1, dtype=np.uint32)
+        self.size = nb_clusters  # qemu's nb_clusters after the imrt grew
+
+    def add_indices(self, idx: U64) -> None:
+        """One reference to each listed cluster (repeats counted)."""
+        if not len(idx):
+            return
+        lo = int(idx.min())
+        hi = int(idx.max())
+        self.size = max(self.size, hi + 1)
+        if hi - lo < 4 * len(idx) + 65536:
+            self.counts[lo:hi + 1] += np.bincount(
+                (idx - u64(lo)).astype(np.intp), minlength=hi - lo + 1).astype(np.uint32)
+        else:
+            np.add.at(self.counts, idx.astype(np.intp), np.uint32(1))
+
+    def add_each(self, clusters: U64) -> npt.NDArray[np.int64]:
+        """One reference to each listed cluster, one after the other as qemu adds them:
+        returns each cluster's count right after its own reference (earlier repeats of the
+        same cluster included)."""
+        idx = clusters.astype(np.intp)
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        first = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+        group_start = np.maximum.accumulate(np.where(first, np.arange(len(idx)), 0))
+        rank = np.empty(len(idx), dtype=np.int64)
+        rank[order] = np.arange(len(idx)) - group_start
+        after = self.counts[idx].astype(np.int64) + rank + 1
+        self.add_indices(clusters)
+        return after
+
+    def add_runs(self, runs: list[tuple[int, int]]) -> None:
+        """One reference to each cluster of the runs [first, end), all inside the file."""
+        for first, end in runs:
+            self.counts[first:end] += np.uint32(1)
+        self.size = max(self.size, max(end for _, end in runs))
+
+    def add_regions(self, starts: U64, sizes: U64) -> Bools:
+        """Count every cluster each region [start, start+size) overlaps; returns the mask of
+        regions refused because they end a whole cluster or more past EOF (one corruption
+        each, counted here). Sizes must be > 0 and at most 3 clusters."""
+        ends = starts + sizes
+        past = ends >= u64(self.file_length + self.cluster_size)
+        npast = int(np.count_nonzero(past))
+        if npast:
+            self.tally.corruptions += npast
+            keep = ~past
+            starts, ends = starts[keep], ends[keep]
+        first = starts >> u64(self.cluster_bits)
+        last = (ends - u64(1)) >> u64(self.cluster_bits)
+        span = last - first
+        parts = [first]
+        max_span = int(span.max()) if len(span) else 0
+        for k in range(1, max_span + 1):
+            parts.append(first[span >= u64(k)] + u64(k))
+        self.add_indices(np.concatenate(parts) if len(parts) > 1 else first)
+        return past
+
+    def add_clusters(self, offsets: U64) -> Bools:
+        """add_regions() of whole clusters at `offsets`."""
+        return self.add_regions(offsets, np.full(len(offsets), self.cluster_size,
+                                                 dtype=np.uint64))
+
+    def inc_region(self, offset: int, size: int, what: str) -> None:
+        """qcow2_inc_refcounts_imrt() for one region of any length."""
+        if size <= 0:
+            return
+        if offset + size - self.file_length >= self.cluster_size:
+            self.tally.corruption(
+                "reference-past-eof", what, what=f"{what} ({size} bytes)", host_offset=offset,
+                cluster_index=offset >> self.cluster_bits, found=size,
+                file_length=self.file_length)
+            return
+        first = offset >> self.cluster_bits
+        last = (offset + size - 1) >> self.cluster_bits
+        self.size = max(self.size, last + 1)
+        self.counts[first:last + 1] += np.uint32(1)
+
+    def repeated(self, times: int, walk: Callable[[], None]) -> None:
+        """Run `walk` once, counting all it adds `times` times (findings beyond the first
+        walk's are counted, not listed)."""
+        tally = self.tally
+        scalars = ("corruptions", "allocated", "fragmented", "compressed", "check_errors")
+        before = [getattr(tally, name) for name in scalars]
+        listed = [tally.structure.total, tally.copied.total]
+        saved = self.counts
+        self.counts = np.zeros_like(saved)
+        try:
+            walk()
+            added = self.counts
+        finally:
+            self.counts = saved
+        total = saved.astype(np.uint64) + added.astype(np.uint64) * u64(times)
+        self.counts = np.minimum(total, u64(COUNT_MAX)).astype(np.uint32)
+        for name, old in zip(scalars, before):
+            setattr(tally, name, old + (getattr(tally, name) - old) * times)
+        tally.structure.count((tally.structure.total - listed[0]) * (times - 1))
+        tally.copied.count((tally.copied.total - listed[1]) * (times - 1))
+
+    def count(self, cluster: int, refcount_max: int) -> int:
+        """The computed refcount of one cluster, as qemu stores it (at most the maximum)."""
+        return min(int(self.counts[cluster]), refcount_max)
+
+    def overflows(self, refcount_bits: int) -> None:
+        """Increments qemu refused at the maximum refcount: one corruption each."""
+        refcount_max = (1 << refcount_bits) - 1
+        if refcount_max >= COUNT_MAX:
+            return
+        limit = np.uint32(refcount_max)
+        over = np.flatnonzero(self.counts > limit)
+        if not len(over):
+            return
+        excess = self.counts[over].astype(np.int64) - int(limit)
+        total = int(excess.sum())
+        self.tally.corruptions += total
+        structure = self.tally.structure
+        built = 0
+        for k in over[: structure.room].tolist():
+            count = int(self.counts[k])
+            structure.add(finding(
+                "refcount-overflow", f"cluster {k}", host_offset=k << self.cluster_bits,
+                cluster_index=k, expected=count, found=refcount_max,
+                excess=count - refcount_max, refcount_bits=refcount_bits))
+            built += 1
+        structure.count(total - built)
+
