@@ -181,7 +181,7 @@ class _Check:
         counted = np.flatnonzero(usable & ~past)
         value[counted] = self.refs.add_each(cluster[counted])
         at_end = np.flatnonzero(past)
-        value[at_end] = self.refs.counts[cluster[at_end].astype(np.intp)]
+        value[at_end] = self.refs.at(cluster[at_end].astype(np.intp))
         np.minimum(value, min((1 << self.h.refcount_bits) - 1, 2**62), out=value)
         wrong = usable & (value != 1)
         problems = np.flatnonzero(reserved | unaligned | outside | past | wrong)

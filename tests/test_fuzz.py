@@ -14,6 +14,7 @@ import struct
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fuzzing import MAX_CPU_SECONDS, build_seeds, calls, fuzz, run_call
 
@@ -269,3 +270,31 @@ def test_header_claims_do_not_set_the_time(data_image: Path, tmp_path: Path, cla
                 "allocated-clusters", "fragmented-clusters", "compressed-clusters"):
         assert ours.get(key) == qemu.get(key), key
     _all_entry_points_clean(path)
+
+
+def test_compact_counts_stay_exact_past_one_byte() -> None:
+    """The computed refcounts take one byte per cluster; counts of 255 and more live in a
+    side table. Random references (ranges, single clusters, repeats) give exactly the counts
+    of a plain per-cluster tally."""
+    from collectors.findings import Tally
+    from collectors.references import ReferenceCounts
+
+    rng = np.random.default_rng(11)
+    clusters = 200_000  # wide enough that scattered references take the sparse path
+    refs = ReferenceCounts(clusters * 512, 9, Tally(10))
+    expected = np.zeros(clusters + 1, dtype=np.int64)
+    for _ in range(300):
+        lo = int(rng.integers(0, clusters - 64))
+        hi = lo + int(rng.integers(1, 64))
+        refs.inc_region(lo * 512, (hi - lo) * 512, "region")
+        expected[lo:hi] += 1
+        idx = rng.integers(0, 16, size=int(rng.integers(1, 400))).astype(np.uint64)
+        refs.add_indices(idx)
+        np.add.at(expected, idx.astype(np.intp), 1)
+        spread = rng.integers(0, clusters, size=8).astype(np.uint64)
+        refs.add_indices(spread)
+        np.add.at(expected, spread.astype(np.intp), 1)
+    assert int(expected.max()) > 1000  # well past one byte
+    assert refs.values(0, clusters + 1).tolist() == expected.tolist()
+    assert refs.at(np.arange(clusters + 1)).tolist() == expected.tolist()
+    assert refs.count(3, 2**16 - 1) == min(int(expected[3]), 2**16 - 1)
