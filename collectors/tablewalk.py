@@ -392,7 +392,6 @@ class TableWalk:
         structure.count(problems - built)
 
 
-
 def l1_entry_findings(tally: Tally, label: str, used: Positions, entries: U64,
                       reserved: Bools, unaligned: Bools) -> None:
     """Reserved bits and unaligned L2 offsets of L1 entries: findings built while there is
