@@ -52,15 +52,17 @@ class ReferenceCounts:
     def values(self, lo: int, hi: int) -> U64:
         """The exact counts of clusters lo..hi-1."""
         out = self.counts[lo:hi].astype(np.uint64)
-        for k in np.flatnonzero(out == SATURATED).tolist():
-            out[k] = self.big[lo + k]
+        if self.big:  # no count ever reached SATURATED otherwise
+            for k in np.flatnonzero(out == SATURATED).tolist():
+                out[k] = self.big[lo + k]
         return out
 
     def at(self, clusters: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
         """The exact counts of the listed clusters."""
         out = self.counts[clusters].astype(np.int64)
-        for k in np.flatnonzero(out == SATURATED).tolist():
-            out[k] = self.big[int(clusters[k])]
+        if self.big:
+            for k in np.flatnonzero(out == SATURATED).tolist():
+                out[k] = self.big[int(clusters[k])]
         return out
 
     def count(self, cluster: int, refcount_max: int) -> int:
@@ -74,6 +76,9 @@ class ReferenceCounts:
         seg = self.counts[lo:hi]
         if inc is None:
             hot = np.flatnonzero(seg >= SATURATED - 1)
+            if not len(hot):  # the common case: no count near a byte's limit
+                seg += np.uint8(1)
+                return
             old = seg[hot].tolist()
             np.add(seg, np.uint8(1), out=seg, where=seg < SATURATED)
             for k, value in zip(hot.tolist(), old):
