@@ -7,6 +7,7 @@ import json
 from typing import Any, TextIO
 
 from collectors import layout as L
+from collectors.describe import MAX_LISTED
 from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from collectors.image import Qcow2Image
 from collectors.usage import end_offset
@@ -34,7 +35,7 @@ def legacy_report(image: Qcow2Image, verbose: bool) -> dict[str, Any]:
              "l1_size": sn.l1_size, "vm_state_size": sn.vm_state_size,
              "date_sec": sn.date_sec, "date_nsec": sn.date_nsec,
              "vm_clock_nsec": sn.vm_clock_nsec, "extra_data_size": sn.extra_data_size}
-            for sn in image.snapshots()
+            for sn in image.snapshots()[:MAX_LISTED]
         ],
         "image_end_offset": end,
     }

@@ -8,6 +8,7 @@ from typing import Optional
 
 from . import layout as L
 from .errors import INVALID, OUT_OF_BOUNDS, Qcow2Error
+from .names import c_string_text
 from .reader import ImageFile
 
 
@@ -69,8 +70,7 @@ def read_bitmap_directory(file: ImageFile, header: L.Header,
             raise _error("entry runs past the end of the bitmap directory", structure, where,
                          size, OUT_OF_BOUNDS)
         name_at = pos + fixed_size + entry.extra_data_size
-        name = directory[name_at:name_at + entry.name_size].decode("utf-8",
-                                                                   "backslashreplace")
+        name = c_string_text(directory[name_at:name_at + entry.name_size])
         _check_entry(entry, header, structure, where)
         bitmaps.append(Bitmap(where, name, entry.bitmap_table_offset,
                               entry.bitmap_table_size, entry.flags, entry.type,

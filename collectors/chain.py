@@ -18,6 +18,7 @@ from .image import Qcow2Image
 from .model import (
     DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
+    LAYER_INVALID_NAME,
     LAYER_LOOP,
     LAYER_MISSING,
     LAYER_NOT_QCOW2,
@@ -27,6 +28,7 @@ from .model import (
     LAYER_TOO_DEEP,
     ChainLayer,
 )
+from .names import path_problem, shown
 from .reader import has_qcow2_magic
 
 # One step of a walk: the layer as reported, and (ok qcow2 layers only) the image, open until
@@ -86,6 +88,10 @@ def _next_layer(depth: int, name: str, fmt: Optional[str], above: str, seen: set
     if depth > max_depth:
         error = _chain_error(f"backing chain deeper than the limit at {name!r}", INVALID, name)
         return ChainLayer(depth, name, None, LAYER_TOO_DEEP, fmt, error=error), None
+    problem = path_problem(name)
+    if problem is not None:
+        error = _chain_error(f"backing file name '{shown(name)}' {problem}", INVALID, above)
+        return ChainLayer(depth, name, None, LAYER_INVALID_NAME, fmt, error=error), None
     if has_protocol(name):
         return ChainLayer(depth, name, None, LAYER_PROTOCOL, fmt), None
     path = backing_path(above, name)

@@ -19,6 +19,7 @@ modules only (usage imports them lazily).
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -60,6 +61,9 @@ class _Check:
         for sn in snapshots:
             if sn.extra_data_size < L.SNAPSHOT_EXTRA_DISK_SIZE_END:
                 self.tally.corruptions += 1
+                if not self.tally.snapshots.room:
+                    self.tally.snapshots.count(1)
+                    continue
                 self.tally.snapshots.add(finding(
                     "snapshot-incomplete", f"{sn.label} ({sn.name})", index=sn.index,
                     host_offset=sn.offset, expected=L.SNAPSHOT_EXTRA_DISK_SIZE_END,
@@ -74,6 +78,9 @@ class _Check:
         if h.has_data_file and snapshots:
             self.tally.corruption("snapshots-with-data-file", "snapshot table",
                                   host_offset=h.snapshots_offset, found=len(snapshots))
+        # Snapshots sharing one L1 table (offset and size) add the same each time: walked
+        # once and counted for each (a header may claim 65536 of them).
+        tables: dict[tuple[int, int], list[Snapshot]] = {}
         for sn in snapshots:
             where = f"{sn.label} ({sn.name})"
             snapshot = f"snapshot {sn.id_str} ({sn.name})"
@@ -84,8 +91,14 @@ class _Check:
                 self.tally.corruption("snapshot-l1-too-large", where, snapshot=snapshot,
                                       host_offset=sn.offset, found=sn.l1_size)
             else:
-                self.walk.check_l1(sn.l1_table_offset, sn.l1_size, active=False,
-                                   label=f"{sn.label}: ")
+                tables.setdefault((sn.l1_table_offset, sn.l1_size), []).append(sn)
+        for (l1_offset, l1_size), sharing in tables.items():
+            walk = partial(self.walk.check_l1, l1_offset, l1_size, active=False,
+                           label=f"{sharing[0].label}: ")
+            if len(sharing) == 1:
+                walk()
+            else:
+                self.refs.repeated(len(sharing), walk)
         self.refs.inc_region(h.snapshots_offset, snapshots_size, "snapshot table")
         self.refs.inc_region(h.refcount_table_offset, h.refcount_table_clusters * cs,
                              "refcount table")
@@ -145,12 +158,43 @@ class _Check:
         structure.count(max(0, int(np.count_nonzero(past)) - structure.room))
 
     def refblocks(self) -> None:
-        """check_refblocks(): each refcount block must end up with a refcount of exactly 1."""
-        table = self.ondisk.table
-        for i in np.flatnonzero(table).tolist():
-            self._refblock(i, int(table[i]))
+        """check_refblocks(): each refcount block must end up with a refcount of exactly 1.
 
-    def _refblock(self, i: int, raw: int) -> None:
+        qemu walks the table entry by entry; a table can hold a million entries naming the
+        same few clusters, so this is vectorised: the value an entry sees is its cluster's
+        count after its own reference (ReferenceCounts.add_each keeps qemu's order), and
+        findings are built in entry order while there is room."""
+        cs = self.h.cluster_size
+        table = self.ondisk.table
+        index = np.flatnonzero(table)
+        raw = table[index]
+        offset = raw & u64(L.REFT_OFFSET_MASK)
+        cluster = offset >> u64(self.h.cluster_bits)
+        reserved = (raw & u64(REFT_RESERVED_MASK)) != 0
+        unaligned = ~reserved & ((offset & u64(cs - 1)) != 0)
+        outside = ~reserved & ~unaligned & (cluster >= u64(self.refs.size))
+        usable = ~(reserved | unaligned | outside)
+        # inc_region() refuses a block at or past EOF (only the cluster the in-memory table
+        # grew by can be one): a corruption, and no reference counted.
+        past = usable & (offset >= u64(self.refs.file_length))
+        value = np.zeros(len(index), dtype=np.int64)
+        counted = np.flatnonzero(usable & ~past)
+        value[counted] = self.refs.add_each(cluster[counted])
+        at_end = np.flatnonzero(past)
+        value[at_end] = self.refs.at(cluster[at_end].astype(np.intp))
+        np.minimum(value, min((1 << self.h.refcount_bits) - 1, 2**62), out=value)
+        wrong = usable & (value != 1)
+        problems = np.flatnonzero(reserved | unaligned | outside | past | wrong)
+        shown = problems[: self.tally.structure.room]
+        for k in shown.tolist():
+            self._refblock(int(index[k]), int(raw[k]), int(value[k]), bool(past[k]),
+                           bool(wrong[k]))
+        rest = problems[len(shown):]
+        hidden = len(rest) + int(np.count_nonzero(past[rest] & wrong[rest]))
+        self.tally.corruptions += hidden
+        self.tally.structure.count(hidden)
+
+    def _refblock(self, i: int, raw: int, value: int, past: bool, wrong: bool) -> None:
         where = f"refcount table entry {i}"
         offset = raw & L.REFT_OFFSET_MASK
         cluster = offset >> self.h.cluster_bits
@@ -163,10 +207,10 @@ class _Check:
         elif cluster >= self.refs.size:
             self.tally.corruption("refcount-block-outside-image", where, cluster_index=cluster,
                                   file_length=self.refs.file_length, **values)
-        elif offset:
-            self.refs.inc_region(offset, self.h.cluster_size, f"refcount block {i}")
-            value = self.refs.count(cluster, (1 << self.h.refcount_bits) - 1)
-            if value != 1:
+        else:
+            if past:  # the refused reference (no count change)
+                self.refs.inc_region(offset, self.h.cluster_size, f"refcount block {i}")
+            if wrong:
                 self.tally.corruption("refcount-block-refcount", where, cluster_index=cluster,
                                       expected=1, found=value, **values)
 

@@ -30,9 +30,8 @@ def compare_refcounts(refs: ReferenceCounts, ondisk: OnDiskRefcounts, refcount_m
                 "refcount-unreadable", f"refcount table entry {t}", first=lo, last=hi - 1,
                 host_offset=ondisk.block_offset(t), cluster_index=lo, found=hi - lo))
             continue
-        computed = refs.counts[lo:hi].astype(np.uint64)
-        if limit < COUNT_MAX:
-            np.minimum(computed, u64(limit), out=computed)
+        computed = refs.values(lo, hi)
+        np.minimum(computed, u64(limit), out=computed)
         on_disk = block[: hi - lo]
         nonzero = np.flatnonzero((on_disk != 0) | (computed != 0))
         if len(nonzero):

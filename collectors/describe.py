@@ -11,6 +11,9 @@ from . import layout as L
 from .image import Qcow2Image
 from .units import indent_block, render_fields, render_table
 
+# Snapshots listed (a header may claim 65536, read as zeros past EOF); the total is complete.
+MAX_LISTED = 1000
+
 
 def describe_extensions(image: Qcow2Image) -> list[dict[str, Any]]:
     described = []
@@ -90,6 +93,7 @@ def describe(image: Qcow2Image) -> dict[str, Any]:
         "backing_file": image.backing_filename,
         "backing_format": image.backing_format,
         "external_data_file": image.data_file_name,
+        "name_problems": image.name_problems(),
         "luks": describe_luks(image),
         "snapshots": [
             {"id": sn.id_str, "name": sn.name, "table_entry_offset": sn.offset,
@@ -98,8 +102,9 @@ def describe(image: Qcow2Image) -> dict[str, Any]:
              "vm_clock_nsec": sn.vm_clock_nsec, "vm_state_size": sn.vm_state_size,
              "extra_data_size": sn.extra_data_size, "disk_size": sn.disk_size,
              "icount": sn.icount, "extra_data_hex": sn.extra_data.hex()}
-            for sn in image.snapshots()
+            for sn in image.snapshots()[:MAX_LISTED]
         ],
+        "snapshots_total": len(image.snapshots()),
         "bitmaps": [
             {"name": bm.name, "directory_entry_offset": bm.offset,
              "granularity": bm.granularity, "granularity_bits": bm.granularity_bits,
@@ -140,10 +145,15 @@ def render_human(data: dict[str, Any]) -> str:
                    f"(format {data['backing_format'] or 'not recorded'})\n")
     if data["external_data_file"] is not None:
         out.append(f"\nExternal data file: {data['external_data_file']}\n")
+    if data["name_problems"]:
+        out += ["\nName problems\n", "".join(f"    {problem}\n"
+                                             for problem in data["name_problems"])]
     if data["luks"]:
         out.append(_luks_text(data["luks"]))
     if data["snapshots"]:
-        out += ["\nSnapshot table\n", indent_block(render_table(
+        shown = (f" (first {len(data['snapshots'])} of {data['snapshots_total']})"
+                 if data["snapshots_total"] > len(data["snapshots"]) else "")
+        out += [f"\nSnapshot table{shown}\n", indent_block(render_table(
             ("ID", "NAME", "ENTRY AT", "L1 TABLE", "L1 SIZE", "VM STATE", "DISK SIZE",
              "EXTRA"),
             [(sn["id"], sn["name"], f"0x{sn['table_entry_offset']:x}",

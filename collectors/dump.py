@@ -14,7 +14,7 @@ import numpy as np
 from . import layout as L
 from .image import Qcow2Image
 from .l2 import cluster_types, split_entries
-from .refcount import OnDiskRefcounts
+from .refcount import OnDiskRefcounts, nb_clusters
 from .units import counted, indent_block, render_fields, render_table
 
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
@@ -47,54 +47,71 @@ def dump_l1(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
 
 
 def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
-    """Every non-empty entry of every active L2 table (at most `limit` entries in all)."""
+    """The non-empty entries of the active L2 tables (at most `limit` tables and `limit`
+    entries listed), with complete counts. Each distinct table in the file is read once
+    however many L1 entries name it, and tables at or past EOF (zeros, as qemu reads them)
+    are only counted: the time follows the file, not the L1 size the header claims."""
     h = image.header
-    cs = h.cluster_size
-    cb = h.cluster_bits
-    n = h.l2_entries
-    csize_shift = 62 - (cb - 8)
-    csize_mask = (1 << (cb - 8)) - 1
-    offset_mask = (1 << csize_shift) - 1
     l1 = _table(image, h.l1_table_offset, h.l1_size, "active L1 table")
+    l1_indices = np.flatnonzero(l1)
+    offsets = l1[l1_indices] & np.uint64(L.L1E_OFFSET_MASK)
+    named = offsets != 0
+    in_file = named & (offsets < np.uint64(image.file.length))
+    unique, inverse = np.unique(offsets[in_file], return_inverse=True)
+    nonempty_of = np.array([len(_l2_table(image, off)[2]) for off in unique.tolist()],
+                           dtype=np.int64)
+    total = int(nonempty_of[inverse].sum()) if len(unique) else 0
     tables = []
     shown = 0
-    total = 0
-    for i in np.flatnonzero(l1).tolist():
-        l2_offset = int(l1[i]) & L.L1E_OFFSET_MASK
-        if not l2_offset:
-            continue
-        e, bitmap = split_entries(_table(image, l2_offset, cs // 8, "L2 table"), h.extended_l2)
-        bitmaps = np.zeros(n, dtype=np.uint64) if bitmap is None else bitmap
-        types = cluster_types(e, extended=h.extended_l2, data_file=h.has_data_file)
-        nonempty = np.flatnonzero((e != 0) | (bitmaps != 0))
-        total += len(nonempty)
-        entries = []
-        for j in nonempty[: max(0, limit - shown)].tolist():
-            raw = int(e[j])
-            kind = L.ClusterType(int(types[j]))
-            item: dict[str, Any] = {
-                "index": j,
-                "guest_offset": (i * n + j) * cs,
-                "raw": f"0x{raw:016x}",
-                "type": kind.label,
-                "copied": bool(raw & L.QCOW_OFLAG_COPIED),
-            }
-            if kind == L.ClusterType.QCOW2_CLUSTER_COMPRESSED:
-                item["host_offset"] = raw & offset_mask
-                item["compressed_sectors"] = ((raw >> csize_shift) & csize_mask) + 1
-            else:
-                item["host_offset"] = raw & L.L2E_OFFSET_MASK
-                item["reserved_bits"] = raw & L.L2E_STD_RESERVED_MASK
-            if h.extended_l2:
-                bm = int(bitmaps[j])
-                item["subcluster_alloc"] = f"0x{bm & 0xFFFFFFFF:08x}"
-                item["subcluster_zero"] = f"0x{bm >> 32:08x}"
-            entries.append(item)
+    for i, l2_offset in zip(l1_indices[in_file][:limit].tolist(),
+                            offsets[in_file][:limit].tolist()):
+        e, bitmaps, nonempty, types = _l2_table(image, l2_offset)
+        entries = [_l2_item(h, i * h.l2_entries + j, j, int(e[j]), int(bitmaps[j]),
+                            L.ClusterType(int(types[j])))
+                   for j in nonempty[: max(0, limit - shown)].tolist()]
         shown += len(entries)
         tables.append({"l1_index": i, "l2_offset": l2_offset, "nonempty_entries": len(nonempty),
                        "entries": entries})
-    return {"what": "l2", "cluster_size": cs, "extended_l2": h.extended_l2,
-            "nonempty_entries": total, "tables": tables, "truncated": total > shown}
+    return {"what": "l2", "cluster_size": h.cluster_size, "extended_l2": h.extended_l2,
+            "nonempty_entries": total, "tables_named": int(np.count_nonzero(named)),
+            "tables_past_end_of_file": int(np.count_nonzero(named & ~in_file)),
+            "tables": tables,
+            "truncated": total > shown or int(np.count_nonzero(in_file)) > len(tables)}
+
+
+def _l2_table(image: Qcow2Image, l2_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          np.ndarray]:
+    """(entries, subcluster bitmaps, indices of the non-empty entries, cluster types)."""
+    h = image.header
+    e, bitmap = split_entries(_table(image, l2_offset, h.cluster_size // 8, "L2 table"),
+                              h.extended_l2)
+    bitmaps = np.zeros(len(e), dtype=np.uint64) if bitmap is None else bitmap
+    nonempty = np.flatnonzero((e != 0) | (bitmaps != 0))
+    return e, bitmaps, nonempty, cluster_types(e, extended=h.extended_l2,
+                                               data_file=h.has_data_file)
+
+
+def _l2_item(h: L.Header, guest_cluster: int, j: int, raw: int, bm: int,
+             kind: L.ClusterType) -> Data:
+    cb = h.cluster_bits
+    csize_shift = 62 - (cb - 8)
+    item: dict[str, Any] = {
+        "index": j,
+        "guest_offset": guest_cluster * h.cluster_size,
+        "raw": f"0x{raw:016x}",
+        "type": kind.label,
+        "copied": bool(raw & L.QCOW_OFLAG_COPIED),
+    }
+    if kind == L.ClusterType.QCOW2_CLUSTER_COMPRESSED:
+        item["host_offset"] = raw & ((1 << csize_shift) - 1)
+        item["compressed_sectors"] = ((raw >> csize_shift) & ((1 << (cb - 8)) - 1)) + 1
+    else:
+        item["host_offset"] = raw & L.L2E_OFFSET_MASK
+        item["reserved_bits"] = raw & L.L2E_STD_RESERVED_MASK
+    if h.extended_l2:
+        item["subcluster_alloc"] = f"0x{bm & 0xFFFFFFFF:08x}"
+        item["subcluster_zero"] = f"0x{bm >> 32:08x}"
+    return item
 
 
 def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
@@ -109,11 +126,18 @@ def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
                for i in used[:limit].tolist()]
     ranges: list[dict[str, Any]] = []
     nranges = 0
-    unreadable = []
-    for t in used.tolist():
+    unreadable: list[int] = []
+    nunreadable = 0
+    # Only entries that cover clusters of the file are decoded (qemu ignores refcounts past
+    # EOF too): the work follows the file's length, not the table size the header claims.
+    covering = -(-nb_clusters(image) // ondisk.per_block)
+    in_file = used[used < covering]
+    for t in in_file.tolist():
         block = ondisk.block(t)
         if block is None:
-            unreadable.append(t)
+            nunreadable += 1
+            if len(unreadable) < limit:
+                unreadable.append(t)
             continue
         if not block.any():
             continue
@@ -137,8 +161,10 @@ def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
             "refcount_table_clusters": h.refcount_table_clusters,
             "refcount_bits": h.refcount_bits, "cluster_size": h.cluster_size,
             "nonzero_table_entries": len(used), "table": entries,
-            "unreadable_blocks": unreadable, "ranges": ranges, "range_count": nranges,
-            "truncated": len(used) > limit or nranges > limit}
+            "entries_past_end_of_file": len(used) - len(in_file),
+            "unreadable_blocks": unreadable, "unreadable_count": nunreadable,
+            "ranges": ranges, "range_count": nranges,
+            "truncated": len(used) > limit or nranges > limit or nunreadable > limit}
 
 
 def dump_snapshots(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:

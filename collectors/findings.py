@@ -97,7 +97,8 @@ CATALOGUE: dict[str, Kind] = {
         "maximum refcount {found} of {refcount_bits}-bit refcounts", ADVICE_OVERFLOW),
     "refcount-unreadable": Kind(
         SEVERITY_CHECK_ERROR, "can't get refcounts of clusters {first}..{last}: refcount block "
-        "offset 0x{host_offset:x} is not cluster aligned", ADVICE_UNREADABLE),
+        "offset 0x{host_offset:x} is not cluster aligned or beyond what qemu can read",
+        ADVICE_UNREADABLE),
     "refcount-too-low": Kind(
         _C, "ERROR cluster {cluster_index} refcount={found} reference={expected}",
         ADVICE_REFCOUNT),
@@ -167,7 +168,10 @@ class Tally:
     def corruption(self, kind: str, location: str, **values: Value) -> None:
         """One corruption found while counting references, with its finding."""
         self.corruptions += 1
-        self.structure.add(finding(kind, location, **values))
+        if self.structure.room:
+            self.structure.add(finding(kind, location, **values))
+        else:
+            self.structure.count(1)  # nothing built: a hostile table may hold millions
 
     def ordered(self) -> tuple[list[Finding], int]:
         """Every finding kept, in qemu's order, and the complete total."""

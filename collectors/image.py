@@ -1,4 +1,5 @@
-"""Parsing and validating a qcow2 image's header, extensions, snapshots, bitmaps and LUKS header.
+"""Parsing and validating a qcow2 image's extensions, snapshots, bitmaps and LUKS header (the
+header itself: collectors.header).
 
 Mirrors qcow2_do_open() / qcow2_read_extensions() / qcow2_read_snapshots() /
 bitmap_list_load() in qemu: the same bounds are enforced, in the same spirit, before anything
@@ -12,17 +13,17 @@ from typing import Optional
 
 from . import layout as L
 from .bitmaps import Bitmap, read_bitmap_directory
-from .errors import INVALID, NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
+from .errors import INVALID, OUT_OF_BOUNDS, UNSUPPORTED, Qcow2Error
+from .header import parse_header, shorter_than_header
 from .luks import LuksInfo, read_luks
-from .reader import ImageFile
+from .names import c_string_text, decode_path_name, name_problem, shown
+from .reader import ImageFile, Window
 
 # qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
 INT_MAX = 2**31 - 1
 # First read: enough for the header and, for nearly every image, all its extensions.
 HEAD_READ = 4096
 
-
-Header = L.Header  # re-exported: the resolved header lives with every other layout
 
 
 @dataclass(frozen=True)
@@ -73,119 +74,6 @@ def _err(message: str, structure: str, offset: Optional[int] = None,
     return Qcow2Error(message, structure=structure, offset=offset, value=value, kind=kind)
 
 
-def parse_header(head: bytes, file_length: int) -> Header:
-    """Validate and resolve the header from the first bytes of the image (qcow2_do_open)."""
-    if len(head) < 4 or head[:4] != L.QCOW_MAGIC:
-        raise _err("not a qcow2 image (bad magic)", "header", 0, kind=NOT_QCOW2)
-    if len(head) < L.V2_HEADER_LENGTH:
-        raise _err(f"file is only {file_length} bytes, shorter than the 72-byte header",
-                   "header", 0, kind=TRUNCATED)
-    v2 = L.HeaderV2.from_bytes(head)
-    if v2.version not in (2, 3):
-        raise _err(f"unsupported qcow2 version {v2.version}", "header.version", 4,
-                   v2.version, UNSUPPORTED)
-    if not L.MIN_CLUSTER_BITS <= v2.cluster_bits <= L.MAX_CLUSTER_BITS:
-        raise _err(f"unsupported cluster_bits {v2.cluster_bits} (qemu accepts 9..21)",
-                   "header.cluster_bits", 20, v2.cluster_bits, UNSUPPORTED)
-    cluster_size = 1 << v2.cluster_bits
-    if v2.version == 2:
-        # A version 2 header is 72 bytes: never read v3 fields from it (qcow2.txt); the
-        # Header defaults are qemu's v2 values.
-        header = L.Header(**vars(v2))
-        _validate_header(header)
-        return header
-    if len(head) < L.V3_HEADER_LENGTH:
-        raise _err(f"file is only {file_length} bytes, shorter than the 104-byte v3 header",
-                   "header", 0, kind=TRUNCATED)
-    v3 = L.HEADER_V3_STRUCT.unpack_from(head, L.HEADER_V3_OFFSET)
-    header_length = v3[-1]
-    if header_length < L.V3_HEADER_LENGTH:
-        raise _err(f"header_length {header_length} is shorter than 104",
-                   "header.header_length", 100, header_length)
-    if header_length > cluster_size:
-        raise _err(f"header_length {header_length} exceeds the cluster size {cluster_size}",
-                   "header.header_length", 100, header_length)
-    compression_type = L.COMPRESSION_ZLIB
-    if header_length > L.COMPRESSION_TYPE_OFFSET:
-        compression_type = head[L.COMPRESSION_TYPE_OFFSET]
-    incompatible, compatible, autoclear, refcount_order, _ = v3
-    header = L.Header(**vars(v2), incompatible_features=incompatible,
-                      compatible_features=compatible, autoclear_features=autoclear,
-                      refcount_order=refcount_order, header_length=header_length,
-                      compression_type=compression_type)
-    _validate_header(header)
-    return header
-
-
-def _validate_table(offset: int, entries: int, entry_len: int, max_bytes: int,
-                    cluster_size: int, structure: str, field_offset: int) -> None:
-    """qcow2_validate_table(): bounded size, aligned offset."""
-    if entries > max_bytes // entry_len:
-        raise _err(f"{entries} entries exceed qemu's {max_bytes} byte limit", structure,
-                   field_offset, entries, OUT_OF_BOUNDS)
-    if (2**63 - 1) - entries * entry_len < offset or offset % cluster_size:
-        raise _err(f"offset 0x{offset:x} invalid (not cluster aligned or too large)",
-                   structure, field_offset, offset)
-
-
-def _validate_header(h: Header) -> None:
-    cs = h.cluster_size
-    if h.backing_file_offset > cs:
-        raise _err(f"backing_file_offset 0x{h.backing_file_offset:x} beyond the first cluster",
-                   "header.backing_file_offset", 8, h.backing_file_offset)
-    if h.refcount_order > 6:
-        raise _err(f"unsupported refcount_order {h.refcount_order} (max 6)",
-                   "header.refcount_order", 96, h.refcount_order, UNSUPPORTED)
-    if h.crypt_method > L.CRYPT_LUKS:
-        raise _err(f"unsupported crypt_method {h.crypt_method}", "header.crypt_method", 32,
-                   h.crypt_method, UNSUPPORTED)
-    if h.compression_type not in L.COMPRESSION_TYPE_NAMES:
-        raise _err(f"unsupported compression_type {h.compression_type}",
-                   "header.compression_type", L.COMPRESSION_TYPE_OFFSET, h.compression_type,
-                   UNSUPPORTED)
-    if bool(h.incompatible_features & L.QCOW2_INCOMPAT_COMPRESSION) != (h.compression_type != 0):
-        raise _err("compression type bit does not match compression_type "
-                   f"{h.compression_type}", "header.incompatible_features", 72,
-                   h.incompatible_features)
-    if h.extended_l2 and h.cluster_bits < 14:
-        raise _err(f"extended L2 entries need clusters of at least 16 KiB (cluster size {cs})",
-                   "header.incompatible_features", 72, h.incompatible_features)
-    if h.data_file_raw and not h.has_data_file:
-        raise _err("raw external data bit set without the external data file bit",
-                   "header.autoclear_features", 88, h.autoclear_features)
-    _validate_table(h.l1_table_offset, h.l1_size, L.L1E_SIZE, L.QCOW_MAX_L1_SIZE, cs,
-                    "active L1 table", 40)
-    coverage = cs * h.l2_entries
-    needed_l1 = -(-h.size // coverage)
-    if needed_l1 > 2**31 - 1:
-        raise _err(f"virtual size {h.size} is too big", "header.size", 24, h.size,
-                   OUT_OF_BOUNDS)
-    if h.l1_size < needed_l1:
-        raise _err(f"L1 table too small: {h.l1_size} entries for virtual size {h.size} "
-                   f"(needs {needed_l1})", "header.l1_size", 36, h.l1_size)
-    if h.refcount_table_clusters == 0:
-        raise _err("image has no refcount table", "header.refcount_table_clusters", 56, 0)
-    _validate_table(h.refcount_table_offset, h.refcount_table_clusters, cs,
-                    L.QCOW_MAX_REFTABLE_SIZE, cs, "refcount table", 48)
-    if h.nb_snapshots > L.QCOW_MAX_SNAPSHOTS:
-        raise _err(f"{h.nb_snapshots} snapshots exceed qemu's limit of "
-                   f"{L.QCOW_MAX_SNAPSHOTS}", "header.nb_snapshots", 60, h.nb_snapshots,
-                   OUT_OF_BOUNDS)
-    _validate_table(h.snapshots_offset, h.nb_snapshots, L.SnapshotHeader.STRUCT.size,
-                    L.SnapshotHeader.STRUCT.size * L.QCOW_MAX_SNAPSHOTS, cs,
-                    "snapshot table", 64)
-
-
-def _shorter_than_header(exc: Qcow2Error, file_length: int) -> Qcow2Error:
-    """An image refused on the zeros read past its end: say that the file is truncated."""
-    if exc.kind == NOT_QCOW2 or file_length >= L.V3_HEADER_LENGTH:
-        return exc
-    exc.message += f" (the file is only {file_length} bytes, shorter than a qcow2 header)"
-    exc.kind = TRUNCATED
-    exc.args = (exc.message,)
-    return exc
-
-
 class Qcow2Image:
     """A validated qcow2 image: header, extensions and backing name parsed at open time;
     snapshots, bitmaps and the LUKS header parsed (and validated) on first use."""
@@ -203,7 +91,7 @@ class Qcow2Image:
             self._validate_extensions()
             self.backing_filename = self._read_backing_filename()
         except Qcow2Error as exc:
-            raise _shorter_than_header(exc, file.length).with_filename(file.path) from None
+            raise shorter_than_header(exc, file.length).with_filename(file.path) from None
         self._snapshots: Optional[tuple[list[Snapshot], int]] = None
         self._bitmaps: Optional[list[Bitmap]] = None
 
@@ -338,8 +226,11 @@ class Qcow2Image:
         if h.backing_file_size > limit:
             raise _err(f"backing file name of {h.backing_file_size} bytes is too long "
                        f"(max {limit})", "header.backing_file_size", 16, h.backing_file_size)
-        raw = self._area(h.backing_file_offset, h.backing_file_size, "backing file name")
-        return raw.decode("utf-8", "surrogateescape")
+        return decode_path_name(self.backing_name_raw())
+
+    def backing_name_raw(self) -> bytes:
+        h = self.header
+        return self._area(h.backing_file_offset, h.backing_file_size, "backing file name")
 
     # -- names --------------------------------------------------------------------------------
     @property
@@ -350,7 +241,33 @@ class Qcow2Image:
     @property
     def data_file_name(self) -> Optional[str]:
         ext = self.extension(L.QCOW2_EXT_MAGIC_DATA_FILE)
-        return ext.data.decode("utf-8", "surrogateescape") if ext is not None else None
+        return decode_path_name(ext.data) if ext is not None else None
+
+    def name_problems(self) -> list[str]:
+        """Every name in the image's header area that cannot be used as what it names (a path, or
+        text), each as a sentence naming the structure and its offset."""
+        h = self.header
+        named: list[tuple[str, int, bytes, bool]] = []
+        if h.backing_file_offset:
+            named.append(("backing file name", h.backing_file_offset, self.backing_name_raw(),
+                          True))
+        for ext in self.extensions:
+            if ext.type in (L.QCOW2_EXT_MAGIC_DATA_FILE, L.QCOW2_EXT_MAGIC_BACKING_FORMAT):
+                named.append((ext.name, ext.offset, ext.data,
+                              ext.type == L.QCOW2_EXT_MAGIC_DATA_FILE))
+            elif ext.type == L.QCOW2_EXT_MAGIC_FEATURE_TABLE:
+                size = L.FeatureNameEntry.STRUCT.size
+                for i in range(ext.length // size):
+                    at = i * size + 2
+                    named.append((f"feature name table entry {i}", ext.offset + at,
+                                  ext.data[at:at + size - 2], False))
+        problems = []
+        for what, offset, raw, is_path in named:
+            problem = name_problem(raw, is_path=is_path)
+            if problem is not None:
+                text = shown(decode_path_name(raw if is_path else raw.rstrip(b"\0")))
+                problems.append(f"{what} '{text}' at offset 0x{offset:x} {problem}")
+        return problems
 
     def feature_table(self) -> dict[tuple[int, int], str]:
         names = dict(L.DEFAULT_FEATURE_NAMES)
@@ -410,12 +327,12 @@ class Qcow2Image:
         table_length = 0
         snapshots = []
         fixed_size = L.SnapshotHeader.STRUCT.size
+        window = Window(self.file, "snapshot table")
         for i in range(h.nb_snapshots):
             structure = f"snapshot table entry {i}"
             table_length = L.align_up(table_length, 8)
             offset = entry_offset = L.align_up(offset, 8)
-            fixed = L.SnapshotHeader.from_bytes(
-                self.file.read_zero_padded(offset, fixed_size, structure))
+            fixed = L.SnapshotHeader.from_bytes(window.read(offset, fixed_size))
             if fixed.extra_data_size > L.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
                 raise _err(f"too much extra metadata: {fixed.extra_data_size} bytes exceed the "
                            f"{L.QCOW_MAX_SNAPSHOT_EXTRA_DATA} byte limit", structure,
@@ -426,7 +343,7 @@ class Qcow2Image:
             if table_length > L.QCOW_MAX_SNAPSHOTS_SIZE or offset - start > INT_MAX:
                 raise _err("snapshot table exceeds the 64 MiB maximum", "snapshot table",
                            start, table_length, OUT_OF_BOUNDS)
-            var = self.file.read_zero_padded(entry_offset + fixed_size, var_len, structure)
+            var = window.read(entry_offset + fixed_size, var_len)
             snapshots.append(_snapshot(i, entry_offset, fixed, var))
         return snapshots, (offset - start if snapshots else 0)
 
@@ -468,12 +385,7 @@ def _snapshot(index: int, offset: int, fixed: L.SnapshotHeader, var: bytes) -> S
         raw_icount = int.from_bytes(extra[16:24], "big", signed=True)
         icount = None if raw_icount == -1 else raw_icount
     return Snapshot(
-        offset, _c_string(id_str), _c_string(name), fixed.l1_table_offset, fixed.l1_size,
+        offset, c_string_text(id_str), c_string_text(name), fixed.l1_table_offset, fixed.l1_size,
         fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec, vm_state_size,
         fixed.extra_data_size, extra, disk_size, icount, index, fixed.vm_state_size,
     )
-
-
-def _c_string(raw: bytes) -> str:
-    """A name as qemu prints it: up to the first NUL."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")

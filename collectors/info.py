@@ -105,13 +105,14 @@ def image_info(image: Qcow2Image) -> JsonDict:
     }
     if h.crypt_method != L.CRYPT_NONE:
         info["encrypted"] = True
-    if image.backing_filename:
-        info["backing-filename"] = image.backing_filename
-        if has_protocol(image.backing_filename):
-            info["full-backing-filename"] = image.backing_filename
+    # qemu reads the name into a C string: what follows a NUL byte is not part of it.
+    backing = (image.backing_filename or "").split("\0", 1)[0]
+    if backing:
+        info["backing-filename"] = backing
+        if has_protocol(backing):
+            info["full-backing-filename"] = backing
         else:
-            info["full-backing-filename"] = backing_path(image.filename,
-                                                         image.backing_filename)
+            info["full-backing-filename"] = backing_path(image.filename, backing)
         if image.backing_format:
             info["backing-filename-format"] = image.backing_format
     snapshots = image.snapshots()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
 
+from .names import c_string_text
+
 QCOW_MAGIC = b"QFI\xfb"
 
 # qemu limits (block/qcow2.h), used before anything is allocated from a header value.
@@ -121,9 +123,8 @@ BME_FLAG_EXTRA_DATA_COMPATIBLE = 1 << 2
 BME_RESERVED_FLAGS = ~0x7 & 0xFFFFFFFF
 
 
-def _text(raw: bytes) -> str:
-    """A NUL-padded on-disk string as text (undecodable bytes kept visible, never fatal)."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+# A NUL-padded on-disk string as text (undecodable bytes kept visible, never fatal).
+_text = c_string_text
 
 
 @dataclass(frozen=True)

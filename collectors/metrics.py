@@ -275,11 +275,14 @@ def _metric(name: str, value: MetricValue, labels: Labels) -> Metric:
 
 
 def valid_utf8(text: str) -> str:
-    """`text` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) become U+FFFD.
+    """`text` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) become U+FFFD,
+    a NUL byte (possible in a backing name read from an image) the four characters \\x00.
 
     Python keeps undecodable file-name bytes as lone surrogates, which cannot be encoded at
     all; line protocol and the Prometheus text format both require UTF-8.
     """
+    if "\0" in text:
+        text = text.replace("\0", "\\x00")
     if text.isascii():
         return text
     try:

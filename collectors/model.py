@@ -31,6 +31,7 @@ LAYER_NOT_QCOW2 = "not-qcow2"  # declared qcow2 but is not: qemu cannot open the
 LAYER_OTHER_FORMAT = "other-format"  # declared raw (or other), or undeclared non-qcow2 (qemu
 # probes it as raw): present, reported, not analysed
 LAYER_ERROR = "error"
+LAYER_INVALID_NAME = "invalid-name"  # the name cannot be a path (e.g. a NUL byte): not opened
 
 
 @dataclass(frozen=True)

@@ -136,3 +136,25 @@ class ImageFile:
         if len(data) < length:
             data += bytes(length - len(data))
         return data
+
+
+class Window:
+    """Sequential reads through one buffer, zeros past EOF (as qemu's bdrv_pread on a file):
+    the 65536 snapshot entries a header may claim cost a few reads, not two each."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, file: ImageFile, structure: str) -> None:
+        self.file = file
+        self.structure = structure
+        self.start = 0
+        self.data = b""
+
+    def read(self, offset: int, length: int) -> bytes:
+        at = offset - self.start
+        if at < 0 or at + length > len(self.data):
+            self.start = offset
+            self.data = self.file.read_zero_padded(offset, max(length, self.CHUNK),
+                                                   self.structure)
+            at = 0
+        return self.data[at:at + length]

@@ -106,8 +106,11 @@ def image_end_offset_from_refcounts(image: Qcow2Image) -> int:
 
 
 # Decoded on-disk refcount blocks kept in memory at once.
-REFBLOCK_CACHE_BYTES = 32 * 1024 * 1024
+REFBLOCK_CACHE_BYTES = 4 * 1024 * 1024
 
+
+# block/block_int.h: QEMU_ALIGN_DOWN(INT64_MAX, BDRV_MAX_ALIGNMENT); reads past it fail (EIO).
+BDRV_MAX_LENGTH = (2**63 - 1) // (1 << 30) * (1 << 30)
 
 class OnDiskRefcounts:
     """The refcount table and blocks as qcow2_get_refcount() reads them: entries past the
@@ -144,12 +147,17 @@ class OnDiskRefcounts:
             self._zeros = np.zeros(self.per_block, dtype=np.uint64)
         return self._zeros
 
+    def readable(self, offset: int) -> bool:
+        """Whether qemu can read a refcount block at `offset`: it must be cluster aligned, and
+        the block layer refuses (EIO) requests ending past BDRV_MAX_LENGTH."""
+        return not offset % self.cluster_size and offset + self.cluster_size <= BDRV_MAX_LENGTH
+
     def block(self, index: int) -> Optional[U64]:
         """Refcounts of refcount table entry `index`, or None when unreadable."""
         offset = self.block_offset(index)
         if not offset:
             return self.zeros()
-        if offset % self.cluster_size:
+        if not self.readable(offset):
             return None
         cached = self._cache.get(index)
         if cached is not None:

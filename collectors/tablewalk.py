@@ -11,6 +11,7 @@ the findings catalogue.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -28,6 +29,8 @@ Positions = npt.NDArray[np.intp]
 
 # Entries of L2 tables classified per vectorised batch: bounds the temporaries (a few MiB).
 L2_BATCH_ENTRIES = 1 << 18
+# L1 entries accounted per vectorised pass (bounds the temporaries of a 32 MiB L1 table).
+L1_CHUNK_ENTRIES = 1 << 20
 # Beyond this many runs of adjacent clusters in one batch, count per entry instead.
 MAX_RUNS = 4096
 COMPRESSED_SECTOR_SIZE = 512
@@ -122,7 +125,10 @@ class TableWalk:
             return
         what = f"{label}L1 table"
         self.refs.inc_region(l1_offset, l1_size * L.L1E_SIZE, what)
-        raw = self.image.file.read_zero_padded(l1_offset, l1_size * L.L1E_SIZE, what)
+        # Entries past EOF read as zeros (bdrv_pread on a file): only the part inside the file
+        # is read, so a claimed 32 MiB table past the end costs nothing.
+        in_file = max(0, min(l1_size * L.L1E_SIZE, self.geo.file_length - l1_offset))
+        raw = self.image.file.read(l1_offset, in_file - in_file % 8, what) if in_file else b""
         l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
         used = np.flatnonzero(l1)
         if not len(used):
@@ -133,25 +139,50 @@ class TableWalk:
         unaligned = (l2_offsets & u64(self.geo.cluster_size - 1)) != 0
         copied_ok = (self._l1_copied(used, entries, l2_offsets, label) if active
                      else np.zeros(len(used), dtype=bool))
-        per_batch = max(1, L2_BATCH_ENTRIES // self.geo.l2_entries)
-        for lo in range(0, len(used), per_batch):
-            hi = min(len(used), lo + per_batch)
+        for lo in range(0, len(used), L1_CHUNK_ENTRIES):
+            chunk = slice(lo, min(len(used), lo + L1_CHUNK_ENTRIES))
             # Per L1 entry in qemu's order: reserved bits, the L2 table's own reference,
-            # alignment, then its entries.
-            for i in (np.flatnonzero(reserved[lo:hi] | unaligned[lo:hi]) + lo).tolist():
-                self._l1_entry_findings(f"{label}L1[{int(used[i])}]", int(entries[i]),
-                                        bool(reserved[i]), bool(unaligned[i]))
-            table_offsets = l2_offsets[lo:hi]
+            # alignment, then its entries. Findings are built while there is room, the rest
+            # only counted: the time follows the tables, not the L1 size.
+            l1_entry_findings(self.tally, label, used[chunk], entries[chunk],
+                              reserved[chunk], unaligned[chunk])
+            table_offsets = l2_offsets[chunk]
             past = self.refs.add_clusters(table_offsets)
-            for i in np.flatnonzero(past).tolist():
+            structure = self.tally.structure
+            for i in np.flatnonzero(past)[: structure.room].tolist():
                 off = int(table_offsets[i])
-                self.tally.structure.add(finding(
+                structure.add(finding(
                     "reference-past-eof", f"{label}L1[{int(used[lo + i])}]",
                     what="L2 table", host_offset=off,
                     cluster_index=off >> self.geo.cluster_bits,
                     file_length=self.geo.file_length))
-            self._check_l2_batch(Batch(table_offsets, used[lo:hi], copied_ok[lo:hi], active,
-                                       label))
+            structure.count(max(0, int(np.count_nonzero(past)) - structure.room))
+            # A table at or past EOF reads as zeros: nothing in it to walk.
+            inside = np.flatnonzero(table_offsets < u64(self.geo.file_length)) + lo
+            self._walk_tables(Batch(l2_offsets, used, copied_ok, active, label), inside)
+
+    def _walk_tables(self, l1: Batch, inside: Positions) -> None:
+        """check_refcounts_l2() for the L1 entries at positions `inside`, in batches.
+
+        qemu walks a table again for every L1 entry that names it, with the same result each
+        time. A hostile L1 can name one table millions of times, so a table named k times is
+        walked once and all it adds (references, counters, findings) is counted k times."""
+        per_batch = max(1, L2_BATCH_ENTRIES // self.geo.l2_entries)
+
+        def walk(positions: Positions) -> None:
+            for b in range(0, len(positions), per_batch):
+                sel = positions[b:b + per_batch]
+                self._check_l2_batch(Batch(l1.table_offsets[sel], l1.l1_indices[sel],
+                                           l1.copied_ok[sel], l1.active, l1.label))
+
+        _, first, times = np.unique(l1.table_offsets[inside], return_index=True,
+                                    return_counts=True)
+        if len(first) == len(inside):  # every table named once: the normal case
+            walk(inside)
+            return
+        walk(inside[np.sort(first[times == 1])])
+        for k in np.unique(times[times > 1]).tolist():
+            self.refs.repeated(int(k), partial(walk, inside[np.sort(first[times == k])]))
 
     def _l1_copied(self, used: Positions, entries: U64, l2_offsets: U64, label: str) -> Bools:
         """Active L1 COPIED flags (check_oflag_copied, first half): L2 offset 0 is skipped and
@@ -159,8 +190,10 @@ class TableWalk:
         rc, readable = self.ondisk.lookup(l2_offsets >> u64(self.geo.cluster_bits))
         copied_ok: Bools = (l2_offsets != 0) & readable
         flag = (entries >> u64(63)) != 0
-        bad = copied_ok & ((rc == 1) != flag)
-        for i in np.flatnonzero(bad).tolist():
+        bad = np.flatnonzero(copied_ok & ((rc == 1) != flag))
+        self.tally.corruptions += max(0, len(bad) - self.tally.copied.room)
+        self.tally.copied.count(max(0, len(bad) - self.tally.copied.room))
+        for i in bad[: self.tally.copied.room].tolist():
             self.tally.corruptions += 1
             self.tally.copied.add(finding(
                 "copied-flag", f"{label}L1[{int(used[i])}]", what="L2 cluster",
@@ -168,15 +201,6 @@ class TableWalk:
                 cluster_index=int(l2_offsets[i]) >> self.geo.cluster_bits,
                 expected=1 if flag[i] else None, found=int(rc[i])))
         return copied_ok
-
-    def _l1_entry_findings(self, where: str, entry: int, reserved: bool,
-                           unaligned: bool) -> None:
-        l2_offset = entry & L.L1E_OFFSET_MASK
-        if reserved:
-            self.tally.corruption("l1-reserved-bits", where, entry=entry,
-                                  host_offset=l2_offset, found=entry & L.L1E_RESERVED_MASK)
-        if unaligned:
-            self.tally.corruption("unaligned-l2-offset", where, host_offset=l2_offset)
 
     # -- check_refcounts_l2 (+ the L2 half of check_oflag_copied) ----------------------------
     def _check_l2_batch(self, batch: Batch) -> None:
@@ -375,6 +399,27 @@ class TableWalk:
                 structure.add(l2_finding(kind, entry, bm, where, self.geo))
                 built += 1
         structure.count(problems - built)
+
+
+def l1_entry_findings(tally: Tally, label: str, used: Positions, entries: U64,
+                      reserved: Bools, unaligned: Bools) -> None:
+    """Reserved bits and unaligned L2 offsets of L1 entries: findings built while there is
+    room, the rest counted (a hostile L1 holds millions)."""
+    flagged = np.flatnonzero(reserved | unaligned)
+    shown = flagged[: tally.structure.room]
+    for i in shown.tolist():
+        where = f"{label}L1[{int(used[i])}]"
+        entry = int(entries[i])
+        l2_offset = entry & L.L1E_OFFSET_MASK
+        if reserved[i]:
+            tally.corruption("l1-reserved-bits", where, entry=entry, host_offset=l2_offset,
+                             found=entry & L.L1E_RESERVED_MASK)
+        if unaligned[i]:
+            tally.corruption("unaligned-l2-offset", where, host_offset=l2_offset)
+    rest = flagged[len(shown):]
+    hidden = int(np.count_nonzero(reserved[rest])) + int(np.count_nonzero(unaligned[rest]))
+    tally.corruptions += hidden
+    tally.structure.count(hidden)
 
 
 def l2_finding(kind: str, entry: int, bm: int, where: str, geo: Geometry) -> Finding:

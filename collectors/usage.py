@@ -57,6 +57,7 @@ def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsag
     live_end = live_disk.end_offset if live_disk is not None else None
     container = container_of(image.file, max(end, live_end or 0))
     in_use = held_for_writing(image.file)
+    notes += tuple(image.name_problems())
     if live_disk is not None and live_disk.end_offset > end:
         notes += (f"live end offset {live_disk.end_offset} ({live_disk.source}: "
                   f"{live_disk.domain} {live_disk.disk}) is {live_disk.end_offset - end} bytes "

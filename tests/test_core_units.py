@@ -10,7 +10,8 @@ import pytest
 from collectors import layout as L
 from collectors.chain import backing_path, has_protocol
 from collectors.errors import NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
-from collectors.image import Qcow2Image, parse_header
+from collectors.header import parse_header
+from collectors.image import Qcow2Image
 from collectors.refcount import decode_block, highest_nonzero_entry
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,0 +1,327 @@
+"""Hostile images: a fuzzing budget on every run, and every case the fuzzer ever found as a
+regular test on a byte-patched image built here.
+
+The long run is ``scripts/fuzz.sh`` (see tests/fuzzing.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fuzzing import MAX_CPU_SECONDS, build_seeds, calls, fuzz, run_call
+
+from collectors.check import check_image
+from collectors.dump import dump
+from collectors.image import Qcow2Image
+from collectors.model import LAYER_INVALID_NAME
+from collectors.usage import analyze_usage
+from nagios.check_qcow2 import main as nagios_main
+
+from corpus import QEMU_IMG, QEMU_IO, run
+from damage import patch_bytes, patch_u32, read_header
+
+# Cases of the budget run; QCOW2_FUZZ_CASES / QCOW2_FUZZ_SEED override (scripts/fuzz.sh runs
+# long). Every case is deterministic from the seed, so a failure names a case to replay.
+FUZZ_CASES = int(os.environ.get("QCOW2_FUZZ_CASES", "2000"))
+FUZZ_SEED = int(os.environ.get("QCOW2_FUZZ_SEED", "20261130"))
+
+
+def test_fuzz_budget(tmp_path: Path) -> None:
+    seeds = build_seeds(tmp_path / "seeds")
+    report = fuzz(seeds, seed=FUZZ_SEED, cases=FUZZ_CASES, workers=2,
+                  workdir=tmp_path / "work")
+    assert not report.failures, "\n".join(str(f) for f in report.failures[:20])
+    assert report.cases == FUZZ_CASES
+
+
+def test_fuzzer_catches_an_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """The fuzzer's oracle must be able to fail: a bug planted in the core is reported."""
+    import collectors.usage
+
+    def broken(_image: Qcow2Image) -> int:
+        raise ValueError("planted")
+
+    monkeypatch.setattr(collectors.usage, "image_end_offset_from_refcounts", broken)
+    path = tmp_path / "i.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1M"])
+    usage = next(c for c in calls(random.Random(0)) if c.name == "usage")
+    problems, output, _ = run_call(usage, str(path))
+    assert any("internal error" in p for p in problems), (problems, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases the fuzzer found
+
+
+def _all_entry_points_clean(path: Path) -> None:
+    """Every subcommand and adapter, in both output formats, within the CPU limit."""
+    for fmt_seed in range(2):
+        for call in calls(random.Random(fmt_seed)):
+            problems, output, _ = run_call(call, str(path))
+            assert not problems, f"{call.name}: {problems}\n{output}"
+
+
+def _qemu_json(*argv: str) -> dict[str, object]:
+    proc = run([QEMU_IMG, *argv, "--output=json"], allowed_returncodes=(0, 1, 2, 3))
+    return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def _no_backing(path: Path) -> str:
+    spec = {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": str(path)}}
+    return "json:" + json.dumps(spec)
+
+
+@pytest.fixture
+def overlay(tmp_path: Path) -> Path:
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(tmp_path / "base.qcow2"), "4M"])
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+         "top.qcow2", "4M"], cwd=tmp_path)
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x5a 0 192k", str(tmp_path / "top.qcow2")])
+    return tmp_path / "top.qcow2"
+
+
+@pytest.mark.parametrize("position,value", [(2, 0), (9, 0), (2, 0xFF)])
+def test_backing_name_nul_or_not_utf8(overlay: Path, position: int, value: int) -> None:
+    """Found as `ValueError: embedded null byte` failing usage and every adapter: a backing name
+    with a NUL byte (fuzz cases 1:1264, 2:1177) is reported as an invalid name, and the image's
+    own figures are still those qemu-img check reports."""
+    header = read_header(overlay)
+    patch_bytes(overlay, header["backing_file_offset"] + position, bytes([value]))
+    qemu = _qemu_json("check", _no_backing(overlay))
+    result = analyze_usage(str(overlay))
+    assert result.error is None and result.usage is not None
+    assert result.usage.image_end_offset == qemu["image-end-offset"]
+    note = " ".join(result.usage.notes)
+    if value == 0:
+        assert f"NUL byte at position {position}" in note
+        assert [layer.status for layer in result.chain] == [LAYER_INVALID_NAME]
+        assert result.chain[0].error is not None
+        # info stays equal to qemu-img info, which keeps the part before the NUL.
+        info = _qemu_json("info", str(overlay))
+        ours = json.loads(_stdout(["info", "--output", "json", str(overlay)]))
+        assert ours["backing-filename"] == info["backing-filename"]
+    else:
+        assert "not valid UTF-8 (byte 0xff at position 2)" in note
+    _all_entry_points_clean(overlay)
+    # Every adapter still reports the image itself.
+    stream = io.StringIO()
+    nagios_main(["-f", str(overlay), "-w", "80", "-c", "90"], stream=stream)
+    assert f"'{overlay} image_end_offset_bytes'={qemu['image-end-offset']}B" in stream.getvalue()
+
+
+def _stdout(argv: list[str]) -> str:
+    from contextlib import redirect_stdout
+
+    from analyze.main import main
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        main(argv)
+    return buffer.getvalue()
+
+
+def test_invalid_names_in_extensions(tmp_path: Path) -> None:
+    """A data file name with a NUL and a backing format that is not UTF-8: notes, not
+    failures."""
+    path = tmp_path / "d.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", f"data_file={tmp_path / 'd.raw'}",
+         str(path), "1M"])
+    with Qcow2Image.open(str(path)) as image:
+        ext = next(e for e in image.extensions if e.name == "external data file name")
+    patch_bytes(path, ext.offset + 1, b"\0")
+    notes = " ".join(analyze_usage(str(path)).usage.notes)  # type: ignore[union-attr]
+    assert f"external data file name '{str(tmp_path / 'd.raw')[:1]}\\x00" in notes
+    assert "NUL byte at position 1" in notes
+    _all_entry_points_clean(path)
+
+
+def _cpu(fn: object, *args: object) -> float:
+    start = time.process_time()
+    fn(*args)  # type: ignore[operator]
+    return time.process_time() - start
+
+
+def test_refcount_table_claims_do_not_set_the_time(tmp_path: Path) -> None:
+    """Found as `dump --what refcount` taking 8-14 s (fuzz case 2:675): refcount_table_offset
+    and refcount_table_clusters pointing the table at 8 MiB of guest data, so a million nonzero
+    entries. The time follows the file; the check's figures stay qemu's."""
+    path = tmp_path / "r.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "64M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x71 0 8M", "-c", "write -P 0x72 32M 2M",
+         str(path)])
+    # The largest table qemu accepts (8 MiB = 2048 clusters of 4 KiB) over the data: offset
+    # one cluster past the L1 table, so it covers the L2 tables and the data after them.
+    header = read_header(path)
+    table_offset = header["l1_table_offset"] + 4096
+    patch_bytes(path, 48, struct.pack(">Q", table_offset))
+    patch_u32(path, 56, 2048)
+    qemu = _qemu_json("check", str(path))
+    assert _cpu(check_image, str(path)) < MAX_CPU_SECONDS
+    ours = check_image(str(path))
+    assert (ours.corruptions, ours.leaks, ours.check_errors, ours.image_end_offset) == (
+        qemu.get("corruptions", 0), qemu.get("leaks", 0), qemu["check-errors"],
+        qemu["image-end-offset"])
+    with Qcow2Image.open(str(path)) as image:
+        assert _cpu(dump, image, "refcount") < MAX_CPU_SECONDS
+        data = dump(image, "refcount")
+    assert data["nonzero_table_entries"] > 500_000
+    assert len(data["unreadable_blocks"]) <= 1000
+    _all_entry_points_clean(path)
+
+
+def _repoint_l1(path: Path, entries: int, snapshot_too: bool = False) -> None:
+    """Append a new L1 table of `entries` copies of L1[0] and point the header (and the first
+    snapshot) at it: one L2 table named `entries` times."""
+    header = read_header(path)
+    data = bytearray(path.read_bytes())
+    first = data[header["l1_table_offset"]:header["l1_table_offset"] + 8]
+    cs = 1 << header["cluster_bits"]
+    table = -(-len(data) // cs) * cs
+    body = bytes(first) * entries
+    data += bytes(table - len(data)) + body + bytes(-len(body) % cs)
+    struct.pack_into(">IQ", data, 36, entries, table)
+    if snapshot_too:
+        struct.pack_into(">QI", data, header["snapshots_offset"], table, entries)
+    path.write_bytes(data)
+
+
+def test_one_l2_table_named_many_times_equals_qemu(tmp_path: Path) -> None:
+    """An L1 table (active and snapshot) naming the same L2 table 64 times: walked once and
+    counted 64 times, with qemu-img check's figures."""
+    path = tmp_path / "d.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 300k", str(path)])
+    run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 6 0 8k", str(path)])
+    _repoint_l1(path, 64, snapshot_too=True)
+    qemu = _qemu_json("check", str(path))
+    ours = json.loads(_stdout(["check", "--output", "json", str(path)]))
+    for key in ("image-end-offset", "corruptions", "leaks", "check-errors",
+                "allocated-clusters", "fragmented-clusters", "compressed-clusters"):
+        assert ours.get(key) == qemu.get(key), key
+    assert ours["findings-total"] >= ours["corruptions"] + ours["leaks"]
+
+
+def test_l1_naming_one_table_millions_of_times(tmp_path: Path) -> None:
+    """The largest L1 qemu accepts (4 Mi entries, 32 MiB) all naming one L2 table: qemu-img
+    check walks that table 4 Mi times (minutes); the time here follows the one table."""
+    path = tmp_path / "m.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 300k", str(path)])
+    allocated_once = _qemu_json("check", str(path))["allocated-clusters"]
+    entries = 4 * 1024 * 1024
+    _repoint_l1(path, entries)
+    assert _cpu(check_image, str(path)) < MAX_CPU_SECONDS
+    # Each L1 entry adds the table's allocated clusters (qemu's count, from the unpatched image).
+    assert check_image(str(path)).allocated_clusters == allocated_once * entries
+    with Qcow2Image.open(str(path)) as image:
+        assert _cpu(dump, image, "l2") < MAX_CPU_SECONDS
+    _all_entry_points_clean(path)
+
+
+@pytest.fixture(scope="module")
+def data_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 MiB of nonzero guest data in 4 KiB clusters: enough bytes for a header pointed at
+    them to claim the largest tables qemu accepts."""
+    path = tmp_path_factory.mktemp("claims") / "data.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "64M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x71 0 4M", "-c", "write -P 0x72 32M 2M",
+         "-c", "write -P 0x73 60M 2M", str(path)])
+    return path
+
+
+def _past_eof(path: Path) -> int:
+    return -(-path.stat().st_size // 4096) * 4096
+
+
+# (header field offset, struct format, value) patches; "past" is the first cluster past EOF.
+CLAIMS = {
+    "65536 snapshots past EOF": [(60, ">I", 65536), (64, ">Q", "past")],
+    "32 MiB L1 over guest data": [(36, ">I", 4 * 1024 * 1024), (40, ">Q", 0x100000)],
+    "32 MiB L1 past EOF": [(36, ">I", 4 * 1024 * 1024), (40, ">Q", "past")],
+    "8 MiB refcount table past EOF": [(56, ">I", 2048), (48, ">Q", "past")],
+    "8 MiB refcount table over guest data": [(56, ">I", 2048), (48, ">Q", 0x100000)],
+}
+
+
+@pytest.mark.parametrize("claim", sorted(CLAIMS))
+def test_header_claims_do_not_set_the_time(data_image: Path, tmp_path: Path, claim: str
+                                           ) -> None:
+    """Header counts the fuzzer raised to qemu's limits (cases 3:68, 3:566 took 4-5 s and hung
+    the check): every entry point stays under the CPU limit, and the check's figures are
+    qemu-img check's."""
+    path = tmp_path / "claim.qcow2"
+    data = bytearray(data_image.read_bytes())
+    for offset, fmt, value in CLAIMS[claim]:
+        struct.pack_into(fmt, data, offset, _past_eof(data_image) if value == "past" else value)
+    path.write_bytes(data)
+    qemu = _qemu_json("check", str(path))
+    ours = json.loads(_stdout(["check", "--output", "json", str(path)]))
+    for key in ("image-end-offset", "corruptions", "leaks", "check-errors",
+                "allocated-clusters", "fragmented-clusters", "compressed-clusters"):
+        assert ours.get(key) == qemu.get(key), key
+    _all_entry_points_clean(path)
+
+
+def test_compact_counts_stay_exact_past_one_byte() -> None:
+    """The computed refcounts take one byte per cluster; counts of 255 and more live in a
+    side table. Random references (ranges, single clusters, repeats) give exactly the counts
+    of a plain per-cluster tally."""
+    from collectors.findings import Tally
+    from collectors.references import ReferenceCounts
+
+    rng = np.random.default_rng(11)
+    clusters = 200_000  # wide enough that scattered references take the sparse path
+    refs = ReferenceCounts(clusters * 512, 9, Tally(10))
+    expected = np.zeros(clusters + 1, dtype=np.int64)
+    for _ in range(300):
+        lo = int(rng.integers(0, clusters - 64))
+        hi = lo + int(rng.integers(1, 64))
+        refs.inc_region(lo * 512, (hi - lo) * 512, "region")
+        expected[lo:hi] += 1
+        idx = rng.integers(0, 16, size=int(rng.integers(1, 400))).astype(np.uint64)
+        refs.add_indices(idx)
+        np.add.at(expected, idx.astype(np.intp), 1)
+        spread = rng.integers(0, clusters, size=8).astype(np.uint64)
+        refs.add_indices(spread)
+        np.add.at(expected, spread.astype(np.intp), 1)
+    assert int(expected.max()) > 1000  # well past one byte
+    assert refs.values(0, clusters + 1).tolist() == expected.tolist()
+    assert refs.at(np.arange(clusters + 1)).tolist() == expected.tolist()
+    assert refs.count(3, 2**16 - 1) == min(int(expected[3]), 2**16 - 1)
+
+
+def test_snapshots_sharing_one_l1_table_equal_qemu(tmp_path: Path) -> None:
+    """3000 copies of one snapshot table entry (all naming the same L1 table): walked once,
+    counted 3000 times, with qemu-img check's figures."""
+    path = tmp_path / "s.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 300k", str(path)])
+    run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 6 0 8k", str(path)])
+    header = read_header(path)
+    data = bytearray(path.read_bytes())
+    at = header["snapshots_offset"]
+    extra, id_size, name_size = (struct.unpack_from(">I", data, at + 36)[0],
+                                 *struct.unpack_from(">HH", data, at + 12))
+    entry = bytes(data[at:at + -(-(40 + extra + id_size + name_size) // 8) * 8])
+    copies = 3000
+    table = -(-len(data) // 4096) * 4096
+    data += bytes(table - len(data)) + entry * copies + bytes(-len(entry * copies) % 4096)
+    struct.pack_into(">IQ", data, 60, copies, table)
+    path.write_bytes(data)
+    qemu = _qemu_json("check", str(path))
+    ours = json.loads(_stdout(["check", "--output", "json", str(path)]))
+    for key in ("image-end-offset", "corruptions", "leaks", "check-errors",
+                "allocated-clusters", "fragmented-clusters", "compressed-clusters"):
+        assert ours.get(key) == qemu.get(key), key
+    assert _cpu(check_image, str(path)) < MAX_CPU_SECONDS
