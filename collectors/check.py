@@ -219,8 +219,12 @@ class _Check:
         reference the cluster: one more pass over the tables, only when there are some."""
         from .locate import locate_findings
 
-        for part in (self.tally.structure, self.tally.compare):
-            part.items = locate_findings(self.image, self.ondisk, part.items)
+        # One pass for both lists: the walk is the cost, whatever the number of findings.
+        parts = (self.tally.structure, self.tally.compare)
+        located = locate_findings(self.image, self.ondisk,
+                                  [f for part in parts for f in part.items])
+        for part in parts:
+            part.items, located = located[:len(part.items)], located[len(part.items):]
 
     def result(self, highest: int) -> CheckResult:
         h = self.h
