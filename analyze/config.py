@@ -17,7 +17,7 @@ import sysconfig
 from importlib import resources
 from typing import Any, TextIO
 
-from collectors.errors import EXIT_OK
+from qcow2_monitor.collectors.errors import EXIT_OK
 
 from .common import epilog
 

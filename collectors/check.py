@@ -1,4 +1,5 @@
-"""The full read-only consistency check, equal to `qemu-img check` (qemu 7.2).
+"""The full read-only consistency check, equal to `qemu-img check` (qemu 7.2; the rules are
+written down in docs/qcow2-format.md §7).
 
 Mirrors block/qcow2-refcount.c: qcow2_check_refcounts() -> calculate_refcounts()
 (check_refcounts_l1/l2, qcow2_check_bitmaps_refcounts, check_refblocks) -> compare_refcounts()

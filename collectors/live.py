@@ -1,4 +1,5 @@
-"""Live figures of running VMs: the end offset qemu has really reached, from libvirt and QMP.
+"""Live figures of running VMs: the end offset qemu has really reached, from libvirt and QMP
+(why the on-disk figure lags, and where the true one is: docs/qcow2-format.md §12).
 
 On a running VM qemu keeps qcow2 metadata (L2 tables, refcount blocks) in write-back caches
 until the guest flushes, while guest data already sits in new clusters past the end that the

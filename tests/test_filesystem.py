@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from collectors import discovery
-from collectors.collect import collect
-from collectors.metrics import filesystems, image_metrics, info_labels
-from nagios.ranges import format_number
+from qcow2_monitor.collectors import discovery
+from qcow2_monitor.collectors.collect import collect
+from qcow2_monitor.collectors.metrics import filesystems, image_metrics, info_labels
+from qcow2_monitor.nagios.ranges import format_number
 
 from alerting import promtool_test, textfile_samples
 from daemons import make_image, run

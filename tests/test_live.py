@@ -33,7 +33,7 @@ from live_daemons import (
     stop_qemu,
 )
 
-from collectors.live import QMP_TIMEOUT, LiveSources, parse_domstats
+from qcow2_monitor.collectors.live import QMP_TIMEOUT, LiveSources, parse_domstats
 
 from daemons import make_image, run
 
@@ -44,6 +44,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 def tool(module: str, *args: str, env: dict[str, str] | None = None,
          user: str | None = None) -> subprocess.CompletedProcess[str]:
+    module = f"qcow2_monitor.{module}"  # the installed namespace
     argv = [sys.executable, "-m", module, *args]
     if user is not None:
         # The venv's interpreter may live where other users cannot reach it (pyenv under
@@ -106,7 +107,7 @@ def test_parse_domstats_names_backing_layers() -> None:
 
 
 def test_libvirt_guest_name_from_qemu_command_line() -> None:
-    from collectors.discovery import _libvirt_guest
+    from qcow2_monitor.collectors.discovery import _libvirt_guest
 
     argv = ["/usr/bin/qemu-system-x86_64", "-name", "guest=a,,b,debug-threads=on", "-S"]
     assert _libvirt_guest(argv) == "a,b"  # qemu doubles a literal comma
@@ -115,7 +116,7 @@ def test_libvirt_guest_name_from_qemu_command_line() -> None:
 
 
 def test_identity_is_inode_for_files_and_device_number_for_devices(tmp_path: Path) -> None:
-    from collectors.live import identity_of_path
+    from qcow2_monitor.collectors.live import identity_of_path
 
     image = tmp_path / "a.qcow2"
     image.write_bytes(b"x")
@@ -245,7 +246,8 @@ def test_qmp_relative_node_name_matches_the_image_qemu_opened(
         started.hmp('qemu-io d0 "write -P 7 0 6M"')
         highest = started.wr_highest_offset()
         proc = subprocess.run(
-            [sys.executable, "-m", "analyze", "usage", "--output", "json", "--no-live", "--qmp",
+            [sys.executable, "-m", "qcow2_monitor.analyze", "usage", "--output", "json",
+             "--no-live", "--qmp",
              str(started.socket), "x.qcow2", str(opened)],
             cwd=namesake.parent, capture_output=True, text=True, timeout=60)
     finally:
@@ -421,7 +423,7 @@ def test_unprivileged_running_sees_domains_and_refuses_ok_for_hidden_qemu(
 
 def test_running_as_root_takes_libvirt_disks_first(
         libvirt: Libvirt, vm: dict[str, str], qemu: QemuQmp) -> None:
-    from collectors.collect import RUNNING_TARGET, collect
+    from qcow2_monitor.collectors.collect import RUNNING_TARGET, collect
 
     collection = collect([], running=True, live_sources=LiveSources(libvirt.ro_uri))
     paths = [record.path for record in collection.records]

@@ -14,9 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import sample_collection
 
-from collectors.usage import analyze_usage
-from node_exporter_textfile import qcow2_textfile as textfile
-from node_exporter_textfile.qcow2_textfile import (
+from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.node_exporter_textfile import qcow2_textfile as textfile
+from qcow2_monitor.node_exporter_textfile.qcow2_textfile import (
     InvalidOutput,
     escape_help,
     escape_label_value,
