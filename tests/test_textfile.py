@@ -231,7 +231,7 @@ def test_usage_errors(tmp_path: Path) -> None:
 def test_shipped_template_is_package_data() -> None:
     assert textfile.TEMPLATE_PACKAGE_PATH.is_file()
     text = (HERE.parent / "pyproject.toml").read_text()
-    assert 'node_exporter_textfile = ["templates/*.j2"]' in text
+    assert '"qcow2_monitor.node_exporter_textfile" = ["templates/*.j2"' in text
 
 
 # --- a real node_exporter ----------------------------------------------------------------------
