@@ -207,11 +207,14 @@ HEALTH_REASON_METRIC = "health_reason"
 FILESYSTEM_LABEL = "mountpoint"
 
 # One disk, one series: the canonical path is the only identity label of a per-image series.
+# Every other label of the info series is descriptive: Prometheus keeps them on
+# qcow2_image_info only; line protocol carries them as fields, because in InfluxDB every tag
+# is part of the series key and these change while the disk stays the same (a VM restart gives
+# a new domain/disk name, qemu-img amend / rebase change lazy_refcounts / backing_file, a
+# damaged image loses them all).
 IDENTITY_LABELS = ("path",)
-# Labels of the info series that describe how the disk was reached or measured this run, not
-# what it is: they change without the disk changing, so line protocol carries them as fields
-# (a tag would start a new series) and Prometheus only on qcow2_image_info.
-INFO_FIELD_LABELS = ("depth", "status", "end_offset_source", "name", "backing_name")
+# Info labels whose field in line protocol is an integer (all others are strings).
+INTEGER_INFO_LABELS = ("depth",)
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,9 @@ def test_every_adapter_shows_the_live_figure(
     lines = tool("telegraf.qcow2_telegraf", *uri, vm["file"]).stdout
     assert f"live_end_offset_bytes={allocation}i" in lines
     assert f"end_offset_bytes={allocation}i" in lines
-    assert ",domain=vm1," in lines and ",disk=sda," in lines
+    # Descriptive, so fields: a VM restart must not start a new series.
+    assert ',domain="vm1",' in lines and ',disk="sda",' in lines
+    assert lines.startswith(f"qcow2,path={vm['file']} ")
 
     nagios = tool("nagios.check_qcow2", "-f", vm["file"], *uri)
     assert nagios.returncode == 0, nagios.stdout
