@@ -56,6 +56,11 @@ COUNTER = "counter"
 _INT, _FLOAT = int, float
 
 
+# The per-filesystem sums depend on which targets were passed.
+_RUN_SCOPE = ("Covers only the images this run was given (its targets, and --running): "
+              "images on the filesystem that no target names are not summed.")
+
+
 class MetricSpec(NamedTuple):
     unit: str
     help: str
@@ -181,16 +186,22 @@ METRICS: dict[str, MetricSpec] = {
         UNIT_BYTES, "Bytes the filesystem can still give (what an unprivileged writer gets).",
         _INT,
     ),
-    "filesystem_image_end_offset_bytes": MetricSpec(
-        UNIT_BYTES, "Sum of the image end offsets of the top images on the filesystem.", _INT
+    "filesystem_end_offset_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Sum of the end offsets (live when ahead of the on-disk figure) of the top images on "
+        "the filesystem that this run looked at. " + _RUN_SCOPE,
+        _INT,
     ),
     "filesystem_virtual_size_bytes": MetricSpec(
-        UNIT_BYTES, "Sum of the virtual sizes of the top images on the filesystem.", _INT
+        UNIT_BYTES,
+        "Sum of the virtual sizes of the top images on the filesystem that this run looked at. "
+        + _RUN_SCOPE,
+        _INT,
     ),
     "filesystem_overcommit_ratio": MetricSpec(
         UNIT_RATIO,
-        "Summed virtual sizes of the top images on the filesystem / filesystem size: above 1 "
-        "the guests can fill it.",
+        "Summed virtual sizes of the top images on the filesystem that this run looked at / "
+        "filesystem size: above 1 the guests can fill it. " + _RUN_SCOPE,
         _FLOAT,
     ),
     "collector_duration_seconds": MetricSpec(
@@ -199,8 +210,17 @@ METRICS: dict[str, MetricSpec] = {
     "last_success_timestamp_seconds": MetricSpec(
         UNIT_SECONDS, "Unix time the collector last completed a run.", _FLOAT
     ),
-    "images": MetricSpec(UNIT_NONE, "Images (and backing layers) reported by this run.", _INT),
+    "images": MetricSpec(
+        UNIT_NONE,
+        "Images (and backing layers) reported by this run, failed ones included; the record "
+        "about qemu processes --running could not inspect is not an image.",
+        _INT,
+    ),
 }
+
+# The `path` of the record about qemu processes --running could not inspect: not a path (no
+# file can be named so by the scan), and not an image (qcow2_images does not count it).
+RUNNING_PROCESSES = "(running qemu processes)"
 
 INFO_METRIC = "image_info"
 HEALTH_REASON_METRIC = "health_reason"
@@ -250,6 +270,11 @@ class ImageRecord:
     def label_path(self) -> str:
         """The value of the `path` label: never empty, even for a glob that matched nothing."""
         return self.canonical or self.path or self.name or self.target
+
+    @property
+    def is_image(self) -> bool:
+        """False for the record about qemu processes that could not be inspected."""
+        return not (self.path is None and self.target == RUNNING_PROCESSES)
 
     @property
     def identity(self) -> Labels:
@@ -388,7 +413,7 @@ class FilesystemFigures:
     mountpoint: str
     size: int
     free: int
-    image_end_offsets: int
+    end_offsets: int  # summed end_offset: the live figure where it is ahead
     virtual_sizes: int
     images: int
 
@@ -398,9 +423,10 @@ class FilesystemFigures:
 
 
 def filesystems(collection: Collection) -> list[FilesystemFigures]:
-    """Per filesystem (mount point): its size and free space, and the summed end offsets and
-    virtual sizes of the top images (depth 0) on it, sorted by mount point. Backing layers are
-    not summed: they never grow, and --chain must not change the figures."""
+    """Per filesystem (mount point): its size and free space, and the summed end offsets (live
+    when ahead) and virtual sizes of the top images (depth 0) on it, sorted by mount point.
+    Backing layers are not summed: they never grow, and --chain must not change the figures.
+    Only the images of `collection` are summed: the figures depend on the targets given."""
     found: dict[str, FilesystemFigures] = {}
     for record in collection.records:
         usage = record.usage
@@ -413,7 +439,7 @@ def filesystems(collection: Collection) -> list[FilesystemFigures]:
                                                     0, 0, 0))
         found[mount] = replace(
             before,
-            image_end_offsets=before.image_end_offsets + usage.image_end_offset,
+            end_offsets=before.end_offsets + usage.end_offset,
             virtual_sizes=before.virtual_sizes + usage.virtual_size,
             images=before.images + 1,
         )
@@ -425,7 +451,7 @@ def filesystem_metrics(figures: FilesystemFigures) -> list[Metric]:
     return [_metric(name, value, labels) for name, value in (
         ("filesystem_size_bytes", figures.size),
         ("filesystem_free_bytes", figures.free),
-        ("filesystem_image_end_offset_bytes", figures.image_end_offsets),
+        ("filesystem_end_offset_bytes", figures.end_offsets),
         ("filesystem_virtual_size_bytes", figures.virtual_sizes),
         ("filesystem_overcommit_ratio", figures.overcommit_ratio),
     )]
@@ -436,7 +462,7 @@ def collection_metrics(collection: Collection) -> list[Metric]:
     return [
         _metric("collector_duration_seconds", collection.duration_seconds, ()),
         _metric("last_success_timestamp_seconds", collection.timestamp, ()),
-        _metric("images", len(collection.records), ()),
+        _metric("images", sum(record.is_image for record in collection.records), ()),
     ]
 
 
