@@ -12,7 +12,8 @@ rebased. Fields are the metrics of :func:`collectors.metrics.image_metrics` unde
 names as in every adapter, every descriptive label of :func:`collectors.metrics.info_labels`
 as a string field (``depth`` an integer), and ``health_reasons``, the health rules that applied.
 Flags (in_use, dirty, ...) are integers 0/1. One point per filesystem holding image files in
-measurement ``qcow2_filesystem``, tagged ``mountpoint``.
+measurement ``qcow2_filesystem``, tagged ``mountpoint``: its sums cover only the images this
+run was given.
 A target that fails is still a point (``scrape_error=1i`` and an ``error`` string) and an
 ``E! [inputs.qcow2] ...`` line on stderr, which Telegraf logs at error level; the exit status
 stays 0 so that Telegraf keeps the other images' points (exec discards stdout on failure).
@@ -99,6 +100,9 @@ _EPILOG = """\
 examples:
   qcow2-telegraf /var/lib/libvirt/images --chain
   qcow2-telegraf --running --check '/srv/vm/*.qcow2'
+
+The qcow2_filesystem sums (end offsets, virtual sizes, overcommit ratio) cover only the
+images the TARGETs (and --running) name: give a filesystem's whole image directory.
 
 exit codes: 0 points written (a target that cannot be analysed is still a point, with
 scrape_error=1i, and an E! line on stderr); 1 stdout closed (Telegraf went away);
