@@ -56,7 +56,6 @@ COUNTER = "counter"
 _INT, _FLOAT = int, float
 
 
-# The per-filesystem sums depend on which targets were passed.
 _RUN_SCOPE = ("Covers only the images this run was given (its targets, and --running): "
               "images on the filesystem that no target names are not summed.")
 
@@ -210,12 +209,9 @@ METRICS: dict[str, MetricSpec] = {
     "last_success_timestamp_seconds": MetricSpec(
         UNIT_SECONDS, "Unix time the collector last completed a run.", _FLOAT
     ),
-    "images": MetricSpec(
-        UNIT_NONE,
-        "Images (and backing layers) reported by this run, failed ones included; the record "
-        "about qemu processes --running could not inspect is not an image.",
-        _INT,
-    ),
+    "images": MetricSpec(UNIT_NONE, "Images (and backing layers) reported by this run, failed "
+                         "ones included; the record about qemu processes --running could not "
+                         "inspect is not an image.", _INT),
 }
 
 # The `path` of the record about qemu processes --running could not inspect: not a path (no
