@@ -142,9 +142,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     cases = build_cases(d)
     busy = d / "lazy-busy.qcow2"
     make_image(busy, "16M", options=["lazy_refcounts=on"])
+    # qemu-io's sleep is in milliseconds: 10 minutes, for both modes' runs on a loaded machine
+    # (a clean exit would clear the dirty bit); killed as soon as the runs are done.
     holder = subprocess.Popen(
-        [require_binary("qemu-io"), "-f", "qcow2", "-c", "write -P 3 0 1M", "-c", "sleep 20000",
-         str(busy)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [require_binary("qemu-io"), "-f", "qcow2", "-c", "write -P 3 0 1M", "-c",
+         "sleep 600000", str(busy)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         run(["sh", "-c", f"for i in $(seq 100); do "
              f"[ $(od -An -j{OFF_INCOMPATIBLE + 7} -N1 -tu1 '{busy}') -ne 0 ] && exit 0; "
@@ -152,6 +154,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         # Dirty while in use with lazy refcounts: OK, with a note.
         cases["dirty-in-use"] = Case(busy, OK, "dirty-in-use")
         outputs = {mode: _run_adapters(cases, extra) for mode, extra in MODES.items()}
+        assert holder.poll() is None, "the in-use case was not held for all runs"
     finally:
         holder.kill()
         holder.wait(10)
