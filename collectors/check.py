@@ -30,7 +30,7 @@ from .container import held_for_writing
 from .errors import Qcow2Error
 from .findings import Tally, finding
 from .image import Qcow2Image, Snapshot
-from .model import CheckResult
+from .model import CheckResult, Finding
 from .refcount import OnDiskRefcounts
 from .references import U64, ReferenceCounts, u64
 from .tablewalk import TableWalk
@@ -231,6 +231,8 @@ class _Check:
         h = self.h
         tally = self.tally
         findings, total = tally.ordered()
+        if h.dirty and h.lazy_refcounts:
+            findings = _as_lazy_debt(findings)
         notes: list[str] = []
         if h.dirty:
             notes.append("dirty bit set: on-disk refcounts are not up to date (lazy "
@@ -254,6 +256,23 @@ class _Check:
             dirty_bit=h.dirty,
             notes=tuple(notes),
         )
+
+
+# A dirty lazy-refcounts image: the refcounts qemu had not written yet show up as refcount
+# errors, leaks and OFLAG_COPIED mismatches. They are the expected debt, not corruption (the
+# health policy's `dirty` rule): the catalogue's advice for real refcount damage would
+# contradict it. qemu-img check's figures and exit code stay as qemu's.
+LAZY_DEBT_KINDS = frozenset({"refcount-too-low", "leak", "copied-flag"})
+ADVICE_LAZY_DEBT = (
+    "Dirty lazy-refcounts image: these refcount differences are the expected lazy-refcount "
+    "debt, not corruption; qemu repairs them when it next opens the image read-write (or run "
+    "`qemu-img check -r all` on the stopped VM)."
+)
+
+
+def _as_lazy_debt(findings: list[Finding]) -> list[Finding]:
+    return [replace(f, advice=ADVICE_LAZY_DEBT) if f.kind in LAZY_DEBT_KINDS else f
+            for f in findings]
 
 
 def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:

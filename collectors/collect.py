@@ -15,18 +15,19 @@ from .discovery import Target, canonical_path, dedupe_targets, expand_targets, s
 from .errors import INTERNAL, IO_ERROR, Qcow2Error
 from .health import Policy, assess, broken_layer
 from .live import NO_LIVE_SOURCES, LiveSources, LiveView, no_live_source_note, start_live
-from .metrics import Collection, ImageRecord
+from .metrics import RUNNING_PROCESSES, Collection, ImageRecord
 from .model import (
     DEFAULT_MAX_DEPTH,
     CheckResult,
     UsageResult,
 )
+from .units import counted
 
 AnalyzeFn = Callable[..., UsageResult]
 CheckFn = Callable[..., CheckResult]
 
 # The target (and `path` label) of the error about qemu processes --running could not inspect.
-RUNNING_TARGET = "--running"
+RUNNING_TARGET = RUNNING_PROCESSES
 
 
 def _analyze_fn() -> AnalyzeFn:
@@ -172,8 +173,9 @@ def _run_notes(records: Sequence[ImageRecord], live: Optional[LiveView]) -> tupl
                if r.usage is not None and r.usage.in_use and r.usage.live_end_offset is None]
     if live is None or not lagging:
         return ()
-    return (f"{len(lagging)} image(s) held for writing by a running qemu have only on-disk "
-            f"figures, which may lag; {no_live_source_note(live.libvirt_note)}",)
+    held = counted(len(lagging), "image") + (" is" if len(lagging) == 1 else " are")
+    return (f"{held} held for writing by a running qemu with only on-disk figures, which may "
+            f"lag; {no_live_source_note(live.libvirt_note)}",)
 
 
 def _uninspected_record(pids: Sequence[int]) -> ImageRecord:
@@ -181,7 +183,8 @@ def _uninspected_record(pids: Sequence[int]) -> ImageRecord:
     # this run, reported like an image that could not be read.
     shown = ", ".join(str(pid) for pid in pids[:10]) + (", ..." if len(pids) > 10 else "")
     error = Qcow2Error(
-        f"{len(pids)} qemu process(es) not inspectable by this user (pid {shown}): their images "
+        f"{counted(len(pids), 'qemu process', 'qemu processes')} not inspectable by this user "
+        f"(pid {shown}): their images "
         "are not reported; let libvirt answer (read-only socket) or run as root",
         structure="running qemu processes", kind=IO_ERROR, filename=None,
     )

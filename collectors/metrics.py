@@ -56,6 +56,10 @@ COUNTER = "counter"
 _INT, _FLOAT = int, float
 
 
+_RUN_SCOPE = ("Covers only the images this run was given (its targets, and --running): "
+              "images on the filesystem that no target names are not summed.")
+
+
 class MetricSpec(NamedTuple):
     unit: str
     help: str
@@ -181,16 +185,22 @@ METRICS: dict[str, MetricSpec] = {
         UNIT_BYTES, "Bytes the filesystem can still give (what an unprivileged writer gets).",
         _INT,
     ),
-    "filesystem_image_end_offset_bytes": MetricSpec(
-        UNIT_BYTES, "Sum of the image end offsets of the top images on the filesystem.", _INT
+    "filesystem_end_offset_bytes": MetricSpec(
+        UNIT_BYTES,
+        "Sum of the end offsets (live when ahead of the on-disk figure) of the top images on "
+        "the filesystem that this run looked at. " + _RUN_SCOPE,
+        _INT,
     ),
     "filesystem_virtual_size_bytes": MetricSpec(
-        UNIT_BYTES, "Sum of the virtual sizes of the top images on the filesystem.", _INT
+        UNIT_BYTES,
+        "Sum of the virtual sizes of the top images on the filesystem that this run looked at. "
+        + _RUN_SCOPE,
+        _INT,
     ),
     "filesystem_overcommit_ratio": MetricSpec(
         UNIT_RATIO,
-        "Summed virtual sizes of the top images on the filesystem / filesystem size: above 1 "
-        "the guests can fill it.",
+        "Summed virtual sizes of the top images on the filesystem that this run looked at / "
+        "filesystem size: above 1 the guests can fill it. " + _RUN_SCOPE,
         _FLOAT,
     ),
     "collector_duration_seconds": MetricSpec(
@@ -199,19 +209,28 @@ METRICS: dict[str, MetricSpec] = {
     "last_success_timestamp_seconds": MetricSpec(
         UNIT_SECONDS, "Unix time the collector last completed a run.", _FLOAT
     ),
-    "images": MetricSpec(UNIT_NONE, "Images (and backing layers) reported by this run.", _INT),
+    "images": MetricSpec(UNIT_NONE, "Images (and backing layers) reported by this run, failed "
+                         "ones included; the record about qemu processes --running could not "
+                         "inspect is not an image.", _INT),
 }
+
+# The `path` of the record about qemu processes --running could not inspect: not a path (no
+# file can be named so by the scan), and not an image (qcow2_images does not count it).
+RUNNING_PROCESSES = "(running qemu processes)"
 
 INFO_METRIC = "image_info"
 HEALTH_REASON_METRIC = "health_reason"
 FILESYSTEM_LABEL = "mountpoint"
 
 # One disk, one series: the canonical path is the only identity label of a per-image series.
+# Every other label of the info series is descriptive: Prometheus keeps them on
+# qcow2_image_info only; line protocol carries them as fields, because in InfluxDB every tag
+# is part of the series key and these change while the disk stays the same (a VM restart gives
+# a new domain/disk name, qemu-img amend / rebase change lazy_refcounts / backing_file, a
+# damaged image loses them all).
 IDENTITY_LABELS = ("path",)
-# Labels of the info series that describe how the disk was reached or measured this run, not
-# what it is: they change without the disk changing, so line protocol carries them as fields
-# (a tag would start a new series) and Prometheus only on qcow2_image_info.
-INFO_FIELD_LABELS = ("depth", "status", "end_offset_source", "name", "backing_name")
+# Info labels whose field in line protocol is an integer (all others are strings).
+INTEGER_INFO_LABELS = ("depth",)
 
 
 @dataclass(frozen=True)
@@ -247,6 +266,11 @@ class ImageRecord:
     def label_path(self) -> str:
         """The value of the `path` label: never empty, even for a glob that matched nothing."""
         return self.canonical or self.path or self.name or self.target
+
+    @property
+    def is_image(self) -> bool:
+        """False for the record about qemu processes that could not be inspected."""
+        return not (self.path is None and self.target == RUNNING_PROCESSES)
 
     @property
     def identity(self) -> Labels:
@@ -385,7 +409,7 @@ class FilesystemFigures:
     mountpoint: str
     size: int
     free: int
-    image_end_offsets: int
+    end_offsets: int  # summed end_offset: the live figure where it is ahead
     virtual_sizes: int
     images: int
 
@@ -395,9 +419,10 @@ class FilesystemFigures:
 
 
 def filesystems(collection: Collection) -> list[FilesystemFigures]:
-    """Per filesystem (mount point): its size and free space, and the summed end offsets and
-    virtual sizes of the top images (depth 0) on it, sorted by mount point. Backing layers are
-    not summed: they never grow, and --chain must not change the figures."""
+    """Per filesystem (mount point): its size and free space, and the summed end offsets (live
+    when ahead) and virtual sizes of the top images (depth 0) on it, sorted by mount point.
+    Backing layers are not summed: they never grow, and --chain must not change the figures.
+    Only the images of `collection` are summed: the figures depend on the targets given."""
     found: dict[str, FilesystemFigures] = {}
     for record in collection.records:
         usage = record.usage
@@ -410,7 +435,7 @@ def filesystems(collection: Collection) -> list[FilesystemFigures]:
                                                     0, 0, 0))
         found[mount] = replace(
             before,
-            image_end_offsets=before.image_end_offsets + usage.image_end_offset,
+            end_offsets=before.end_offsets + usage.end_offset,
             virtual_sizes=before.virtual_sizes + usage.virtual_size,
             images=before.images + 1,
         )
@@ -422,7 +447,7 @@ def filesystem_metrics(figures: FilesystemFigures) -> list[Metric]:
     return [_metric(name, value, labels) for name, value in (
         ("filesystem_size_bytes", figures.size),
         ("filesystem_free_bytes", figures.free),
-        ("filesystem_image_end_offset_bytes", figures.image_end_offsets),
+        ("filesystem_end_offset_bytes", figures.end_offsets),
         ("filesystem_virtual_size_bytes", figures.virtual_sizes),
         ("filesystem_overcommit_ratio", figures.overcommit_ratio),
     )]
@@ -433,7 +458,7 @@ def collection_metrics(collection: Collection) -> list[Metric]:
     return [
         _metric("collector_duration_seconds", collection.duration_seconds, ()),
         _metric("last_success_timestamp_seconds", collection.timestamp, ()),
-        _metric("images", len(collection.records), ()),
+        _metric("images", sum(record.is_image for record in collection.records), ()),
     ]
 
 

@@ -88,7 +88,9 @@ thresholds:
     --warning-headroom 20G --critical-headroom 5G
   --warning-overcommit/--critical-overcommit take ranges on each filesystem's overcommit
   ratio, summed virtual sizes of its images / filesystem size: -w ... --warning-overcommit 1.5
-  warns when the guests could write 1.5 times what the filesystem holds.
+  warns when the guests could write 1.5 times what the filesystem holds. The sums cover
+  only the images this check was given (-f targets, --running): give every image of the
+  filesystem (e.g. its directory) for a ratio that means the whole filesystem.
 
 health: one policy for every adapter (qcow2-telegraf and qcow2-textfile export it as the
   health figure): each rule's state can be changed with its --RULE-state option below.

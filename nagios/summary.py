@@ -29,6 +29,12 @@ def _image_name(record: ImageRecord) -> str:
     return clean_text(record.label_path)
 
 
+def _named(record: ImageRecord, text: str) -> str:
+    """`text` about `record`, after its name; the record about uninspectable qemu processes
+    is no image and its text names it already."""
+    return f"{_image_name(record)}: {text}" if record.is_image else text
+
+
 def _details(record: ImageRecord) -> list[str]:
     """-v: what the image is, its notes and the check totals."""
     parts = [f"note: {note.text}" for note in record.health.notes]
@@ -97,7 +103,8 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
         if record.depth else ""
     # A raw base or a json:/nbd: layer is reported, not analysed (model.LAYER_*).
     text = "; ".join(clean_text(part) for part in parts) or f"{record.status}, not analysed"
-    lines = [f"{STATE_NAMES[verdict.state]}: {_image_name(record)}{where}: {text}"]
+    name = f"{_image_name(record)}{where}: " if record.is_image else ""
+    lines = [f"{STATE_NAMES[verdict.state]}: {name}{text}"]
     if verbosity >= 2:
         lines.extend(_findings(record))
     return "\n".join(lines)
@@ -106,7 +113,7 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
 def filesystem_line(verdict: FilesystemVerdict) -> str:
     fs = verdict.figures
     text = (
-        f"overcommit {percent_text(fs.overcommit_ratio)} ({fs.images} images, virtual "
+        f"overcommit {percent_text(fs.overcommit_ratio)} ({counted(fs.images, 'image')}, virtual "
         f"{human_size(fs.virtual_sizes)} on {human_size(fs.size)}, free {human_size(fs.free)})"
     )
     texts = [text, *(problem.text for problem in verdict.problems)]
@@ -142,19 +149,19 @@ def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict
     if state == 0:
         return _ok_summary(verdicts)
     # Worst first, then in the collector's (stable) order; filesystems after images.
-    bad = [(v.state, _image_name(v.record), v.problems) for v in verdicts if v.state != 0]
+    bad = [(v.state, _named(v.record, ", ".join(p.text for p in v.problems)), v.record.is_image)
+           for v in verdicts if v.state != 0]
     bad.sort(key=lambda item: -_severity(item[0]))
-    bad_images = len(bad)
-    bad += [(f.state, "filesystem " + f.figures.mountpoint, f.problems)
+    bad_images = sum(is_image for _, _, is_image in bad)
+    bad += [(f.state, f"filesystem {f.figures.mountpoint}: "
+             + ", ".join(p.text for p in f.problems), False)
             for f in filesystems if f.state != 0]
-    shown = "; ".join(
-        f"{name}: {', '.join(p.text for p in problems)}"
-        for _, name, problems in bad[:MAX_IMAGES_IN_SUMMARY]
-    )
+    shown = "; ".join(text for _, text, _ in bad[:MAX_IMAGES_IN_SUMMARY])
     if len(bad) > MAX_IMAGES_IN_SUMMARY:
         shown += f"; +{len(bad) - MAX_IMAGES_IN_SUMMARY} more"
-    if len(verdicts) > 1 and bad_images:
-        shown = f"{bad_images} of {len(verdicts)} images: {shown}"
+    images = sum(v.record.is_image for v in verdicts)
+    if images > 1 and bad_images:
+        shown = f"{bad_images} of {images} images: {shown}"
     return clean_text(shown)
 
 

@@ -16,14 +16,14 @@ command -v nagios4 >/dev/null || missing+=(nagios4-core)
 command -v losetup >/dev/null || missing+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # Live usage (tests/test_live.py): a real libvirtd running TCG domains, plain qemu with QMP,
-# and Debian's python3 with psutil, jinja2 and prometheus_client for the runs as an
-# unprivileged user.
+# and Debian's python3 with psutil, jinja2, prometheus_client and numpy (--check) for the runs
+# as an unprivileged user (tests/test_live.py, tests/test_health.py).
 command -v libvirtd >/dev/null || missing+=(libvirt-daemon libvirt-daemon-driver-qemu)
 command -v virsh >/dev/null || missing+=(libvirt-clients)
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v runuser >/dev/null || missing+=(util-linux)
-/usr/bin/python3 -c 'import psutil, jinja2, prometheus_client' 2>/dev/null \
-    || missing+=(python3-psutil python3-jinja2 python3-prometheus-client)
+/usr/bin/python3 -c 'import psutil, jinja2, prometheus_client, numpy' 2>/dev/null \
+    || missing+=(python3-psutil python3-jinja2 python3-prometheus-client python3-numpy)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

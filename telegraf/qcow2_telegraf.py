@@ -5,14 +5,15 @@ For Telegraf's ``[[inputs.exec]]`` (one batch per run, ``data_format = "influx"`
 exit at EOF). Snippets: telegraf/qcow2-exec.conf (Telegraf >= 1.39),
 qcow2-exec-legacy.conf (<= 1.38) and qcow2-execd.conf.
 
-One point per image (and per backing layer with --chain) in measurement ``qcow2``: tags are the
-disk's identity (its canonical path) and the labels that describe what it is
-(:func:`collectors.metrics.info_labels`); fields are the metrics of
-:func:`collectors.metrics.image_metrics` under the same names as in every adapter, plus the
-info labels that change with how the disk was reached (``depth``, ``status``, ``name``, ...: as
-tags they would start a new series) and ``health_reasons``, the health rules that applied.
+One point per image (and per backing layer with --chain) in measurement ``qcow2``. In InfluxDB
+every tag is part of the series key, so the only tag is the disk's identity, ``path`` (its
+canonical path): one disk, one series, whether it is healthy or broken, restarted, amended or
+rebased. Fields are the metrics of :func:`collectors.metrics.image_metrics` under the same
+names as in every adapter, every descriptive label of :func:`collectors.metrics.info_labels`
+as a string field (``depth`` an integer), and ``health_reasons``, the health rules that applied.
 Flags (in_use, dirty, ...) are integers 0/1. One point per filesystem holding image files in
-measurement ``qcow2_filesystem``, tagged ``mountpoint``.
+measurement ``qcow2_filesystem``, tagged ``mountpoint``: its sums cover only the images this
+run was given.
 A target that fails is still a point (``scrape_error=1i`` and an ``error`` string) and an
 ``E! [inputs.qcow2] ...`` line on stderr, which Telegraf logs at error level; the exit status
 stays 0 so that Telegraf keeps the other images' points (exec discards stdout on failure).
@@ -29,8 +30,9 @@ from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from qcow2_monitor.collectors.metrics import (
     FILESYSTEM_LABEL,
     HEALTH_REASON_METRIC,
-    INFO_FIELD_LABELS,
+    IDENTITY_LABELS,
     INFO_METRIC,
+    INTEGER_INFO_LABELS,
     Collection,
     ImageRecord,
     error_text,
@@ -56,11 +58,12 @@ def record_point(record: ImageRecord) -> tuple[str, list[str]]:
     problems: list[str] = []
     for metric in image_metrics(record):
         if metric.name == INFO_METRIC:
-            # Identity + what the disk is as tags (Telegraf's idiom); how it was reached as
-            # fields, so that a new overlay or a status change keeps the series.
-            tags = [(k, v) for k, v in metric.labels if k not in INFO_FIELD_LABELS]
-            fields += [(k, int(v) if k == "depth" else v)
-                       for k, v in metric.labels if k in INFO_FIELD_LABELS]
+            # One disk, one series: the identity (the canonical path) is the only tag; every
+            # descriptive label is a field, so that a restart, an amend, a rebase or damage
+            # keeps the series.
+            tags = [(k, v) for k, v in metric.labels if k in IDENTITY_LABELS]
+            fields += [(k, int(v) if k in INTEGER_INFO_LABELS else v)
+                       for k, v in metric.labels if k not in IDENTITY_LABELS]
         elif metric.name == HEALTH_REASON_METRIC:
             continue  # one field per rule would be sparse: health_reasons carries them all
         elif representable(metric.value):
@@ -97,6 +100,9 @@ _EPILOG = """\
 examples:
   qcow2-telegraf /var/lib/libvirt/images --chain
   qcow2-telegraf --running --check '/srv/vm/*.qcow2'
+
+The qcow2_filesystem sums (end offsets, virtual sizes, overcommit ratio) cover only the
+images the TARGETs (and --running) name: give a filesystem's whole image directory.
 
 exit codes: 0 points written (a target that cannot be analysed is still a point, with
 scrape_error=1i, and an E! line on stderr); 1 stdout closed (Telegraf went away);

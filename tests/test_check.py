@@ -189,6 +189,38 @@ def test_dirty_lazy_image_end_offset(tmp_path: Path) -> None:
     assert usage.image_end_offset_source == "check"
 
 
+def test_idle_dirty_lazy_image_advice_follows_the_health_policy(tmp_path: Path) -> None:
+    """qcow2-analyze check on a dirty lazy-refcounts image no qemu holds: qemu-img's figures and
+    exit code (2), but the advice names the expected lazy-refcount debt, not damage."""
+    path = tmp_path / "lazy-idle.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", str(path), "16M"])
+    subprocess.run([QEMU_IO, "-c", "write -P 5 0 1M", "-c", "sigraise 9", str(path)],
+                   capture_output=True, check=False)
+    assert read_header(path)["incompatible_features"] & 1
+    qemu, qemu_code = qemu_check(["-f", "qcow2", str(path)])
+    ours, our_code = ours_json(path)
+    assert_same(ours, qemu)
+    assert our_code == qemu_code == 2 and qemu["corruptions"] > 0
+    code, out, _ = _cli(["check", str(path)])
+    assert code == 2 and f"{qemu['corruptions']} errors were found on the image." in out
+    advice = out.split("\nAdvice:\n", 1)[1]
+    assert "expected lazy-refcount debt" in advice and "qemu repairs them when it next opens" \
+        in advice and "qemu-img check -r all" in advice
+    assert "take a backup" not in out and "Refcount error" not in out
+    code, out, _ = _cli(["check", "--output", "json", str(path)])
+    findings = json.loads(out)["findings"]
+    assert findings and all("lazy-refcount debt" in f["advice"] for f in findings)
+    # The same kinds of finding on an image that is not dirty keep the catalogue's advice.
+    clean = tmp_path / "refcount.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(clean), "16M"])
+    run([QEMU_IO, "-c", "write 0 64k", str(clean)])
+    table = read_header(clean)["refcount_table_offset"]
+    block = int.from_bytes(clean.read_bytes()[table:table + 8], "big")
+    patch_u64(clean, block, 0)  # refcount of cluster 0 (the header) and 1..3 -> 0
+    code, out, _ = _cli(["check", str(clean)])
+    assert code == 2 and "Refcount error: take a backup" in out, out
+
+
 def test_luks_without_key_equals_qemu_with_key(corpus: list[CorpusImage]) -> None:
     luks = [img for img in corpus if img.has("luks")]
     assert luks

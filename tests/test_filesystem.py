@@ -70,8 +70,8 @@ def test_usage_and_headroom_are_the_filesystems(full_tmpfs: Path) -> None:
     assert (fs.mountpoint, fs.size, fs.free, fs.images) == (
         str(full_tmpfs), used + available, available, IMAGES)
     assert fs.virtual_sizes == IMAGES * 64 * MiB
-    assert fs.image_end_offsets == sum(r.usage.image_end_offset for r in collection.records
-                                       if r.usage is not None)
+    assert fs.end_offsets == sum(r.usage.end_offset for r in collection.records
+                                 if r.usage is not None)
     assert fs.overcommit_ratio == IMAGES * 64 * MiB / (used + available)
 
     # Every image is as full as its filesystem: -c 90 is CRITICAL (the file's own size would say

@@ -10,7 +10,9 @@ case says.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -44,8 +46,19 @@ ALERT_BY_STATE = {CRITICAL: "Qcow2ImageCritical", WARNING: "Qcow2ImageWarning",
 @dataclass(frozen=True)
 class Case:
     image: Path
-    state: int  # by hand, from the rules
+    state: int  # by hand, from the rules (with --check)
     rule: Optional[str]  # the rule that decides it (None: healthy)
+    # Without --check, when it differs: corruptions and leaks are only found by the check.
+    plain: Optional[tuple[int, Optional[str]]] = None
+
+    def expected(self, mode: str) -> tuple[int, Optional[str]]:
+        if mode == "default" and self.plain is not None:
+            return self.plain
+        return self.state, self.rule
+
+
+MODES = {"check": ["--check"], "default": []}
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: nobody cannot reach the venv's (under /root)
 
 
 def _lazy_dirty(path: Path) -> Path:
@@ -75,13 +88,13 @@ def build_cases(d: Path) -> dict[str, Case]:
     data = next(iter(active_l2_entries(corruptions))).entry & L2E_OFFSET_MASK
     set_refcount(corruptions, data // 65536, 0)
     assert _qemu_check_exit(corruptions) == 2
-    cases["corruptions"] = Case(corruptions, CRITICAL, "corruptions")
+    cases["corruptions"] = Case(corruptions, CRITICAL, "corruptions", plain=(OK, None))
 
     # The header cluster counted twice, referenced once: a leak only (qemu-img check exit 3).
     leaks = make_image(d / "leaks.qcow2", "16M", write=["write 0 1M"])
     set_refcount(leaks, 0, 2)
     assert _qemu_check_exit(leaks) == 3
-    cases["leaks"] = Case(leaks, WARNING, "leaks")
+    cases["leaks"] = Case(leaks, WARNING, "leaks", plain=(OK, None))
 
     # Refcount table entry not cluster aligned: the metadata is there but damaged.
     damaged = make_image(d / "damaged.qcow2", "16M")
@@ -129,86 +142,186 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     cases = build_cases(d)
     busy = d / "lazy-busy.qcow2"
     make_image(busy, "16M", options=["lazy_refcounts=on"])
+    # qemu-io's sleep is in milliseconds: 10 minutes, for both modes' runs on a loaded machine
+    # (a clean exit would clear the dirty bit); killed as soon as the runs are done.
     holder = subprocess.Popen(
-        [require_binary("qemu-io"), "-f", "qcow2", "-c", "write -P 3 0 1M", "-c", "sleep 20000",
-         str(busy)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [require_binary("qemu-io"), "-f", "qcow2", "-c", "write -P 3 0 1M", "-c",
+         "sleep 600000", str(busy)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         run(["sh", "-c", f"for i in $(seq 100); do "
              f"[ $(od -An -j{OFF_INCOMPATIBLE + 7} -N1 -tu1 '{busy}') -ne 0 ] && exit 0; "
              "sleep 0.1; done; exit 1"])
         # Dirty while in use with lazy refcounts: OK, with a note.
         cases["dirty-in-use"] = Case(busy, OK, "dirty-in-use")
-        images = [str(case.image) for case in cases.values()]
-        plugin = {name: subprocess.run([str(BIN / "check_qcow2"), "-f", str(case.image),
-                                        "--check", "-v"], capture_output=True, text=True,
-                                       timeout=120)
-                  for name, case in cases.items()}
-        textfile = subprocess.run([str(BIN / "qcow2-textfile"), "-o", "-", "--check", *images],
-                                  capture_output=True, text=True, timeout=120)
-        telegraf = subprocess.run([str(BIN / "qcow2-telegraf"), "--check", *images],
-                                  capture_output=True, text=True, timeout=120)
+        outputs = {mode: _run_adapters(cases, extra) for mode, extra in MODES.items()}
+        assert holder.poll() is None, "the in-use case was not held for all runs"
     finally:
         holder.kill()
         holder.wait(10)
+    yield {"cases": cases, "dir": d, **outputs}
+
+
+def _run_adapters(cases: dict[str, Case], extra: list[str]) -> dict[str, Any]:
+    """check_qcow2 per image, one qcow2-textfile and one qcow2-telegraf run over all."""
+    images = [str(case.image) for case in cases.values()]
+    plugin = {name: subprocess.run([str(BIN / "check_qcow2"), "-f", str(case.image), *extra,
+                                    "-v"], capture_output=True, text=True, timeout=120)
+              for name, case in cases.items()}
+    textfile = subprocess.run([str(BIN / "qcow2-textfile"), "-o", "-", *extra, *images],
+                              capture_output=True, text=True, timeout=120)
+    telegraf = subprocess.run([str(BIN / "qcow2-telegraf"), *extra, *images],
+                              capture_output=True, text=True, timeout=120)
     assert textfile.returncode == 0, textfile.stderr
     assert telegraf.returncode == 0, telegraf.stderr
-    yield {"cases": cases, "plugin": plugin, "textfile": textfile.stdout,
-           "telegraf": telegraf.stdout, "dir": d}
+    return {"plugin": plugin, "textfile": textfile.stdout, "telegraf": telegraf.stdout}
 
 
-def test_check_qcow2_states(runs: dict[str, Any]) -> None:
+Expected = dict[str, tuple[Path, int, Optional[str]]]  # case -> (image, state, rule)
+
+
+def _expected(runs: dict[str, Any], mode: str) -> Expected:
+    return {name: (case.image, *case.expected(mode)) for name, case in runs["cases"].items()}
+
+
+def _assert_agree(out: dict[str, Any], expected: Expected) -> None:
+    """check_qcow2's exit state, qcow2_health + qcow2_health_reason and Telegraf's health field
+    all equal the expected state of each image, and the deciding rule is among the reasons."""
+    samples = textfile_samples(out["textfile"])
+    prom_health = {labels["path"]: int(value) for name, labels, value in samples
+                   if name == "qcow2_health"}
+    prom_rules = {(labels["path"], labels["rule"]): int(value) for name, labels, value in samples
+                  if name == "qcow2_health_reason"}
+    lines = [parse_line(line) for line in out["telegraf"].splitlines()
+             if line.startswith("qcow2,")]
+    influx_health = {tags["path"]: fields["health"] for tags, fields in lines}
+    for name, (image, state, rule) in expected.items():
+        assert out["plugin"][name].returncode == state, (name, out["plugin"][name].stdout)
+        path = str(image.resolve())
+        assert prom_health[path] == influx_health[path] == state, name
+        if rule is not None:
+            assert (path, rule) in prom_rules, (name, prom_rules)
+        reasons = {r: value for (p, r), value in prom_rules.items() if p == path}
+        worst = max(reasons.values(), key=SEVERITY.__getitem__, default=OK)
+        assert worst == state, (name, reasons)
+
+
+def _assert_alerts_follow(out: dict[str, Any], expected: Expected, tmp_path: Path) -> None:
+    """The shipped alert rules (promtool test rules) on the textfile's samples fire exactly
+    the alerts of each image's reasons, and its worst alert is check_qcow2's exit state."""
+    samples = [s for s in textfile_samples(out["textfile"])
+               if s[0] in ("qcow2_health", "qcow2_health_reason")]
+    alerts: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for name, labels, value in samples:
+        if name == "qcow2_health_reason" and int(value) in ALERT_BY_STATE:
+            alerts.setdefault(ALERT_BY_STATE[int(value)], []).append((labels, value))
+    for case_name, (image, _, _) in expected.items():
+        path = str(image.resolve())
+        fired = [state for state, alert in ALERT_BY_STATE.items()
+                 for labels, _ in alerts.get(alert, []) if labels["path"] == path]
+        assert max(fired, key=SEVERITY.__getitem__, default=OK) == \
+            out["plugin"][case_name].returncode, case_name
+    promtool_test(tmp_path, samples, alerts)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_check_qcow2_states(runs: dict[str, Any], mode: str) -> None:
     for name, case in runs["cases"].items():
-        proc = runs["plugin"][name]
-        assert proc.returncode == case.state, (name, proc.stdout)
+        proc = runs[mode]["plugin"][name]
+        assert proc.returncode == case.expected(mode)[0], (name, proc.stdout)
     # The texts operators read.
-    out = {name: proc.stdout for name, proc in runs["plugin"].items()}
+    out = {name: proc.stdout for name, proc in runs[mode]["plugin"].items()}
     gone = runs["dir"] / "gone.qcow2"  # make_image writes the absolute name
     assert f"backing file '{gone}' (depth 1) not found" in out["backing-missing"]
     assert "loops back into the chain" in out["backing-loop"]
     assert "is not qcow2" in out["backing-not-qcow2"]
     assert "unreadable" in out["backing-unreadable"]
     assert "not cluster aligned" in out["damaged"]
-    # The check's corruptions on it are named as lazy-refcount debt, and nothing else.
-    assert re.fullmatch(r"QCOW2 WARNING - \S+: dirty, not in use: repaired by qemu on next "
-                        r"open; [1-9]\d* corruptions, \d+ leaked clusters are the expected "
-                        r"lazy-refcount debt", out["dirty-idle"].split(" | ")[0])
+    first = out["dirty-idle"].split(" | ")[0]
+    if mode == "check":
+        # The check's corruptions on it are named as lazy-refcount debt, and nothing else.
+        assert re.fullmatch(r"QCOW2 WARNING - \S+: dirty, not in use: repaired by qemu on "
+                            r"next open; [1-9]\d* corruptions, \d+ leaked clusters are the "
+                            r"expected lazy-refcount debt", first)
+    else:
+        assert re.fullmatch(r"QCOW2 WARNING - \S+: dirty, not in use: repaired by qemu on "
+                            r"next open", first)
     assert "note: dirty while in use with lazy refcounts" in out["dirty-in-use"]
 
 
-def test_textfile_and_telegraf_agree_with_check_qcow2(runs: dict[str, Any]) -> None:
-    samples = textfile_samples(runs["textfile"])
-    prom_health = {labels["path"]: int(value) for name, labels, value in samples
-                   if name == "qcow2_health"}
-    prom_rules = {(labels["path"], labels["rule"]): int(value) for name, labels, value in samples
-                  if name == "qcow2_health_reason"}
-    lines = [parse_line(line) for line in runs["telegraf"].splitlines()
-             if line.startswith("qcow2,")]
-    influx_health = {tags["path"]: fields["health"] for tags, fields in lines}
-    for name, case in runs["cases"].items():
-        path = str(case.image.resolve())
-        assert prom_health[path] == influx_health[path] == case.state, name
-        if case.rule is not None:
-            assert (path, case.rule) in prom_rules, (name, prom_rules)
-        reasons = {rule: state for (p, rule), state in prom_rules.items() if p == path}
-        worst = max(reasons.values(), key=SEVERITY.__getitem__, default=OK)
-        assert worst == case.state, (name, reasons)
+@pytest.mark.parametrize("mode", MODES)
+def test_textfile_and_telegraf_agree_with_check_qcow2(runs: dict[str, Any], mode: str) -> None:
+    _assert_agree(runs[mode], _expected(runs, mode))
 
 
-def test_alert_rules_follow_the_same_policy(runs: dict[str, Any], tmp_path: Path) -> None:
-    samples = [s for s in textfile_samples(runs["textfile"])
-               if s[0] in ("qcow2_health", "qcow2_health_reason")]
-    expected: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for name, labels, value in samples:
-        if name == "qcow2_health_reason" and int(value) in ALERT_BY_STATE:
-            expected.setdefault(ALERT_BY_STATE[int(value)], []).append((labels, value))
-    # The alerts of each image say what check_qcow2 says: its worst alert is its exit state.
-    for case_name, case in runs["cases"].items():
-        path = str(case.image.resolve())
-        fired = [state for state, alert in ALERT_BY_STATE.items()
-                 for labels, _ in expected.get(alert, []) if labels["path"] == path]
-        assert max(fired, key=SEVERITY.__getitem__, default=OK) == \
-            runs["plugin"][case_name].returncode, case_name
-    promtool_test(tmp_path, samples, expected)
+@pytest.mark.parametrize("mode", MODES)
+def test_alert_rules_follow_the_same_policy(runs: dict[str, Any], mode: str,
+                                            tmp_path: Path) -> None:
+    _assert_alerts_follow(runs[mode], _expected(runs, mode), tmp_path)
+
+
+def test_rule_states_changed_on_each_adapters_command_line(runs: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    """--RULE-state on each adapter's command line changes the state the same way in all
+    three (and in the alerts that follow)."""
+    cases = runs["cases"]
+    for options, changed in (
+        (["--check", "--leaks-state", "critical", "--dirty-state", "ok"],
+         {"leaks": (CRITICAL, "leaks"), "dirty-idle": (OK, "dirty"), "clean": (OK, None)}),
+        (["--corrupt-state", "warning", "--backing-state", "unknown", "--unknown-state",
+          "warning"],
+         {"corrupt": (WARNING, "corrupt"), "backing-missing": (UNKNOWN, "backing"),
+          "not-qcow2": (WARNING, "unknown")}),
+    ):
+        chosen = {name: cases[name] for name in changed}
+        out = _run_adapters(chosen, options)
+        expected = {name: (cases[name].image, *state) for name, state in changed.items()}
+        _assert_agree(out, expected)
+        rules_dir = tmp_path / options[-2].strip("-")
+        rules_dir.mkdir()
+        _assert_alerts_follow(out, expected, rules_dir)
+
+
+def test_permission_denied_is_unknown_everywhere(tmp_path: Path) -> None:
+    """An image the monitoring user may not read (how Nagios, Icinga and Telegraf run):
+    UNKNOWN in check_qcow2, qcow2_health 3 with rule "unknown", Telegraf health=3i."""
+    shared = Path(tempfile.mkdtemp(prefix="qcow2-perm-"))  # tmp_path is root's alone
+    try:
+        shared.chmod(0o755)
+        image = make_image(shared / "secret.qcow2", "16M")
+        image.chmod(0o600)  # root's: nobody may not open it
+        path = str(image.resolve())
+
+        def as_nobody(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={ROOT}", SYSTEM_PYTHON,
+                 "-m", f"qcow2_monitor.{module}", *args], cwd=ROOT, capture_output=True,
+                text=True, timeout=120)
+
+        for extra in MODES.values():
+            plugin = as_nobody("nagios.check_qcow2", "-f", path, *extra)
+            assert plugin.returncode == UNKNOWN, plugin.stdout + plugin.stderr
+            assert plugin.stdout.startswith(f"QCOW2 UNKNOWN - {path}: ")
+            assert "ermission denied" in plugin.stdout, plugin.stdout
+            textfile = as_nobody("node_exporter_textfile.qcow2_textfile", "-o", "-", *extra,
+                                 path)
+            assert textfile.returncode == 0, textfile.stderr
+            samples = textfile_samples(textfile.stdout)
+            assert ("qcow2_health", {"path": path}, float(UNKNOWN)) in samples
+            assert ("qcow2_health_reason", {"path": path, "rule": "unknown"},
+                    float(UNKNOWN)) in samples
+            assert ("qcow2_scrape_error", {"path": path}, 1.0) in samples
+            telegraf = as_nobody("telegraf.qcow2_telegraf", *extra, path)
+            assert telegraf.returncode == 0, telegraf.stderr
+            [(tags, fields)] = [parse_line(line) for line in telegraf.stdout.splitlines()]
+            assert tags == {"path": path}
+            assert (fields["health"], fields["scrape_error"]) == (UNKNOWN, 1)
+            assert fields["health_reasons"].startswith("unknown: ")
+        # The control: root reads the same image, and it is healthy.
+        root = subprocess.run([str(BIN / "check_qcow2"), "-f", path], capture_output=True,
+                              text=True, timeout=120)
+        assert root.returncode == OK, root.stdout
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_usage_command_fails_on_a_broken_chain(runs: dict[str, Any]) -> None:

@@ -202,7 +202,9 @@ def test_every_adapter_shows_the_live_figure(
     lines = tool("telegraf.qcow2_telegraf", *uri, vm["file"]).stdout
     assert f"live_end_offset_bytes={allocation}i" in lines
     assert f"end_offset_bytes={allocation}i" in lines
-    assert ",domain=vm1," in lines and ",disk=sda," in lines
+    # Descriptive, so fields: a VM restart must not start a new series.
+    assert ',domain="vm1",' in lines and ',disk="sda",' in lines
+    assert lines.startswith(f"qcow2,path={vm['file']} ")
 
     nagios = tool("nagios.check_qcow2", "-f", vm["file"], *uri)
     assert nagios.returncode == 0, nagios.stdout
@@ -332,14 +334,14 @@ def test_virsh_missing_libvirt_down_or_slow(tmp_path: Path, vm: dict[str, str]) 
     assert elapsed < 10, elapsed
     assert proc.returncode == 0, proc.stdout  # the on-disk figure still reports
     assert "live from" not in proc.stdout
-    assert "note: 1 image(s) held for writing" in proc.stdout
+    assert "note: 1 image is held for writing" in proc.stdout
     assert "did not answer within 5 s" in proc.stdout
 
     # Telegraf and the textfile say so on stderr (here: libvirt down), and still report.
     down = ("--libvirt-uri", f"qemu+unix:///system?socket={tmp_path}/no-such-sock")
     proc = tool("telegraf.qcow2_telegraf", *down, vm["file"])
     assert "end_offset_bytes=" in proc.stdout
-    assert "W! [inputs.qcow2] 1 image(s) held for writing" in proc.stderr
+    assert "W! [inputs.qcow2] 1 image is held for writing" in proc.stderr
     proc = tool("node_exporter_textfile.qcow2_textfile", "--output", "-", *down, vm["file"])
     assert proc.returncode == 0 and "qcow2_end_offset_bytes{" in proc.stdout
     assert "failed to connect" in proc.stderr
@@ -414,11 +416,15 @@ def test_unprivileged_running_sees_domains_and_refuses_ok_for_hidden_qemu(
                 "--running", *uri, user="nobody")
     assert proc.returncode == 0, proc.stderr
     prom = (out / "q.prom").read_text()
-    assert 'qcow2_scrape_error{path="--running"} 1' in prom
+    assert 'qcow2_scrape_error{path="(running qemu processes)"} 1' in prom
+    # Not an image: qcow2_images counts the image records only.
+    images = {line.split("{path=", 1)[1].split("}")[0] for line in prom.splitlines()
+              if line.startswith("qcow2_health{")}
+    assert f"qcow2_images {len(images) - 1}" in prom.splitlines()
     assert f'qcow2_live_end_offset_bytes{{path="{vm["file"]}"}}' in prom
 
     lines = tool("telegraf.qcow2_telegraf", "--running", *uri, user="nobody").stdout
-    assert "path=--running" in lines and "scrape_error=1i" in lines
+    assert "qcow2,path=(running\\ qemu\\ processes) " in lines and "scrape_error=1i" in lines
 
 
 def test_running_as_root_takes_libvirt_disks_first(
@@ -440,7 +446,7 @@ def test_running_as_root_takes_libvirt_disks_first(
 
     down = collect([vm["file"]], live_sources=LiveSources(
         f"qemu+unix:///system?socket={libvirt.directory}/x"))
-    assert "failed to connect" in down.notes[0] and "1 image(s) held" in down.notes[0]
+    assert "failed to connect" in down.notes[0] and "1 image is held" in down.notes[0]
     usage = down.records[0].usage
     assert usage is not None and usage.live_end_offset is None
     assert any("no live source covers it" in note for note in usage.notes)

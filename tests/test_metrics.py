@@ -17,10 +17,13 @@ from qcow2_monitor.collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
 from qcow2_monitor.collectors.metrics import (
     INFO_METRIC,
     METRICS,
+    RUNNING_PROCESSES,
     Collection,
     ImageRecord,
     collection_metrics,
     error_text,
+    filesystem_metrics,
+    filesystems,
     image_metrics,
     info_labels,
     parse_size,
@@ -448,3 +451,75 @@ def test_collect_with_check(tmp_path: Path) -> None:
     assert values["fragmented_clusters"] == expected["fragmented-clusters"]  # present: > 0
     assert values["compressed_clusters"] == expected.get("compressed-clusters", 0)
     assert records[1].error is not None and records[1].check is None
+
+
+def test_uninspectable_qemu_processes_have_a_non_path_identity_and_are_no_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--running as a user who may not inspect some qemu processes: one failed record, named
+    "(running qemu processes)" in every adapter, not counted as an image."""
+    from qcow2_monitor.collectors.discovery import RunningScan
+    from qcow2_monitor.nagios.check_qcow2 import verdict
+    from qcow2_monitor.nagios.thresholds import Thresholds
+    from qcow2_monitor.node_exporter_textfile.qcow2_textfile import load_template
+    from qcow2_monitor.node_exporter_textfile.qcow2_textfile import render as prom_render
+    from qcow2_monitor.telegraf.qcow2_telegraf import render as lp_render
+
+    image = tmp_path / "seen.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    monkeypatch.setattr(collecting, "scan_running",
+                        lambda *args: RunningScan([str(image)], [4242, 4243]))
+    collection = collect([], running=True)
+    assert [r.label_path for r in collection.records] == [str(image), RUNNING_PROCESSES]
+    record = collection.records[1]
+    assert not record.is_image and record.health.state == 3
+    assert "2 qemu processes not inspectable by this user (pid 4242, 4243)" in str(record.error)
+
+    prom = prom_render(collection, load_template())
+    assert 'qcow2_scrape_error{path="(running qemu processes)"} 1' in prom
+    assert "qcow2_images 1" in prom.splitlines()
+    points = lp_render(collection)[0].splitlines()
+    assert points[1].startswith("qcow2,path=(running\\ qemu\\ processes) ")
+    assert "scrape_error=1i" in points[1]
+    state, text = verdict(collection, Thresholds())
+    # The error names the processes already: no path before it, and no image counted.
+    assert state == 3
+    assert text.startswith("QCOW2 UNKNOWN - running qemu processes: 2 qemu processes not "
+                           "inspectable"), text
+
+    monkeypatch.setattr(collecting, "scan_running", lambda *args: RunningScan([], [4242]))
+    [alone] = collect([], running=True).records
+    assert "1 qemu process not inspectable" in str(alone.error)
+
+
+def test_filesystem_sums_use_the_live_aware_end_offset_of_the_images_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """filesystem_end_offset_bytes sums end_offset (live when ahead), over the run's images."""
+    from qcow2_monitor.collectors.live import SOURCE_QMP, LiveDisk, LiveView
+
+    images = [tmp_path / f"{n}.qcow2" for n in range(3)]
+    for image in images:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"],
+                       check=True)
+    view = LiveView()
+    view.add(LiveDisk(str(images[0]), 7 << 20, "qemu 1", "#block1", SOURCE_QMP))
+
+    class Pending:
+        def wait(self) -> LiveView:
+            return view
+
+    monkeypatch.setattr(collecting, "start_live", lambda *args: Pending())
+    collection = collect([str(image) for image in images])
+    ends = [r.usage.end_offset for r in collection.records if r.usage is not None]
+    on_disk = [r.usage.image_end_offset for r in collection.records if r.usage is not None]
+    assert ends[0] == 7 << 20 > on_disk[0] and ends[1:] == on_disk[1:]
+    (fs,) = filesystems(collection)
+    assert fs.end_offsets == sum(ends)
+    values = {m.name: m.value for m in filesystem_metrics(fs)}
+    assert values["filesystem_end_offset_bytes"] == sum(ends)
+    assert "filesystem_image_end_offset_bytes" not in values
+    # The sums depend on the targets: one image of the three is a third of the virtual sizes.
+    (one,) = filesystems(collect([str(images[1])]))
+    assert (one.images, one.virtual_sizes * 3) == (1, fs.virtual_sizes)
+    for name in ("filesystem_end_offset_bytes", "filesystem_virtual_size_bytes",
+                 "filesystem_overcommit_ratio"):
+        assert "Covers only the images this run was given" in METRICS[name].help

@@ -27,11 +27,12 @@ def _shipped_commands() -> list[str]:
 def test_shipped_definitions_validate(tmp_path: Path) -> None:
     commands = _shipped_commands()
     assert commands == ["check_qcow2", "check_qcow2_headroom", "check_qcow2_full",
-                        "check_qcow2_running", "check_qcow2_args"]
+                        "check_qcow2_overcommit", "check_qcow2_running", "check_qcow2_args"]
     services = {
         "usage": "check_qcow2!/var/lib/libvirt/images!80!90",
         "headroom": "check_qcow2_headroom!/var/lib/libvirt/images/*.qcow2!20G!5G",
         "full": "check_qcow2_full!/var/lib/libvirt/images!80!90",
+        "overcommit": "check_qcow2_overcommit!/var/lib/libvirt/images!1.5!3",
         "running": "check_qcow2_running!80!90",
         "args": "check_qcow2_args!-f /images --critical-headroom 5G --dirty-state critical",
     }
@@ -39,7 +40,7 @@ def test_shipped_definitions_validate(tmp_path: Path) -> None:
     config = nagios_config(tmp_path, [NAGIOS_CONF, objects], plugin_dir(tmp_path))
     checked = nagios_verify(config)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert re.search(r"Checked 5 services\.", checked.stdout), checked.stdout
+    assert re.search(r"Checked 6 services\.", checked.stdout), checked.stdout
     assert "Total Errors:   0" in checked.stdout
 
 
@@ -68,6 +69,8 @@ def _run_in(tmp_path: Path, images: Path) -> None:
         "headroom": f"check_qcow2_headroom!{images}/*.qcow2!1P!1K",
         "full": f"check_qcow2_full!{plain}!80!90",
         "unknown": f"check_qcow2_args!-f '{images}/notes.txt'",
+        # 64 MiB virtual on a small filesystem: above a tiny ratio, below a huge one.
+        "overcommit": f"check_qcow2_overcommit!{images}!0.000001!1000000",
     }
     objects = nagios_objects(tmp_path, services)
     config = nagios_config(tmp_path, [NAGIOS_CONF, objects], plugin_dir(tmp_path))
@@ -90,6 +93,10 @@ def _run_in(tmp_path: Path, images: Path) -> None:
     code, output, perf = state("full")
     assert code == "0", output
     assert f"'{plain} leaks'=0;;;0" in perf  # --check ran: its figures are graphed
+    code, output, perf = state("overcommit")
+    assert code == "1", output
+    assert output.startswith(f"QCOW2 WARNING - filesystem {images}: overcommit "), output
+    assert f"'{images} overcommit_ratio'=" in perf and ";0.000001;1000000;0" in perf
     code, output, perf = state("unknown")
     assert (code, perf) == ("3", "")
     assert output == (f"QCOW2 UNKNOWN - {images}/notes.txt: header at offset 0x0: not a qcow2 "

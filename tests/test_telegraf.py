@@ -9,16 +9,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from test_metrics import sample_collection
 
+from qcow2_monitor.collectors import collect as collect_module
+from qcow2_monitor.collectors.live import SOURCE_LIBVIRT, SOURCE_QMP, LiveDisk, LiveView
 from qcow2_monitor.collectors.usage import analyze_usage
 from qcow2_monitor.telegraf import lineprotocol as lp
 from qcow2_monitor.telegraf.qcow2_telegraf import main, render
 
+from alerting import parse_line
 from daemons import holding_open, influxd, make_image, require_binary, run
+from damage import patch_u64, read_header, read_u64
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "qcow2.lp"
@@ -286,11 +290,90 @@ def test_running_images_with_their_backing_layers(tmp_path: Path) -> None:
     lines = proc.stdout.decode().splitlines()
 
     def line_of(image: Path) -> str:
-        tag = f",path={lp.escape_tag_value(str(image))},"
-        found = [line for line in lines if tag in line]
+        tag = f"qcow2,path={lp.escape_tag_value(str(image))} "  # path is the only tag
+        found = [line for line in lines if line.startswith(tag)]
         assert len(found) == 1, (tag, lines)
         return found[0]
 
     assert "in_use=1i" in line_of(top)  # qemu-io holds the write lock of the top image
     assert "in_use=0i" in line_of(base)  # backing files are opened read-only
     assert "scrape_error=0i" in line_of(top) and "scrape_error=0i" in line_of(base)
+
+
+# --- one disk, one series ----------------------------------------------------------------------
+
+
+class _Pending:
+    """What collect() waits on for live figures: here a fixed view (a fake live source)."""
+
+    def __init__(self, view: LiveView) -> None:
+        self.view = view
+
+    def wait(self) -> LiveView:
+        return self.view
+
+
+def _batch_of(path: Path, monkeypatch: pytest.MonkeyPatch,
+              live: Optional[LiveDisk] = None) -> str:
+    if live is not None:
+        view = LiveView()
+        view.add(live)
+        monkeypatch.setattr(collect_module, "start_live", lambda *args: _Pending(view))
+    else:
+        monkeypatch.setattr(collect_module, "start_live", lambda *args: None)
+    text, _ = render(collect_module.collect([str(path)]))
+    return text
+
+
+def test_a_disk_keeps_its_one_series_through_its_life(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tag set of a disk's points is the same whether it is healthy, amended, rebased, seen
+    by a live source or not, or damaged; InfluxDB keeps one series for it."""
+    base1 = make_image(tmp_path / "base1.qcow2", "16M")
+    base2 = make_image(tmp_path / "base2.qcow2", "16M")
+    disk = make_image(tmp_path / "disk.qcow2", backing=base1, write=["write 0 1M"])
+    qemu_img = require_binary("qemu-img")
+    stages: dict[str, str] = {"healthy": _batch_of(disk, monkeypatch)}
+    run([qemu_img, "amend", "-o", "lazy_refcounts=on", str(disk)])
+    stages["amended"] = _batch_of(disk, monkeypatch)
+    run([qemu_img, "rebase", "-u", "-F", "qcow2", "-b", str(base2), str(disk)])
+    stages["rebased"] = _batch_of(disk, monkeypatch)
+    for n, (domain, node) in enumerate([("qemu 22306", "#block017"), ("vm1", "vda")]):
+        stages[f"live {domain}"] = _batch_of(disk, monkeypatch, LiveDisk(
+            str(disk), 1 << 30, domain, node, SOURCE_QMP if n == 0 else SOURCE_LIBVIRT))
+    stages["live gone"] = _batch_of(disk, monkeypatch)
+    # Damage: a refcount table entry not cluster aligned makes the image unreadable.
+    table = read_header(disk)["refcount_table_offset"]
+    patch_u64(disk, table, read_u64(disk, table) + 512)
+    stages["damaged"] = _batch_of(disk, monkeypatch)
+
+    points = {stage: [parse_line(line) for line in text.splitlines()
+                      if line.startswith("qcow2,")] for stage, text in stages.items()}
+    assert all(len(found) == 1 for found in points.values()), points
+    tags = {stage: found[0][0] for stage, found in points.items()}
+    assert all(t == {"path": str(disk)} for t in tags.values()), tags
+    fields = {stage: found[0][1] for stage, found in points.items()}
+    # What changed is still reported, as fields.
+    assert fields["healthy"]["lazy_refcounts"] == "false"
+    assert fields["amended"]["lazy_refcounts"] == "true"
+    assert fields["amended"]["backing_file"] == str(base1)
+    assert fields["rebased"]["backing_file"] == str(base2)
+    assert fields["live qemu 22306"]["domain"] == "qemu 22306"
+    assert fields["live qemu 22306"]["disk"] == "#block017"
+    assert fields["live qemu 22306"]["end_offset_source"] == "live"
+    assert "domain" not in fields["live gone"]
+    assert fields["damaged"]["scrape_error"] == 1 and fields["damaged"]["health"] == 2
+    # The filesystem point keeps its one tag too.
+    fs_tags = {frozenset(parse_line(line)[0]) for text in stages.values()
+               for line in text.splitlines() if line.startswith("qcow2_filesystem,")}
+    assert fs_tags == {frozenset({"mountpoint"})}
+
+    require_binary("influxd")
+    with influxd(tmp_path / "influx") as db:
+        for stage, text in stages.items():
+            status, body = db.write(text.encode(), precision="ns")
+            assert status == 204, (stage, body, text)
+        series = [row["key"] for row in db.rows("SHOW SERIES FROM qcow2")]
+        assert series == [f"qcow2,path={lp.escape_tag_value(str(disk))}"]
+        assert len(db.rows("SELECT health FROM qcow2")) == len(stages)
+        assert len(db.rows("SHOW SERIES FROM qcow2_filesystem")) == 1

@@ -93,6 +93,12 @@ def test_exec_forms_per_version() -> None:
     assert [shlex.split(command) for command in legacy] == argv
     execd = plugins(ROOT / "telegraf" / "qcow2-execd.conf")[0][1]["command"]
     assert isinstance(execd, list) and "--execd" in execd
+    # Every shipped snippet scans the same targets (execd only adds --execd), and so does the
+    # textfile's cron line: the same disks and filesystem sums whichever agent collects.
+    assert [arg for arg in execd if arg != "--execd"] == argv[0]
+    cron = (ROOT / "node_exporter_textfile" / "qcow2-textfile.cron").read_text()
+    job = shlex.split(cron.strip().splitlines()[-1])
+    assert "--chain" in job and job[-1] == argv[0][-1] == "/var/lib/libvirt/images"
 
 
 @pytest.mark.parametrize("path", SNIPPETS, ids=lambda p: p.name)
