@@ -21,6 +21,7 @@ from .model import (
     CheckResult,
     UsageResult,
 )
+from .units import counted
 
 AnalyzeFn = Callable[..., UsageResult]
 CheckFn = Callable[..., CheckResult]
@@ -172,7 +173,8 @@ def _run_notes(records: Sequence[ImageRecord], live: Optional[LiveView]) -> tupl
                if r.usage is not None and r.usage.in_use and r.usage.live_end_offset is None]
     if live is None or not lagging:
         return ()
-    return (f"{len(lagging)} image(s) held for writing by a running qemu have only on-disk "
+    return (f"{counted(len(lagging), 'image')} held for writing by a running qemu "
+            f"{'has' if len(lagging) == 1 else 'have'} only on-disk "
             f"figures, which may lag; {no_live_source_note(live.libvirt_note)}",)
 
 

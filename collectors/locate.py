@@ -19,22 +19,44 @@ import numpy.typing as npt
 from . import layout as L
 from .image import Qcow2Image
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
-from .model import Finding
+from .model import (
+    TABLE_HEADER,
+    TABLE_L1,
+    TABLE_REFCOUNT_BLOCK,
+    TABLE_REFCOUNT_TABLE,
+    TABLE_SNAPSHOTS,
+    Finding,
+    Place,
+)
 from .refcount import OnDiskRefcounts
 from .references import U64
-from .tablewalk import L2_BATCH_ENTRIES, Geometry, l2_entry_location, read_tables
+from .tablewalk import (
+    COMPRESSED_SECTOR_SIZE,
+    L2_BATCH_ENTRIES,
+    Geometry,
+    L1Table,
+    l2_entry_location,
+    l2_entry_place,
+    read_tables,
+)
 
-Referrers = dict[int, list[str]]
+Referrers = dict[int, list[tuple[str, Place]]]
 RELOCATED_KINDS = ("refcount-too-low", "leak", "refcount-overflow")
 
 
-def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits: int) -> str:
+def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits: int
+                            ) -> tuple[str, Place]:
     """Where the refcount of `cluster` is stored on disk."""
     index, entry = divmod(cluster, ondisk.per_block)
     block = ondisk.block_offset(index)
-    where = (f"refcount block at 0x{block:x} entry {entry}" if block
-             else f"refcount table entry {index} (no block)")
-    return f"{where} (cluster {cluster} at 0x{cluster << cluster_bits:x})"
+    table = ondisk.table_offset
+    if block:
+        where = f"refcount block at 0x{block:x} entry {entry}"
+        place = Place(TABLE_REFCOUNT_BLOCK, block, entry, refcount_table_offset=table)
+    else:
+        where = f"refcount table entry {index} (no block)"
+        place = Place(TABLE_REFCOUNT_TABLE, table, index, refcount_table_offset=table)
+    return f"{where} (cluster {cluster} at 0x{cluster << cluster_bits:x})", place
 
 
 def referrers(image: Qcow2Image, ondisk: OnDiskRefcounts, clusters: Iterable[int]) -> Referrers:
@@ -56,63 +78,95 @@ class _Locator:
     def walk(self, ondisk: OnDiskRefcounts) -> None:
         """The references calculate_refcounts() counts, in its order (bitmaps aside)."""
         h = self.image.header
-        self.region(0, h.cluster_size, "header")
-        self.l1(h.l1_table_offset, h.l1_size, "")
+        table = h.refcount_table_offset
+        self.region(0, h.cluster_size, "header", Place(TABLE_HEADER, 0))
+        self.l1(L1Table(h.l1_table_offset, ""), h.l1_size)
         for sn in self.image.snapshots():
             if sn.l1_table_offset % h.cluster_size == 0:
-                self.l1(sn.l1_table_offset, sn.l1_size, f"{sn.label}: ")
-        self.region(h.snapshots_offset, self.image.snapshots_size, "snapshot table")
-        self.region(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
-                    "refcount table")
+                self.l1(L1Table(sn.l1_table_offset, f"{sn.label}: ", sn.id_str), sn.l1_size)
+        self.region(h.snapshots_offset, self.image.snapshots_size, "snapshot table",
+                    Place(TABLE_SNAPSHOTS, h.snapshots_offset))
+        self.region(table, h.refcount_table_clusters * h.cluster_size, "refcount table",
+                    Place(TABLE_REFCOUNT_TABLE, table, refcount_table_offset=table))
         for index, raw in enumerate(ondisk.table.tolist()):
             offset = int(raw) & L.REFT_OFFSET_MASK
             if offset:
                 self.region(offset, h.cluster_size, f"refcount table entry {index} "
-                            "(refcount block)")
+                            "(refcount block)", Place(TABLE_REFCOUNT_TABLE, table, index,
+                                                      refcount_table_offset=table))
 
-    def region(self, offset: int, size: int, what: str) -> None:
+    def region(self, offset: int, size: int, what: str, place: Place) -> None:
         bits = self.geo.cluster_bits
         if size <= 0:
             return
         for cluster in range(offset >> bits, ((offset + size - 1) >> bits) + 1):
             if cluster in self.wanted:
-                self.found[cluster].append(what)
+                self.found[cluster].append((what, place))
 
-    def l1(self, l1_offset: int, l1_size: int, label: str) -> None:
+    def spans(self, first: U64, last: U64) -> npt.NDArray[np.bool_]:
+        """Which references (a cluster-sized or shorter region each, from cluster `first` to
+        `last`) touch a wanted cluster."""
+        return np.isin(first, self.targets) | np.isin(last, self.targets)
+
+    def add(self, first: int, last: int, where: tuple[str, Place]) -> None:
+        for cluster in {first, last}:
+            if cluster in self.wanted:
+                self.found[cluster].append(where)
+
+    def l1(self, table: L1Table, l1_size: int) -> None:
+        """The L1 table, its entries (an unaligned L2 offset counts the two clusters its
+        cluster-sized region touches, as qemu counts it) and the L2 tables they name."""
         geo = self.geo
-        bits = geo.cluster_bits
+        bits = np.uint64(geo.cluster_bits)
         if not l1_size or l1_size > L.QCOW_MAX_L1_SIZE // L.L1E_SIZE:
             return
-        self.region(l1_offset, l1_size * L.L1E_SIZE, f"{label}L1 table")
-        raw = self.image.file.read_zero_padded(l1_offset, l1_size * L.L1E_SIZE,
-                                               f"{label}L1 table")
+        self.region(table.offset, l1_size * L.L1E_SIZE, f"{table.label}L1 table",
+                    Place(TABLE_L1, table.offset, snapshot=table.snapshot))
+        raw = self.image.file.read_zero_padded(table.offset, l1_size * L.L1E_SIZE,
+                                               f"{table.label}L1 table")
         l2_offsets = np.frombuffer(raw, dtype=">u8").astype(np.uint64) \
             & np.uint64(L.L1E_OFFSET_MASK)
-        used = np.flatnonzero((l2_offsets != 0)
-                              & ((l2_offsets & np.uint64(geo.cluster_size - 1)) == 0))
-        hits = np.isin(l2_offsets[used] >> np.uint64(bits), self.targets)
-        for index in used[hits].tolist():
-            self.found[int(l2_offsets[index]) >> bits].append(f"{label}L1[{index}] (L2 table)")
+        named = np.flatnonzero(l2_offsets != 0)
+        first = l2_offsets[named] >> bits
+        last = (l2_offsets[named] + np.uint64(geo.cluster_size - 1)) >> bits
+        for k in np.flatnonzero(self.spans(first, last)).tolist():
+            text, place = table.entry(int(named[k]), geo)
+            self.add(int(first[k]), int(last[k]), (f"{text} (L2 table)", place))
+        used = named[(l2_offsets[named] & np.uint64(geo.cluster_size - 1)) == 0]
         per_batch = max(1, L2_BATCH_ENTRIES // geo.l2_entries)
         for lo in range(0, len(used), per_batch):
-            self.l2_batch(used[lo:lo + per_batch], l2_offsets, label)
+            self.l2_batch(used[lo:lo + per_batch], l2_offsets, table)
 
-    def l2_batch(self, rows: npt.NDArray[np.intp], l2_offsets: U64, label: str) -> None:
+    def l2_batch(self, rows: npt.NDArray[np.intp], l2_offsets: U64, l1: L1Table) -> None:
+        """The entries of some L2 tables that reference a wanted cluster: the region qemu
+        counts for each (a cluster from its offset, aligned or not; the compressed data's
+        sectors) may touch two clusters."""
         geo = self.geo
         tables = l2_offsets[rows]
         entries, _bitmap = split_entries(read_tables(self.image, tables, geo.cluster_size),
                                          geo.extended)
         types = cluster_types(entries, extended=geo.extended, data_file=geo.data_file)
         compressed = types == COMPRESSED
-        hosts = np.where(compressed, entries & np.uint64(geo.compressed_offset_mask),
-                         entries & np.uint64(L.L2E_OFFSET_MASK)) >> np.uint64(geo.cluster_bits)
+        sector = np.uint64(COMPRESSED_SECTOR_SIZE)
+        start = np.where(compressed, entries & np.uint64(geo.compressed_offset_mask),
+                         entries & np.uint64(L.L2E_OFFSET_MASK))
+        sectors = ((entries >> np.uint64(geo.csize_shift)) & np.uint64(geo.csize_mask)) \
+            + np.uint64(1)
+        end = np.where(compressed, start - start % sector + sectors * sector,
+                       start + np.uint64(geo.cluster_size))
+        first = start >> np.uint64(geo.cluster_bits)
+        last = (end - np.uint64(1)) >> np.uint64(geo.cluster_bits)
         # With an external data file only compressed data (never allowed) would be here.
         mapped = compressed if geo.data_file else (
             compressed | (types == NORMAL) | (types == ZERO_ALLOC))
-        for pos in np.flatnonzero(mapped & np.isin(hosts, self.targets)).tolist():
+        for pos in np.flatnonzero(mapped & self.spans(first, last)).tolist():
             row, j = divmod(pos, geo.l2_entries)
-            self.found[int(hosts[pos])].append(l2_entry_location(
-                label, int(tables[row]), j, int(rows[row]), geo.l2_entries, geo.cluster_bits))
+            table, l1_index = int(tables[row]), int(rows[row])
+            self.add(int(first[pos]), int(last[pos]), (
+                l2_entry_location(l1.label, table, j, l1_index, geo.l2_entries,
+                                  geo.cluster_bits),
+                l2_entry_place(table, j, l1_index, geo.l2_entries, geo.cluster_bits,
+                               l1.snapshot)))
 
 
 def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[Finding]
@@ -130,6 +184,7 @@ def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[F
         if f.kind in RELOCATED_KINDS and f.cluster_index is not None:
             where = found.get(f.cluster_index) or [
                 refcount_entry_location(ondisk, f.cluster_index, bits)]
-            f = replace(f, location="; ".join(where))
+            f = replace(f, location="; ".join(text for text, _ in where),
+                        places=tuple(place for _, place in where))
         located.append(f)
     return located

@@ -306,14 +306,14 @@ def test_virsh_missing_libvirt_down_or_slow(tmp_path: Path, vm: dict[str, str]) 
     assert elapsed < 10, elapsed
     assert proc.returncode == 0, proc.stdout  # the on-disk figure still reports
     assert "live from" not in proc.stdout
-    assert "note: 1 image(s) held for writing" in proc.stdout
+    assert "note: 1 image held for writing" in proc.stdout
     assert "did not answer within 5 s" in proc.stdout
 
     # Telegraf and the textfile say so on stderr (here: libvirt down), and still report.
     down = ("--libvirt-uri", f"qemu+unix:///system?socket={tmp_path}/no-such-sock")
     proc = tool("telegraf.qcow2_telegraf", *down, vm["file"])
     assert "end_offset_bytes=" in proc.stdout
-    assert "W! [inputs.qcow2] 1 image(s) held for writing" in proc.stderr
+    assert "W! [inputs.qcow2] 1 image held for writing" in proc.stderr
     proc = tool("node_exporter_textfile.qcow2_textfile", "--output", "-", *down, vm["file"])
     assert proc.returncode == 0 and "qcow2_end_offset_bytes{" in proc.stdout
     assert "failed to connect" in proc.stderr
@@ -408,7 +408,7 @@ def test_running_as_root_takes_libvirt_disks_first(
 
     down = collect([vm["file"]], live_sources=LiveSources(
         f"qemu+unix:///system?socket={libvirt.directory}/x"))
-    assert "failed to connect" in down.notes[0] and "1 image(s) held" in down.notes[0]
+    assert "failed to connect" in down.notes[0] and "1 image held" in down.notes[0]
     usage = down.records[0].usage
     assert usage is not None and usage.live_end_offset is None
     assert any("no live source covers it" in note for note in usage.notes)
