@@ -39,8 +39,11 @@ from .tablewalk import (
     l2_entry_place,
     read_tables,
 )
+from .units import counted
 
 Referrers = dict[int, list[tuple[str, Place]]]
+# Referencing entries named per cluster; more are counted (an L1 may name one table 4 Mi times).
+MAX_NAMED = 8
 RELOCATED_KINDS = ("refcount-too-low", "leak", "refcount-overflow")
 
 
@@ -59,12 +62,14 @@ def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits:
     return f"{where} (cluster {cluster} at 0x{cluster << cluster_bits:x})", place
 
 
-def referrers(image: Qcow2Image, ondisk: OnDiskRefcounts, clusters: Iterable[int]) -> Referrers:
-    """Every metadata entry that references one of `clusters`, per cluster."""
+def referrers(image: Qcow2Image, ondisk: OnDiskRefcounts, clusters: Iterable[int]
+              ) -> tuple[Referrers, dict[int, int]]:
+    """The metadata entries that reference one of `clusters` (up to MAX_NAMED per cluster),
+    and per cluster how many more do."""
     locator = _Locator(image, clusters)
     if locator.wanted:
         locator.walk(ondisk)
-    return locator.found
+    return locator.found, locator.more
 
 
 class _Locator:
@@ -74,6 +79,7 @@ class _Locator:
         self.wanted = set(clusters)
         self.targets = np.array(sorted(self.wanted), dtype=np.uint64)
         self.found: Referrers = defaultdict(list)
+        self.more: dict[int, int] = defaultdict(int)  # referrers beyond MAX_NAMED
 
     def walk(self, ondisk: OnDiskRefcounts) -> None:
         """The references calculate_refcounts() counts, in its order (bitmaps aside)."""
@@ -101,7 +107,7 @@ class _Locator:
             return
         for cluster in range(offset >> bits, ((offset + size - 1) >> bits) + 1):
             if cluster in self.wanted:
-                self.found[cluster].append((what, place))
+                self.note(cluster, (what, place))
 
     def spans(self, first: U64, last: U64) -> npt.NDArray[np.bool_]:
         """Which references (a cluster-sized or shorter region each, from cluster `first` to
@@ -111,7 +117,13 @@ class _Locator:
     def add(self, first: int, last: int, where: tuple[str, Place]) -> None:
         for cluster in {first, last}:
             if cluster in self.wanted:
-                self.found[cluster].append(where)
+                self.note(cluster, where)
+
+    def note(self, cluster: int, where: tuple[str, Place]) -> None:
+        if len(self.found[cluster]) < MAX_NAMED:
+            self.found[cluster].append(where)
+        else:
+            self.more[cluster] += 1
 
     def l1(self, table: L1Table, l1_size: int) -> None:
         """The L1 table, its entries (an unaligned L2 offset counts the two clusters its
@@ -177,14 +189,16 @@ def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[F
                 if f.kind in RELOCATED_KINDS and f.cluster_index is not None]
     if not clusters:
         return findings
-    found = referrers(image, ondisk, clusters)
+    found, more = referrers(image, ondisk, clusters)
     bits = image.header.cluster_bits
     located = []
     for f in findings:
         if f.kind in RELOCATED_KINDS and f.cluster_index is not None:
             where = found.get(f.cluster_index) or [
                 refcount_entry_location(ondisk, f.cluster_index, bits)]
-            f = replace(f, location="; ".join(text for text, _ in where),
-                        places=tuple(place for _, place in where))
+            text = "; ".join(text for text, _ in where)
+            if more.get(f.cluster_index):
+                text += f"; and {counted(more[f.cluster_index], 'more entry', 'more entries')}"
+            f = replace(f, location=text, places=tuple(place for _, place in where))
         located.append(f)
     return located
