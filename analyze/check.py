@@ -22,10 +22,11 @@ from qcow2_monitor.collectors.model import (
     ChainLayer,
     CheckResult,
     Finding,
+    Place,
 )
 from qcow2_monitor.collectors.units import finding_text
 
-from .common import OUTPUT_HELP, count_option, epilog, report_error
+from .common import OUTPUT_HELP, count_option, epilog, error_document, report_error
 
 # qemu-img check's exit codes beside the common ones.
 EXIT_CORRUPTIONS = 2
@@ -68,12 +69,24 @@ def exit_code(result: CheckResult) -> int:
 
 # -- check -----------------------------------------------------------------------------------
 def finding_dict(finding: Finding) -> dict[str, Any]:
-    return {key: value for key, value in (
+    """A finding in JSON: `location` for people, `places` the same entries structured (one
+    per referencing entry when several reference a cluster)."""
+    data: dict[str, Any] = {key: value for key, value in (
         ("kind", finding.kind), ("severity", finding.severity),
         ("message", finding.message), ("location", finding.location),
         ("host-offset", finding.host_offset), ("cluster-index", finding.cluster_index),
         ("expected", finding.expected), ("found", finding.found),
         ("advice", finding.advice)) if value is not None and value != ""}
+    if finding.places:
+        data["places"] = [place_dict(place) for place in finding.places]
+    return data
+
+
+def place_dict(place: Place) -> dict[str, Any]:
+    """table, table-offset, entry, l1-index, guest-offset, snapshot, refcount-table-offset:
+    those that apply."""
+    return {name.replace("_", "-"): value for name, value in vars(place).items()
+            if value is not None}
 
 
 def check_json(result: CheckResult, filename: str) -> dict[str, Any]:
@@ -160,8 +173,7 @@ def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: 
             return check_json(result, path), result, None
     if error is not None:
         status = layer.status if layer.error is not None else LAYER_ERROR
-        return ({"filename": path, "depth": layer.depth, "status": status,
-                 "error": error.as_dict()}, None, error)
+        return error_document(error, path, status, depth=layer.depth), None, error
     return {"filename": path, "depth": layer.depth, "status": layer.status,
             "format": layer.format, "skipped": "not a qcow2 image: nothing to check"}, None, None
 
@@ -184,6 +196,8 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with closing(walk(args.file)) as steps:
         for layer, image in steps:
             data, result, error = _layer_report(layer, image, args.max_findings)
+            if error is not None and not args.chain:
+                raise error  # the one error document and line (analyze/main.py)
             reports.append(data)
             if error is not None:
                 report_error(error, err)
@@ -197,8 +211,5 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if not args.chain:
                 break
     if args.output == "json":
-        if args.chain:
-            out.write(json.dumps(reports, indent=4) + "\n")
-        elif "error" not in reports[0]:
-            out.write(json.dumps(reports[0], indent=4) + "\n")
+        out.write(json.dumps(reports if args.chain else reports[0], indent=4) + "\n")
     return _worst(codes)

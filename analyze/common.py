@@ -4,11 +4,13 @@ error, and how an error is printed."""
 from __future__ import annotations
 
 import argparse
+import json
 import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn, Optional, TextIO
 
-from qcow2_monitor.collectors.errors import Qcow2Error
+from qcow2_monitor.collectors.errors import EXIT_FAILED, Qcow2Error
+from qcow2_monitor.collectors.model import LAYER_ERROR
 
 PROG = "qcow2-analyze"
 HELP_WIDTH = 79
@@ -71,3 +73,21 @@ class ArgumentParser(argparse.ArgumentParser):
 def report_error(err: Qcow2Error, stream: TextIO) -> None:
     """An error, once, on stderr: the error names its file itself."""
     print(f"{PROG}: {err}", file=stream)
+
+
+def error_document(err: Qcow2Error, filename: Optional[str] = None, status: str = LAYER_ERROR,
+                   **extra: Any) -> dict[str, Any]:
+    """The one JSON shape of a target or layer that failed, in every command: its file, its
+    status and the error (kind, structure, offset, value, message, filename); `extra` keys
+    (a chain entry's depth) go between the status and the error."""
+    return {"filename": filename or err.filename, "status": status, **extra,
+            "error": err.as_dict()}
+
+
+def fail(err: Qcow2Error, output: Optional[str], out: TextIO, stream: TextIO) -> int:
+    """A target that could not be analysed: the line on stderr, and with --output json the
+    error document on stdout (never an empty stdout). Exit status 1."""
+    report_error(err, stream)
+    if output == "json":
+        out.write(json.dumps(error_document(err), indent=2) + "\n")
+    return EXIT_FAILED

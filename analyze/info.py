@@ -20,7 +20,7 @@ from qcow2_monitor.collectors.model import (
 )
 from qcow2_monitor.collectors.units import human_size
 
-from .common import report_error
+from .common import error_document, report_error
 
 
 def render_info_human(info: dict[str, Any]) -> str:
@@ -133,23 +133,21 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with closing(walk(args.file)) as steps:
         for layer, image in steps:
             info, error = _layer_info(layer, image)
+            if error is not None and not args.backing_chain:
+                raise error  # the one error document and line (analyze/main.py)
             if error is not None:
                 report_error(error, err)
                 status = EXIT_FAILED
-                if layer.depth > 0:
-                    infos.append({"filename": layer.path or layer.name, "depth": layer.depth,
-                                  "status": layer.status if layer.error else LAYER_ERROR,
-                                  "error": error.as_dict()})
+                infos.append(error_document(
+                    error, layer.path or layer.name,
+                    layer.status if layer.error else LAYER_ERROR, depth=layer.depth))
             elif info is not None:
                 infos.append(info)
             if error is not None or not args.backing_chain:
                 break
     shown = [info for info in infos if "error" not in info]
     if args.output == "json":
-        if args.backing_chain:
-            out.write(json.dumps(infos, indent=4) + "\n")
-        elif shown:
-            out.write(json.dumps(shown[0], indent=4) + "\n")
+        out.write(json.dumps(infos if args.backing_chain else infos[0], indent=4) + "\n")
     else:
         out.write("\n".join(render_info_human(info) for info in shown))
     return status

@@ -19,18 +19,12 @@ import sys
 from collections.abc import Sequence
 from typing import Optional, TextIO
 
-from qcow2_monitor.collectors.errors import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    Qcow2Error,
-    internal_error,
-)
+from qcow2_monitor.collectors.errors import EXIT_OK, EXIT_USAGE, Qcow2Error, internal_error
 from qcow2_monitor.collectors.selection import add_live_arguments
 from qcow2_monitor.collectors.version import add_version_argument
 
 from . import check, config, tables
-from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, report_error
+from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, fail
 from .info import run_header, run_info
 from .legacy import run_legacy
 from .usage import run_usage
@@ -44,7 +38,8 @@ def build_parser() -> ArgumentParser:
                       "check vm.qcow2", "-f vm.qcow2 -o raw",
                       exit_codes=EXIT_CODES + "\n`check` adds qemu-img check's: 2 corruptions, "
                       "3 leaked clusters only.\nEach command has its own --help."))
-    parser.add_argument("-f", "--file", help="analyse FILE with the key set of the older Go "
+    parser.add_argument("-f", "--file", dest="legacy_files", action="append", metavar="FILE",
+                        help="analyse FILE (one) with the key set of the older Go "
                         "qcow2-analyze (drop-in)")
     parser.add_argument("-o", dest="legacy_output", choices=["json", "raw"], default="json",
                         help="output of -f: json (default) or raw text")
@@ -95,14 +90,70 @@ def build_parser() -> ArgumentParser:
     check.register(sub)
     tables.register(sub)
     config.register(sub)
+    for subparser in _subcommands(parser).values():  # `info --version` as `--version`
+        add_version_argument(subparser, PROG)
     return parser
 
 
-def _commands(parser: ArgumentParser) -> list[str]:
+def _subcommands(parser: ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._subparsers._group_actions if parser._subparsers else []:
         if isinstance(action, argparse._SubParsersAction):
-            return list(action.choices)
-    return []
+            return dict(action.choices)
+    return {}
+
+
+def _commands(parser: ArgumentParser) -> list[str]:
+    return list(_subcommands(parser))
+
+
+def _legacy_mode(argv: Sequence[str]) -> bool:
+    """-f FILE given: the older tool's command line, whatever else follows."""
+    return any(arg in ("-f", "--file") or arg.startswith("--file=")
+               or (arg.startswith("-f") and not arg.startswith("--")) for arg in argv)
+
+
+def _legacy_usage_error(parser: ArgumentParser, argv: Sequence[str], exc: UsageError
+                        ) -> UsageError:
+    """A clearer message for what the older tool's command line cannot say: -f mode has its
+    own options (-o json|raw, -v, -H) and analyses one file."""
+    if not _legacy_mode(argv) or any(arg in _commands(parser) for arg in argv):
+        return exc
+    if any(arg == "--output" or arg.startswith("--output=") for arg in argv):
+        return UsageError(f"{PROG}: -f mode takes -o json|raw, not --output (or use a command: "
+                          f"{PROG} info --output json FILE)")
+    if "argument COMMAND" in str(exc) or "unrecognized arguments" in str(exc):
+        return UsageError(f"{PROG}: -f mode analyses one FILE and takes only -o json|raw, -v "
+                          f"and -H ({str(exc).removeprefix(PROG + ': ')})")
+    return exc
+
+
+
+def _json_output(args: argparse.Namespace) -> Optional[str]:
+    """The --output of a command (-f mode keeps the older tool's stderr-only errors)."""
+    return getattr(args, "output", None) if args.command is not None else None
+
+
+def _parse(parser: ArgumentParser, words: list[str]) -> argparse.Namespace:
+    """The command line, or UsageError; -f mode (the older tool's) takes one FILE and no
+    command."""
+    try:
+        args = parser.parse_args(words)
+    except UsageError as exc:
+        raise _legacy_usage_error(parser, words, exc) from None
+    legacy = args.legacy_files or []
+    if args.command is None and not legacy:
+        raise UsageError(f"{PROG}: give -f FILE or a command "
+                         f"({', '.join(_commands(parser))}); see --help")
+    if legacy and args.command is not None:
+        raise UsageError(f"{PROG}: -f FILE is a mode of its own; not with a command "
+                         f"({args.command} takes its FILE itself)")
+    if len(legacy) > 1:
+        raise UsageError(f"{PROG}: -f analyses one file, as the older tool did (given "
+                         f"{len(legacy)}: {', '.join(legacy)}); for several use "
+                         f"`{PROG} usage` or `{PROG} info` per file")
+    if args.command is None:
+        args.file = legacy[0]
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
@@ -111,10 +162,7 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
     err = stderr or sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        if args.command is None and args.file is None:
-            raise UsageError(f"{PROG}: give -f FILE or a command "
-                             f"({', '.join(_commands(parser))}); see --help")
+        args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     except UsageError as exc:
         print(exc, file=err)
         return EXIT_USAGE
@@ -126,13 +174,12 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
         return int(args.handler(args, out, err))
     except Qcow2Error as exc:
         file = getattr(args, "file", None)
-        report_error(exc.with_filename(file) if file else exc, err)
-        return EXIT_FAILED
+        return fail(exc.with_filename(file) if file else exc, _json_output(args), out, err)
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # last resort: one line, never a traceback
-        report_error(internal_error(exc, getattr(args, "file", None)), err)
-        return EXIT_FAILED
+        return fail(internal_error(exc, getattr(args, "file", None)), _json_output(args), out,
+                    err)
     except KeyboardInterrupt:
         return 130
 

@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from qcow2_monitor.collectors.errors import EXIT_OK, Qcow2Error
 from qcow2_monitor.collectors.image import Qcow2Image
 
-from .common import OUTPUT_HELP, count_option, epilog, report_error
+from .common import OUTPUT_HELP, count_option, epilog
 
 
 def register(subparsers: Any) -> None:
@@ -42,12 +42,8 @@ def register(subparsers: Any) -> None:
 def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.dump import dump, render_human
 
-    try:
-        with Qcow2Image.open(args.file) as image:
-            data = dump(image, args.what, limit=args.limit)
-    except Qcow2Error as exc:
-        report_error(exc.with_filename(args.file), err)
-        return EXIT_FAILED
+    with Qcow2Image.open(args.file) as image:
+        data = dump(image, args.what, limit=args.limit)
     if args.output == "json":
         out.write(json.dumps(data, indent=2) + "\n")
     else:
@@ -61,13 +57,9 @@ def run_measure(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         with Qcow2Image.open(args.file) as image:
             data = measure_image(image, path=args.file)
-    except Qcow2Error as exc:
-        report_error(exc.with_filename(args.file), err)
-        return EXIT_FAILED
     except OSError as exc:
-        report_error(Qcow2Error(exc.strerror or str(exc), structure="backing file",
-                                filename=args.file), err)
-        return EXIT_FAILED
+        raise Qcow2Error(exc.strerror or str(exc), structure="backing file",
+                         filename=args.file) from None
     if args.output == "json":
         out.write(json.dumps(data, indent=4) + "\n")
     else:

@@ -10,18 +10,12 @@ from qcow2_monitor.collectors.discovery import expand_targets
 from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
 from qcow2_monitor.collectors.health import broken_layer
 from qcow2_monitor.collectors.live import start_live
-from qcow2_monitor.collectors.model import (
-    LAYER_ERROR,
-    LAYER_OK,
-    ChainLayer,
-    ImageUsage,
-    UsageResult,
-)
+from qcow2_monitor.collectors.model import LAYER_OK, ChainLayer, ImageUsage, UsageResult
 from qcow2_monitor.collectors.selection import live_uri
 from qcow2_monitor.collectors.units import human_size, ratio_percent, render_table
 from qcow2_monitor.collectors.usage import analyze_usage
 
-from .common import PROG, report_error
+from .common import PROG, error_document, report_error
 
 
 def usage_json(usage: ImageUsage) -> dict[str, Any]:
@@ -75,8 +69,7 @@ def layer_json(layer: ChainLayer) -> dict[str, Any]:
 def result_json(result: UsageResult) -> dict[str, Any]:
     if result.usage is None:
         assert result.error is not None
-        return {"filename": result.target, "status": LAYER_ERROR,
-                "error": result.error.as_dict()}
+        return error_document(result.error, result.target)
     data = usage_json(result.usage)
     data["status"] = LAYER_OK
     data["backing_chain"] = [layer_json(layer) for layer in result.reported_chain]

@@ -30,7 +30,7 @@ from .container import held_for_writing
 from .errors import Qcow2Error
 from .findings import Tally, finding
 from .image import Qcow2Image, Snapshot
-from .model import CheckResult, Finding
+from .model import TABLE_BITMAP, TABLE_REFCOUNT_TABLE, TABLE_SNAPSHOTS, CheckResult, Finding, Place
 from .refcount import OnDiskRefcounts
 from .references import U64, ReferenceCounts, u64
 from .tablewalk import TableWalk
@@ -66,9 +66,14 @@ class _Check:
                     self.tally.snapshots.count(1)
                     continue
                 self.tally.snapshots.add(finding(
-                    "snapshot-incomplete", f"{sn.label} ({sn.name})", index=sn.index,
+                    "snapshot-incomplete", f"{sn.label} ({sn.name})", self.snapshot_place(sn),
+                    index=sn.index,
                     host_offset=sn.offset, expected=L.SNAPSHOT_EXTRA_DISK_SIZE_END,
                     found=sn.extra_data_size))
+
+    def snapshot_place(self, sn: Snapshot) -> Place:
+        """The snapshot table entry of `sn`."""
+        return Place(TABLE_SNAPSHOTS, self.h.snapshots_offset, sn.index, snapshot=sn.id_str)
 
     def calculate(self, snapshots: list[Snapshot], snapshots_size: int) -> None:
         """calculate_refcounts()."""
@@ -78,6 +83,7 @@ class _Check:
         self.walk.check_l1(h.l1_table_offset, h.l1_size, active=True, label="")
         if h.has_data_file and snapshots:
             self.tally.corruption("snapshots-with-data-file", "snapshot table",
+                                  Place(TABLE_SNAPSHOTS, h.snapshots_offset),
                                   host_offset=h.snapshots_offset, found=len(snapshots))
         # Snapshots sharing one L1 table (offset and size) add the same each time: walked
         # once and counted for each (a header may claim 65536 of them).
@@ -85,17 +91,18 @@ class _Check:
         for sn in snapshots:
             where = f"{sn.label} ({sn.name})"
             snapshot = f"snapshot {sn.id_str} ({sn.name})"
+            place = self.snapshot_place(sn)
             if sn.l1_table_offset % cs:
-                self.tally.corruption("snapshot-l1-unaligned", where, snapshot=snapshot,
+                self.tally.corruption("snapshot-l1-unaligned", where, place, snapshot=snapshot,
                                       host_offset=sn.l1_table_offset)
             elif sn.l1_size > L.QCOW_MAX_L1_SIZE // L.L1E_SIZE:
-                self.tally.corruption("snapshot-l1-too-large", where, snapshot=snapshot,
+                self.tally.corruption("snapshot-l1-too-large", where, place, snapshot=snapshot,
                                       host_offset=sn.offset, found=sn.l1_size)
             else:
                 tables.setdefault((sn.l1_table_offset, sn.l1_size), []).append(sn)
         for (l1_offset, l1_size), sharing in tables.items():
             walk = partial(self.walk.check_l1, l1_offset, l1_size, active=False,
-                           label=f"{sharing[0].label}: ")
+                           label=f"{sharing[0].label}: ", snapshot=sharing[0].id_str)
             if len(sharing) == 1:
                 walk()
             else:
@@ -131,7 +138,7 @@ class _Check:
                                                    f"{where} bitmap table")
             data = self._bitmap_data_clusters(raw, where, bm.bitmap_table_offset)
             if len(data):
-                self._bitmap_references(data, where)
+                self._bitmap_references(data, where, bm.bitmap_table_offset)
 
     def _bitmap_data_clusters(self, raw: bytes, where: str, table_offset: int) -> U64:
         """The data cluster offsets of one bitmap table; an invalid entry fails the check."""
@@ -149,12 +156,13 @@ class _Check:
         data: U64 = offsets[offsets != 0]
         return data
 
-    def _bitmap_references(self, data: U64, where: str) -> None:
+    def _bitmap_references(self, data: U64, where: str, table_offset: int) -> None:
         structure = self.tally.structure
         past = self.refs.add_clusters(data)
         for off in data[past][: structure.room].tolist():
             structure.add(finding(
-                "reference-past-eof", where, what="bitmap data cluster", host_offset=off,
+                "reference-past-eof", where, Place(TABLE_BITMAP, table_offset),
+                what="bitmap data cluster", host_offset=off,
                 file_length=self.refs.file_length))
         structure.count(max(0, int(np.count_nonzero(past)) - structure.room))
 
@@ -197,22 +205,26 @@ class _Check:
 
     def _refblock(self, i: int, raw: int, value: int, past: bool, wrong: bool) -> None:
         where = f"refcount table entry {i}"
+        table = self.h.refcount_table_offset
+        place = Place(TABLE_REFCOUNT_TABLE, table, i, refcount_table_offset=table)
         offset = raw & L.REFT_OFFSET_MASK
         cluster = offset >> self.h.cluster_bits
         values = {"index": i, "host_offset": offset}
         if raw & REFT_RESERVED_MASK:
-            self.tally.corruption("refcount-table-reserved-bits", where, entry=raw,
+            self.tally.corruption("refcount-table-reserved-bits", where, place, entry=raw,
                                   found=raw & REFT_RESERVED_MASK, **values)
         elif offset % self.h.cluster_size:
-            self.tally.corruption("unaligned-refcount-block", where, **values)
+            self.tally.corruption("unaligned-refcount-block", where, place, **values)
         elif cluster >= self.refs.size:
-            self.tally.corruption("refcount-block-outside-image", where, cluster_index=cluster,
+            self.tally.corruption("refcount-block-outside-image", where, place,
+                                  cluster_index=cluster,
                                   file_length=self.refs.file_length, **values)
         else:
             if past:  # the refused reference (no count change)
                 self.refs.inc_region(offset, self.h.cluster_size, f"refcount block {i}")
             if wrong:
-                self.tally.corruption("refcount-block-refcount", where, cluster_index=cluster,
+                self.tally.corruption("refcount-block-refcount", where, place,
+                                      cluster_index=cluster,
                                       expected=1, found=value, **values)
 
     def locate(self) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .findings import ADVICE_DATA, Tally, finding
+from .model import TABLE_REFCOUNT_TABLE, Place
 from .refcount import OnDiskRefcounts
 from .references import COUNT_MAX, U64, ReferenceCounts, u64
 
@@ -27,7 +28,9 @@ def compare_refcounts(refs: ReferenceCounts, ondisk: OnDiskRefcounts, refcount_m
         if block is None:
             tally.check_errors += hi - lo
             tally.compare.add(finding(
-                "refcount-unreadable", f"refcount table entry {t}", first=lo, last=hi - 1,
+                "refcount-unreadable", f"refcount table entry {t}",
+                Place(TABLE_REFCOUNT_TABLE, ondisk.table_offset, t,
+                      refcount_table_offset=ondisk.table_offset), first=lo, last=hi - 1,
                 host_offset=ondisk.block_offset(t), cluster_index=lo, found=hi - lo))
             continue
         computed = refs.values(lo, hi)

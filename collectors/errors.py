@@ -7,6 +7,7 @@ pyelftools choke point).
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Union
 
 # The exit codes every front end shares (documented in the README); qcow2-analyze's `check`
@@ -56,12 +57,27 @@ class Qcow2Error(Exception):
         if self.offset is not None:
             where += f" at offset 0x{self.offset:x}"
         text = f"{where}: {self.message}"
-        if self.value is not None and str(self.value) not in self.message:
-            shown = f"0x{self.value:x}" if isinstance(self.value, int) else repr(self.value)
+        shown = self.shown_value()
+        if shown is not None:
             text += f" (value {shown})"
         if self.filename is not None:
             text = f"{self.filename}: {text}"
         return text
+
+    def shown_value(self) -> Optional[str]:
+        """The value as the text adds it, or None when the message already states it (in
+        decimal, in hex or as the string itself): a value is said once."""
+        if self.value is None:
+            return None
+        if isinstance(self.value, int):
+            forms = {str(self.value), f"0x{self.value:x}", f"{self.value:x}"}
+            shown = f"0x{self.value:x}"
+        else:
+            forms = {self.value, repr(self.value)}
+            shown = repr(self.value)
+        if any(_states(self.message, form) for form in forms):
+            return None
+        return shown
 
     def as_dict(self) -> dict[str, object]:
         """The one JSON shape of an error in every command's output."""
@@ -73,6 +89,12 @@ class Qcow2Error(Exception):
             "message": self.message,
             "filename": self.filename,
         }
+
+
+def _states(message: str, form: str) -> bool:
+    """`form` appears in `message` as a whole word (7 is not stated by 0x70000)."""
+    word = rf"(?<![0-9A-Za-z_]){re.escape(form)}(?![0-9A-Za-z_])"
+    return bool(form) and re.search(word, message) is not None
 
 
 def internal_error(exc: BaseException, filename: str | None = None) -> Qcow2Error:

@@ -4,9 +4,11 @@ tally (qemu's BdrvCheckResult counters plus bounded lists of findings) the check
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+import string
+from typing import Any, NamedTuple, Optional, Union
 
-from .model import SEVERITY_CHECK_ERROR, SEVERITY_CORRUPTION, SEVERITY_LEAK, Finding
+from .model import SEVERITY_CHECK_ERROR, SEVERITY_CORRUPTION, SEVERITY_LEAK, Finding, Place
+from .units import counted
 
 ADVICE_LEAK = (
     "Leaked clusters are harmless wasted space, no harm to data; `qemu-img check -r leaks` "
@@ -35,7 +37,7 @@ ADVICE_UNREADABLE = (
 
 class Kind(NamedTuple):
     severity: str
-    template: str  # str.format() template over the finding's values
+    template: str  # format template over the finding's values ({n:counted noun}: plurals)
     advice: str
 
 
@@ -93,7 +95,7 @@ CATALOGUE: dict[str, Kind] = {
         _C, "refcount block {index} at 0x{host_offset:x} refcount={found} (it must be "
         "referenced exactly once; it overlaps other metadata or data)", ADVICE_DATA),
     "refcount-overflow": Kind(
-        _C, "overflow cluster offset=0x{host_offset:x}: {excess} reference(s) beyond the "
+        _C, "overflow cluster offset=0x{host_offset:x}: {excess:counted reference} beyond the "
         "maximum refcount {found} of {refcount_bits}-bit refcounts", ADVICE_OVERFLOW),
     "refcount-unreadable": Kind(
         SEVERITY_CHECK_ERROR, "can't get refcounts of clusters {first}..{last}: refcount block "
@@ -110,17 +112,32 @@ CATALOGUE: dict[str, Kind] = {
 Value = Union[int, str, None]
 
 
-def finding(kind: str, location: str, **values: Value) -> Finding:
-    """The finding of `kind` at `location`: its message is the kind's template filled with
-    `values`; host_offset, cluster_index, expected and found are also kept as fields. An
-    `advice` value overrides the kind's advice."""
+class _Formatter(string.Formatter):
+    """str.format plus the format spec `counted NOUN`: `{n:counted reference}` is
+    "1 reference" or "2 references"."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec.startswith("counted "):
+            return counted(int(value), format_spec.removeprefix("counted "))
+        return str(super().format_field(value, format_spec))
+
+
+_FORMATTER = _Formatter()
+
+
+def finding(kind: str, location: str, place: Optional[Place] = None, /, **values: Value
+            ) -> Finding:
+    """The finding of `kind` at `location` (`place`: the same, structured): its message is
+    the kind's template filled with `values`; host_offset, cluster_index, expected and found
+    are also kept as fields. An `advice` value overrides the kind's advice."""
     spec = CATALOGUE[kind]
     advice = values.pop("advice", None)
-    return Finding(kind, spec.severity, spec.template.format(**values), location,
+    return Finding(kind, spec.severity, _FORMATTER.format(spec.template, **values), location,
                    host_offset=_int(values.get("host_offset")),
                    cluster_index=_int(values.get("cluster_index")),
                    expected=_int(values.get("expected")), found=_int(values.get("found")),
-                   advice=spec.advice if advice is None else str(advice))
+                   advice=spec.advice if advice is None else str(advice),
+                   places=() if place is None else (place,))
 
 
 def _int(value: Value) -> Optional[int]:
@@ -165,11 +182,12 @@ class Tally:
         self.compare = Findings(max_findings)  # compare_refcounts()
         self.copied = Findings(max_findings)  # check_oflag_copied()
 
-    def corruption(self, kind: str, location: str, **values: Value) -> None:
+    def corruption(self, kind: str, location: str, place: Optional[Place] = None, /,
+                   **values: Value) -> None:
         """One corruption found while counting references, with its finding."""
         self.corruptions += 1
         if self.structure.room:
-            self.structure.add(finding(kind, location, **values))
+            self.structure.add(finding(kind, location, place, **values))
         else:
             self.structure.count(1)  # nothing built: a hostile table may hold millions
 

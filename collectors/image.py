@@ -18,6 +18,7 @@ from .header import parse_header, shorter_than_header
 from .luks import LuksInfo, read_luks
 from .names import c_string_text, decode_path_name, name_problem, shown
 from .reader import ImageFile, Window
+from .units import counted
 
 # qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
 INT_MAX = 2**31 - 1
@@ -160,7 +161,8 @@ class Qcow2Image:
         if unknown:
             names = [self.feature_name(L.FEATURE_TYPE_INCOMPATIBLE, bit)
                      for bit in range(64) if unknown >> bit & 1]
-            raise _err(f"unsupported incompatible feature(s): {', '.join(names)}",
+            raise _err(f"{counted(len(names), 'unsupported incompatible feature')}: "
+                       f"{', '.join(names)}",
                        "header.incompatible_features", 72, h.incompatible_features,
                        UNSUPPORTED)
         crypto = self.extension(L.QCOW2_EXT_MAGIC_CRYPTO_HEADER)

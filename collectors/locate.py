@@ -19,25 +19,57 @@ import numpy.typing as npt
 from . import layout as L
 from .image import Qcow2Image
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
-from .model import Finding
+from .model import (
+    TABLE_HEADER,
+    TABLE_L1,
+    TABLE_REFCOUNT_BLOCK,
+    TABLE_REFCOUNT_TABLE,
+    TABLE_SNAPSHOTS,
+    Finding,
+    Place,
+)
 from .refcount import OnDiskRefcounts
 from .references import U64
-from .tablewalk import L2_BATCH_ENTRIES, Geometry, l2_entry_location, read_tables
+from .tablewalk import (
+    COMPRESSED_SECTOR_SIZE,
+    L2_BATCH_ENTRIES,
+    Geometry,
+    L1Table,
+    l2_entry_location,
+    l2_entry_place,
+    read_tables,
+)
+from .units import counted
 
-Referrers = dict[int, list[str]]
+Referrers = dict[int, list[tuple[str, Place]]]
+# Referencing entries named per cluster; more are counted (an L1 may name one table 4 Mi times).
+MAX_NAMED = 8
 RELOCATED_KINDS = ("refcount-too-low", "leak", "refcount-overflow")
-# Referrers named per cluster; the rest are counted. A hostile L1 can name one L2 table
-# millions of times: the locations must stay as small as the finding list.
-MAX_REFERRERS = 8
 
 
-def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits: int) -> str:
+def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits: int
+                            ) -> tuple[str, Place]:
     """Where the refcount of `cluster` is stored on disk."""
     index, entry = divmod(cluster, ondisk.per_block)
     block = ondisk.block_offset(index)
-    where = (f"refcount block at 0x{block:x} entry {entry}" if block
-             else f"refcount table entry {index} (no block)")
-    return f"{where} (cluster {cluster} at 0x{cluster << cluster_bits:x})"
+    table = ondisk.table_offset
+    if block:
+        where = f"refcount block at 0x{block:x} entry {entry}"
+        place = Place(TABLE_REFCOUNT_BLOCK, block, entry, refcount_table_offset=table)
+    else:
+        where = f"refcount table entry {index} (no block)"
+        place = Place(TABLE_REFCOUNT_TABLE, table, index, refcount_table_offset=table)
+    return f"{where} (cluster {cluster} at 0x{cluster << cluster_bits:x})", place
+
+
+def referrers(image: Qcow2Image, ondisk: OnDiskRefcounts, clusters: Iterable[int]
+              ) -> tuple[Referrers, dict[int, int]]:
+    """The metadata entries that reference one of `clusters` (up to MAX_NAMED per cluster),
+    and per cluster how many more do."""
+    locator = _Locator(image, clusters)
+    if locator.wanted:
+        locator.walk(ondisk)
+    return locator.found, locator.more
 
 
 class _Locator:
@@ -47,84 +79,126 @@ class _Locator:
         self.wanted = set(clusters)
         self.targets = np.array(sorted(self.wanted), dtype=np.uint64)
         self.found: Referrers = defaultdict(list)
-        self.total: dict[int, int] = defaultdict(int)
-
-    def add(self, cluster: int, where: str, times: int = 1) -> None:
-        self.total[cluster] += times
-        if len(self.found[cluster]) < MAX_REFERRERS:
-            self.found[cluster].append(where)
+        self.more: dict[int, int] = defaultdict(int)  # referrers beyond MAX_NAMED
 
     def walk(self, ondisk: OnDiskRefcounts) -> None:
         """The references calculate_refcounts() counts, in its order (bitmaps aside)."""
         h = self.image.header
-        self.region(0, h.cluster_size, "header")
-        self.l1(h.l1_table_offset, h.l1_size, "")
+        table = h.refcount_table_offset
+        self.region(0, h.cluster_size, "header", Place(TABLE_HEADER, 0))
+        self.l1(L1Table(h.l1_table_offset, ""), h.l1_size)
         for sn in self.image.snapshots():
             if sn.l1_table_offset % h.cluster_size == 0:
-                self.l1(sn.l1_table_offset, sn.l1_size, f"{sn.label}: ")
-        self.region(h.snapshots_offset, self.image.snapshots_size, "snapshot table")
-        self.region(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
-                    "refcount table")
+                self.l1(L1Table(sn.l1_table_offset, f"{sn.label}: ", sn.id_str), sn.l1_size)
+        self.region(h.snapshots_offset, self.image.snapshots_size, "snapshot table",
+                    Place(TABLE_SNAPSHOTS, h.snapshots_offset))
+        self.region(table, h.refcount_table_clusters * h.cluster_size, "refcount table",
+                    Place(TABLE_REFCOUNT_TABLE, table, refcount_table_offset=table))
         for index, raw in enumerate(ondisk.table.tolist()):
             offset = int(raw) & L.REFT_OFFSET_MASK
             if offset:
                 self.region(offset, h.cluster_size, f"refcount table entry {index} "
-                            "(refcount block)")
+                            "(refcount block)", Place(TABLE_REFCOUNT_TABLE, table, index,
+                                                      refcount_table_offset=table))
 
-    def region(self, offset: int, size: int, what: str) -> None:
+    def region(self, offset: int, size: int, what: str, place: Place) -> None:
         bits = self.geo.cluster_bits
         if size <= 0:
             return
         for cluster in range(offset >> bits, ((offset + size - 1) >> bits) + 1):
             if cluster in self.wanted:
-                self.add(cluster, what)
+                self.note(cluster, (what, place))
 
-    def l1(self, l1_offset: int, l1_size: int, label: str) -> None:
+    def spans(self, first: U64, last: U64) -> npt.NDArray[np.bool_]:
+        """Which references (a cluster-sized or shorter region each, from cluster `first` to
+        `last`) touch a wanted cluster."""
+        return np.isin(first, self.targets) | np.isin(last, self.targets)
+
+    def add(self, first: int, last: int, where: tuple[str, Place], times: int = 1) -> None:
+        for cluster in {first, last}:
+            if cluster in self.wanted:
+                self.note(cluster, where, times)
+
+    def note(self, cluster: int, where: tuple[str, Place], times: int = 1) -> None:
+        """`where` references `cluster` `times` times (a table named k times by its L1)."""
+        if len(self.found[cluster]) < MAX_NAMED:
+            self.found[cluster].append(where)
+            self.more[cluster] += times - 1
+        else:
+            self.more[cluster] += times
+
+    def l1(self, table: L1Table, l1_size: int) -> None:
+        """The L1 table, its entries (an unaligned L2 offset counts the two clusters its
+        cluster-sized region touches, as qemu counts it) and the L2 tables they name."""
         geo = self.geo
-        bits = geo.cluster_bits
+        bits = np.uint64(geo.cluster_bits)
         if not l1_size or l1_size > L.QCOW_MAX_L1_SIZE // L.L1E_SIZE:
             return
-        self.region(l1_offset, l1_size * L.L1E_SIZE, f"{label}L1 table")
-        raw = self.image.file.read_zero_padded(l1_offset, l1_size * L.L1E_SIZE,
-                                               f"{label}L1 table")
+        self.region(table.offset, l1_size * L.L1E_SIZE, f"{table.label}L1 table",
+                    Place(TABLE_L1, table.offset, snapshot=table.snapshot))
+        raw = self.image.file.read_zero_padded(table.offset, l1_size * L.L1E_SIZE,
+                                               f"{table.label}L1 table")
         l2_offsets = np.frombuffer(raw, dtype=">u8").astype(np.uint64) \
             & np.uint64(L.L1E_OFFSET_MASK)
-        used = np.flatnonzero((l2_offsets != 0)
-                              & ((l2_offsets & np.uint64(geo.cluster_size - 1)) == 0))
-        named = used[np.isin(l2_offsets[used] >> np.uint64(bits), self.targets)]
-        named_clusters = l2_offsets[named] >> np.uint64(bits)
-        for cluster in np.unique(named_clusters).tolist():
-            rows = named[named_clusters == cluster]
-            for index in rows[:MAX_REFERRERS].tolist():
-                self.add(int(cluster), f"{label}L1[{index}] (L2 table)")
-            self.total[int(cluster)] += len(rows) - min(len(rows), MAX_REFERRERS)
-        # Each distinct L2 table is read once, located at the first L1 entry naming it; its
-        # references count as often as it is named (as the check counts them).
-        _tables, first, times = np.unique(l2_offsets[used], return_index=True,
-                                          return_counts=True)
-        rows = used[first]
+        named = np.flatnonzero(l2_offsets != 0)
+        first = l2_offsets[named] >> bits
+        last = (l2_offsets[named] + np.uint64(geo.cluster_size - 1)) >> bits
+        # A hostile L1 can name one table millions of times: per wanted cluster, the first
+        # MAX_NAMED entries are named and the rest only counted, without a loop over them.
+        hits = np.flatnonzero(self.spans(first, last))
+        wanted_first = np.isin(first[hits], self.targets)
+        wanted_last = np.isin(last[hits], self.targets) & (last[hits] != first[hits])
+        keys = np.concatenate((first[hits][wanted_first], last[hits][wanted_last]))
+        positions = np.concatenate((hits[wanted_first], hits[wanted_last]))
+        order = np.argsort(keys, kind="stable")
+        keys, positions = keys[order], positions[order]
+        clusters, starts, counts = np.unique(keys, return_index=True, return_counts=True)
+        for cluster, start, count in zip(clusters.tolist(), starts.tolist(), counts.tolist()):
+            for k in positions[start:start + min(count, MAX_NAMED)].tolist():
+                text, place = table.entry(int(named[k]), geo)
+                self.note(cluster, (f"{text} (L2 table)", place))
+            self.more[cluster] += max(0, count - MAX_NAMED)
+        # Each distinct L2 table is read once, located at the first L1 entry naming it; what
+        # it references counts as often as it is named (as the check counts it).
+        used = named[(l2_offsets[named] & np.uint64(geo.cluster_size - 1)) == 0]
+        _tables, first_named, times = np.unique(l2_offsets[used], return_index=True,
+                                                return_counts=True)
+        rows = used[first_named]
         per_batch = max(1, L2_BATCH_ENTRIES // geo.l2_entries)
         for lo in range(0, len(rows), per_batch):
-            self.l2_batch(rows[lo:lo + per_batch], times[lo:lo + per_batch], l2_offsets, label)
+            self.l2_batch(rows[lo:lo + per_batch], times[lo:lo + per_batch], l2_offsets, table)
 
     def l2_batch(self, rows: npt.NDArray[np.intp], times: npt.NDArray[np.intp],
-                 l2_offsets: U64, label: str) -> None:
+                 l2_offsets: U64, l1: L1Table) -> None:
+        """The entries of some L2 tables that reference a wanted cluster: the region qemu
+        counts for each (a cluster from its offset, aligned or not; the compressed data's
+        sectors) may touch two clusters."""
         geo = self.geo
         tables = l2_offsets[rows]
         entries, _bitmap = split_entries(read_tables(self.image, tables, geo.cluster_size),
                                          geo.extended)
         types = cluster_types(entries, extended=geo.extended, data_file=geo.data_file)
         compressed = types == COMPRESSED
-        hosts = np.where(compressed, entries & np.uint64(geo.compressed_offset_mask),
-                         entries & np.uint64(L.L2E_OFFSET_MASK)) >> np.uint64(geo.cluster_bits)
+        sector = np.uint64(COMPRESSED_SECTOR_SIZE)
+        start = np.where(compressed, entries & np.uint64(geo.compressed_offset_mask),
+                         entries & np.uint64(L.L2E_OFFSET_MASK))
+        sectors = ((entries >> np.uint64(geo.csize_shift)) & np.uint64(geo.csize_mask)) \
+            + np.uint64(1)
+        end = np.where(compressed, start - start % sector + sectors * sector,
+                       start + np.uint64(geo.cluster_size))
+        first = start >> np.uint64(geo.cluster_bits)
+        last = (end - np.uint64(1)) >> np.uint64(geo.cluster_bits)
         # With an external data file only compressed data (never allowed) would be here.
         mapped = compressed if geo.data_file else (
             compressed | (types == NORMAL) | (types == ZERO_ALLOC))
-        for pos in np.flatnonzero(mapped & np.isin(hosts, self.targets)).tolist():
+        for pos in np.flatnonzero(mapped & self.spans(first, last)).tolist():
             row, j = divmod(pos, geo.l2_entries)
-            self.add(int(hosts[pos]), l2_entry_location(
-                label, int(tables[row]), j, int(rows[row]), geo.l2_entries, geo.cluster_bits),
-                int(times[row]))
+            table, l1_index = int(tables[row]), int(rows[row])
+            self.add(int(first[pos]), int(last[pos]), (
+                l2_entry_location(l1.label, table, j, l1_index, geo.l2_entries,
+                                  geo.cluster_bits),
+                l2_entry_place(table, j, l1_index, geo.l2_entries, geo.cluster_bits,
+                               l1.snapshot)), int(times[row]))
 
 
 def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[Finding]
@@ -135,15 +209,16 @@ def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[F
                 if f.kind in RELOCATED_KINDS and f.cluster_index is not None]
     if not clusters:
         return findings
-    locator = _Locator(image, clusters)
-    locator.walk(ondisk)
+    found, more = referrers(image, ondisk, clusters)
     bits = image.header.cluster_bits
     located = []
     for f in findings:
         if f.kind in RELOCATED_KINDS and f.cluster_index is not None:
-            where = locator.found.get(f.cluster_index) or [
+            where = found.get(f.cluster_index) or [
                 refcount_entry_location(ondisk, f.cluster_index, bits)]
-            more = locator.total.get(f.cluster_index, 0) - len(where)
-            f = replace(f, location="; ".join(where) + (f"; {more} more" if more > 0 else ""))
+            text = "; ".join(text for text, _ in where)
+            if more.get(f.cluster_index):
+                text += f"; and {counted(more[f.cluster_index], 'more entry', 'more entries')}"
+            f = replace(f, location=text, places=tuple(place for _, place in where))
         located.append(f)
     return located

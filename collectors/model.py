@@ -138,6 +138,30 @@ SEVERITY_LEAK = "leak"
 SEVERITY_CHECK_ERROR = "check-error"
 
 
+# The metadata tables a finding can be located in (Place.table).
+TABLE_HEADER = "header"
+TABLE_L1 = "l1"
+TABLE_L2 = "l2"
+TABLE_REFCOUNT_TABLE = "refcount-table"
+TABLE_REFCOUNT_BLOCK = "refcount-block"
+TABLE_SNAPSHOTS = "snapshot-table"
+TABLE_BITMAP = "bitmap-table"
+
+
+@dataclass(frozen=True)
+class Place:
+    """One entry (or, without `entry`, one whole table) of the metadata a finding is at: the
+    structured twin of a finding's `location` text."""
+
+    table: str  # TABLE_*
+    table_offset: Optional[int] = None  # host offset of the table
+    entry: Optional[int] = None  # index of the entry in the table
+    l1_index: Optional[int] = None  # the L1 entry (of an L1 entry, or of an L2 table's)
+    guest_offset: Optional[int] = None  # first guest byte the entry maps
+    snapshot: Optional[str] = None  # snapshot id, when the table is a snapshot's
+    refcount_table_offset: Optional[int] = None  # for refcount table and block entries
+
+
 @dataclass(frozen=True)
 class Finding:
     """One problem found by the full check, located precisely."""
@@ -151,6 +175,7 @@ class Finding:
     expected: Optional[int] = None
     found: Optional[int] = None
     advice: str = ""
+    places: tuple[Place, ...] = ()  # every entry `location` names, in its order
 
 
 @dataclass(frozen=True)

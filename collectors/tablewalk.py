@@ -21,7 +21,7 @@ from . import layout as L
 from .findings import Tally, finding
 from .image import Qcow2Image
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
-from .model import Finding
+from .model import TABLE_L1, TABLE_L2, Finding, Place
 from .refcount import OnDiskRefcounts
 from .references import U64, Bools, ReferenceCounts, u64
 
@@ -69,6 +69,20 @@ class Geometry:
                    image.file.length)
 
 
+class L1Table(NamedTuple):
+    """The L1 table being walked: the active one or a snapshot's."""
+
+    offset: int
+    label: str  # "" or "snapshot N: "
+    snapshot: Optional[str] = None  # the snapshot's id
+
+    def entry(self, index: int, geo: Geometry) -> tuple[str, Place]:
+        """Where L1 entry `index` is: `L1[i]` after the label, and structured."""
+        return (f"{self.label}L1[{index}]",
+                l1_entry_place(self.offset, index, geo.l2_entries, geo.cluster_bits,
+                               self.snapshot))
+
+
 class Batch(NamedTuple):
     """Some L2 tables of one L1 table, walked together."""
 
@@ -76,12 +90,16 @@ class Batch(NamedTuple):
     l1_indices: Positions
     copied_ok: Bools  # per table: its own refcount was readable (check_oflag_copied)
     active: bool  # the active L1 table, not a snapshot's
-    label: str  # "" or "snapshot N: "
+    l1: L1Table
 
-    def location(self, pos: int, geo: Geometry) -> str:
+    def location(self, pos: int, geo: Geometry) -> tuple[str, Place]:
+        """Where the entry at `pos` of the batch is, as text and structured."""
         row, j = divmod(pos, geo.l2_entries)
-        return l2_entry_location(self.label, int(self.table_offsets[row]), j,
-                                 int(self.l1_indices[row]), geo.l2_entries, geo.cluster_bits)
+        table, l1_index = int(self.table_offsets[row]), int(self.l1_indices[row])
+        return (l2_entry_location(self.l1.label, table, j, l1_index, geo.l2_entries,
+                                  geo.cluster_bits),
+                l2_entry_place(table, j, l1_index, geo.l2_entries, geo.cluster_bits,
+                               self.l1.snapshot))
 
 
 def l2_entry_location(label: str, table_offset: int, entry: int, l1_index: int,
@@ -91,6 +109,21 @@ def l2_entry_location(label: str, table_offset: int, entry: int, l1_index: int,
     guest = (l1_index * l2_entries + entry) << cluster_bits
     return (f"{label}L2 table at 0x{table_offset:x} entry {entry} "
             f"(L1[{l1_index}], guest offset 0x{guest:x})")
+
+
+def l1_entry_place(l1_offset: int, index: int, l2_entries: int, cluster_bits: int,
+                   snapshot: Optional[str]) -> Place:
+    """L1 entry `index`: the guest range it maps starts at index * l2_entries clusters."""
+    return Place(TABLE_L1, l1_offset, index, l1_index=index,
+                 guest_offset=(index * l2_entries) << cluster_bits, snapshot=snapshot)
+
+
+def l2_entry_place(table_offset: int, entry: int, l1_index: int, l2_entries: int,
+                   cluster_bits: int, snapshot: Optional[str]) -> Place:
+    """Entry `entry` of the L2 table L1[l1_index] points to, and the guest cluster it maps."""
+    return Place(TABLE_L2, table_offset, entry, l1_index=l1_index,
+                 guest_offset=(l1_index * l2_entries + entry) << cluster_bits,
+                 snapshot=snapshot)
 
 
 def read_tables(image: Qcow2Image, offsets: U64, size: int) -> U64:
@@ -120,9 +153,11 @@ class TableWalk:
         self.tally = tally
 
     # -- check_refcounts_l1 -----------------------------------------------------------------
-    def check_l1(self, l1_offset: int, l1_size: int, *, active: bool, label: str) -> None:
+    def check_l1(self, l1_offset: int, l1_size: int, *, active: bool, label: str,
+                 snapshot: Optional[str] = None) -> None:
         if not l1_size:
             return
+        table = L1Table(l1_offset, label, snapshot)
         what = f"{label}L1 table"
         self.refs.inc_region(l1_offset, l1_size * L.L1E_SIZE, what)
         # Entries past EOF read as zeros (bdrv_pread on a file): only the part inside the file
@@ -137,14 +172,14 @@ class TableWalk:
         reserved = (entries & u64(L.L1E_RESERVED_MASK)) != 0
         l2_offsets = entries & u64(L.L1E_OFFSET_MASK)
         unaligned = (l2_offsets & u64(self.geo.cluster_size - 1)) != 0
-        copied_ok = (self._l1_copied(used, entries, l2_offsets, label) if active
+        copied_ok = (self._l1_copied(used, entries, l2_offsets, table) if active
                      else np.zeros(len(used), dtype=bool))
         for lo in range(0, len(used), L1_CHUNK_ENTRIES):
             chunk = slice(lo, min(len(used), lo + L1_CHUNK_ENTRIES))
             # Per L1 entry in qemu's order: reserved bits, the L2 table's own reference,
             # alignment, then its entries. Findings are built while there is room, the rest
             # only counted: the time follows the tables, not the L1 size.
-            l1_entry_findings(self.tally, label, used[chunk], entries[chunk],
+            l1_entry_findings(self.tally, table, self.geo, used[chunk], entries[chunk],
                               reserved[chunk], unaligned[chunk])
             table_offsets = l2_offsets[chunk]
             past = self.refs.add_clusters(table_offsets)
@@ -152,14 +187,14 @@ class TableWalk:
             for i in np.flatnonzero(past)[: structure.room].tolist():
                 off = int(table_offsets[i])
                 structure.add(finding(
-                    "reference-past-eof", f"{label}L1[{int(used[lo + i])}]",
+                    "reference-past-eof", *table.entry(int(used[lo + i]), self.geo),
                     what="L2 table", host_offset=off,
                     cluster_index=off >> self.geo.cluster_bits,
                     file_length=self.geo.file_length))
             structure.count(max(0, int(np.count_nonzero(past)) - structure.room))
             # A table at or past EOF reads as zeros: nothing in it to walk.
             inside = np.flatnonzero(table_offsets < u64(self.geo.file_length)) + lo
-            self._walk_tables(Batch(l2_offsets, used, copied_ok, active, label), inside)
+            self._walk_tables(Batch(l2_offsets, used, copied_ok, active, table), inside)
 
     def _walk_tables(self, l1: Batch, inside: Positions) -> None:
         """check_refcounts_l2() for the L1 entries at positions `inside`, in batches.
@@ -173,7 +208,7 @@ class TableWalk:
             for b in range(0, len(positions), per_batch):
                 sel = positions[b:b + per_batch]
                 self._check_l2_batch(Batch(l1.table_offsets[sel], l1.l1_indices[sel],
-                                           l1.copied_ok[sel], l1.active, l1.label))
+                                           l1.copied_ok[sel], l1.active, l1.l1))
 
         _, first, times = np.unique(l1.table_offsets[inside], return_index=True,
                                     return_counts=True)
@@ -184,7 +219,8 @@ class TableWalk:
         for k in np.unique(times[times > 1]).tolist():
             self.refs.repeated(int(k), partial(walk, inside[np.sort(first[times == k])]))
 
-    def _l1_copied(self, used: Positions, entries: U64, l2_offsets: U64, label: str) -> Bools:
+    def _l1_copied(self, used: Positions, entries: U64, l2_offsets: U64, l1: L1Table
+                   ) -> Bools:
         """Active L1 COPIED flags (check_oflag_copied, first half): L2 offset 0 is skipped and
         an unreadable refcount skips the whole L2 table. Returns which tables were readable."""
         rc, readable = self.ondisk.lookup(l2_offsets >> u64(self.geo.cluster_bits))
@@ -196,7 +232,7 @@ class TableWalk:
         for i in bad[: self.tally.copied.room].tolist():
             self.tally.corruptions += 1
             self.tally.copied.add(finding(
-                "copied-flag", f"{label}L1[{int(used[i])}]", what="L2 cluster",
+                "copied-flag", *l1.entry(int(used[i]), self.geo), what="L2 cluster",
                 entry_name="l1_entry", entry=int(entries[i]), host_offset=int(l2_offsets[i]),
                 cluster_index=int(l2_offsets[i]) >> self.geo.cluster_bits,
                 expected=1 if flag[i] else None, found=int(rc[i])))
@@ -320,7 +356,7 @@ class TableWalk:
             pos = int(check_pos[k])
             entry = int(e[pos])
             copied.add(finding(
-                "copied-flag", batch.location(pos, self.geo), what="data cluster",
+                "copied-flag", *batch.location(pos, self.geo), what="data cluster",
                 entry_name="l2_entry", entry=entry, host_offset=entry & L.L2E_OFFSET_MASK,
                 cluster_index=(entry & L.L2E_OFFSET_MASK) >> self.geo.cluster_bits,
                 found=int(rc[k])))
@@ -394,60 +430,61 @@ class TableWalk:
         for pos in sorted(by_entry):
             entry = int(e[pos])
             bm = int(bitmap[pos]) if bitmap is not None else 0
-            where = batch.location(pos, self.geo)
+            where, place = batch.location(pos, self.geo)
             for kind in by_entry[pos]:
-                structure.add(l2_finding(kind, entry, bm, where, self.geo))
+                structure.add(l2_finding(kind, entry, bm, where, place, self.geo))
                 built += 1
         structure.count(problems - built)
 
 
-def l1_entry_findings(tally: Tally, label: str, used: Positions, entries: U64,
-                      reserved: Bools, unaligned: Bools) -> None:
+def l1_entry_findings(tally: Tally, l1: L1Table, geo: Geometry, used: Positions,
+                      entries: U64, reserved: Bools, unaligned: Bools) -> None:
     """Reserved bits and unaligned L2 offsets of L1 entries: findings built while there is
     room, the rest counted (a hostile L1 holds millions)."""
     flagged = np.flatnonzero(reserved | unaligned)
     shown = flagged[: tally.structure.room]
     for i in shown.tolist():
-        where = f"{label}L1[{int(used[i])}]"
+        where, place = l1.entry(int(used[i]), geo)
         entry = int(entries[i])
         l2_offset = entry & L.L1E_OFFSET_MASK
         if reserved[i]:
-            tally.corruption("l1-reserved-bits", where, entry=entry, host_offset=l2_offset,
-                             found=entry & L.L1E_RESERVED_MASK)
+            tally.corruption("l1-reserved-bits", where, place, entry=entry,
+                             host_offset=l2_offset, found=entry & L.L1E_RESERVED_MASK)
         if unaligned[i]:
-            tally.corruption("unaligned-l2-offset", where, host_offset=l2_offset)
+            tally.corruption("unaligned-l2-offset", where, place, host_offset=l2_offset)
     rest = flagged[len(shown):]
     hidden = int(np.count_nonzero(reserved[rest])) + int(np.count_nonzero(unaligned[rest]))
     tally.corruptions += hidden
     tally.structure.count(hidden)
 
 
-def l2_finding(kind: str, entry: int, bm: int, where: str, geo: Geometry) -> Finding:
+def l2_finding(kind: str, entry: int, bm: int, where: str, place: Place, geo: Geometry
+               ) -> Finding:
     """The finding of one damaged L2 entry (`bm`: its subcluster bitmap, or 0)."""
     off = entry & L.L2E_OFFSET_MASK
     coff = entry & geo.compressed_offset_mask
     if kind == "compressed-copied":
-        return finding(kind, where, host_offset=coff)
+        return finding(kind, where, place, host_offset=coff)
     if kind == "compressed-invalid":
         reason = ("data file" if geo.data_file
                   else f"non-zero subcluster allocation bitmap 0x{bm:x}")
-        return finding(kind, where, reason=reason, entry=entry, host_offset=coff,
+        return finding(kind, where, place, reason=reason, entry=entry, host_offset=coff,
                        found=bm or None)
     if kind in ("compressed-past-eof", "data-past-eof"):
         compressed = kind == "compressed-past-eof"
         host = coff if compressed else off
-        return finding("reference-past-eof", where,
+        return finding("reference-past-eof", where, place,
                        what="compressed data" if compressed else "data cluster",
                        host_offset=host, cluster_index=host >> geo.cluster_bits,
                        file_length=geo.file_length)
     if kind == "unaligned-data-offset":
         has_data = bool(bm & 0xFFFFFFFF) if geo.extended else not entry & L.QCOW_OFLAG_ZERO
-        return finding(kind, where, host_offset=off,
+        return finding(kind, where, place, host_offset=off,
                        what="Data cluster" if has_data else "Preallocated cluster")
     if kind == "l2-reserved-bits":
-        return finding(kind, where, entry=entry, host_offset=off,
+        return finding(kind, where, place, entry=entry, host_offset=off,
                        found=entry & L.L2E_STD_RESERVED_MASK)
     if kind == "subcluster-bitmap":
-        return finding(kind, where, host_offset=off, found=bm)
-    return finding(kind, where, found=bm)  # unallocated-subcluster-bitmap
+        return finding(kind, where, place, host_offset=off, found=bm)
+    return finding(kind, where, place, found=bm)  # unallocated-subcluster-bitmap
 

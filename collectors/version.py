@@ -16,8 +16,9 @@ def package_version() -> str:
         return "unknown"
 
 
-def add_version_argument(parser: argparse.ArgumentParser) -> None:
-    """-V/--version on a command: its name and the package version, on stdout."""
+def add_version_argument(parser: argparse.ArgumentParser, name: str = "") -> None:
+    """-V/--version on a command: its name (`name`, or the parser's) and the package version,
+    on stdout."""
     parser.add_argument("-V", "--version", action="version",
-                        version=f"{parser.prog} {package_version()}",
+                        version=f"{name or parser.prog} {package_version()}",
                         help="print the program's version and exit")

@@ -262,9 +262,13 @@ def test_cli_check_json_and_exit_codes(damaged_by_name: dict[str, DamagedImage],
     assert "1 leaked clusters were found on the image.\nThis means waste of disk space, " \
         "but no harm to data." in out
     assert "% allocated, " in out and "Image end offset: " in out
-    code, out, err = _cli(["check", "--output", "json",
-                           str(damaged_by_name["mixed--snapshot-extra-data-too-big"].path)])
-    assert code == 1 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    bad = str(damaged_by_name["mixed--snapshot-extra-data-too-big"].path)
+    code, out, err = _cli(["check", "--output", "json", bad])
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    # stdout: the one error document, never empty.
+    document = json.loads(out)
+    assert document["filename"] == bad and document["status"] == "error"
+    assert document["error"]["filename"] == bad and document["error"]["message"] in err
 
 
 def test_cli_check_chain(corpus: list[CorpusImage]) -> None:

@@ -90,6 +90,30 @@ def test_version_on_every_command(command: str) -> None:
     assert re.fullmatch(rf"{command} \S+\n", proc.stdout), proc.stdout
 
 
+@pytest.mark.parametrize("command", [*ANALYZE_COMMANDS, "config"])
+def test_version_after_every_subcommand(command: str) -> None:
+    proc = run("qcow2-analyze", command, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == run("qcow2-analyze", "--version").stdout
+
+
+def test_legacy_mode_takes_one_file_and_its_own_options(tmp_path: Path) -> None:
+    a = str(create(tmp_path / "a.qcow2"))
+    b = str(create(tmp_path / "b.qcow2"))
+    both = run("qcow2-analyze", "-f", a, "-f", b)
+    assert both.returncode == 64 and both.stdout == ""
+    assert "one file" in both.stderr and a in both.stderr and b in both.stderr
+    for argv in (["--output", "json"], ["--output=json"]):
+        proc = run("qcow2-analyze", "-f", a, *argv)
+        assert proc.returncode == 64 and proc.stdout == ""
+        assert "-o json|raw" in proc.stderr and "invalid choice" not in proc.stderr
+    extra = run("qcow2-analyze", "-f", a, b)
+    assert extra.returncode == 64 and "one FILE" in extra.stderr
+    mixed = run("qcow2-analyze", "-f", a, "info", b)
+    assert mixed.returncode == 64 and "not with a command" in mixed.stderr
+    assert json.loads(run("qcow2-analyze", "-f", a, "-o", "json").stdout)["qcow_version"] == 3
+
+
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from qcow2_monitor.analyze.main import build_parser as analyze_parser
     from qcow2_monitor.nagios.check_qcow2 import build_parser as nagios_parser
@@ -246,6 +270,19 @@ def test_percent_and_plural_rules() -> None:
     assert counted(1, "leaked cluster") == "1 leaked cluster"
 
 
+def test_no_plural_placeholders_in_the_sources() -> None:
+    """Plurals come from collectors.units.counted: no "(s)" in any message of the core or
+    the command line, and findings count their nouns with it too."""
+    from qcow2_monitor.collectors.findings import finding
+
+    for folder in ("analyze", "collectors"):
+        for path in (REPO / folder).glob("*.py"):
+            assert "(s)" not in path.read_text(), path
+    one, three = (finding("refcount-overflow", "cluster 1", host_offset=0x10000, excess=n,
+                          found=15, refcount_bits=4).message for n in (1, 3))
+    assert "1 reference beyond" in one and "3 references beyond" in three
+
+
 # -- JSON errors and layer statuses ----------------------------------------------------------
 ERROR_KEYS = {"kind", "structure", "offset", "value", "message", "filename"}
 
@@ -302,6 +339,54 @@ def test_errors_have_one_json_shape(tmp_path: Path) -> None:
                            str(not_qcow2)).stdout)
     assert check == [{"filename": str(not_qcow2), "depth": 0, "status": "error",
                       "error": usage[1]["error"]}]
+
+
+def test_every_command_prints_the_one_error_document(tmp_path: Path) -> None:
+    """A target that fails: with --output json, the same error document on stdout in every
+    command (a list entry with its depth in chain modes), the line once on stderr."""
+    short = tmp_path / "s80.qcow2"
+    short.write_bytes(create(tmp_path / "full.qcow2").read_bytes()[:80])
+    usage = run("qcow2-analyze", "usage", "--output", "json", str(short))
+    assert usage.returncode == 1
+    [expected] = json.loads(usage.stdout)
+    assert expected["status"] == "error" and set(expected["error"]) == ERROR_KEYS
+    assert expected["filename"] == expected["error"]["filename"] == str(short)
+    for argv in (["info"], ["header"], ["check"], ["measure"], ["dump", "--what", "l1"],
+                 ["info", "--backing-chain"], ["check", "--chain"]):
+        proc = run("qcow2-analyze", *argv, "--output", "json", str(short))
+        assert proc.returncode == 1, argv
+        assert proc.stderr.count("\n") == 1 and str(short) in proc.stderr, (argv, proc.stderr)
+        document = json.loads(proc.stdout)
+        if argv[-1] in ("--backing-chain", "--chain"):
+            [document] = document
+            assert document.pop("depth") == 0
+        assert document == expected, argv
+        human = run("qcow2-analyze", *argv, str(short))
+        assert human.returncode == 1 and human.stdout.count(str(short)) <= 1
+        assert human.stderr == proc.stderr
+
+
+def test_an_error_states_its_value_once(tmp_path: Path) -> None:
+    from qcow2_monitor.collectors.errors import Qcow2Error
+
+    image = create(tmp_path / "r.qcow2")
+    table = read_header(image)["refcount_table_offset"]
+    block = int.from_bytes(image.read_bytes()[table:table + 8], "big")
+    patch_bytes(image, table, (block + 0x200).to_bytes(8, "big"))
+    proc = run("qcow2-analyze", "usage", str(image))
+    assert proc.returncode == 1
+    # The line the README shows, with this image's figures.
+    assert proc.stderr == (f"qcow2-analyze: {image}: refcount table at offset 0x{table:x}: "
+                           f"refcount block offset 0x{block + 0x200:x} not cluster aligned "
+                           "(refcount table index 0)\n")
+    readme = (REPO / "README.md").read_text()
+    assert re.sub(r"\s+", " ", proc.stderr.replace(str(image), "img.qcow2").strip()) in \
+        re.sub(r"\s+", " ", readme.replace("`", " ")), "README example differs"
+    said = Qcow2Error("l1_size 7 is too large", structure="header", value=7)
+    assert str(said) == "header: l1_size 7 is too large"
+    unsaid = Qcow2Error("table at 0x70000 is odd", structure="header", value=7)
+    assert str(unsaid) == "header: table at 0x70000 is odd (value 0x7)"
+    assert str(Qcow2Error("bad name", structure="x", value="ab")) == "x: bad name (value 'ab')"
 
 
 @pytest.mark.parametrize("argv", [["check", "--max-findings", "-1"],
@@ -386,6 +471,76 @@ def test_one_flipped_l2_byte_is_located_at_its_entry(tmp_path: Path) -> None:
     assert findings["leak"]["location"] == (
         f"refcount block at 0x{refblock:x} entry {old_cluster % entries_per_block} "
         f"(cluster {old_cluster} at 0x{old_cluster * cluster_size:x})")
+    # The same, structured.
+    assert findings["refcount-too-low"]["places"] == [
+        {"table": "l2", "table-offset": l2_table, "entry": j, "l1-index": 0,
+         "guest-offset": j * cluster_size} for j in (3, 4)]
+    assert findings["leak"]["places"] == [
+        {"table": "refcount-block", "table-offset": refblock,
+         "entry": old_cluster % entries_per_block,
+         "refcount-table-offset": header["refcount_table_offset"]}]
+
+
+def _qemu_refcount_errors(image: Path) -> dict[int, tuple[int, int]]:
+    """qemu-img check's "ERROR cluster N refcount=R reference=K" lines: N -> (R, K)."""
+    proc = qemu_img("check", str(image))
+    return {int(m[1]): (int(m[2]), int(m[3])) for m in re.finditer(
+        r"ERROR cluster (\d+) refcount=(\d+) reference=(\d+)", proc.stdout + proc.stderr)}
+
+
+def test_every_entry_referencing_a_cluster_is_located(tmp_path: Path) -> None:
+    """One L2 entry made unaligned (+0x200): qemu counts a cluster from that offset, so the
+    next cluster gets one reference more than its refcount. Every referencing entry is
+    named, as many as qemu's reference count, each read back from the file."""
+    image = create(tmp_path / "snap.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 256k", str(image)],
+                   check=True, capture_output=True)
+    subprocess.run(["qemu-img", "snapshot", "-c", "s1", str(image)], check=True)
+    # A write after the snapshot copies the active L2 table: active and snapshot then
+    # reference the unchanged data clusters from two tables.
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xbb 0 4k", str(image)],
+                   check=True, capture_output=True)
+    header = read_header(image)
+    cluster_size = 1 << header["cluster_bits"]
+    l2_entries = cluster_size // 8
+    l2_table = _u64_at(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
+    entry1 = _u64_at(image, l2_table + 8)
+    patch_bytes(image, l2_table + 8, (entry1 + 0x200).to_bytes(8, "big"))
+    qemu = _qemu_refcount_errors(image)
+    assert qemu, "qemu-img check found no refcount error"
+    proc = run("qcow2-analyze", "check", "--output", "json", str(image))
+    assert proc.returncode == 2
+    ours = {f["cluster-index"]: f for f in json.loads(proc.stdout)["findings"]
+            if f["kind"] == "refcount-too-low"}
+    assert set(ours) == set(qemu)
+    snapshots = set()
+    for cluster, (refcount, references) in qemu.items():
+        finding = ours[cluster]
+        assert (finding["found"], finding["expected"]) == (refcount, references)
+        places = finding["places"]
+        assert len(places) == references == len(finding["location"].split("; "))
+        for place in places:
+            assert place["table"] == "l2"
+            host = _u64_at(image, place["table-offset"] + 8 * place["entry"]) \
+                & 0x00FFFFFFFFFFFE00
+            assert cluster in (host // cluster_size, (host + cluster_size - 1) // cluster_size)
+            assert place["guest-offset"] == (place["l1-index"] * l2_entries
+                                             + place["entry"]) * cluster_size
+            snapshots.add(place.get("snapshot"))
+    assert snapshots == {None, "1"}  # the active table's entries and the snapshot's
+
+
+def test_refcount_table_findings_give_the_tables_offset(tmp_path: Path) -> None:
+    image = create(tmp_path / "r.qcow2")
+    table = read_header(image)["refcount_table_offset"]
+    block = _u64_at(image, table)
+    patch_bytes(image, table, (block + 0x200).to_bytes(8, "big"))
+    proc = run("qcow2-analyze", "check", "--output", "json", str(image))
+    assert proc.returncode == qemu_img("check", str(image)).returncode
+    findings = {f["kind"]: f for f in json.loads(proc.stdout)["findings"]}
+    assert findings["unaligned-refcount-block"]["places"] == [
+        {"table": "refcount-table", "table-offset": table, "entry": 0,
+         "refcount-table-offset": table}]
 
 
 def test_snapshot_entries_are_named_in_locations(tmp_path: Path) -> None:
@@ -401,11 +556,22 @@ def test_snapshot_entries_are_named_in_locations(tmp_path: Path) -> None:
     patch_bytes(image, header["l1_table_offset"], bytes(8))
     proc = run("qcow2-analyze", "check", "--output", "json", str(image))
     assert proc.returncode == qemu_img("check", str(image)).returncode == 3
-    locations = {f["location"] for f in json.loads(proc.stdout)["findings"]}
+    findings = json.loads(proc.stdout)["findings"]
+    locations = {f["location"] for f in findings}
     assert "snapshot 1: L1[0] (L2 table)" in locations
+    [l1_entry] = [f for f in findings if f["location"] == "snapshot 1: L1[0] (L2 table)"]
+    [snapshot] = json.loads(qemu_img("info", "--output=json", str(image)).stdout)["snapshots"]
+    assert l1_entry["places"] == [{"table": "l1", "table-offset": _snapshot_l1(image),
+                                   "entry": 0, "l1-index": 0, "guest-offset": 0,
+                                   "snapshot": snapshot["id"]}]
     for j in range(256 * 1024 // cluster_size):
         assert (f"snapshot 1: L2 table at 0x{l2_table:x} entry {j} "
                 f"(L1[0], guest offset 0x{j * cluster_size:x})") in locations
+
+
+def _snapshot_l1(image: Path) -> int:
+    """The first snapshot table entry's l1_table_offset (its first field)."""
+    return _u64_at(image, read_header(image)["snapshots_offset"])
 
 
 def test_one_finding_line_never_repeats_its_kind() -> None:

@@ -69,7 +69,7 @@ def test_unknown_feature_named_by_the_images_own_table(tmp_path: Path) -> None:
     assert qemu.returncode == 1 and "teleportation" in qemu.stderr
     proc = cli("usage", str(path))
     assert proc.returncode == 1
-    assert "unsupported incompatible feature(s): teleportation" in proc.stderr
+    assert "1 unsupported incompatible feature: teleportation" in proc.stderr
     assert str(path) in proc.stderr and "header.incompatible_features" in proc.stderr
     assert "Traceback" not in proc.stderr
 
