@@ -26,6 +26,9 @@ from .tablewalk import L2_BATCH_ENTRIES, Geometry, l2_entry_location, read_table
 
 Referrers = dict[int, list[str]]
 RELOCATED_KINDS = ("refcount-too-low", "leak", "refcount-overflow")
+# Referrers named per cluster; the rest are counted. A hostile L1 can name one L2 table
+# millions of times: the locations must stay as small as the finding list.
+MAX_REFERRERS = 8
 
 
 def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits: int) -> str:
@@ -37,14 +40,6 @@ def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits:
     return f"{where} (cluster {cluster} at 0x{cluster << cluster_bits:x})"
 
 
-def referrers(image: Qcow2Image, ondisk: OnDiskRefcounts, clusters: Iterable[int]) -> Referrers:
-    """Every metadata entry that references one of `clusters`, per cluster."""
-    locator = _Locator(image, clusters)
-    if locator.wanted:
-        locator.walk(ondisk)
-    return locator.found
-
-
 class _Locator:
     def __init__(self, image: Qcow2Image, clusters: Iterable[int]) -> None:
         self.image = image
@@ -52,6 +47,12 @@ class _Locator:
         self.wanted = set(clusters)
         self.targets = np.array(sorted(self.wanted), dtype=np.uint64)
         self.found: Referrers = defaultdict(list)
+        self.total: dict[int, int] = defaultdict(int)
+
+    def add(self, cluster: int, where: str, times: int = 1) -> None:
+        self.total[cluster] += times
+        if len(self.found[cluster]) < MAX_REFERRERS:
+            self.found[cluster].append(where)
 
     def walk(self, ondisk: OnDiskRefcounts) -> None:
         """The references calculate_refcounts() counts, in its order (bitmaps aside)."""
@@ -76,7 +77,7 @@ class _Locator:
             return
         for cluster in range(offset >> bits, ((offset + size - 1) >> bits) + 1):
             if cluster in self.wanted:
-                self.found[cluster].append(what)
+                self.add(cluster, what)
 
     def l1(self, l1_offset: int, l1_size: int, label: str) -> None:
         geo = self.geo
@@ -90,14 +91,24 @@ class _Locator:
             & np.uint64(L.L1E_OFFSET_MASK)
         used = np.flatnonzero((l2_offsets != 0)
                               & ((l2_offsets & np.uint64(geo.cluster_size - 1)) == 0))
-        hits = np.isin(l2_offsets[used] >> np.uint64(bits), self.targets)
-        for index in used[hits].tolist():
-            self.found[int(l2_offsets[index]) >> bits].append(f"{label}L1[{index}] (L2 table)")
+        named = used[np.isin(l2_offsets[used] >> np.uint64(bits), self.targets)]
+        named_clusters = l2_offsets[named] >> np.uint64(bits)
+        for cluster in np.unique(named_clusters).tolist():
+            rows = named[named_clusters == cluster]
+            for index in rows[:MAX_REFERRERS].tolist():
+                self.add(int(cluster), f"{label}L1[{index}] (L2 table)")
+            self.total[int(cluster)] += len(rows) - min(len(rows), MAX_REFERRERS)
+        # Each distinct L2 table is read once, located at the first L1 entry naming it; its
+        # references count as often as it is named (as the check counts them).
+        _tables, first, times = np.unique(l2_offsets[used], return_index=True,
+                                          return_counts=True)
+        rows = used[first]
         per_batch = max(1, L2_BATCH_ENTRIES // geo.l2_entries)
-        for lo in range(0, len(used), per_batch):
-            self.l2_batch(used[lo:lo + per_batch], l2_offsets, label)
+        for lo in range(0, len(rows), per_batch):
+            self.l2_batch(rows[lo:lo + per_batch], times[lo:lo + per_batch], l2_offsets, label)
 
-    def l2_batch(self, rows: npt.NDArray[np.intp], l2_offsets: U64, label: str) -> None:
+    def l2_batch(self, rows: npt.NDArray[np.intp], times: npt.NDArray[np.intp],
+                 l2_offsets: U64, label: str) -> None:
         geo = self.geo
         tables = l2_offsets[rows]
         entries, _bitmap = split_entries(read_tables(self.image, tables, geo.cluster_size),
@@ -111,8 +122,9 @@ class _Locator:
             compressed | (types == NORMAL) | (types == ZERO_ALLOC))
         for pos in np.flatnonzero(mapped & np.isin(hosts, self.targets)).tolist():
             row, j = divmod(pos, geo.l2_entries)
-            self.found[int(hosts[pos])].append(l2_entry_location(
-                label, int(tables[row]), j, int(rows[row]), geo.l2_entries, geo.cluster_bits))
+            self.add(int(hosts[pos]), l2_entry_location(
+                label, int(tables[row]), j, int(rows[row]), geo.l2_entries, geo.cluster_bits),
+                int(times[row]))
 
 
 def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[Finding]
@@ -123,13 +135,15 @@ def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[F
                 if f.kind in RELOCATED_KINDS and f.cluster_index is not None]
     if not clusters:
         return findings
-    found = referrers(image, ondisk, clusters)
+    locator = _Locator(image, clusters)
+    locator.walk(ondisk)
     bits = image.header.cluster_bits
     located = []
     for f in findings:
         if f.kind in RELOCATED_KINDS and f.cluster_index is not None:
-            where = found.get(f.cluster_index) or [
+            where = locator.found.get(f.cluster_index) or [
                 refcount_entry_location(ondisk, f.cluster_index, bits)]
-            f = replace(f, location="; ".join(where))
+            more = locator.total.get(f.cluster_index, 0) - len(where)
+            f = replace(f, location="; ".join(where) + (f"; {more} more" if more > 0 else ""))
         located.append(f)
     return located
