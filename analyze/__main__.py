@@ -2,6 +2,6 @@
 
 import sys
 
-from analyze.main import main
+from qcow2_monitor.analyze.main import main
 
 sys.exit(main())

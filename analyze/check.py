@@ -12,11 +12,18 @@ import json
 from contextlib import closing
 from typing import Any, Optional, TextIO
 
-from collectors.chain import walk
-from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from collectors.image import Qcow2Image
-from collectors.model import LAYER_ERROR, LAYER_OK, LAYER_PROTOCOL, ChainLayer, CheckResult, Finding
-from collectors.units import finding_text
+from qcow2_monitor.collectors.chain import walk
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.collectors.model import (
+    LAYER_ERROR,
+    LAYER_OK,
+    LAYER_PROTOCOL,
+    ChainLayer,
+    CheckResult,
+    Finding,
+)
+from qcow2_monitor.collectors.units import finding_text
 
 from .common import OUTPUT_HELP, count_option, epilog, report_error
 
@@ -137,7 +144,7 @@ def _worst(codes: list[int]) -> int:
 def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: int,
                   ) -> tuple[dict[str, Any], Optional[CheckResult], Optional[Qcow2Error]]:
     """(JSON report, check result, error) of one layer of the walk."""
-    from collectors.check import check_opened  # numpy only for this command
+    from qcow2_monitor.collectors.check import check_opened  # numpy only for this command
 
     path = layer.path or layer.name
     error = layer.error

@@ -8,7 +8,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn, Optional, TextIO
 
-from collectors.errors import Qcow2Error
+from qcow2_monitor.collectors.errors import Qcow2Error
 
 PROG = "qcow2-analyze"
 HELP_WIDTH = 79

@@ -8,12 +8,17 @@ import time
 from contextlib import closing
 from typing import Any, Optional, TextIO
 
-from collectors.chain import walk
-from collectors.errors import EXIT_FAILED, EXIT_OK, UNSUPPORTED, Qcow2Error
-from collectors.image import Qcow2Image
-from collectors.info import image_info, raw_info
-from collectors.model import LAYER_ERROR, LAYER_OTHER_FORMAT, LAYER_PROTOCOL, ChainLayer
-from collectors.units import human_size
+from qcow2_monitor.collectors.chain import walk
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, UNSUPPORTED, Qcow2Error
+from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.collectors.info import image_info, raw_info
+from qcow2_monitor.collectors.model import (
+    LAYER_ERROR,
+    LAYER_OTHER_FORMAT,
+    LAYER_PROTOCOL,
+    ChainLayer,
+)
+from qcow2_monitor.collectors.units import human_size
 
 from .common import report_error
 
@@ -173,7 +178,7 @@ def _unshown_layer_error(layer: ChainLayer) -> Qcow2Error:
 
 
 def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from collectors.describe import describe, render_human
+    from qcow2_monitor.collectors.describe import describe, render_human
 
     with Qcow2Image.open(args.file) as image:
         data = describe(image)

@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from collectors import layout as L
-from collectors.describe import MAX_LISTED
-from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from collectors.image import Qcow2Image
-from collectors.usage import end_offset
+from qcow2_monitor.collectors import layout as L
+from qcow2_monitor.collectors.describe import MAX_LISTED
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.collectors.usage import end_offset
 
 from .common import report_error
 

@@ -19,9 +19,15 @@ import sys
 from collections.abc import Sequence
 from typing import Optional, TextIO
 
-from collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Qcow2Error, internal_error
-from collectors.selection import add_live_arguments
-from collectors.version import add_version_argument
+from qcow2_monitor.collectors.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Qcow2Error,
+    internal_error,
+)
+from qcow2_monitor.collectors.selection import add_live_arguments
+from qcow2_monitor.collectors.version import add_version_argument
 
 from . import check, config, tables
 from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, report_error

@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from collectors.image import Qcow2Image
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from qcow2_monitor.collectors.image import Qcow2Image
 
 from .common import OUTPUT_HELP, count_option, epilog, report_error
 
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from collectors.dump import dump, render_human
+    from qcow2_monitor.collectors.dump import dump, render_human
 
     try:
         with Qcow2Image.open(args.file) as image:
@@ -56,7 +56,7 @@ def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_measure(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from collectors.measure import measure_image
+    from qcow2_monitor.collectors.measure import measure_image
 
     try:
         with Qcow2Image.open(args.file) as image:

@@ -6,14 +6,20 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from collectors.discovery import expand_targets
-from collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from collectors.health import broken_layer
-from collectors.live import start_live
-from collectors.model import LAYER_ERROR, LAYER_OK, ChainLayer, ImageUsage, UsageResult
-from collectors.selection import live_uri
-from collectors.units import human_size, ratio_percent, render_table
-from collectors.usage import analyze_usage
+from qcow2_monitor.collectors.discovery import expand_targets
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
+from qcow2_monitor.collectors.health import broken_layer
+from qcow2_monitor.collectors.live import start_live
+from qcow2_monitor.collectors.model import (
+    LAYER_ERROR,
+    LAYER_OK,
+    ChainLayer,
+    ImageUsage,
+    UsageResult,
+)
+from qcow2_monitor.collectors.selection import live_uri
+from qcow2_monitor.collectors.units import human_size, ratio_percent, render_table
+from qcow2_monitor.collectors.usage import analyze_usage
 
 from .common import PROG, report_error
 

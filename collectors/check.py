@@ -1,4 +1,5 @@
-"""The full read-only consistency check, equal to `qemu-img check` (qemu 7.2).
+"""The full read-only consistency check, equal to `qemu-img check` (qemu 7.2; the rules are
+written down in docs/qcow2-format.md §7).
 
 Mirrors block/qcow2-refcount.c: qcow2_check_refcounts() -> calculate_refcounts()
 (check_refcounts_l1/l2, qcow2_check_bitmaps_refcounts, check_refblocks) -> compare_refcounts()
@@ -219,8 +220,12 @@ class _Check:
         reference the cluster: one more pass over the tables, only when there are some."""
         from .locate import locate_findings
 
-        for part in (self.tally.structure, self.tally.compare):
-            part.items = locate_findings(self.image, self.ondisk, part.items)
+        # One pass for both lists: the walk is the cost, whatever the number of findings.
+        parts = (self.tally.structure, self.tally.compare)
+        located = locate_findings(self.image, self.ondisk,
+                                  [f for part in parts for f in part.items])
+        for part in parts:
+            part.items, located = located[:len(part.items)], located[len(part.items):]
 
     def result(self, highest: int) -> CheckResult:
         h = self.h

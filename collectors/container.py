@@ -10,7 +10,7 @@ import struct
 from .model import CONTAINER_BLOCK, CONTAINER_FILE, Container
 from .reader import ImageFile
 
-# qemu's file-posix permission lock bytes (../shared/reference/qcow2.md §11): a process using
+# qemu's file-posix permission lock bytes (docs/qcow2-format.md §11): a process using
 # the WRITE permission holds a shared lock on byte 100 + 1.
 QEMU_LOCK_BYTE_WRITE = 101
 F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)

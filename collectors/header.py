@@ -1,5 +1,6 @@
 """The qcow2 header: validated and resolved from the image's first bytes with the bounds
-qemu's qcow2_do_open() enforces, before anything is allocated or read from a header value."""
+qemu's qcow2_do_open() enforces (docs/qcow2-format.md §1 and §10), before anything is
+allocated or read from a header value."""
 
 from __future__ import annotations
 

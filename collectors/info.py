@@ -1,5 +1,6 @@
 """The `qemu-img info --output=json` view of a qcow2 image (qemu 7.2: bdrv_query_image_info()
-and qcow2_get_specific_info()), computed from metadata alone: no key, no data file."""
+and qcow2_get_specific_info(); docs/qcow2-format.md §8), computed from metadata alone: no key,
+no data file."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Every qcow2 on-disk structure, declared once with the specification's names.
 
-Source: qemu docs/interop/qcow2.txt and block/qcow2.h (see ../shared/reference/qcow2.md).
+Source: qemu docs/interop/qcow2.txt and block/qcow2.h; the project's own format notes are
+docs/qcow2-format.md (§1-§6 for these layouts).
 Each structure is a ``struct.Struct`` beside a frozen dataclass with a ``from_bytes``; the
 callers bound every count before reading (see :mod:`collectors.image`). All integers big-endian.
 """

@@ -1,4 +1,5 @@
-"""Live figures of running VMs: the end offset qemu has really reached, from libvirt and QMP.
+"""Live figures of running VMs: the end offset qemu has really reached, from libvirt and QMP
+(why the on-disk figure lags, and where the true one is: docs/qcow2-format.md §12).
 
 On a running VM qemu keeps qcow2 metadata (L2 tables, refcount blocks) in write-back caches
 until the guest flushes, while guest data already sits in new clusters past the end that the
@@ -37,7 +38,7 @@ from .errors import IO_ERROR, Qcow2Error
 
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 LIBVIRT_TIMEOUT = 5.0  # seconds for the one virsh call of a run
-QMP_TIMEOUT = 2.0  # seconds for connecting to and for each answer of one QMP socket
+QMP_TIMEOUT = 2.0  # seconds for the whole exchange with one QMP socket
 
 SOURCE_LIBVIRT = "libvirt"
 SOURCE_QMP = "qmp"
@@ -219,7 +220,9 @@ class _QmpConnection:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.buffer = b""
-        self.deadline = time.monotonic() + 4 * timeout  # a server trickling bytes stops here
+        # The whole exchange, not each read, is bounded: a socket that does not answer (or
+        # trickles bytes) costs at most `timeout`.
+        self.deadline = time.monotonic() + timeout
         self.sock.connect(path)
 
     def close(self) -> None:
@@ -235,8 +238,10 @@ class _QmpConnection:
 
     def _message(self) -> dict[str, Any]:
         while b"\n" not in self.buffer:
-            if time.monotonic() > self.deadline:
-                raise QmpError("no complete answer in time")
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise QmpError("no answer in time")
+            self.sock.settimeout(left)
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise QmpError("connection closed")
@@ -260,6 +265,7 @@ class _QmpConnection:
         request: dict[str, Any] = {"execute": command}
         if arguments:
             request["arguments"] = arguments
+        self.sock.settimeout(max(self.deadline - time.monotonic(), 0.001))
         self.sock.sendall(json.dumps(request).encode() + b"\n")
         while True:
             answer = self._message()
@@ -313,7 +319,28 @@ def _qmp_match(socket_path: str, pid: Optional[int], stats: Any,
         filename = files.get(node)
         offset = (entry.get("stats") or {}).get("wr_highest_offset")
         if isinstance(filename, str) and isinstance(offset, int) and isinstance(node, str):
-            yield LiveDisk(filename, offset, domain, node, SOURCE_QMP)
+            path = _qemu_path(filename, pid)
+            if path is not None:
+                yield LiveDisk(path, offset, domain, node, SOURCE_QMP)
+
+
+def _qemu_path(filename: str, pid: Optional[int]) -> Optional[str]:
+    """A node's filename as a path of ours. qemu resolved a relative name against the working
+    directory it had when it opened the node, which is neither ours nor (after -daemonize,
+    which changes to /) its current one: find the file among the qemu's open files instead.
+    None when that is not unique or not ours to see: an unmatched node, never a wrong match."""
+    if os.path.isabs(filename):
+        return filename
+    if pid is None:
+        return None
+    suffix = "/" + os.path.normpath(filename)
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        links = {os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)}
+    except OSError:
+        return None
+    found = [link for link in links if link.endswith(suffix)]
+    return found[0] if len(found) == 1 else None
 
 
 def gather_live(libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = (), *,

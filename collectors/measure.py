@@ -1,5 +1,5 @@
 """qemu-img measure's size formula (block/qcow2.c qcow2_calc_prealloc_size and
-qcow2_refcount_metadata_size in block/qcow2-refcount.c)."""
+qcow2_refcount_metadata_size in block/qcow2-refcount.c; docs/qcow2-format.md §9)."""
 
 from __future__ import annotations
 

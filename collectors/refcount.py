@@ -2,8 +2,9 @@
 usage path) and :class:`OnDiskRefcounts`, the decoded blocks the full check, measure and dump
 read (numpy, imported only when they run).
 
-The fast path (../shared/reference/qcow2.md §7, last paragraph): scan refcount blocks from the
-highest refcount table entry down and stop at the highest nonzero entry below nb_clusters.
+The fast path (docs/qcow2-format.md §7, "The fast way to the end offset"): scan refcount
+blocks from the highest refcount table entry down and stop at the highest nonzero entry below
+nb_clusters.
 Freed clusters (discard, deleted snapshots) leave zero holes below the end, so scanning for the
 first zero would be wrong.
 """

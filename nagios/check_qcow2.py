@@ -22,14 +22,14 @@ import threading
 import traceback
 from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
-from nagios.options import ParserExit, UsageError, build_parser
-from nagios.runtime import PREFIX, PROG, UNKNOWN, Output, start_watchdog
-from nagios.summary import render
-from nagios.text import clean_label, clean_text, percent_text
-from nagios.thresholds import Thresholds, evaluate, evaluate_filesystem
+from qcow2_monitor.nagios.options import ParserExit, UsageError, build_parser
+from qcow2_monitor.nagios.runtime import PREFIX, PROG, UNKNOWN, Output, start_watchdog
+from qcow2_monitor.nagios.summary import render
+from qcow2_monitor.nagios.text import clean_label, clean_text, percent_text
+from qcow2_monitor.nagios.thresholds import Thresholds, evaluate, evaluate_filesystem
 
 if TYPE_CHECKING:
-    from collectors.metrics import Collection
+    from qcow2_monitor.collectors.metrics import Collection
 
 __all__ = ["clean_label", "clean_text", "main", "percent_text", "verdict"]
 
@@ -41,8 +41,8 @@ __all__ = ["clean_label", "clean_text", "main", "percent_text", "verdict"]
 def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
             *, running_only: bool = False) -> tuple[int, str]:
     """The plugin's state and whole output for what the collector found."""
-    from collectors.health import OK, worst
-    from collectors.metrics import filesystems
+    from qcow2_monitor.collectors.health import OK, worst
+    from qcow2_monitor.collectors.metrics import filesystems
 
     verdicts = [evaluate(record, limits) for record in collection.records]
     if not verdicts:
@@ -56,7 +56,7 @@ def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
 
 
 def _collect(args: argparse.Namespace) -> Collection:
-    from collectors.selection import collect_selected
+    from qcow2_monitor.collectors.selection import collect_selected
 
     return collect_selected(args.files, args)
 

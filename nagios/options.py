@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, NoReturn, Optional
 
-from nagios.ranges import Range, RangeError
-from nagios.runtime import DEFAULT_TIMEOUT, PROG
+from qcow2_monitor.nagios.ranges import Range, RangeError
+from qcow2_monitor.nagios.runtime import DEFAULT_TIMEOUT, PROG
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -49,7 +49,7 @@ def range_option(text: str) -> Range:
 def size_option(text: str) -> int:
     # The shared parser, so that every adapter reads "10G" alike: all units binary, as
     # qemu-img reads sizes (10G = 10GB = 10GiB).
-    from collectors.metrics import parse_size
+    from qcow2_monitor.collectors.metrics import parse_size
 
     try:
         return parse_size(text)
@@ -68,7 +68,7 @@ def timeout_option(text: str) -> float:
 
 
 def _version() -> str:
-    from collectors.version import package_version
+    from qcow2_monitor.collectors.version import package_version
 
     return package_version()
 
@@ -102,8 +102,8 @@ and --version).
 
 def build_parser() -> Parser:
     # Inside main's safety net: even a broken installation gives one UNKNOWN line.
-    from collectors.health import add_health_arguments
-    from collectors.selection import add_selection_arguments
+    from qcow2_monitor.collectors.health import add_health_arguments
+    from qcow2_monitor.collectors.selection import add_selection_arguments
 
     parser = Parser(
         prog=PROG,

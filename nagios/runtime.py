@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Optional, TextIO
 
-from nagios.ranges import format_number
+from qcow2_monitor.nagios.ranges import format_number
 
 PROG = "check_qcow2"
 PREFIX = "QCOW2"

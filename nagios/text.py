@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from collectors.units import percent_number
-from nagios.ranges import Range, format_number
+from qcow2_monitor.collectors.units import percent_number
+from qcow2_monitor.nagios.ranges import Range, format_number
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 

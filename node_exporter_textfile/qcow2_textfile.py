@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from collectors.metrics import (
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from qcow2_monitor.collectors.metrics import (
     METRICS,
     Collection,
     Labels,
@@ -37,8 +37,8 @@ from collectors.metrics import (
     image_metrics,
     valid_utf8,
 )
-from collectors.selection import add_selection_and_health_arguments, collect_selected
-from collectors.version import add_version_argument
+from qcow2_monitor.collectors.selection import add_selection_and_health_arguments, collect_selected
+from qcow2_monitor.collectors.version import add_version_argument
 
 if TYPE_CHECKING:
     import jinja2  # imported lazily at run time, like everything heavy

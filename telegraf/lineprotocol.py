@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Union
 
-from collectors.metrics import valid_utf8
+from qcow2_monitor.collectors.metrics import valid_utf8
 
 FieldValue = Union[bool, int, float, str]
 

@@ -25,8 +25,8 @@ import os
 import sys
 from typing import Optional, Sequence, TextIO
 
-from collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from collectors.metrics import (
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from qcow2_monitor.collectors.metrics import (
     FILESYSTEM_LABEL,
     HEALTH_REASON_METRIC,
     INFO_FIELD_LABELS,
@@ -39,9 +39,9 @@ from collectors.metrics import (
     health_text,
     image_metrics,
 )
-from collectors.selection import add_selection_and_health_arguments, collect_selected
-from collectors.version import add_version_argument
-from telegraf.lineprotocol import FieldValue, format_line, representable
+from qcow2_monitor.collectors.selection import add_selection_and_health_arguments, collect_selected
+from qcow2_monitor.collectors.version import add_version_argument
+from qcow2_monitor.telegraf.lineprotocol import FieldValue, format_line, representable
 
 MEASUREMENT = "qcow2"
 FILESYSTEM_MEASUREMENT = "qcow2_filesystem"

@@ -535,18 +535,18 @@ def calls(rng: random.Random) -> list[Call]:
 
 def _entry_point(name: str) -> Callable[[list[str]], int]:
     if name == "check_qcow2":
-        from nagios.check_qcow2 import main as nagios_main
+        from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 
         def nagios(argv: list[str]) -> int:
             return nagios_main(argv, stream=sys.stdout)
         return nagios
     if name == "qcow2-telegraf":
-        from telegraf.qcow2_telegraf import main as telegraf_main
+        from qcow2_monitor.telegraf.qcow2_telegraf import main as telegraf_main
         return telegraf_main
     if name == "qcow2-textfile":
-        from node_exporter_textfile.qcow2_textfile import main as textfile_main
+        from qcow2_monitor.node_exporter_textfile.qcow2_textfile import main as textfile_main
         return textfile_main
-    from analyze.main import main as analyze_main
+    from qcow2_monitor.analyze.main import main as analyze_main
     return analyze_main
 
 
@@ -629,9 +629,7 @@ def _worker(seeds: Sequence[Seed], seed: int, indices: Sequence[int], workdir: P
     """Child process: run cases, write one JSON line per event to out_fd."""
     for name in ("check_qcow2", "qcow2-telegraf", "qcow2-textfile", "usage"):
         _entry_point(name)  # imports happen before the cap
-    import collectors.check
-    import collectors.dump
-    import collectors.measure  # noqa: F401
+    from qcow2_monitor.collectors import check, dump, locate, measure  # noqa: F401
 
     cap = _address_space() + ADDRESS_SPACE_HEADROOM
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

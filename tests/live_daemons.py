@@ -242,14 +242,17 @@ class QemuQmp:
                     if s.get("node-name") == node)
 
 
-def start_qemu_qmp(directory: Path, image: Path) -> QemuQmp:
+def start_qemu_qmp(directory: Path, image: Path, *, relative: bool = False) -> QemuQmp:
+    """With `relative`, qemu is started in the image's directory and names it relatively."""
     require_binary("qemu-system-x86_64")
-    sock, pidfile = directory / "qmp.sock", directory / "qemu.pid"
+    name = image.stem
+    sock, pidfile = directory / f"{name}.sock", directory / f"{name}.pid"
+    filename = image.name if relative else str(image)
     run(["qemu-system-x86_64", "-M", "none", "-nodefaults", "-display", "none", "-daemonize",
          "-pidfile", str(pidfile),
-         "-blockdev", f"driver=file,node-name=f0,filename={image}",
+         "-blockdev", f"driver=file,node-name=f0,filename={filename}",
          "-blockdev", "driver=qcow2,node-name=d0,file=f0",
-         "-qmp", f"unix:{sock},server=on,wait=off"])
+         "-qmp", f"unix:{sock},server=on,wait=off"], cwd=image.parent)
     return QemuQmp(image, sock, int(pidfile.read_text().strip()))
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+NAMESPACE = "qcow2_monitor"
 PACKAGES = ("collectors", "analyze", "nagios", "telegraf", "node_exporter_textfile")
 FRONT_ENDS = {"analyze", "nagios", "telegraf", "node_exporter_textfile"}
 
@@ -56,7 +57,10 @@ def imports_of(path: Path, modules: set[str], root: Path = REPO) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        found.update(name for name in names if name in modules)
+        # Absolute imports name the installed namespace (qcow2_monitor.collectors.x); the
+        # graph is keyed by the folders of the tree (collectors.x).
+        found.update(name for name in (n.removeprefix(f"{NAMESPACE}.") for n in names)
+                     if name in modules)
     found.discard(module_name(path, root))
     return found
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from analyze.check import check_json, exit_code
-from analyze.main import main
-from collectors.check import check, check_image, image_end_offset_by_walk
-from collectors.errors import Qcow2Error
-from collectors.image import Qcow2Image
-from collectors.usage import analyze_image
+from qcow2_monitor.analyze.check import check_json, exit_code
+from qcow2_monitor.analyze.main import main
+from qcow2_monitor.collectors.check import check, check_image, image_end_offset_by_walk
+from qcow2_monitor.collectors.errors import Qcow2Error
+from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.collectors.usage import analyze_image
 
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, qemu_img_json, run
 from damage import DamagedImage, patch_u64, read_header

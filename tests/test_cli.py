@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from collectors.units import counted, human_size, percent_number, ratio_percent
+from qcow2_monitor.collectors.units import counted, human_size, percent_number, ratio_percent
 
 from corpus import CorpusImage
 from damage import patch_bytes, read_header
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {
-    "qcow2-analyze": ["-m", "analyze"],
-    "check_qcow2": ["-m", "nagios.check_qcow2"],
-    "qcow2-telegraf": ["-m", "telegraf.qcow2_telegraf"],
-    "qcow2-textfile": ["-m", "node_exporter_textfile.qcow2_textfile"],
+    "qcow2-analyze": ["-m", "qcow2_monitor.analyze"],
+    "check_qcow2": ["-m", "qcow2_monitor.nagios.check_qcow2"],
+    "qcow2-telegraf": ["-m", "qcow2_monitor.telegraf.qcow2_telegraf"],
+    "qcow2-textfile": ["-m", "qcow2_monitor.node_exporter_textfile.qcow2_textfile"],
 }
 ANALYZE_COMMANDS = ["info", "header", "usage", "check", "dump", "measure"]
 
@@ -91,10 +91,10 @@ def test_version_on_every_command(command: str) -> None:
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
-    from analyze.main import build_parser as analyze_parser
-    from nagios.check_qcow2 import build_parser as nagios_parser
-    from node_exporter_textfile.qcow2_textfile import _parser as textfile_parser
-    from telegraf.qcow2_telegraf import _parser as telegraf_parser
+    from qcow2_monitor.analyze.main import build_parser as analyze_parser
+    from qcow2_monitor.nagios.check_qcow2 import build_parser as nagios_parser
+    from qcow2_monitor.node_exporter_textfile.qcow2_textfile import _parser as textfile_parser
+    from qcow2_monitor.telegraf.qcow2_telegraf import _parser as telegraf_parser
 
     parsers: dict[str, argparse.ArgumentParser] = {
         "check_qcow2": nagios_parser(), "qcow2-telegraf": telegraf_parser(),
@@ -409,8 +409,8 @@ def test_snapshot_entries_are_named_in_locations(tmp_path: Path) -> None:
 
 
 def test_one_finding_line_never_repeats_its_kind() -> None:
-    from collectors.model import Finding
-    from collectors.units import finding_text
+    from qcow2_monitor.collectors.model import Finding
+    from qcow2_monitor.collectors.units import finding_text
 
     leak = Finding("leak", "leak", "Leaked cluster 10 refcount=1 reference=0", "cluster 10")
     assert finding_text(leak) == "leak at cluster 10: Leaked cluster 10 refcount=1 reference=0"

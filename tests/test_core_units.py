@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from collectors import layout as L
-from collectors.chain import backing_path, has_protocol
-from collectors.errors import NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
-from collectors.header import parse_header
-from collectors.image import Qcow2Image
-from collectors.refcount import decode_block, highest_nonzero_entry
+from qcow2_monitor.collectors import layout as L
+from qcow2_monitor.collectors.chain import backing_path, has_protocol
+from qcow2_monitor.collectors.errors import (
+    NOT_QCOW2,
+    OUT_OF_BOUNDS,
+    TRUNCATED,
+    UNSUPPORTED,
+    Qcow2Error,
+)
+from qcow2_monitor.collectors.header import parse_header
+from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.collectors.refcount import decode_block, highest_nonzero_entry
 
 REPO = Path(__file__).resolve().parent.parent
 

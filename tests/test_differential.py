@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from collectors.image import Qcow2Image
-from collectors.info import image_info
-from collectors.usage import analyze_usage
+from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.collectors.info import image_info
+from qcow2_monitor.collectors.usage import analyze_usage
 
 from corpus import CorpusImage, qemu_img_json
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -87,7 +87,7 @@ def test_backing_chain_resolved_relative_to_image(corpus: list[CorpusImage],
     for img in chained:
         # Run from an unrelated directory: names must resolve against the image's directory.
         result = subprocess.run(
-            [sys.executable, "-m", "analyze", "usage", "--output", "json",
+            [sys.executable, "-m", "qcow2_monitor.analyze", "usage", "--output", "json",
              str(img.path)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         data = json.loads(result.stdout)[0]

@@ -13,8 +13,8 @@ from typing import Iterator
 import psutil
 import pytest
 
-from collectors.discovery import QCOW2_MAGIC, Target, expand_targets, running_images
-from collectors.errors import IO_ERROR
+from qcow2_monitor.collectors.discovery import QCOW2_MAGIC, Target, expand_targets, running_images
+from qcow2_monitor.collectors.errors import IO_ERROR
 
 from daemons import holding_open, make_image, require_binary
 

@@ -7,9 +7,9 @@ import io
 import json
 from pathlib import Path
 
-from analyze.tables import register
-from collectors.dump import WHAT, dump, render_human
-from collectors.image import Qcow2Image
+from qcow2_monitor.analyze.tables import register
+from qcow2_monitor.collectors.dump import WHAT, dump, render_human
+from qcow2_monitor.collectors.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, run
 

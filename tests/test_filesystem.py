@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from collectors import discovery
-from collectors.collect import collect
-from collectors.metrics import filesystems, image_metrics, info_labels
-from nagios.ranges import format_number
+from qcow2_monitor.collectors import discovery
+from qcow2_monitor.collectors.collect import collect
+from qcow2_monitor.collectors.metrics import filesystems, image_metrics, info_labels
+from qcow2_monitor.nagios.ranges import format_number
 
 from alerting import promtool_test, textfile_samples
 from daemons import make_image, run
@@ -99,7 +99,7 @@ def test_nearly_full_alert_fires_for_the_full_filesystem(full_tmpfs: Path,
     proc = subprocess.run([str(BIN / "qcow2-textfile"), "-o", "-", str(full_tmpfs)],
                           capture_output=True, text=True, timeout=60, check=True)
     samples = [s for s in textfile_samples(proc.stdout) if s[0] in (
-        "qcow2_usage_ratio", "qcow2_headroom_bytes", "qcow2_image_end_offset_bytes",
+        "qcow2_usage_ratio", "qcow2_headroom_bytes", "qcow2_end_offset_bytes",
         "qcow2_fully_allocated_size_bytes", "qcow2_filesystem_overcommit_ratio")]
     ratios = [(labels, value) for name, labels, value in samples if name == "qcow2_usage_ratio"]
     assert len(ratios) == IMAGES and all(value > 0.9 for _, value in ratios)

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from fuzzing import MAX_CPU_SECONDS, build_seeds, calls, fuzz, run_call
 
-from collectors.check import check_image
-from collectors.dump import dump
-from collectors.image import Qcow2Image
-from collectors.model import LAYER_INVALID_NAME
-from collectors.usage import analyze_usage
-from nagios.check_qcow2 import main as nagios_main
+from qcow2_monitor.collectors.check import check_image
+from qcow2_monitor.collectors.dump import dump
+from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.collectors.model import LAYER_INVALID_NAME
+from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 
 from corpus import QEMU_IMG, QEMU_IO, run
 from damage import patch_bytes, patch_u32, read_header
@@ -45,12 +45,12 @@ def test_fuzz_budget(tmp_path: Path) -> None:
 def test_fuzzer_catches_an_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                           ) -> None:
     """The fuzzer's oracle must be able to fail: a bug planted in the core is reported."""
-    import collectors.usage
+    from qcow2_monitor.collectors import usage as usage_module
 
     def broken(_image: Qcow2Image) -> int:
         raise ValueError("planted")
 
-    monkeypatch.setattr(collectors.usage, "image_end_offset_from_refcounts", broken)
+    monkeypatch.setattr(usage_module, "image_end_offset_from_refcounts", broken)
     path = tmp_path / "i.qcow2"
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1M"])
     usage = next(c for c in calls(random.Random(0)) if c.name == "usage")
@@ -121,7 +121,7 @@ def test_backing_name_nul_or_not_utf8(overlay: Path, position: int, value: int) 
 def _stdout(argv: list[str]) -> str:
     from contextlib import redirect_stdout
 
-    from analyze.main import main
+    from qcow2_monitor.analyze.main import main
 
     buffer = io.StringIO()
     with redirect_stdout(buffer):
@@ -276,8 +276,8 @@ def test_compact_counts_stay_exact_past_one_byte() -> None:
     """The computed refcounts take one byte per cluster; counts of 255 and more live in a
     side table. Random references (ranges, single clusters, repeats) give exactly the counts
     of a plain per-cluster tally."""
-    from collectors.findings import Tally
-    from collectors.references import ReferenceCounts
+    from qcow2_monitor.collectors.findings import Tally
+    from qcow2_monitor.collectors.references import ReferenceCounts
 
     rng = np.random.default_rng(11)
     clusters = 200_000  # wide enough that scattered references take the sparse path

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analyze.main import main
+from qcow2_monitor.analyze.main import main
 
 from corpus import CorpusImage, qemu_img_json
 from damage import header_extensions, patch_bytes, patch_u64, read_header
@@ -23,7 +23,7 @@ FEATURE_TABLE = 0x6803F857
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 

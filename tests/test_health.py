@@ -17,9 +17,9 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from collectors.errors import INVALID, IO_ERROR, Qcow2Error
-from collectors.health import CRITICAL, OK, SEVERITY, UNKNOWN, WARNING, assess
-from collectors.model import LAYER_ERROR, LAYER_LOOP, ChainLayer
+from qcow2_monitor.collectors.errors import INVALID, IO_ERROR, Qcow2Error
+from qcow2_monitor.collectors.health import CRITICAL, OK, SEVERITY, UNKNOWN, WARNING, assess
+from qcow2_monitor.collectors.model import LAYER_ERROR, LAYER_LOOP, ChainLayer
 
 from alerting import parse_line, promtool_test, textfile_samples
 from daemons import make_image, require_binary, run
@@ -248,6 +248,6 @@ def test_loop_layer_itself_and_the_top_above_it() -> None:
 
 
 def _defaults() -> dict[str, int]:
-    from collectors.health import default_policy
+    from qcow2_monitor.collectors.health import default_policy
 
     return default_policy()

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from nagios.check_qcow2 import build_parser
+from qcow2_monitor.nagios.check_qcow2 import build_parser
 
 from daemons import make_image, own_filesystem
 from damage import INCOMPAT_CORRUPT, OFF_INCOMPATIBLE, patch_u64, read_u64, set_refcount

@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from collectors import layout as L
-from collectors.l2 import cluster_types, split_entries
+from qcow2_monitor.collectors import layout as L
+from qcow2_monitor.collectors.l2 import cluster_types, split_entries
 
 CT = L.ClusterType
 

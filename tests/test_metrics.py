@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from collectors import collect as collecting
-from collectors.collect import collect, judge
-from collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
-from collectors.metrics import (
+from qcow2_monitor.collectors import collect as collecting
+from qcow2_monitor.collectors.collect import collect, judge
+from qcow2_monitor.collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from qcow2_monitor.collectors.metrics import (
     INFO_METRIC,
     METRICS,
     Collection,
@@ -25,7 +25,7 @@ from collectors.metrics import (
     info_labels,
     parse_size,
 )
-from collectors.model import (
+from qcow2_monitor.collectors.model import (
     CONTAINER_BLOCK,
     CONTAINER_FILE,
     LAYER_MISSING,
@@ -36,7 +36,7 @@ from collectors.model import (
     Container,
     ImageUsage,
 )
-from collectors.usage import analyze_usage
+from qcow2_monitor.collectors.usage import analyze_usage
 
 from daemons import make_image, require_binary, run
 
@@ -318,8 +318,9 @@ def test_parse_size_rejects(text: str) -> None:
 def test_metrics_module_stays_light() -> None:
     """The Nagios plugin imports collectors.metrics on every check."""
     code = (
-        "import sys, collectors.metrics\n"
-        "heavy = {'numpy', 'jinja2', 'prometheus_client', 'psutil', 'collectors.usage'}\n"
+        "import sys, qcow2_monitor.collectors.metrics\n"
+        "heavy = {'numpy', 'jinja2', 'prometheus_client', 'psutil',"
+        " 'qcow2_monitor.collectors.usage'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     out = subprocess.run(

@@ -22,11 +22,11 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
-from collectors.collect import judge
-from collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
-from collectors.health import policy_from_args
-from collectors.metrics import Collection, ImageRecord
-from collectors.model import (
+from qcow2_monitor.collectors.collect import judge
+from qcow2_monitor.collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from qcow2_monitor.collectors.health import policy_from_args
+from qcow2_monitor.collectors.metrics import Collection, ImageRecord
+from qcow2_monitor.collectors.model import (
     CONTAINER_BLOCK,
     CONTAINER_FILE,
     LAYER_MISSING,
@@ -39,9 +39,9 @@ from collectors.model import (
     Finding,
     ImageUsage,
 )
-from nagios import check_qcow2
-from nagios.check_qcow2 import clean_label, clean_text, main, percent_text
-from nagios.ranges import Range, RangeError, format_number
+from qcow2_monitor.nagios import check_qcow2
+from qcow2_monitor.nagios.check_qcow2 import clean_label, clean_text, main, percent_text
+from qcow2_monitor.nagios.ranges import Range, RangeError, format_number
 
 from daemons import holding_open, make_image, own_filesystem, require_binary
 from damage import INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFF_INCOMPATIBLE, patch_u64, read_u64
@@ -529,7 +529,7 @@ def test_timeout_is_unknown_even_when_blocked() -> None:
     """The watchdog thread exits UNKNOWN while the main thread is stuck (here: sleeping)."""
     code = textwrap.dedent("""
         import sys, time
-        from nagios import check_qcow2
+        from qcow2_monitor.nagios import check_qcow2
         check_qcow2._collect = lambda args: time.sleep(60)
         sys.exit(check_qcow2.main(["-f", "x", "-t", "0.5"]))
     """)
@@ -736,5 +736,5 @@ def test_light_imports() -> None:
     assert proc.returncode == 0, proc.stdout
     imported = {line.split("|")[-1].strip().split(".")[0]
                 for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "collectors" in imported  # the measurement is real
+    assert "qcow2_monitor" in imported  # the measurement is real
     assert imported.isdisjoint({"jinja2", "prometheus_client", "numpy"}), sorted(imported)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ BIN = Path(sys.executable).parent
 
 def test_ruff_clean() -> None:
     proc = subprocess.run([str(BIN / "ruff"), "check", "collectors", "analyze", "nagios",
-                           "telegraf", "node_exporter_textfile", "tests", "bench"], cwd=REPO,
+                           "telegraf", "node_exporter_textfile", "qcow2_monitor", "tests",
+                           "bench"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -20,3 +22,23 @@ def test_ruff_clean() -> None:
 def test_mypy_strict_clean() -> None:
     proc = subprocess.run([str(BIN / "mypy")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_repository_stands_alone() -> None:
+    """Nothing cites material outside the repository, and every citation of the format notes
+    names a section they have."""
+    notes = (REPO / "docs" / "qcow2-format.md").read_text()
+    sections = set(re.findall(r"^## (§\d+)", notes, re.MULTILINE))
+    assert len(sections) >= 12
+    sources = [p for folder in ("collectors", "analyze", "nagios", "telegraf",
+                                "node_exporter_textfile", "tests", "bench", "scripts", "docs")
+               for p in (REPO / folder).rglob("*") if p.is_file() and p.suffix != ".pyc"]
+    sources.append(REPO / "README.md")
+    cited = 0
+    for path in sources:
+        text = path.read_text(errors="replace")
+        assert "shared/reference" not in text or path.name == "test_quality.py", path
+        for section in re.findall(r"docs/qcow2-format\.md (§\d+)", text):
+            assert section in sections, (path, section)
+            cited += 1
+    assert cited >= 7  # the core cites the notes where it mirrors them

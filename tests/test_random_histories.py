@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from analyze.check import exit_code
-from collectors.check import check_image
-from collectors.image import Qcow2Image
-from collectors.info import image_info
-from collectors.measure import measure_image
-from collectors.usage import analyze_usage
+from qcow2_monitor.analyze.check import exit_code
+from qcow2_monitor.collectors.check import check_image
+from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.collectors.info import image_info
+from qcow2_monitor.collectors.measure import measure_image
+from qcow2_monitor.collectors.usage import analyze_usage
 
 from histories import QEMU_IMG, History, draw_history
 

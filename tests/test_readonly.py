@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from analyze import main as cli
-from collectors.usage import analyze_usage
+from qcow2_monitor.analyze import main as cli
+from qcow2_monitor.collectors.usage import analyze_usage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,10 +69,10 @@ def adapter_commands(path: Path) -> list[list[str]]:
     """Every adapter, with and without --chain and --check."""
     commands = []
     for extra in ([], ["--chain"], ["--check"], ["--chain", "--check"]):
-        commands += [["nagios.check_qcow2", "-f", str(path), *extra],
-                     ["telegraf.qcow2_telegraf", *extra, str(path)],
-                     ["node_exporter_textfile.qcow2_textfile", "--output", "-", *extra,
-                      str(path)]]
+        commands += [["qcow2_monitor.nagios.check_qcow2", "-f", str(path), *extra],
+                     ["qcow2_monitor.telegraf.qcow2_telegraf", *extra, str(path)],
+                     ["qcow2_monitor.node_exporter_textfile.qcow2_textfile", "--output", "-",
+                      *extra, str(path)]]
     return commands
 
 
@@ -102,7 +102,7 @@ def test_analysis_changes_nothing_not_even_atime(tmp_path: Path) -> None:
     age_access_times(chain)
     before = [fingerprint(layer) for layer in chain]
     for args in all_commands(chain[-1]):
-        proc = subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
+        proc = subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, (args, proc.stderr)
         assert [fingerprint(layer) for layer in chain] == before, args
@@ -165,11 +165,11 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
         assert usage is not None and any("running qemu" in note for note in usage.notes)
         # Analyse repeatedly while it runs: every command succeeds, nothing is refused.
         for args in one_of_each(image):
-            assert subprocess.run([sys.executable, "-m", "analyze", *args], cwd=REPO,
+            assert subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args], cwd=REPO,
                                   capture_output=True, timeout=120).returncode in (0, 3), args
         # The check runs on an image in use (qemu-img check would refuse without -U) and says
         # that what it finds may be transient.
-        check = subprocess.run([sys.executable, "-m", "analyze", "check", "--output",
+        check = subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", "check", "--output",
                                 "json", str(image)], cwd=REPO, capture_output=True, text=True,
                                timeout=120)
         assert any("held for writing" in note

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from test_metrics import sample_collection
 
-from collectors.usage import analyze_usage
-from telegraf import lineprotocol as lp
-from telegraf.qcow2_telegraf import main, render
+from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.telegraf import lineprotocol as lp
+from qcow2_monitor.telegraf.qcow2_telegraf import main, render
 
 from daemons import holding_open, influxd, make_image, require_binary, run
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "qcow2.lp"
-SCRIPT = [sys.executable, "-m", "telegraf.qcow2_telegraf"]
+SCRIPT = [sys.executable, "-m", "qcow2_monitor.telegraf.qcow2_telegraf"]
 
 # Names that exercise every escaping rule: space, comma, equals, quotes, backslashes (also
 # before an escaped character), non-ASCII, a leading '='.

@@ -14,9 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import sample_collection
 
-from collectors.usage import analyze_usage
-from node_exporter_textfile import qcow2_textfile as textfile
-from node_exporter_textfile.qcow2_textfile import (
+from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.node_exporter_textfile import qcow2_textfile as textfile
+from qcow2_monitor.node_exporter_textfile.qcow2_textfile import (
     InvalidOutput,
     escape_help,
     escape_label_value,
@@ -231,7 +231,7 @@ def test_usage_errors(tmp_path: Path) -> None:
 def test_shipped_template_is_package_data() -> None:
     assert textfile.TEMPLATE_PACKAGE_PATH.is_file()
     text = (HERE.parent / "pyproject.toml").read_text()
-    assert 'node_exporter_textfile = ["templates/*.j2"]' in text
+    assert '"qcow2_monitor.node_exporter_textfile" = ["templates/*.j2"' in text
 
 
 # --- a real node_exporter ----------------------------------------------------------------------

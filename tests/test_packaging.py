@@ -1,0 +1,115 @@
+"""Installing the package: one namespace in site-packages, and the shipped configuration found
+where it was installed, rendered with the installed commands' real path."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qcow2_monitor.analyze.config import SHIPPED
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SHIPPED_CRON_TARGETS = ("/var/lib/prometheus/node-exporter/qcow2.prom", "/var/lib/libvirt/images")
+CRON_LOCK = "/run/lock/qcow2-textfile.lock"
+
+
+def config(*args: str, bin_dir: Path = BIN, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([str(bin_dir / "qcow2-analyze"), "config", *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def listed_paths(text: str) -> dict[str, Path]:
+    """name -> path from `qcow2-analyze config` (a line per file, its description below)."""
+    rows = [line.split() for line in text.splitlines() if not line.startswith(" ")]
+    return {name: Path(path) for name, path in rows}
+
+
+def exec_start(unit: str) -> list[str]:
+    joined = unit.replace("\\\n", " ")
+    (line,) = [line for line in joined.splitlines() if line.startswith("ExecStart=")]
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+def test_config_lists_every_shipped_file_where_it_lies() -> None:
+    paths = listed_paths(config())
+    assert set(paths) == set(SHIPPED)
+    for name, path in paths.items():
+        assert path.is_file() and path.name == name
+
+
+def test_rendered_unit_runs_the_installed_command() -> None:
+    argv = exec_start(config("qcow2-textfile.service"))
+    assert argv[0] == str(BIN / "qcow2-textfile") and Path(argv[0]).is_file()
+    assert "@BINDIR@" in (ROOT / "node_exporter_textfile" / "qcow2-textfile.service").read_text()
+
+
+def test_rendered_cron_line_runs_and_never_overlaps(tmp_path: Path) -> None:
+    (line,) = [line for line in config("qcow2-textfile.cron").splitlines()
+               if line and not line.startswith(("#", "SHELL=", "PATH="))]
+    fields = line.split(None, 6)
+    assert fields[5] == "root"
+    command = fields[6]
+    assert command.startswith(f"flock -n {CRON_LOCK} {BIN / 'qcow2-textfile'} ")
+    images = tmp_path / "images"
+    images.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "a.qcow2"), "16M"],
+                   check=True)
+    out, lock = tmp_path / "qcow2.prom", tmp_path / "lock"
+    local = command.replace(CRON_LOCK, str(lock))
+    for shipped, ours in zip(SHIPPED_CRON_TARGETS, (out, images)):
+        assert shipped in local
+        local = local.replace(shipped, str(ours))
+    run = subprocess.run(["sh", "-c", local], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f'qcow2_virtual_size_bytes{{path="{images / "a.qcow2"}"}} 16777216' in out.read_text()
+    # While an earlier run holds the lock, the next one does nothing.
+    out.unlink()
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        skipped = subprocess.run(["sh", "-c", local], capture_output=True, timeout=120)
+    assert skipped.returncode == 1 and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built wheel, installed into an empty target directory."""
+    work = tmp_path_factory.mktemp("wheel")
+    subprocess.run([str(BIN / "pip"), "wheel", "-q", "--no-deps", "--disable-pip-version-check",
+                    "-w", str(work / "dist"), str(ROOT)], check=True, timeout=600)
+    (wheel,) = (work / "dist").glob("*.whl")
+    site = work / "site"
+    subprocess.run([str(BIN / "pip"), "install", "-q", "--no-deps", "--no-compile",
+                    "--disable-pip-version-check", "--target", str(site), str(wheel)],
+                   check=True, timeout=600)
+    return site
+
+
+def test_wheel_installs_one_namespace(installed: Path) -> None:
+    top = sorted(entry.name for entry in installed.iterdir())
+    assert [name for name in top if not name.endswith(".dist-info")] == ["bin", "qcow2_monitor"]
+    packages = sorted(p.name for p in (installed / "qcow2_monitor").iterdir() if p.is_dir())
+    assert packages == ["analyze", "collectors", "nagios", "node_exporter_textfile", "telegraf"]
+    assert sorted(p.name for p in (installed / "bin").iterdir()) == [
+        "check_qcow2", "qcow2-analyze", "qcow2-telegraf", "qcow2-textfile"]
+
+
+def test_installed_package_finds_its_configuration(installed: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    paths = listed_paths(config(bin_dir=installed / "bin", env=env))
+    assert set(paths) == set(SHIPPED)
+    for path in paths.values():
+        assert path.is_file() and installed / "qcow2_monitor" in path.parents
+    argv = exec_start(config("qcow2-textfile.service", bin_dir=installed / "bin", env=env))
+    assert argv[0] == str(installed / "bin" / "qcow2-textfile")
+    proc = subprocess.run([argv[0], "--version"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("qcow2-textfile ")
