@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import sysconfig
-from importlib import resources
 from typing import Any, TextIO
 
 from qcow2_monitor.collectors.errors import EXIT_OK
@@ -46,6 +44,8 @@ def _adapter_package(adapter: str) -> str:
 
 def shipped_path(name: str) -> str:
     """Where the shipped file `name` is installed."""
+    from importlib import resources  # only for `config`: about 1 MiB beside every command
+
     adapter, _what = SHIPPED[name]
     return str(resources.files(_adapter_package(adapter)).joinpath(name))
 
@@ -56,6 +56,8 @@ def bin_dir() -> str:
     running = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if os.path.basename(running) == "qcow2-analyze" and os.path.isfile(running):
         return os.path.dirname(running)
+    import sysconfig
+
     return sysconfig.get_path("scripts")
 
 

@@ -25,9 +25,32 @@ from qcow2_monitor.collectors.version import add_version_argument
 
 from . import check, config, tables
 from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, fail
-from .info import run_header, run_info
-from .legacy import run_legacy
-from .usage import run_usage
+
+
+# Each command's module is imported when it runs: a check loads neither usage's live sources
+# and discovery nor the legacy output (less start-up time and memory beside the check's).
+def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .info import run_info as run
+
+    return run(args, out, err)
+
+
+def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .info import run_header as run
+
+    return run(args, out, err)
+
+
+def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .usage import run_usage as run
+
+    return run(args, out, err)
+
+
+def run_legacy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .legacy import run_legacy as run
+
+    return run(args, out, err)
 
 
 def build_parser() -> ArgumentParser:

@@ -3,8 +3,9 @@
 Builds (once) in WORKDIR (default ./bench-work) 1 TiB and 4 TiB preallocation=metadata images
 (16.7 M and 67 M allocated clusters, 128 and 512 MiB of L2 tables) and a 64 TiB sparse image
 with a little data, then runs both tools on each (after one warm-up run, so both read from
-the page cache) and prints whole-process wall time and peak RSS (from wait4's rusage of each
-child) with ratios.
+the page cache) and prints whole-process wall time, CPU time (user + system) and peak RSS
+(from wait4's rusage of each child) with ratios. On a shared machine the CPU time is the
+steadier figure: wall time grows with the other processes' load.
 
     .venv/bin/python bench/bench_check.py [WORKDIR] [--runs N]
 """
@@ -50,18 +51,21 @@ def analyzer() -> list[str]:
     return [sys.executable, "-m", "analyze"]
 
 
-def measure(argv: list[str]) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS in KiB and exit code of one child process."""
+Row = tuple[str, str, float, float, int, int]
+
+
+def measure(argv: list[str]) -> tuple[float, float, int, int]:
+    """Wall seconds, CPU seconds, peak RSS in KiB and exit code of one child process."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss, proc.returncode
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, proc.returncode
 
 
-def bench(images: list[Path], runs: int) -> list[tuple[str, str, float, int, int]]:
+def bench(images: list[Path], runs: int) -> list[Row]:
     rows = []
     for image in images:
         tools = {"qemu-img check": ["qemu-img", "check", "-f", "qcow2", str(image)],
@@ -69,7 +73,7 @@ def bench(images: list[Path], runs: int) -> list[tuple[str, str, float, int, int
         for name, argv in tools.items():
             measure(argv)  # warm-up: page cache
             best = min((measure(argv) for _ in range(runs)), key=lambda r: r[0])
-            rows.append((image.name, name, best[0], best[1], best[2]))
+            rows.append((image.name, name, *best))
     return rows
 
 
@@ -80,15 +84,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     images = build(Path(args.workdir).resolve())
     rows = bench(images, args.runs)
-    print(f"{'image':<28} {'tool':<21} {'wall s':>8} {'peak RSS MiB':>13} {'exit':>5}")
-    for image, tool, wall, rss, code in rows:
-        print(f"{image:<28} {tool:<21} {wall:8.3f} {rss / 1024:13.1f} {code:5d}")
+    print(f"{'image':<28} {'tool':<21} {'wall s':>8} {'CPU s':>7} {'peak RSS MiB':>13} "
+          f"{'exit':>5}")
+    for image, tool, wall, cpu, rss, code in rows:
+        print(f"{image:<28} {tool:<21} {wall:8.3f} {cpu:7.3f} {rss / 1024:13.1f} {code:5d}")
     print()
     for i in range(0, len(rows), 2):
         qemu, ours = rows[i], rows[i + 1]
-        print(f"{qemu[0]}: time ratio ours/qemu = {ours[2] / qemu[2]:.2f}, "
-              f"peak RSS ours = {ours[3] / 1024:.0f} MiB (qemu {qemu[3] / 1024:.0f} MiB), "
-              f"same exit code: {qemu[4] == ours[4]}")
+        print(f"{qemu[0]}: time ratio ours/qemu = {ours[2] / qemu[2]:.2f} (CPU "
+              f"{ours[3] / qemu[3]:.2f}), peak RSS ours = {ours[4] / 1024:.1f} MiB (qemu "
+              f"{qemu[4] / 1024:.1f} MiB), same exit code: {qemu[5] == ours[5]}")
     return 0
 
 

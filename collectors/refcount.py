@@ -107,7 +107,7 @@ def image_end_offset_from_refcounts(image: Qcow2Image) -> int:
 
 
 # Decoded on-disk refcount blocks kept in memory at once.
-REFBLOCK_CACHE_BYTES = 4 * 1024 * 1024
+REFBLOCK_CACHE_BYTES = 512 * 1024
 
 
 # block/block_int.h: QEMU_ALIGN_DOWN(INT64_MAX, BDRV_MAX_ALIGNMENT); reads past it fail (EIO).

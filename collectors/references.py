@@ -4,10 +4,10 @@ calculate_refcounts()) and qcow2_inc_refcounts_imrt(), vectorised.
 Every rule of qcow2_inc_refcounts_imrt() is order independent (a region is counted or not on
 its own; an increment at the maximum is one corruption, so the final count is min(total, max)
 and the overflows are total - max), which is what makes counting whole batches at once valid.
-The counts are one byte per cluster of the file (nb_clusters + 1, sized by the file length,
-never by the virtual size): qemu's own in-memory table takes refcount_bits per cluster (2 bytes
-by default), and nearly every cluster is referenced at most a few times. A count that reaches
-SATURATED is kept exactly in a small dict beside the array.
+The counts are kept for each cluster of the file (nb_clusters + 1, sized by the file length,
+never by the virtual size) in :class:`~collectors.counts.CompactCounts`: 2 bits per cluster
+while few clusters are shared three times or more, exact larger counts beside them; qemu's own
+in-memory table takes refcount_bits per cluster (2 bytes by default).
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from typing import Callable
 import numpy as np
 import numpy.typing as npt
 
+from .counts import CompactCounts
 from .findings import Tally, finding
 
 U64 = npt.NDArray[np.uint64]
 Bools = npt.NDArray[np.bool_]
 
 COUNT_MAX = np.iinfo(np.uint32).max
-# A byte at this value means "the exact count is in ReferenceCounts.big".
-SATURATED = 255
 # Clusters compared per pass when scanning the whole array.
 SCAN_CHUNK = 1 << 20
 
@@ -44,61 +43,21 @@ class ReferenceCounts:
         nb_clusters = -(-file_length // self.cluster_size)
         # qcow2_inc_refcounts_imrt() may grow the array by one cluster (a region ending less
         # than a cluster past EOF); nothing can reach further (see add_regions).
-        self.counts = np.zeros(nb_clusters + 1, dtype=np.uint8)
-        self.big: dict[int, int] = {}  # exact counts of the clusters at SATURATED
+        self.counts = CompactCounts(nb_clusters + 1)
         self.size = nb_clusters  # qemu's nb_clusters after the imrt grew
 
     # -- reading ---------------------------------------------------------------------------
     def values(self, lo: int, hi: int) -> U64:
         """The exact counts of clusters lo..hi-1."""
-        out = self.counts[lo:hi].astype(np.uint64)
-        if self.big:  # no count ever reached SATURATED otherwise
-            for k in np.flatnonzero(out == SATURATED).tolist():
-                out[k] = self.big[lo + k]
-        return out
+        return self.counts.values(lo, hi)
 
     def at(self, clusters: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
         """The exact counts of the listed clusters."""
-        out = self.counts[clusters].astype(np.int64)
-        if self.big:
-            for k in np.flatnonzero(out == SATURATED).tolist():
-                out[k] = self.big[int(clusters[k])]
-        return out
+        return self.counts.at(clusters)
 
     def count(self, cluster: int, refcount_max: int) -> int:
         """The computed refcount of one cluster, as qemu stores it (at most the maximum)."""
-        value = int(self.counts[cluster])
-        return min(self.big[cluster] if value == SATURATED else value, refcount_max)
-
-    # -- adding ----------------------------------------------------------------------------
-    def _add_range(self, lo: int, hi: int, inc: npt.NDArray[np.uint32] | None = None) -> None:
-        """Add `inc` (or one) to the counts of clusters lo..hi-1."""
-        seg = self.counts[lo:hi]
-        if inc is None:
-            hot = np.flatnonzero(seg >= SATURATED - 1)
-            if not len(hot):  # the common case: no count near a byte's limit
-                seg += np.uint8(1)
-                return
-            old = seg[hot].tolist()
-            np.add(seg, np.uint8(1), out=seg, where=seg < SATURATED)
-            for k, value in zip(hot.tolist(), old):
-                self.big[lo + k] = self.big[lo + k] + 1 if value == SATURATED else SATURATED
-            return
-        new = seg.astype(np.uint32) + inc
-        for k in np.flatnonzero(new >= SATURATED).tolist():
-            base = self.big[lo + k] if seg[k] == SATURATED else int(seg[k])
-            self.big[lo + k] = base + int(inc[k])
-        np.minimum(new, SATURATED, out=new)
-        seg[:] = new
-
-    def _add_at(self, clusters: npt.NDArray[np.intp], inc: npt.NDArray[np.intp]) -> None:
-        """Add `inc` to the counts of the listed (distinct) clusters."""
-        seg = self.counts[clusters]
-        new = seg.astype(np.int64) + inc
-        for k in np.flatnonzero(new >= SATURATED).tolist():
-            c = int(clusters[k])
-            self.big[c] = (self.big[c] if seg[k] == SATURATED else int(seg[k])) + int(inc[k])
-        self.counts[clusters] = np.minimum(new, SATURATED)
+        return min(self.counts.one(cluster), refcount_max)
 
     def add_indices(self, idx: U64) -> None:
         """One reference to each listed cluster (repeats counted)."""
@@ -108,11 +67,11 @@ class ReferenceCounts:
         hi = int(idx.max())
         self.size = max(self.size, hi + 1)
         if hi - lo < 4 * len(idx) + 65536:
-            self._add_range(lo, hi + 1, np.bincount(
-                (idx - u64(lo)).astype(np.intp), minlength=hi - lo + 1).astype(np.uint32))
+            self.counts.add_range(lo, hi + 1, np.bincount(
+                (idx - u64(lo)).astype(np.intp), minlength=hi - lo + 1).astype(np.uint64))
         else:
             clusters, times = np.unique(idx.astype(np.intp), return_counts=True)
-            self._add_at(clusters, times)
+            self.counts.add_at(clusters, times.astype(np.int64))
 
     def add_each(self, clusters: U64) -> npt.NDArray[np.int64]:
         """One reference to each listed cluster, one after the other as qemu adds them:
@@ -132,7 +91,7 @@ class ReferenceCounts:
     def add_runs(self, runs: list[tuple[int, int]]) -> None:
         """One reference to each cluster of the runs [first, end), all inside the file."""
         for first, end in runs:
-            self._add_range(first, end)
+            self.counts.add_range(first, end)
         self.size = max(self.size, max(end for _, end in runs))
 
     def add_regions(self, starts: U64, sizes: U64) -> Bools:
@@ -174,7 +133,7 @@ class ReferenceCounts:
         first = offset >> self.cluster_bits
         last = (offset + size - 1) >> self.cluster_bits
         self.size = max(self.size, last + 1)
-        self._add_range(first, last + 1)
+        self.counts.add_range(first, last + 1)
 
     def repeated(self, times: int, walk: Callable[[], None]) -> None:
         """Run `walk` once, counting all it adds `times` times (findings beyond the first
@@ -183,16 +142,20 @@ class ReferenceCounts:
         scalars = ("corruptions", "allocated", "fragmented", "compressed", "check_errors")
         before = [getattr(tally, name) for name in scalars]
         listed = [tally.structure.total, tally.copied.total]
-        saved, saved_big = self.counts, self.big
-        self.counts, self.big = np.zeros_like(saved), {}
+        saved = self.counts
+        self.counts = CompactCounts(saved.length)
         try:
             walk()
-            added = self.values(0, len(self.counts))
+            added = self.counts
         finally:
-            self.counts, self.big = saved, saved_big
-        total = self.values(0, len(saved)) + added * u64(times)
-        self.counts = np.minimum(total, u64(SATURATED)).astype(np.uint8)
-        self.big = {int(c): int(total[c]) for c in np.flatnonzero(total >= u64(SATURATED))}
+            self.counts = saved
+        # Merged a chunk at a time: exact counts of the whole file at once would take 8 bytes
+        # per cluster.
+        for lo in range(0, added.length, SCAN_CHUNK):
+            hi = min(added.length, lo + SCAN_CHUNK)
+            extra = added.values(lo, hi)
+            if bool(extra.any()):
+                self.counts.add_range(lo, hi, extra * u64(times))
         for name, old in zip(scalars, before):
             setattr(tally, name, old + (getattr(tally, name) - old) * times)
         tally.structure.count((tally.structure.total - listed[0]) * (times - 1))
@@ -203,11 +166,15 @@ class ReferenceCounts:
         refcount_max = (1 << refcount_bits) - 1
         if refcount_max >= COUNT_MAX:
             return
-        # Scanned a chunk at a time: a whole-array comparison would double the memory.
-        threshold = min(refcount_max, SATURATED - 1)
-        candidates = np.concatenate([
-            np.flatnonzero(self.counts[lo:lo + SCAN_CHUNK] > threshold) + lo
-            for lo in range(0, len(self.counts), SCAN_CHUNK)])
+        stored = self.counts
+        if refcount_max >= stored.saturated:
+            # Only counts kept exactly beside the fields can exceed the maximum.
+            candidates = stored.saturated_clusters()
+        else:  # 1-bit refcounts: scanned a chunk at a time
+            candidates = np.concatenate([
+                np.flatnonzero(stored.fields(lo, min(stored.length, lo + SCAN_CHUNK))
+                               > refcount_max) + lo
+                for lo in range(0, stored.length, SCAN_CHUNK)])
         counts = self.at(candidates)
         over = candidates[counts > refcount_max]
         counts = counts[counts > refcount_max]

@@ -4,13 +4,14 @@ identical in check_qcow2, qcow2-telegraf and qcow2-textfile."""
 from __future__ import annotations
 
 import argparse
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-from .collect import collect
 from .health import add_health_arguments, policy_from_args
 from .live import DEFAULT_LIBVIRT_URI, LiveSources
-from .metrics import Collection
 from .model import DEFAULT_MAX_DEPTH
+
+if TYPE_CHECKING:
+    from .metrics import Collection
 
 MAX_DEPTH_LIMIT = 256
 ArgumentContainer = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]
@@ -80,6 +81,8 @@ def add_selection_and_health_arguments(parser: argparse.ArgumentParser) -> None:
 def collect_selected(targets: list[str], args: argparse.Namespace) -> Collection:
     """collect() with the options add_selection_arguments() and add_live_arguments()
     declared."""
+    from .collect import collect  # imported when collecting: the options alone need none of it
+
     return collect(targets, running=args.running, chain=args.chain, check=args.check,
                    max_depth=args.max_depth, policy=policy_from_args(args),
                    live_sources=LiveSources(live_uri(args), tuple(args.qmp)))

@@ -28,7 +28,7 @@ from .references import U64, Bools, ReferenceCounts, u64
 Positions = npt.NDArray[np.intp]
 
 # Entries of L2 tables classified per vectorised batch: bounds the temporaries (a few MiB).
-L2_BATCH_ENTRIES = 1 << 18
+L2_BATCH_ENTRIES = 1 << 15
 # L1 entries accounted per vectorised pass (bounds the temporaries of a 32 MiB L1 table).
 L1_CHUNK_ENTRIES = 1 << 20
 # Beyond this many runs of adjacent clusters in one batch, count per entry instead.
