@@ -10,14 +10,15 @@ tables, in bounded batches.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import Optional
 
 import numpy as np
 import numpy.typing as npt
 
 from . import layout as L
-from .image import Qcow2Image
+from .image import Qcow2Image, Snapshot
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
 from .model import (
     TABLE_HEADER,
@@ -87,19 +88,32 @@ class _Locator:
         table = h.refcount_table_offset
         self.region(0, h.cluster_size, "header", Place(TABLE_HEADER, 0))
         self.l1(L1Table(h.l1_table_offset, ""), h.l1_size)
+        # Snapshots sharing one L1 table are walked once, at the first of them, and what it
+        # references counts once per snapshot (as the check counts it).
+        shared: dict[tuple[int, int], list[Snapshot]] = {}
         for sn in self.image.snapshots():
             if sn.l1_table_offset % h.cluster_size == 0:
-                self.l1(L1Table(sn.l1_table_offset, f"{sn.label}: ", sn.id_str), sn.l1_size)
+                shared.setdefault((sn.l1_table_offset, sn.l1_size), []).append(sn)
+        for (offset, size), group in shared.items():
+            sn = group[0]
+            self.l1(L1Table(offset, f"{sn.label}: ", sn.id_str), size, len(group))
         self.region(h.snapshots_offset, self.image.snapshots_size, "snapshot table",
                     Place(TABLE_SNAPSHOTS, h.snapshots_offset))
         self.region(table, h.refcount_table_clusters * h.cluster_size, "refcount table",
                     Place(TABLE_REFCOUNT_TABLE, table, refcount_table_offset=table))
-        for index, raw in enumerate(ondisk.table.tolist()):
-            offset = int(raw) & L.REFT_OFFSET_MASK
-            if offset:
-                self.region(offset, h.cluster_size, f"refcount table entry {index} "
-                            "(refcount block)", Place(TABLE_REFCOUNT_TABLE, table, index,
-                                                      refcount_table_offset=table))
+        # The refcount blocks: a table over guest data can name a million of them.
+        offsets = np.asarray(ondisk.table, dtype=np.uint64) & np.uint64(L.REFT_OFFSET_MASK)
+        indices = np.flatnonzero(offsets)
+        blocks = offsets[indices]
+        bits = np.uint64(self.geo.cluster_bits)
+
+        def refblock(k: int) -> tuple[str, Place]:
+            index = int(indices[k])
+            return (f"refcount table entry {index} (refcount block)",
+                    Place(TABLE_REFCOUNT_TABLE, table, index, refcount_table_offset=table))
+
+        self.name_each(blocks >> bits, (blocks + np.uint64(h.cluster_size - 1)) >> bits,
+                       refblock)
 
     def region(self, offset: int, size: int, what: str, place: Place) -> None:
         bits = self.geo.cluster_bits
@@ -109,15 +123,31 @@ class _Locator:
             if cluster in self.wanted:
                 self.note(cluster, (what, place))
 
+    def name_each(self, first: U64, last: U64, describe: Callable[[int], tuple[str, Place]],
+                  weights: Optional[npt.NDArray[np.intp]] = None) -> None:
+        """References k (a region from cluster first[k] to last[k], made weights[k] times),
+        described by describe(k): per wanted cluster the first MAX_NAMED are named and the
+        rest counted, without a Python loop over them."""
+        if weights is None:
+            weights = np.ones(len(first), dtype=np.intp)
+        in_first = np.isin(first, self.targets)
+        in_last = (last != first) & np.isin(last, self.targets)
+        keys = np.concatenate((first[in_first], last[in_last]))
+        positions = np.concatenate((np.flatnonzero(in_first), np.flatnonzero(in_last)))
+        order = np.argsort(keys, kind="stable")
+        keys, positions = keys[order], positions[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys
+        ends = np.r_[starts[1:], len(keys)].astype(np.intp)
+        for begin, end in zip(starts.tolist(), ends.tolist()):
+            cluster = int(keys[begin])
+            for k in positions[begin:min(end, begin + MAX_NAMED)].tolist():
+                self.note(cluster, describe(k), int(weights[k]))
+            self.more[cluster] += int(weights[positions[begin + MAX_NAMED:end]].sum())
+
     def spans(self, first: U64, last: U64) -> npt.NDArray[np.bool_]:
         """Which references (a cluster-sized or shorter region each, from cluster `first` to
         `last`) touch a wanted cluster."""
         return np.isin(first, self.targets) | np.isin(last, self.targets)
-
-    def add(self, first: int, last: int, where: tuple[str, Place], times: int = 1) -> None:
-        for cluster in {first, last}:
-            if cluster in self.wanted:
-                self.note(cluster, where, times)
 
     def note(self, cluster: int, where: tuple[str, Place], times: int = 1) -> None:
         """`where` references `cluster` `times` times (a table named k times by its L1)."""
@@ -127,7 +157,7 @@ class _Locator:
         else:
             self.more[cluster] += times
 
-    def l1(self, table: L1Table, l1_size: int) -> None:
+    def l1(self, table: L1Table, l1_size: int, times: int = 1) -> None:
         """The L1 table, its entries (an unaligned L2 offset counts the two clusters its
         cluster-sized region touches, as qemu counts it) and the L2 tables they name."""
         geo = self.geo
@@ -141,32 +171,22 @@ class _Locator:
         l2_offsets = np.frombuffer(raw, dtype=">u8").astype(np.uint64) \
             & np.uint64(L.L1E_OFFSET_MASK)
         named = np.flatnonzero(l2_offsets != 0)
-        first = l2_offsets[named] >> bits
-        last = (l2_offsets[named] + np.uint64(geo.cluster_size - 1)) >> bits
-        # A hostile L1 can name one table millions of times: per wanted cluster, the first
-        # MAX_NAMED entries are named and the rest only counted, without a loop over them.
-        hits = np.flatnonzero(self.spans(first, last))
-        wanted_first = np.isin(first[hits], self.targets)
-        wanted_last = np.isin(last[hits], self.targets) & (last[hits] != first[hits])
-        keys = np.concatenate((first[hits][wanted_first], last[hits][wanted_last]))
-        positions = np.concatenate((hits[wanted_first], hits[wanted_last]))
-        order = np.argsort(keys, kind="stable")
-        keys, positions = keys[order], positions[order]
-        clusters, starts, counts = np.unique(keys, return_index=True, return_counts=True)
-        for cluster, start, count in zip(clusters.tolist(), starts.tolist(), counts.tolist()):
-            for k in positions[start:start + min(count, MAX_NAMED)].tolist():
-                text, place = table.entry(int(named[k]), geo)
-                self.note(cluster, (f"{text} (L2 table)", place))
-            self.more[cluster] += max(0, count - MAX_NAMED)
+        offsets = l2_offsets[named]
+        first = offsets >> bits
+        last = (offsets + np.uint64(geo.cluster_size - 1)) >> bits
+        # A hostile L1 can name one table millions of times.
+        self.name_each(first, last, lambda k: _l2_table(table.entry(int(named[k]), geo)),
+                       np.full(len(first), times, dtype=np.intp))
         # Each distinct L2 table is read once, located at the first L1 entry naming it; what
         # it references counts as often as it is named (as the check counts it).
         used = named[(l2_offsets[named] & np.uint64(geo.cluster_size - 1)) == 0]
-        _tables, first_named, times = np.unique(l2_offsets[used], return_index=True,
-                                                return_counts=True)
+        _tables, first_named, named_times = np.unique(l2_offsets[used], return_index=True,
+                                                      return_counts=True)
         rows = used[first_named]
         per_batch = max(1, L2_BATCH_ENTRIES // geo.l2_entries)
         for lo in range(0, len(rows), per_batch):
-            self.l2_batch(rows[lo:lo + per_batch], times[lo:lo + per_batch], l2_offsets, table)
+            self.l2_batch(rows[lo:lo + per_batch], named_times[lo:lo + per_batch] * times,
+                          l2_offsets, table)
 
     def l2_batch(self, rows: npt.NDArray[np.intp], times: npt.NDArray[np.intp],
                  l2_offsets: U64, l1: L1Table) -> None:
@@ -191,14 +211,17 @@ class _Locator:
         # With an external data file only compressed data (never allowed) would be here.
         mapped = compressed if geo.data_file else (
             compressed | (types == NORMAL) | (types == ZERO_ALLOC))
-        for pos in np.flatnonzero(mapped & self.spans(first, last)).tolist():
-            row, j = divmod(pos, geo.l2_entries)
+        sel = np.flatnonzero(mapped & self.spans(first, last))
+
+        def entry(k: int) -> tuple[str, Place]:
+            row, j = divmod(int(sel[k]), geo.l2_entries)
             table, l1_index = int(tables[row]), int(rows[row])
-            self.add(int(first[pos]), int(last[pos]), (
-                l2_entry_location(l1.label, table, j, l1_index, geo.l2_entries,
-                                  geo.cluster_bits),
-                l2_entry_place(table, j, l1_index, geo.l2_entries, geo.cluster_bits,
-                               l1.snapshot)), int(times[row]))
+            return (l2_entry_location(l1.label, table, j, l1_index, geo.l2_entries,
+                                      geo.cluster_bits),
+                    l2_entry_place(table, j, l1_index, geo.l2_entries, geo.cluster_bits,
+                                   l1.snapshot))
+
+        self.name_each(first[sel], last[sel], entry, times[sel // geo.l2_entries])
 
 
 def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[Finding]
@@ -222,3 +245,8 @@ def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[F
             f = replace(f, location=text, places=tuple(place for _, place in where))
         located.append(f)
     return located
+
+
+def _l2_table(entry: tuple[str, Place]) -> tuple[str, Place]:
+    text, place = entry
+    return f"{text} (L2 table)", place

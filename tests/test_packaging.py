@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,8 +84,13 @@ def test_rendered_cron_line_runs_and_never_overlaps(tmp_path: Path) -> None:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built wheel, installed into an empty target directory."""
     work = tmp_path_factory.mktemp("wheel")
+    # From a copy of the tree as a clone has it: a build/ left by an earlier build would
+    # otherwise be packed as it is.
+    source = work / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
     subprocess.run([str(BIN / "pip"), "wheel", "-q", "--no-deps", "--disable-pip-version-check",
-                    "-w", str(work / "dist"), str(ROOT)], check=True, timeout=600)
+                    "-w", str(work / "dist"), str(source)], check=True, timeout=600)
     (wheel,) = (work / "dist").glob("*.whl")
     site = work / "site"
     subprocess.run([str(BIN / "pip"), "install", "-q", "--no-deps", "--no-compile",
