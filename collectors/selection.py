@@ -4,8 +4,10 @@ identical in check_qcow2, qcow2-telegraf and qcow2-textfile."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Union
+import sys
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
+from .errors import EXIT_OK, EXIT_USAGE
 from .health import add_health_arguments, policy_from_args
 from .live import DEFAULT_LIBVIRT_URI, LiveSources
 from .model import DEFAULT_MAX_DEPTH
@@ -69,6 +71,30 @@ def add_live_arguments(group: ArgumentContainer) -> None:
 def live_uri(args: argparse.Namespace) -> str | None:
     """The libvirt URI to ask, None with --no-live."""
     return None if args.no_live else str(args.libvirt_uri or DEFAULT_LIBVIRT_URI)
+
+
+def add_targets_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional TARGETs of the collectors (qcow2-telegraf, qcow2-textfile)."""
+    parser.add_argument(
+        "targets", nargs="*", metavar="TARGET",
+        help="image file, block device, directory (searched recursively for qcow2 files) or "
+        "glob pattern",
+    )
+
+
+def parse_collector_arguments(parser: argparse.ArgumentParser,
+                              argv: Optional[Sequence[str]]) -> Union[argparse.Namespace, int]:
+    """A collector's command line, options and targets in any order; or the exit code when
+    there is nothing to run (--help, --version: 0; a bad command line or no target: 64)."""
+    try:
+        args = parser.parse_intermixed_args(argv)
+    except SystemExit as exc:  # argparse exits itself on --help (0) and bad usage (2)
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    if not args.targets and not args.running:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: give TARGETs and/or --running", file=sys.stderr)
+        return EXIT_USAGE
+    return args
 
 
 def add_selection_and_health_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.collectors.metrics import (
     METRICS,
     Collection,
@@ -37,7 +37,12 @@ from qcow2_monitor.collectors.metrics import (
     image_metrics,
     valid_utf8,
 )
-from qcow2_monitor.collectors.selection import add_selection_and_health_arguments, collect_selected
+from qcow2_monitor.collectors.selection import (
+    add_selection_and_health_arguments,
+    add_targets_argument,
+    collect_selected,
+    parse_collector_arguments,
+)
 from qcow2_monitor.collectors.version import add_version_argument
 
 if TYPE_CHECKING:
@@ -229,13 +234,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "targets",
-        nargs="*",
-        metavar="TARGET",
-        help="image file, block device, directory (searched recursively for qcow2 files) or "
-        "glob pattern",
-    )
+    add_targets_argument(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -261,14 +260,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     prog = parser.prog
-    try:
-        args = parser.parse_intermixed_args(argv)
-    except SystemExit as exc:  # argparse exits itself on --help (0) and bad usage (2)
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    if not args.targets and not args.running:
-        parser.print_usage(sys.stderr)
-        print(f"{prog}: error: give TARGETs and/or --running", file=sys.stderr)
-        return EXIT_USAGE
+    args = parse_collector_arguments(parser, argv)
+    if isinstance(args, int):
+        return args
     if args.output != "-" and not args.output.endswith(".prom"):
         print(f"{prog}: warning: node_exporter reads only *.prom files", file=sys.stderr)
 

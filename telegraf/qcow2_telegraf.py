@@ -26,7 +26,7 @@ import os
 import sys
 from typing import Optional, Sequence, TextIO
 
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.collectors.metrics import (
     FILESYSTEM_LABEL,
     HEALTH_REASON_METRIC,
@@ -41,7 +41,12 @@ from qcow2_monitor.collectors.metrics import (
     health_text,
     image_metrics,
 )
-from qcow2_monitor.collectors.selection import add_selection_and_health_arguments, collect_selected
+from qcow2_monitor.collectors.selection import (
+    add_selection_and_health_arguments,
+    add_targets_argument,
+    collect_selected,
+    parse_collector_arguments,
+)
 from qcow2_monitor.collectors.version import add_version_argument
 from qcow2_monitor.telegraf.lineprotocol import FieldValue, format_line, representable
 
@@ -118,13 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "targets",
-        nargs="*",
-        metavar="TARGET",
-        help="image file, block device, directory (searched recursively for qcow2 files) or "
-        "glob pattern",
-    )
+    add_targets_argument(parser)
     add_selection_and_health_arguments(parser)
     parser.add_argument(
         "--execd",
@@ -157,14 +156,9 @@ def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
-    try:
-        args = parser.parse_intermixed_args(argv)
-    except SystemExit as exc:  # argparse exits itself on --help (0) and bad usage (2)
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    if not args.targets and not args.running:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: give TARGETs and/or --running", file=sys.stderr)
-        return EXIT_USAGE
+    args = parse_collector_arguments(parser, argv)
+    if isinstance(args, int):
+        return args
     stdout, stderr = sys.stdout, sys.stderr
     try:
         if not args.execd:
