@@ -43,8 +43,15 @@ def timed(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,)) -> tuple[float
     return elapsed, rusage.ru_maxrss
 
 
-def run(argv: Sequence[str]) -> None:
-    subprocess.run(list(argv), check=True, capture_output=True)
+def run(argv: Sequence[str], attempts: int = 5) -> None:
+    """Run a tool; retried only when qemu's PBKDF benchmark could not time itself ("Unable to
+    get accurate CPU usage", a timing artefact of a loaded machine, not an image problem)."""
+    for attempt in range(attempts):
+        proc = subprocess.run(list(argv), capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        if "Unable to get accurate CPU usage" not in proc.stderr or attempt == attempts - 1:
+            raise SystemExit(f"{argv[0]} exited {proc.returncode}: {proc.stderr.strip()[:400]}")
 
 
 def secret_args() -> list[str]:
