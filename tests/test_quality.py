@@ -24,6 +24,10 @@ def test_mypy_strict_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+# The reference notes outside the repository, spelled so that this file does not cite them.
+OUTSIDE_NOTES = "/".join(("shared", "reference"))
+
+
 def test_the_repository_stands_alone() -> None:
     """Nothing cites material outside the repository, and every citation of the format notes
     names a section they have."""
@@ -37,7 +41,7 @@ def test_the_repository_stands_alone() -> None:
     cited = 0
     for path in sources:
         text = path.read_text(errors="replace")
-        assert "shared/reference" not in text or path.name == "test_quality.py", path
+        assert OUTSIDE_NOTES not in text, path
         for section in re.findall(r"docs/qcow2-format\.md (§\d+)", text):
             assert section in sections, (path, section)
             cited += 1
