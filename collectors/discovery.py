@@ -230,11 +230,6 @@ def scan_running(covered_guests: Iterable[str] = (),
     return RunningScan(sorted(found.values()), sorted(uninspected))
 
 
-def running_images() -> list[str]:
-    """The paths of :func:`scan_running`."""
-    return scan_running().paths
-
-
 __all__ = [
     "QCOW2_MAGIC",
     "RunningScan",
@@ -243,6 +238,5 @@ __all__ = [
     "dedupe_targets",
     "expand_targets",
     "has_qcow2_magic",
-    "running_images",
     "scan_running",
 ]

@@ -13,10 +13,14 @@ from typing import Iterator
 import psutil
 import pytest
 
-from qcow2_monitor.collectors.discovery import QCOW2_MAGIC, Target, expand_targets, running_images
+from qcow2_monitor.collectors.discovery import QCOW2_MAGIC, Target, expand_targets, scan_running
 from qcow2_monitor.collectors.errors import IO_ERROR
 
 from daemons import holding_open, make_image, require_binary
+
+
+def running_images() -> list[str]:
+    return scan_running().paths
 
 
 def _paths(targets: list[Target]) -> list[str | None]:

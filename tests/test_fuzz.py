@@ -198,14 +198,19 @@ def _repoint_l1(path: Path, entries: int, snapshot_too: bool = False) -> None:
     path.write_bytes(data)
 
 
-def test_one_l2_table_named_many_times_equals_qemu(tmp_path: Path) -> None:
-    """An L1 table (active and snapshot) naming the same L2 table 64 times: walked once and
-    counted 64 times, with qemu-img check's figures."""
-    path = tmp_path / "d.qcow2"
+def _snapshotted(path: Path) -> None:
+    """A 1 MiB image with 4 KiB clusters, data, one snapshot, then data written after it."""
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
     run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 300k", str(path)])
     run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
     run([QEMU_IO, "-f", "qcow2", "-c", "write -P 6 0 8k", str(path)])
+
+
+def test_one_l2_table_named_many_times_equals_qemu(tmp_path: Path) -> None:
+    """An L1 table (active and snapshot) naming the same L2 table 64 times: walked once and
+    counted 64 times, with qemu-img check's figures."""
+    path = tmp_path / "d.qcow2"
+    _snapshotted(path)
     _repoint_l1(path, 64, snapshot_too=True)
     qemu = _qemu_json("check", str(path))
     ours = json.loads(_stdout(["check", "--output", "json", str(path)]))
@@ -311,10 +316,7 @@ def test_snapshots_sharing_one_l1_table_equal_qemu(tmp_path: Path) -> None:
     """3000 copies of one snapshot table entry (all naming the same L1 table): walked once,
     counted 3000 times, with qemu-img check's figures."""
     path = tmp_path / "s.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
-    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 300k", str(path)])
-    run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
-    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 6 0 8k", str(path)])
+    _snapshotted(path)
     header = read_header(path)
     data = bytearray(path.read_bytes())
     at = header["snapshots_offset"]
