@@ -5,9 +5,10 @@ Builds (once) in WORKDIR (default ./bench-work) 1 TiB and 4 TiB preallocation=me
 with a little data, then runs both tools on each (after one warm-up run, so both read from
 the page cache) and prints whole-process wall time, CPU time (user + system) and peak RSS
 (from wait4's rusage of each child) with ratios. On a shared machine the CPU time is the
-steadier figure: wall time grows with the other processes' load.
+steadier figure: wall time grows with the other processes' load. `--busy N` runs N CPU-bound
+processes beside both tools for the whole timed part, to show the ratios on a loaded host.
 
-    .venv/bin/python bench/bench_check.py [WORKDIR] [--runs N]
+    .venv/bin/python bench/bench_check.py [WORKDIR] [--runs N] [--busy N]
 """
 
 from __future__ import annotations
@@ -81,9 +82,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", nargs="?", default="bench-work")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (best kept)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="CPU-bound processes running beside the tools (default 0)")
     args = parser.parse_args(argv)
     images = build(Path(args.workdir).resolve())
-    rows = bench(images, args.runs)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy)]
+    try:
+        rows = bench(images, args.runs)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    if busy:
+        print(f"with {len(busy)} CPU-bound processes beside the tools "
+              f"(load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
     print(f"{'image':<28} {'tool':<21} {'wall s':>8} {'CPU s':>7} {'peak RSS MiB':>13} "
           f"{'exit':>5}")
     for image, tool, wall, cpu, rss, code in rows:

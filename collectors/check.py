@@ -29,6 +29,7 @@ from .compare import compare_refcounts
 from .container import held_for_writing
 from .errors import Qcow2Error
 from .findings import Tally, finding
+from .heap import keep_heap_top
 from .image import Qcow2Image, Snapshot
 from .model import TABLE_BITMAP, TABLE_REFCOUNT_TABLE, TABLE_SNAPSHOTS, CheckResult, Finding, Place
 from .refcount import OnDiskRefcounts
@@ -290,6 +291,7 @@ def _as_lazy_debt(findings: list[Finding]) -> list[Finding]:
 def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
     """`qemu-img check` without -r on an open image (qcow2_co_check_locked()). Raises
     Qcow2Error when qemu's check itself would fail (exit 1 with no figures)."""
+    keep_heap_top()
     try:
         run = _Check(image, max_findings)
         snapshots = image.snapshots()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy.typing as npt
 
 from . import layout as L
 from .image import Qcow2Image, Snapshot
+from .l1 import TableGatherer, l1_chunks
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
 from .model import (
     TABLE_HEADER,
@@ -164,37 +166,37 @@ class _Locator:
         bits = np.uint64(geo.cluster_bits)
         if not l1_size or l1_size > L.QCOW_MAX_L1_SIZE // L.L1E_SIZE:
             return
-        self.region(table.offset, l1_size * L.L1E_SIZE, f"{table.label}L1 table",
+        what = f"{table.label}L1 table"
+        self.region(table.offset, l1_size * L.L1E_SIZE, what,
                     Place(TABLE_L1, table.offset, snapshot=table.snapshot))
-        raw = self.image.file.read_zero_padded(table.offset, l1_size * L.L1E_SIZE,
-                                               f"{table.label}L1 table")
-        l2_offsets = np.frombuffer(raw, dtype=">u8").astype(np.uint64) \
-            & np.uint64(L.L1E_OFFSET_MASK)
-        named = np.flatnonzero(l2_offsets != 0)
-        offsets = l2_offsets[named]
-        first = offsets >> bits
-        last = (offsets + np.uint64(geo.cluster_size - 1)) >> bits
-        # A hostile L1 can name one table millions of times.
-        self.name_each(first, last, lambda k: _l2_table(table.entry(int(named[k]), geo)),
-                       np.full(len(first), times, dtype=np.intp))
         # Each distinct L2 table is read once, located at the first L1 entry naming it; what
         # it references counts as often as it is named (as the check counts it).
-        used = named[(l2_offsets[named] & np.uint64(geo.cluster_size - 1)) == 0]
-        _tables, first_named, named_times = np.unique(l2_offsets[used], return_index=True,
-                                                      return_counts=True)
-        rows = used[first_named]
+        aligned = TableGatherer()
+        for lo, entries in l1_chunks(self.image.file, table.offset, l1_size, what):
+            offsets = entries & np.uint64(L.L1E_OFFSET_MASK)
+            named = np.flatnonzero(offsets)
+            offsets = offsets[named]
+            named += lo
+            first = offsets >> bits
+            last = (offsets + np.uint64(geo.cluster_size - 1)) >> bits
+            # A hostile L1 can name one table millions of times.
+            self.name_each(first, last, partial(_l2_table, table, geo, named),
+                           np.full(len(first), times, dtype=np.intp))
+            keep = (offsets & np.uint64(geo.cluster_size - 1)) == 0
+            aligned.add(offsets[keep], named[keep])
+        tables = aligned.tables()
         per_batch = max(1, L2_BATCH_ENTRIES // geo.l2_entries)
-        for lo in range(0, len(rows), per_batch):
-            self.l2_batch(rows[lo:lo + per_batch], named_times[lo:lo + per_batch] * times,
-                          l2_offsets, table)
+        for lo in range(0, len(tables.offsets), per_batch):
+            batch = slice(lo, lo + per_batch)
+            self.l2_batch(tables.offsets[batch], tables.first_index[batch],
+                          tables.times[batch] * times, table)
 
-    def l2_batch(self, rows: npt.NDArray[np.intp], times: npt.NDArray[np.intp],
-                 l2_offsets: U64, l1: L1Table) -> None:
+    def l2_batch(self, tables: U64, rows: npt.NDArray[np.intp], times: npt.NDArray[np.intp],
+                 l1: L1Table) -> None:
         """The entries of some L2 tables that reference a wanted cluster: the region qemu
         counts for each (a cluster from its offset, aligned or not; the compressed data's
         sectors) may touch two clusters."""
         geo = self.geo
-        tables = l2_offsets[rows]
         entries, _bitmap = split_entries(read_tables(self.image, tables, geo.cluster_size),
                                          geo.extended)
         types = cluster_types(entries, extended=geo.extended, data_file=geo.data_file)
@@ -247,6 +249,8 @@ def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[F
     return located
 
 
-def _l2_table(entry: tuple[str, Place]) -> tuple[str, Place]:
-    text, place = entry
+def _l2_table(table: L1Table, geo: Geometry, indices: npt.NDArray[np.intp], k: int
+              ) -> tuple[str, Place]:
+    """L1 entry indices[k], naming an L2 table."""
+    text, place = table.entry(int(indices[k]), geo)
     return f"{text} (L2 table)", place

@@ -45,6 +45,7 @@ class ReferenceCounts:
         # than a cluster past EOF); nothing can reach further (see add_regions).
         self.counts = CompactCounts(nb_clusters + 1)
         self.size = nb_clusters  # qemu's nb_clusters after the imrt grew
+        self.times = 1  # every reference counts this many times (see repeated)
 
     # -- reading ---------------------------------------------------------------------------
     def values(self, lo: int, hi: int) -> U64:
@@ -68,10 +69,11 @@ class ReferenceCounts:
         self.size = max(self.size, hi + 1)
         if hi - lo < 4 * len(idx) + 65536:
             self.counts.add_range(lo, hi + 1, np.bincount(
-                (idx - u64(lo)).astype(np.intp), minlength=hi - lo + 1).astype(np.uint64))
+                (idx - u64(lo)).astype(np.intp), minlength=hi - lo + 1).astype(np.uint64)
+                * u64(self.times))
         else:
             clusters, times = np.unique(idx.astype(np.intp), return_counts=True)
-            self.counts.add_at(clusters, times.astype(np.int64))
+            self.counts.add_at(clusters, times.astype(np.int64) * self.times)
 
     def add_each(self, clusters: U64) -> npt.NDArray[np.int64]:
         """One reference to each listed cluster, one after the other as qemu adds them:
@@ -91,7 +93,7 @@ class ReferenceCounts:
     def add_runs(self, runs: list[tuple[int, int]]) -> None:
         """One reference to each cluster of the runs [first, end), all inside the file."""
         for first, end in runs:
-            self.counts.add_range(first, end)
+            self._add_range(first, end)
         self.size = max(self.size, max(end for _, end in runs))
 
     def add_regions(self, starts: U64, sizes: U64) -> Bools:
@@ -133,29 +135,28 @@ class ReferenceCounts:
         first = offset >> self.cluster_bits
         last = (offset + size - 1) >> self.cluster_bits
         self.size = max(self.size, last + 1)
-        self.counts.add_range(first, last + 1)
+        self._add_range(first, last + 1)
+
+    def _add_range(self, first: int, end: int) -> None:
+        self.counts.add_range(first, end, None if self.times == 1 else np.full(
+            end - first, self.times, dtype=np.uint64))
 
     def repeated(self, times: int, walk: Callable[[], None]) -> None:
-        """Run `walk` once, counting all it adds `times` times (findings beyond the first
-        walk's are counted, not listed)."""
+        """Run `walk` once, counting all it adds `times` times: every reference it makes is
+        multiplied as it is added (the rules are order independent), and the tally's figures
+        grow by `times` times what the walk added (findings beyond the first walk's are
+        counted, not listed). Nests: a snapshot table shared by k snapshots naming an L2
+        table n times counts it k * n times."""
         tally = self.tally
         scalars = ("corruptions", "allocated", "fragmented", "compressed", "check_errors")
         before = [getattr(tally, name) for name in scalars]
         listed = [tally.structure.total, tally.copied.total]
-        saved = self.counts
-        self.counts = CompactCounts(saved.length)
+        outer = self.times
+        self.times = outer * times
         try:
             walk()
-            added = self.counts
         finally:
-            self.counts = saved
-        # Merged a chunk at a time: exact counts of the whole file at once would take 8 bytes
-        # per cluster.
-        for lo in range(0, added.length, SCAN_CHUNK):
-            hi = min(added.length, lo + SCAN_CHUNK)
-            extra = added.values(lo, hi)
-            if bool(extra.any()):
-                self.counts.add_range(lo, hi, extra * u64(times))
+            self.times = outer
         for name, old in zip(scalars, before):
             setattr(tally, name, old + (getattr(tally, name) - old) * times)
         tally.structure.count((tally.structure.total - listed[0]) * (times - 1))

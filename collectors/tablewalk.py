@@ -20,6 +20,7 @@ import numpy.typing as npt
 from . import layout as L
 from .findings import Tally, finding
 from .image import Qcow2Image
+from .l1 import NamedTables, TableGatherer, l1_chunks, multiplicity_groups
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
 from .model import TABLE_L1, TABLE_L2, Finding, Place
 from .refcount import OnDiskRefcounts
@@ -29,8 +30,6 @@ Positions = npt.NDArray[np.intp]
 
 # Entries of L2 tables classified per vectorised batch: bounds the temporaries (a few MiB).
 L2_BATCH_ENTRIES = 1 << 15
-# L1 entries accounted per vectorised pass (bounds the temporaries of a 32 MiB L1 table).
-L1_CHUNK_ENTRIES = 1 << 20
 # Beyond this many runs of adjacent clusters in one batch, count per entry instead.
 MAX_RUNS = 4096
 COMPRESSED_SECTOR_SIZE = 512
@@ -160,69 +159,61 @@ class TableWalk:
         table = L1Table(l1_offset, label, snapshot)
         what = f"{label}L1 table"
         self.refs.inc_region(l1_offset, l1_size * L.L1E_SIZE, what)
-        # Entries past EOF read as zeros (bdrv_pread on a file): only the part inside the file
-        # is read, so a claimed 32 MiB table past the end costs nothing.
-        in_file = max(0, min(l1_size * L.L1E_SIZE, self.geo.file_length - l1_offset))
-        raw = self.image.file.read(l1_offset, in_file - in_file % 8, what) if in_file else b""
-        l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-        used = np.flatnonzero(l1)
-        if not len(used):
-            return
-        entries = l1[used]
+        named = TableGatherer()
+        for lo, l1 in l1_chunks(self.image.file, l1_offset, l1_size, what):
+            used = np.flatnonzero(l1)
+            if len(used):
+                self._l1_chunk(table, used + lo, l1[used], active, named)
+        self._walk_tables(named.tables(), active, table)
+
+    def _l1_chunk(self, table: L1Table, used: Positions, entries: U64, active: bool,
+                  named: TableGatherer) -> None:
+        """The nonzero entries `used` of one chunk, in qemu's order per entry: reserved bits,
+        the L2 table's own reference, alignment (its entries are walked later, once per
+        distinct table). Findings are built while there is room, the rest only counted."""
         reserved = (entries & u64(L.L1E_RESERVED_MASK)) != 0
         l2_offsets = entries & u64(L.L1E_OFFSET_MASK)
         unaligned = (l2_offsets & u64(self.geo.cluster_size - 1)) != 0
-        copied_ok = (self._l1_copied(used, entries, l2_offsets, table) if active
-                     else np.zeros(len(used), dtype=bool))
-        for lo in range(0, len(used), L1_CHUNK_ENTRIES):
-            chunk = slice(lo, min(len(used), lo + L1_CHUNK_ENTRIES))
-            # Per L1 entry in qemu's order: reserved bits, the L2 table's own reference,
-            # alignment, then its entries. Findings are built while there is room, the rest
-            # only counted: the time follows the tables, not the L1 size.
-            l1_entry_findings(self.tally, table, self.geo, used[chunk], entries[chunk],
-                              reserved[chunk], unaligned[chunk])
-            table_offsets = l2_offsets[chunk]
-            past = self.refs.add_clusters(table_offsets)
-            structure = self.tally.structure
-            for i in np.flatnonzero(past)[: structure.room].tolist():
-                off = int(table_offsets[i])
-                structure.add(finding(
-                    "reference-past-eof", *table.entry(int(used[lo + i]), self.geo),
-                    what="L2 table", host_offset=off,
-                    cluster_index=off >> self.geo.cluster_bits,
-                    file_length=self.geo.file_length))
-            structure.count(max(0, int(np.count_nonzero(past)) - structure.room))
-            # A table at or past EOF reads as zeros: nothing in it to walk.
-            inside = np.flatnonzero(table_offsets < u64(self.geo.file_length)) + lo
-            self._walk_tables(Batch(l2_offsets, used, copied_ok, active, table), inside)
+        copied_ok = self._l1_copied(used, entries, l2_offsets, table) if active else None
+        l1_entry_findings(self.tally, table, self.geo, used, entries, reserved, unaligned)
+        past = self.refs.add_clusters(l2_offsets)
+        structure = self.tally.structure
+        for i in np.flatnonzero(past)[: structure.room].tolist():
+            off = int(l2_offsets[i])
+            structure.add(finding(
+                "reference-past-eof", *table.entry(int(used[i]), self.geo),
+                what="L2 table", host_offset=off, cluster_index=off >> self.geo.cluster_bits,
+                file_length=self.geo.file_length))
+        structure.count(max(0, int(np.count_nonzero(past)) - structure.room))
+        # A table at or past EOF reads as zeros: nothing in it to walk.
+        inside = np.flatnonzero(l2_offsets < u64(self.geo.file_length))
+        named.add(l2_offsets[inside], used[inside],
+                  None if copied_ok is None else copied_ok[inside])
 
-    def _walk_tables(self, l1: Batch, inside: Positions) -> None:
-        """check_refcounts_l2() for the L1 entries at positions `inside`, in batches.
+    def _walk_tables(self, tables: NamedTables, active: bool, l1: L1Table) -> None:
+        """check_refcounts_l2() for each distinct table, in batches.
 
         qemu walks a table again for every L1 entry that names it, with the same result each
         time. A hostile L1 can name one table millions of times, so a table named k times is
         walked once and all it adds (references, counters, findings) is counted k times."""
         per_batch = max(1, L2_BATCH_ENTRIES // self.geo.l2_entries)
-
         def walk(positions: Positions) -> None:
             for b in range(0, len(positions), per_batch):
                 sel = positions[b:b + per_batch]
-                self._check_l2_batch(Batch(l1.table_offsets[sel], l1.l1_indices[sel],
-                                           l1.copied_ok[sel], l1.active, l1.l1))
+                self._check_l2_batch(Batch(tables.offsets[sel], tables.first_index[sel],
+                                           tables.marked[sel], active, l1))
 
-        _, first, times = np.unique(l1.table_offsets[inside], return_index=True,
-                                    return_counts=True)
-        if len(first) == len(inside):  # every table named once: the normal case
-            walk(inside)
-            return
-        walk(inside[np.sort(first[times == 1])])
-        for k in np.unique(times[times > 1]).tolist():
-            self.refs.repeated(int(k), partial(walk, inside[np.sort(first[times == k])]))
+        for times, positions in multiplicity_groups(tables.times):
+            if times == 1:
+                walk(positions)
+            else:
+                self.refs.repeated(times, partial(walk, positions))
 
     def _l1_copied(self, used: Positions, entries: U64, l2_offsets: U64, l1: L1Table
                    ) -> Bools:
         """Active L1 COPIED flags (check_oflag_copied, first half): L2 offset 0 is skipped and
-        an unreadable refcount skips the whole L2 table. Returns which tables were readable."""
+        an unreadable refcount skips the whole L2 table. Returns which tables were readable
+        (a property of the table's offset)."""
         rc, readable = self.ondisk.lookup(l2_offsets >> u64(self.geo.cluster_bits))
         copied_ok: Bools = (l2_offsets != 0) & readable
         flag = (entries >> u64(63)) != 0
