@@ -74,6 +74,8 @@ def snapshot_row(sn_id: str, name: str, size: str, date: str, clock: str, icount
 
 def _ljust_bytes(text: str, width: int) -> str:
     """printf's %-Ns: padded to N bytes of UTF-8, not N characters (names may be non-ASCII)."""
+    if text.isascii():
+        return text.ljust(width)
     return text + " " * max(0, width - len(text.encode("utf-8", "surrogateescape")))
 
 

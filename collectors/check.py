@@ -20,21 +20,22 @@ modules only (usage imports them lazily).
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 
 from . import layout as L
 from .compare import compare_refcounts
 from .container import held_for_writing
-from .errors import Qcow2Error
+from .errors import IO_ERROR, Qcow2Error
 from .findings import Tally, finding
 from .heap import keep_heap_top
 from .image import Qcow2Image, Snapshot
+from .l1 import L1Spans, snapshot_spans
+from .l1walk import L1Walk
 from .model import TABLE_BITMAP, TABLE_REFCOUNT_TABLE, TABLE_SNAPSHOTS, CheckResult, Finding, Place
-from .refcount import OnDiskRefcounts
+from .refcount import BDRV_MAX_LENGTH, OnDiskRefcounts
 from .references import U64, ReferenceCounts, u64
-from .tablewalk import TableWalk
+from .tablewalk import L1Table, TableWalk
 
 REFT_RESERVED_MASK = 0x1FF
 BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
@@ -55,6 +56,7 @@ class _Check:
         self.refs = ReferenceCounts(image.file.length, self.h.cluster_bits, self.tally)
         self.ondisk = OnDiskRefcounts(image)
         self.walk = TableWalk(image, self.refs, self.ondisk, self.tally)
+        self.l1walk = L1Walk(self.walk)
 
     def snapshot_table(self, snapshots: list[Snapshot]) -> None:
         """qcow2_check_read_snapshot_table(): v3 entries need 16 bytes of extra data."""
@@ -68,46 +70,61 @@ class _Check:
                     continue
                 self.tally.snapshots.add(finding(
                     "snapshot-incomplete", f"{sn.label} ({sn.name})", self.snapshot_place(sn),
-                    index=sn.index,
+                    index=sn.table_index,
                     host_offset=sn.offset, expected=L.SNAPSHOT_EXTRA_DISK_SIZE_END,
                     found=sn.extra_data_size))
 
+    def _snapshot_l1_problem(self, kind: str, sn: Snapshot, **values: int) -> None:
+        if not self.tally.structure.room:  # nothing built: a table may hold 65536
+            self.tally.corruption(kind, "")
+            return
+        self.tally.corruption(kind, f"{sn.label} ({sn.name})", self.snapshot_place(sn),
+                              snapshot=f"snapshot {sn.id_str} ({sn.name})", **values)
+
     def snapshot_place(self, sn: Snapshot) -> Place:
         """The snapshot table entry of `sn`."""
-        return Place(TABLE_SNAPSHOTS, self.h.snapshots_offset, sn.index, snapshot=sn.id_str)
+        return Place(TABLE_SNAPSHOTS, self.h.snapshots_offset, sn.table_index, snapshot=sn.id_str)
 
     def calculate(self, snapshots: list[Snapshot], snapshots_size: int) -> None:
         """calculate_refcounts()."""
         h = self.h
         cs = h.cluster_size
         self.refs.inc_region(0, cs, "header")
-        self.walk.check_l1(h.l1_table_offset, h.l1_size, active=True, label="")
+        self.l1walk.check(L1Spans.of([h.l1_table_offset], [h.l1_size]),
+                          lambda _k: L1Table(h.l1_table_offset, ""), active=True)
         if h.has_data_file and snapshots:
             self.tally.corruption("snapshots-with-data-file", "snapshot table",
                                   Place(TABLE_SNAPSHOTS, h.snapshots_offset),
                                   host_offset=h.snapshots_offset, found=len(snapshots))
         # Snapshots sharing one L1 table (offset and size) add the same each time: walked
         # once and counted for each (a header may claim 65536 of them).
-        tables: dict[tuple[int, int], list[Snapshot]] = {}
-        for sn in snapshots:
-            where = f"{sn.label} ({sn.name})"
-            snapshot = f"snapshot {sn.id_str} ({sn.name})"
-            place = self.snapshot_place(sn)
-            if sn.l1_table_offset % cs:
-                self.tally.corruption("snapshot-l1-unaligned", where, place, snapshot=snapshot,
-                                      host_offset=sn.l1_table_offset)
-            elif sn.l1_size > L.QCOW_MAX_L1_SIZE // L.L1E_SIZE:
-                self.tally.corruption("snapshot-l1-too-large", where, place, snapshot=snapshot,
-                                      host_offset=sn.offset, found=sn.l1_size)
+        groups = []
+        for (offset, size), group in self.image.snapshot_l1_tables().items():
+            if offset % cs:
+                for sn in group:
+                    self._snapshot_l1_problem("snapshot-l1-unaligned", sn,
+                                              host_offset=sn.l1_table_offset)
+            elif size > L.QCOW_MAX_L1_SIZE // L.L1E_SIZE:
+                for sn in group:
+                    self._snapshot_l1_problem("snapshot-l1-too-large", sn,
+                                              host_offset=sn.offset, found=sn.l1_size)
+            elif size and offset + size * L.L1E_SIZE > BDRV_MAX_LENGTH:
+                # The block layer refuses the read (EIO): qemu's check stops there.
+                sn = group[0]
+                raise Qcow2Error(
+                    f"L1 table at 0x{offset:x} lies beyond the largest offset qemu can read: "
+                    "qemu-img check fails on this image (I/O error)",
+                    structure=f"{sn.label} ({sn.name})", offset=sn.offset, value=offset,
+                    kind=IO_ERROR, filename=self.image.filename)
             else:
-                tables.setdefault((sn.l1_table_offset, sn.l1_size), []).append(sn)
-        for (l1_offset, l1_size), sharing in tables.items():
-            walk = partial(self.walk.check_l1, l1_offset, l1_size, active=False,
-                           label=f"{sharing[0].label}: ", snapshot=sharing[0].id_str)
-            if len(sharing) == 1:
-                walk()
-            else:
-                self.refs.repeated(len(sharing), walk)
+                groups.append(group)
+        # Every snapshot's L1 table at once, each distinct L2 table walked once: a hostile
+        # image can give thousands of snapshots L1 tables of their own (even overlapping)
+        # that all name the same tables.
+        self.l1walk.check(snapshot_spans(groups),
+                          lambda k: L1Table(groups[k][0].l1_table_offset,
+                                            f"{groups[k][0].label}: ", groups[k][0].id_str),
+                          active=False)
         self.refs.inc_region(h.snapshots_offset, snapshots_size, "snapshot table")
         self.refs.inc_region(h.refcount_table_offset, h.refcount_table_clusters * cs,
                              "refcount table")

@@ -1,12 +1,16 @@
 """Compact per-cluster counters: the storage behind the check's computed refcounts.
 
 Each cluster's count takes 2 bits (four to a byte, the first cluster in the low bits); the
-field value 3 means "3 or more" and the exact count is kept in a dict beside the array. Nearly
+field value 3 means "3 or more" and the exact count is kept beside the array, in sorted arrays
+updated a batch at a time (a hostile image can make every cluster's count large). Nearly
 every cluster is referenced at most twice, so this is a quarter of a byte per cluster of the
 file (qemu's own table takes refcount_bits, 2 bytes by default). When many clusters are
-shared three times or more (images with several internal snapshots) the dict would outgrow
-the array: the fields are then widened to one byte each (255 meaning "255 or more"), which
-keeps the dict to the clusters referenced 255 times or more.
+shared three times or more (images with several internal snapshots) the exact counts would
+outgrow the array: the fields are then widened to one byte each (255 meaning "255 or more"),
+which keeps the exact counts to the clusters referenced 255 times or more.
+
+Counts stay far below 2**63: at most 65537 L1 tables of 4 Mi entries, each naming an L2 table
+of at most 2**18 entries, reference any one cluster.
 
 Fields only grow, and a field never exceeds its saturated value, so adding to fields packed in
 one byte never carries into the next field.
@@ -23,7 +27,7 @@ U64 = npt.NDArray[np.uint64]
 Fields = npt.NDArray[np.uint8]
 Positions = npt.NDArray[np.intp]
 
-# Exact counts kept in the dict of the 2-bit fields before they are widened to bytes.
+# Exact counts kept beside the 2-bit fields before they are widened to bytes.
 WIDEN_AFTER = 1 << 14
 _SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)
 # The four fields of every byte value, as the four bytes of one uint32 (unpacking a byte is
@@ -42,7 +46,7 @@ class CompactCounts:
         self.bits = 2
         self.saturated = 3
         self.data: Fields = np.zeros(-(-length // 4), dtype=np.uint8)
-        self.big: dict[int, int] = {}  # exact counts of the clusters at `saturated`
+        self.big = ExactCounts(length)  # exact counts of the clusters at `saturated`
 
     # -- fields ------------------------------------------------------------------------------
     def fields(self, lo: int, hi: int) -> Fields:
@@ -79,27 +83,26 @@ class CompactCounts:
         """The exact counts of clusters lo..hi-1."""
         fields = self.fields(lo, hi)
         out = fields.astype(np.uint64)
-        if self.big:  # no count reached the saturated value otherwise
-            for k in np.flatnonzero(fields == self.saturated).tolist():
-                out[k] = self.big[lo + k]
+        if len(self.big):  # no count reached the saturated value otherwise
+            at = np.flatnonzero(fields == self.saturated)
+            out[at] = self.big.get(at + lo)
         return out
 
     def at(self, clusters: Positions) -> npt.NDArray[np.int64]:
         """The exact counts of the listed clusters."""
         fields = self.fields_at(clusters)
         out = fields.astype(np.int64)
-        if self.big:
-            for k in np.flatnonzero(fields == self.saturated).tolist():
-                out[k] = self.big[int(clusters[k])]
+        if len(self.big):
+            at = np.flatnonzero(fields == self.saturated)
+            out[at] = self.big.get(clusters[at])
         return out
 
     def one(self, cluster: int) -> int:
-        value = int(self.fields_at(np.array([cluster], dtype=np.intp))[0])
-        return self.big[cluster] if value == self.saturated else value
+        return int(self.at(np.array([cluster], dtype=np.intp))[0])
 
     def saturated_clusters(self) -> Positions:
-        """The clusters whose exact count is in the dict, in order."""
-        return np.array(sorted(self.big), dtype=np.intp)
+        """The clusters whose exact count is kept beside the fields, in order."""
+        return self.big.clusters.copy()
 
     # -- adding ------------------------------------------------------------------------------
     def add_range(self, lo: int, hi: int, inc: Optional[U64] = None) -> None:
@@ -112,9 +115,8 @@ class CompactCounts:
         if self._widened_for(len(hits)):
             self.add_range(lo, hi, inc)
             return
-        for k in hits.tolist():
-            base = self.big[lo + k] if old[k] == self.saturated else int(old[k])
-            self.big[lo + k] = base + (1 if inc is None else int(inc[k]))
+        if len(hits):
+            self._count_exactly(hits + lo, old[hits], 1 if inc is None else inc[hits])
         self._store(lo, hi, np.minimum(new, np.uint64(self.saturated)).astype(np.uint8))
 
     def _add_one_fast(self, lo: int, hi: int) -> bool:
@@ -155,9 +157,8 @@ class CompactCounts:
         if self._widened_for(len(hits)):
             self.add_at(clusters, inc)
             return
-        for k in hits.tolist():
-            c = int(clusters[k])
-            self.big[c] = (self.big[c] if old[k] == self.saturated else int(old[k])) + int(inc[k])
+        if len(hits):
+            self._count_exactly(clusters[hits], old[hits], inc[hits])
         fields = np.minimum(new, self.saturated).astype(np.uint8)
         if self.bits == 8:
             self.data[clusters] = fields
@@ -165,6 +166,15 @@ class CompactCounts:
             # Distinct clusters may share a byte: add each field's growth, which never carries.
             grown = (fields - old) << ((clusters & 3) << 1).astype(np.uint8)
             np.add.at(self.data, clusters >> 2, grown)
+
+    def _count_exactly(self, clusters: Positions, old: Fields,
+                       inc: int | U64 | npt.NDArray[np.int64]) -> None:
+        """Exact counts of the distinct, ascending `clusters` (their stored fields `old`)
+        grown by `inc`: from the exact count where the field was saturated already."""
+        base = old.astype(np.int64)
+        was = np.flatnonzero(old == self.saturated)
+        base[was] = self.big.get(clusters[was])
+        self.big.put(clusters, base + np.asarray(inc, dtype=np.int64))
 
     def _widened_for(self, hits: int) -> bool:
         """Widen the 2-bit fields to bytes when `hits` more exact counts (at most) would
@@ -177,5 +187,69 @@ class CompactCounts:
             hi = min(self.length, lo + chunk)
             wide[lo:hi] = np.minimum(self.values(lo, hi), np.uint64(255))
         self.data, self.bits, self.saturated = wide, 8, 255
-        self.big = {c: n for c, n in self.big.items() if n >= 255}
+        self.big.keep_at_least(255)
         return True
+
+
+class ExactCounts:
+    """Exact counts of some of `length` clusters: sorted cluster numbers and their counts
+    while they are few; one count per cluster (-1 where none is kept) once that takes less
+    memory, i.e. when more than half of the clusters have one (only a hostile image gets
+    there: every data cluster referenced hundreds of times)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._clusters: Positions = np.empty(0, dtype=np.intp)
+        self._counts: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        self._dense: Optional[npt.NDArray[np.int64]] = None
+        self._kept = 0
+
+    def __len__(self) -> int:
+        return self._kept
+
+    @property
+    def clusters(self) -> Positions:
+        """The clusters whose count is kept, in order."""
+        if self._dense is None:
+            return self._clusters
+        return np.flatnonzero(self._dense >= 0)
+
+    def get(self, clusters: Positions) -> npt.NDArray[np.int64]:
+        """The counts of `clusters`, all of them kept here."""
+        if self._dense is not None:
+            return self._dense[clusters]
+        found: npt.NDArray[np.int64] = self._counts[np.searchsorted(self._clusters, clusters)]
+        return found
+
+    def put(self, clusters: Positions, counts: npt.NDArray[np.int64]) -> None:
+        """Set the counts of the distinct, ascending `clusters`, adding the new ones."""
+        if self._dense is not None:
+            self._kept += int(np.count_nonzero(self._dense[clusters] < 0))
+            self._dense[clusters] = counts
+            return
+        at = np.searchsorted(self._clusters, clusters)
+        kept = at < len(self._clusters)
+        kept[kept] = self._clusters[at[kept]] == clusters[kept]
+        self._counts[at[kept]] = counts[kept]
+        new = ~kept
+        if not bool(new.any()):
+            return
+        self._kept += int(np.count_nonzero(new))
+        if 2 * self._kept > self.length:
+            self._dense = np.full(self.length, -1, dtype=np.int64)
+            self._dense[self._clusters] = self._counts
+            self._dense[clusters] = counts
+            self._clusters, self._counts = self._clusters[:0], self._counts[:0]
+            return
+        self._clusters = np.insert(self._clusters, at[new], clusters[new])
+        self._counts = np.insert(self._counts, at[new], counts[new])
+
+    def keep_at_least(self, minimum: int) -> None:
+        """Forget the counts below `minimum`."""
+        if self._dense is not None:
+            self._dense[self._dense < minimum] = -1
+            self._kept = int(np.count_nonzero(self._dense >= 0))
+        else:
+            keep = self._counts >= minimum
+            self._clusters, self._counts = self._clusters[keep], self._counts[keep]
+            self._kept = len(self._clusters)

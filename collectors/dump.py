@@ -174,7 +174,7 @@ def dump_snapshots(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
     for sn in entries[:limit]:
         extra = sn.extra_data
         item: dict[str, Any] = {
-            "index": sn.index, "entry_offset": sn.offset, "id": sn.id_str, "name": sn.name,
+            "index": sn.table_index, "entry_offset": sn.offset, "id": sn.id_str, "name": sn.name,
             "l1_table_offset": sn.l1_table_offset, "l1_size": sn.l1_size,
             "date_sec": sn.date_sec, "date_nsec": sn.date_nsec,
             "vm_clock_nsec": sn.vm_clock_nsec, "vm_state_size": sn.vm_state_size32,

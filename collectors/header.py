@@ -115,8 +115,8 @@ def _validate_header(h: Header) -> None:
         raise _err(f"{h.nb_snapshots} snapshots exceed qemu's limit of "
                    f"{L.QCOW_MAX_SNAPSHOTS}", "header.nb_snapshots", 60, h.nb_snapshots,
                    OUT_OF_BOUNDS)
-    _validate_table(h.snapshots_offset, h.nb_snapshots, L.SnapshotHeader.STRUCT.size,
-                    L.SnapshotHeader.STRUCT.size * L.QCOW_MAX_SNAPSHOTS, cs,
+    _validate_table(h.snapshots_offset, h.nb_snapshots, L.SNAPSHOT_HEADER_STRUCT.size,
+                    L.SNAPSHOT_HEADER_STRUCT.size * L.QCOW_MAX_SNAPSHOTS, cs,
                     "snapshot table", 64)
 
 

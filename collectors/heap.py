@@ -1,4 +1,4 @@
-"""How the process's heap is kept during the array passes of the check.
+"""How the process's heap is kept during the array passes of the check and measure.
 
 glibc returns the top of the heap to the kernel as soon as 128 KiB of it is free, and hands
 arrays over its (adaptive) threshold to mmap. The check allocates and frees arrays of a few

@@ -8,8 +8,9 @@ is allocated from a header value. Only metadata is read: no key, no data file, n
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from . import layout as L
 from .bitmaps import Bitmap, read_bitmap_directory
@@ -47,8 +48,9 @@ class Feature:
     enabled: bool
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
+    """One snapshot table entry (a tuple: a table can hold 65536 of them)."""
+
     offset: int  # of the table entry
     id_str: str
     name: str
@@ -62,7 +64,7 @@ class Snapshot:
     extra_data: bytes
     disk_size: Optional[int]
     icount: Optional[int]  # None when absent or -1 (qemu: no icount recorded)
-    index: int  # position in the table
+    table_index: int  # position in the table
     vm_state_size32: int  # the 32-bit field of the fixed part, as written
 
     @property
@@ -94,6 +96,7 @@ class Qcow2Image:
         except Qcow2Error as exc:
             raise shorter_than_header(exc, file.length).with_filename(file.path) from None
         self._snapshots: Optional[tuple[list[Snapshot], int]] = None
+        self._l1_groups: Optional[dict[tuple[int, int], list[Snapshot]]] = None
         self._bitmaps: Optional[list[Bitmap]] = None
 
     @classmethod
@@ -307,6 +310,16 @@ class Qcow2Image:
     def snapshots(self) -> list[Snapshot]:
         return self._snapshot_table()[0]
 
+    def snapshot_l1_tables(self) -> dict[tuple[int, int], list[Snapshot]]:
+        """The snapshots grouped by their L1 table (offset, size), in table order: snapshots
+        sharing one table add the same references each time (a table can hold 65536)."""
+        if self._l1_groups is None:
+            groups: dict[tuple[int, int], list[Snapshot]] = {}
+            for sn in self.snapshots():
+                groups.setdefault((sn.l1_table_offset, sn.l1_size), []).append(sn)
+            self._l1_groups = groups
+        return self._l1_groups
+
     @property
     def snapshots_size(self) -> int:
         """qemu's s->snapshots_size: end of the last entry minus the table offset (0 without
@@ -316,38 +329,11 @@ class Qcow2Image:
     def _snapshot_table(self) -> tuple[list[Snapshot], int]:
         if self._snapshots is None:
             try:
-                self._snapshots = self._read_snapshots()
+                self._snapshots = _read_snapshots(self.file, self.header)
             except Qcow2Error as exc:
                 raise exc.with_filename(self.filename) from None
         return self._snapshots
 
-    def _read_snapshots(self) -> tuple[list[Snapshot], int]:
-        """qcow2_do_read_snapshots(): entries are read one by one, every size bounded; reads
-        past EOF give zeros (bdrv_pread on the file)."""
-        h = self.header
-        start = offset = h.snapshots_offset
-        table_length = 0
-        snapshots = []
-        fixed_size = L.SnapshotHeader.STRUCT.size
-        window = Window(self.file, "snapshot table")
-        for i in range(h.nb_snapshots):
-            structure = f"snapshot table entry {i}"
-            table_length = L.align_up(table_length, 8)
-            offset = entry_offset = L.align_up(offset, 8)
-            fixed = L.SnapshotHeader.from_bytes(window.read(offset, fixed_size))
-            if fixed.extra_data_size > L.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
-                raise _err(f"too much extra metadata: {fixed.extra_data_size} bytes exceed the "
-                           f"{L.QCOW_MAX_SNAPSHOT_EXTRA_DATA} byte limit", structure,
-                           offset + 36, fixed.extra_data_size, OUT_OF_BOUNDS)
-            var_len = fixed.extra_data_size + fixed.id_str_size + fixed.name_size
-            offset += fixed_size + var_len
-            table_length += fixed_size + var_len
-            if table_length > L.QCOW_MAX_SNAPSHOTS_SIZE or offset - start > INT_MAX:
-                raise _err("snapshot table exceeds the 64 MiB maximum", "snapshot table",
-                           start, table_length, OUT_OF_BOUNDS)
-            var = window.read(entry_offset + fixed_size, var_len)
-            snapshots.append(_snapshot(i, entry_offset, fixed, var))
-        return snapshots, (offset - start if snapshots else 0)
 
     # -- bitmaps and LUKS -----------------------------------------------------------------------
     def bitmaps(self) -> list[Bitmap]:
@@ -371,23 +357,58 @@ class Qcow2Image:
             raise exc.with_filename(self.filename) from None
 
 
+def _read_snapshots(file: ImageFile, h: L.Header) -> tuple[list[Snapshot], int]:
+    """qcow2_do_read_snapshots(): entries are read one by one, every size bounded; reads
+    past EOF give zeros (bdrv_pread on the file)."""
+    start = offset = h.snapshots_offset
+    table_length = 0
+    snapshots = []
+    fixed = L.SNAPSHOT_HEADER_STRUCT
+    window = Window(file, "snapshot table")
+    for i in range(h.nb_snapshots):
+        table_length = (table_length + 7) & ~7
+        offset = entry_offset = (offset + 7) & ~7
+        data, at = window.view(offset, fixed.size)
+        header = L.SnapshotHeader._make(fixed.unpack_from(data, at))
+        if header.extra_data_size > L.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
+            raise _err(f"too much extra metadata: {header.extra_data_size} bytes exceed "
+                       f"the {L.QCOW_MAX_SNAPSHOT_EXTRA_DATA} byte limit",
+                       f"snapshot table entry {i}", offset + 36, header.extra_data_size,
+                       OUT_OF_BOUNDS)
+        var_len = header.extra_data_size + header.id_str_size + header.name_size
+        offset += fixed.size + var_len
+        table_length += fixed.size + var_len
+        if table_length > L.QCOW_MAX_SNAPSHOTS_SIZE or offset - start > INT_MAX:
+            raise _err("snapshot table exceeds the 64 MiB maximum", "snapshot table",
+                       start, table_length, OUT_OF_BOUNDS)
+        snapshots.append(_snapshot(i, entry_offset, header,
+                                   window.read(entry_offset + fixed.size, var_len)))
+    return snapshots, (offset - start if snapshots else 0)
+
+
 def _snapshot(index: int, offset: int, fixed: L.SnapshotHeader, var: bytes) -> Snapshot:
     """One snapshot table entry from its fixed part and its variable part (extra data, id,
     name)."""
-    extra = var[:fixed.extra_data_size]
-    id_str = var[fixed.extra_data_size:fixed.extra_data_size + fixed.id_str_size]
-    name = var[fixed.extra_data_size + fixed.id_str_size:]
+    extra_size = fixed.extra_data_size
+    extra = var[:extra_size]
+    names = var[extra_size:]
     vm_state_size = fixed.vm_state_size
     disk_size = icount = None
-    if len(extra) >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
-        vm_state_size = int.from_bytes(extra[0:8], "big")
-    if len(extra) >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
-        disk_size = int.from_bytes(extra[8:16], "big")
-    if len(extra) >= L.SNAPSHOT_EXTRA_ICOUNT_END:
-        raw_icount = int.from_bytes(extra[16:24], "big", signed=True)
+    if extra_size >= L.SNAPSHOT_EXTRA_ICOUNT_END:  # the usual qemu 5+ entry: all three
+        vm_state_size, disk_size, raw_icount = SNAPSHOT_EXTRA.unpack_from(extra)
         icount = None if raw_icount == -1 else raw_icount
+    else:
+        if extra_size >= L.SNAPSHOT_EXTRA_VM_STATE_SIZE_LARGE_END:
+            vm_state_size = int.from_bytes(extra[0:8], "big")
+        if extra_size >= L.SNAPSHOT_EXTRA_DISK_SIZE_END:
+            disk_size = int.from_bytes(extra[8:16], "big")
     return Snapshot(
-        offset, c_string_text(id_str), c_string_text(name), fixed.l1_table_offset, fixed.l1_size,
-        fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec, vm_state_size,
-        fixed.extra_data_size, extra, disk_size, icount, index, fixed.vm_state_size,
+        offset, c_string_text(names[:fixed.id_str_size]),
+        c_string_text(names[fixed.id_str_size:]), fixed.l1_table_offset, fixed.l1_size,
+        fixed.date_sec, fixed.date_nsec, fixed.vm_clock_nsec, vm_state_size, extra_size,
+        extra, disk_size, icount, index, fixed.vm_state_size,
     )
+
+
+# The three fields of QCowSnapshotExtraData: vm_state_size_large, disk_size, icount.
+SNAPSHOT_EXTRA = struct.Struct(">QQq")

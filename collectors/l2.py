@@ -30,17 +30,30 @@ def split_entries(words: U64, extended: bool) -> tuple[U64, Optional[U64]]:
     return words, None
 
 
+def _type_of(key: int, extended: bool, data_file: bool) -> int:
+    """The type of an entry whose bits are summed up in `key`: bit 0 a nonzero host offset,
+    bit 1 the zero flag, bit 2 the compressed flag, bit 3 the COPIED flag."""
+    has_offset, zero, compressed, copied = (key >> bit & 1 for bit in range(4))
+    if compressed:
+        return int(COMPRESSED)
+    if zero and not extended:
+        return int(ZERO_ALLOC if has_offset else ZERO_PLAIN)
+    if has_offset or (data_file and copied):
+        return int(NORMAL)
+    return int(UNALLOCATED)
+
+
+# One 16-entry table per (extended, data_file): an entry's type is one lookup of its key.
+_TYPES = {(extended, data_file): np.array([_type_of(key, extended, data_file)
+                                           for key in range(16)], dtype=np.uint8)
+          for extended in (False, True) for data_file in (False, True)}
+
+
 def cluster_types(entries: U64, *, extended: bool, data_file: bool) -> Types:
     """qcow2_get_cluster_type() of every entry. With subclusters (extended L2) the zero flag
     is not used; with an external data file, offset 0 with COPIED set is a normal cluster."""
-    types = np.full(len(entries), UNALLOCATED, dtype=np.uint8)
-    has_offset = (entries & np.uint64(L.L2E_OFFSET_MASK)) != 0
-    types[has_offset] = NORMAL
-    if data_file:
-        types[~has_offset & ((entries >> np.uint64(63)) != 0)] = NORMAL
-    if not extended:
-        zero = (entries & np.uint64(L.QCOW_OFLAG_ZERO)) != 0
-        types[zero & has_offset] = ZERO_ALLOC
-        types[zero & ~has_offset] = ZERO_PLAIN
-    types[(entries & np.uint64(L.QCOW_OFLAG_COMPRESSED)) != 0] = COMPRESSED
+    key = ((entries >> np.uint64(62)).astype(np.uint8) << np.uint8(2)) | (
+        (entries & np.uint64(L.QCOW_OFLAG_ZERO)).astype(np.uint8) << np.uint8(1))
+    key |= ((entries & np.uint64(L.L2E_OFFSET_MASK)) != 0).view(np.uint8)
+    types: Types = _TYPES[extended, data_file][key]
     return types

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from .names import c_string_text
 
@@ -285,11 +285,9 @@ class CryptoHeaderExtension:
         return cls(*cls.STRUCT.unpack_from(data))
 
 
-@dataclass(frozen=True)
-class SnapshotHeader:
-    """QCowSnapshotHeader: the fixed 40 bytes of a snapshot table entry."""
-
-    STRUCT: ClassVar[struct.Struct] = struct.Struct(">QIHHIIQII")
+class SnapshotHeader(NamedTuple):
+    """QCowSnapshotHeader: the fixed 40 bytes of a snapshot table entry (a tuple: a table
+    can hold 65536 of them)."""
 
     l1_table_offset: int
     l1_size: int
@@ -303,7 +301,12 @@ class SnapshotHeader:
 
     @classmethod
     def from_bytes(cls, data: bytes, offset: int = 0) -> SnapshotHeader:
-        return cls(*cls.STRUCT.unpack_from(data, offset))
+        header: SnapshotHeader = cls._make(SNAPSHOT_HEADER_STRUCT.unpack_from(data, offset))
+        return header
+
+
+# The byte layout of SnapshotHeader.
+SNAPSHOT_HEADER_STRUCT = struct.Struct(">QIHHIIQII")
 
 
 # QCowSnapshotExtraData: u64 vm_state_size_large, u64 disk_size, u64 icount (each optional).

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import layout as L
-from .image import Qcow2Image, Snapshot
-from .l1 import TableGatherer, l1_chunks
+from .image import Qcow2Image
+from .l1 import L1Spans, TableGatherer, entry_chunks, snapshot_spans, source_batches
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
 from .model import (
     TABLE_HEADER,
@@ -89,16 +89,15 @@ class _Locator:
         h = self.image.header
         table = h.refcount_table_offset
         self.region(0, h.cluster_size, "header", Place(TABLE_HEADER, 0))
-        self.l1(L1Table(h.l1_table_offset, ""), h.l1_size)
+        self.l1_tables(L1Spans.of([h.l1_table_offset], [h.l1_size]),
+                       lambda _k: L1Table(h.l1_table_offset, ""))
         # Snapshots sharing one L1 table are walked once, at the first of them, and what it
         # references counts once per snapshot (as the check counts it).
-        shared: dict[tuple[int, int], list[Snapshot]] = {}
-        for sn in self.image.snapshots():
-            if sn.l1_table_offset % h.cluster_size == 0:
-                shared.setdefault((sn.l1_table_offset, sn.l1_size), []).append(sn)
-        for (offset, size), group in shared.items():
-            sn = group[0]
-            self.l1(L1Table(offset, f"{sn.label}: ", sn.id_str), size, len(group))
+        groups = [group for (offset, _), group in self.image.snapshot_l1_tables().items()
+                  if offset % h.cluster_size == 0]
+        self.l1_tables(snapshot_spans(groups),
+                       lambda k: L1Table(groups[k][0].l1_table_offset,
+                                         f"{groups[k][0].label}: ", groups[k][0].id_str))
         self.region(h.snapshots_offset, self.image.snapshots_size, "snapshot table",
                     Place(TABLE_SNAPSHOTS, h.snapshots_offset))
         self.region(table, h.refcount_table_clusters * h.cluster_size, "refcount table",
@@ -118,33 +117,51 @@ class _Locator:
                        refblock)
 
     def region(self, offset: int, size: int, what: str, place: Place) -> None:
-        bits = self.geo.cluster_bits
-        if size <= 0:
-            return
-        for cluster in range(offset >> bits, ((offset + size - 1) >> bits) + 1):
-            if cluster in self.wanted:
-                self.note(cluster, (what, place))
+        if size > 0:
+            bits = self.geo.cluster_bits
+            self.name_regions(np.array([offset >> bits], dtype=np.uint64),
+                              np.array([(offset + size - 1) >> bits], dtype=np.uint64),
+                              lambda _k: (what, place))
 
     def name_each(self, first: U64, last: U64, describe: Callable[[int], tuple[str, Place]],
                   weights: Optional[npt.NDArray[np.intp]] = None) -> None:
-        """References k (a region from cluster first[k] to last[k], made weights[k] times),
-        described by describe(k): per wanted cluster the first MAX_NAMED are named and the
-        rest counted, without a Python loop over them."""
-        if weights is None:
-            weights = np.ones(len(first), dtype=np.intp)
+        """References k (a region from cluster first[k] to last[k], at most two clusters,
+        made weights[k] times), described by describe(k)."""
         in_first = np.isin(first, self.targets)
         in_last = (last != first) & np.isin(last, self.targets)
-        keys = np.concatenate((first[in_first], last[in_last]))
-        positions = np.concatenate((np.flatnonzero(in_first), np.flatnonzero(in_last)))
+        self._name(np.concatenate((first[in_first], last[in_last])),
+                   np.concatenate((np.flatnonzero(in_first), np.flatnonzero(in_last))),
+                   describe, weights)
+
+    def name_regions(self, first: U64, last: U64,
+                     describe: Callable[[int], tuple[str, Place]],
+                     weights: Optional[npt.NDArray[np.intp]] = None) -> None:
+        """Like name_each(), for regions of any length (every wanted cluster inside)."""
+        lo = np.searchsorted(self.targets, first)
+        hits = np.maximum(np.searchsorted(self.targets, last, side="right") - lo, 0)
+        positions = np.repeat(np.arange(len(first)), hits)
+        inside = np.repeat(lo - np.cumsum(hits) + hits, hits) + np.arange(int(hits.sum()))
+        self._name(self.targets[inside], positions, describe, weights)
+
+    def _name(self, keys: U64, positions: npt.NDArray[np.intp],
+              describe: Callable[[int], tuple[str, Place]],
+              weights: Optional[npt.NDArray[np.intp]]) -> None:
+        """Reference positions[i] touches wanted cluster keys[i]: per cluster the first
+        MAX_NAMED are named and the rest counted, without a Python loop over them."""
         order = np.argsort(keys, kind="stable")
         keys, positions = keys[order], positions[order]
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys
-        ends = np.r_[starts[1:], len(keys)].astype(np.intp)
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) \
+            if len(keys) else positions
+        ends = np.concatenate((starts[1:], [len(keys)])).astype(np.intp)
         for begin, end in zip(starts.tolist(), ends.tolist()):
             cluster = int(keys[begin])
-            for k in positions[begin:min(end, begin + MAX_NAMED)].tolist():
-                self.note(cluster, describe(k), int(weights[k]))
-            self.more[cluster] += int(weights[positions[begin + MAX_NAMED:end]].sum())
+            # Only the references still to be named are described (the tables are read a
+            # batch at a time, and a cluster can be referenced from every batch).
+            named = begin + max(0, MAX_NAMED - len(self.found.get(cluster, ())))
+            for k in positions[begin:min(end, named)].tolist():
+                self.note(cluster, describe(k), 1 if weights is None else int(weights[k]))
+            rest = positions[named:end]
+            self.more[cluster] += len(rest) if weights is None else int(weights[rest].sum())
 
     def spans(self, first: U64, last: U64) -> npt.NDArray[np.bool_]:
         """Which references (a cluster-sized or shorter region each, from cluster `first` to
@@ -159,37 +176,48 @@ class _Locator:
         else:
             self.more[cluster] += times
 
-    def l1(self, table: L1Table, l1_size: int, times: int = 1) -> None:
-        """The L1 table, its entries (an unaligned L2 offset counts the two clusters its
-        cluster-sized region touches, as qemu counts it) and the L2 tables they name."""
+    def l1_tables(self, spans: L1Spans, table: Callable[[int], L1Table]) -> None:
+        """L1 tables (span k is table(k)), their entries (an unaligned L2 offset counts the
+        two clusters its cluster-sized region touches, as qemu counts it) and the distinct L2
+        tables they name: each read once, located at the first entry naming it, what it
+        references counted as often as it is named (as the check counts it)."""
         geo = self.geo
         bits = np.uint64(geo.cluster_bits)
-        if not l1_size or l1_size > L.QCOW_MAX_L1_SIZE // L.L1E_SIZE:
+        kept = np.flatnonzero((spans.size > 0)
+                              & (spans.size <= L.QCOW_MAX_L1_SIZE // L.L1E_SIZE))
+        if not len(kept):
             return
-        what = f"{table.label}L1 table"
-        self.region(table.offset, l1_size * L.L1E_SIZE, what,
-                    Place(TABLE_L1, table.offset, snapshot=table.snapshot))
-        # Each distinct L2 table is read once, located at the first L1 entry naming it; what
-        # it references counts as often as it is named (as the check counts it).
-        aligned = TableGatherer()
-        for lo, entries in l1_chunks(self.image.file, table.offset, l1_size, what):
-            offsets = entries & np.uint64(L.L1E_OFFSET_MASK)
-            named = np.flatnonzero(offsets)
-            offsets = offsets[named]
-            named += lo
-            first = offsets >> bits
-            last = (offsets + np.uint64(geo.cluster_size - 1)) >> bits
+        spans = L1Spans(spans.offset[kept], spans.size[kept], spans.times[kept])
+
+        def source(k: int) -> L1Table:
+            return table(int(kept[k]))
+
+        # (An offset from the image can be anything below 2**64: the end is kept below it.)
+        size = spans.size.astype(np.uint64) * np.uint64(L.L1E_SIZE)
+        ends = spans.offset + np.minimum(size, ~spans.offset)
+        self.name_regions(spans.offset >> bits, (ends - np.uint64(1)) >> bits,
+                          lambda k: (f"{source(k).label}L1 table",
+                                     Place(TABLE_L1, int(spans.offset[k]),
+                                           snapshot=source(k).snapshot)),
+                          spans.times.astype(np.intp))
+        named = TableGatherer()
+        for chunk in entry_chunks(self.image.file, spans, "L1 table"):
+            offsets = chunk.entries & np.uint64(L.L1E_OFFSET_MASK)
+            used = np.flatnonzero(offsets)
+            offsets, of, index = offsets[used], chunk.source[used], chunk.l1_index[used]
             # A hostile L1 can name one table millions of times.
-            self.name_each(first, last, partial(_l2_table, table, geo, named),
-                           np.full(len(first), times, dtype=np.intp))
+            self.name_each(offsets >> bits, (offsets + np.uint64(geo.cluster_size - 1)) >> bits,
+                           partial(_l2_table, source, geo, of, index),
+                           np.full(len(offsets), chunk.times, dtype=np.intp))
             keep = (offsets & np.uint64(geo.cluster_size - 1)) == 0
-            aligned.add(offsets[keep], named[keep])
-        tables = aligned.tables()
+            named.add(offsets[keep], index[keep], source=of[keep], times=chunk.times)
+        gathered = named.tables()
         per_batch = max(1, L2_BATCH_ENTRIES // geo.l2_entries)
-        for lo in range(0, len(tables.offsets), per_batch):
-            batch = slice(lo, lo + per_batch)
-            self.l2_batch(tables.offsets[batch], tables.first_index[batch],
-                          tables.times[batch] * times, table)
+        everything = np.arange(len(gathered.offsets), dtype=np.intp)
+        for rows in source_batches(gathered.source, everything, per_batch):
+            part = gathered.take(rows)
+            self.l2_batch(part.offsets, part.first_index, part.times,
+                          source(int(part.source[0])))
 
     def l2_batch(self, tables: U64, rows: npt.NDArray[np.intp], times: npt.NDArray[np.intp],
                  l1: L1Table) -> None:
@@ -249,8 +277,8 @@ def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[F
     return located
 
 
-def _l2_table(table: L1Table, geo: Geometry, indices: npt.NDArray[np.intp], k: int
-              ) -> tuple[str, Place]:
-    """L1 entry indices[k], naming an L2 table."""
-    text, place = table.entry(int(indices[k]), geo)
+def _l2_table(table: Callable[[int], L1Table], geo: Geometry, source: npt.NDArray[np.intp],
+              index: npt.NDArray[np.intp], k: int) -> tuple[str, Place]:
+    """L1 entry index[k] of table source[k], naming an L2 table."""
+    text, place = table(int(source[k])).entry(int(index[k]), geo)
     return f"{text} (L2 table)", place

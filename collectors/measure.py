@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from . import layout as L
 from .errors import UNSUPPORTED, Qcow2Error
+from .heap import keep_heap_top
 from .model import LAYER_OTHER_FORMAT, LAYER_PROTOCOL
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> dict[str,
     version 3 target) bitmaps. `required` counts every target cluster holding data anywhere in
     the backing chain (bdrv_block_status_above() over the whole chain). Raises Qcow2Error when a
     backing layer cannot be read (qemu-img cannot open the chain either)."""
+    keep_heap_top()
     cs = TARGET_CLUSTER_SIZE
     ssize = image.header.size // 512 * 512
     virtual_size = L.align_up(ssize, cs)
@@ -221,12 +223,60 @@ def _descend_into_file(starts: npt.NDArray[np.int64], codes: npt.NDArray[np.int8
     return all_starts[order], np.concatenate((codes, inner_codes))[order]
 
 
+def _table_runs(image: Qcow2Image, offsets: npt.NDArray[np.uint64],
+                l1_indices: npt.NDArray[np.intp], unit: int,
+                host_bounds: Optional[npt.NDArray[np.int64]]) -> Runs:
+    """Status of every unit (cluster or subcluster) the L2 tables at `offsets` map, the
+    tables named by L1 entries `l1_indices`, classified together."""
+    import numpy as np
+
+    from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, ZERO_PLAIN, cluster_types, split_entries
+    from .tablewalk import read_tables
+
+    h = image.header
+    n = h.l2_entries
+    sub = 32 if h.extended_l2 else 1
+    e, bitmap = split_entries(read_tables(image, offsets, h.cluster_size), h.extended_l2)
+    off = e & np.uint64(L.L2E_OFFSET_MASK)
+    types = cluster_types(e, extended=h.extended_l2, data_file=h.has_data_file)
+    comp = types == COMPRESSED
+    zero = (types == ZERO_PLAIN) | (types == ZERO_ALLOC)
+    allocated = (types == NORMAL) | (types == ZERO_ALLOC)
+    if bitmap is not None:
+        shifts = np.arange(32, dtype=np.uint64)
+        alloc_bits = ((bitmap[:, None] >> shifts) & np.uint64(1)) != 0
+        zero_bits = ((bitmap[:, None] >> (shifts + np.uint64(32))) & np.uint64(1)) != 0
+        grid = np.full((len(e), sub), STATUS_UNALLOCATED, dtype=np.int8)
+        grid[zero_bits] = STATUS_ZERO
+        grid[allocated[:, None] & alloc_bits & ~zero_bits] = STATUS_DATA
+        grid[~allocated[:, None] & ~zero_bits & alloc_bits] = STATUS_DATA  # invalid
+        grid[comp] = STATUS_DATA
+        host_grid = off[:, None] + np.arange(sub, dtype=np.uint64) * np.uint64(unit)
+        codes = grid.reshape(-1)
+        host = host_grid.reshape(-1)
+        normal = (allocated[:, None] & alloc_bits & ~zero_bits).reshape(-1)
+    else:
+        codes = np.full(len(e), STATUS_UNALLOCATED, dtype=np.int8)
+        codes[allocated] = STATUS_DATA
+        codes[comp] = STATUS_DATA
+        codes[zero] = STATUS_ZERO
+        host = off
+        normal = allocated & ~zero
+    per_table = n * sub
+    starts = (np.repeat(l1_indices.astype(np.int64) * (per_table * unit), per_table)
+              + np.tile(np.arange(per_table, dtype=np.int64) * unit, len(l1_indices)))
+    if host_bounds is not None:
+        return _descend_into_file(starts, codes, host.astype(np.int64), normal, unit,
+                                  host_bounds)
+    return starts, codes
+
+
 def _qcow2_runs(image: Qcow2Image) -> Runs:
     """Status runs of one qcow2 layer over [0, its virtual size), per qcow2_co_block_status()
     and qcow2_get_subcluster_type()."""
     import numpy as np
 
-    from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, ZERO_PLAIN, cluster_types, split_entries
+    from .tablewalk import L2_BATCH_ENTRIES
 
     h = image.header
     cs = h.cluster_size
@@ -243,44 +293,20 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
     all_starts: list[npt.NDArray[np.int64]] = []
     all_codes: list[npt.NDArray[np.int8]] = []
-    for i, l2_offset in enumerate(l1.tolist()):
-        base = i * coverage
-        if not l2_offset:
-            all_starts.append(np.array([base], dtype=np.int64))
-            all_codes.append(np.array([STATUS_UNALLOCATED], dtype=np.int8))
-            continue
-        words = np.frombuffer(image.file.read_zero_padded(l2_offset, cs, "L2 table"),
-                              dtype=">u8").astype(np.uint64)
-        e, bitmap = split_entries(words, h.extended_l2)
-        off = e & np.uint64(L.L2E_OFFSET_MASK)
-        types = cluster_types(e, extended=h.extended_l2, data_file=h.has_data_file)
-        comp = types == COMPRESSED
-        zero = (types == ZERO_PLAIN) | (types == ZERO_ALLOC)
-        allocated = (types == NORMAL) | (types == ZERO_ALLOC)
-        if bitmap is not None:
-            shifts = np.arange(32, dtype=np.uint64)
-            alloc_bits = ((bitmap[:, None] >> shifts) & np.uint64(1)) != 0
-            zero_bits = ((bitmap[:, None] >> (shifts + np.uint64(32))) & np.uint64(1)) != 0
-            grid = np.full((n, sub), STATUS_UNALLOCATED, dtype=np.int8)
-            grid[zero_bits] = STATUS_ZERO
-            grid[allocated[:, None] & alloc_bits & ~zero_bits] = STATUS_DATA
-            grid[~allocated[:, None] & ~zero_bits & alloc_bits] = STATUS_DATA  # invalid
-            grid[comp] = STATUS_DATA
-            host_grid = off[:, None] + np.arange(sub, dtype=np.uint64) * np.uint64(unit)
-            codes = grid.reshape(-1)
-            host = host_grid.reshape(-1)
-            normal = (allocated[:, None] & alloc_bits & ~zero_bits).reshape(-1)
-        else:
-            codes = np.full(n, STATUS_UNALLOCATED, dtype=np.int8)
-            codes[allocated] = STATUS_DATA
-            codes[comp] = STATUS_DATA
-            codes[zero] = STATUS_ZERO
-            host = off
-            normal = allocated & ~zero
-        starts = base + np.arange(len(codes), dtype=np.int64) * unit
-        if host_bounds is not None:
-            starts, codes = _descend_into_file(starts, codes, host.astype(np.int64), normal,
-                                               unit, host_bounds)
+    per_batch = max(1, L2_BATCH_ENTRIES // n)  # tables classified together
+    for lo in range(0, len(l1), per_batch):
+        offsets = l1[lo:lo + per_batch]
+        rows = np.flatnonzero(offsets)
+        gaps = np.flatnonzero(offsets == 0)  # one unallocated run each
+        starts = ((gaps + lo) * coverage).astype(np.int64)
+        codes = np.full(len(gaps), STATUS_UNALLOCATED, dtype=np.int8)
+        if len(rows):
+            table_starts, table_codes = _table_runs(image, offsets[rows], rows + lo, unit,
+                                                    host_bounds)
+            starts = np.concatenate((starts, table_starts))
+            codes = np.concatenate((codes, table_codes))
+            order = np.argsort(starts, kind="stable")
+            starts, codes = starts[order], codes[order]
         s_, c_ = _rle(starts, codes)
         all_starts.append(s_)
         all_codes.append(c_)
@@ -352,9 +378,16 @@ def data_segments(image: Qcow2Image, path: str, ssize: int,
     import numpy as np
 
     layers = _chain_runs(image, path)
-    bounds = np.unique(np.concatenate([starts for starts, _ in layers] + [
-        np.array([0, ssize], dtype=np.int64)]))
-    bounds = bounds[(bounds >= 0) & (bounds <= ssize)]
+    # Each layer's run starts are sorted and distinct: one layer needs no sort (a hostile
+    # layer has millions of runs), several are merged by one sort.
+    runs = layers[0][0]
+    if len(layers) == 1 and bool(np.all(runs[1:] > runs[:-1])):
+        bounds = np.concatenate(([0], runs[(runs > 0) & (runs < ssize)], [ssize]))
+    else:
+        bounds = np.sort(np.concatenate([starts for starts, _ in layers] + [
+            np.array([0, ssize], dtype=np.int64)]))
+        bounds = bounds[(bounds >= 0) & (bounds <= ssize)]
+        bounds = bounds[np.concatenate(([True], bounds[1:] != bounds[:-1]))]
     seg_starts = bounds[:-1]
     seg_ends = bounds[1:]
     status = np.full(len(seg_starts), STATUS_UNALLOCATED, dtype=np.int8)
@@ -369,12 +402,9 @@ def data_segments(image: Qcow2Image, path: str, ssize: int,
     last = (seg_ends[data] - 1) // cluster_size
     if not len(first):
         return
-    # Sorted, disjoint segments: merge the cluster ranges they touch.
-    run_first, run_last = int(first[0]), int(last[0])
-    for a, b in zip(first[1:].tolist(), last[1:].tolist()):
-        if a <= run_last + 1:
-            run_last = max(run_last, b)
-        else:
-            yield run_first, run_last
-            run_first, run_last = a, b
-    yield run_first, run_last
+    # Sorted, disjoint segments (so `last` never decreases): merge the cluster ranges they
+    # touch where one starts at most one cluster after the previous one ends.
+    breaks = np.flatnonzero(first[1:] > last[:-1] + 1) + 1
+    run_first = first[np.concatenate(([0], breaks))]
+    run_last = last[np.concatenate((breaks - 1, [len(last) - 1]))]
+    yield from zip(run_first.tolist(), run_last.tolist())

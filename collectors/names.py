@@ -20,7 +20,9 @@ def decode_path_name(raw: bytes) -> str:
 def c_string_text(raw: bytes) -> str:
     """A snapshot, bitmap or feature name as qemu holds it (a C string: up to the first NUL),
     as text with undecodable bytes shown as \\x escapes."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+    if b"\0" in raw:
+        raw = raw[:raw.index(b"\0")]
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def shown(name: str) -> str:

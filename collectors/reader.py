@@ -151,10 +151,16 @@ class Window:
         self.data = b""
 
     def read(self, offset: int, length: int) -> bytes:
+        data, at = self.view(offset, length)
+        return data[at:at + length]
+
+    def view(self, offset: int, length: int) -> tuple[bytes, int]:
+        """The buffer holding `length` bytes at `offset`, and where they start in it (for
+        struct.unpack_from without a copy)."""
         at = offset - self.start
         if at < 0 or at + length > len(self.data):
             self.start = offset
             self.data = self.file.read_zero_padded(offset, max(length, self.CHUNK),
                                                    self.structure)
             at = 0
-        return self.data[at:at + length]
+        return self.data, at

@@ -196,29 +196,39 @@ class OnDiskRefcounts:
         return None if block is None else int(block[cluster & (self.per_block - 1)])
 
     def lookup(self, clusters: U64) -> tuple[U64, Bools]:
-        """Refcounts of many clusters and which of them could be read."""
+        """Refcounts of many clusters and which of them could be read. Clusters past the
+        table, without a block, or whose block lies past EOF read 0 and unreadable blocks
+        make them invalid, all without a Python loop; only the blocks inside the file are
+        read, each once per call (a hostile table can name a million)."""
         import numpy as np
 
         values = np.zeros(len(clusters), dtype=np.uint64)
         valid = np.ones(len(clusters), dtype=bool)
         if not len(clusters):
             return values, valid
-        tables = clusters >> np.uint64(self.block_bits)
-        within = clusters & np.uint64(self.per_block - 1)
-        if len(tables) > 1 and not bool(np.all(tables[1:] >= tables[:-1])):
-            order = np.argsort(tables, kind="stable")
-        else:
-            order = None
-        sorted_tables = tables if order is None else tables[order]
-        bounds = np.flatnonzero(sorted_tables[1:] != sorted_tables[:-1]) + 1
-        starts = np.concatenate(([0], bounds))
-        ends = np.concatenate((bounds, [len(sorted_tables)]))
-        for lo, hi in zip(starts.tolist(), ends.tolist()):
-            index = int(sorted_tables[lo])
-            where = slice(lo, hi) if order is None else order[lo:hi]
-            block = self.block(index)
-            if block is None:
-                valid[where] = False
-            else:
-                values[where] = block[within[where]]
+        index = clusters >> np.uint64(self.block_bits)
+        offsets = np.zeros(len(clusters), dtype=np.uint64)
+        listed = np.flatnonzero(index < np.uint64(len(self.table)))
+        offsets[listed] = self.table[index[listed].astype(np.intp)] & np.uint64(
+            L.REFT_OFFSET_MASK)
+        unreadable = (offsets != 0) & (
+            ((offsets & np.uint64(self.cluster_size - 1)) != 0)
+            | (offsets > np.uint64(BDRV_MAX_LENGTH - self.cluster_size)))
+        valid[unreadable] = False
+        wanted = np.flatnonzero((offsets != 0) & ~unreadable
+                                & (offsets < np.uint64(self.file.length)))
+        if not len(wanted):
+            return values, valid
+        within = (clusters[wanted] & np.uint64(self.per_block - 1)).astype(np.intp)
+        blocks = index[wanted]
+        if len(blocks) > 1 and not bool(np.all(blocks[1:] >= blocks[:-1])):
+            order = np.argsort(blocks, kind="stable")
+            wanted, within, blocks = wanted[order], within[order], blocks[order]
+        bounds = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+        starts = [0, *bounds.tolist()]
+        ends = [*bounds.tolist(), len(blocks)]
+        for lo, hi in zip(starts, ends):
+            block = self.block(int(blocks[lo]))
+            assert block is not None  # readable and inside the file
+            values[wanted[lo:hi]] = block[within[lo:hi]]
         return values, valid

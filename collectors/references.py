@@ -12,6 +12,7 @@ in-memory table takes refcount_bits per cluster (2 bytes by default).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -26,6 +27,8 @@ Bools = npt.NDArray[np.bool_]
 COUNT_MAX = np.iinfo(np.uint32).max
 # Clusters compared per pass when scanning the whole array.
 SCAN_CHUNK = 1 << 20
+# Up to this many regions, inc_regions() adds them one at a time.
+SMALL_REGION_COUNT = 16
 
 
 def u64(value: int) -> np.uint64:
@@ -136,6 +139,56 @@ class ReferenceCounts:
         last = (offset + size - 1) >> self.cluster_bits
         self.size = max(self.size, last + 1)
         self._add_range(first, last + 1)
+
+    def inc_regions(self, starts: U64, sizes: npt.NDArray[np.int64],
+                    times: npt.NDArray[np.int64], what: Callable[[int], str]) -> None:
+        """inc_region() of many regions of any length (starts anything below 2**64), region
+        k counted times[k] times (`what(k)` names it): thousands of snapshot L1 tables,
+        possibly overlapping, cost a few passes, not one each."""
+        if len(starts) <= SMALL_REGION_COUNT:
+            for k, (offset, length, n) in enumerate(zip(starts.tolist(), sizes.tolist(),
+                                                        times.tolist())):
+                self.repeated(n, partial(self.inc_region, offset, length, what(k)))
+            return
+        # Computed without overflow: a region ends past the limit when it starts there or
+        # is longer than what is left before it.
+        limit = np.uint64(self.file_length + self.cluster_size)
+        room = limit - np.minimum(starts, limit)
+        used = sizes > 0
+        past = np.flatnonzero(used & ((starts >= limit) | (sizes.astype(np.uint64) >= room)))
+        for k in past[: self.tally.structure.room].tolist():
+            self.repeated(int(times[k]), partial(self.inc_region, int(starts[k]),
+                                                 int(sizes[k]), what(k)))
+        rest = int(times[past[self.tally.structure.room:]].sum())
+        self.tally.corruptions += rest
+        self.tally.structure.count(rest)
+        keep = np.flatnonzero(used & (starts < limit) & (sizes.astype(np.uint64) < room))
+        if len(keep):
+            start = starts[keep].astype(np.int64)
+            self._add_covered(start >> self.cluster_bits,
+                              ((start + sizes[keep] - 1) >> self.cluster_bits) + 1,
+                              times[keep])
+
+    def _add_covered(self, first: npt.NDArray[np.int64], stop: npt.NDArray[np.int64],
+                     weight: npt.NDArray[np.int64]) -> None:
+        """Clusters first[k]..stop[k]-1 referenced weight[k] times each: cut into disjoint
+        pieces between all the boundaries, each with the summed weight covering it, added
+        SCAN_CHUNK clusters at a time."""
+        self.size = max(self.size, int(stop.max()))
+        bounds = np.unique(np.concatenate((first, stop)))
+        delta = np.zeros(len(bounds), dtype=np.int64)
+        np.add.at(delta, np.searchsorted(bounds, first), weight)
+        np.add.at(delta, np.searchsorted(bounds, stop), -weight)
+        covered = np.cumsum(delta)[:-1]
+        pieces = np.flatnonzero(covered)
+        lows, lengths = bounds[pieces], bounds[pieces + 1] - bounds[pieces]
+        group = np.cumsum(lengths) // SCAN_CHUNK
+        cuts = [0, *(np.flatnonzero(group[1:] != group[:-1]) + 1).tolist(), len(pieces)]
+        for a, b in zip(cuts, cuts[1:]):
+            part = lengths[a:b]
+            idx = np.repeat(lows[a:b] - np.cumsum(part) + part, part) + np.arange(int(part.sum()))
+            self.counts.add_at(idx.astype(np.intp),
+                               np.repeat(covered[pieces[a:b]] * self.times, part))
 
     def _add_range(self, first: int, end: int) -> None:
         self.counts.add_range(first, end, None if self.times == 1 else np.full(

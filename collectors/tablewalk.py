@@ -10,6 +10,7 @@ the findings catalogue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, Optional
@@ -20,7 +21,7 @@ import numpy.typing as npt
 from . import layout as L
 from .findings import Tally, finding
 from .image import Qcow2Image
-from .l1 import NamedTables, TableGatherer, l1_chunks, multiplicity_groups
+from .l1 import NamedTables, multiplicity_groups, source_batches
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
 from .model import TABLE_L1, TABLE_L2, Finding, Place
 from .refcount import OnDiskRefcounts
@@ -151,83 +152,28 @@ class TableWalk:
         self.ondisk = ondisk
         self.tally = tally
 
-    # -- check_refcounts_l1 -----------------------------------------------------------------
-    def check_l1(self, l1_offset: int, l1_size: int, *, active: bool, label: str,
-                 snapshot: Optional[str] = None) -> None:
-        if not l1_size:
-            return
-        table = L1Table(l1_offset, label, snapshot)
-        what = f"{label}L1 table"
-        self.refs.inc_region(l1_offset, l1_size * L.L1E_SIZE, what)
-        named = TableGatherer()
-        for lo, l1 in l1_chunks(self.image.file, l1_offset, l1_size, what):
-            used = np.flatnonzero(l1)
-            if len(used):
-                self._l1_chunk(table, used + lo, l1[used], active, named)
-        self._walk_tables(named.tables(), active, table)
-
-    def _l1_chunk(self, table: L1Table, used: Positions, entries: U64, active: bool,
-                  named: TableGatherer) -> None:
-        """The nonzero entries `used` of one chunk, in qemu's order per entry: reserved bits,
-        the L2 table's own reference, alignment (its entries are walked later, once per
-        distinct table). Findings are built while there is room, the rest only counted."""
-        reserved = (entries & u64(L.L1E_RESERVED_MASK)) != 0
-        l2_offsets = entries & u64(L.L1E_OFFSET_MASK)
-        unaligned = (l2_offsets & u64(self.geo.cluster_size - 1)) != 0
-        copied_ok = self._l1_copied(used, entries, l2_offsets, table) if active else None
-        l1_entry_findings(self.tally, table, self.geo, used, entries, reserved, unaligned)
-        past = self.refs.add_clusters(l2_offsets)
-        structure = self.tally.structure
-        for i in np.flatnonzero(past)[: structure.room].tolist():
-            off = int(l2_offsets[i])
-            structure.add(finding(
-                "reference-past-eof", *table.entry(int(used[i]), self.geo),
-                what="L2 table", host_offset=off, cluster_index=off >> self.geo.cluster_bits,
-                file_length=self.geo.file_length))
-        structure.count(max(0, int(np.count_nonzero(past)) - structure.room))
-        # A table at or past EOF reads as zeros: nothing in it to walk.
-        inside = np.flatnonzero(l2_offsets < u64(self.geo.file_length))
-        named.add(l2_offsets[inside], used[inside],
-                  None if copied_ok is None else copied_ok[inside])
-
-    def _walk_tables(self, tables: NamedTables, active: bool, l1: L1Table) -> None:
-        """check_refcounts_l2() for each distinct table, in batches.
+    # -- check_refcounts_l2 over the tables the L1 tables name (collectors/l1walk.py) --------
+    def walk_tables(self, tables: NamedTables, active: bool, source: Callable[[int], L1Table]
+                    ) -> None:
+        """check_refcounts_l2() for each distinct table, in batches (source(k): the L1 table
+        number k in tables.source stands for).
 
         qemu walks a table again for every L1 entry that names it, with the same result each
         time. A hostile L1 can name one table millions of times, so a table named k times is
         walked once and all it adds (references, counters, findings) is counted k times."""
         per_batch = max(1, L2_BATCH_ENTRIES // self.geo.l2_entries)
+
         def walk(positions: Positions) -> None:
-            for b in range(0, len(positions), per_batch):
-                sel = positions[b:b + per_batch]
-                self._check_l2_batch(Batch(tables.offsets[sel], tables.first_index[sel],
-                                           tables.marked[sel], active, l1))
+            for rows in source_batches(tables.source, positions, per_batch):
+                named = tables.take(rows)
+                self._check_l2_batch(Batch(named.offsets, named.first_index, named.marked,
+                                           active, source(int(named.source[0]))))
 
         for times, positions in multiplicity_groups(tables.times):
             if times == 1:
                 walk(positions)
             else:
                 self.refs.repeated(times, partial(walk, positions))
-
-    def _l1_copied(self, used: Positions, entries: U64, l2_offsets: U64, l1: L1Table
-                   ) -> Bools:
-        """Active L1 COPIED flags (check_oflag_copied, first half): L2 offset 0 is skipped and
-        an unreadable refcount skips the whole L2 table. Returns which tables were readable
-        (a property of the table's offset)."""
-        rc, readable = self.ondisk.lookup(l2_offsets >> u64(self.geo.cluster_bits))
-        copied_ok: Bools = (l2_offsets != 0) & readable
-        flag = (entries >> u64(63)) != 0
-        bad = np.flatnonzero(copied_ok & ((rc == 1) != flag))
-        self.tally.corruptions += max(0, len(bad) - self.tally.copied.room)
-        self.tally.copied.count(max(0, len(bad) - self.tally.copied.room))
-        for i in bad[: self.tally.copied.room].tolist():
-            self.tally.corruptions += 1
-            self.tally.copied.add(finding(
-                "copied-flag", *l1.entry(int(used[i]), self.geo), what="L2 cluster",
-                entry_name="l1_entry", entry=int(entries[i]), host_offset=int(l2_offsets[i]),
-                cluster_index=int(l2_offsets[i]) >> self.geo.cluster_bits,
-                expected=1 if flag[i] else None, found=int(rc[i])))
-        return copied_ok
 
     # -- check_refcounts_l2 (+ the L2 half of check_oflag_copied) ----------------------------
     def _check_l2_batch(self, batch: Batch) -> None:
@@ -426,27 +372,6 @@ class TableWalk:
                 structure.add(l2_finding(kind, entry, bm, where, place, self.geo))
                 built += 1
         structure.count(problems - built)
-
-
-def l1_entry_findings(tally: Tally, l1: L1Table, geo: Geometry, used: Positions,
-                      entries: U64, reserved: Bools, unaligned: Bools) -> None:
-    """Reserved bits and unaligned L2 offsets of L1 entries: findings built while there is
-    room, the rest counted (a hostile L1 holds millions)."""
-    flagged = np.flatnonzero(reserved | unaligned)
-    shown = flagged[: tally.structure.room]
-    for i in shown.tolist():
-        where, place = l1.entry(int(used[i]), geo)
-        entry = int(entries[i])
-        l2_offset = entry & L.L1E_OFFSET_MASK
-        if reserved[i]:
-            tally.corruption("l1-reserved-bits", where, place, entry=entry,
-                             host_offset=l2_offset, found=entry & L.L1E_RESERVED_MASK)
-        if unaligned[i]:
-            tally.corruption("unaligned-l2-offset", where, place, host_offset=l2_offset)
-    rest = flagged[len(shown):]
-    hidden = int(np.count_nonzero(reserved[rest])) + int(np.count_nonzero(unaligned[rest]))
-    tally.corruptions += hidden
-    tally.structure.count(hidden)
 
 
 def l2_finding(kind: str, entry: int, bm: int, where: str, place: Place, geo: Geometry

@@ -14,8 +14,9 @@ from qcow2_monitor.collectors.findings import Tally
 from qcow2_monitor.collectors.l1 import (
     L1_CHUNK_ENTRIES,
     MAX_MULTIPLICITY_GROUPS,
+    L1Spans,
     TableGatherer,
-    l1_chunks,
+    entry_chunks,
     multiplicity_groups,
 )
 from qcow2_monitor.collectors.reader import ImageFile
@@ -67,17 +68,64 @@ def test_gathered_tables_equal_a_per_entry_count() -> None:
 def test_chunks_end_at_eof_and_keep_a_cut_entry(tmp_path: Path) -> None:
     """Entries past EOF read as zeros, so the chunks stop there; an entry cut by EOF keeps
     the bytes inside the file (qemu's zero-filled read)."""
-    table = np.arange(1, 3 * L1_CHUNK_ENTRIES, dtype=">u8")
+    table = (np.arange(1, 3 * L1_CHUNK_ENTRIES, dtype=np.uint64) | np.uint64(1 << 40)).astype(
+        ">u8")
     raw = b"\x07" * 4096 + table.tobytes()
     path = tmp_path / "t"
     path.write_bytes(raw[:-3])  # the last entry cut after 5 of its 8 bytes
     with ImageFile(str(path)) as file:
-        chunks = list(l1_chunks(file, 4096, 4 * L1_CHUNK_ENTRIES, "L1 table"))
-    assert [lo for lo, _ in chunks] == [0, L1_CHUNK_ENTRIES, 2 * L1_CHUNK_ENTRIES]
-    read = np.concatenate([entries for _, entries in chunks])
+        chunks = list(entry_chunks(file, L1Spans.of([4096], [4 * L1_CHUNK_ENTRIES]),
+                                   "L1 table"))
+    read = np.concatenate([chunk.entries for chunk in chunks])
+    assert np.concatenate([chunk.l1_index for chunk in chunks]).tolist() == list(
+        range(len(table)))
+    assert {chunk.times for chunk in chunks} == {1}
     assert read[:-1].tolist() == table[:-1].tolist()
     last = int(table[-1])
     assert int(read[-1]) == last & ~0xFFFFFF  # its low three bytes were past EOF
+
+
+def _plain_entries(data: bytes, spans: list[tuple[int, int, int]]
+                   ) -> Counter[tuple[int, int]]:
+    """(file position, entry) -> summed times, one table and one entry at a time."""
+    counted: Counter[tuple[int, int]] = Counter()
+    for offset, size, times in spans:
+        for i in range(size):
+            at = offset + 8 * i
+            if at >= len(data):
+                break
+            value = int.from_bytes(data[at:at + 8].ljust(8, b"\0"), "big")
+            if value:
+                counted[at, value] += times
+    return counted
+
+
+def test_many_overlapping_tables_read_once_each_position_weighted(tmp_path: Path) -> None:
+    """Tables that overlap (a hostile image), small tables side by side, shared tables
+    counted several times, a table far past EOF: each file position is read once, counted
+    for every table that covers it, and attributed to the first of them with its index
+    there."""
+    rng = np.random.default_rng(8)
+    data = rng.integers(0, 4, size=300_000, dtype=np.uint64).astype(">u8").tobytes()
+    path = tmp_path / "t"
+    path.write_bytes(data[:-5])
+    spans = [(int(rng.integers(0, 2300)) * 1024, int(rng.integers(1, 200_000)),
+              int(rng.integers(1, 40))) for _ in range(60)]
+    spans += [(1024 * k, 3, 1) for k in range(100, 140)]  # small ones side by side
+    spans += [(1 << 63, 5, 1)]
+    with ImageFile(str(path)) as file:
+        chunks = list(entry_chunks(file, L1Spans.of(*map(list, zip(*spans))), "L1 table"))
+    seen: Counter[tuple[int, int]] = Counter()
+    for chunk in chunks:
+        for value, source, index in zip(chunk.entries.tolist(), chunk.source.tolist(),
+                                        chunk.l1_index.tolist()):
+            offset, size, _ = spans[source]
+            at = offset + 8 * index
+            assert index < size
+            covering = [k for k, (o, n, _) in enumerate(spans) if o <= at < o + 8 * n]
+            assert source == covering[0]
+            seen[at, value] += chunk.times
+    assert seen == _plain_entries(data[:-5], spans)
 
 
 def test_repeated_references_nest_and_equal_plain_repeats() -> None:
