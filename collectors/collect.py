@@ -135,8 +135,8 @@ def collect(
     live = pending.wait() if pending is not None else None
     failed: list[ImageRecord] = []
     if live is not None:
-        failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e)
-                   for e in live.errors]
+        failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e,
+                               source=True) for e in live.errors]
     if running:
         if live is not None:
             scan = scan_running(live.libvirt_domains, live.qmp_pids)

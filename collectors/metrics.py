@@ -261,6 +261,7 @@ class ImageRecord:
     layer: Optional[ChainLayer] = None  # the chain layer this record reports (depth >= 1)
     broken_below: Optional[ChainLayer] = None  # first broken layer under this image
     health: Health = HEALTHY
+    source: bool = False  # a failed live source (a --qmp socket), not an image
 
     @property
     def label_path(self) -> str:
@@ -269,8 +270,9 @@ class ImageRecord:
 
     @property
     def is_image(self) -> bool:
-        """False for the record about qemu processes that could not be inspected."""
-        return not (self.path is None and self.target == RUNNING_PROCESSES)
+        """False for the records about where images come from: qemu processes that could not
+        be inspected, a QMP socket that did not answer."""
+        return not self.source and not (self.path is None and self.target == RUNNING_PROCESSES)
 
     @property
     def identity(self) -> Labels:

@@ -30,9 +30,9 @@ def _image_name(record: ImageRecord) -> str:
 
 
 def _named(record: ImageRecord, text: str) -> str:
-    """`text` about `record`, after its name; the record about uninspectable qemu processes
-    is no image and its text names it already."""
-    return f"{_image_name(record)}: {text}" if record.is_image else text
+    """`text` about `record`, after its name (a failed --qmp socket's is its path); the
+    record about uninspectable qemu processes is no image and its text names it already."""
+    return f"{_image_name(record)}: {text}" if record.is_image or record.source else text
 
 
 def _details(record: ImageRecord) -> list[str]:
@@ -103,7 +103,7 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
         if record.depth else ""
     # A raw base or a json:/nbd: layer is reported, not analysed (model.LAYER_*).
     text = "; ".join(clean_text(part) for part in parts) or f"{record.status}, not analysed"
-    name = f"{_image_name(record)}{where}: " if record.is_image else ""
+    name = f"{_image_name(record)}{where}: " if record.is_image or record.source else ""
     lines = [f"{STATE_NAMES[verdict.state]}: {name}{text}"]
     if verbosity >= 2:
         lines.extend(_findings(record))

@@ -306,6 +306,25 @@ def test_socket_that_is_not_qmp_is_a_target_error(tmp_path: Path, greeting: byte
     assert elapsed < QMP_TIMEOUT + 3, elapsed  # the socket costs at most the timeout
 
 
+def test_failed_qmp_socket_is_not_counted_as_an_image(tmp_path: Path) -> None:
+    """A --qmp socket that does not answer is reported (UNKNOWN, a scrape error), but it is a
+    source of live figures, not an image: not counted in check_qcow2's "N of M images" nor
+    in qcow2_images."""
+    images = [str(make_image(tmp_path / f"i{k}.qcow2", "16M")) for k in range(2)]
+    server = _Server(tmp_path / "s.sock", b"")
+    try:
+        nagios = tool("nagios.check_qcow2", "--no-live", "--qmp", str(tmp_path / "s.sock"),
+                      *[a for image in images for a in ("-f", image)])
+        textfile = tool("node_exporter_textfile.qcow2_textfile", "-o", "-", "--no-live",
+                        "--qmp", str(tmp_path / "s.sock"), *images)
+    finally:
+        server.close()
+    first = nagios.stdout.splitlines()[0]
+    assert nagios.returncode == 3, nagios.stdout
+    assert str(tmp_path / "s.sock") in first and "of 3 images" not in first, first
+    assert "\nqcow2_images 2\n" in textfile.stdout, textfile.stdout
+
+
 # --- faults of libvirt ----------------------------------------------------------------------
 
 
