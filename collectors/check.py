@@ -5,10 +5,11 @@ Mirrors block/qcow2-refcount.c: qcow2_check_refcounts() -> calculate_refcounts()
 (check_refcounts_l1/l2, qcow2_check_bitmaps_refcounts, check_refblocks) -> compare_refcounts()
 -> check_oflag_copied(), preceded by qcow2_check_read_snapshot_table() (qcow2-snapshot.c).
 
-The parts live apart: reference counting in :mod:`collectors.references`, the L1/L2 walk in
-:mod:`collectors.tablewalk`, the comparison in :mod:`collectors.compare`, the findings
-catalogue in :mod:`collectors.findings`; this module runs them in qemu's order over the
-header, snapshots, refcount structures, LUKS header and bitmaps.
+The parts live apart: reference counting in :mod:`collectors.references`, the L1 walk in
+:mod:`collectors.l1walk` and the L2 walk in :mod:`collectors.tablewalk`, the comparison in
+:mod:`collectors.compare`, the findings catalogue in :mod:`collectors.findings`; this module
+runs them in qemu's order over the header, snapshots, refcount structures, LUKS header and
+bitmaps.
 
 Every figure is qemu's; only the way it is computed differs: the per-entry C loops become
 vectorised numpy passes. The one order-dependent rule, check_refblocks()'s "refcount must be

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from . import layout as L
 from .image import Snapshot
 from .reader import ImageFile
+from .references import ranges
 
 U64 = npt.NDArray[np.uint64]
 Bools = npt.NDArray[np.bool_]
@@ -109,8 +110,7 @@ def entry_chunks(file: ImageFile, spans: L1Spans, what: str) -> Iterator[EntryCh
     window = L1_CHUNK_ENTRIES * L.L1E_SIZE
     first, last = seg.start // window, (seg.end - 1) // window
     counts = last - first + 1
-    touched = np.unique(np.repeat(first - np.cumsum(counts) + counts, counts)
-                        + np.arange(int(counts.sum())))
+    touched = np.unique(ranges(first, counts))
     for w in touched.tolist():
         lo, hi = w * window, (w + 1) * window
         i, j = int(np.searchsorted(seg.end, lo, "right")), int(np.searchsorted(seg.start, hi))
@@ -126,8 +126,7 @@ def entry_chunks(file: ImageFile, spans: L1Spans, what: str) -> Iterator[EntryCh
             pos, segment = nonzero, np.full(len(nonzero), i)
         else:
             rel = (starts - origin) // L.L1E_SIZE
-            at = np.repeat(rel - np.cumsum(lengths) + lengths, lengths) + np.arange(
-                int(lengths.sum()))
+            at = ranges(rel, lengths)
             values = words[at].astype(np.uint64)
             nonzero = np.flatnonzero(values)
             pos, segment = at[nonzero], np.repeat(np.arange(i, j), lengths)[nonzero]

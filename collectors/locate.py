@@ -32,7 +32,7 @@ from .model import (
     Place,
 )
 from .refcount import OnDiskRefcounts
-from .references import U64
+from .references import U64, ranges
 from .tablewalk import (
     COMPRESSED_SECTOR_SIZE,
     L2_BATCH_ENTRIES,
@@ -140,7 +140,7 @@ class _Locator:
         lo = np.searchsorted(self.targets, first)
         hits = np.maximum(np.searchsorted(self.targets, last, side="right") - lo, 0)
         positions = np.repeat(np.arange(len(first)), hits)
-        inside = np.repeat(lo - np.cumsum(hits) + hits, hits) + np.arange(int(hits.sum()))
+        inside = ranges(lo, hits)
         self._name(self.targets[inside], positions, describe, weights)
 
     def _name(self, keys: U64, positions: npt.NDArray[np.intp],

@@ -35,6 +35,15 @@ def u64(value: int) -> np.uint64:
     return np.uint64(value)
 
 
+def ranges(starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+           ) -> npt.NDArray[np.int64]:
+    """starts[k], starts[k] + 1, ..., starts[k] + lengths[k] - 1 for every k, in order, as one
+    array (no Python loop over the ranges)."""
+    out: npt.NDArray[np.int64] = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) \
+        + np.arange(int(lengths.sum()))
+    return out
+
+
 class ReferenceCounts:
     """How often each host cluster is referenced by the metadata walked so far."""
 
@@ -186,8 +195,7 @@ class ReferenceCounts:
         cuts = [0, *(np.flatnonzero(group[1:] != group[:-1]) + 1).tolist(), len(pieces)]
         for a, b in zip(cuts, cuts[1:]):
             part = lengths[a:b]
-            idx = np.repeat(lows[a:b] - np.cumsum(part) + part, part) + np.arange(int(part.sum()))
-            self.counts.add_at(idx.astype(np.intp),
+            self.counts.add_at(ranges(lows[a:b], part).astype(np.intp),
                                np.repeat(covered[pieces[a:b]] * self.times, part))
 
     def _add_range(self, first: int, end: int) -> None:

@@ -1,8 +1,8 @@
-"""The L1/L2 walk of the full check: check_refcounts_l1() / check_refcounts_l2() and the
-table half of check_oflag_copied() in qemu's block/qcow2-refcount.c, vectorised over batches
-of L2 tables.
+"""The L2 walk of the full check: check_refcounts_l2() and the L2 half of
+check_oflag_copied() in qemu's block/qcow2-refcount.c, vectorised over batches of L2 tables
+(the L1 half is :mod:`collectors.l1walk`).
 
-Every L2 table an L1 table points to is read (a batch of tables at a time, bounded), its
+Every distinct L2 table the L1 tables name is read once (a batch of tables at a time), its
 entries classified by :func:`collectors.l2.cluster_types`, the clusters they reference counted
 in :class:`~collectors.references.ReferenceCounts`, and the damaged entries reported through
 the findings catalogue.
