@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 from contextlib import closing
+from functools import lru_cache
 from typing import Any, Optional, TextIO
 
 from qcow2_monitor.collectors.chain import walk
@@ -103,15 +104,20 @@ def _qdict_bucket(key: str) -> int:
     return ((1103515243 * value + 12345) & 0xFFFFFFFF) % 512
 
 
+@lru_cache(maxsize=64)  # every bitmap's dict has the same keys (a directory holds 65535)
+def _qdict_order(keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The keys of a QDict in the order qemu prints them, each with its shown name."""
+    order = sorted(range(len(keys)), key=lambda i: (_qdict_bucket(keys[i]), -i))
+    return tuple((keys[i], keys[i].replace("-", " ")) for i in order)
+
+
 def _render_qobject(data: Any, indent: int) -> list[str]:
     """dump_qdict()/dump_qlist() of block/qapi.c: keys with '-' shown as ' ', dicts in bucket
     order (a later key of the same bucket first, as QLIST_INSERT_HEAD puts it)."""
     pad = " " * (4 * indent)
     lines: list[str] = []
     if isinstance(data, dict):
-        entries = list(data.items())
-        order = sorted(range(len(entries)), key=lambda i: (_qdict_bucket(entries[i][0]), -i))
-        items = [(entries[i][0].replace("-", " "), entries[i][1]) for i in order]
+        items = [(shown, data[key]) for key, shown in _qdict_order(tuple(data))]
     else:
         items = [(f"[{i}]", value) for i, value in enumerate(data)]
     for key, value in items:

@@ -3,8 +3,7 @@ before it trusts an entry."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from . import layout as L
 from .errors import INVALID, OUT_OF_BOUNDS, Qcow2Error
@@ -12,8 +11,9 @@ from .names import c_string_text
 from .reader import ImageFile
 
 
-@dataclass(frozen=True)
-class Bitmap:
+class Bitmap(NamedTuple):
+    """One bitmap directory entry (a tuple: a directory can hold 65535)."""
+
     offset: int  # of the directory entry
     name: str
     bitmap_table_offset: int
@@ -57,7 +57,7 @@ def read_bitmap_directory(file: ImageFile, header: L.Header,
                           "bitmap directory")
     bitmaps: list[Bitmap] = []
     pos = 0
-    fixed_size = L.BitmapDirectoryEntry.STRUCT.size
+    fixed_size = L.BITMAP_DIR_ENTRY_STRUCT.size
     while pos < len(directory):
         where = ext.bitmap_directory_offset + pos
         structure = f"bitmap directory entry {len(bitmaps)}"

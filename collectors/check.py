@@ -21,17 +21,20 @@ modules only (usage imports them lazily).
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
+import numpy.typing as npt
 
 from . import layout as L
+from .bitmaps import Bitmap
 from .compare import compare_refcounts
 from .container import held_for_writing
 from .errors import IO_ERROR, Qcow2Error
 from .findings import Tally, finding
 from .heap import keep_heap_top
 from .image import Qcow2Image, Snapshot
-from .l1 import L1Spans, snapshot_spans
+from .l1 import EntryChunk, L1Spans, entry_chunks, snapshot_spans
 from .l1walk import L1Walk
 from .model import TABLE_BITMAP, TABLE_REFCOUNT_TABLE, TABLE_SNAPSHOTS, CheckResult, Finding, Place
 from .refcount import BDRV_MAX_LENGTH, OnDiskRefcounts
@@ -138,52 +141,64 @@ class _Check:
 
     def bitmaps(self) -> None:
         """qcow2_check_bitmaps_refcounts(): only when the autoclear bit makes them valid. A
-        directory or table qemu cannot load makes its check fail: raised as Qcow2Error."""
+        directory or table qemu cannot load makes its check fail: raised as Qcow2Error. The
+        tables are read a window of the file at a time (a directory can hold 65535)."""
         ext = self.image.bitmaps_extension
         if ext is None or ext.nb_bitmaps == 0:
             return
         self.refs.inc_region(ext.bitmap_directory_offset, ext.bitmap_directory_size,
                              "bitmap directory")
-        for bm in self.image.bitmaps():
+        bitmaps = self.image.bitmaps()
+        for bm in bitmaps:
             if bm.extra_data_size or bm.bitmap_table_size == 0:
                 raise Qcow2Error(
                     "bitmap extra data is not supported / empty bitmap table: qemu-img check "
                     "fails on this image", structure=f"bitmap '{bm.name}'", offset=bm.offset,
                     filename=self.image.filename)
-            where = f"bitmap '{bm.name}'"
-            size = bm.bitmap_table_size * BME_TABLE_ENTRY_SIZE
-            self.refs.inc_region(bm.bitmap_table_offset, size, f"{where} bitmap table")
-            raw = self.image.file.read_zero_padded(bm.bitmap_table_offset, size,
-                                                   f"{where} bitmap table")
-            data = self._bitmap_data_clusters(raw, where, bm.bitmap_table_offset)
-            if len(data):
-                self._bitmap_references(data, where, bm.bitmap_table_offset)
+        spans = L1Spans.of([bm.bitmap_table_offset for bm in bitmaps],
+                           [bm.bitmap_table_size for bm in bitmaps])
+        self.refs.inc_regions(spans.offset, spans.size * BME_TABLE_ENTRY_SIZE, spans.times,
+                              lambda k: f"bitmap '{bitmaps[k].name}' bitmap table")
+        for chunk in entry_chunks(self.image.file, spans, "bitmap table"):
+            data = self._bitmap_data_clusters(chunk, bitmaps)
+            if chunk.times == 1:
+                self._bitmap_references(data, chunk.source[data[1]], bitmaps)
+            else:
+                self.refs.repeated(chunk.times, partial(
+                    self._bitmap_references, data, chunk.source[data[1]], bitmaps))
 
-    def _bitmap_data_clusters(self, raw: bytes, where: str, table_offset: int) -> U64:
-        """The data cluster offsets of one bitmap table; an invalid entry fails the check."""
-        table = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+    def _bitmap_data_clusters(self, chunk: EntryChunk, bitmaps: list[Bitmap]
+                              ) -> tuple[U64, npt.NDArray[np.intp]]:
+        """The data cluster offsets of some bitmap table entries (with their positions in the
+        chunk); an invalid entry fails the check."""
+        table = chunk.entries
         offsets = table & u64(L.BME_TABLE_ENTRY_OFFSET_MASK)
         bad = ((table & u64(BME_TABLE_ENTRY_RESERVED_MASK)) != 0) | (
             (offsets != 0) & (((table & u64(1)) != 0)
                               | ((offsets % u64(self.h.cluster_size)) != 0)))
         if bool(bad.any()):
-            i = int(np.flatnonzero(bad)[0])
+            at = np.flatnonzero(bad)
+            i = int(at[np.lexsort((chunk.l1_index[at], chunk.source[at]))[0]])
+            bm = bitmaps[int(chunk.source[i])]
+            index = int(chunk.l1_index[i])
             raise Qcow2Error(
-                f"bitmap table entry {i} is invalid (0x{int(table[i]):x}): qemu-img check "
-                "fails on this image", structure=f"{where} bitmap table",
-                offset=table_offset + 8 * i, filename=self.image.filename)
-        data: U64 = offsets[offsets != 0]
-        return data
+                f"bitmap table entry {index} is invalid (0x{int(table[i]):x}): qemu-img check "
+                "fails on this image", structure=f"bitmap '{bm.name}' bitmap table",
+                offset=bm.bitmap_table_offset + 8 * index, filename=self.image.filename)
+        used = np.flatnonzero(offsets)
+        return offsets[used], used
 
-    def _bitmap_references(self, data: U64, where: str, table_offset: int) -> None:
+    def _bitmap_references(self, data: tuple[U64, npt.NDArray[np.intp]],
+                           sources: npt.NDArray[np.intp], bitmaps: list[Bitmap]) -> None:
         structure = self.tally.structure
-        past = self.refs.add_clusters(data)
-        for off in data[past][: structure.room].tolist():
+        past = np.flatnonzero(self.refs.add_clusters(data[0]))
+        for k in past[: structure.room].tolist():
+            bm = bitmaps[int(sources[k])]
             structure.add(finding(
-                "reference-past-eof", where, Place(TABLE_BITMAP, table_offset),
-                what="bitmap data cluster", host_offset=off,
-                file_length=self.refs.file_length))
-        structure.count(max(0, int(np.count_nonzero(past)) - structure.room))
+                "reference-past-eof", f"bitmap '{bm.name}'",
+                Place(TABLE_BITMAP, bm.bitmap_table_offset), what="bitmap data cluster",
+                host_offset=int(data[0][k]), file_length=self.refs.file_length))
+        structure.count(max(0, len(past) - structure.room))
 
     def refblocks(self) -> None:
         """check_refblocks(): each refcount block must end up with a refcount of exactly 1.

@@ -203,7 +203,9 @@ def dump_bitmaps(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> Data:
                    "bitmap_directory_offset": ext.bitmap_directory_offset,
                    "bitmap_directory_size": ext.bitmap_directory_size})
     shown = 0
-    for bm in image.bitmaps():
+    bitmaps = image.bitmaps()
+    result["truncated"] = len(bitmaps) > limit  # a directory can hold 65535
+    for bm in bitmaps[:limit]:
         table = _table(image, bm.bitmap_table_offset, bm.bitmap_table_size,
                        f"bitmap '{bm.name}' table")
         entries = []

@@ -2,8 +2,9 @@
 
 Source: qemu docs/interop/qcow2.txt and block/qcow2.h; the project's own format notes are
 docs/qcow2-format.md (§1-§6 for these layouts).
-Each structure is a ``struct.Struct`` beside a frozen dataclass with a ``from_bytes``; the
-callers bound every count before reading (see :mod:`collectors.image`). All integers big-endian.
+Each structure is a ``struct.Struct`` beside a frozen dataclass with a ``from_bytes`` (a named
+tuple for the entries a table holds by the ten thousand: snapshots, bitmaps); the callers bound
+every count before reading (see :mod:`collectors.image`). All integers big-endian.
 """
 
 from __future__ import annotations
@@ -315,11 +316,9 @@ SNAPSHOT_EXTRA_DISK_SIZE_END = 16
 SNAPSHOT_EXTRA_ICOUNT_END = 24
 
 
-@dataclass(frozen=True)
-class BitmapDirectoryEntry:
-    """Qcow2BitmapDirEntry: the fixed 24 bytes of a bitmap directory entry."""
-
-    STRUCT: ClassVar[struct.Struct] = struct.Struct(">QIIBBHI")
+class BitmapDirectoryEntry(NamedTuple):
+    """Qcow2BitmapDirEntry: the fixed 24 bytes of a bitmap directory entry (a tuple: a
+    directory can hold 65535 of them)."""
 
     bitmap_table_offset: int
     bitmap_table_size: int
@@ -331,7 +330,12 @@ class BitmapDirectoryEntry:
 
     @classmethod
     def from_bytes(cls, data: bytes, offset: int = 0) -> BitmapDirectoryEntry:
-        return cls(*cls.STRUCT.unpack_from(data, offset))
+        entry: BitmapDirectoryEntry = cls._make(BITMAP_DIR_ENTRY_STRUCT.unpack_from(data, offset))
+        return entry
+
+
+# The byte layout of BitmapDirectoryEntry.
+BITMAP_DIR_ENTRY_STRUCT = struct.Struct(">QIIBBHI")
 
 
 def align_up(value: int, alignment: int) -> int:
@@ -340,7 +344,7 @@ def align_up(value: int, alignment: int) -> int:
 
 def bitmap_dir_entry_size(name_size: int, extra_data_size: int) -> int:
     """calc_dir_entry_size() in block/qcow2-bitmap.c."""
-    return align_up(BitmapDirectoryEntry.STRUCT.size + extra_data_size + name_size, 8)
+    return align_up(BITMAP_DIR_ENTRY_STRUCT.size + extra_data_size + name_size, 8)
 
 
 LUKS_MAGIC = b"LUKS\xba\xbe"

@@ -31,7 +31,7 @@ def test_structure_sizes() -> None:
     assert L.BitmapsExtension.STRUCT.size == 24
     assert L.CryptoHeaderExtension.STRUCT.size == 16
     assert L.SNAPSHOT_HEADER_STRUCT.size == 40
-    assert L.BitmapDirectoryEntry.STRUCT.size == 24
+    assert L.BITMAP_DIR_ENTRY_STRUCT.size == 24
     assert L.LuksKeySlot.STRUCT.size == 48
     assert L.LuksHeader.SIZE == 592
 
