@@ -303,10 +303,13 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
         if len(rows):
             table_starts, table_codes = _table_runs(image, offsets[rows], rows + lo, unit,
                                                     host_bounds)
-            starts = np.concatenate((starts, table_starts))
-            codes = np.concatenate((codes, table_codes))
-            order = np.argsort(starts, kind="stable")
-            starts, codes = starts[order], codes[order]
+            if len(gaps):  # unallocated tables between the others: merged in order
+                starts = np.concatenate((starts, table_starts))
+                codes = np.concatenate((codes, table_codes))
+                order = np.argsort(starts, kind="stable")
+                starts, codes = starts[order], codes[order]
+            else:
+                starts, codes = table_starts, table_codes
         s_, c_ = _rle(starts, codes)
         all_starts.append(s_)
         all_codes.append(c_)
