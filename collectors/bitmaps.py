@@ -58,20 +58,20 @@ def read_bitmap_directory(file: ImageFile, header: L.Header,
     bitmaps: list[Bitmap] = []
     pos = 0
     fixed_size = L.BITMAP_DIR_ENTRY_STRUCT.size
+    # (Structure names are built only for an error: a directory can hold 65535 entries.)
     while pos < len(directory):
         where = ext.bitmap_directory_offset + pos
-        structure = f"bitmap directory entry {len(bitmaps)}"
         if pos + fixed_size > len(directory):
-            raise _error("entry runs past the end of the bitmap directory", structure, where,
-                         kind=OUT_OF_BOUNDS)
+            raise _error("entry runs past the end of the bitmap directory",
+                         f"bitmap directory entry {len(bitmaps)}", where, kind=OUT_OF_BOUNDS)
         entry = L.BitmapDirectoryEntry.from_bytes(directory, pos)
         size = L.bitmap_dir_entry_size(entry.name_size, entry.extra_data_size)
         if pos + size > len(directory):
-            raise _error("entry runs past the end of the bitmap directory", structure, where,
-                         size, OUT_OF_BOUNDS)
+            raise _error("entry runs past the end of the bitmap directory",
+                         f"bitmap directory entry {len(bitmaps)}", where, size, OUT_OF_BOUNDS)
         name_at = pos + fixed_size + entry.extra_data_size
         name = c_string_text(directory[name_at:name_at + entry.name_size])
-        _check_entry(entry, header, structure, where)
+        _check_entry(entry, header, len(bitmaps), where)
         bitmaps.append(Bitmap(where, name, entry.bitmap_table_offset,
                               entry.bitmap_table_size, entry.flags, entry.type,
                               entry.granularity_bits, entry.extra_data_size))
@@ -85,10 +85,21 @@ def read_bitmap_directory(file: ImageFile, header: L.Header,
     return bitmaps
 
 
-def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, structure: str,
+def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
                  where: int) -> None:
     """check_dir_entry(): every field within qemu's limits."""
     cs = header.cluster_size
+    phys = entry.bitmap_table_size * cs
+    if (entry.bitmap_table_size <= L.BME_MAX_TABLE_SIZE
+            and L.BME_MIN_GRANULARITY_BITS <= entry.granularity_bits
+            <= L.BME_MAX_GRANULARITY_BITS
+            and not entry.flags & L.BME_RESERVED_FLAGS
+            and entry.name_size <= L.BME_MAX_NAME_SIZE
+            and entry.type == L.BT_DIRTY_TRACKING_BITMAP
+            and phys <= L.BME_MAX_PHYS_SIZE
+            and header.size <= (phys * 8) << entry.granularity_bits
+            and not entry.bitmap_table_offset % cs and entry.bitmap_table_offset):
+        return  # the usual case, checked in one pass
     problems = []
     if entry.bitmap_table_size > L.BME_MAX_TABLE_SIZE:
         problems.append(f"bitmap_table_size {entry.bitmap_table_size} too large")
@@ -100,7 +111,6 @@ def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, structure: str
         problems.append(f"name_size {entry.name_size} too large")
     if entry.type != L.BT_DIRTY_TRACKING_BITMAP:
         problems.append(f"unknown bitmap type {entry.type}")
-    phys = entry.bitmap_table_size * cs
     if phys > L.BME_MAX_PHYS_SIZE:
         problems.append("bitmap table too large")
     elif header.size > (phys * 8) << entry.granularity_bits:
@@ -108,5 +118,4 @@ def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, structure: str
     if entry.bitmap_table_offset % cs or entry.bitmap_table_offset == 0:
         problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
                         "cluster-aligned nonzero offset")
-    if problems:
-        raise _error("; ".join(problems), structure, where)
+    raise _error("; ".join(problems), f"bitmap directory entry {index}", where)

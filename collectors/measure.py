@@ -92,9 +92,10 @@ def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> dict[str,
     cs = TARGET_CLUSTER_SIZE
     ssize = image.header.size // 512 * 512
     virtual_size = L.align_up(ssize, cs)
-    required = 0
-    for first, last in data_segments(image, path or image.filename, ssize, cs):
-        required += (last - first + 1) * cs
+    required = _single_layer_required(image, ssize, cs)
+    if required is None:
+        required = sum((last - first + 1) * cs
+                       for first, last in data_segments(image, path or image.filename, ssize, cs))
     fully = prealloc_size(virtual_size, cs, TARGET_REFCOUNT_ORDER, False)
     result = {}
     # has_bitmaps: the (version 3) target and a source that supports persistent bitmaps,
@@ -322,6 +323,65 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     # Past the layer's end everything reads as zeros.
     return (np.append(starts, np.int64(size)),
             np.append(codes, np.int8(STATUS_ZERO)))
+
+
+def _single_layer_required(image: Qcow2Image, ssize: int, cluster_size: int
+                           ) -> Optional[int]:
+    """The data part of `required` for an image without a backing file whose L1 entries each
+    map a whole number of target clusters: the target clusters with data under one L1 entry
+    depend on its L2 table only, so each distinct table is classified once and counted as
+    often as it is named (a hostile L1 names one table millions of times). None when that
+    does not hold: the runs of the whole chain are needed then."""
+    import numpy as np
+
+    from .tablewalk import L2_BATCH_ENTRIES
+
+    h = image.header
+    coverage = h.l2_entries * h.cluster_size
+    if h.backing_file_offset or coverage % cluster_size or ssize == 0:
+        return None
+    entries = -(-ssize // coverage)
+    raw = image.file.read_zero_padded(h.l1_table_offset, entries * 8, "active L1 table")
+    l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
+    full = l1[:-1] if ssize % coverage else l1  # a last entry cut by the virtual size aside
+    tables, times = np.unique(full[full != 0], return_counts=True)
+    recurse = h.crypt_method == L.CRYPT_NONE and _metadata_preallocated(image)
+    host_bounds = _extent_bounds(_host_file_extents(image)) if recurse else None
+    unit = h.cluster_size // (32 if h.extended_l2 else 1)
+    per_table = coverage // cluster_size
+    counts = np.zeros(len(tables), dtype=np.int64)
+    per_batch = max(1, L2_BATCH_ENTRIES // h.l2_entries)
+    for lo in range(0, len(tables), per_batch):
+        batch = tables[lo:lo + per_batch]
+        starts, codes = _table_runs(image, batch, np.arange(len(batch), dtype=np.intp), unit,
+                                    host_bounds)
+        first, last = _data_clusters(starts, codes, len(batch) * coverage, cluster_size)
+        counts[lo:lo + len(batch)] = np.bincount(first // per_table, weights=last - first + 1,
+                                                 minlength=len(batch)).astype(np.int64)
+        # Ranges of one table sharing a cluster (never across tables: they are aligned).
+        shared = np.flatnonzero(first[1:] == last[:-1])
+        np.subtract.at(counts, lo + first[1:][shared] // per_table, 1)
+    required = int((counts * times).sum()) * cluster_size
+    if len(full) < len(l1) and int(l1[-1]):  # the cut last entry, clipped at the size
+        base = (len(l1) - 1) * coverage
+        starts, codes = _table_runs(image, l1[-1:], np.zeros(1, dtype=np.intp), unit,
+                                    host_bounds)
+        first, last = _data_clusters(starts, codes, ssize - base, cluster_size)
+        required += int((last - first + 1).sum() - np.count_nonzero(first[1:] == last[:-1])
+                        ) * cluster_size
+    return required
+
+
+def _data_clusters(starts: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], end: int,
+                   cluster_size: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The target clusters [first, last] each data run below `end` touches, in order."""
+    import numpy as np
+
+    starts, codes = _rle(starts, codes)
+    ends = np.append(starts[1:], np.int64(end))
+    data = (codes == STATUS_DATA) & (starts < end)
+    ends = np.minimum(ends, end)
+    return starts[data] // cluster_size, (ends[data] - 1) // cluster_size
 
 
 def _raw_runs(path: str) -> Runs:
