@@ -292,6 +292,7 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     l1_entries = -(-size // coverage)
     raw = image.file.read_zero_padded(h.l1_table_offset, l1_entries * 8, "active L1 table")
     l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
+    _refuse_repeated_tables(image, l1)
     all_starts: list[npt.NDArray[np.int64]] = []
     all_codes: list[npt.NDArray[np.int8]] = []
     per_batch = max(1, L2_BATCH_ENTRIES // n)  # tables classified together
@@ -323,6 +324,28 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     # Past the layer's end everything reads as zeros.
     return (np.append(starts, np.int64(size)),
             np.append(codes, np.int8(STATUS_ZERO)))
+
+
+# L2 entries a layer's runs may take when its L1 names some tables more than once (about half
+# a second): past it, such a (corrupt) image is refused rather than walked for minutes.
+REPEATED_WALK_BUDGET = 1 << 24
+
+
+def _refuse_repeated_tables(image: Qcow2Image, l1: npt.NDArray[np.uint64]) -> None:
+    """A valid image names each L2 table once. A corrupt one can name one table millions of
+    times, and the guest ranges it maps (not the file) would set the time: past the budget
+    that is said, as unsupported, instead."""
+    import numpy as np
+
+    used = l1[l1 != 0]
+    walk = len(used) * image.header.l2_entries
+    if walk > REPEATED_WALK_BUDGET and len(np.unique(used)) < len(used):
+        distinct = len(np.unique(used))
+        raise Qcow2Error(
+            f"the active L1 table names {distinct} L2 tables {len(used)} times (a corrupt "
+            f"image: see `check`): measuring it here would classify {walk} entries; not "
+            "supported", structure="active L1 table", offset=image.header.l1_table_offset,
+            kind=UNSUPPORTED, filename=image.filename)
 
 
 def _single_layer_required(image: Qcow2Image, ssize: int, cluster_size: int

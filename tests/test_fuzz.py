@@ -575,3 +575,22 @@ def test_measure_of_an_8_tib_l1_naming_one_table_within_the_time(tmp_path: Path)
     path = tmp_path / "m.qcow2"
     _one_table_named(path, 4 * 1024 * 1024, "8T")
     _all_entry_points_clean(path)
+
+
+def test_measure_of_an_overlay_naming_one_table_millions_of_times_is_refused(
+        tmp_path: Path) -> None:
+    """The same hostile L1 in an overlay (a backing file under it): the chain's data runs
+    would be walked entry by entry (2 Gi of them). A valid image names each table once, so
+    this corrupt one is refused as unsupported, naming the structure, within the limit."""
+    base = tmp_path / "base.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(base), "1M"])
+    path = tmp_path / "o.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", str(base),
+         "-F", "qcow2", str(path), "8T"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 300k", str(path)])
+    _repoint_l1(path, 4 * 1024 * 1024)
+    proc = subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", "measure", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "active L1 table" in proc.stderr and "not supported" in proc.stderr, proc.stderr
+    _all_entry_points_clean(path)
