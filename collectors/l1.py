@@ -1,10 +1,12 @@
-"""An L1 table read a chunk at a time, and the distinct L2 tables it names.
+"""L1 tables read a window of the file at a time, and the distinct L2 tables they name.
 
 A header may claim the largest L1 table qemu accepts (4 Mi entries, 32 MiB), every entry
-naming the same L2 table. qemu walks that table again for every entry that names it, with the
-same result each time; the check and the locator read the L1 a bounded chunk at a time (the
-arrays of one chunk are small and reused, so memory stays flat whatever the size) and walk
-each distinct L2 table once, counted as often as it is named (docs/qcow2-format.md §7).
+naming the same L2 table; an image may hold 65536 snapshot L1 tables, overlapping each other.
+qemu walks an L2 table again for every entry that names it, with the same result each time.
+The check and the locator read all the L1 tables of one kind (the active one, or every
+snapshot's) 512 KiB of the file at a time, each byte once however many tables cover it (the
+arrays of one window are small, so memory stays flat), and walk each distinct L2 table once,
+counted as often as it is named (docs/qcow2-format.md §7). Bitmap tables are read the same way.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class L1Spans(NamedTuple):
            ) -> L1Spans:
         return cls(np.array(offsets, dtype=np.uint64), np.array(sizes, dtype=np.int64),
                    np.array([1] * len(offsets) if times is None else times, dtype=np.int64))
+
 
 def snapshot_spans(groups: list[list[Snapshot]]) -> L1Spans:
     """The L1 tables of groups of snapshots sharing one, each counted once per snapshot."""

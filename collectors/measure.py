@@ -272,6 +272,23 @@ def _table_runs(image: Qcow2Image, offsets: npt.NDArray[np.uint64],
     return starts, codes
 
 
+def _layer_mapping(image: Qcow2Image) -> tuple[npt.NDArray[np.uint64], int,
+                                                Optional[npt.NDArray[np.int64]]]:
+    """The active L1's L2 table offsets over the virtual size, the status unit (cluster or
+    subcluster), and the host file's extent bounds when qemu descends into it (else None)."""
+    import numpy as np
+
+    h = image.header
+    coverage = h.l2_entries * h.cluster_size
+    entries = -(-(h.size // 512 * 512) // coverage)
+    raw = image.file.read_zero_padded(h.l1_table_offset, entries * 8, "active L1 table")
+    l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
+    unit = h.cluster_size // (32 if h.extended_l2 else 1)
+    # qcow2_co_block_status() gives no host offset for encrypted images: no descent there.
+    recurse = h.crypt_method == L.CRYPT_NONE and _metadata_preallocated(image)
+    return l1, unit, _extent_bounds(_host_file_extents(image)) if recurse else None
+
+
 def _qcow2_runs(image: Qcow2Image) -> Runs:
     """Status runs of one qcow2 layer over [0, its virtual size), per qcow2_co_block_status()
     and qcow2_get_subcluster_type()."""
@@ -280,18 +297,10 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
     from .tablewalk import L2_BATCH_ENTRIES
 
     h = image.header
-    cs = h.cluster_size
     n = h.l2_entries
     size = h.size // 512 * 512
-    coverage = n * cs
-    sub = 32 if h.extended_l2 else 1
-    unit = cs // sub
-    # qcow2_co_block_status() gives no host offset for encrypted images: no descent there.
-    recurse = h.crypt_method == L.CRYPT_NONE and _metadata_preallocated(image)
-    host_bounds = _extent_bounds(_host_file_extents(image)) if recurse else None
-    l1_entries = -(-size // coverage)
-    raw = image.file.read_zero_padded(h.l1_table_offset, l1_entries * 8, "active L1 table")
-    l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
+    coverage = n * h.cluster_size
+    l1, unit, host_bounds = _layer_mapping(image)
     _refuse_repeated_tables(image, l1)
     all_starts: list[npt.NDArray[np.int64]] = []
     all_codes: list[npt.NDArray[np.int8]] = []
@@ -363,14 +372,9 @@ def _single_layer_required(image: Qcow2Image, ssize: int, cluster_size: int
     coverage = h.l2_entries * h.cluster_size
     if h.backing_file_offset or coverage % cluster_size or ssize == 0:
         return None
-    entries = -(-ssize // coverage)
-    raw = image.file.read_zero_padded(h.l1_table_offset, entries * 8, "active L1 table")
-    l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
+    l1, unit, host_bounds = _layer_mapping(image)
     full = l1[:-1] if ssize % coverage else l1  # a last entry cut by the virtual size aside
     tables, times = np.unique(full[full != 0], return_counts=True)
-    recurse = h.crypt_method == L.CRYPT_NONE and _metadata_preallocated(image)
-    host_bounds = _extent_bounds(_host_file_extents(image)) if recurse else None
-    unit = h.cluster_size // (32 if h.extended_l2 else 1)
     per_table = coverage // cluster_size
     counts = np.zeros(len(tables), dtype=np.int64)
     per_batch = max(1, L2_BATCH_ENTRIES // h.l2_entries)
