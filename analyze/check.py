@@ -12,10 +12,12 @@ import json
 from contextlib import closing
 from typing import Any, Optional, TextIO
 
-from qcow2_monitor.collectors.chain import walk
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.model import (
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.text import finding_text
+from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.qcow2.chain import walk
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.report.model import (
     LAYER_ERROR,
     LAYER_OK,
     LAYER_PROTOCOL,
@@ -24,7 +26,6 @@ from qcow2_monitor.collectors.model import (
     Finding,
     Place,
 )
-from qcow2_monitor.collectors.units import finding_text
 
 from .common import OUTPUT_HELP, count_option, epilog, error_document, report_error
 
@@ -157,7 +158,7 @@ def _worst(codes: list[int]) -> int:
 def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: int,
                   ) -> tuple[dict[str, Any], Optional[CheckResult], Optional[Qcow2Error]]:
     """(JSON report, check result, error) of one layer of the walk."""
-    from qcow2_monitor.collectors.check import check_opened  # numpy only for this command
+    from qcow2_monitor.collectors.check.checker import check_opened  # numpy only for this command
 
     path = layer.path or layer.name
     error = layer.error

@@ -9,8 +9,9 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn, Optional, TextIO
 
-from qcow2_monitor.collectors.errors import EXIT_FAILED, Qcow2Error
-from qcow2_monitor.collectors.model import LAYER_ERROR
+from qcow2_monitor.cli.exits import EXIT_FAILED
+from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.report.model import LAYER_ERROR
 
 PROG = "qcow2-analyze"
 HELP_WIDTH = 79

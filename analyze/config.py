@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from qcow2_monitor.collectors.errors import EXIT_OK
+from qcow2_monitor.cli.exits import EXIT_OK
 
 from .common import epilog
 

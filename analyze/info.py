@@ -9,17 +9,19 @@ from contextlib import closing
 from functools import lru_cache
 from typing import Any, Optional, TextIO
 
-from qcow2_monitor.collectors.chain import walk
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, UNSUPPORTED, Qcow2Error
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.info import image_info, raw_info
-from qcow2_monitor.collectors.model import (
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.text import indent_block, render_fields, render_table
+from qcow2_monitor.collectors.common.errors import UNSUPPORTED, Qcow2Error
+from qcow2_monitor.collectors.common.units import human_size
+from qcow2_monitor.collectors.qcow2.chain import walk
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.qcow2.info import image_info, raw_info
+from qcow2_monitor.collectors.report.model import (
     LAYER_ERROR,
     LAYER_OTHER_FORMAT,
     LAYER_PROTOCOL,
     ChainLayer,
 )
-from qcow2_monitor.collectors.units import human_size
 
 from .common import error_document, report_error
 
@@ -184,12 +186,99 @@ def _unshown_layer_error(layer: ChainLayer) -> Qcow2Error:
 
 
 def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from qcow2_monitor.collectors.describe import describe, render_human
+    from qcow2_monitor.collectors.qcow2.describe import describe
 
     with Qcow2Image.open(args.file) as image:
         data = describe(image)
     if args.output == "json":
         out.write(json.dumps(data, indent=2) + "\n")
     else:
-        out.write(render_human(data))
+        out.write(render_header_human(data))
     return EXIT_OK
+
+
+# --- header ---------------------------------------------------------------------------------
+
+HEX_FIELDS = ("offset", "features")
+
+
+def render_header_human(data: dict[str, Any]) -> str:
+    """The description as aligned text: one section per structure, figures in columns."""
+    h = data["header"]
+    header = [(key, f"0x{value:x}" if key.endswith(HEX_FIELDS) and isinstance(value, int)
+               else f"0x{value}" if key == "magic" else str(value))
+              for key, value in h.items()]
+    header += [("(cluster size)", str(data["cluster_size"])),
+               ("(refcount bits)", str(data["refcount_bits"])),
+               ("(encryption)", data["crypt_method_name"]),
+               ("(compression)", data["compression_type_name"])]
+    out = [f"image: {data['filename']}\n", "\nHeader\n", render_fields(header)]
+    out += ["\nFeatures\n", indent_block(render_table(
+        ("TYPE", "BIT", "NAME", "STATE"),
+        [(f["type"], str(f["bit"]), f["name"], "on" if f["enabled"] else "off")
+         for f in data["features"]], right=(1,)))]
+    out += ["\nHeader extensions\n", indent_block(render_table(
+        ("TYPE", "NAME", "OFFSET", "LENGTH"),
+        [(e["type"], e["name"], f"0x{e['offset']:x}", str(e["length"]))
+         for e in data["extensions"]], right=(2, 3)))]
+    for ext in data["extensions"]:
+        out.append(_extension_detail(ext))
+    if data["backing_file"] is not None:
+        out.append(f"\nBacking file: {data['backing_file']} "
+                   f"(format {data['backing_format'] or 'not recorded'})\n")
+    if data["external_data_file"] is not None:
+        out.append(f"\nExternal data file: {data['external_data_file']}\n")
+    if data["name_problems"]:
+        out += ["\nName problems\n", "".join(f"    {problem}\n"
+                                             for problem in data["name_problems"])]
+    if data["luks"]:
+        out.append(_luks_text(data["luks"]))
+    if data["snapshots"]:
+        shown = (f" (first {len(data['snapshots'])} of {data['snapshots_total']})"
+                 if data["snapshots_total"] > len(data["snapshots"]) else "")
+        out += [f"\nSnapshot table{shown}\n", indent_block(render_table(
+            ("ID", "NAME", "ENTRY AT", "L1 TABLE", "L1 SIZE", "VM STATE", "DISK SIZE",
+             "EXTRA"),
+            [(sn["id"], sn["name"], f"0x{sn['table_entry_offset']:x}",
+              f"0x{sn['l1_table_offset']:x}", str(sn["l1_size"]), str(sn["vm_state_size"]),
+              "-" if sn["disk_size"] is None else str(sn["disk_size"]),
+              str(sn["extra_data_size"])) for sn in data["snapshots"]],
+            right=(2, 3, 4, 5, 6, 7)))]
+    if data["bitmaps"]:
+        out += ["\nBitmap directory\n", indent_block(render_table(
+            ("NAME", "GRANULARITY", "FLAGS", "TABLE AT", "TABLE SIZE"),
+            [(bm["name"], str(bm["granularity"]),
+              ",".join(n for n, on in (("in_use", bm["in_use"]), ("auto", bm["auto"])) if on)
+              or "-", f"0x{bm['bitmap_table_offset']:x}", str(bm["bitmap_table_size"]))
+             for bm in data["bitmaps"]], right=(1, 3, 4)))]
+    return "".join(out)
+
+
+def _extension_detail(ext: dict[str, Any]) -> str:
+    """What an extension holds, below the extensions table (nothing for an empty one)."""
+    if "entries" in ext:
+        return f"\n{ext['name']} ({ext['type']})\n" + indent_block(render_table(
+            ("TYPE", "BIT", "NAME"),
+            [(e["type"], str(e["bit"]), e["name"]) for e in ext["entries"]], right=(1,)))
+    extra = [(key, f"0x{value:x}" if key.endswith("offset") and isinstance(value, int)
+              else str(value))
+             for key, value in ext.items() if key not in ("type", "name", "offset", "length")]
+    if not extra:
+        return ""
+    return f"\n{ext['name']} ({ext['type']})\n" + render_fields(extra)
+
+
+def _luks_text(luks: dict[str, Any]) -> str:
+    fields_shown = [(key, f"0x{luks[key]:x}" if key in ("offset", "payload_offset")
+                     else "-" if luks[key] is None else str(luks[key]))
+                    for key in ("offset", "length", "version", "cipher_name", "cipher_mode",
+                                "cipher_alg", "ivgen_alg", "ivgen_hash_alg", "hash_spec",
+                                "payload_offset", "master_key_bytes", "master_key_iterations",
+                                "uuid")]
+    slots = render_table(
+        ("SLOT", "STATE", "ITERATIONS", "STRIPES", "KEY MATERIAL AT"),
+        [(str(s["slot"]), "active" if s["active"] else "inactive",
+          str(s["iterations"]) if s["active"] else "-",
+          str(s["stripes"]) if s["active"] else "-", f"0x{s['key_offset']:x}")
+         for s in luks["key_slots"]], right=(0, 2, 3, 4))
+    return "\nLUKS header\n" + render_fields(fields_shown) + "\n" + indent_block(slots)

@@ -6,11 +6,12 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from qcow2_monitor.collectors import layout as L
-from qcow2_monitor.collectors.describe import MAX_LISTED
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.usage import end_offset
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.qcow2 import layout as L
+from qcow2_monitor.collectors.qcow2.describe import MAX_LISTED
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.report.usage import end_offset
 
 from .common import report_error
 

@@ -19,9 +19,10 @@ import sys
 from collections.abc import Sequence
 from typing import Optional, TextIO
 
-from qcow2_monitor.collectors.errors import EXIT_OK, EXIT_USAGE, Qcow2Error, internal_error
-from qcow2_monitor.collectors.selection import add_live_arguments
-from qcow2_monitor.collectors.version import add_version_argument
+from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
+from qcow2_monitor.cli.options import add_live_arguments
+from qcow2_monitor.cli.version import add_version_argument
+from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
 
 from . import check, config, tables
 from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, fail

@@ -6,8 +6,11 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from qcow2_monitor.collectors.errors import EXIT_OK, Qcow2Error
-from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.cli.exits import EXIT_OK
+from qcow2_monitor.cli.text import indent_block, render_fields, render_table
+from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.units import counted
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from .common import OUTPUT_HELP, count_option, epilog
 
@@ -40,19 +43,19 @@ def register(subparsers: Any) -> None:
 
 
 def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from qcow2_monitor.collectors.dump import dump, render_human
+    from qcow2_monitor.collectors.check.dump import dump
 
     with Qcow2Image.open(args.file) as image:
         data = dump(image, args.what, limit=args.limit)
     if args.output == "json":
         out.write(json.dumps(data, indent=2) + "\n")
     else:
-        out.write(render_human(data))
+        out.write(render_dump_human(data))
     return EXIT_OK
 
 
 def run_measure(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from qcow2_monitor.collectors.measure import measure_image
+    from qcow2_monitor.collectors.check.measure import measure_image
 
     try:
         with Qcow2Image.open(args.file) as image:
@@ -68,3 +71,63 @@ def run_measure(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if "bitmaps" in data:
             out.write(f"bitmaps size: {data['bitmaps']}\n")
     return EXIT_OK
+
+
+def _shown(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and key.endswith("offset"):
+        return f"0x{value:x}"
+    if isinstance(value, list) and key == "covers_clusters":
+        return "..".join(str(v) for v in value)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return "-" if value is None else str(value)
+
+
+def _summary(item: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    """The scalar fields of `item` as aligned `name  value` lines."""
+    return render_fields([(key, _shown(key, value)) for key, value in item.items()
+                          if key not in skip and not isinstance(value, dict)
+                          and not (isinstance(value, list) and value
+                                   and isinstance(value[0], dict))])
+
+
+def _entries(items: list[dict[str, Any]], indent: str = "  ") -> str:
+    """A list of entries as an aligned table, one column per field (figures right-aligned)."""
+    if not items:
+        return f"{indent}(none)\n"
+    keys = [key for key, value in items[0].items() if not isinstance(value, dict)]
+    rows = [[_shown(key, item.get(key)) for key in keys] for item in items]
+    right = [i for i, key in enumerate(keys)
+             if all(isinstance(item.get(key), int) and not isinstance(item.get(key), bool)
+                    for item in items)]
+    return indent_block(render_table([key.upper().replace("_", " ") for key in keys], rows,
+                                     right=right), indent)
+
+
+def render_dump_human(data: dict[str, Any]) -> str:
+    """Any dump as text: its summary fields aligned, then its entries as tables."""
+    what = data["what"]
+    out = [f"image: {data['filename']}\n", f"dump: {what}\n",
+           _summary(data, ("filename", "what"))]
+    if what == "l1":
+        out += ["\nActive L1 table\n", _entries(data["entries"])]
+    elif what == "l2":
+        for table in data["tables"]:
+            entries = counted(table["nonempty_entries"], "non-empty entry", "non-empty entries")
+            out.append(f"\nL2 table at 0x{table['l2_offset']:x} (L1[{table['l1_index']}]), "
+                       f"{entries}\n")
+            out.append(_entries(table["entries"]))
+    elif what == "refcount":
+        out += ["\nRefcount table\n", _entries(data["table"]),
+                "\nRefcounts by cluster range\n", _entries(data["ranges"])]
+    elif what == "snapshots":
+        out += ["\nSnapshot table\n", _entries(data["snapshots"])]
+    elif what == "bitmaps":
+        for bm in data["bitmaps"]:
+            out += [f"\nBitmap {bm['name']!r}\n", _summary(bm, ("name",)),
+                    "\n", _entries(bm["table"])]
+    if data.get("truncated"):
+        out.append("\n(output truncated: raise --limit to see more)\n")
+    return "".join(out)

@@ -6,14 +6,16 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from qcow2_monitor.collectors.discovery import expand_targets
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK, Qcow2Error
-from qcow2_monitor.collectors.health import broken_layer
-from qcow2_monitor.collectors.live import start_live
-from qcow2_monitor.collectors.model import LAYER_OK, ChainLayer, ImageUsage, UsageResult
-from qcow2_monitor.collectors.selection import live_uri
-from qcow2_monitor.collectors.units import human_size, ratio_percent, render_table
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.options import live_uri
+from qcow2_monitor.cli.text import render_table
+from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.units import human_size, ratio_percent
+from qcow2_monitor.collectors.host.discovery import expand_targets
+from qcow2_monitor.collectors.host.live import start_live
+from qcow2_monitor.collectors.report.health import broken_layer
+from qcow2_monitor.collectors.report.model import LAYER_OK, ChainLayer, ImageUsage, UsageResult
+from qcow2_monitor.collectors.report.usage import analyze_usage
 
 from .common import PROG, error_document, report_error
 

@@ -26,9 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from live_daemons import file_disk, start_libvirtd, stop_libvirtd  # noqa: E402
-
 from daemons import make_image  # noqa: E402
+from live_daemons import file_disk, start_libvirtd, stop_libvirtd  # noqa: E402
 
 LIMIT = 1.5
 

@@ -1,8 +1,14 @@
-"""qcow2-monitor core: read-only qcow2 analysis."""
+"""The core: read-only qcow2 analysis, in rooms by concern, imports pointing one way (down):
 
-import os
+- ``common``: the project's error type and how sizes and counts are written;
+- ``qcow2``: the on-disk format, pure Python: layouts, the one reader, header, image, chain,
+  the fast end offset, qemu's size formula, the info and header views;
+- ``check``: the full check with numpy (the only room that imports it): references, refcount
+  comparison, findings, measure's runs, table dumps;
+- ``host``: what the host says: containers, target discovery, live figures of running qemu;
+- ``report``: the one result model, usage, the health policy, the metric catalogue, collect().
 
-# numpy serves the array passes only, never linear algebra: the thread pool OpenBLAS starts
-# when numpy is imported would only cost CPU (about 0.1 s per process on 2 cores, measured
-# with bench/bench_check.py). An operator's own setting wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+The front ends (``cli``, ``analyze``) and the adapters (``nagios``, ``telegraf``,
+``node_exporter_textfile``) sit outside; the core imports none of them, parses no command line
+and prints nothing (tests/test_architecture.py).
+"""

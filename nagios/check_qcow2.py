@@ -29,7 +29,7 @@ from qcow2_monitor.nagios.text import clean_label, clean_text, percent_text
 from qcow2_monitor.nagios.thresholds import Thresholds, evaluate, evaluate_filesystem
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.metrics import Collection
+    from qcow2_monitor.collectors.report.metrics import Collection
 
 __all__ = ["clean_label", "clean_text", "main", "percent_text", "verdict"]
 
@@ -41,8 +41,8 @@ __all__ = ["clean_label", "clean_text", "main", "percent_text", "verdict"]
 def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
             *, running_only: bool = False) -> tuple[int, str]:
     """The plugin's state and whole output for what the collector found."""
-    from qcow2_monitor.collectors.health import OK, worst
-    from qcow2_monitor.collectors.metrics import filesystems
+    from qcow2_monitor.collectors.report.health import OK, worst
+    from qcow2_monitor.collectors.report.metrics import filesystems
 
     verdicts = [evaluate(record, limits) for record in collection.records]
     if not verdicts:
@@ -56,7 +56,7 @@ def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
 
 
 def _collect(args: argparse.Namespace) -> Collection:
-    from qcow2_monitor.collectors.selection import collect_selected
+    from qcow2_monitor.cli.options import collect_selected
 
     return collect_selected(args.files, args)
 

@@ -49,7 +49,7 @@ def range_option(text: str) -> Range:
 def size_option(text: str) -> int:
     # The shared parser, so that every adapter reads "10G" alike: all units binary, as
     # qemu-img reads sizes (10G = 10GB = 10GiB).
-    from qcow2_monitor.collectors.metrics import parse_size
+    from qcow2_monitor.collectors.common.units import parse_size
 
     try:
         return parse_size(text)
@@ -68,7 +68,7 @@ def timeout_option(text: str) -> float:
 
 
 def _version() -> str:
-    from qcow2_monitor.collectors.version import package_version
+    from qcow2_monitor.cli.version import package_version
 
     return package_version()
 
@@ -104,8 +104,7 @@ and --version).
 
 def build_parser() -> Parser:
     # Inside main's safety net: even a broken installation gives one UNKNOWN line.
-    from qcow2_monitor.collectors.health import add_health_arguments
-    from qcow2_monitor.collectors.selection import add_selection_arguments
+    from qcow2_monitor.cli.options import add_health_arguments, add_selection_arguments
 
     parser = Parser(
         prog=PROG,

@@ -15,7 +15,7 @@ from qcow2_monitor.nagios.text import clean_label, usage_percent
 from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.metrics import Metric
+    from qcow2_monitor.collectors.report.metrics import Metric
 
 # Perfdata figures, by their collectors.metrics names (one vocabulary for every adapter).
 # Only usage_ratio is rescaled, to percent under the label "usage_percent" (style.md #6).
@@ -69,7 +69,11 @@ def perfdata(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdic
 
     An image that could not be read has no perfdata this run.
     """
-    from qcow2_monitor.collectors.metrics import CHECK_METRICS, filesystem_metrics, image_metrics
+    from qcow2_monitor.collectors.report.metrics import (
+        CHECK_METRICS,
+        filesystem_metrics,
+        image_metrics,
+    )
 
     items: list[str] = []
     seen: set[str] = set()

@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from qcow2_monitor.collectors.units import plain_number
+from qcow2_monitor.collectors.common.units import plain_number
 
 # Deliberately narrower than float(): float() also accepts "inf", "nan", "1_000" and spaces.
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"

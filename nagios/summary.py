@@ -6,21 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from qcow2_monitor.collectors.units import counted, finding_text, human_size
+from qcow2_monitor.cli.text import finding_text
+from qcow2_monitor.collectors.common.units import counted, human_size
 from qcow2_monitor.nagios.perfdata import perfdata
 from qcow2_monitor.nagios.runtime import PREFIX
 from qcow2_monitor.nagios.text import clean_text, percent_text, usage_percent
 from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.metrics import ImageRecord
+    from qcow2_monitor.collectors.report.metrics import ImageRecord
 
 MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lists everything
 STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 
 
 def _severity(state: int) -> int:
-    from qcow2_monitor.collectors.health import SEVERITY
+    from qcow2_monitor.collectors.report.health import SEVERITY
 
     return SEVERITY[state]
 

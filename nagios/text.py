@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from qcow2_monitor.collectors.units import percent_number
+from qcow2_monitor.collectors.common.units import percent_number
 from qcow2_monitor.nagios.ranges import Range, format_number
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")

@@ -7,12 +7,12 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from qcow2_monitor.collectors.units import human_size
+from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.nagios.ranges import Range
 from qcow2_monitor.nagios.text import percent_text, usage_percent
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.metrics import FilesystemFigures, ImageRecord
+    from qcow2_monitor.collectors.report.metrics import FilesystemFigures, ImageRecord
 
 # The core's numbers (collectors.health), repeated so that this module imports no core code
 # before main() runs.
@@ -80,7 +80,7 @@ def _range_problem(value: float, what: str, unit: str,
 
 def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
     """One image's state: its health problems, then the thresholds (critical first)."""
-    from qcow2_monitor.collectors.health import worst
+    from qcow2_monitor.collectors.report.health import worst
 
     problems = [Problem(reason.state, reason.text) for reason in record.health.problems]
     usage = record.usage
@@ -101,7 +101,7 @@ def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
 
 
 def evaluate_filesystem(figures: FilesystemFigures, limits: Thresholds) -> FilesystemVerdict:
-    from qcow2_monitor.collectors.health import worst
+    from qcow2_monitor.collectors.report.health import worst
 
     problems = _range_problem(figures.overcommit_ratio, "overcommit", "",
                               limits.overcommit_critical, limits.overcommit_warning)

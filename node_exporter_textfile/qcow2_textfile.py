@@ -23,8 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.collectors.metrics import (
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.options import (
+    add_selection_and_health_arguments,
+    add_targets_argument,
+    collect_selected,
+    parse_collector_arguments,
+)
+from qcow2_monitor.cli.version import add_version_argument
+from qcow2_monitor.collectors.report.metrics import (
     METRICS,
     Collection,
     Labels,
@@ -37,13 +44,6 @@ from qcow2_monitor.collectors.metrics import (
     image_metrics,
     valid_utf8,
 )
-from qcow2_monitor.collectors.selection import (
-    add_selection_and_health_arguments,
-    add_targets_argument,
-    collect_selected,
-    parse_collector_arguments,
-)
-from qcow2_monitor.collectors.version import add_version_argument
 
 if TYPE_CHECKING:
     import jinja2  # imported lazily at run time, like everything heavy

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Union
 
-from qcow2_monitor.collectors.metrics import valid_utf8
+from qcow2_monitor.collectors.report.metrics import valid_utf8
 
 FieldValue = Union[bool, int, float, str]
 

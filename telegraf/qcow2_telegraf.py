@@ -26,8 +26,15 @@ import os
 import sys
 from typing import Optional, Sequence, TextIO
 
-from qcow2_monitor.collectors.errors import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.collectors.metrics import (
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.options import (
+    add_selection_and_health_arguments,
+    add_targets_argument,
+    collect_selected,
+    parse_collector_arguments,
+)
+from qcow2_monitor.cli.version import add_version_argument
+from qcow2_monitor.collectors.report.metrics import (
     FILESYSTEM_LABEL,
     HEALTH_REASON_METRIC,
     IDENTITY_LABELS,
@@ -41,13 +48,6 @@ from qcow2_monitor.collectors.metrics import (
     health_text,
     image_metrics,
 )
-from qcow2_monitor.collectors.selection import (
-    add_selection_and_health_arguments,
-    add_targets_argument,
-    collect_selected,
-    parse_collector_arguments,
-)
-from qcow2_monitor.collectors.version import add_version_argument
 from qcow2_monitor.telegraf.lineprotocol import FieldValue, format_line, representable
 
 MEASUREMENT = "qcow2"

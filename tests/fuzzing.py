@@ -629,7 +629,7 @@ def _worker(seeds: Sequence[Seed], seed: int, indices: Sequence[int], workdir: P
     """Child process: run cases, write one JSON line per event to out_fd."""
     for name in ("check_qcow2", "qcow2-telegraf", "qcow2-textfile", "usage"):
         _entry_point(name)  # imports happen before the cap
-    from qcow2_monitor.collectors import check, dump, locate, measure  # noqa: F401
+    from qcow2_monitor.collectors.check import checker, dump, locate, measure  # noqa: F401
 
     cap = _address_space() + ADDRESS_SPACE_HEADROOM
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

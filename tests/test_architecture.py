@@ -1,18 +1,36 @@
-"""The shape of the tree, measured: imports flow one way (no cycle, lazy imports included; the
-core imports no front end or adapter), the light paths stay light, and no file, function or
-class outgrows the limits."""
+"""The shape of the tree, measured: rooms by concern whose imports point one way (down), one
+name per module, no import cycle (lazy imports included), the core free of command-line code
+and of the adapters, the light paths light, and no file, function or class over the limits."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-NAMESPACE = "qcow2_monitor"
-PACKAGES = ("collectors", "analyze", "nagios", "telegraf", "node_exporter_textfile")
-FRONT_ENDS = {"analyze", "nagios", "telegraf", "node_exporter_textfile"}
+import tomllib
+
+from tree import FOLDERS, NAMESPACE, REPO, installed_name, sources
+
+FRONT_ENDS = ("cli", "analyze", "nagios", "telegraf", "node_exporter_textfile")
+
+# Which rooms of the core each room may import (run-time imports, lazy ones included). The
+# result model is pure value types that every room fills in: every room may import it, and it
+# imports nothing but the error type.
+CORE = "collectors"
+MODEL = "collectors.report.model"
+ROOM_IMPORTS: dict[str, set[str]] = {
+    "collectors.common": set(),
+    "collectors.qcow2": {"collectors.common"},
+    "collectors.check": {"collectors.common", "collectors.qcow2"},
+    "collectors.host": {"collectors.common", "collectors.qcow2"},
+    "collectors.report": {"collectors.common", "collectors.qcow2", "collectors.check",
+                          "collectors.host"},
+}
+# Third-party modules only some places may import.
+NUMPY_ROOM = "collectors.check"
 
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80
@@ -22,11 +40,18 @@ MAX_CLASS_LINES = 300
 PENDING: dict[str, str] = {}
 
 
-def module_name(path: Path, root: Path = REPO) -> str:
+def tree_name(path: Path, root: Path = REPO) -> str:
+    """A source file's module name inside the tree (collectors.qcow2.image)."""
     parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
+
+
+def room_of(module: str) -> str:
+    """collectors.qcow2.image -> collectors.qcow2; analyze.main -> analyze."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == CORE and len(parts) > 1 else parts[0]
 
 
 def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
@@ -37,38 +62,39 @@ def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
-def imports_of(path: Path, modules: set[str], root: Path = REPO) -> set[str]:
-    """Project modules `path` imports at run time anywhere (top level, or lazily inside a
-    function); imports made for type checkers only are left out."""
+def imported_names(path: Path, root: Path = REPO) -> set[str]:
+    """Every module name `path` imports at run time anywhere (top level, or lazily inside a
+    function), relative imports resolved, the namespace prefix removed; imports made for type
+    checkers only are left out."""
     tree = ast.parse(path.read_text())
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    package = (module_name(path, root) if path.name == "__init__.py"
-               else module_name(path.parent, root) if path.parent != root else "")
+    module = tree_name(path, root)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
         if _type_checking_only(node, parents):
             continue
-        names: list[str] = []
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        # Absolute imports name the installed namespace (qcow2_monitor.collectors.x); the
-        # graph is keyed by the folders of the tree (collectors.x).
-        found.update(name for name in (n.removeprefix(f"{NAMESPACE}.") for n in names)
-                     if name in modules)
-    found.discard(module_name(path, root))
-    return found
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name.removeprefix(f"{NAMESPACE}.") for name in found}
+
+
+def imports_of(path: Path, modules: set[str], root: Path = REPO) -> set[str]:
+    """The project modules among `path`'s run-time imports."""
+    return (imported_names(path, root) & modules) - {tree_name(path, root)}
 
 
 def import_graph() -> dict[str, set[str]]:
-    paths = [p for package in PACKAGES for p in (REPO / package).glob("*.py")]
-    modules = {module_name(p) for p in paths}
-    return {module_name(p): imports_of(p, modules) for p in paths}
+    paths = sources()
+    modules = {tree_name(p) for p in paths}
+    return {tree_name(p): imports_of(p, modules) for p in paths}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
@@ -110,25 +136,109 @@ def test_cycle_finder_finds_a_lazy_cycle(tmp_path: Path) -> None:
 
 def test_no_import_cycle_lazy_imports_included() -> None:
     graph = import_graph()
-    assert "collectors.chain" in graph["collectors.usage"]  # the graph is really built
-    assert "collectors.check" in graph["analyze.check"]  # lazy imports included
+    assert "collectors.qcow2.chain" in graph["collectors.report.usage"]  # really built
+    assert "collectors.check.checker" in graph["analyze.check"]  # lazy imports included
     assert find_cycle(graph) == []
 
 
-def test_core_imports_no_front_end_or_adapter() -> None:
+def test_rooms_import_one_way() -> None:
+    """Each room of the core imports only the rooms below it (and the result model); the core
+    imports no front end or adapter."""
+    assert set(ROOM_IMPORTS) == {room_of(tree_name(p)) for p in sources(CORE)} - {CORE}
+    wrong = []
     for module, imported in import_graph().items():
-        if module.startswith("collectors"):
-            assert not {name.split(".")[0] for name in imported} & FRONT_ENDS, module
+        if not module.startswith(CORE + "."):
+            continue
+        room = room_of(module)
+        allowed = {"collectors.common"} if module == MODEL else {room, *ROOM_IMPORTS[room]}
+        for name in imported:
+            if name not in (CORE, MODEL) and room_of(name) not in allowed:
+                wrong.append(f"{module} imports {name}")
+    assert wrong == []
+
+
+def test_the_rule_finds_a_wrong_import(tmp_path: Path) -> None:
+    """The room test reads relative imports across rooms as they resolve."""
+    room = tmp_path / "collectors" / "qcow2"
+    room.mkdir(parents=True)
+    module = room / "m.py"
+    module.write_text("from ..report.usage import x\nfrom . import layout\n")
+    names = imported_names(module, tmp_path)
+    assert {"collectors.report.usage", "collectors.qcow2.layout"} <= names
+    assert room_of("collectors.report.usage") not in ROOM_IMPORTS["collectors.qcow2"]
+
+
+def test_numpy_only_in_the_check_room() -> None:
+    importers = {tree_name(p) for p in sources()
+                 if any(name.split(".")[0] == "numpy" for name in imported_names(p))}
+    assert importers  # the scan is real
+    assert {room_of(name) for name in importers} == {NUMPY_ROOM}, sorted(importers)
+
+
+def _writes_output(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in ("print", "input", "exit", "quit"):
+            found.append(node.func.id)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "sys" and node.attr in ("stdout", "stderr", "exit", "argv"):
+            found.append(f"sys.{node.attr}")
+    return found
+
+
+def test_the_core_parses_no_command_line_and_prints_nothing() -> None:
+    for path in sources(CORE):
+        names = imported_names(path)
+        assert "argparse" not in names, path
+        assert not {name.split(".")[0] for name in names} & set(FRONT_ENDS), path
+        assert _writes_output(ast.parse(path.read_text())) == [], path
+    assert _writes_output(ast.parse("import sys\nprint(1)\nsys.stderr.write('x')")) == [
+        "print", "sys.stderr"]
+
+
+# --- one name per module ---------------------------------------------------------------------
+
+BARE_IMPORT = re.compile(rf"^\s*(?:from|import)\s+({'|'.join(FOLDERS)})\b", re.MULTILINE)
+
+
+def test_every_import_names_the_namespace() -> None:
+    """A module has one name, qcow2_monitor.*: no bare `collectors`/`nagios`/... import
+    anywhere (code, tests, benchmarks), so an error raised under one name is always the one
+    caught."""
+    files = [*sources(), *(REPO / "tests").glob("*.py"), *(REPO / "bench").glob("*.py")]
+    bare = [f"{p.relative_to(REPO)}: {m.group(0).strip()}" for p in files
+            for m in BARE_IMPORT.finditer(p.read_text())]
+    assert bare == []
+    assert BARE_IMPORT.search("    from nagios.check_qcow2 import main\n")
+
+
+def test_no_symlink_in_the_repository() -> None:
+    listed = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    assert len(listed) > 50
+    assert [line for line in listed if line.startswith("120000")] == []
+
+
+def test_the_build_maps_every_package() -> None:
+    """pyproject.toml lists every folder with an __init__.py as a package of the namespace,
+    mapped to its folder, so that wheels and editable installs hold the same modules."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {installed_name(p)
+                for p in sources() if p.name == "__init__.py"} | {NAMESPACE}
+    assert set(config["packages"]) == packages
+    assert config["package-dir"] == {f"{NAMESPACE}.{folder}": folder for folder in FOLDERS}
 
 
 def test_light_paths_import_nothing_heavy(tmp_path: Path) -> None:
     image = tmp_path / "img.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
-    code = ("import io, sys; from analyze.main import main; import nagios.check_qcow2; "
+    code = ("import io, sys; from qcow2_monitor.analyze.main import main; "
+            "import qcow2_monitor.nagios.check_qcow2; "
             f"code = main(['usage', {str(image)!r}], io.StringIO(), io.StringIO()); "
             "heavy = {'numpy', 'jinja2', 'prometheus_client'} & set(sys.modules); "
             "print(code, sorted(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "0 []"
 
@@ -151,8 +261,8 @@ def oversized(path: Path) -> list[str]:
 
 
 def test_no_file_function_or_class_over_the_limits() -> None:
-    sources = [p for top in (*PACKAGES, "bench") for p in (REPO / top).rglob("*.py")]
-    assert len(sources) > 20
-    over = {str(p.relative_to(REPO)): oversized(p) for p in sources}
+    files = [*sources(), *(REPO / "bench").rglob("*.py")]
+    assert len(files) > 20
+    over = {str(p.relative_to(REPO)): oversized(p) for p in files}
     over = {name: problems for name, problems in over.items() if problems}
     assert set(over) == set(PENDING), over

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.collectors.report.usage import analyze_usage
 
 
 def create(path: Path, backing: str | None = None, fmt: str = "qcow2") -> Path:

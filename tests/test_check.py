@@ -14,10 +14,10 @@ import pytest
 
 from qcow2_monitor.analyze.check import check_json, exit_code
 from qcow2_monitor.analyze.main import main
-from qcow2_monitor.collectors.check import check, check_image, image_end_offset_by_walk
-from qcow2_monitor.collectors.errors import Qcow2Error
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.usage import analyze_image
+from qcow2_monitor.collectors.check.checker import check, check_image, image_end_offset_by_walk
+from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.report.usage import analyze_image
 
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, qemu_img_json, run
 from damage import DamagedImage, patch_u64, read_header

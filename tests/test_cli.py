@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from qcow2_monitor.collectors.units import counted, human_size, percent_number, ratio_percent
+from qcow2_monitor.collectors.common.units import counted, human_size, percent_number, ratio_percent
 
 from corpus import CorpusImage
 from damage import patch_bytes, read_header
+from tree import sources
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {
@@ -271,13 +272,12 @@ def test_percent_and_plural_rules() -> None:
 
 
 def test_no_plural_placeholders_in_the_sources() -> None:
-    """Plurals come from collectors.units.counted: no "(s)" in any message of the core or
-    the command line, and findings count their nouns with it too."""
-    from qcow2_monitor.collectors.findings import finding
+    """Plurals come from counted() (collectors/common/units.py): no "(s)" in any message of the
+    core or the command line, and findings count their nouns with it too."""
+    from qcow2_monitor.collectors.check.findings import finding
 
-    for folder in ("analyze", "collectors"):
-        for path in (REPO / folder).glob("*.py"):
-            assert "(s)" not in path.read_text(), path
+    for path in sources("analyze", "cli", "collectors"):
+        assert "(s)" not in path.read_text(), path
     one, three = (finding("refcount-overflow", "cluster 1", host_offset=0x10000, excess=n,
                           found=15, refcount_bits=4).message for n in (1, 3))
     assert "1 reference beyond" in one and "3 references beyond" in three
@@ -367,7 +367,7 @@ def test_every_command_prints_the_one_error_document(tmp_path: Path) -> None:
 
 
 def test_an_error_states_its_value_once(tmp_path: Path) -> None:
-    from qcow2_monitor.collectors.errors import Qcow2Error
+    from qcow2_monitor.collectors.common.errors import Qcow2Error
 
     image = create(tmp_path / "r.qcow2")
     table = read_header(image)["refcount_table_offset"]
@@ -575,8 +575,8 @@ def _snapshot_l1(image: Path) -> int:
 
 
 def test_one_finding_line_never_repeats_its_kind() -> None:
-    from qcow2_monitor.collectors.model import Finding
-    from qcow2_monitor.collectors.units import finding_text
+    from qcow2_monitor.cli.text import finding_text
+    from qcow2_monitor.collectors.report.model import Finding
 
     leak = Finding("leak", "leak", "Leaked cluster 10 refcount=1 reference=0", "cluster 10")
     assert finding_text(leak) == "leak at cluster 10: Leaked cluster 10 refcount=1 reference=0"

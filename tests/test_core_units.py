@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from qcow2_monitor.collectors import layout as L
-from qcow2_monitor.collectors.chain import backing_path, has_protocol
-from qcow2_monitor.collectors.errors import (
+from qcow2_monitor.collectors.check.refblocks import decode_block
+from qcow2_monitor.collectors.common.errors import (
     NOT_QCOW2,
     OUT_OF_BOUNDS,
     TRUNCATED,
     UNSUPPORTED,
     Qcow2Error,
 )
-from qcow2_monitor.collectors.header import parse_header
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.refcount import decode_block, highest_nonzero_entry
+from qcow2_monitor.collectors.qcow2 import layout as L
+from qcow2_monitor.collectors.qcow2.chain import backing_path, has_protocol
+from qcow2_monitor.collectors.qcow2.header import parse_header
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.qcow2.refcount import highest_nonzero_entry
 
 REPO = Path(__file__).resolve().parent.parent
 

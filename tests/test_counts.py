@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from qcow2_monitor.collectors import counts as counts_module
-from qcow2_monitor.collectors.counts import CompactCounts
+from qcow2_monitor.collectors.check import counts as counts_module
+from qcow2_monitor.collectors.check.counts import CompactCounts
 
 
 def random_ops(seed: int, n: int, steps: int, big_every: int) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.info import image_info
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.qcow2.info import image_info
+from qcow2_monitor.collectors.report.usage import analyze_usage
 
 from corpus import CorpusImage, qemu_img_json
 
@@ -88,8 +88,7 @@ def test_backing_chain_resolved_relative_to_image(corpus: list[CorpusImage],
         # Run from an unrelated directory: names must resolve against the image's directory.
         result = subprocess.run(
             [sys.executable, "-m", "qcow2_monitor.analyze", "usage", "--output", "json",
-             str(img.path)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
+             str(img.path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         data = json.loads(result.stdout)[0]
         first = data["backing_chain"][0]
         assert os.path.realpath(first["path"]) == os.path.realpath(img.backing), img.name

@@ -13,8 +13,13 @@ from typing import Iterator
 import psutil
 import pytest
 
-from qcow2_monitor.collectors.discovery import QCOW2_MAGIC, Target, expand_targets, scan_running
-from qcow2_monitor.collectors.errors import IO_ERROR
+from qcow2_monitor.collectors.common.errors import IO_ERROR
+from qcow2_monitor.collectors.host.discovery import (
+    QCOW2_MAGIC,
+    Target,
+    expand_targets,
+    scan_running,
+)
 
 from daemons import holding_open, make_image, require_binary
 

@@ -7,9 +7,9 @@ import io
 import json
 from pathlib import Path
 
-from qcow2_monitor.analyze.tables import register
-from qcow2_monitor.collectors.dump import WHAT, dump, render_human
-from qcow2_monitor.collectors.image import Qcow2Image
+from qcow2_monitor.analyze.tables import register, render_dump_human
+from qcow2_monitor.collectors.check.dump import WHAT, dump
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, run
 
@@ -20,7 +20,7 @@ def test_dump_smoke(corpus: list[CorpusImage]) -> None:
             for what in WHAT:
                 data = dump(image, what, limit=50)
                 json.dumps(data)
-                text = render_human(data)
+                text = render_dump_human(data)
                 assert text.startswith(f"image: {img.path}\n")
                 # Readable text: no Python reprs of dicts or lists.
                 assert "{'" not in text and "[{" not in text, (img.name, what)

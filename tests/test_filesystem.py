@@ -15,9 +15,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from qcow2_monitor.collectors import discovery
-from qcow2_monitor.collectors.collect import collect
-from qcow2_monitor.collectors.metrics import filesystems, image_metrics, info_labels
+from qcow2_monitor.collectors.host import discovery
+from qcow2_monitor.collectors.report.collect import collect
+from qcow2_monitor.collectors.report.metrics import filesystems, image_metrics, info_labels
 from qcow2_monitor.nagios.ranges import format_number
 
 from alerting import promtool_test, textfile_samples

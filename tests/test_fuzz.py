@@ -19,18 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzzing import MAX_CPU_SECONDS, build_seeds, calls, fuzz, run_call
 
-from qcow2_monitor.collectors import layout as L
-from qcow2_monitor.collectors.check import check_image
-from qcow2_monitor.collectors.dump import dump
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.model import LAYER_INVALID_NAME
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.collectors.check.checker import check_image
+from qcow2_monitor.collectors.check.dump import dump
+from qcow2_monitor.collectors.qcow2 import layout as L
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.report.model import LAYER_INVALID_NAME
+from qcow2_monitor.collectors.report.usage import analyze_usage
 from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 
 from corpus import QEMU_IMG, QEMU_IO, run
 from damage import patch_bytes, patch_u32, read_header
+from fuzzing import MAX_CPU_SECONDS, build_seeds, calls, fuzz, run_call
 
 # Cases of the budget run; QCOW2_FUZZ_CASES / QCOW2_FUZZ_SEED override (scripts/fuzz.sh runs
 # long). Every case is deterministic from the seed, so a failure names a case to replay.
@@ -49,7 +49,7 @@ def test_fuzz_budget(tmp_path: Path) -> None:
 def test_fuzzer_catches_an_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                           ) -> None:
     """The fuzzer's oracle must be able to fail: a bug planted in the core is reported."""
-    from qcow2_monitor.collectors import usage as usage_module
+    from qcow2_monitor.collectors.report import usage as usage_module
 
     def broken(_image: Qcow2Image) -> int:
         raise ValueError("planted")
@@ -331,8 +331,8 @@ def test_compact_counts_stay_exact_past_one_byte() -> None:
     """The computed refcounts take one byte per cluster; counts of 255 and more live in a
     side table. Random references (ranges, single clusters, repeats) give exactly the counts
     of a plain per-cluster tally."""
-    from qcow2_monitor.collectors.findings import Tally
-    from qcow2_monitor.collectors.references import ReferenceCounts
+    from qcow2_monitor.collectors.check.findings import Tally
+    from qcow2_monitor.collectors.check.references import ReferenceCounts
 
     rng = np.random.default_rng(11)
     clusters = 200_000  # wide enough that scattered references take the sparse path

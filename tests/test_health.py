@@ -2,7 +2,7 @@
 copies) run through check_qcow2, qcow2-textfile + the shipped alert rules (promtool test rules)
 and qcow2-telegraf, and all three must say the same thing about every image.
 
-The expected state of each case is derived by hand from the rules of collectors/health.py and
+The expected state of each case is derived by hand from the rules of collectors/report/health.py and
 written beside the case; qemu-img check confirms that each damaged copy is damaged the way the
 case says.
 """
@@ -19,9 +19,9 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from qcow2_monitor.collectors.errors import INVALID, IO_ERROR, Qcow2Error
-from qcow2_monitor.collectors.health import CRITICAL, OK, SEVERITY, UNKNOWN, WARNING, assess
-from qcow2_monitor.collectors.model import LAYER_ERROR, LAYER_LOOP, ChainLayer
+from qcow2_monitor.collectors.common.errors import INVALID, IO_ERROR, Qcow2Error
+from qcow2_monitor.collectors.report.health import CRITICAL, OK, SEVERITY, UNKNOWN, WARNING, assess
+from qcow2_monitor.collectors.report.model import LAYER_ERROR, LAYER_LOOP, ChainLayer
 
 from alerting import parse_line, promtool_test, textfile_samples
 from daemons import make_image, require_binary, run
@@ -36,6 +36,7 @@ from damage import (
     read_u64,
     set_refcount,
 )
+from tree import source_site
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
@@ -293,8 +294,9 @@ def test_permission_denied_is_unknown_everywhere(tmp_path: Path) -> None:
 
         def as_nobody(module: str, *args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                ["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={ROOT}", SYSTEM_PYTHON,
-                 "-m", f"qcow2_monitor.{module}", *args], cwd=ROOT, capture_output=True,
+                ["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={source_site()}",
+                 SYSTEM_PYTHON, "-m", f"qcow2_monitor.{module}", *args], cwd=source_site(),
+                capture_output=True,
                 text=True, timeout=120)
 
         for extra in MODES.values():
@@ -361,6 +363,6 @@ def test_loop_layer_itself_and_the_top_above_it() -> None:
 
 
 def _defaults() -> dict[str, int]:
-    from qcow2_monitor.collectors.health import default_policy
+    from qcow2_monitor.collectors.report.health import default_policy
 
     return default_policy()

@@ -1,4 +1,4 @@
-"""The L1 table read a chunk at a time (collectors/l1.py) and the multiplied references of a
+"""The L1 table read a chunk at a time (collectors/check/l1.py) and the multiplied references of a
 table walked once for all the entries naming it (ReferenceCounts.repeated), against plain
 per-entry computations."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcow2_monitor.collectors.findings import Tally
-from qcow2_monitor.collectors.l1 import (
+from qcow2_monitor.collectors.check.findings import Tally
+from qcow2_monitor.collectors.check.l1 import (
     L1_CHUNK_ENTRIES,
     MAX_MULTIPLICITY_GROUPS,
     L1Spans,
@@ -19,8 +19,8 @@ from qcow2_monitor.collectors.l1 import (
     entry_chunks,
     multiplicity_groups,
 )
-from qcow2_monitor.collectors.reader import ImageFile
-from qcow2_monitor.collectors.references import ReferenceCounts
+from qcow2_monitor.collectors.check.references import ReferenceCounts
+from qcow2_monitor.collectors.qcow2.reader import ImageFile
 
 
 @pytest.mark.parametrize("distinct", [1, 5, MAX_MULTIPLICITY_GROUPS, 200])

@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from qcow2_monitor.collectors import layout as L
-from qcow2_monitor.collectors.l2 import cluster_types, split_entries
+from qcow2_monitor.collectors.check.l2 import cluster_types, split_entries
+from qcow2_monitor.collectors.qcow2 import layout as L
 
 CT = L.ClusterType
 

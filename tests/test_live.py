@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
+from qcow2_monitor.collectors.host.live import QMP_TIMEOUT, LiveSources, parse_domstats
+
+from daemons import make_image, run
 from live_daemons import (
     Libvirt,
     QemuQmp,
@@ -32,10 +36,7 @@ from live_daemons import (
     stop_libvirtd,
     stop_qemu,
 )
-
-from qcow2_monitor.collectors.live import QMP_TIMEOUT, LiveSources, parse_domstats
-
-from daemons import make_image, run
+from tree import source_site
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -50,9 +51,9 @@ def tool(module: str, *args: str, env: dict[str, str] | None = None,
         # The venv's interpreter may live where other users cannot reach it (pyenv under
         # /root): they run Debian's python3 with Debian's packages of the dependencies
         # (installed by scripts/test.sh).
-        argv = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={ROOT}", SYSTEM_PYTHON,
+        argv = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={source_site()}", SYSTEM_PYTHON,
                 "-m", module, *args]
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    return subprocess.run(argv, cwd=source_site(), capture_output=True, text=True, timeout=120,
                           env=env, check=False)
 
 
@@ -107,7 +108,7 @@ def test_parse_domstats_names_backing_layers() -> None:
 
 
 def test_libvirt_guest_name_from_qemu_command_line() -> None:
-    from qcow2_monitor.collectors.discovery import _libvirt_guest
+    from qcow2_monitor.collectors.host.discovery import _libvirt_guest
 
     argv = ["/usr/bin/qemu-system-x86_64", "-name", "guest=a,,b,debug-threads=on", "-S"]
     assert _libvirt_guest(argv) == "a,b"  # qemu doubles a literal comma
@@ -116,7 +117,7 @@ def test_libvirt_guest_name_from_qemu_command_line() -> None:
 
 
 def test_identity_is_inode_for_files_and_device_number_for_devices(tmp_path: Path) -> None:
-    from qcow2_monitor.collectors.live import identity_of_path
+    from qcow2_monitor.collectors.host.live import identity_of_path
 
     image = tmp_path / "a.qcow2"
     image.write_bytes(b"x")
@@ -448,7 +449,7 @@ def test_unprivileged_running_sees_domains_and_refuses_ok_for_hidden_qemu(
 
 def test_running_as_root_takes_libvirt_disks_first(
         libvirt: Libvirt, vm: dict[str, str], qemu: QemuQmp) -> None:
-    from qcow2_monitor.collectors.collect import RUNNING_TARGET, collect
+    from qcow2_monitor.collectors.report.collect import RUNNING_TARGET, collect
 
     collection = collect([], running=True, live_sources=LiveSources(libvirt.ro_uri))
     paths = [record.path for record in collection.records]

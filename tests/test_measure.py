@@ -7,8 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.measure import measure_image, prealloc_size
+from qcow2_monitor.collectors.check.measure import measure_image, prealloc_size
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, run
 

@@ -22,9 +22,9 @@ from typing import Optional
 
 import pytest
 
-from qcow2_monitor.collectors.errors import Qcow2Error
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.measure import TARGET_CLUSTER_SIZE, measure_image
+from qcow2_monitor.collectors.check.measure import TARGET_CLUSTER_SIZE, measure_image
+from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, run
 
@@ -198,7 +198,7 @@ def test_descend_into_file_splits_at_extent_boundaries() -> None:
     [10M + 64k, 10M + 128k) and [30M - 4k, 30M + 4k)."""
     import numpy as np
 
-    from qcow2_monitor.collectors.measure import (
+    from qcow2_monitor.collectors.check.measure import (
         STATUS_DATA,
         STATUS_ZERO,
         _descend_into_file,

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from qcow2_monitor.collectors import collect as collecting
-from qcow2_monitor.collectors.collect import collect, judge
-from qcow2_monitor.collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
-from qcow2_monitor.collectors.metrics import (
+from qcow2_monitor.collectors.common.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from qcow2_monitor.collectors.common.units import parse_size
+from qcow2_monitor.collectors.report import collect as collecting
+from qcow2_monitor.collectors.report.collect import collect, judge
+from qcow2_monitor.collectors.report.metrics import (
     INFO_METRIC,
     METRICS,
     RUNNING_PROCESSES,
@@ -26,9 +27,8 @@ from qcow2_monitor.collectors.metrics import (
     filesystems,
     image_metrics,
     info_labels,
-    parse_size,
 )
-from qcow2_monitor.collectors.model import (
+from qcow2_monitor.collectors.report.model import (
     CONTAINER_BLOCK,
     CONTAINER_FILE,
     LAYER_MISSING,
@@ -39,9 +39,10 @@ from qcow2_monitor.collectors.model import (
     Container,
     ImageUsage,
 )
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.collectors.report.usage import analyze_usage
 
 from daemons import make_image, require_binary, run
+from tree import sources
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -321,9 +322,9 @@ def test_parse_size_rejects(text: str) -> None:
 def test_metrics_module_stays_light() -> None:
     """The Nagios plugin imports collectors.metrics on every check."""
     code = (
-        "import sys, qcow2_monitor.collectors.metrics\n"
+        "import sys, qcow2_monitor.collectors.report.metrics\n"
         "heavy = {'numpy', 'jinja2', 'prometheus_client', 'psutil',"
-        " 'qcow2_monitor.collectors.usage'}\n"
+        " 'qcow2_monitor.collectors.report.usage'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     out = subprocess.run(
@@ -333,7 +334,7 @@ def test_metrics_module_stays_light() -> None:
 
 
 def test_core_imports_no_adapter() -> None:
-    for source in (ROOT / "collectors").glob("*.py"):
+    for source in sources("collectors"):
         text = source.read_text()
         for adapter in ("nagios", "telegraf", "node_exporter_textfile", "jinja2",
                         "prometheus_client"):
@@ -457,7 +458,7 @@ def test_uninspectable_qemu_processes_have_a_non_path_identity_and_are_no_image(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--running as a user who may not inspect some qemu processes: one failed record, named
     "(running qemu processes)" in every adapter, not counted as an image."""
-    from qcow2_monitor.collectors.discovery import RunningScan
+    from qcow2_monitor.collectors.host.discovery import RunningScan
     from qcow2_monitor.nagios.check_qcow2 import verdict
     from qcow2_monitor.nagios.thresholds import Thresholds
     from qcow2_monitor.node_exporter_textfile.qcow2_textfile import load_template
@@ -494,7 +495,7 @@ def test_uninspectable_qemu_processes_have_a_non_path_identity_and_are_no_image(
 def test_filesystem_sums_use_the_live_aware_end_offset_of_the_images_given(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """filesystem_end_offset_bytes sums end_offset (live when ahead), over the run's images."""
-    from qcow2_monitor.collectors.live import SOURCE_QMP, LiveDisk, LiveView
+    from qcow2_monitor.collectors.host.live import SOURCE_QMP, LiveDisk, LiveView
 
     images = [tmp_path / f"{n}.qcow2" for n in range(3)]
     for image in images:

@@ -22,11 +22,11 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
-from qcow2_monitor.collectors.collect import judge
-from qcow2_monitor.collectors.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
-from qcow2_monitor.collectors.health import policy_from_args
-from qcow2_monitor.collectors.metrics import Collection, ImageRecord
-from qcow2_monitor.collectors.model import (
+from qcow2_monitor.cli.options import policy_from_args
+from qcow2_monitor.collectors.common.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from qcow2_monitor.collectors.report.collect import judge
+from qcow2_monitor.collectors.report.metrics import Collection, ImageRecord
+from qcow2_monitor.collectors.report.model import (
     CONTAINER_BLOCK,
     CONTAINER_FILE,
     LAYER_MISSING,

@@ -15,6 +15,8 @@ import pytest
 
 from qcow2_monitor.analyze.config import SHIPPED
 
+from tree import FOLDERS, installed_name, sources
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SHIPPED_CRON_TARGETS = ("/var/lib/prometheus/node-exporter/qcow2.prom", "/var/lib/libvirt/images")
@@ -103,7 +105,13 @@ def test_wheel_installs_one_namespace(installed: Path) -> None:
     top = sorted(entry.name for entry in installed.iterdir())
     assert [name for name in top if not name.endswith(".dist-info")] == ["bin", "qcow2_monitor"]
     packages = sorted(p.name for p in (installed / "qcow2_monitor").iterdir() if p.is_dir())
-    assert packages == ["analyze", "collectors", "nagios", "node_exporter_textfile", "telegraf"]
+    assert packages == sorted(FOLDERS)
+    # Every module of the tree is installed, under its one name.
+    modules = {str(p.relative_to(installed).with_suffix("")).replace("/", ".")
+               for p in (installed / "qcow2_monitor").rglob("*.py")}
+    assert modules == {
+        installed_name(p) + (".__init__" if p.name == "__init__.py" else "")
+        for p in sources()} | {"qcow2_monitor.__init__"}
     assert sorted(p.name for p in (installed / "bin").iterdir()) == [
         "check_qcow2", "qcow2-analyze", "qcow2-telegraf", "qcow2-textfile"]
 

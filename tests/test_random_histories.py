@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from qcow2_monitor.analyze.check import exit_code
-from qcow2_monitor.collectors.check import check_image
-from qcow2_monitor.collectors.image import Qcow2Image
-from qcow2_monitor.collectors.info import image_info
-from qcow2_monitor.collectors.measure import measure_image
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.collectors.check.checker import check_image
+from qcow2_monitor.collectors.check.measure import measure_image
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.qcow2.info import image_info
+from qcow2_monitor.collectors.report.usage import analyze_usage
 
 from histories import QEMU_IMG, History, draw_history
 

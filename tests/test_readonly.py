@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from qcow2_monitor.analyze import main as cli
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.collectors.report.usage import analyze_usage
 
 REPO = Path(__file__).resolve().parent.parent
 

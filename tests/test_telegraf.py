@@ -14,9 +14,9 @@ from typing import Any, Optional
 import pytest
 from test_metrics import sample_collection
 
-from qcow2_monitor.collectors import collect as collect_module
-from qcow2_monitor.collectors.live import SOURCE_LIBVIRT, SOURCE_QMP, LiveDisk, LiveView
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.collectors.host.live import SOURCE_LIBVIRT, SOURCE_QMP, LiveDisk, LiveView
+from qcow2_monitor.collectors.report import collect as collect_module
+from qcow2_monitor.collectors.report.usage import analyze_usage
 from qcow2_monitor.telegraf import lineprotocol as lp
 from qcow2_monitor.telegraf.qcow2_telegraf import main, render
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import sample_collection
 
-from qcow2_monitor.collectors.usage import analyze_usage
+from qcow2_monitor.collectors.report.usage import analyze_usage
 from qcow2_monitor.node_exporter_textfile import qcow2_textfile as textfile
 from qcow2_monitor.node_exporter_textfile.qcow2_textfile import (
     InvalidOutput,

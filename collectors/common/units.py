@@ -1,0 +1,82 @@
+"""The one way every tool writes a size or a percentage for people (JSON and perfdata keep
+bytes and ratios): sizes as qemu-img prints them, percentages with the same rounding
+everywhere, and counted nouns with the right plural."""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+
+_SIZE_PREFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+
+
+# Sizes repeat (every disk-only snapshot's VM state is 0 B): a listing of 65536 snapshots
+# formats each distinct one once.
+@lru_cache(maxsize=1024)
+def human_size(size: int) -> str:
+    """qemu's size_to_str() (util/cutils.c), so that our sizes read like qemu-img's: three
+    significant digits, and the next binary unit from 1000 of the current one on
+    (1000 B -> "0.977 KiB", never "1e+03 KiB")."""
+    if size < 0:
+        return "-" + human_size(-size)
+    _mantissa, exponent = math.frexp(size / (1000.0 / 1024.0))
+    index = min(max(exponent - 1, 0) // 10, len(_SIZE_PREFIXES) - 1)
+    value = size / float(1 << (index * 10))
+    return f"{value:0.3g} {_SIZE_PREFIXES[index]}B"
+
+
+def plain_number(value: float) -> str:
+    """A plain decimal: no exponent, ``.`` as point, no trailing zeros (``80``, ``0.0012``)."""
+    if math.isinf(value) or math.isnan(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    if value == int(value):
+        return str(int(value))
+    text = format(Decimal(repr(float(value))), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def percent_number(percent: float) -> str:
+    """A percentage (0..100, not a ratio) for people: two decimals, or two significant digits
+    below 1 % so that a tiny usage does not read 0."""
+    if percent == 0 or abs(percent) >= 1:
+        return plain_number(round(percent, 2))
+    return plain_number(float(f"{percent:.2g}"))
+
+
+def ratio_percent(ratio: float) -> str:
+    """A ratio 0..1 as a percentage with its sign: ``0.8012`` -> ``80.12%``."""
+    return percent_number(ratio * 100.0) + "%"
+
+
+def counted(count: int, singular: str, plural: str = "") -> str:
+    """``1 corruption``, ``2 corruptions``, ``0 leaked clusters``."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+
+
+def parse_size(text: str) -> int:
+    """Parse "10GiB", "512M", "1.5T", "4096" into bytes.
+
+    As qemu-img does, every suffix is a power of 1024 whether written K, KB or KiB: one
+    convention for a tool whose users type qemu-img sizes. Fractions round down to a byte.
+    Raises ValueError with the offending text.
+    """
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"invalid size {text!r} (expected e.g. 512M, 10GiB, 1.5T)")
+    number, prefix, suffix = match.groups()
+    if suffix.lower() in ("i", "ib") and not prefix:
+        raise ValueError(f"invalid size {text!r}: 'i' needs a prefix such as Ki or Mi")
+    try:
+        amount = Decimal(number) * (1024 ** _SIZE_POWERS[prefix.lower()])
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
+        raise ValueError(f"invalid size {text!r}") from exc
+    return int(amount)
+

@@ -1,0 +1,242 @@
+"""Which images to look at: command-line specs and the images running qemu processes hold open.
+
+Shared by every adapter so that "what is a target" is decided once. Nothing here parses qcow2
+beyond the 4-byte magic: whether a named file really is a usable image is the core's verdict
+(it reports ``not-qcow2`` with the offset), so explicitly named files are passed through
+unchecked. Only directory scans and process scans filter on the magic, because there the user
+did not name the files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+
+from ..common.errors import IO_ERROR, Qcow2Error
+from ..qcow2.layout import QCOW_MAGIC as QCOW2_MAGIC
+from ..qcow2.reader import has_qcow2_magic
+
+# Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
+# qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
+_QEMU_MARKER = "qemu"
+# sysfs directory of block devices by "major:minor" (a constant so that tests can stand in a
+# device-mapper entry on kernels without device-mapper).
+SYS_DEV_BLOCK = "/sys/dev/block"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image to analyse, or the reason a spec yielded none."""
+
+    spec: str  # as given by the user (or the path, for running images)
+    path: Optional[str]
+    error: Optional[Qcow2Error] = None
+
+
+def _target_error(spec: str, message: str, kind: str = IO_ERROR) -> Target:
+    return Target(spec, None, Qcow2Error(message, structure="target", kind=kind, filename=spec))
+
+
+def _os_error(spec: str, exc: OSError) -> Target:
+    return _target_error(spec, exc.strerror or str(exc))
+
+
+def _scan_directory(spec: str, directory: str) -> Iterator[Target]:
+    """Every regular file below `directory` (recursively, sorted) that starts with the magic.
+
+    Files we cannot read are reported as failed targets rather than skipped: an image that the
+    collector's user cannot open is a monitoring failure, not a non-image.
+    """
+    walk_errors: list[OSError] = []
+    for root, dirs, files in os.walk(directory, onerror=walk_errors.append):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                # Symlinks to files are followed (os.walk lists them as files), but a FIFO or
+                # socket must never be opened: opening a FIFO blocks.
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    continue
+                if has_qcow2_magic(path):
+                    yield Target(spec, path)
+            except FileNotFoundError:
+                continue  # deleted (or dangling symlink) between listing and opening
+            except OSError as exc:
+                yield _os_error(path, exc)
+    for walk_error in walk_errors:
+        yield _os_error(walk_error.filename or spec, walk_error)
+
+
+def _expand_one(spec: str) -> Iterator[Target]:
+    # A literal file wins over glob interpretation: image names may contain '[' or '*'.
+    if glob.has_magic(spec) and not os.path.lexists(spec):
+        matches = sorted(glob.glob(spec))
+        if not matches:
+            yield _target_error(spec, "no file matches this pattern")
+            return
+        for match in matches:
+            yield from _expand_path(spec, match)
+        return
+    yield from _expand_path(spec, spec)
+
+
+def _expand_path(spec: str, path: str) -> Iterator[Target]:
+    path = os.path.abspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        yield _os_error(spec if spec == path else path, exc)
+        return
+    if stat.S_ISDIR(mode):
+        yield from _scan_directory(spec, path)
+    elif stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        yield Target(spec, path)
+    else:
+        yield _target_error(path, "not a regular file, block device or directory")
+
+
+def canonical_path(path: str) -> str:
+    """The one name of a disk, whatever symlink or device node reached it.
+
+    Files: their real path. Block devices: ``/dev/mapper/NAME`` for device-mapper (LVM, crypt,
+    multipath: the kernel's ``dm-N`` numbers change between boots), else ``/dev/`` plus the
+    kernel's name (``/dev/loop0``, ``/dev/sda``), read from sysfs by device number so that a
+    device node elsewhere maps to the same name.
+    """
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return real
+    if not stat.S_ISBLK(st.st_mode):
+        return real
+    sys_dir = os.path.join(SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+    try:
+        with open(os.path.join(sys_dir, "dm", "name"), encoding="utf-8") as dm_name:
+            return "/dev/mapper/" + dm_name.read().strip()
+    except OSError:
+        pass
+    if not os.path.exists(sys_dir):  # no sysfs (a container without it): keep the node
+        return real
+    return "/dev/" + os.path.basename(os.path.realpath(sys_dir))
+
+
+def dedupe_targets(targets: Iterable[Target]) -> list[Target]:
+    """Keep the first target per real path (and per error spec), in order."""
+    seen: set[str] = set()
+    unique: list[Target] = []
+    for target in targets:
+        key = "path:" + canonical_path(target.path) if target.path else "spec:" + target.spec
+        if key not in seen:
+            seen.add(key)
+            unique.append(target)
+    return unique
+
+
+def expand_targets(specs: Sequence[str]) -> list[Target]:
+    """Turn command-line specs into targets.
+
+    A spec is a regular file, a block device, a glob (matching nothing is a failed target), or a
+    directory searched recursively for files starting with the qcow2 magic. Targets are
+    de-duplicated by real path, keeping the first occurrence.
+    """
+    return dedupe_targets(target for spec in specs for target in _expand_one(spec))
+
+
+def _process_image_candidates(pid: int, open_files: Iterable[str]) -> Iterator[str]:
+    yield from open_files
+    # open_files() lists regular files only; block devices (LVM, iSCSI, loop) are found here.
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            link = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if link.startswith("/dev/"):
+            try:
+                if stat.S_ISBLK(os.stat(link).st_mode):
+                    yield link
+            except OSError:
+                continue
+
+
+def _is_qemu(name: Optional[str], cmdline: Optional[Sequence[str]]) -> bool:
+    if name and _QEMU_MARKER in name:
+        return True
+    # Only the executable, not the arguments: `pytest -k qemu` is not a qemu process.
+    return _QEMU_MARKER in os.path.basename(cmdline[0]) if cmdline else False
+
+
+@dataclass(frozen=True)
+class RunningScan:
+    """The images running qemu processes hold, and the qemu processes we may not inspect."""
+
+    paths: list[str]
+    uninspected: list[int]  # pids: without root, other users' processes cannot be read
+
+
+def _libvirt_guest(cmdline: Optional[Sequence[str]]) -> Optional[str]:
+    """The domain name libvirt gives its qemu: ``-name guest=NAME,...``."""
+    args = list(cmdline or ())
+    for flag, value in zip(args, args[1:]):
+        if flag == "-name" and value.startswith("guest="):
+            # qemu's option syntax doubles a literal comma
+            return value[len("guest="):].replace(",,", "\0").split(",")[0].replace("\0", ",")
+    return None
+
+
+def scan_running(covered_guests: Iterable[str] = (),
+                 covered_pids: Iterable[int] = ()) -> RunningScan:
+    """Every qcow2 image (backing layers included) held open by a running qemu process.
+
+    Sorted by path so that the output order, and anything derived from it, is stable between
+    runs. A qemu we may not inspect is listed in `uninspected`, unless it is the process of a
+    libvirt domain in `covered_guests` or a qemu in `covered_pids` (a live source has named
+    its disks already).
+    """
+    import psutil  # imported here: the Nagios plugin imports this module and must stay light
+
+    guests, pids = set(covered_guests), set(covered_pids)
+    found: dict[str, str] = {}
+    uninspected: list[int] = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            if not _is_qemu(proc.info["name"], proc.info["cmdline"]):
+                continue
+            files = [f.path for f in proc.open_files()]
+        except psutil.AccessDenied:
+            covered = proc.info["pid"] in pids or _libvirt_guest(proc.info["cmdline"]) in guests
+            if not covered:
+                uninspected.append(proc.info["pid"])
+            continue
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        for path in _process_image_candidates(proc.info["pid"], files):
+            real = os.path.realpath(path)
+            if real in found:
+                continue
+            try:
+                if has_qcow2_magic(path):
+                    found[real] = path
+            except OSError:
+                continue  # closed meanwhile, or not ours to read: we cannot tell it is qcow2
+    return RunningScan(sorted(found.values()), sorted(uninspected))
+
+
+__all__ = [
+    "QCOW2_MAGIC",
+    "RunningScan",
+    "Target",
+    "canonical_path",
+    "dedupe_targets",
+    "expand_targets",
+    "has_qcow2_magic",
+    "scan_running",
+]

@@ -1,0 +1,407 @@
+"""Live figures of running VMs: the end offset qemu has really reached, from libvirt and QMP
+(why the on-disk figure lags, and where the true one is: docs/qcow2-format.md §12).
+
+On a running VM qemu keeps qcow2 metadata (L2 tables, refcount blocks) in write-back caches
+until the guest flushes, while guest data already sits in new clusters past the end that the
+on-disk refcounts describe. qemu tracks the highest byte written to each block node
+(``wr_highest_offset``); libvirt reports it as a disk's ``allocation``. That is the figure this
+module gathers, once per run, for every disk it can see.
+
+Sources (both read-only):
+
+* libvirt, through the ``virsh -r`` client: one ``domstats --block --backing --list-active``
+  call covers every disk (backing layers included) of every active domain. ``-r`` uses
+  libvirt's read-only socket, which unprivileged users (nagios, telegraf) may use.
+* QMP sockets named with ``--qmp``: ``qmp_capabilities`` (the handshake every QMP client must
+  send), ``query-blockstats`` and ``query-named-block-nodes``; nothing else.
+
+A live disk is matched to an analysed image by identity, never by path text: device and inode
+for a regular file, the device number for a block device, so ``/dev/vg/lv``,
+``/dev/mapper/vg-lv`` and ``/dev/dm-3`` are one disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Union
+
+from ..common.errors import IO_ERROR, Qcow2Error
+
+DEFAULT_LIBVIRT_URI = "qemu:///system"
+LIBVIRT_TIMEOUT = 5.0  # seconds for the one virsh call of a run
+QMP_TIMEOUT = 2.0  # seconds for the whole exchange with one QMP socket
+
+SOURCE_LIBVIRT = "libvirt"
+SOURCE_QMP = "qmp"
+
+# The protocol drivers whose node is the image's storage: their wr_highest_offset is the
+# image's real end (the format node above counts guest offsets, not host offsets).
+_QMP_PROTOCOL_DRIVERS = frozenset({"file", "host_device"})
+_QMP_MAX_MESSAGE = 16 * 1024 * 1024  # a qemu with thousands of nodes still answers in far less
+
+# (kind, numbers): ("file", st_dev, st_ino) or ("block", st_rdev).
+DiskIdentity = tuple[Union[str, int], ...]
+
+
+def identity_of(st: os.stat_result) -> Optional[DiskIdentity]:
+    """What makes two names one disk: device and inode of a file, the device number of a block
+    device (every alias of an LVM volume or a dm device has the same st_rdev)."""
+    if stat.S_ISBLK(st.st_mode):
+        return ("block", st.st_rdev)
+    if stat.S_ISREG(st.st_mode):
+        return ("file", st.st_dev, st.st_ino)
+    return None
+
+
+def identity_of_path(path: str) -> Optional[DiskIdentity]:
+    try:
+        return identity_of(os.stat(path))
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class LiveDisk:
+    """One image as a running qemu sees it."""
+
+    path: str  # as the source names it
+    end_offset: int  # highest byte qemu has written to the image's storage node
+    domain: str  # libvirt domain name, or "qemu PID" for QMP
+    disk: str  # libvirt target (sda, vda[2] for a backing layer), or the QMP node name
+    source: str  # SOURCE_LIBVIRT or SOURCE_QMP
+
+
+@dataclass
+class LiveView:
+    """Everything the live sources said in one run."""
+
+    disks: dict[DiskIdentity, LiveDisk] = field(default_factory=dict)
+    # Disks that the sources named (libvirt's running domains first, then QMP), in order, and
+    # the qemu processes they answered for: --running needs not inspect those itself.
+    paths: list[str] = field(default_factory=list)
+    libvirt_domains: set[str] = field(default_factory=set)
+    qmp_pids: set[int] = field(default_factory=set)
+    libvirt_note: Optional[str] = None  # why libvirt gave nothing, when it did not answer
+    errors: list[Qcow2Error] = field(default_factory=list)  # --qmp sockets that failed
+
+    def lookup(self, st: os.stat_result) -> Optional[LiveDisk]:
+        key = identity_of(st)
+        return self.disks.get(key) if key is not None else None
+
+    def add(self, disk: LiveDisk) -> None:
+        if disk.path not in self.paths:
+            self.paths.append(disk.path)
+        key = identity_of_path(disk.path)
+        if key is None:
+            return  # gone meanwhile, or not ours to stat: it cannot match an image either
+        known = self.disks.get(key)
+        if known is None or disk.end_offset > known.end_offset:
+            self.disks[key] = disk
+
+
+
+def no_live_source_note(reason: Optional[str]) -> str:
+    """Why no live source covers an image, and how to get one."""
+    why = f" ({reason})" if reason else ""
+    return (f"no live source covers it{why}: let libvirt answer (--libvirt-uri URI, read-only) "
+            "or name the qemu's QMP socket with --qmp SOCKET")
+
+
+# --- libvirt ------------------------------------------------------------------------------
+
+
+def _block_label(name: str, backing_index: Optional[str], top: bool) -> str:
+    # virsh names a backing layer like the disk target with its index: vda[2].
+    return name if top or backing_index is None else f"{name}[{backing_index}]"
+
+
+def parse_domstats(text: str) -> list[LiveDisk]:
+    """Disks with an ``allocation`` in ``virsh domstats --block --backing`` output."""
+    disks: list[LiveDisk] = []
+    domain: Optional[str] = None
+    blocks: dict[str, dict[str, str]] = {}
+
+    def flush() -> None:
+        seen_names: set[str] = set()
+        for index in sorted(blocks, key=int):
+            values = blocks[index]
+            name, path = values.get("name"), values.get("path")
+            allocation = values.get("allocation")
+            if domain is None or not name or not path or not allocation:
+                continue
+            if not allocation.isdigit():
+                continue
+            label = _block_label(name, values.get("backingIndex"), name not in seen_names)
+            seen_names.add(name)
+            disks.append(LiveDisk(path, int(allocation), domain, label, SOURCE_LIBVIRT))
+
+    for line in text.splitlines():
+        if line.startswith("Domain: "):
+            flush()
+            quoted = line[len("Domain: "):].strip()
+            domain = quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == "'" else quoted
+            blocks = {}
+            continue
+        key, sep, value = line.strip().partition("=")
+        parts = key.split(".", 2)
+        if sep and len(parts) == 3 and parts[0] == "block" and parts[1].isdigit():
+            blocks.setdefault(parts[1], {})[parts[2]] = value
+    flush()
+    return disks
+
+
+def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `argv` for at most `timeout` seconds. On timeout its whole process group is killed:
+    a child that kept our pipes open would otherwise make the wait hang after all."""
+    env = dict(os.environ, LC_ALL="C")
+    # Not subprocess.DEVNULL, which opens /dev/null read-write: nothing here opens for writing.
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    try:
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+    finally:
+        os.close(stdin)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def read_libvirt(view: LiveView, uri: str, timeout: float = LIBVIRT_TIMEOUT) -> None:
+    """Fill `view` from one read-only virsh call; on any failure set view.libvirt_note."""
+    argv = ["virsh", "-r", "-q", "-c", uri, "domstats", "--block", "--backing", "--list-active"]
+    try:
+        done = run_bounded(argv, timeout)
+    except FileNotFoundError:
+        view.libvirt_note = "libvirt: virsh not found (package libvirt-clients)"
+        return
+    except subprocess.TimeoutExpired:
+        view.libvirt_note = f"libvirt: {uri} did not answer within {timeout:g} s"
+        return
+    except OSError as exc:
+        view.libvirt_note = f"libvirt: cannot run virsh: {exc.strerror or exc}"
+        return
+    if done.returncode != 0:
+        lines = [line.strip().removeprefix("error: ") for line in done.stderr.splitlines()
+                 if line.strip()]
+        reason = "; ".join(lines[:2]) if lines else f"virsh exited with {done.returncode}"
+        view.libvirt_note = f"libvirt: {uri}: {reason}"
+        return
+    for disk in parse_domstats(done.stdout):
+        view.libvirt_domains.add(disk.domain)
+        view.add(disk)
+
+
+# --- QMP ----------------------------------------------------------------------------------
+
+
+class QmpError(Exception):
+    pass
+
+
+class _QmpConnection:
+    """A minimal synchronous QMP client: one command at a time, events skipped."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.buffer = b""
+        # The whole exchange, not each read, is bounded: a socket that does not answer (or
+        # trickles bytes) costs at most `timeout`.
+        self.deadline = time.monotonic() + timeout
+        self.sock.connect(path)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def peer_pid(self) -> Optional[int]:
+        try:
+            creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        except OSError:
+            return None
+        pid = int.from_bytes(creds[:4], "little")
+        return pid or None
+
+    def _message(self) -> dict[str, Any]:
+        while b"\n" not in self.buffer:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise QmpError("no answer in time")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise QmpError("connection closed")
+            self.buffer += chunk
+            if len(self.buffer) > _QMP_MAX_MESSAGE:
+                raise QmpError("answer too long")
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise QmpError(f"not QMP: {line[:60]!r}") from None
+        if not isinstance(message, dict):
+            raise QmpError(f"not QMP: {line[:60]!r}")
+        return message
+
+    def greeting(self) -> None:
+        if "QMP" not in self._message():
+            raise QmpError("no QMP greeting")
+
+    def execute(self, command: str, arguments: Optional[dict[str, Any]] = None) -> Any:
+        request: dict[str, Any] = {"execute": command}
+        if arguments:
+            request["arguments"] = arguments
+        self.sock.settimeout(max(self.deadline - time.monotonic(), 0.001))
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        while True:
+            answer = self._message()
+            if "event" in answer:
+                continue
+            if "error" in answer:
+                error = answer["error"]
+                desc = error.get("desc", error) if isinstance(error, dict) else error
+                raise QmpError(f"{command}: {desc}")
+            if "return" not in answer:
+                raise QmpError(f"{command}: unexpected answer")
+            return answer["return"]
+
+
+def qmp_disks(path: str, timeout: float = QMP_TIMEOUT) -> tuple[Optional[int], list[LiveDisk]]:
+    """The pid of the qemu behind QMP socket `path`, and every file or host_device node of it
+    with its wr_highest_offset. Raises Qcow2Error naming the socket."""
+    try:
+        conn = _QmpConnection(path, timeout)
+    except OSError as exc:
+        raise _qmp_error(path, exc.strerror or str(exc)) from None
+    try:
+        conn.greeting()
+        conn.execute("qmp_capabilities")
+        stats = conn.execute("query-blockstats", {"query-nodes": True})
+        nodes = conn.execute("query-named-block-nodes")
+        pid = conn.peer_pid()
+    except (OSError, QmpError) as exc:
+        text = "no answer in time" if isinstance(exc, socket.timeout) else str(exc)
+        raise _qmp_error(path, text or type(exc).__name__) from None
+    finally:
+        conn.close()
+    return pid, list(_qmp_match(path, pid, stats, nodes))
+
+
+def _qmp_error(path: str, text: str) -> Qcow2Error:
+    return Qcow2Error(text, structure="QMP socket", kind=IO_ERROR, filename=path)
+
+
+def _qmp_match(socket_path: str, pid: Optional[int], stats: Any,
+               nodes: Any) -> Iterable[LiveDisk]:
+    if not isinstance(stats, list) or not isinstance(nodes, list):
+        raise _qmp_error(socket_path, "unexpected answer to query-blockstats")
+    files = {node.get("node-name"): node.get("file") for node in nodes
+             if isinstance(node, dict) and node.get("drv") in _QMP_PROTOCOL_DRIVERS}
+    domain = f"qemu {pid}" if pid else f"qemu at {socket_path}"
+    for entry in stats:
+        if not isinstance(entry, dict):
+            continue
+        node = entry.get("node-name")
+        filename = files.get(node)
+        offset = (entry.get("stats") or {}).get("wr_highest_offset")
+        if isinstance(filename, str) and isinstance(offset, int) and isinstance(node, str):
+            path = _qemu_path(filename, pid)
+            if path is not None:
+                yield LiveDisk(path, offset, domain, node, SOURCE_QMP)
+
+
+def _qemu_path(filename: str, pid: Optional[int]) -> Optional[str]:
+    """A node's filename as a path of ours. qemu resolved a relative name against the working
+    directory it had when it opened the node, which is neither ours nor (after -daemonize,
+    which changes to /) its current one: find the file among the qemu's open files instead.
+    None when that is not unique or not ours to see: an unmatched node, never a wrong match."""
+    if os.path.isabs(filename):
+        return filename
+    if pid is None:
+        return None
+    suffix = "/" + os.path.normpath(filename)
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        links = {os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)}
+    except OSError:
+        return None
+    found = [link for link in links if link.endswith(suffix)]
+    return found[0] if len(found) == 1 else None
+
+
+def gather_live(libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = (), *,
+                libvirt_timeout: float = LIBVIRT_TIMEOUT,
+                qmp_timeout: float = QMP_TIMEOUT) -> LiveView:
+    """One run's live view: libvirt (unless `libvirt_uri` is None), then each QMP socket."""
+    view = LiveView()
+    if libvirt_uri is not None:
+        read_libvirt(view, libvirt_uri, libvirt_timeout)
+    else:
+        view.libvirt_note = "live figures off (--no-live)"
+    for path in qmp_sockets:
+        try:
+            pid, disks = qmp_disks(path, qmp_timeout)
+        except Qcow2Error as exc:
+            view.errors.append(exc)
+            continue
+        if pid is not None:
+            view.qmp_pids.add(pid)
+        for disk in disks:
+            view.add(disk)
+    return view
+
+
+class PendingLive:
+    """gather_live() in a thread, so that the virsh round trip overlaps with target discovery:
+    start it first, wait() for the view when the first image is about to be analysed."""
+
+    def __init__(self, libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = ()) -> None:
+        self._view: Optional[LiveView] = None
+        self._args = (libvirt_uri, list(qmp_sockets))
+        self._thread = threading.Thread(target=self._run, name="live-sources", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._view = gather_live(*self._args)
+        except Exception as exc:  # a bug of ours must not cost the on-disk figures
+            self._view = LiveView(libvirt_note=f"live sources failed: {type(exc).__name__}: "
+                                               f"{exc}")
+
+    def wait(self) -> LiveView:
+        self._thread.join()
+        assert self._view is not None
+        return self._view
+
+
+@dataclass(frozen=True)
+class LiveSources:
+    """The live sources one run asks: libvirt at `libvirt_uri` (None: not asked) and the QMP
+    sockets `qmp`."""
+
+    libvirt_uri: Optional[str] = None
+    qmp: tuple[str, ...] = ()
+
+
+NO_LIVE_SOURCES = LiveSources()
+
+
+def start_live(libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = ()
+               ) -> Optional[PendingLive]:
+    """Start asking the live sources, or None when none is asked (--no-live, no --qmp)."""
+    qmp = list(qmp_sockets)
+    return PendingLive(libvirt_uri, qmp) if libvirt_uri is not None or qmp else None

@@ -1,0 +1,191 @@
+"""Collecting: discover the targets, analyse each image and its backing chain, optionally run
+the full check, and gather the records the metric model (:mod:`collectors.metrics`) maps.
+
+The core is imported lazily (it may pull in numpy): the Nagios plugin imports this module on
+every check and must stay light.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Callable, Iterator, Optional, Sequence
+
+from ..common.errors import INTERNAL, IO_ERROR, Qcow2Error
+from ..common.units import counted
+from ..host.discovery import Target, canonical_path, dedupe_targets, expand_targets, scan_running
+from ..host.live import NO_LIVE_SOURCES, LiveSources, LiveView, no_live_source_note, start_live
+from .health import Policy, assess, broken_layer
+from .metrics import RUNNING_PROCESSES, Collection, ImageRecord
+from .model import (
+    DEFAULT_MAX_DEPTH,
+    CheckResult,
+    UsageResult,
+)
+
+AnalyzeFn = Callable[..., UsageResult]
+CheckFn = Callable[..., CheckResult]
+
+# The target (and `path` label) of the error about qemu processes --running could not inspect.
+RUNNING_TARGET = RUNNING_PROCESSES
+
+
+def _analyze_fn() -> AnalyzeFn:
+    from .usage import analyze_usage
+
+    return analyze_usage
+
+
+def _check_fn() -> CheckFn:
+    from ..check.checker import check_image
+
+    return check_image
+
+
+def _internal_error(path: str, exc: BaseException) -> Qcow2Error:
+    # One image must never blind the monitoring of all others: an unexpected exception becomes
+    # this image's scrape error, with its type so that the bug can be reported.
+    kind = IO_ERROR if isinstance(exc, OSError) else INTERNAL
+    return Qcow2Error(
+        f"{type(exc).__name__}: {exc}", structure="collector", kind=kind, filename=path
+    )
+
+
+def _records_for(
+    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int, live: Optional[LiveView]
+) -> Iterator[ImageRecord]:
+    if target.path is None:
+        yield ImageRecord(target.spec, None, 0, None, None, target.error)
+        return
+    try:
+        result = analyze(target.path, chain=chain, max_depth=max_depth, live=live)
+    except Exception as exc:  # see _internal_error
+        error = _internal_error(target.path, exc)
+        yield ImageRecord(target.spec, target.path, 0, None, None, error,
+                          canonical=canonical_path(target.path))
+        return
+    canonical = canonical_path(target.path)
+    # The chain is always opened (headers only without --chain): a broken one is the top's
+    # problem too, since qemu cannot open the top without it.
+    yield ImageRecord(target.spec, target.path, 0, result.usage, None, result.error,
+                      canonical=canonical, broken_below=broken_layer(result.chain))
+    if not chain:
+        return
+    for index, layer in enumerate(result.chain):
+        yield ImageRecord(
+            target.spec,
+            layer.path,
+            layer.depth,
+            layer.usage,
+            None,
+            layer.error,
+            status=layer.status,
+            name=layer.name,
+            canonical=canonical_path(layer.path) if layer.path else None,
+            layer=layer,
+            broken_below=broken_layer(result.chain[index + 1 :]),
+        )
+
+
+def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:
+    if record.usage is None or record.path is None or record.error is not None:
+        return record
+    try:
+        result = check_fn(record.path)
+    except Qcow2Error as exc:
+        return replace(record, error=exc)
+    except Exception as exc:  # see _internal_error
+        return replace(record, error=_internal_error(record.path, exc))
+    return replace(record, check=result)
+
+
+def judge(record: ImageRecord, policy: Optional[Policy] = None) -> ImageRecord:
+    """`record` with its health by the one policy (collectors.health)."""
+    health = assess(usage=record.usage, check=record.check, error=record.error,
+                    layer=record.layer, broken_below=record.broken_below, policy=policy)
+    return replace(record, health=health)
+
+
+def collect(
+    specs: Sequence[str],
+    *,
+    running: bool = False,
+    chain: bool = False,
+    check: bool = False,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    policy: Optional[Policy] = None,
+    live_sources: LiveSources = NO_LIVE_SOURCES,
+) -> Collection:
+    """Discover targets, analyse each (and its backing chain), optionally run the full check,
+    and judge each image's health by `policy` (default: every rule's default state).
+
+    Live figures come from `live_sources` (by default none is asked); with `running`, the
+    disks these name come first (libvirt's running domains, then the QMP qemus), then those of
+    other qemu processes found through /proc.
+
+    Never raises for image problems: a failing target is a record with `error` set and the others
+    still report. Each image is reported once, by canonical path: a base shared by several
+    overlays, or also named as a target, keeps the depth at which it was first met.
+    """
+    started = time.monotonic()
+    analyze = _analyze_fn()
+    check_fn = _check_fn() if check else None
+    pending = start_live(live_sources.libvirt_uri, live_sources.qmp)
+    targets = expand_targets(specs)
+    live = pending.wait() if pending is not None else None
+    failed: list[ImageRecord] = []
+    if live is not None:
+        failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e,
+                               source=True) for e in live.errors]
+    if running:
+        if live is not None:
+            scan = scan_running(live.libvirt_domains, live.qmp_pids)
+            found = [*live.paths, *scan.paths]
+        else:
+            scan = scan_running()
+            found = scan.paths
+        targets = dedupe_targets([*targets, *(Target(p, p) for p in found)])
+        if scan.uninspected:
+            failed.append(_uninspected_record(scan.uninspected))
+    seen: set[tuple[str, Optional[int]]] = set()
+    records: list[ImageRecord] = []
+    for target in targets:
+        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth,
+                                   live=live):
+            # A failed layer is keyed with its depth too: a chain looping back to its top names
+            # an already reported file, and that loop must still be reported.
+            key = (record.label_path, record.depth if record.error is not None else None)
+            if key in seen:
+                continue
+            seen.add(key)
+            if check_fn is not None:
+                record = _with_check(record, check_fn)
+            records.append(judge(record, policy))
+    records += [judge(record, policy) for record in failed]
+    return Collection(tuple(records), time.monotonic() - started, time.time(),
+                      _run_notes(records, live))
+
+
+def _run_notes(records: Sequence[ImageRecord], live: Optional[LiveView]) -> tuple[str, ...]:
+    # Said once per run, and only when it matters: images being written whose figures may lag.
+    # A host without libvirt that monitors images at rest hears nothing.
+    lagging = [r for r in records
+               if r.usage is not None and r.usage.in_use and r.usage.live_end_offset is None]
+    if live is None or not lagging:
+        return ()
+    held = counted(len(lagging), "image") + (" is" if len(lagging) == 1 else " are")
+    return (f"{held} held for writing by a running qemu with only on-disk figures, which may "
+            f"lag; {no_live_source_note(live.libvirt_note)}",)
+
+
+def _uninspected_record(pids: Sequence[int]) -> ImageRecord:
+    # Never an OK with zero images: qemu processes whose images we cannot see are a failure of
+    # this run, reported like an image that could not be read.
+    shown = ", ".join(str(pid) for pid in pids[:10]) + (", ..." if len(pids) > 10 else "")
+    error = Qcow2Error(
+        f"{counted(len(pids), 'qemu process', 'qemu processes')} not inspectable by this user "
+        f"(pid {shown}): their images "
+        "are not reported; let libvirt answer (read-only socket) or run as root",
+        structure="running qemu processes", kind=IO_ERROR, filename=None,
+    )
+    return ImageRecord(RUNNING_TARGET, None, 0, None, None, error)

@@ -1,0 +1,201 @@
+"""The one qcow2 health policy: what is critical, what is a warning, what is fine.
+
+Every adapter follows it: check_qcow2 turns it into its exit state, qcow2-telegraf and
+qcow2-textfile export it as the per-image ``health`` figure with its reasons, and the shipped
+Prometheus alert rules fire on those reasons. Each rule has a default state and one option to
+change it (``--<rule>-state``), declared here once for every adapter.
+
+States are numbered as Nagios numbers them: 0 ok, 1 warning, 2 critical, 3 unknown ("could not
+look"); which state wins when several rules apply is :func:`worst`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
+from ..common.units import counted
+from .model import (
+    LAYER_ERROR,
+    LAYER_LOOP,
+    LAYER_MISSING,
+    LAYER_NOT_QCOW2,
+    LAYER_TOO_DEEP,
+    ChainLayer,
+    CheckResult,
+    ImageUsage,
+)
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+STATE_BY_NAME = {name.lower(): state for state, name in STATE_NAMES.items()}
+# Which state wins. CRITICAL outranks UNKNOWN so that one unreadable image cannot hide another
+# one that is broken.
+SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
+
+# Error kinds that mean "the metadata is there but damaged", as opposed to "we could not look"
+# (permission, not found, not qcow2, unsupported feature, a bug of ours).
+DAMAGED_KINDS = frozenset({INVALID, OUT_OF_BOUNDS, TRUNCATED})
+# Backing-layer states that keep qemu from opening the image above (the VM cannot start).
+BROKEN_LAYER_STATES = frozenset({LAYER_MISSING, LAYER_LOOP, LAYER_ERROR, LAYER_NOT_QCOW2})
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str  # also the option: --<name>-state
+    default: int
+    applies: str  # completes "state when ..." in the help
+
+
+RULE_CORRUPT = "corrupt"
+RULE_CORRUPTIONS = "corruptions"
+RULE_DAMAGED = "damaged"
+RULE_BACKING = "backing"
+RULE_DIRTY = "dirty"
+RULE_DIRTY_IN_USE = "dirty-in-use"
+RULE_LEAKS = "leaks"
+RULE_UNKNOWN = "unknown"
+
+RULES: dict[str, Rule] = {rule.name: rule for rule in (
+    Rule(RULE_CORRUPT, CRITICAL, "qemu has set the image's corrupt bit"),
+    Rule(RULE_CORRUPTIONS, CRITICAL, "--check finds corruptions"),
+    Rule(RULE_DAMAGED, CRITICAL, "metadata cannot be read because it is damaged (or --check "
+         "reports check errors)"),
+    Rule(RULE_BACKING, CRITICAL, "a backing layer is missing, loops, is unreadable or is not "
+         "the qcow2 it is declared to be (the VM cannot start)"),
+    Rule(RULE_DIRTY, WARNING, "the dirty bit is set and no qemu has the image open (lazy "
+         "refcounts not flushed; qemu repairs them on the next open)"),
+    Rule(RULE_DIRTY_IN_USE, OK, "the dirty bit is set while a qemu has the image open (lazy "
+         "refcounts by design)"),
+    Rule(RULE_LEAKS, WARNING, "--check finds leaked clusters"),
+    Rule(RULE_UNKNOWN, UNKNOWN, "the image could not be looked at (permission, not found, not "
+         "qcow2, unsupported, timeout)"),
+)}
+
+
+@dataclass(frozen=True)
+class Reason:
+    rule: str
+    state: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Health:
+    """The verdict on one image: its state and every rule that applied (OK ones are notes)."""
+
+    state: int
+    reasons: tuple[Reason, ...] = ()
+
+    @property
+    def problems(self) -> tuple[Reason, ...]:
+        return tuple(reason for reason in self.reasons if reason.state != OK)
+
+    @property
+    def notes(self) -> tuple[Reason, ...]:
+        return tuple(reason for reason in self.reasons if reason.state == OK)
+
+
+HEALTHY = Health(OK)
+
+Policy = dict[str, int]  # rule name -> state
+
+
+def default_policy() -> Policy:
+    return {name: rule.default for name, rule in RULES.items()}
+
+
+def worst(states: Sequence[int]) -> int:
+    return max(states, key=SEVERITY.__getitem__, default=OK)
+
+
+def _error_state(error: Qcow2Error) -> str:
+    return RULE_DAMAGED if error.kind in DAMAGED_KINDS else RULE_UNKNOWN
+
+
+def error_text(error: Qcow2Error) -> str:
+    """The error with structure, offset and value, without the leading file name (the image
+    is named beside the reason already)."""
+    text = str(error)
+    if error.filename and text.startswith(error.filename + ": "):
+        text = text[len(error.filename) + 2 :]
+    return text
+
+
+def _layer_text(layer: ChainLayer) -> str:
+    name = repr(layer.name)
+    if layer.status == LAYER_MISSING:
+        return f"backing file {name} (depth {layer.depth}) not found"
+    if layer.status == LAYER_LOOP:
+        return f"backing file {name} (depth {layer.depth}) loops back into the chain"
+    if layer.status == LAYER_NOT_QCOW2:
+        return f"backing file {name} (depth {layer.depth}) is not qcow2"
+    detail = f": {layer.error.message}" if layer.error is not None else ""
+    return f"backing file {name} (depth {layer.depth}) unreadable{detail}"
+
+
+def broken_layer(chain: Sequence[ChainLayer]) -> Optional[ChainLayer]:
+    """The first layer that keeps qemu from opening the chain above it, if any."""
+    return next((layer for layer in chain if layer.status in BROKEN_LAYER_STATES), None)
+
+
+def _usage_reasons(usage: ImageUsage, check: Optional[CheckResult]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    if usage.corrupt:
+        found.append((RULE_CORRUPT, "corrupt bit set"))
+    lazy_debt = usage.dirty and usage.lazy_refcounts
+    if usage.dirty:
+        debt = ""
+        if check is not None and (check.corruptions or check.leaks):
+            # With lazy refcounts qemu writes refcounts only at a clean close: what the check
+            # finds meanwhile is the expected debt, not corruption (qcow2_mark_dirty()).
+            debt = (f"; {counted(check.corruptions, 'corruption')}, "
+                    f"{counted(check.leaks, 'leaked cluster')} are the expected lazy-refcount "
+                    "debt")
+        if usage.in_use:
+            found.append((RULE_DIRTY_IN_USE, "dirty while in use with lazy refcounts" + debt))
+        else:
+            found.append((RULE_DIRTY, "dirty, not in use: repaired by qemu on next open" + debt))
+    if check is not None:
+        if check.corruptions and not lazy_debt:
+            found.append((RULE_CORRUPTIONS, counted(check.corruptions, "corruption")))
+        if check.leaks and not lazy_debt:
+            found.append((RULE_LEAKS, counted(check.leaks, "leaked cluster")))
+        if check.check_errors:
+            found.append((RULE_DAMAGED, counted(check.check_errors, "check error")))
+    return found
+
+
+def assess(
+    *,
+    usage: Optional[ImageUsage],
+    check: Optional[CheckResult],
+    error: Optional[Qcow2Error],
+    layer: Optional[ChainLayer] = None,
+    broken_below: Optional[ChainLayer] = None,
+    policy: Optional[Policy] = None,
+) -> Health:
+    """Judge one image (a target, or with `layer` one backing layer itself).
+
+    `broken_below` is the first broken layer under this image: a top image whose chain cannot
+    be opened is as bad as the missing layer itself.
+    """
+    states = policy if policy is not None else default_policy()
+    found: list[tuple[str, str]] = []
+    if layer is not None and layer.status == LAYER_ERROR and error is not None:
+        # The layer itself could not be read: damaged metadata, or we could not look. The
+        # images above it get the backing rule (broken_below).
+        found.append((_error_state(error), error_text(error)))
+    elif layer is not None and layer.status in BROKEN_LAYER_STATES:
+        found.append((RULE_BACKING, _layer_text(layer)))
+    elif layer is not None and layer.status == LAYER_TOO_DEEP:
+        found.append((RULE_UNKNOWN, f"backing chain deeper than the limit at {layer.name!r}"))
+    elif error is not None:
+        found.append((_error_state(error), error_text(error)))
+    if broken_below is not None:
+        found.append((RULE_BACKING, _layer_text(broken_below)))
+    if usage is not None:
+        found += _usage_reasons(usage, check)
+    reasons = tuple(Reason(rule, states[rule], text) for rule, text in found)
+    return Health(worst([reason.state for reason in reasons]), reasons)

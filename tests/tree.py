@@ -1,0 +1,55 @@
+"""The source tree as the tests see it: its folders, and the installed namespace built from them.
+
+Each top-level folder is one subpackage of ``qcow2_monitor`` (pyproject.toml maps them with
+setuptools' package-dir); the tests import ``qcow2_monitor.*`` only. Tools that do not follow
+an editable install (mypy, a Python run as another user) get the same namespace as a tree of
+links in a temporary directory, never in the repository.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from functools import cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NAMESPACE = "qcow2_monitor"
+# The folders that are subpackages of the namespace, as pyproject.toml maps them.
+FOLDERS = ("collectors", "cli", "analyze", "nagios", "telegraf", "node_exporter_textfile")
+
+
+def sources(*folders: str) -> list[Path]:
+    """Every Python file of the given folders (all subpackages by default), sorted."""
+    return sorted(p for folder in (folders or FOLDERS) for p in (REPO / folder).rglob("*.py"))
+
+
+def installed_name(path: Path) -> str:
+    """The module name a source file has once installed: qcow2_monitor.collectors.qcow2.image."""
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([NAMESPACE, *parts])
+
+
+def link_tree(dest: Path) -> Path:
+    """`dest`/qcow2_monitor: the namespace's __init__.py and a link to each folder."""
+    package = dest / NAMESPACE
+    package.mkdir(parents=True)
+    shutil.copy(REPO / NAMESPACE / "__init__.py", package / "__init__.py")
+    for folder in FOLDERS:
+        (package / folder).symlink_to(REPO / folder, target_is_directory=True)
+    return dest
+
+
+@cache
+def source_site() -> Path:
+    """A directory to put on PYTHONPATH so that any interpreter (Debian's python3, run as an
+    unprivileged user) imports qcow2_monitor from this tree; removed when the tests end."""
+    site = Path(tempfile.mkdtemp(prefix="qcow2-site-"))
+    atexit.register(shutil.rmtree, site, True)
+    os.chmod(site, 0o755)
+    link_tree(site)
+    return site
