@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import closing
 from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.text import finding_text
 from qcow2_monitor.collectors.common.errors import Qcow2Error
-from qcow2_monitor.collectors.qcow2.chain import walk
-from qcow2_monitor.collectors.qcow2.image import Qcow2Image
-from qcow2_monitor.collectors.report.model import (
-    LAYER_ERROR,
-    LAYER_OK,
-    LAYER_PROTOCOL,
-    ChainLayer,
-    CheckResult,
-    Finding,
-    Place,
-)
+from qcow2_monitor.collectors.common.jsonform import to_json_object
+from qcow2_monitor.collectors.qcow2.chain import Visited, not_read_error, visit
+from qcow2_monitor.collectors.report.model import CheckResult, LayerStatus
 
 from .common import OUTPUT_HELP, count_option, epilog, error_document, report_error
 
@@ -69,45 +60,10 @@ def exit_code(result: CheckResult) -> int:
 
 
 # -- check -----------------------------------------------------------------------------------
-def finding_dict(finding: Finding) -> dict[str, Any]:
-    """A finding in JSON: `location` for people, `places` the same entries structured (one
-    per referencing entry when several reference a cluster)."""
-    data: dict[str, Any] = {key: value for key, value in (
-        ("kind", finding.kind), ("severity", finding.severity),
-        ("message", finding.message), ("location", finding.location),
-        ("host-offset", finding.host_offset), ("cluster-index", finding.cluster_index),
-        ("expected", finding.expected), ("found", finding.found),
-        ("advice", finding.advice)) if value is not None and value != ""}
-    if finding.places:
-        data["places"] = [place_dict(place) for place in finding.places]
-    return data
-
-
-def place_dict(place: Place) -> dict[str, Any]:
-    """table, table-offset, entry, l1-index, guest-offset, snapshot, refcount-table-offset:
-    those that apply."""
-    return {name.replace("_", "-"): value for name, value in vars(place).items()
-            if value is not None}
-
-
 def check_json(result: CheckResult, filename: str) -> dict[str, Any]:
     """qemu-img check --output=json: filename, format, check-errors always; the other figures
-    only when nonzero (qemu's has_* rules); then our findings."""
-    data: dict[str, Any] = {"filename": filename, "format": "qcow2",
-                            "check-errors": result.check_errors}
-    for key, value in (("image-end-offset", result.image_end_offset),
-                       ("corruptions", result.corruptions), ("leaks", result.leaks),
-                       ("total-clusters", result.total_clusters),
-                       ("allocated-clusters", result.allocated_clusters),
-                       ("fragmented-clusters", result.fragmented_clusters),
-                       ("compressed-clusters", result.compressed_clusters)):
-        if value:
-            data[key] = value
-    data["findings-total"] = result.findings_total
-    data["findings"] = [finding_dict(f) for f in result.findings]
-    if result.notes:
-        data["notes"] = list(result.notes)
-    return data
+    only when nonzero (qemu's has_* rules); then our findings (the model's JSON)."""
+    return {"filename": filename, "format": "qcow2", **to_json_object(result)}
 
 
 def check_human(result: CheckResult) -> str:
@@ -155,34 +111,24 @@ def _worst(codes: list[int]) -> int:
     return EXIT_OK
 
 
-def _layer_report(layer: ChainLayer, image: Optional[Qcow2Image], max_findings: int,
-                  ) -> tuple[dict[str, Any], Optional[CheckResult], Optional[Qcow2Error]]:
-    """(JSON report, check result, error) of one layer of the walk."""
-    from qcow2_monitor.collectors.check.checker import check_opened  # numpy only for this command
-
-    path = layer.path or layer.name
-    error = layer.error
-    if layer.status == LAYER_PROTOCOL:
-        error = Qcow2Error("backing file name uses a protocol; not opened",
-                           structure="backing file", value=layer.name, filename=path)
-    if image is not None:
-        try:
-            result = check_opened(image, max_findings=max_findings)
-        except Qcow2Error as exc:
-            error = exc.with_filename(path)
-        else:
-            return check_json(result, path), result, None
-    if error is not None:
-        status = layer.status if layer.error is not None else LAYER_ERROR
-        return error_document(error, path, status, depth=layer.depth), None, error
-    return {"filename": path, "depth": layer.depth, "status": layer.status,
-            "format": layer.format, "skipped": "not a qcow2 image: nothing to check"}, None, None
+def _layer_report(visited: Visited[CheckResult]
+                  ) -> tuple[dict[str, Any], Optional[Qcow2Error]]:
+    """(JSON report, error) of one layer of the walk."""
+    layer, result = visited.layer, visited.value
+    if result is not None:
+        return check_json(result, layer.filename), None
+    if layer.status == LayerStatus.OTHER_FORMAT:
+        return {"filename": layer.filename, "depth": layer.depth, "status": layer.status.value,
+                "format": layer.format, "skipped": "not a qcow2 image: nothing to check"}, None
+    error = layer.error or not_read_error(layer)
+    status = layer.status if layer.error is not None else LayerStatus.ERROR
+    return error_document(error, layer.filename, status, depth=layer.depth), error
 
 
-def _human(layer: ChainLayer, result: Optional[CheckResult], error: Optional[Qcow2Error],
-           chain: bool) -> str:
+def _human(visited: Visited[CheckResult], error: Optional[Qcow2Error], chain: bool) -> str:
     """The human text of one layer: its heading (with --chain) and qemu-img check's text."""
-    path = layer.path or layer.name
+    layer, result = visited.layer, visited.value
+    path = layer.filename
     gap = "" if layer.depth == 0 else "\n"
     if error is not None:
         return f"{gap}== {path}: could not check\n" if chain else ""
@@ -192,25 +138,28 @@ def _human(layer: ChainLayer, result: Optional[CheckResult], error: Optional[Qco
 
 
 def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from qcow2_monitor.collectors.check.checker import check_opened  # numpy only for this command
+
     reports: list[dict[str, Any]] = []
     codes = []
-    with closing(walk(args.file)) as steps:
-        for layer, image in steps:
-            data, result, error = _layer_report(layer, image, args.max_findings)
-            if error is not None and not args.chain:
-                raise error  # the one error document and line (analyze/main.py)
-            reports.append(data)
-            if error is not None:
-                report_error(error, err)
-            codes.append(EXIT_FAILED if error is not None
-                         else EXIT_OK if result is None else exit_code(result))
-            if result is not None and args.chain:
-                data["depth"] = layer.depth
-                data["status"] = LAYER_OK
-            if args.output == "human":
-                out.write(_human(layer, result, error, args.chain))
-            if not args.chain:
-                break
+    for visited in visit(args.file, lambda image, _: check_opened(
+            image, max_findings=args.max_findings)):
+        layer, result = visited.layer, visited.value
+        data, error = _layer_report(visited)
+        if error is not None and not args.chain:
+            raise error  # the one error document and line (analyze/main.py)
+        reports.append(data)
+        if error is not None:
+            report_error(error, err)
+        codes.append(EXIT_FAILED if error is not None
+                     else EXIT_OK if result is None else exit_code(result))
+        if result is not None and args.chain:
+            data["depth"] = layer.depth
+            data["status"] = LayerStatus.OK.value
+        if args.output == "human":
+            out.write(_human(visited, error, args.chain))
+        if not args.chain:
+            break
     if args.output == "json":
         out.write(json.dumps(reports if args.chain else reports[0], indent=4) + "\n")
     return _worst(codes)

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED
 from qcow2_monitor.collectors.common.errors import Qcow2Error
-from qcow2_monitor.collectors.report.model import LAYER_ERROR
+from qcow2_monitor.collectors.report.model import LayerStatus
 
 PROG = "qcow2-analyze"
 HELP_WIDTH = 79
@@ -76,12 +76,12 @@ def report_error(err: Qcow2Error, stream: TextIO) -> None:
     print(f"{PROG}: {err}", file=stream)
 
 
-def error_document(err: Qcow2Error, filename: Optional[str] = None, status: str = LAYER_ERROR,
-                   **extra: Any) -> dict[str, Any]:
+def error_document(err: Qcow2Error, filename: Optional[str] = None,
+                   status: LayerStatus = LayerStatus.ERROR, **extra: Any) -> dict[str, Any]:
     """The one JSON shape of a target or layer that failed, in every command: its file, its
     status and the error (kind, structure, offset, value, message, filename); `extra` keys
     (a chain entry's depth) go between the status and the error."""
-    return {"filename": filename or err.filename, "status": status, **extra,
+    return {"filename": filename or err.filename, "status": status.value, **extra,
             "error": err.as_dict()}
 
 

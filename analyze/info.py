@@ -5,64 +5,68 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import closing
+from dataclasses import fields
 from functools import lru_cache
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.text import indent_block, render_fields, render_table
-from qcow2_monitor.collectors.common.errors import UNSUPPORTED, Qcow2Error
+from qcow2_monitor.collectors.common.jsonform import Json, to_json, to_json_object
 from qcow2_monitor.collectors.common.units import human_size
-from qcow2_monitor.collectors.qcow2.chain import walk
-from qcow2_monitor.collectors.qcow2.image import Qcow2Image
-from qcow2_monitor.collectors.qcow2.info import image_info, raw_info
-from qcow2_monitor.collectors.report.model import (
-    LAYER_ERROR,
-    LAYER_OTHER_FORMAT,
-    LAYER_PROTOCOL,
-    ChainLayer,
+from qcow2_monitor.collectors.qcow2.chain import not_read_error, visit
+from qcow2_monitor.collectors.qcow2.describe import (
+    ExtensionView,
+    FeatureTableDetail,
+    HeaderView,
+    LuksView,
+    describe,
+    extension_type_text,
+    feature_type_name,
 )
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.qcow2.info import ImageInfo, image_info, raw_info
+from qcow2_monitor.collectors.report.model import LayerStatus
 
 from .common import error_document, report_error
 
 
-def render_info_human(info: dict[str, Any]) -> str:
-    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line, from the JSON view."""
+def render_info_human(info: ImageInfo) -> str:
+    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line."""
     lines = [
-        f"image: {info['filename']}",
-        f"file format: {info['format']}",
-        f"virtual size: {human_size(info['virtual-size'])} ({info['virtual-size']} bytes)",
-        f"disk size: {human_size(info['actual-size'])}",
+        f"image: {info.filename}",
+        f"file format: {info.format}",
+        f"virtual size: {human_size(info.virtual_size)} ({info.virtual_size} bytes)",
+        f"disk size: {human_size(info.actual_size)}",
     ]
-    if info.get("encrypted"):
+    if info.encrypted:
         lines.append("encrypted: yes")
-    if "cluster-size" in info:
-        lines.append(f"cluster_size: {info['cluster-size']}")
-    if info.get("dirty-flag"):
+    if info.cluster_size is not None:
+        lines.append(f"cluster_size: {info.cluster_size}")
+    if info.dirty_flag:
         lines.append("cleanly shut down: no")
-    if "backing-filename" in info:
-        line = f"backing file: {info['backing-filename']}"
-        full = info.get("full-backing-filename")
+    if info.backing_filename is not None:
+        line = f"backing file: {info.backing_filename}"
+        full = info.full_backing_filename
         if full is None:
             line += " (cannot determine actual path)"
-        elif full != info["backing-filename"]:
+        elif full != info.backing_filename:
             line += f" (actual path: {full})"
         lines.append(line)
-        if "backing-filename-format" in info:
-            lines.append(f"backing file format: {info['backing-filename-format']}")
-    snapshots = info.get("snapshots", [])
-    if snapshots:
+        if info.backing_filename_format is not None:
+            lines.append(f"backing file format: {info.backing_filename_format}")
+    if info.snapshots:
         lines.append("Snapshot list:")
         lines.append(snapshot_row("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT",
                                   header=True))
-        lines.extend(snapshot_row(sn["id"], sn["name"], human_size(sn["vm-state-size"]),
-                                  snapshot_date(sn["date-sec"]),
-                                  vm_clock(sn["vm-clock-sec"], sn["vm-clock-nsec"]),
-                                  str(sn["icount"]) if "icount" in sn else "")
-                     for sn in snapshots)
-    if "format-specific" in info:
+        lines.extend(snapshot_row(sn.id, sn.name, human_size(sn.vm_state_size),
+                                  snapshot_date(sn.date_sec),
+                                  vm_clock(sn.vm_clock_sec, sn.vm_clock_nsec),
+                                  "" if sn.icount is None else str(sn.icount))
+                     for sn in info.snapshots)
+    if info.format_specific is not None:
+        # qemu prints the QDict of its JSON view: rendered from the same JSON here.
         lines.append("Format specific information:")
-        lines.extend(_render_qobject(info["format-specific"]["data"], 1))
+        lines.extend(_render_qobject(to_json(info.format_specific.data), 1))
     return "\n".join(lines) + "\n"
 
 
@@ -138,62 +142,42 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     open, a format we do not read) is said once on stderr, is an entry with its status and
     error in the JSON list, and makes the exit status 1 (qemu-img prints nothing then and
     exits 1 naming the file)."""
-    infos: list[dict[str, Any]] = []
+    shown: list[ImageInfo] = []
+    documents: list[Json] = []
     status = EXIT_OK
-    with closing(walk(args.file)) as steps:
-        for layer, image in steps:
-            info, error = _layer_info(layer, image)
-            if error is not None and not args.backing_chain:
+    for visited in visit(args.file, lambda image, _: image_info(image),
+                         read_raw=lambda layer: raw_info(layer.filename)):
+        layer, info = visited.layer, visited.value
+        if info is not None:
+            shown.append(info)
+            documents.append(to_json(info))
+        else:
+            error = layer.error or not_read_error(layer)
+            if not args.backing_chain:
                 raise error  # the one error document and line (analyze/main.py)
-            if error is not None:
-                report_error(error, err)
-                status = EXIT_FAILED
-                infos.append(error_document(
-                    error, layer.path or layer.name,
-                    layer.status if layer.error else LAYER_ERROR, depth=layer.depth))
-            elif info is not None:
-                infos.append(info)
-            if error is not None or not args.backing_chain:
-                break
-    shown = [info for info in infos if "error" not in info]
+            report_error(error, err)
+            status = EXIT_FAILED
+            documents.append(error_document(
+                error, layer.filename, layer.status if layer.error else LayerStatus.ERROR,
+                depth=layer.depth))
+            break
+        if not args.backing_chain:
+            break
     if args.output == "json":
-        out.write(json.dumps(infos if args.backing_chain else infos[0], indent=4) + "\n")
+        out.write(json.dumps(documents if args.backing_chain else documents[0], indent=4)
+                  + "\n")
     else:
         out.write("\n".join(render_info_human(info) for info in shown))
     return status
 
 
-def _layer_info(layer: ChainLayer, image: Optional[Qcow2Image]
-                ) -> tuple[Optional[dict[str, Any]], Optional[Qcow2Error]]:
-    """(qemu-img info's JSON of the layer, or the error that keeps it from being shown)."""
-    try:
-        if image is not None:
-            return image_info(image), None
-        if layer.status == LAYER_OTHER_FORMAT and layer.format == "raw" and layer.path:
-            return raw_info(layer.path), None
-    except Qcow2Error as exc:
-        return None, exc.with_filename(layer.path or layer.name)
-    return None, layer.error or _unshown_layer_error(layer)
-
-
-def _unshown_layer_error(layer: ChainLayer) -> Qcow2Error:
-    if layer.status == LAYER_PROTOCOL:
-        message = "backing file name uses a protocol; not opened (read-only policy)"
-    else:
-        message = f"backing format {layer.format} is not analysed"
-    return Qcow2Error(message, structure="backing file", value=layer.name,
-                      kind=UNSUPPORTED, filename=layer.path or layer.name)
-
-
 def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from qcow2_monitor.collectors.qcow2.describe import describe
-
     with Qcow2Image.open(args.file) as image:
-        data = describe(image)
+        view = describe(image)
     if args.output == "json":
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(json.dumps(to_json(view), indent=2) + "\n")
     else:
-        out.write(render_header_human(data))
+        out.write(render_header_human(view))
     return EXIT_OK
 
 
@@ -202,83 +186,90 @@ def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 HEX_FIELDS = ("offset", "features")
 
 
-def render_header_human(data: dict[str, Any]) -> str:
+def _header_value(name: str, value: object) -> str:
+    if isinstance(value, bytes):  # the magic
+        return f"0x{value.hex()}"
+    if name.endswith(HEX_FIELDS) and isinstance(value, int):
+        return f"0x{value:x}"
+    return str(value)
+
+
+def render_header_human(view: HeaderView) -> str:
     """The description as aligned text: one section per structure, figures in columns."""
-    h = data["header"]
-    header = [(key, f"0x{value:x}" if key.endswith(HEX_FIELDS) and isinstance(value, int)
-               else f"0x{value}" if key == "magic" else str(value))
-              for key, value in h.items()]
-    header += [("(cluster size)", str(data["cluster_size"])),
-               ("(refcount bits)", str(data["refcount_bits"])),
-               ("(encryption)", data["crypt_method_name"]),
-               ("(compression)", data["compression_type_name"])]
-    out = [f"image: {data['filename']}\n", "\nHeader\n", render_fields(header)]
+    header = [(f.name, _header_value(f.name, getattr(view.header, f.name)))
+              for f in fields(view.header)]
+    header += [("(cluster size)", str(view.cluster_size)),
+               ("(refcount bits)", str(view.refcount_bits)),
+               ("(encryption)", view.crypt_method_name),
+               ("(compression)", view.compression_type_name)]
+    out = [f"image: {view.filename}\n", "\nHeader\n", render_fields(header)]
     out += ["\nFeatures\n", indent_block(render_table(
         ("TYPE", "BIT", "NAME", "STATE"),
-        [(f["type"], str(f["bit"]), f["name"], "on" if f["enabled"] else "off")
-         for f in data["features"]], right=(1,)))]
+        [(feature_type_name(f.type), str(f.bit), f.name, "on" if f.enabled else "off")
+         for f in view.features], right=(1,)))]
     out += ["\nHeader extensions\n", indent_block(render_table(
         ("TYPE", "NAME", "OFFSET", "LENGTH"),
-        [(e["type"], e["name"], f"0x{e['offset']:x}", str(e["length"]))
-         for e in data["extensions"]], right=(2, 3)))]
-    for ext in data["extensions"]:
+        [(extension_type_text(e.type), e.name, f"0x{e.offset:x}", str(e.length))
+         for e in view.extensions], right=(2, 3)))]
+    for ext in view.extensions:
         out.append(_extension_detail(ext))
-    if data["backing_file"] is not None:
-        out.append(f"\nBacking file: {data['backing_file']} "
-                   f"(format {data['backing_format'] or 'not recorded'})\n")
-    if data["external_data_file"] is not None:
-        out.append(f"\nExternal data file: {data['external_data_file']}\n")
-    if data["name_problems"]:
+    if view.backing_file is not None:
+        out.append(f"\nBacking file: {view.backing_file} "
+                   f"(format {view.backing_format or 'not recorded'})\n")
+    if view.external_data_file is not None:
+        out.append(f"\nExternal data file: {view.external_data_file}\n")
+    if view.name_problems:
         out += ["\nName problems\n", "".join(f"    {problem}\n"
-                                             for problem in data["name_problems"])]
-    if data["luks"]:
-        out.append(_luks_text(data["luks"]))
-    if data["snapshots"]:
-        shown = (f" (first {len(data['snapshots'])} of {data['snapshots_total']})"
-                 if data["snapshots_total"] > len(data["snapshots"]) else "")
+                                             for problem in view.name_problems)]
+    if view.luks is not None:
+        out.append(_luks_text(view.luks))
+    if view.snapshots:
+        shown = (f" (first {len(view.snapshots)} of {view.snapshots_total})"
+                 if view.snapshots_total > len(view.snapshots) else "")
         out += [f"\nSnapshot table{shown}\n", indent_block(render_table(
             ("ID", "NAME", "ENTRY AT", "L1 TABLE", "L1 SIZE", "VM STATE", "DISK SIZE",
              "EXTRA"),
-            [(sn["id"], sn["name"], f"0x{sn['table_entry_offset']:x}",
-              f"0x{sn['l1_table_offset']:x}", str(sn["l1_size"]), str(sn["vm_state_size"]),
-              "-" if sn["disk_size"] is None else str(sn["disk_size"]),
-              str(sn["extra_data_size"])) for sn in data["snapshots"]],
+            [(sn.id, sn.name, f"0x{sn.table_entry_offset:x}", f"0x{sn.l1_table_offset:x}",
+              str(sn.l1_size), str(sn.vm_state_size),
+              "-" if sn.disk_size is None else str(sn.disk_size), str(sn.extra_data_size))
+             for sn in view.snapshots],
             right=(2, 3, 4, 5, 6, 7)))]
-    if data["bitmaps"]:
+    if view.bitmaps:
         out += ["\nBitmap directory\n", indent_block(render_table(
             ("NAME", "GRANULARITY", "FLAGS", "TABLE AT", "TABLE SIZE"),
-            [(bm["name"], str(bm["granularity"]),
-              ",".join(n for n, on in (("in_use", bm["in_use"]), ("auto", bm["auto"])) if on)
-              or "-", f"0x{bm['bitmap_table_offset']:x}", str(bm["bitmap_table_size"]))
-             for bm in data["bitmaps"]], right=(1, 3, 4)))]
+            [(bm.name, str(bm.granularity),
+              ",".join(n for n, on in (("in_use", bm.in_use), ("auto", bm.auto)) if on)
+              or "-", f"0x{bm.bitmap_table_offset:x}", str(bm.bitmap_table_size))
+             for bm in view.bitmaps], right=(1, 3, 4)))]
     return "".join(out)
 
 
-def _extension_detail(ext: dict[str, Any]) -> str:
+def _extension_detail(ext: ExtensionView) -> str:
     """What an extension holds, below the extensions table (nothing for an empty one)."""
-    if "entries" in ext:
-        return f"\n{ext['name']} ({ext['type']})\n" + indent_block(render_table(
+    title = f"\n{ext.name} ({extension_type_text(ext.type)})\n"
+    if isinstance(ext.detail, FeatureTableDetail):
+        return title + indent_block(render_table(
             ("TYPE", "BIT", "NAME"),
-            [(e["type"], str(e["bit"]), e["name"]) for e in ext["entries"]], right=(1,)))
+            [(feature_type_name(e.type), str(e.bit), e.name) for e in ext.detail.entries],
+            right=(1,)))
+    # The detail's own fields, as its JSON names them (data_hex: the bytes in hex).
     extra = [(key, f"0x{value:x}" if key.endswith("offset") and isinstance(value, int)
               else str(value))
-             for key, value in ext.items() if key not in ("type", "name", "offset", "length")]
+             for key, value in to_json_object(ext.detail).items()]
     if not extra:
         return ""
-    return f"\n{ext['name']} ({ext['type']})\n" + render_fields(extra)
+    return title + render_fields(extra)
 
 
-def _luks_text(luks: dict[str, Any]) -> str:
-    fields_shown = [(key, f"0x{luks[key]:x}" if key in ("offset", "payload_offset")
-                     else "-" if luks[key] is None else str(luks[key]))
-                    for key in ("offset", "length", "version", "cipher_name", "cipher_mode",
-                                "cipher_alg", "ivgen_alg", "ivgen_hash_alg", "hash_spec",
-                                "payload_offset", "master_key_bytes", "master_key_iterations",
-                                "uuid")]
+def _luks_text(luks: LuksView) -> str:
+    fields_shown = [(f.name, f"0x{value:x}" if f.name in ("offset", "payload_offset")
+                     else "-" if value is None else str(value))
+                    for f in fields(luks) if f.name != "key_slots"
+                    for value in (getattr(luks, f.name),)]
     slots = render_table(
         ("SLOT", "STATE", "ITERATIONS", "STRIPES", "KEY MATERIAL AT"),
-        [(str(s["slot"]), "active" if s["active"] else "inactive",
-          str(s["iterations"]) if s["active"] else "-",
-          str(s["stripes"]) if s["active"] else "-", f"0x{s['key_offset']:x}")
-         for s in luks["key_slots"]], right=(0, 2, 3, 4))
+        [(str(s.slot), "active" if s.active else "inactive",
+          str(s.iterations) if s.active else "-",
+          str(s.stripes) if s.active else "-", f"0x{s.key_offset:x}")
+         for s in luks.key_slots], right=(0, 2, 3, 4))
     return "\nLUKS header\n" + render_fields(fields_shown) + "\n" + indent_block(slots)

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from qcow2_monitor.cli.exits import EXIT_OK
 from qcow2_monitor.cli.text import indent_block, render_fields, render_table
 from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.jsonform import to_json, to_json_object
 from qcow2_monitor.collectors.common.units import counted
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
@@ -46,7 +47,7 @@ def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.dump import dump
 
     with Qcow2Image.open(args.file) as image:
-        data = dump(image, args.what, limit=args.limit)
+        data = to_json_object(dump(image, args.what, limit=args.limit))
     if args.output == "json":
         out.write(json.dumps(data, indent=2) + "\n")
     else:
@@ -59,17 +60,17 @@ def run_measure(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     try:
         with Qcow2Image.open(args.file) as image:
-            data = measure_image(image, path=args.file)
+            result = measure_image(image, path=args.file)
     except OSError as exc:
         raise Qcow2Error(exc.strerror or str(exc), structure="backing file",
                          filename=args.file) from None
     if args.output == "json":
-        out.write(json.dumps(data, indent=4) + "\n")
+        out.write(json.dumps(to_json(result), indent=4) + "\n")
     else:
-        out.write(f"required size: {data['required']}\n"
-                  f"fully allocated size: {data['fully-allocated']}\n")
-        if "bitmaps" in data:
-            out.write(f"bitmaps size: {data['bitmaps']}\n")
+        out.write(f"required size: {result.required}\n"
+                  f"fully allocated size: {result.fully_allocated}\n")
+        if result.bitmaps is not None:
+            out.write(f"bitmaps size: {result.bitmaps}\n")
     return EXIT_OK
 
 
@@ -107,7 +108,8 @@ def _entries(items: list[dict[str, Any]], indent: str = "  ") -> str:
 
 
 def render_dump_human(data: dict[str, Any]) -> str:
-    """Any dump as text: its summary fields aligned, then its entries as tables."""
+    """Any dump as text, from its JSON form (the keys its type declares, in order): its
+    summary fields aligned, then its entries as tables."""
     what = data["what"]
     out = [f"image: {data['filename']}\n", f"dump: {what}\n",
            _summary(data, ("filename", "what"))]

@@ -1,81 +1,50 @@
-"""`qcow2-analyze usage`: the fast usage figures of images and their backing chains."""
+"""`qcow2-analyze usage`: the fast usage figures of images and their backing chains, from the
+one collect() every adapter runs (same targets, de-duplication, live sources and health)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, TextIO
+from collections.abc import Iterator, Sequence
+from typing import TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import live_uri
 from qcow2_monitor.cli.text import render_table
-from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.jsonform import JsonObject, to_json, to_json_object
 from qcow2_monitor.collectors.common.units import human_size, ratio_percent
-from qcow2_monitor.collectors.host.discovery import expand_targets
-from qcow2_monitor.collectors.host.live import start_live
-from qcow2_monitor.collectors.report.health import broken_layer
-from qcow2_monitor.collectors.report.model import LAYER_OK, ChainLayer, ImageUsage, UsageResult
-from qcow2_monitor.collectors.report.usage import analyze_usage
+from qcow2_monitor.collectors.host.live import LiveSources
+from qcow2_monitor.collectors.report.collect import ChainScope, collect
+from qcow2_monitor.collectors.report.model import Collection, ImageRecord, ImageUsage
 
 from .common import PROG, error_document, report_error
 
-
-def usage_json(usage: ImageUsage) -> dict[str, Any]:
-    c = usage.container
-    data: dict[str, Any] = {
-        "filename": usage.filename,
-        "image_end_offset": usage.image_end_offset,
-        "image_end_offset_source": usage.image_end_offset_source,
-        "live_end_offset": usage.live_end_offset,
-        "end_offset": usage.end_offset,
-        "end_offset_source": usage.end_offset_source,
-        "domain": usage.domain,
-        "disk": usage.disk,
-        "container_type": c.kind,
-        "container_size": c.size,
-        "container_length": c.length,
-        "headroom": c.headroom,
-        "usage_ratio": usage.usage_ratio,
-        "fully_allocated_size": usage.fully_allocated_size,
-        "virtual_size": usage.virtual_size,
-        "cluster_size": usage.cluster_size,
-        "qcow_version": usage.qcow_version,
-        "in_use": usage.in_use,
-        "dirty": usage.dirty,
-        "corrupt": usage.corrupt,
-        "lazy_refcounts": usage.lazy_refcounts,
-        "refcounts_trusted": usage.refcounts_trusted,
-        "encrypted": usage.encrypted,
-        "backing_filename": usage.backing_filename,
-        "backing_format": usage.backing_format,
-        "external_data_file": usage.external_data_file,
-        "snapshots": usage.snapshots,
-        "bitmaps": usage.bitmaps,
-        "notes": list(usage.notes),
-    }
-    if c.allocated_bytes is not None:
-        data["allocated_bytes"] = c.allocated_bytes
-    return data
+# One entry per target: its record, then the records of its backing layers.
+Entry = tuple[ImageRecord, Sequence[ImageRecord]]
 
 
-def layer_json(layer: ChainLayer) -> dict[str, Any]:
-    data: dict[str, Any] = {"depth": layer.depth, "name": layer.name, "path": layer.path,
-                            "status": layer.status, "format": layer.format}
-    if layer.usage is not None:
-        data.update(usage_json(layer.usage))
-    if layer.error is not None:
-        data["error"] = layer.error.as_dict()
-    return data
+def entries(collection: Collection) -> Iterator[Entry]:
+    """The collection as usage shows it: each target (or failed live source) with the backing
+    layers reported below it. Each image is in it once (collect() de-duplicates): a layer shared
+    with an earlier target, or already a target itself, is shown where it was first met."""
+    records = collection.records
+    index = 0
+    while index < len(records):
+        end = index + 1
+        while end < len(records) and records[end].depth > 0:
+            end += 1
+        yield records[index], records[index + 1:end]
+        index = end
 
 
-def result_json(result: UsageResult) -> dict[str, Any]:
-    if result.usage is None:
-        assert result.error is not None
-        return error_document(result.error, result.target)
-    data = usage_json(result.usage)
-    data["status"] = LAYER_OK
-    data["backing_chain"] = [layer_json(layer) for layer in result.reported_chain]
-    return data
+def entry_json(record: ImageRecord, layers: Sequence[ImageRecord]) -> JsonObject:
+    """A target's usage document (README, "Figures reported by usage"), or the one error
+    document of a target that could not be analysed."""
+    if record.usage is None:
+        assert record.error is not None
+        return error_document(record.error, record.filename)
+    return {**to_json_object(record.usage), "status": to_json(record.status),
+            "backing_chain": [to_json(layer.layer) for layer in layers]}
 
 
 USAGE_COLUMNS = ("IMAGE", "END OFFSET", "FROM", "CONTAINER", "CONTAINER SIZE", "USED",
@@ -86,61 +55,49 @@ def _usage_row(name: str, usage: ImageUsage) -> list[str]:
     c = usage.container
     flags = [flag for flag, on in (("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
                                    ("in-use", usage.in_use)) if on]
-    return [name, human_size(usage.end_offset), usage.end_offset_source, c.kind,
+    return [name, human_size(usage.end_offset), str(usage.end_offset_source), str(c.kind),
             human_size(c.size), ratio_percent(usage.usage_ratio), human_size(c.headroom),
             human_size(usage.fully_allocated_size), ", ".join(flags) or "ok"]
 
 
-def render_usage_human(results: list[UsageResult]) -> str:
+def render_usage_human(collection: Collection) -> str:
     """One aligned table: a row per image, its backing layers indented below it; a target
     that failed is a row whose state says so (the error itself is on stderr, once)."""
     rows: list[list[str]] = []
     notes: list[str] = []
     empty = ["-"] * (len(USAGE_COLUMNS) - 2)
-    for result in results:
-        if result.usage is None:
-            rows.append([result.target, *empty, "error"])
+    for record in collection.records:
+        name = record.filename if record.depth == 0 else \
+            "  " * record.depth + "└ " + (record.name or record.filename)
+        if record.usage is None:
+            rows.append([name, *empty, "error" if record.depth == 0 else str(record.status)])
             continue
-        rows.append(_usage_row(result.usage.filename, result.usage))
-        notes += [f"{result.usage.filename}: {note}" for note in result.usage.notes]
-        for layer in result.reported_chain:
-            name = "  " * layer.depth + "└ " + layer.name
-            if layer.usage is None:
-                rows.append([name, *empty, layer.status])
-            else:
-                rows.append(_usage_row(name, layer.usage))
-                notes += [f"{layer.usage.filename}: {note}" for note in layer.usage.notes]
+        rows.append(_usage_row(record.usage.filename if record.depth == 0 else name,
+                               record.usage))
+        notes += [f"{record.usage.filename}: {note}" for note in record.usage.notes]
     text = render_table(USAGE_COLUMNS, rows, right=(1, 4, 5, 6, 7))
     return text + "".join(f"note: {note}\n" for note in notes)
 
 
+def failed(entry: Entry) -> bool:
+    """Whether a target makes usage exit 1: it could not be analysed, or its backing chain is
+    broken (qemu cannot open the image)."""
+    record, _ = entry
+    return record.error is not None or record.broken_below is not None
+
+
 def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    status = EXIT_OK
-    pending = start_live(live_uri(args), args.qmp)
-    targets = expand_targets(args.targets)
-    live = pending.wait() if pending is not None else None
-    if live is not None and live.libvirt_note and args.libvirt_uri is not None:
-        print(f"{PROG}: note: {live.libvirt_note}", file=err)  # asked for by name: say why not
-    results: list[UsageResult] = []
-    for target in targets:
-        if target.error is not None or target.path is None:
-            error = target.error or Qcow2Error("no such target", structure="target")
-            results.append(UsageResult(target.spec, None, (), error.with_filename(target.spec)))
-        else:
-            results.append(analyze_usage(target.path, chain=not args.no_chain, live=live))
-    if live is not None:
-        results += [UsageResult(e.filename or "--qmp", None, (), e) for e in live.errors]
-    for result in results:
-        if result.error is not None:
-            report_error(result.error, err)
-            status = EXIT_FAILED
-        for layer in result.reported_chain:
-            if layer.error is not None:
-                report_error(layer.error, err)
-        if broken_layer(result.chain) is not None:
-            status = EXIT_FAILED  # qemu cannot open the image: its backing chain is broken
+    scope = ChainScope.NOT_OK if args.no_chain else ChainScope.ALL
+    collection = collect(args.targets, chain=scope,
+                         live_sources=LiveSources(live_uri(args), tuple(args.qmp)))
+    if collection.libvirt_note and args.libvirt_uri is not None:
+        print(f"{PROG}: note: {collection.libvirt_note}", file=err)  # asked for by name: why not
+    for record in collection.records:
+        if record.error is not None:
+            report_error(record.error, err)
+    shown = list(entries(collection))
     if args.output == "json":
-        out.write(json.dumps([result_json(r) for r in results], indent=2) + "\n")
+        out.write(json.dumps([entry_json(*entry) for entry in shown], indent=2) + "\n")
     else:
-        out.write(render_usage_human(results))
-    return status
+        out.write(render_usage_human(collection))
+    return EXIT_FAILED if any(failed(entry) for entry in shown) else EXIT_OK

@@ -13,7 +13,7 @@ from qcow2_monitor.collectors.report.health import RULES, STATE_BY_NAME, STATE_N
 from qcow2_monitor.collectors.report.model import DEFAULT_MAX_DEPTH
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.report.metrics import Collection
+    from qcow2_monitor.collectors.report.model import Collection
 
 MAX_DEPTH_LIMIT = 256
 ArgumentContainer = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]

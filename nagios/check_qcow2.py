@@ -29,7 +29,7 @@ from qcow2_monitor.nagios.text import clean_label, clean_text, percent_text
 from qcow2_monitor.nagios.thresholds import Thresholds, evaluate, evaluate_filesystem
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.report.metrics import Collection
+    from qcow2_monitor.collectors.report.model import Collection
 
 __all__ = ["clean_label", "clean_text", "main", "percent_text", "verdict"]
 

@@ -14,7 +14,7 @@ from qcow2_monitor.nagios.text import clean_text, percent_text, usage_percent
 from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.report.metrics import ImageRecord
+    from qcow2_monitor.collectors.report.model import ImageRecord
 
 MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lists everything
 STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
@@ -102,7 +102,7 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
         parts.extend(_details(record))
     where = f" (backing file, depth {record.depth} below {clean_text(record.target)})" \
         if record.depth else ""
-    # A raw base or a json:/nbd: layer is reported, not analysed (model.LAYER_*).
+    # A raw base or a json:/nbd: layer is reported, not analysed (model.LayerStatus).
     text = "; ".join(clean_text(part) for part in parts) or f"{record.status}, not analysed"
     name = f"{_image_name(record)}{where}: " if record.is_image or record.source else ""
     lines = [f"{STATE_NAMES[verdict.state]}: {name}{text}"]

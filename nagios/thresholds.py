@@ -12,7 +12,8 @@ from qcow2_monitor.nagios.ranges import Range
 from qcow2_monitor.nagios.text import percent_text, usage_percent
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.report.metrics import FilesystemFigures, ImageRecord
+    from qcow2_monitor.collectors.report.metrics import FilesystemFigures
+    from qcow2_monitor.collectors.report.model import ImageRecord
 
 # The core's numbers (collectors.health), repeated so that this module imports no core code
 # before main() runs.

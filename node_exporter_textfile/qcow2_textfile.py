@@ -33,7 +33,6 @@ from qcow2_monitor.cli.options import (
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.report.metrics import (
     METRICS,
-    Collection,
     Labels,
     Metric,
     MetricValue,
@@ -44,6 +43,7 @@ from qcow2_monitor.collectors.report.metrics import (
     image_metrics,
     valid_utf8,
 )
+from qcow2_monitor.collectors.report.model import Collection
 
 if TYPE_CHECKING:
     import jinja2  # imported lazily at run time, like everything heavy

@@ -40,14 +40,13 @@ from qcow2_monitor.collectors.report.metrics import (
     IDENTITY_LABELS,
     INFO_METRIC,
     INTEGER_INFO_LABELS,
-    Collection,
-    ImageRecord,
     error_text,
     filesystem_metrics,
     filesystems,
     health_text,
     image_metrics,
 )
+from qcow2_monitor.collectors.report.model import Collection, ImageRecord
 from qcow2_monitor.telegraf.lineprotocol import FieldValue, format_line, representable
 
 MEASUREMENT = "qcow2"

@@ -1,10 +1,15 @@
-"""Backing chains: loops, pseudo-protocols, depth limit, missing layers (made with qemu-img)."""
+"""Backing chains: loops, pseudo-protocols, depth limit, missing layers (made with qemu-img),
+and visit(), the one way every command walks a chain."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
+from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.qcow2.chain import not_read_error, visit
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.report.model import ChainLayer, LayerStatus
 from qcow2_monitor.collectors.report.usage import analyze_usage
 
 
@@ -80,3 +85,45 @@ def test_layer_declared_qcow2_that_is_not_breaks_the_chain(tmp_path: Path) -> No
             ("not-qcow2", True)]
     assert subprocess.run(["qemu-img", "info", "--backing-chain", str(top)],
                           capture_output=True).returncode != 0
+
+
+def test_visit_reads_each_layer_and_keeps_reader_errors_on_their_layer(tmp_path: Path) -> None:
+    raw = tmp_path / "base.raw"
+    raw.write_bytes(b"\0" * 4096)
+    mid = create(tmp_path / "mid.qcow2", str(raw), fmt="raw")
+    top = create(tmp_path / "top.qcow2", "mid.qcow2")
+
+    def name(image: Qcow2Image, layer: ChainLayer) -> str:
+        assert image.filename == layer.filename  # read while open, the walker's own image
+        return f"{layer.depth}:{image.filename}"
+
+    visited = list(visit(str(top), name, read_raw=lambda layer: f"raw:{layer.filename}"))
+    assert [(v.layer.status, v.value) for v in visited] == [
+        ("ok", f"0:{top}"), ("ok", f"1:{mid}"), ("other-format", f"raw:{raw}")]
+    # Without a raw reader the raw layer is reported, not read.
+    assert [v.value for v in visit(str(top), name)][2] is None
+
+    def refuse_mid(image: Qcow2Image, layer: ChainLayer) -> str:
+        if layer.depth == 1:
+            raise Qcow2Error("planted", structure="test")
+        return image.filename
+
+    failed = list(visit(str(top), refuse_mid))
+    assert [(v.layer.status, v.value) for v in failed] == [
+        ("ok", str(top)), ("error", None), ("other-format", None)]  # the walk went on below
+    error = failed[1].layer.error
+    assert error is not None and error.filename == str(mid) and error.message == "planted"
+    with Qcow2Image.open(str(top)) as image:  # an image already open: only its chain opened
+        assert [v.value for v in visit(str(top), lambda opened, _: opened is image,
+                                       opened=image)][:1] == [True]
+
+
+def test_a_layer_not_read_is_said_alike_by_every_command() -> None:
+    protocol = ChainLayer(1, "nbd:127.0.0.1:1", None, LayerStatus.PROTOCOL, None)
+    vmdk = ChainLayer(1, "b.vmdk", "/i/b.vmdk", LayerStatus.OTHER_FORMAT, "vmdk")
+    assert str(not_read_error(protocol)) == (
+        "nbd:127.0.0.1:1: backing file: backing file name uses a protocol; not opened "
+        "(read-only policy) (value 'nbd:127.0.0.1:1')")
+    assert str(not_read_error(vmdk)) == (
+        "/i/b.vmdk: backing file: backing format vmdk is not analysed (value 'b.vmdk')")
+    assert not_read_error(vmdk).kind == "unsupported"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from qcow2_monitor.collectors.common.jsonform import to_json
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.qcow2.info import image_info
 from qcow2_monitor.collectors.report.usage import analyze_usage
@@ -32,7 +33,7 @@ def test_info_equals_qemu_on_every_image(corpus: list[CorpusImage]) -> None:
         expected, code = qemu_img_json("info", img)
         assert code == 0, f"qemu-img info failed on {img.name}"
         with Qcow2Image.open(str(img.path)) as image:
-            ours = image_info(image)
+            ours = to_json(image_info(image))
         if ours != expected:
             mismatches.append(f"{img.name}:\n  qemu: {json.dumps(expected, sort_keys=True)}"
                               f"\n  ours: {json.dumps(ours, sort_keys=True)}")
@@ -162,7 +163,7 @@ def test_block_device_container(corpus: list[CorpusImage], loop_device: Any,
                                      check=True).stdout)
     assert info["actual-size"] == 0  # qemu's "disk size: 0 B" on a block device
     with Qcow2Image.open(device) as image:
-        assert image_info(image) == info
+        assert to_json(image_info(image)) == info
     usage = analyze_usage(device, chain=False).usage
     assert usage is not None
     size = int(subprocess.run(["blockdev", "--getsize64", device], capture_output=True,

@@ -8,10 +8,17 @@ import json
 from pathlib import Path
 
 from qcow2_monitor.analyze.tables import register, render_dump_human
-from qcow2_monitor.collectors.check.dump import WHAT, dump
+from qcow2_monitor.collectors.check.dump import WHAT
+from qcow2_monitor.collectors.check.dump import dump as dump_view
+from qcow2_monitor.collectors.common.jsonform import JsonObject, to_json_object
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, run
+
+
+def dump(image: Qcow2Image, what: str, limit: int = 1000) -> JsonObject:
+    """A dump in its JSON form (what `dump --output json` prints)."""
+    return to_json_object(dump_view(image, what, limit=limit))
 
 
 def test_dump_smoke(corpus: list[CorpusImage]) -> None:

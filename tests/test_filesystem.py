@@ -17,7 +17,12 @@ import pytest
 
 from qcow2_monitor.collectors.host import discovery
 from qcow2_monitor.collectors.report.collect import collect
-from qcow2_monitor.collectors.report.metrics import filesystems, image_metrics, info_labels
+from qcow2_monitor.collectors.report.metrics import (
+    filesystems,
+    identity_labels,
+    image_metrics,
+    info_labels,
+)
 from qcow2_monitor.nagios.ranges import format_number
 
 from alerting import promtool_test, textfile_samples
@@ -114,7 +119,7 @@ def test_one_disk_one_series_whatever_name(tmp_path: Path,
     link.symlink_to(device)
     for spec in (device, str(link)):
         (record,) = collect([spec]).records
-        assert record.identity == (("path", device),)  # the kernel's name
+        assert identity_labels(record) == (("path", device),)  # the kernel's name
         assert dict(info_labels(record))["name"] == spec  # the name it was given
     # Device-mapper (LVM, dm-crypt): the kernel numbers its devices dm-N anew at every boot, so
     # the series is named /dev/mapper/NAME from sysfs. This kernel has no device-mapper: a copy
@@ -128,12 +133,12 @@ def test_one_disk_one_series_whatever_name(tmp_path: Path,
         for spec in (device, str(link)):
             (record,) = collect([spec]).records
             assert record.error is None and record.usage is not None
-            assert record.identity == (("path", "/dev/mapper/vg0-vm1"),)
+            assert identity_labels(record) == (("path", "/dev/mapper/vg0-vm1"),)
     # A device node outside /dev (here: a copy made with mknod) maps to the kernel's name.
     node = tmp_path / "node"
     os.mknod(node, 0o600 | stat.S_IFBLK, os.stat(device).st_rdev)
     (record,) = collect([str(node)]).records
-    assert record.identity == (("path", device),)
+    assert identity_labels(record) == (("path", device),)
 
 
 def test_a_layer_keeps_its_series_when_an_overlay_appears(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from qcow2_monitor.collectors.check.checker import check_image
 from qcow2_monitor.collectors.check.dump import dump
 from qcow2_monitor.collectors.qcow2 import layout as L
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
-from qcow2_monitor.collectors.report.model import LAYER_INVALID_NAME
+from qcow2_monitor.collectors.report.model import LayerStatus
 from qcow2_monitor.collectors.report.usage import analyze_usage
 from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 
@@ -119,7 +119,7 @@ def test_backing_name_nul_or_not_utf8(overlay: Path, position: int, value: int) 
     note = " ".join(result.usage.notes)
     if value == 0:
         assert f"NUL byte at position {position}" in note
-        assert [layer.status for layer in result.chain] == [LAYER_INVALID_NAME]
+        assert [layer.status for layer in result.chain] == [LayerStatus.INVALID_NAME]
         assert result.chain[0].error is not None
         # info stays equal to qemu-img info, which keeps the part before the NUL.
         info = _qemu_json("info", str(overlay))
@@ -189,8 +189,8 @@ def test_refcount_table_claims_do_not_set_the_time(tmp_path: Path) -> None:
     with Qcow2Image.open(str(path)) as image:
         assert _cpu(dump, image, "refcount") < MAX_CPU_SECONDS
         data = dump(image, "refcount")
-    assert data["nonzero_table_entries"] > 500_000
-    assert len(data["unreadable_blocks"]) <= 1000
+    assert data.nonzero_table_entries > 500_000
+    assert len(data.unreadable_blocks) <= 1000
     _all_entry_points_clean(path)
 
 

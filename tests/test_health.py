@@ -21,7 +21,7 @@ import pytest
 
 from qcow2_monitor.collectors.common.errors import INVALID, IO_ERROR, Qcow2Error
 from qcow2_monitor.collectors.report.health import CRITICAL, OK, SEVERITY, UNKNOWN, WARNING, assess
-from qcow2_monitor.collectors.report.model import LAYER_ERROR, LAYER_LOOP, ChainLayer
+from qcow2_monitor.collectors.report.model import ChainLayer, LayerStatus
 
 from alerting import parse_line, promtool_test, textfile_samples
 from daemons import make_image, require_binary, run
@@ -345,7 +345,7 @@ def test_usage_command_fails_on_a_broken_chain(runs: dict[str, Any]) -> None:
 
 def test_loop_layer_itself_and_the_top_above_it() -> None:
     """A layer record that loops is CRITICAL by itself, and so is every image above it."""
-    loop = ChainLayer(2, "a.qcow2", "/i/a.qcow2", LAYER_LOOP, "qcow2")
+    loop = ChainLayer(2, "a.qcow2", "/i/a.qcow2", LayerStatus.LOOP, "qcow2")
     assert assess(usage=None, check=None, error=None, layer=loop).state == CRITICAL
     above = assess(usage=None, check=None, error=None, broken_below=loop)
     assert [(r.rule, r.state) for r in above.reasons] == [("backing", CRITICAL)]
@@ -356,7 +356,7 @@ def test_loop_layer_itself_and_the_top_above_it() -> None:
     # A layer that cannot be read is judged by why: damaged metadata, or we could not look.
     for kind, rule, state in ((INVALID, "damaged", CRITICAL), (IO_ERROR, "unknown", UNKNOWN)):
         error = Qcow2Error("bad", structure="refcount table", kind=kind, filename="/i/b")
-        layer = ChainLayer(1, "b", "/i/b", LAYER_ERROR, "qcow2", error=error)
+        layer = ChainLayer(1, "b", "/i/b", LayerStatus.ERROR, "qcow2", error=error)
         health = assess(usage=None, check=None, error=error, layer=layer)
         assert [(r.rule, r.state) for r in health.reasons] == [(rule, state)]
         assert assess(usage=None, check=None, error=None, broken_below=layer).state == CRITICAL

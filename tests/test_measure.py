@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from qcow2_monitor.collectors.check.measure import measure_image, prealloc_size
+from qcow2_monitor.collectors.common.jsonform import to_json_object
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, run
@@ -22,7 +23,7 @@ def qemu_measure(args: list[str]) -> dict:
 
 def ours(path: Path) -> dict:
     with Qcow2Image.open(str(path)) as image:
-        return measure_image(image, path=str(path))
+        return to_json_object(measure_image(image, path=str(path)))
 
 
 def test_measure_corpus(corpus: list[CorpusImage]) -> None:

@@ -24,6 +24,7 @@ import pytest
 
 from qcow2_monitor.collectors.check.measure import TARGET_CLUSTER_SIZE, measure_image
 from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.jsonform import to_json
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, run
@@ -70,7 +71,7 @@ def qemu_measure(path: Path) -> dict[str, int]:
 def assert_equal_to_qemu(path: Path) -> dict[str, int]:
     expected = qemu_measure(path)
     with Qcow2Image.open(str(path)) as image:
-        assert measure_image(image, path=str(path)) == expected, path.name
+        assert to_json(measure_image(image, path=str(path))) == expected, path.name
     return expected
 
 

@@ -8,19 +8,18 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qcow2_monitor.collectors.common.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
 from qcow2_monitor.collectors.common.units import parse_size
 from qcow2_monitor.collectors.report import collect as collecting
+from qcow2_monitor.collectors.report import usage as usage_module
 from qcow2_monitor.collectors.report.collect import collect, judge
 from qcow2_monitor.collectors.report.metrics import (
     INFO_METRIC,
     METRICS,
-    RUNNING_PROCESSES,
-    Collection,
-    ImageRecord,
     collection_metrics,
     error_text,
     filesystem_metrics,
@@ -29,15 +28,16 @@ from qcow2_monitor.collectors.report.metrics import (
     info_labels,
 )
 from qcow2_monitor.collectors.report.model import (
-    CONTAINER_BLOCK,
-    CONTAINER_FILE,
-    LAYER_MISSING,
-    LAYER_OK,
-    LAYER_PROTOCOL,
-    SOURCE_REFCOUNTS,
+    RUNNING_PROCESSES,
     CheckResult,
+    Collection,
     Container,
+    ContainerKind,
+    EndOffsetSource,
+    ImageRecord,
     ImageUsage,
+    LayerStatus,
+    LiveSource,
 )
 from qcow2_monitor.collectors.report.usage import analyze_usage
 
@@ -55,9 +55,9 @@ def sample_usage(filename: str, **changes: object) -> ImageUsage:
     fields: dict[str, object] = dict(
         filename=filename,
         image_end_offset=327680,
-        image_end_offset_source=SOURCE_REFCOUNTS,
+        image_end_offset_source=EndOffsetSource.REFCOUNTS,
         container=Container(
-            kind=CONTAINER_FILE,
+            kind=ContainerKind.FILE,
             size=10737418240,
             headroom=10737090560,
             length=327680,
@@ -115,7 +115,7 @@ def sample_collection() -> Collection:
         usage=sample_usage(
             "/dev/vg0/base",
             container=Container(
-                kind=CONTAINER_BLOCK,
+                kind=ContainerKind.BLOCK,
                 size=1073741824,
                 headroom=0,
                 length=1073741824,
@@ -134,7 +134,7 @@ def sample_collection() -> Collection:
         ),
         check=None,
         error=None,
-        status=LAYER_OK,
+        status=LayerStatus.OK,
         name="/dev/vg0/base",
     )
     proto = ImageRecord(
@@ -144,7 +144,7 @@ def sample_collection() -> Collection:
         usage=None,
         check=None,
         error=None,
-        status=LAYER_PROTOCOL,
+        status=LayerStatus.PROTOCOL,
         name="nbd://backup.example:10809/base",
     )
     failed = ImageRecord(
@@ -408,7 +408,7 @@ def test_collect_missing_and_looping_layers(tmp_path: Path) -> None:
     records = collect([str(top), str(a)], chain=True).records
     by_key = {(r.label_path, r.depth): r for r in records}
     missing = by_key[(str(base), 1)]
-    assert missing.status == LAYER_MISSING and missing.error is not None
+    assert missing.status == LayerStatus.MISSING and missing.error is not None
     assert "not found" in str(missing.error)
     assert by_key[(str(a), 0)].error is None
     assert by_key[(str(b), 1)].error is None
@@ -432,6 +432,35 @@ def test_collect_turns_unexpected_exceptions_into_record_errors(
     records = collect([str(bad), str(good)]).records
     assert records[0].error is not None and "RuntimeError: boom" in str(records[0].error)
     assert records[1].error is None and records[1].usage is not None
+
+
+def test_a_bug_on_one_layer_costs_only_that_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """collect()'s guard shields each layer's work: the top keeps its figures, the layer whose
+    analysis met a bug reports it (an internal error, never a traceback), and an OSError that
+    escaped is an io-error."""
+    base = make_image(tmp_path / "base.qcow2", "16M")
+    top = make_image(tmp_path / "top.qcow2", backing=base)
+    real = usage_module.image_usage
+    planted: list[BaseException] = [RuntimeError("boom")]
+
+    def image_usage(image: Any, live: Any = None) -> Any:
+        if image.filename == str(base):
+            raise planted[0]
+        return real(image, live)
+
+    monkeypatch.setattr(usage_module, "image_usage", image_usage)
+    top_record, layer = collect([str(top)], chain=True).records
+    assert top_record.error is None and top_record.usage is not None
+    assert layer.status == LayerStatus.ERROR and layer.usage is None and layer.error is not None
+    assert (layer.error.kind, layer.error.filename) == ("internal-error", str(base))
+    assert "RuntimeError: boom" in layer.error.message
+    assert top_record.broken_below is not None  # qemu could not open it either: said above
+    planted[0] = OSError(5, "Input/output error")
+    layer = collect([str(top)], chain=True).records[1]
+    assert layer.error is not None and (layer.error.kind, layer.error.message) == (
+        "io-error", "Input/output error")
 
 
 def test_collect_with_check(tmp_path: Path) -> None:
@@ -495,14 +524,15 @@ def test_uninspectable_qemu_processes_have_a_non_path_identity_and_are_no_image(
 def test_filesystem_sums_use_the_live_aware_end_offset_of_the_images_given(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """filesystem_end_offset_bytes sums end_offset (live when ahead), over the run's images."""
-    from qcow2_monitor.collectors.host.live import SOURCE_QMP, LiveDisk, LiveView
+    from qcow2_monitor.collectors.host.live import LiveView
+    from qcow2_monitor.collectors.report.model import LiveDisk
 
     images = [tmp_path / f"{n}.qcow2" for n in range(3)]
     for image in images:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"],
                        check=True)
     view = LiveView()
-    view.add(LiveDisk(str(images[0]), 7 << 20, "qemu 1", "#block1", SOURCE_QMP))
+    view.add(LiveDisk(str(images[0]), 7 << 20, "qemu 1", "#block1", LiveSource.QMP))
 
     class Pending:
         def wait(self) -> LiveView:

@@ -25,19 +25,17 @@ import pytest
 from qcow2_monitor.cli.options import policy_from_args
 from qcow2_monitor.collectors.common.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
 from qcow2_monitor.collectors.report.collect import judge
-from qcow2_monitor.collectors.report.metrics import Collection, ImageRecord
 from qcow2_monitor.collectors.report.model import (
-    CONTAINER_BLOCK,
-    CONTAINER_FILE,
-    LAYER_MISSING,
-    LAYER_OTHER_FORMAT,
-    SOURCE_CHECK,
-    SOURCE_REFCOUNTS,
     ChainLayer,
     CheckResult,
+    Collection,
     Container,
+    ContainerKind,
+    EndOffsetSource,
     Finding,
+    ImageRecord,
     ImageUsage,
+    LayerStatus,
 )
 from qcow2_monitor.nagios import check_qcow2
 from qcow2_monitor.nagios.check_qcow2 import clean_label, clean_text, main, percent_text
@@ -141,11 +139,12 @@ def test_cleaning_of_paths() -> None:
 # --- hand-built model objects ---------------------------------------------------------------
 
 
-def usage(path: str, end: int, size: int, kind: str = CONTAINER_BLOCK, **fields: Any) -> ImageUsage:
+def usage(path: str, end: int, size: int, kind: ContainerKind = ContainerKind.BLOCK,
+          **fields: Any) -> ImageUsage:
     container = Container(kind=kind, size=size, headroom=size - end, length=size,
-                          allocated_bytes=None if kind == CONTAINER_BLOCK else end)
+                          allocated_bytes=None if kind == ContainerKind.BLOCK else end)
     values: dict[str, Any] = dict(
-        filename=path, image_end_offset=end, image_end_offset_source=SOURCE_REFCOUNTS,
+        filename=path, image_end_offset=end, image_end_offset_source=EndOffsetSource.REFCOUNTS,
         container=container, usage_ratio=end / size, fully_allocated_size=21 * GiB,
         virtual_size=20 * GiB, cluster_size=65536, qcow_version=3, in_use=False, dirty=False,
         corrupt=False, lazy_refcounts=False, refcounts_trusted=True, encrypted=False,
@@ -284,11 +283,11 @@ def test_golden_unknown_single(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_golden_dirty_and_in_use_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
     dirty = record("/x/dirty.qcow2", usage(
-        "/x/dirty.qcow2", GiB, 10 * GiB, kind=CONTAINER_FILE, dirty=True, lazy_refcounts=True,
-        refcounts_trusted=False, image_end_offset_source=SOURCE_CHECK))
+        "/x/dirty.qcow2", GiB, 10 * GiB, kind=ContainerKind.FILE, dirty=True, lazy_refcounts=True,
+        refcounts_trusted=False, image_end_offset_source=EndOffsetSource.CHECK))
     in_use = record("/x/inuse.qcow2", usage(
         "/x/inuse.qcow2", GiB, 10 * GiB, dirty=True, in_use=True, lazy_refcounts=True,
-        refcounts_trusted=False, image_end_offset_source=SOURCE_CHECK,
+        refcounts_trusted=False, image_end_offset_source=EndOffsetSource.CHECK,
         backing_filename="base.qcow2"))
     code, text = run_main(monkeypatch, [dirty, in_use], "-v")
     assert code == 1
@@ -403,13 +402,13 @@ def test_golden_backing_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     base = record("/i/base.qcow2", usage("/i/base.qcow2", 2 * MiB, 10 * GiB,
                                          backing_filename="raw.img"),
                   depth=1, target="/i/top.qcow2")
-    raw = record("/i/raw.img", depth=2, target="/i/top.qcow2", status=LAYER_OTHER_FORMAT)
-    gone = ChainLayer(1, "gone.qcow2", "/i/gone.qcow2", LAYER_MISSING, "qcow2")
+    raw = record("/i/raw.img", depth=2, target="/i/top.qcow2", status=LayerStatus.OTHER_FORMAT)
+    gone = ChainLayer(1, "gone.qcow2", "/i/gone.qcow2", LayerStatus.MISSING, "qcow2")
     other = replace(record("/i/other.qcow2", usage("/i/other.qcow2", MiB, 10 * GiB,
                                                    backing_filename="gone.qcow2")),
                     broken_below=gone)
     missing = replace(record("/i/gone.qcow2", depth=1, target="/i/other.qcow2",
-                             status=LAYER_MISSING, error=Qcow2Error(
+                             status=LayerStatus.MISSING, error=Qcow2Error(
                                  "backing file 'gone.qcow2' not found",
                                  structure="backing chain", kind=IO_ERROR,
                                  filename="/i/gone.qcow2")), layer=gone)

@@ -17,6 +17,7 @@ import pytest
 from qcow2_monitor.analyze.check import exit_code
 from qcow2_monitor.collectors.check.checker import check_image
 from qcow2_monitor.collectors.check.measure import measure_image
+from qcow2_monitor.collectors.common.jsonform import to_json
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.qcow2.info import image_info
 from qcow2_monitor.collectors.report.usage import analyze_usage
@@ -72,8 +73,8 @@ def compare_layer(path: Path) -> list[str]:
     expected_measure, _ = qemu_json(path.parent, "measure", "--output=json", "-O", "qcow2",
                                     name)
     with Qcow2Image.open(name) as image:
-        info = image_info(image)
-        measured = measure_image(image, path=name)
+        info = to_json(image_info(image))
+        measured = to_json(measure_image(image, path=name))
     if info != expected_info:
         problems.append(f"info:\n  qemu {json.dumps(expected_info, sort_keys=True)}"
                         f"\n  ours {json.dumps(info, sort_keys=True)}")

@@ -14,8 +14,9 @@ from typing import Any, Optional
 import pytest
 from test_metrics import sample_collection
 
-from qcow2_monitor.collectors.host.live import SOURCE_LIBVIRT, SOURCE_QMP, LiveDisk, LiveView
+from qcow2_monitor.collectors.host.live import LiveView
 from qcow2_monitor.collectors.report import collect as collect_module
+from qcow2_monitor.collectors.report.model import LiveDisk, LiveSource
 from qcow2_monitor.collectors.report.usage import analyze_usage
 from qcow2_monitor.telegraf import lineprotocol as lp
 from qcow2_monitor.telegraf.qcow2_telegraf import main, render
@@ -340,7 +341,7 @@ def test_a_disk_keeps_its_one_series_through_its_life(
     stages["rebased"] = _batch_of(disk, monkeypatch)
     for n, (domain, node) in enumerate([("qemu 22306", "#block017"), ("vm1", "vda")]):
         stages[f"live {domain}"] = _batch_of(disk, monkeypatch, LiveDisk(
-            str(disk), 1 << 30, domain, node, SOURCE_QMP if n == 0 else SOURCE_LIBVIRT))
+            str(disk), 1 << 30, domain, node, LiveSource.QMP if n == 0 else LiveSource.LIBVIRT))
     stages["live gone"] = _batch_of(disk, monkeypatch)
     # Damage: a refcount table entry not cluster aligned makes the image unreadable.
     table = read_header(disk)["refcount_table_offset"]

@@ -31,14 +31,7 @@ from ..qcow2 import layout as L
 from ..qcow2.bitmaps import Bitmap
 from ..qcow2.image import Qcow2Image, Snapshot
 from ..qcow2.reader import held_for_writing
-from ..report.model import (
-    TABLE_BITMAP,
-    TABLE_REFCOUNT_TABLE,
-    TABLE_SNAPSHOTS,
-    CheckResult,
-    Finding,
-    Place,
-)
+from ..report.model import CheckResult, Finding, Place, TableName
 from .compare import compare_refcounts
 from .findings import Tally, finding
 from .heap import keep_heap_top
@@ -94,7 +87,8 @@ class _Check:
 
     def snapshot_place(self, sn: Snapshot) -> Place:
         """The snapshot table entry of `sn`."""
-        return Place(TABLE_SNAPSHOTS, self.h.snapshots_offset, sn.table_index, snapshot=sn.id_str)
+        return Place(TableName.SNAPSHOTS, self.h.snapshots_offset, sn.table_index,
+                     snapshot=sn.id_str)
 
     def calculate(self, snapshots: list[Snapshot], snapshots_size: int) -> None:
         """calculate_refcounts()."""
@@ -105,7 +99,7 @@ class _Check:
                           lambda _k: L1Table(h.l1_table_offset, ""), active=True)
         if h.has_data_file and snapshots:
             self.tally.corruption("snapshots-with-data-file", "snapshot table",
-                                  Place(TABLE_SNAPSHOTS, h.snapshots_offset),
+                                  Place(TableName.SNAPSHOTS, h.snapshots_offset),
                                   host_offset=h.snapshots_offset, found=len(snapshots))
         # Snapshots sharing one L1 table (offset and size) add the same each time: walked
         # once and counted for each (a header may claim 65536 of them).
@@ -203,7 +197,7 @@ class _Check:
             bm = bitmaps[int(sources[k])]
             structure.add(finding(
                 "reference-past-eof", f"bitmap '{bm.name}'",
-                Place(TABLE_BITMAP, bm.bitmap_table_offset), what="bitmap data cluster",
+                Place(TableName.BITMAP, bm.bitmap_table_offset), what="bitmap data cluster",
                 host_offset=int(data[0][k]), file_length=self.refs.file_length))
         structure.count(max(0, len(past) - structure.room))
 
@@ -247,7 +241,7 @@ class _Check:
     def _refblock(self, i: int, raw: int, value: int, past: bool, wrong: bool) -> None:
         where = f"refcount table entry {i}"
         table = self.h.refcount_table_offset
-        place = Place(TABLE_REFCOUNT_TABLE, table, i, refcount_table_offset=table)
+        place = Place(TableName.REFCOUNT_TABLE, table, i, refcount_table_offset=table)
         offset = raw & L.REFT_OFFSET_MASK
         cluster = offset >> self.h.cluster_bits
         values = {"index": i, "host_offset": offset}

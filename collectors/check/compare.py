@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from ..report.model import TABLE_REFCOUNT_TABLE, Place
+from ..report.model import Place, TableName
 from .findings import ADVICE_DATA, Tally, finding
 from .refblocks import OnDiskRefcounts
 from .references import COUNT_MAX, U64, ReferenceCounts, u64
@@ -29,7 +29,7 @@ def compare_refcounts(refs: ReferenceCounts, ondisk: OnDiskRefcounts, refcount_m
             tally.check_errors += hi - lo
             tally.compare.add(finding(
                 "refcount-unreadable", f"refcount table entry {t}",
-                Place(TABLE_REFCOUNT_TABLE, ondisk.table_offset, t,
+                Place(TableName.REFCOUNT_TABLE, ondisk.table_offset, t,
                       refcount_table_offset=ondisk.table_offset), first=lo, last=hi - 1,
                 host_offset=ondisk.block_offset(t), cluster_index=lo, found=hi - lo))
             continue

@@ -8,7 +8,7 @@ import string
 from typing import Any, NamedTuple, Optional, Union
 
 from ..common.units import counted
-from ..report.model import SEVERITY_CHECK_ERROR, SEVERITY_CORRUPTION, SEVERITY_LEAK, Finding, Place
+from ..report.model import Finding, Place, Severity
 
 ADVICE_LEAK = (
     "Leaked clusters are harmless wasted space, no harm to data; `qemu-img check -r leaks` "
@@ -36,12 +36,12 @@ ADVICE_UNREADABLE = (
 
 
 class Kind(NamedTuple):
-    severity: str
+    severity: Severity
     template: str  # format template over the finding's values ({n:counted noun}: plurals)
     advice: str
 
 
-_C = SEVERITY_CORRUPTION
+_C = Severity.CORRUPTION
 
 # Every kind of finding, in the order qemu's check meets them.
 CATALOGUE: dict[str, Kind] = {
@@ -98,14 +98,14 @@ CATALOGUE: dict[str, Kind] = {
         _C, "overflow cluster offset=0x{host_offset:x}: {excess:counted reference} beyond the "
         "maximum refcount {found} of {refcount_bits}-bit refcounts", ADVICE_OVERFLOW),
     "refcount-unreadable": Kind(
-        SEVERITY_CHECK_ERROR, "can't get refcounts of clusters {first}..{last}: refcount block "
+        Severity.CHECK_ERROR, "can't get refcounts of clusters {first}..{last}: refcount block "
         "offset 0x{host_offset:x} is not cluster aligned or beyond what qemu can read",
         ADVICE_UNREADABLE),
     "refcount-too-low": Kind(
         _C, "ERROR cluster {cluster_index} refcount={found} reference={expected}",
         ADVICE_REFCOUNT),
     "leak": Kind(
-        SEVERITY_LEAK, "Leaked cluster {cluster_index} refcount={found} reference={expected}",
+        Severity.LEAK, "Leaked cluster {cluster_index} refcount={found} reference={expected}",
         ADVICE_LEAK),
 }
 

@@ -21,15 +21,7 @@ import numpy.typing as npt
 from ..common.units import counted
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image
-from ..report.model import (
-    TABLE_HEADER,
-    TABLE_L1,
-    TABLE_REFCOUNT_BLOCK,
-    TABLE_REFCOUNT_TABLE,
-    TABLE_SNAPSHOTS,
-    Finding,
-    Place,
-)
+from ..report.model import Finding, Place, TableName
 from .l1 import L1Spans, TableGatherer, entry_chunks, snapshot_spans, source_batches
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
 from .refblocks import OnDiskRefcounts
@@ -58,10 +50,10 @@ def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits:
     table = ondisk.table_offset
     if block:
         where = f"refcount block at 0x{block:x} entry {entry}"
-        place = Place(TABLE_REFCOUNT_BLOCK, block, entry, refcount_table_offset=table)
+        place = Place(TableName.REFCOUNT_BLOCK, block, entry, refcount_table_offset=table)
     else:
         where = f"refcount table entry {index} (no block)"
-        place = Place(TABLE_REFCOUNT_TABLE, table, index, refcount_table_offset=table)
+        place = Place(TableName.REFCOUNT_TABLE, table, index, refcount_table_offset=table)
     return f"{where} (cluster {cluster} at 0x{cluster << cluster_bits:x})", place
 
 
@@ -88,7 +80,7 @@ class _Locator:
         """The references calculate_refcounts() counts, in its order (bitmaps aside)."""
         h = self.image.header
         table = h.refcount_table_offset
-        self.region(0, h.cluster_size, "header", Place(TABLE_HEADER, 0))
+        self.region(0, h.cluster_size, "header", Place(TableName.HEADER, 0))
         self.l1_tables(L1Spans.of([h.l1_table_offset], [h.l1_size]),
                        lambda _k: L1Table(h.l1_table_offset, ""))
         # Snapshots sharing one L1 table are walked once, at the first of them, and what it
@@ -99,9 +91,9 @@ class _Locator:
                        lambda k: L1Table(groups[k][0].l1_table_offset,
                                          f"{groups[k][0].label}: ", groups[k][0].id_str))
         self.region(h.snapshots_offset, self.image.snapshots_size, "snapshot table",
-                    Place(TABLE_SNAPSHOTS, h.snapshots_offset))
+                    Place(TableName.SNAPSHOTS, h.snapshots_offset))
         self.region(table, h.refcount_table_clusters * h.cluster_size, "refcount table",
-                    Place(TABLE_REFCOUNT_TABLE, table, refcount_table_offset=table))
+                    Place(TableName.REFCOUNT_TABLE, table, refcount_table_offset=table))
         # The refcount blocks: a table over guest data can name a million of them.
         offsets = np.asarray(ondisk.table, dtype=np.uint64) & np.uint64(L.REFT_OFFSET_MASK)
         indices = np.flatnonzero(offsets)
@@ -111,7 +103,7 @@ class _Locator:
         def refblock(k: int) -> tuple[str, Place]:
             index = int(indices[k])
             return (f"refcount table entry {index} (refcount block)",
-                    Place(TABLE_REFCOUNT_TABLE, table, index, refcount_table_offset=table))
+                    Place(TableName.REFCOUNT_TABLE, table, index, refcount_table_offset=table))
 
         self.name_each(blocks >> bits, (blocks + np.uint64(h.cluster_size - 1)) >> bits,
                        refblock)
@@ -197,7 +189,7 @@ class _Locator:
         ends = spans.offset + np.minimum(size, ~spans.offset)
         self.name_regions(spans.offset >> bits, (ends - np.uint64(1)) >> bits,
                           lambda k: (f"{source(k).label}L1 table",
-                                     Place(TABLE_L1, int(spans.offset[k]),
+                                     Place(TableName.L1, int(spans.offset[k]),
                                            snapshot=source(k).snapshot)),
                           spans.times.astype(np.intp))
         named = TableGatherer()

@@ -5,12 +5,13 @@ formula itself is :mod:`..qcow2.prealloc`."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterator, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Iterator, Optional
 
 from ..common.errors import UNSUPPORTED, Qcow2Error
+from ..common.jsonform import JsonKey, omit_none
 from ..qcow2 import layout as L
 from ..qcow2.prealloc import prealloc_size
-from ..report.model import LAYER_OTHER_FORMAT, LAYER_PROTOCOL
 from .heap import keep_heap_top
 
 if TYPE_CHECKING:
@@ -55,7 +56,19 @@ def bitmaps_size(image: Qcow2Image, cluster_size: int = TARGET_CLUSTER_SIZE) -> 
     return total + L.align_up(directory, cluster_size)
 
 
-def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> dict[str, int]:
+@dataclass(frozen=True)
+class Measure:
+    """What `qemu-img measure --output=json -O qcow2` reports."""
+
+    required: int
+    fully_allocated: int
+    bitmaps: Optional[int] = None  # qemu 7.2, a version 3 source only
+
+    JSON: ClassVar[tuple[JsonKey, ...]] = (JsonKey("bitmaps", omit=omit_none),
+                                           JsonKey("required"), JsonKey("fully-allocated"))
+
+
+def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> Measure:
     """`qemu-img measure --output=json -O qcow2 FILE`: required, fully-allocated and (qemu 7.2,
     version 3 target) bitmaps. `required` counts every target cluster holding data anywhere in
     the backing chain (bdrv_block_status_above() over the whole chain). Raises Qcow2Error when a
@@ -69,14 +82,10 @@ def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> dict[str,
         required = sum((last - first + 1) * cs
                        for first, last in data_segments(image, path or image.filename, ssize, cs))
     fully = prealloc_size(virtual_size, cs, TARGET_REFCOUNT_ORDER, False)
-    result = {}
     # has_bitmaps: the (version 3) target and a source that supports persistent bitmaps,
     # i.e. a version 3 qcow2 (qcow2_supports_persistent_dirty_bitmap()).
-    if image.header.version >= 3:
-        result["bitmaps"] = bitmaps_size(image)
-    result["required"] = fully - virtual_size + required
-    result["fully-allocated"] = fully
-    return result
+    bitmaps = bitmaps_size(image) if image.header.version >= 3 else None
+    return Measure(fully - virtual_size + required, fully, bitmaps)
 
 
 def _file_data_extents(fd: int, length: int) -> list[tuple[int, int]]:
@@ -407,28 +416,17 @@ def _raw_runs(path: str) -> Runs:
 
 
 def _chain_runs(image: Qcow2Image, path: str) -> list[Runs]:
-    """Runs of the image and of every layer of its backing chain, top first. Raises Qcow2Error
-    for a layer qemu-img could not open either."""
-    from ..qcow2.chain import backing_layers
+    """Runs of the image and of every layer of its backing chain, top first; a raw layer
+    (named raw, or no magic: qemu probes raw) by its data extents. Raises Qcow2Error for a
+    layer qemu-img could not open either."""
+    from ..qcow2.chain import not_read_error, visit
 
-    layers = [_qcow2_runs(image)]
-    for layer, opened in backing_layers(image, path):
-        if opened is not None:
-            layers.append(_qcow2_runs(opened))
-        elif layer.status == LAYER_OTHER_FORMAT and layer.format == "raw":
-            assert layer.path is not None
-            layers.append(_raw_runs(layer.path))  # named raw, or qemu probes: no magic -> raw
-        elif layer.status == LAYER_OTHER_FORMAT:
-            raise Qcow2Error(f"backing format {layer.format!r} is not supported",
-                             structure="backing file", value=layer.format, kind=UNSUPPORTED,
-                             filename=layer.path)
-        elif layer.status == LAYER_PROTOCOL:
-            raise Qcow2Error(f"backing file {layer.name!r} is not a plain file path",
-                             structure="backing file", value=layer.name, kind=UNSUPPORTED,
-                             filename=path)
-        else:
-            assert layer.error is not None
-            raise layer.error
+    layers = []
+    for visited in visit(path, lambda opened, _: _qcow2_runs(opened),
+                         read_raw=lambda layer: _raw_runs(layer.filename), opened=image):
+        if visited.value is None:
+            raise visited.layer.error or not_read_error(visited.layer)
+        layers.append(visited.value)
     return layers
 
 

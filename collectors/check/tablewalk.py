@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image
-from ..report.model import TABLE_L1, TABLE_L2, Finding, Place
+from ..report.model import Finding, Place, TableName
 from .findings import Tally, finding
 from .l1 import NamedTables, multiplicity_groups, source_batches
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
@@ -114,14 +114,14 @@ def l2_entry_location(label: str, table_offset: int, entry: int, l1_index: int,
 def l1_entry_place(l1_offset: int, index: int, l2_entries: int, cluster_bits: int,
                    snapshot: Optional[str]) -> Place:
     """L1 entry `index`: the guest range it maps starts at index * l2_entries clusters."""
-    return Place(TABLE_L1, l1_offset, index, l1_index=index,
+    return Place(TableName.L1, l1_offset, index, l1_index=index,
                  guest_offset=(index * l2_entries) << cluster_bits, snapshot=snapshot)
 
 
 def l2_entry_place(table_offset: int, entry: int, l1_index: int, l2_entries: int,
                    cluster_bits: int, snapshot: Optional[str]) -> Place:
     """Entry `entry` of the L2 table L1[l1_index] points to, and the guest cluster it maps."""
-    return Place(TABLE_L2, table_offset, entry, l1_index=l1_index,
+    return Place(TableName.L2, table_offset, entry, l1_index=l1_index,
                  guest_offset=(l1_index * l2_entries + entry) << cluster_bits,
                  snapshot=snapshot)
 

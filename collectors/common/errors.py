@@ -92,7 +92,12 @@ def _states(message: str, form: str) -> bool:
 
 
 def internal_error(exc: BaseException, filename: str | None = None) -> Qcow2Error:
-    """Wrap an unexpected exception so one bad image never stops the others nor prints a
-    traceback; tests assert this never happens on the damaged corpus."""
+    """The one wrapping of an unexpected exception, so that one bad image never stops the
+    others nor prints a traceback: an OSError that escaped the reader is an io-error; anything
+    else is a bug of ours, named with its type so that it can be reported (the fuzzer asserts
+    that it never happens on the damaged corpus)."""
+    if isinstance(exc, OSError):
+        return Qcow2Error(exc.strerror or str(exc), structure="file", kind=IO_ERROR,
+                          filename=filename)
     return Qcow2Error(f"internal error: {type(exc).__name__}: {exc}", structure="analysis",
                       kind=INTERNAL, filename=filename)

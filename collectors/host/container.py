@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..qcow2.reader import ImageFile
-from ..report.model import CONTAINER_BLOCK, CONTAINER_FILE, Container
+from ..report.model import Container, ContainerKind
 
 
 def mount_point(path: str) -> str:
@@ -29,12 +29,12 @@ def container_of(file: ImageFile, image_end_offset: int) -> Container:
     shares it with every other file there, so only the filesystem's own figures say how full
     it is and how far the image can still grow."""
     if file.is_block_device:
-        return Container(CONTAINER_BLOCK, file.length,
+        return Container(ContainerKind.BLOCK, file.length,
                          max(file.length - image_end_offset, 0), file.length, None,
                          used=min(image_end_offset, file.length))
     st = os.statvfs(os.path.dirname(os.path.abspath(file.path)) or "/")
     used = (st.f_blocks - st.f_bfree) * st.f_frsize  # df's Used
     available = st.f_bavail * st.f_frsize  # df's Available: blocks reserved for root excluded
     # The size as df's Use% counts it (used / (used + available)): what the images can have.
-    return Container(CONTAINER_FILE, used + available, available, file.length,
+    return Container(ContainerKind.FILE, used + available, available, file.length,
                      file.stat.st_blocks * 512, used=used, filesystem=mount_point(file.path))

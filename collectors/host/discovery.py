@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 from ..common.errors import IO_ERROR, Qcow2Error
 from ..qcow2.layout import QCOW_MAGIC as QCOW2_MAGIC
 from ..qcow2.reader import has_qcow2_magic
+from ..report.model import Target
 
 # Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
 # qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
@@ -25,15 +26,6 @@ _QEMU_MARKER = "qemu"
 # sysfs directory of block devices by "major:minor" (a constant so that tests can stand in a
 # device-mapper entry on kernels without device-mapper).
 SYS_DEV_BLOCK = "/sys/dev/block"
-
-
-@dataclass(frozen=True)
-class Target:
-    """One image to analyse, or the reason a spec yielded none."""
-
-    spec: str  # as given by the user (or the path, for running images)
-    path: Optional[str]
-    error: Optional[Qcow2Error] = None
 
 
 def _target_error(spec: str, message: str, kind: str = IO_ERROR) -> Target:

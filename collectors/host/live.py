@@ -35,13 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
 from ..common.errors import IO_ERROR, Qcow2Error
+from ..report.model import LiveDisk, LiveSource
 
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 LIBVIRT_TIMEOUT = 5.0  # seconds for the one virsh call of a run
 QMP_TIMEOUT = 2.0  # seconds for the whole exchange with one QMP socket
-
-SOURCE_LIBVIRT = "libvirt"
-SOURCE_QMP = "qmp"
 
 # The protocol drivers whose node is the image's storage: their wr_highest_offset is the
 # image's real end (the format node above counts guest offsets, not host offsets).
@@ -67,17 +65,6 @@ def identity_of_path(path: str) -> Optional[DiskIdentity]:
         return identity_of(os.stat(path))
     except OSError:
         return None
-
-
-@dataclass(frozen=True)
-class LiveDisk:
-    """One image as a running qemu sees it."""
-
-    path: str  # as the source names it
-    end_offset: int  # highest byte qemu has written to the image's storage node
-    domain: str  # libvirt domain name, or "qemu PID" for QMP
-    disk: str  # libvirt target (sda, vda[2] for a backing layer), or the QMP node name
-    source: str  # SOURCE_LIBVIRT or SOURCE_QMP
 
 
 @dataclass
@@ -142,7 +129,7 @@ def parse_domstats(text: str) -> list[LiveDisk]:
                 continue
             label = _block_label(name, values.get("backingIndex"), name not in seen_names)
             seen_names.add(name)
-            disks.append(LiveDisk(path, int(allocation), domain, label, SOURCE_LIBVIRT))
+            disks.append(LiveDisk(path, int(allocation), domain, label, LiveSource.LIBVIRT))
 
     for line in text.splitlines():
         if line.startswith("Domain: "):
@@ -321,7 +308,7 @@ def _qmp_match(socket_path: str, pid: Optional[int], stats: Any,
         if isinstance(filename, str) and isinstance(offset, int) and isinstance(node, str):
             path = _qemu_path(filename, pid)
             if path is not None:
-                yield LiveDisk(path, offset, domain, node, SOURCE_QMP)
+                yield LiveDisk(path, offset, domain, node, LiveSource.QMP)
 
 
 def _qemu_path(filename: str, pid: Optional[int]) -> Optional[str]:
@@ -371,6 +358,7 @@ class PendingLive:
 
     def __init__(self, libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = ()) -> None:
         self._view: Optional[LiveView] = None
+        self._raised: Optional[BaseException] = None
         self._args = (libvirt_uri, list(qmp_sockets))
         self._thread = threading.Thread(target=self._run, name="live-sources", daemon=True)
         self._thread.start()
@@ -378,12 +366,14 @@ class PendingLive:
     def _run(self) -> None:
         try:
             self._view = gather_live(*self._args)
-        except Exception as exc:  # a bug of ours must not cost the on-disk figures
-            self._view = LiveView(libvirt_note=f"live sources failed: {type(exc).__name__}: "
-                                               f"{exc}")
+        except BaseException as exc:  # not handled here: wait() raises it in the caller
+            self._raised = exc
 
     def wait(self) -> LiveView:
+        """The view, or what gather_live() raised, raised again in the waiting thread."""
         self._thread.join()
+        if self._raised is not None:
+            raise self._raised
         assert self._view is not None
         return self._view
 

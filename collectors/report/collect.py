@@ -1,5 +1,7 @@
-"""Collecting: discover the targets, analyse each image and its backing chain, optionally run
-the full check, and gather the records the metric model (:mod:`collectors.metrics`) maps.
+"""Collecting, the one pipeline of every front end (the adapters and `qcow2-analyze usage`):
+discover the targets, analyse each image and its backing chain, optionally run the full check,
+judge each image's health, and gather the records of the result model (:mod:`.model`) that the
+metric catalogue (:mod:`.metrics`) and the front ends render.
 
 The core is imported lazily (it may pull in numpy): the Nagios plugin imports this module on
 every check and must stay light.
@@ -9,22 +11,44 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable, Iterator, Optional, Sequence
+from enum import Enum
+from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
 
-from ..common.errors import INTERNAL, IO_ERROR, Qcow2Error
+from ..common.errors import IO_ERROR, Qcow2Error, internal_error
 from ..common.units import counted
-from ..host.discovery import Target, canonical_path, dedupe_targets, expand_targets, scan_running
-from ..host.live import NO_LIVE_SOURCES, LiveSources, LiveView, no_live_source_note, start_live
+from ..host.discovery import canonical_path, dedupe_targets, expand_targets, scan_running
+from ..host.live import (
+    NO_LIVE_SOURCES,
+    LiveSources,
+    LiveView,
+    PendingLive,
+    no_live_source_note,
+    start_live,
+)
 from .health import Policy, assess, broken_layer
-from .metrics import RUNNING_PROCESSES, Collection, ImageRecord
 from .model import (
     DEFAULT_MAX_DEPTH,
+    RUNNING_PROCESSES,
     CheckResult,
+    Collection,
+    ImageRecord,
+    LayerStatus,
+    Target,
     UsageResult,
 )
 
+
+class ChainScope(Enum):
+    """Which backing layers a run reports."""
+
+    NONE = "none"  # opened only (a broken one is the top image's problem: broken_below)
+    NOT_OK = "not-ok"  # opened; those whose status is not ok reported too, without figures
+    ALL = "all"  # every layer analysed and reported (--chain)
+
+
 AnalyzeFn = Callable[..., UsageResult]
 CheckFn = Callable[..., CheckResult]
+T = TypeVar("T")
 
 # The target (and `path` label) of the error about qemu processes --running could not inspect.
 RUNNING_TARGET = RUNNING_PROCESSES
@@ -42,36 +66,48 @@ def _check_fn() -> CheckFn:
     return check_image
 
 
-def _internal_error(path: str, exc: BaseException) -> Qcow2Error:
-    # One image must never blind the monitoring of all others: an unexpected exception becomes
-    # this image's scrape error, with its type so that the bug can be reported.
-    kind = IO_ERROR if isinstance(exc, OSError) else INTERNAL
-    return Qcow2Error(
-        f"{type(exc).__name__}: {exc}", structure="collector", kind=kind, filename=path
-    )
+def guarded(work: Callable[[], T], filename: str) -> T:
+    """`work` for the image at `filename`, anything unexpected raised as that image's
+    Qcow2Error (internal-error, or io-error for an OSError).
+
+    The core's one last-resort guard, here because collect() is where the per-image work of
+    every front end starts: one image (a target, or one layer of its chain: usage.py runs each
+    layer's work through it) must never blind the monitoring of all the others, so a bug met
+    on one image becomes that image's error, with its type so that it can be reported. Every
+    other part of the core lets unexpected exceptions through, to this guard or to the entry
+    point's own last-resort catch."""
+    try:
+        return work()
+    except Qcow2Error:
+        raise
+    except Exception as exc:
+        raise internal_error(exc, filename) from exc
 
 
 def _records_for(
-    target: Target, analyze: AnalyzeFn, *, chain: bool, max_depth: int, live: Optional[LiveView]
+    target: Target, analyze: AnalyzeFn, *, scope: ChainScope, max_depth: int,
+    live: Optional[LiveView],
 ) -> Iterator[ImageRecord]:
     if target.path is None:
         yield ImageRecord(target.spec, None, 0, None, None, target.error)
         return
+    path = target.path
+    canonical = canonical_path(path)
     try:
-        result = analyze(target.path, chain=chain, max_depth=max_depth, live=live)
-    except Exception as exc:  # see _internal_error
-        error = _internal_error(target.path, exc)
-        yield ImageRecord(target.spec, target.path, 0, None, None, error,
-                          canonical=canonical_path(target.path))
+        result: UsageResult = guarded(lambda: analyze(
+            path, chain=scope == ChainScope.ALL, max_depth=max_depth, live=live,
+            guard=guarded), path)
+    except Qcow2Error as exc:
+        yield ImageRecord(target.spec, path, 0, None, None, exc, canonical=canonical)
         return
-    canonical = canonical_path(target.path)
     # The chain is always opened (headers only without --chain): a broken one is the top's
     # problem too, since qemu cannot open the top without it.
-    yield ImageRecord(target.spec, target.path, 0, result.usage, None, result.error,
+    yield ImageRecord(target.spec, path, 0, result.usage, None, result.error,
                       canonical=canonical, broken_below=broken_layer(result.chain))
-    if not chain:
-        return
     for index, layer in enumerate(result.chain):
+        if scope == ChainScope.NONE or (
+                scope == ChainScope.NOT_OK and layer.status == LayerStatus.OK):
+            continue
         yield ImageRecord(
             target.spec,
             layer.path,
@@ -90,12 +126,11 @@ def _records_for(
 def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:
     if record.usage is None or record.path is None or record.error is not None:
         return record
+    path = record.path
     try:
-        result = check_fn(record.path)
+        result = guarded(lambda: check_fn(path), path)
     except Qcow2Error as exc:
         return replace(record, error=exc)
-    except Exception as exc:  # see _internal_error
-        return replace(record, error=_internal_error(record.path, exc))
     return replace(record, check=result)
 
 
@@ -110,7 +145,7 @@ def collect(
     specs: Sequence[str],
     *,
     running: bool = False,
-    chain: bool = False,
+    chain: Union[bool, ChainScope] = False,
     check: bool = False,
     max_depth: int = DEFAULT_MAX_DEPTH,
     policy: Optional[Policy] = None,
@@ -118,6 +153,11 @@ def collect(
 ) -> Collection:
     """Discover targets, analyse each (and its backing chain), optionally run the full check,
     and judge each image's health by `policy` (default: every rule's default state).
+
+    `chain` (a ChainScope; True is ALL, False NONE): with ALL every backing layer is analysed
+    and reported; otherwise the layers are only opened (a broken one is the top image's
+    problem, `broken_below`), and with NOT_OK those whose status is not ok are reported too,
+    without figures (`qcow2-analyze usage --no-chain` lists them).
 
     Live figures come from `live_sources` (by default none is asked); with `running`, the
     disks these name come first (libvirt's running domains, then the QMP qemus), then those of
@@ -128,11 +168,13 @@ def collect(
     overlays, or also named as a target, keeps the depth at which it was first met.
     """
     started = time.monotonic()
+    scope = chain if isinstance(chain, ChainScope) else ChainScope.ALL if chain else \
+        ChainScope.NONE
     analyze = _analyze_fn()
     check_fn = _check_fn() if check else None
     pending = start_live(live_sources.libvirt_uri, live_sources.qmp)
     targets = expand_targets(specs)
-    live = pending.wait() if pending is not None else None
+    live = _wait(pending) if pending is not None else None
     failed: list[ImageRecord] = []
     if live is not None:
         failed += [ImageRecord(e.filename or "--qmp", e.filename, 0, None, None, e,
@@ -150,11 +192,13 @@ def collect(
     seen: set[tuple[str, Optional[int]]] = set()
     records: list[ImageRecord] = []
     for target in targets:
-        for record in _records_for(target, analyze, chain=chain, max_depth=max_depth,
+        for record in _records_for(target, analyze, scope=scope, max_depth=max_depth,
                                    live=live):
             # A failed layer is keyed with its depth too: a chain looping back to its top names
             # an already reported file, and that loop must still be reported.
             key = (record.label_path, record.depth if record.error is not None else None)
+            if key in seen and record.depth == 0:
+                break  # a target reported already (as a layer of an earlier one): its chain too
             if key in seen:
                 continue
             seen.add(key)
@@ -163,7 +207,15 @@ def collect(
             records.append(judge(record, policy))
     records += [judge(record, policy) for record in failed]
     return Collection(tuple(records), time.monotonic() - started, time.time(),
-                      _run_notes(records, live))
+                      _run_notes(records, live), live.libvirt_note if live is not None else None)
+
+
+def _wait(pending: PendingLive) -> LiveView:
+    """The live sources' answers; a bug of ours there must not cost the on-disk figures."""
+    try:
+        return guarded(pending.wait, "live sources")
+    except Qcow2Error as exc:
+        return LiveView(libvirt_note=f"live sources failed: {exc.message}")
 
 
 def _run_notes(records: Sequence[ImageRecord], live: Optional[LiveView]) -> tuple[str, ...]:

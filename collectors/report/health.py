@@ -17,34 +17,34 @@ from typing import Optional, Sequence
 from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
 from ..common.units import counted
 from .model import (
-    LAYER_ERROR,
-    LAYER_LOOP,
-    LAYER_MISSING,
-    LAYER_NOT_QCOW2,
-    LAYER_TOO_DEEP,
     ChainLayer,
     CheckResult,
+    Health,
     ImageUsage,
+    LayerStatus,
+    Reason,
+    State,
 )
 
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
-STATE_BY_NAME = {name.lower(): state for state, name in STATE_NAMES.items()}
+OK, WARNING, CRITICAL, UNKNOWN = State.OK, State.WARNING, State.CRITICAL, State.UNKNOWN
+STATE_NAMES = {state: state.name for state in State}
+STATE_BY_NAME = {state.name.lower(): state for state in State}
 # Which state wins. CRITICAL outranks UNKNOWN so that one unreadable image cannot hide another
 # one that is broken.
-SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
+SEVERITY: dict[int, int] = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
 
 # Error kinds that mean "the metadata is there but damaged", as opposed to "we could not look"
 # (permission, not found, not qcow2, unsupported feature, a bug of ours).
 DAMAGED_KINDS = frozenset({INVALID, OUT_OF_BOUNDS, TRUNCATED})
 # Backing-layer states that keep qemu from opening the image above (the VM cannot start).
-BROKEN_LAYER_STATES = frozenset({LAYER_MISSING, LAYER_LOOP, LAYER_ERROR, LAYER_NOT_QCOW2})
+BROKEN_LAYER_STATES = frozenset({LayerStatus.MISSING, LayerStatus.LOOP, LayerStatus.ERROR,
+                                 LayerStatus.NOT_QCOW2})
 
 
 @dataclass(frozen=True)
 class Rule:
     name: str  # also the option: --<name>-state
-    default: int
+    default: State
     applies: str  # completes "state when ..." in the help
 
 
@@ -74,40 +74,15 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
 )}
 
 
-@dataclass(frozen=True)
-class Reason:
-    rule: str
-    state: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Health:
-    """The verdict on one image: its state and every rule that applied (OK ones are notes)."""
-
-    state: int
-    reasons: tuple[Reason, ...] = ()
-
-    @property
-    def problems(self) -> tuple[Reason, ...]:
-        return tuple(reason for reason in self.reasons if reason.state != OK)
-
-    @property
-    def notes(self) -> tuple[Reason, ...]:
-        return tuple(reason for reason in self.reasons if reason.state == OK)
-
-
-HEALTHY = Health(OK)
-
-Policy = dict[str, int]  # rule name -> state
+Policy = dict[str, State]  # rule name -> state
 
 
 def default_policy() -> Policy:
     return {name: rule.default for name, rule in RULES.items()}
 
 
-def worst(states: Sequence[int]) -> int:
-    return max(states, key=SEVERITY.__getitem__, default=OK)
+def worst(states: Sequence[int]) -> State:
+    return State(max(states, key=SEVERITY.__getitem__, default=OK))
 
 
 def _error_state(error: Qcow2Error) -> str:
@@ -125,11 +100,11 @@ def error_text(error: Qcow2Error) -> str:
 
 def _layer_text(layer: ChainLayer) -> str:
     name = repr(layer.name)
-    if layer.status == LAYER_MISSING:
+    if layer.status == LayerStatus.MISSING:
         return f"backing file {name} (depth {layer.depth}) not found"
-    if layer.status == LAYER_LOOP:
+    if layer.status == LayerStatus.LOOP:
         return f"backing file {name} (depth {layer.depth}) loops back into the chain"
-    if layer.status == LAYER_NOT_QCOW2:
+    if layer.status == LayerStatus.NOT_QCOW2:
         return f"backing file {name} (depth {layer.depth}) is not qcow2"
     detail = f": {layer.error.message}" if layer.error is not None else ""
     return f"backing file {name} (depth {layer.depth}) unreadable{detail}"
@@ -183,13 +158,13 @@ def assess(
     """
     states = policy if policy is not None else default_policy()
     found: list[tuple[str, str]] = []
-    if layer is not None and layer.status == LAYER_ERROR and error is not None:
+    if layer is not None and layer.status == LayerStatus.ERROR and error is not None:
         # The layer itself could not be read: damaged metadata, or we could not look. The
         # images above it get the backing rule (broken_below).
         found.append((_error_state(error), error_text(error)))
     elif layer is not None and layer.status in BROKEN_LAYER_STATES:
         found.append((RULE_BACKING, _layer_text(layer)))
-    elif layer is not None and layer.status == LAYER_TOO_DEEP:
+    elif layer is not None and layer.status == LayerStatus.TOO_DEEP:
         found.append((RULE_UNKNOWN, f"backing chain deeper than the limit at {layer.name!r}"))
     elif error is not None:
         found.append((_error_state(error), error_text(error)))

@@ -1,11 +1,11 @@
 """One neutral metric model that every adapter renders (Nagios, Telegraf, node_exporter).
 
-The core's result model (:mod:`collectors.model`) says what an image *is*; this module decides,
-once, what is *exported* about it: metric names, units, help texts and labels. Adapters only
-change syntax (Prometheus prefixes ``qcow2_``, Telegraf turns metrics into fields of one line),
-so a series means the same thing whichever agent collected it.
+The result model (:mod:`.model`) says what an image *is* and what a run collected; this module
+decides, once, what is *exported* about it: metric names, units, help texts and labels.
+Adapters only change syntax (Prometheus prefixes ``qcow2_``, Telegraf turns metrics into fields
+of one line), so a series means the same thing whichever agent collected it.
 
-Collecting the records is :mod:`collectors.collect`'s job. Kept light on purpose: the Nagios
+Collecting the records is :mod:`.collect`'s job. Kept light on purpose: the Nagios
 plugin imports this module on every check, so it imports no numpy, psutil, jinja2 or
 prometheus_client.
 """
@@ -16,15 +16,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional, Union
 
-from ..common.errors import Qcow2Error
-from .health import HEALTHY, OK, Health
-from .model import (
-    LAYER_ERROR,
-    LAYER_OK,
-    ChainLayer,
-    CheckResult,
-    ImageUsage,
-)
+from .model import Collection, ImageRecord, LayerStatus, State
 
 Labels = tuple[tuple[str, str], ...]
 MetricValue = Union[bool, int, float]
@@ -212,10 +204,6 @@ METRICS: dict[str, MetricSpec] = {
                          "inspect is not an image.", _INT),
 }
 
-# The `path` of the record about qemu processes --running could not inspect: not a path (no
-# file can be named so by the scan), and not an image (qcow2_images does not count it).
-RUNNING_PROCESSES = "(running qemu processes)"
-
 INFO_METRIC = "image_info"
 HEALTH_REASON_METRIC = "health_reason"
 FILESYSTEM_LABEL = "mountpoint"
@@ -241,55 +229,6 @@ class Metric:
     labels: Labels
     help: str
     type: str = GAUGE
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One analysed image: a target (depth 0) or one of its backing layers (depth >= 1)."""
-
-    target: str  # the spec that led here
-    path: Optional[str]  # as reached (the user's name, a /proc link, a resolved backing name)
-    depth: int
-    usage: Optional[ImageUsage]
-    check: Optional[CheckResult]
-    error: Optional[Qcow2Error]
-    status: str = LAYER_OK  # model.LAYER_*; layers only, targets are "ok" or have `error`
-    name: Optional[str] = None  # backing file name as written in the layer above
-    canonical: Optional[str] = None  # discovery.canonical_path(path)
-    layer: Optional[ChainLayer] = None  # the chain layer this record reports (depth >= 1)
-    broken_below: Optional[ChainLayer] = None  # first broken layer under this image
-    health: Health = HEALTHY
-    source: bool = False  # a failed live source (a --qmp socket), not an image
-
-    @property
-    def label_path(self) -> str:
-        """The value of the `path` label: never empty, even for a glob that matched nothing."""
-        return self.canonical or self.path or self.name or self.target
-
-    @property
-    def is_image(self) -> bool:
-        """False for the records about where images come from: qemu processes that could not
-        be inspected, a QMP socket that did not answer."""
-        return not self.source and not (self.path is None and self.target == RUNNING_PROCESSES)
-
-    @property
-    def identity(self) -> Labels:
-        """The labels every per-image metric carries: what identifies its series."""
-        return (("path", valid_utf8(self.label_path)),)
-
-
-@dataclass(frozen=True)
-class Collection:
-    """Everything one collector run found."""
-
-    records: tuple[ImageRecord, ...]
-    duration_seconds: float
-    timestamp: float  # Unix time at the end of the run
-    notes: tuple[str, ...] = ()  # about the run, e.g. why libvirt gave no live figures
-
-    @property
-    def failed(self) -> tuple[ImageRecord, ...]:
-        return tuple(r for r in self.records if r.error is not None)
 
 
 def _metric(name: str, value: MetricValue, labels: Labels) -> Metric:
@@ -320,11 +259,16 @@ def _bool_label(value: bool) -> str:
     return "true" if value else "false"
 
 
+def identity_labels(record: ImageRecord) -> Labels:
+    """The labels every per-image metric carries: what identifies its series."""
+    return (("path", valid_utf8(record.label_path)),)
+
+
 def info_labels(record: ImageRecord) -> Labels:
     """Descriptive labels of an image (identity labels included), sorted, no empty values."""
-    labels: dict[str, Optional[str]] = dict(record.identity)
+    labels: dict[str, Optional[str]] = dict(identity_labels(record))
     labels["depth"] = str(record.depth)
-    labels["status"] = record.status if record.error is None else LAYER_ERROR
+    labels["status"] = str(record.status if record.error is None else LayerStatus.ERROR)
     labels["name"] = record.path or record.name or record.target  # as the disk was reached
     if record.depth > 0:
         labels["backing_name"] = record.name
@@ -333,7 +277,7 @@ def info_labels(record: ImageRecord) -> Labels:
         labels.update(
             # The short name dashboards show, of the disk itself (not of a symlink to it).
             filename=os.path.basename(record.label_path),
-            container=usage.container.kind,
+            container=str(usage.container.kind),
             filesystem=usage.container.filesystem,
             qcow_version=str(usage.qcow_version),
             cluster_size=str(usage.cluster_size),
@@ -342,7 +286,7 @@ def info_labels(record: ImageRecord) -> Labels:
             data_file=usage.external_data_file,
             encrypted=_bool_label(usage.encrypted),
             lazy_refcounts=_bool_label(usage.lazy_refcounts),
-            end_offset_source=usage.end_offset_source,
+            end_offset_source=str(usage.end_offset_source),
             domain=usage.domain,
             disk=usage.disk,
         )
@@ -358,7 +302,7 @@ def health_text(record: ImageRecord) -> str:
 
 def image_metrics(record: ImageRecord) -> list[Metric]:
     """The metrics of one record, with the same names and labels in every adapter."""
-    labels = record.identity
+    labels = identity_labels(record)
     metrics: list[Metric] = []
     usage = record.usage
     if usage is not None:
@@ -392,9 +336,9 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
         metrics += [_metric(name, getattr(check, name), labels) for name in CHECK_METRICS]
     metrics.append(_metric("health", record.health.state, labels))
     # One series per rule: two reasons of the same rule (rare) report the worse state.
-    by_rule: dict[str, int] = {}
+    by_rule: dict[str, State] = {}
     for reason in record.health.reasons:
-        by_rule[reason.rule] = max(by_rule.get(reason.rule, OK), reason.state)
+        by_rule[reason.rule] = max(by_rule.get(reason.rule, State.OK), reason.state)
     metrics += [_metric(HEALTH_REASON_METRIC, state, (*labels, ("rule", rule)))
                 for rule, state in sorted(by_rule.items())]
     metrics.append(_metric("scrape_error", record.error is not None, labels))

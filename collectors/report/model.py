@@ -1,44 +1,114 @@
-"""The neutral result model: what the core found, in base units (bytes, seconds, ratios 0..1).
+"""The one result model: what the core found and what a run collected, as value types in base
+units (bytes, seconds, ratios 0..1), with enums for every status and state, and the keys of
+their JSON (common/jsonform.py's to_json() writes any of them).
 
-Adapters (nagios/, telegraf/, node_exporter_textfile/) read only these types (through
-:mod:`collectors.metrics`); the core never imports an adapter.
+Every room fills these types in and every front end reads them; this module imports nothing
+of the project but the error type (tests/test_architecture.py). Statuses are str-valued enums
+whose values are the strings the README documents, so JSON documents, metric labels and text
+say the same words as before the enums; the health state is an IntEnum numbered as Nagios
+numbers its states.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from enum import Enum, IntEnum
+from typing import ClassVar, Optional
 
 from ..common.errors import Qcow2Error
+from ..common.jsonform import JsonKey, omit_falsy, omit_none
 
 # Backing-chain depth limit used everywhere (usage, info, measure, adapters).
 DEFAULT_MAX_DEPTH = 32
 
-CONTAINER_FILE = "file"
-CONTAINER_BLOCK = "block"
 
-SOURCE_REFCOUNTS = "refcounts"  # fast path: highest nonzero on-disk refcount
-SOURCE_CHECK = "check"  # full metadata walk (refcounts untrusted)
-SOURCE_LIVE = "live"  # a running qemu has written past the on-disk figure (collectors.live)
+class TextEnum(str, Enum):
+    """A str-valued enum that is its value wherever it is written: str(), f-strings, JSON,
+    labels (a plain `str, Enum` prints as `Class.MEMBER` in f-strings on some versions)."""
 
-# Status of one backing-chain layer.
-LAYER_OK = "ok"
-LAYER_MISSING = "missing"
-LAYER_LOOP = "loop"
-LAYER_PROTOCOL = "protocol"  # json:, nbd:, ... reported, never interpreted
-LAYER_TOO_DEEP = "too-deep"
-LAYER_NOT_QCOW2 = "not-qcow2"  # declared qcow2 but is not: qemu cannot open the chain
-LAYER_OTHER_FORMAT = "other-format"  # declared raw (or other), or undeclared non-qcow2 (qemu
-# probes it as raw): present, reported, not analysed
-LAYER_ERROR = "error"
-LAYER_INVALID_NAME = "invalid-name"  # the name cannot be a path (e.g. a NUL byte): not opened
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
+
+class LayerStatus(TextEnum):
+    """Status of one backing-chain layer (the README's `backing_chain` `status` values)."""
+
+    OK = "ok"
+    MISSING = "missing"
+    LOOP = "loop"
+    PROTOCOL = "protocol"  # json:, nbd:, ... reported, never interpreted
+    TOO_DEEP = "too-deep"
+    NOT_QCOW2 = "not-qcow2"  # declared qcow2 but is not: qemu cannot open the chain
+    # Declared raw (or other), or undeclared non-qcow2 (qemu probes it as raw): present,
+    # reported, not analysed.
+    OTHER_FORMAT = "other-format"
+    INVALID_NAME = "invalid-name"  # the name cannot be a path (e.g. a NUL byte): not opened
+    ERROR = "error"
+
+
+class ContainerKind(TextEnum):
+    FILE = "file"
+    BLOCK = "block"
+
+
+class EndOffsetSource(TextEnum):
+    """Where an end offset comes from."""
+
+    REFCOUNTS = "refcounts"  # fast path: highest nonzero on-disk refcount
+    CHECK = "check"  # full metadata walk (refcounts untrusted)
+    LIVE = "live"  # a running qemu has written past the on-disk figure (host/live.py)
+
+
+class LiveSource(TextEnum):
+    """Which live source said what a running qemu has written."""
+
+    LIBVIRT = "libvirt"
+    QMP = "qmp"
+
+
+class Severity(TextEnum):
+    """Finding severities of the full check."""
+
+    CORRUPTION = "corruption"
+    LEAK = "leak"
+    CHECK_ERROR = "check-error"
+
+
+class TableName(TextEnum):
+    """The metadata tables a finding can be located in (Place.table)."""
+
+    HEADER = "header"
+    L1 = "l1"
+    L2 = "l2"
+    REFCOUNT_TABLE = "refcount-table"
+    REFCOUNT_BLOCK = "refcount-block"
+    SNAPSHOTS = "snapshot-table"
+    BITMAP = "bitmap-table"
+
+
+class State(IntEnum):
+    """A health state, numbered and named as Nagios numbers and names them."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3  # could not look
+
+    def __str__(self) -> str:
+        return str(int(self))
+
+
+# --- usage and the backing chain -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Container:
     """Where an image lives and how far it can grow there."""
 
-    kind: str  # CONTAINER_FILE or CONTAINER_BLOCK
+    kind: ContainerKind
     size: int  # block: device size; file: its filesystem's used + available (as df's Use%)
     headroom: int  # block: size - end_offset (ImageUsage); file: free space of its filesystem
     length: int  # length of the file or device itself
@@ -58,7 +128,7 @@ class ImageUsage:
 
     filename: str
     image_end_offset: int  # the on-disk figure (= qemu-img check)
-    image_end_offset_source: str  # SOURCE_REFCOUNTS or SOURCE_CHECK
+    image_end_offset_source: EndOffsetSource  # REFCOUNTS or CHECK
     container: Container  # headroom of a block device counts from end_offset
     usage_ratio: float  # container.usage_ratio: block end_offset / size; file: filesystem use
     fully_allocated_size: int  # bytes the container needs so the image can never outgrow it
@@ -78,10 +148,27 @@ class ImageUsage:
     bitmaps: int
     notes: tuple[str, ...] = ()
     # What a running qemu has really written (its wr_highest_offset), None when no live source
-    # covers the image; domain and disk name where it came from (collectors.live).
+    # covers the image; domain and disk name where it came from (host/live.py).
     live_end_offset: Optional[int] = None
     domain: Optional[str] = None
     disk: Optional[str] = None
+
+    # The keys of `qcow2-analyze usage --output json`, in its order (README, "Figures
+    # reported by usage").
+    JSON: ClassVar[tuple[JsonKey, ...]] = (
+        JsonKey("filename"), JsonKey("image_end_offset"), JsonKey("image_end_offset_source"),
+        JsonKey("live_end_offset"), JsonKey("end_offset"), JsonKey("end_offset_source"),
+        JsonKey("domain"), JsonKey("disk"), JsonKey("container_type", "container.kind"),
+        JsonKey("container_size", "container.size"),
+        JsonKey("container_length", "container.length"),
+        JsonKey("headroom", "container.headroom"), JsonKey("usage_ratio"),
+        JsonKey("fully_allocated_size"), JsonKey("virtual_size"), JsonKey("cluster_size"),
+        JsonKey("qcow_version"), JsonKey("in_use"), JsonKey("dirty"), JsonKey("corrupt"),
+        JsonKey("lazy_refcounts"), JsonKey("refcounts_trusted"), JsonKey("encrypted"),
+        JsonKey("backing_filename"), JsonKey("backing_format"), JsonKey("external_data_file"),
+        JsonKey("snapshots"), JsonKey("bitmaps"), JsonKey("notes"),
+        JsonKey("allocated_bytes", "container.allocated_bytes", omit=omit_none),
+    )
 
     @property
     def end_offset(self) -> int:
@@ -89,10 +176,10 @@ class ImageUsage:
         return max(self.image_end_offset, self.live_end_offset or 0)
 
     @property
-    def end_offset_source(self) -> str:
-        """SOURCE_LIVE when the live figure is ahead, else where image_end_offset came from."""
+    def end_offset_source(self) -> EndOffsetSource:
+        """LIVE when the live figure is ahead, else where image_end_offset came from."""
         if self.live_end_offset is not None and self.live_end_offset > self.image_end_offset:
-            return SOURCE_LIVE
+            return EndOffsetSource.LIVE
         return self.image_end_offset_source
 
 
@@ -104,10 +191,28 @@ class ChainLayer:
     depth: int
     name: str  # as written in the image above
     path: Optional[str]  # resolved path, None for protocols
-    status: str  # LAYER_*
+    status: LayerStatus
     format: Optional[str]  # backing format named by the layer above, if any
     usage: Optional[ImageUsage] = None
     error: Optional[Qcow2Error] = None
+
+    # A `backing_chain` entry of `usage`: the layer, its figures (qcow2 layers), its error.
+    JSON: ClassVar[tuple[JsonKey, ...]] = (
+        JsonKey("depth"), JsonKey("name"), JsonKey("path"), JsonKey("status"),
+        JsonKey("format"), JsonKey("usage", omit=omit_none, flatten=True),
+        JsonKey("error", omit=omit_none),
+    )
+
+    @property
+    def filename(self) -> str:
+        """The layer's file as errors name it: its resolved path, else its name."""
+        return self.path or self.name
+
+    @property
+    def is_raw(self) -> bool:
+        """A present layer that qemu reads as raw (declared raw, or probed as raw)."""
+        return self.status == LayerStatus.OTHER_FORMAT and self.format == "raw" \
+            and self.path is not None
 
 
 @dataclass(frozen=True)
@@ -118,34 +223,13 @@ class UsageResult:
     usage: Optional[ImageUsage]
     chain: tuple[ChainLayer, ...] = ()
     error: Optional[Qcow2Error] = None
-    analyzed_chain: bool = True  # False: the layers were only opened (no usage figures)
-
-    @property
-    def reported_chain(self) -> tuple[ChainLayer, ...]:
-        """The layers to show: all when analysed, else only those that are not plainly ok."""
-        if self.analyzed_chain:
-            return self.chain
-        return tuple(layer for layer in self.chain if layer.status != LAYER_OK)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
-# Finding severities of the full check (issue "The core, part 2").
-SEVERITY_CORRUPTION = "corruption"
-SEVERITY_LEAK = "leak"
-SEVERITY_CHECK_ERROR = "check-error"
-
-
-# The metadata tables a finding can be located in (Place.table).
-TABLE_HEADER = "header"
-TABLE_L1 = "l1"
-TABLE_L2 = "l2"
-TABLE_REFCOUNT_TABLE = "refcount-table"
-TABLE_REFCOUNT_BLOCK = "refcount-block"
-TABLE_SNAPSHOTS = "snapshot-table"
-TABLE_BITMAP = "bitmap-table"
+# --- the full check --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -153,7 +237,7 @@ class Place:
     """One entry (or, without `entry`, one whole table) of the metadata a finding is at: the
     structured twin of a finding's `location` text."""
 
-    table: str  # TABLE_*
+    table: TableName
     table_offset: Optional[int] = None  # host offset of the table
     entry: Optional[int] = None  # index of the entry in the table
     l1_index: Optional[int] = None  # the L1 entry (of an L1 entry, or of an L2 table's)
@@ -161,13 +245,22 @@ class Place:
     snapshot: Optional[str] = None  # snapshot id, when the table is a snapshot's
     refcount_table_offset: Optional[int] = None  # for refcount table and block entries
 
+    # `places` of a finding in `check --output json`: those that apply.
+    JSON: ClassVar[tuple[JsonKey, ...]] = tuple(JsonKey(name, omit=omit_none) for name in (
+        "table", "table-offset", "entry", "l1-index", "guest-offset", "snapshot",
+        "refcount-table-offset"))
+
+
+def _omit_unset(value: object) -> bool:
+    return value is None or value == ""
+
 
 @dataclass(frozen=True)
 class Finding:
     """One problem found by the full check, located precisely."""
 
     kind: str  # e.g. "refcount-too-low", "leak", "copied-flag", "unaligned-l2-offset"
-    severity: str  # SEVERITY_*
+    severity: Severity
     message: str
     location: str  # e.g. "L1[3]", "L2 table at 0x50000 entry 12", "snapshot 1", "bitmap 'b0'"
     host_offset: Optional[int] = None
@@ -176,6 +269,15 @@ class Finding:
     found: Optional[int] = None
     advice: str = ""
     places: tuple[Place, ...] = ()  # every entry `location` names, in its order
+
+    # A finding in `check --output json`: `location` for people, `places` the same entries
+    # structured; what does not apply is left out.
+    JSON: ClassVar[tuple[JsonKey, ...]] = (
+        *(JsonKey(name, omit=_omit_unset) for name in (
+            "kind", "severity", "message", "location", "host-offset", "cluster-index",
+            "expected", "found", "advice")),
+        JsonKey("places", omit=omit_falsy),
+    )
 
 
 @dataclass(frozen=True)
@@ -197,3 +299,124 @@ class CheckResult:
     dirty_bit: bool = False
     notes: tuple[str, ...] = field(default=())
 
+    # qemu-img check --output=json (check-errors always, the other figures only when nonzero:
+    # qemu's has_* rules), then our findings. `filename` and `format` come first, from the
+    # front end (the file as named on its command line).
+    JSON: ClassVar[tuple[JsonKey, ...]] = (
+        JsonKey("check-errors"),
+        *(JsonKey(name, omit=omit_falsy) for name in (
+            "image-end-offset", "corruptions", "leaks", "total-clusters",
+            "allocated-clusters", "fragmented-clusters", "compressed-clusters")),
+        JsonKey("findings-total"), JsonKey("findings"), JsonKey("notes", omit=omit_falsy),
+    )
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One health rule that applied to an image, the state the policy gives it, and why."""
+
+    rule: str  # a rule of the policy (report/health.py RULES)
+    state: State
+    text: str
+
+
+@dataclass(frozen=True)
+class Health:
+    """The verdict on one image: its state and every rule that applied (OK ones are notes)."""
+
+    state: State
+    reasons: tuple[Reason, ...] = ()
+
+    @property
+    def problems(self) -> tuple[Reason, ...]:
+        return tuple(reason for reason in self.reasons if reason.state != State.OK)
+
+    @property
+    def notes(self) -> tuple[Reason, ...]:
+        return tuple(reason for reason in self.reasons if reason.state == State.OK)
+
+
+HEALTHY = Health(State.OK)
+
+
+# --- where images come from: targets and live sources ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image to analyse, or the reason a spec yielded none (host/discovery.py)."""
+
+    spec: str  # as given by the user (or the path, for running images)
+    path: Optional[str]
+    error: Optional[Qcow2Error] = None
+
+
+@dataclass(frozen=True)
+class LiveDisk:
+    """One image as a running qemu sees it (host/live.py)."""
+
+    path: str  # as the source names it
+    end_offset: int  # highest byte qemu has written to the image's storage node
+    domain: str  # libvirt domain name, or "qemu PID" for QMP
+    disk: str  # libvirt target (sda, vda[2] for a backing layer), or the QMP node name
+    source: LiveSource
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+# The `path` of the record about qemu processes --running could not inspect: not a path (no
+# file can be named so by the scan), and not an image (qcow2_images does not count it).
+RUNNING_PROCESSES = "(running qemu processes)"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One analysed image: a target (depth 0) or one of its backing layers (depth >= 1)."""
+
+    target: str  # the spec that led here
+    path: Optional[str]  # as reached (the user's name, a /proc link, a resolved backing name)
+    depth: int
+    usage: Optional[ImageUsage]
+    check: Optional[CheckResult]
+    error: Optional[Qcow2Error]
+    status: LayerStatus = LayerStatus.OK  # layers only: targets are OK or have `error`
+    name: Optional[str] = None  # backing file name as written in the layer above
+    canonical: Optional[str] = None  # discovery.canonical_path(path)
+    layer: Optional[ChainLayer] = None  # the chain layer this record reports (depth >= 1)
+    broken_below: Optional[ChainLayer] = None  # first broken layer under this image
+    health: Health = HEALTHY
+    source: bool = False  # a failed live source (a --qmp socket), not an image
+
+    @property
+    def label_path(self) -> str:
+        """The value of the `path` label: never empty, even for a glob that matched nothing."""
+        return self.canonical or self.path or self.name or self.target
+
+    @property
+    def filename(self) -> str:
+        """The file as the user reached it (a failed target: its spec)."""
+        return self.path or self.target
+
+    @property
+    def is_image(self) -> bool:
+        """False for the records about where images come from: qemu processes that could not
+        be inspected, a QMP socket that did not answer."""
+        return not self.source and not (self.path is None and self.target == RUNNING_PROCESSES)
+
+
+@dataclass(frozen=True)
+class Collection:
+    """Everything one collector run found."""
+
+    records: tuple[ImageRecord, ...]
+    duration_seconds: float
+    timestamp: float  # Unix time at the end of the run
+    notes: tuple[str, ...] = ()  # about the run, e.g. images whose figures may lag
+    libvirt_note: Optional[str] = None  # why libvirt gave no live figures, when it did not
+
+    @property
+    def failed(self) -> tuple[ImageRecord, ...]:
+        return tuple(r for r in self.records if r.error is not None)

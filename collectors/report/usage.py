@@ -2,41 +2,40 @@
 
 from __future__ import annotations
 
-from contextlib import closing
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional, Protocol, TypeVar
 
-from ..common.errors import Qcow2Error, internal_error
+from ..common.errors import Qcow2Error
 from ..host.container import container_of
 from ..host.live import LiveView, no_live_source_note
 from ..qcow2 import layout as L
-from ..qcow2.chain import walk
+from ..qcow2.chain import visit
 from ..qcow2.image import Qcow2Image
 from ..qcow2.prealloc import fully_allocated_size
 from ..qcow2.reader import held_for_writing
 from ..qcow2.refcount import image_end_offset_from_refcounts
 from .model import (
     DEFAULT_MAX_DEPTH,
-    LAYER_ERROR,
-    LAYER_OK,
-    SOURCE_CHECK,
-    SOURCE_REFCOUNTS,
     ChainLayer,
+    EndOffsetSource,
     ImageUsage,
+    LayerStatus,
     UsageResult,
 )
 
+T = TypeVar("T")
 
-def end_offset(image: Qcow2Image) -> tuple[int, str, tuple[str, ...]]:
+
+def end_offset(image: Qcow2Image) -> tuple[int, EndOffsetSource, tuple[str, ...]]:
     """The image end offset, where it came from, and notes for the operator."""
     h = image.header
     if h.dirty:
         from ..check.checker import image_end_offset_by_walk  # numpy: only on this rare path
 
-        return (image_end_offset_by_walk(image), SOURCE_CHECK,
+        return (image_end_offset_by_walk(image), EndOffsetSource.CHECK,
                 ("dirty bit set: on-disk refcounts untrusted, image end offset taken from a "
                  "full metadata walk",))
-    return image_end_offset_from_refcounts(image), SOURCE_REFCOUNTS, ()
+    return image_end_offset_from_refcounts(image), EndOffsetSource.REFCOUNTS, ()
 
 
 def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsage:
@@ -84,47 +83,46 @@ def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsag
     )
 
 
+class Guard(Protocol):
+    """How the per-image work is shielded: `work` run for the image at `filename`, anything
+    unexpected raised as a Qcow2Error of that image (report/collect.py's guard)."""
+
+    def __call__(self, work: Callable[[], T], filename: str) -> T: ...
+
+
+def unguarded(work: Callable[[], T], filename: str) -> T:
+    return work()
+
+
 def analyze_image(path: str, live: Optional[LiveView] = None) -> ImageUsage:
     """Usage of one image (with its live figure when `live` covers it); raises Qcow2Error."""
     with Qcow2Image.open(path) as image:
-        return _usage_of(image, path, live)
-
-
-def _usage_of(image: Qcow2Image, path: str, live: Optional[LiveView]) -> ImageUsage:
-    try:
-        return image_usage(image, live)
-    except Qcow2Error as exc:
-        raise exc.with_filename(path) from None
-
-
-def _layer_usage(layer: ChainLayer, image: Qcow2Image, live: Optional[LiveView]) -> ChainLayer:
-    """The walker's ok layer with its usage, or turned into an error layer."""
-    path = layer.path or layer.name
-    try:
-        return replace(layer, usage=_usage_of(image, path, live))
-    except Qcow2Error as exc:
-        return replace(layer, status=LAYER_ERROR, error=exc)
-    except Exception as exc:  # last resort, as in analyze_usage()
-        return replace(layer, status=LAYER_ERROR,
-                       error=internal_error(exc, path))
+        try:
+            return image_usage(image, live)
+        except Qcow2Error as exc:
+            raise exc.with_filename(path) from None
 
 
 def analyze_usage(path: str, *, chain: bool = True, max_depth: int = DEFAULT_MAX_DEPTH,
-                  live: Optional[LiveView] = None) -> UsageResult:
-    """Usage of the image at `path` and (by default) its backing chain. Never raises for a
-    bad image: the error is carried in the result."""
+                  live: Optional[LiveView] = None, guard: Guard = unguarded) -> UsageResult:
+    """Usage of the image at `path` and (by default) its backing chain, each image's work run
+    through `guard`. Never raises for a bad image: the error is carried in the result."""
+
+    def read(image: Qcow2Image, layer: ChainLayer) -> Optional[ImageUsage]:
+        # Without `chain` the layers are still opened by the walker (headers only): a missing
+        # or broken backing file keeps the VM from starting, and finding that out is cheap.
+        # Only their usage figures are left out.
+        if not chain and layer.depth > 0:
+            return None
+        return guard(lambda: image_usage(image, live), layer.filename)
+
     layers: list[ChainLayer] = []
-    with closing(walk(path, max_depth=max_depth)) as steps:
-        for step, image in steps:
-            # Without `chain` the layers are still opened by the walker (headers only): a
-            # missing or broken backing file keeps the VM from starting, and finding that out
-            # is cheap. Only their usage figures are left out.
-            wanted = image is not None and (chain or step.depth == 0)
-            layer = _layer_usage(step, image, live) if wanted and image is not None else step
-            if layer.error is not None and layer.depth == 0:
-                return UsageResult(path, None, (), layer.error)
-            layers.append(layer)
-            if layer.status != LAYER_OK:
-                break
+    for visited in visit(path, read, max_depth=max_depth):
+        layer = replace(visited.layer, usage=visited.value)
+        if layer.error is not None and layer.depth == 0:
+            return UsageResult(path, None, (), layer.error)
+        layers.append(layer)
+        if layer.status != LayerStatus.OK:
+            break
     top, *below = layers
-    return UsageResult(path, top.usage, tuple(below), None, analyzed_chain=chain)
+    return UsageResult(path, top.usage, tuple(below), None)
