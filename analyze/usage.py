@@ -15,7 +15,7 @@ from qcow2_monitor.collectors.common.jsonform import JsonObject, to_json, to_jso
 from qcow2_monitor.collectors.common.units import human_size, ratio_percent
 from qcow2_monitor.collectors.host.live import LiveSources
 from qcow2_monitor.collectors.report.collect import ChainScope, collect
-from qcow2_monitor.collectors.report.model import Collection, ImageRecord, ImageUsage
+from qcow2_monitor.collectors.report.model import Collection, ImageRecord, ImageUsage, LayerStatus
 
 from .common import PROG, error_document, report_error
 
@@ -70,7 +70,8 @@ def render_usage_human(collection: Collection) -> str:
         name = record.filename if record.depth == 0 else \
             "  " * record.depth + "└ " + (record.name or record.filename)
         if record.usage is None:
-            rows.append([name, *empty, "error" if record.depth == 0 else str(record.status)])
+            status = LayerStatus.ERROR if record.depth == 0 else record.status
+            rows.append([name, *empty, str(status)])
             continue
         rows.append(_usage_row(record.usage.filename if record.depth == 0 else name,
                                record.usage))
