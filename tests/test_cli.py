@@ -249,6 +249,27 @@ def test_usage_is_an_aligned_table(tmp_path: Path) -> None:
     assert base.exists()
 
 
+def test_usage_lists_each_image_once(tmp_path: Path) -> None:
+    """usage runs the adapters' collect(): a base shared by two overlays, or also named as a
+    target, is listed once, where it was first met; a target already listed as a layer is not
+    listed again (its figures stay the layer's)."""
+    base = create(tmp_path / "base.qcow2")
+    one = create(tmp_path / "one.qcow2", "64M", "-b", "base.qcow2", "-F", "qcow2")
+    two = create(tmp_path / "two.qcow2", "64M", "-b", "base.qcow2", "-F", "qcow2")
+
+    def listed(*targets: Path) -> list[tuple[str, list[str]]]:
+        proc = run("qcow2-analyze", "usage", "--no-live", "--output", "json",
+                   *map(str, targets))
+        assert proc.returncode == 0, proc.stderr
+        return [(entry["filename"], [layer["filename"] for layer in entry["backing_chain"]])
+                for entry in json.loads(proc.stdout)]
+
+    assert listed(one, two, base) == [(str(one), [str(base)]), (str(two), [])]
+    assert listed(base, one) == [(str(base), []), (str(one), [])]
+    table = run("qcow2-analyze", "usage", "--no-live", str(tmp_path)).stdout.splitlines()
+    assert [line.split()[0] for line in table[1:]] == [str(base), str(one), str(two)]
+
+
 # -- one formatter ---------------------------------------------------------------------------
 def test_human_size_is_qemus(tmp_path: Path) -> None:
     # qemu-img info prints the virtual size through size_to_str(): compare on sizes around
