@@ -18,7 +18,7 @@ FRONT_ENDS = ("cli", "analyze", "nagios", "telegraf", "node_exporter_textfile")
 
 # Which rooms of the core each room may import (run-time imports, lazy ones included). The
 # result model is pure value types that every room fills in: every room may import it, and it
-# imports nothing but the error type.
+# imports nothing but common/ (the error type, the JSON keys).
 CORE = "collectors"
 MODEL = "collectors.report.model"
 ROOM_IMPORTS: dict[str, set[str]] = {
