@@ -188,3 +188,30 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     usage = analyze_usage(str(image), chain=False).usage
     assert usage is not None and not usage.in_use
+
+
+def test_never_opens_what_is_not_a_file_or_block_device(tmp_path: Path) -> None:
+    """Special files are refused before they are opened: opening a FIFO blocks until a writer
+    comes, and other special files act on open (a watchdog device arms its countdown). Their
+    names can come from an image header, which whoever writes the image chooses, and the
+    collectors may run as root (the packaged timer, the sudoers rule)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    top = tmp_path / "top.qcow2"
+    # -u: qemu-img itself would block opening the FIFO to read its size.
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(fifo),
+                    "-F", "qcow2", str(top), "64M"], check=True)
+    runs = {
+        "backing": ["usage", "--output", "json", str(top)],
+        "target": ["header", str(fifo)],
+        "check": ["check", "--chain", str(top)],
+    }
+    for what, args in runs.items():
+        try:
+            proc = subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args],
+                                  cwd=REPO, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{what}: blocked opening the FIFO {fifo}") from None
+        assert proc.returncode == 1, (what, proc.stderr[-2000:])
+        assert "not a regular file or block device" in proc.stdout + proc.stderr, (
+            what, proc.stdout[-2000:], proc.stderr[-2000:])
