@@ -22,6 +22,8 @@ command -v libvirtd >/dev/null || missing+=(libvirt-daemon libvirt-daemon-driver
 command -v virsh >/dev/null || missing+=(libvirt-clients)
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v runuser >/dev/null || missing+=(util-linux)
+# The shipped agent configurations run the plugins through sudo (the sudoers drop-in).
+command -v visudo >/dev/null || missing+=(sudo)
 /usr/bin/python3 -c 'import psutil, jinja2, prometheus_client, numpy' 2>/dev/null \
     || missing+=(python3-psutil python3-jinja2 python3-prometheus-client python3-numpy)
 if ((${#missing[@]})); then
