@@ -47,7 +47,8 @@ done
 mkdir -p /run/sudo
 mount -t tmpfs -o mode=0711,size=1m qcow2-monitor-sudo /run/sudo
 echo ready
-exec sleep infinity
+# Held until the test ends it, or until the test process dies (parent-death signal).
+exec setpriv --pdeathsig KILL -- sleep infinity
 """.format(dirs=" ".join(OVERLAID))
 
 
