@@ -149,10 +149,13 @@ def test_never_opens_for_writing_nor_locks(tmp_path: Path,
 
 def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
     image = make_image(tmp_path / "busy.qcow2")
-    writer = subprocess.Popen(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 4M 1M", "-c", "sleep 4000",
-         "-c", "write -P 0x22 8M 1M", str(image)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # qemu-io reads its commands from stdin: it holds the image open for writing from the first
+    # write until told to go on, however long the analyses below take on a loaded machine.
+    writer = subprocess.Popen(["qemu-io", "-f", "qcow2", str(image)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert writer.stdin is not None
+    writer.stdin.write("write -P 0x11 4M 1M\n")
+    writer.stdin.flush()
     try:
         deadline = time.monotonic() + 20
         in_use = False
@@ -174,7 +177,7 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
                                timeout=120)
         assert any("held for writing" in note
                    for note in json.loads(check.stdout).get("notes", [])), check.stdout
-        out, err = writer.communicate(timeout=60)
+        out, err = writer.communicate("write -P 0x22 8M 1M\nquit\n", timeout=60)
     finally:
         if writer.poll() is None:
             writer.kill()
