@@ -7,11 +7,11 @@ import json
 import time
 from dataclasses import fields
 from functools import lru_cache
-from typing import Any, TextIO
+from typing import Any, TextIO, Union
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.text import indent_block, render_fields, render_table
-from qcow2_monitor.collectors.common.jsonform import Json, to_json, to_json_object
+from qcow2_monitor.collectors.common.jsonform import to_json, to_json_object
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.qcow2.chain import not_read_error, visit
 from qcow2_monitor.collectors.qcow2.describe import (
@@ -143,14 +143,14 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     error in the JSON list, and makes the exit status 1 (qemu-img prints nothing then and
     exits 1 naming the file)."""
     shown: list[ImageInfo] = []
-    documents: list[Json] = []
+    documents: list[Union[ImageInfo, dict[str, Any]]] = []  # the layers, and errors
     status = EXIT_OK
     for visited in visit(args.file, lambda image, _: image_info(image),
                          read_raw=lambda layer: raw_info(layer.filename)):
         layer, info = visited.layer, visited.value
         if info is not None:
             shown.append(info)
-            documents.append(to_json(info))
+            documents.append(info)
         else:
             error = layer.error or not_read_error(layer)
             if not args.backing_chain:
@@ -164,8 +164,9 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.backing_chain:
             break
     if args.output == "json":
-        out.write(json.dumps(documents if args.backing_chain else documents[0], indent=4)
-                  + "\n")
+        listed = to_json(documents)
+        assert isinstance(listed, list)
+        out.write(json.dumps(listed if args.backing_chain else listed[0], indent=4) + "\n")
     else:
         out.write("\n".join(render_info_human(info) for info in shown))
     return status

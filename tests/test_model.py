@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import pytest
 
@@ -126,6 +126,38 @@ def test_to_json_follows_the_declared_keys() -> None:
     assert list(to_json_object(value)) == ["raw-value", "a", "b"]  # flattened keys last
     shown = to_json(Declared(Inner(7), 1, ("in-use",), "n"))
     assert shown == {"raw-value": "0x0001", "a": 7, "flags": ["in-use"], "note": "n", "b": None}
+
+
+class _RowFields(NamedTuple):
+    index: int
+    flags: tuple[str, ...]
+    kind: LayerStatus
+    size: Optional[int] = None
+
+
+class Row(_RowFields):
+    """A named tuple with declared keys, as the views' large tables are."""
+
+    __slots__ = ()
+    JSON: ClassVar[tuple[JsonKey, ...]] = (
+        JsonKey("index"), JsonKey("flags"), JsonKey("kind"), JsonKey("size", omit=omit_none))
+
+
+@dataclass(frozen=True)
+class Bad:
+    a: int
+
+    JSON: ClassVar[tuple[JsonKey, ...]] = (JsonKey("a", "a; import os"),)
+
+
+def test_to_json_writes_named_tuples_as_objects() -> None:
+    rows = (Row(1, ("a",), LayerStatus.LOOP), Row(2, (), LayerStatus.OK, 5))
+    assert to_json(rows) == [{"index": 1, "flags": ["a"], "kind": "loop"},
+                             {"index": 2, "flags": [], "kind": "ok", "size": 5}]
+    assert to_json(_RowFields(3, (), LayerStatus.OK)) == {
+        "index": 3, "flags": [], "kind": "ok", "size": None}  # its fields, in order
+    with pytest.raises(TypeError, match="no attribute path"):
+        to_json(Bad(1))  # a key names an attribute, never code
 
 
 def test_to_json_writes_every_kind_of_value() -> None:

@@ -7,7 +7,7 @@ declared here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Union
+from typing import ClassVar, NamedTuple, Optional, Union
 
 from ..common.jsonform import JsonKey
 from . import layout as L
@@ -134,8 +134,7 @@ class LuksView:
     key_slots: tuple[LuksSlotView, ...]
 
 
-@dataclass(frozen=True)
-class SnapshotView:
+class _SnapshotFields(NamedTuple):
     id: str
     name: str
     table_entry_offset: int
@@ -150,6 +149,11 @@ class SnapshotView:
     icount: Optional[int]
     extra_data: bytes
 
+
+class SnapshotView(_SnapshotFields):
+    """One snapshot table entry (a named tuple, as the Snapshot it shows)."""
+
+    __slots__ = ()
     JSON: ClassVar[tuple[JsonKey, ...]] = (
         *(JsonKey(name) for name in (
             "id", "name", "table_entry_offset", "l1_table_offset", "l1_size", "date_sec",
@@ -158,8 +162,9 @@ class SnapshotView:
         JsonKey("extra_data_hex", "extra_data"))
 
 
-@dataclass(frozen=True)
-class BitmapView:
+class BitmapView(NamedTuple):
+    """One bitmap directory entry (a directory can hold 65535)."""
+
     name: str
     directory_entry_offset: int
     granularity: int

@@ -5,7 +5,7 @@ no data file."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 from ..common.jsonform import JsonKey, omit_falsy, omit_none
 from . import layout as L
@@ -23,10 +23,7 @@ def _keys(*names: str, omit: tuple[str, ...] = (), omit_empty: tuple[str, ...] =
                          omit_none if name in omit else None) for name in names)
 
 
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """One snapshot as qemu-img info lists it (SnapshotInfo in qapi/block-core.json)."""
-
+class _SnapshotFields(NamedTuple):
     id: str
     name: str
     vm_state_size: int
@@ -36,6 +33,12 @@ class SnapshotInfo:
     vm_clock_nsec: int
     icount: Optional[int] = None
 
+
+class SnapshotInfo(_SnapshotFields):
+    """One snapshot as qemu-img info lists it (SnapshotInfo in qapi/block-core.json); a named
+    tuple, as the Snapshot it shows: a table can hold 65536."""
+
+    __slots__ = ()
     JSON: ClassVar[Keys] = _keys("id", "name", "vm-state-size", "date-sec", "date-nsec",
                                  "vm-clock-sec", "vm-clock-nsec", "icount", omit=("icount",))
 
@@ -73,8 +76,9 @@ class EncryptInfo:
               "master-key-iters", "uuid", "slots", "ivgen-hash-alg"))
 
 
-@dataclass(frozen=True)
-class BitmapInfo:
+class BitmapInfo(NamedTuple):
+    """One bitmap (a directory can hold 65535)."""
+
     flags: tuple[str, ...]
     name: str
     granularity: int

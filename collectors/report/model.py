@@ -3,10 +3,10 @@ units (bytes, seconds, ratios 0..1), with enums for every status and state, and 
 their JSON (common/jsonform.py's to_json() writes any of them).
 
 Every room fills these types in and every front end reads them; this module imports nothing
-of the project but common/ (the error type, the JSON keys: tests/test_architecture.py). Statuses are str-valued enums
-whose values are the strings the README documents, so JSON documents, metric labels and text
-say the same words as before the enums; the health state is an IntEnum numbered as Nagios
-numbers its states.
+of the project but common/ (the error type, the JSON keys: tests/test_architecture.py).
+Statuses are str-valued enums whose values are the strings the README documents, so JSON
+documents, metric labels and text say the same words as before the enums; the health state
+is an IntEnum numbered as Nagios numbers its states.
 """
 
 from __future__ import annotations
