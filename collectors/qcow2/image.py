@@ -108,6 +108,24 @@ class Qcow2Image:
             file.close()
             raise
 
+    def reopened(self) -> Qcow2Image:
+        """The image parsed afresh from the same open file: its header, extensions and length
+        as they are now (a qemu writing it may have moved tables since). The caller closes
+        it."""
+        file = self.file.duplicate()
+        try:
+            return Qcow2Image(file)
+        except BaseException:
+            file.close()
+            raise
+
+    def header_moved(self) -> bool:
+        """Whether cluster 0 (header and extensions) reads differently now than when it was
+        parsed. qemu rewrites it when it moves a grown L1 or refcount table, and frees the old
+        table (docs/qcow2-format.md §11): tables read after the parse may then be stale."""
+        size = min(len(self._head), self.header.cluster_size)
+        return self.file.read_zero_padded(0, size, "header") != self._head[:size]
+
     def close(self) -> None:
         self.file.close()
 
