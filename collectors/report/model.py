@@ -176,6 +176,10 @@ class Finding:
     found: Optional[int] = None
     advice: str = ""
     places: tuple[Place, ...] = ()  # every entry `location` names, in its order
+    # On an image a running qemu is writing: the finding did not hold still while it was read
+    # again, or is a leak, which a write in flight also shows (collectors/check/settle.py).
+    # Counted in CheckResult.unconfirmed, not in check_errors, corruptions or leaks.
+    unconfirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,4 +200,8 @@ class CheckResult:
     corrupt_bit: bool = False
     dirty_bit: bool = False
     notes: tuple[str, ...] = field(default=())
+    # An image held for writing is read more than once (collectors/check/settle.py): what its
+    # unconfirmed findings count (apart from the figures above), and how often it was read.
+    unconfirmed: int = 0
+    passes: int = 1
 
