@@ -15,6 +15,7 @@ from ..qcow2.image import Qcow2Image
 from ..qcow2.prealloc import fully_allocated_size
 from ..qcow2.reader import held_for_writing
 from ..qcow2.refcount import image_end_offset_from_refcounts
+from ..qcow2.steady import read_steadily
 from .model import (
     DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
@@ -27,25 +28,32 @@ from .model import (
 )
 
 
-def end_offset(image: Qcow2Image) -> tuple[int, str, tuple[str, ...]]:
-    """The image end offset, where it came from, and notes for the operator."""
+def end_offset(image: Qcow2Image, in_use: Optional[bool] = None
+               ) -> tuple[int, str, tuple[str, ...]]:
+    """The image end offset, where it came from, and notes for the operator. On an image held
+    for writing (`in_use`, probed when not given), from a read during which qemu moved no
+    table: the refcount table it outgrew may hold data by then (collectors/qcow2/steady.py)."""
     h = image.header
+    if in_use is None:
+        in_use = held_for_writing(image.file)
     if h.dirty:
         from ..check.checker import image_end_offset_by_walk  # numpy: only on this rare path
 
         return (image_end_offset_by_walk(image), SOURCE_CHECK,
                 ("dirty bit set: on-disk refcounts untrusted, image end offset taken from a "
                  "full metadata walk",))
+    if in_use:
+        return read_steadily(image, image_end_offset_from_refcounts), SOURCE_REFCOUNTS, ()
     return image_end_offset_from_refcounts(image), SOURCE_REFCOUNTS, ()
 
 
 def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsage:
     h = image.header
-    end, source, notes = end_offset(image)
+    in_use = held_for_writing(image.file)
+    end, source, notes = end_offset(image, in_use)
     live_disk = live.lookup(image.file.stat) if live is not None else None
     live_end = live_disk.end_offset if live_disk is not None else None
     container = container_of(image.file, max(end, live_end or 0))
-    in_use = held_for_writing(image.file)
     notes += tuple(image.name_problems())
     if live_disk is not None and live_disk.end_offset > end:
         notes += (f"live end offset {live_disk.end_offset} ({live_disk.source}: "
