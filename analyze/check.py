@@ -78,6 +78,8 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
         ("host-offset", finding.host_offset), ("cluster-index", finding.cluster_index),
         ("expected", finding.expected), ("found", finding.found),
         ("advice", finding.advice)) if value is not None and value != ""}
+    if finding.unconfirmed:
+        data["unconfirmed"] = True
     if finding.places:
         data["places"] = [place_dict(place) for place in finding.places]
     return data
@@ -103,6 +105,8 @@ def check_json(result: CheckResult, filename: str) -> dict[str, Any]:
                        ("compressed-clusters", result.compressed_clusters)):
         if value:
             data[key] = value
+    if result.unconfirmed:  # ours: findings an image held for writing left unsettled
+        data["unconfirmed"] = result.unconfirmed
     data["findings-total"] = result.findings_total
     data["findings"] = [finding_dict(f) for f in result.findings]
     if result.notes:

@@ -37,6 +37,8 @@ def indent_block(text: str, indent: str = "  ") -> str:
 
 def finding_text(finding: Finding) -> str:
     """One finding on one line: `corruption (refcount-too-low) at WHERE: MESSAGE`; the kind
-    is not repeated when it is the severity itself (a leak is a leak)."""
+    is not repeated when it is the severity itself (a leak is a leak). One a running qemu
+    left unsettled starts with `unconfirmed`."""
     kind = "" if finding.kind == finding.severity else f" ({finding.kind})"
-    return f"{finding.severity}{kind} at {finding.location}: {finding.message}"
+    doubt = "unconfirmed " if finding.unconfirmed else ""
+    return f"{doubt}{finding.severity}{kind} at {finding.location}: {finding.message}"

@@ -63,7 +63,8 @@ def _details(record: ImageRecord) -> list[str]:
         parts.append(
             f"check: {counted(check.corruptions, 'corruption')}, "
             f"{counted(check.leaks, 'leak')}, {counted(check.check_errors, 'check error')}, "
-            f"{check.allocated_clusters}/"
+            + (f"{check.unconfirmed} unconfirmed, " if check.unconfirmed else "")
+            + f"{check.allocated_clusters}/"
             f"{check.total_clusters} clusters allocated"
         )
     return parts

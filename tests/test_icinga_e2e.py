@@ -71,7 +71,8 @@ def _run_services(tmp: Path, images: Path) -> dict[str, Any]:
             "qcow2_corruptions_state": "critical", "qcow2_damaged_state": "critical",
             "qcow2_backing_state": "critical", "qcow2_unknown_state": "unknown",
             "qcow2_leaks_state": "warning", "qcow2_dirty_state": "warning",
-            "qcow2_dirty_in_use_state": "ok", "qcow2_warning_overcommit": "1000",
+            "qcow2_dirty_in_use_state": "ok", "qcow2_unconfirmed_state": "warning",
+            "qcow2_warning_overcommit": "1000",
             "qcow2_critical_overcommit": "2000", "qcow2_timeout": 20, "qcow2_verbose": True,
         },
     }
@@ -182,6 +183,7 @@ def test_every_option_reaches_the_plugin(icinga_results: dict[str, Any]) -> None
         ("-w", "~:80"), ("-c", "~:90"), ("--warning-headroom", "2K"),
         ("--critical-headroom", "1K"), ("--corrupt-state", "critical"), ("-t", "20"),
         ("--leaks-state", "warning"), ("--dirty-in-use-state", "ok"),
+        ("--unconfirmed-state", "warning"),
         ("--damaged-state", "critical"), ("--backing-state", "critical"),
         ("--unknown-state", "unknown"), ("--warning-overcommit", "1000"),
         ("--critical-overcommit", "2000"),
