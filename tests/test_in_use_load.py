@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from writers import GiB, KiB, Load, MiB, QemuIo, RandomWriter
 
 from qcow2_monitor.analyze.main import main as analyze_main
 from qcow2_monitor.collectors.check import settle
@@ -49,6 +48,7 @@ from qcow2_monitor.telegraf.qcow2_telegraf import main as telegraf_main
 from alerting import parse_line, textfile_samples
 from daemons import make_image, require_binary, run
 from damage import L2E_OFFSET_MASK, active_l2_entries, read_header, set_refcount
+from writers import GiB, KiB, Load, MiB, QemuIo, RandomWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from writers import MiB, QemuIo
 
 from qcow2_monitor.collectors.check import checker, measure, settle
 from qcow2_monitor.collectors.check.measure import measure_image
@@ -33,6 +32,7 @@ from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 
 from daemons import make_image, require_binary, run
 from damage import DamagedImage, set_refcount
+from writers import MiB, QemuIo
 
 Action = Callable[[], None]
 
