@@ -54,6 +54,7 @@ REFT_RESERVED_MASK = 0x1FF
 BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
 BME_TABLE_ENTRY_SIZE = 8
 
+
 class _Check:
     """One run of the check over an open image."""
 
