@@ -165,10 +165,9 @@ def start_libvirtd() -> Libvirt:
         if probe.returncode == 0 and "Running hypervisor" in probe.stdout:
             return libvirt
         if process.poll() is not None or time.monotonic() > deadline:
+            said = (directory / "libvirtd.log").read_text(errors="replace")  # before cleanup
             stop_libvirtd(libvirt)
-            raise AssertionError(
-                f"libvirtd did not come up: {probe.stderr}\n"
-                f"{(directory / 'libvirtd.log').read_text(errors='replace')}")
+            raise AssertionError(f"libvirtd did not come up: {probe.stderr}\n{said[-3000:]}")
         time.sleep(0.2)
 
 
