@@ -17,8 +17,6 @@ import pytest
 from qcow2_monitor.analyze import main as cli
 from qcow2_monitor.collectors.report.usage import analyze_usage
 
-from writers import QemuIo
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -151,26 +149,41 @@ def test_never_opens_for_writing_nor_locks(tmp_path: Path,
 
 def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
     image = make_image(tmp_path / "busy.qcow2")
-    # qemu-io holds the image for writing for as long as the analyses take, however busy the
-    # machine is, and writes before and after them.
-    with QemuIo(image) as writer:
-        writer.run("write -P 0x11 4M 1M")
-        usage = analyze_usage(str(image), chain=False).usage
-        assert usage is not None and usage.in_use, "write lock of the running qemu-io not detected"
-        assert any("running qemu" in note for note in usage.notes)
+    # qemu-io reads its commands from stdin: it holds the image open for writing from the first
+    # write until told to go on, however long the analyses below take on a loaded machine.
+    writer = subprocess.Popen(["qemu-io", "-f", "qcow2", str(image)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert writer.stdin is not None
+    writer.stdin.write("write -P 0x11 4M 1M\n")
+    writer.stdin.flush()
+    try:
+        deadline = time.monotonic() + 20
+        in_use = False
+        while time.monotonic() < deadline and not in_use:
+            usage = analyze_usage(str(image), chain=False).usage
+            assert usage is not None
+            in_use = usage.in_use
+            time.sleep(0.1)
+        assert in_use, "write lock of the running qemu-io not detected"
+        assert usage is not None and any("running qemu" in note for note in usage.notes)
         # Analyse repeatedly while it runs: every command succeeds, nothing is refused.
         for args in one_of_each(image):
             assert subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args], cwd=REPO,
                                   capture_output=True, timeout=120).returncode in (0, 3), args
         # The check runs on an image in use (qemu-img check would refuse without -U) and says
-        # how it read it.
+        # how it read it (the image was held for writing: read until what it found held still).
         check = subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", "check", "--output",
                                 "json", str(image)], cwd=REPO, capture_output=True, text=True,
                                timeout=120)
         assert any("held for writing" in note
                    for note in json.loads(check.stdout).get("notes", [])), check.stdout
-        writer.run("write -P 0x22 8M 1M")
-        assert writer.close() == 0
+        out, err = writer.communicate("write -P 0x22 8M 1M\nquit\n", timeout=60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == 0, err
+    assert "wrote 1048576/1048576" in out
     # The writer's data landed and the image is consistent.
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x11 4M 1M",
                     "-c", "read -P 0x22 8M 1M", str(image)], check=True, capture_output=True)
@@ -178,3 +191,30 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     usage = analyze_usage(str(image), chain=False).usage
     assert usage is not None and not usage.in_use
+
+
+def test_never_opens_what_is_not_a_file_or_block_device(tmp_path: Path) -> None:
+    """Special files are refused before they are opened: opening a FIFO blocks until a writer
+    comes, and other special files act on open (a watchdog device arms its countdown). Their
+    names can come from an image header, which whoever writes the image chooses, and the
+    collectors may run as root (the packaged timer, the sudoers rule)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    top = tmp_path / "top.qcow2"
+    # -u: qemu-img itself would block opening the FIFO to read its size.
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(fifo),
+                    "-F", "qcow2", str(top), "64M"], check=True)
+    runs = {
+        "backing": ["usage", "--output", "json", str(top)],
+        "target": ["header", str(fifo)],
+        "check": ["check", "--chain", str(top)],
+    }
+    for what, args in runs.items():
+        try:
+            proc = subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args],
+                                  cwd=REPO, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{what}: blocked opening the FIFO {fifo}") from None
+        assert proc.returncode == 1, (what, proc.stderr[-2000:])
+        assert "not a regular file or block device" in proc.stdout + proc.stderr, (
+            what, proc.stdout[-2000:], proc.stderr[-2000:])
