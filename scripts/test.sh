@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
-command -v promtool >/dev/null || missing+=(prometheus)
+# The Prometheus server and promtool (tests/test_fleet.py runs the server with the rules).
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
 command -v influxd >/dev/null || missing+=(influxdb)
 command -v icinga2 >/dev/null || missing+=(icinga2-bin icinga2-common)
@@ -28,8 +29,10 @@ if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     echo "installing: ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Other installs may hold the dpkg lock (several checkouts test on one machine): wait.
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        "${missing[@]}" >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -36,7 +36,7 @@ from damage import (
     read_u64,
     set_refcount,
 )
-from tree import source_site
+from tree import SYSTEM_PYTHON, source_site
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
@@ -59,7 +59,6 @@ class Case:
 
 
 MODES = {"check": ["--check"], "default": []}
-SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: nobody cannot reach the venv's (under /root)
 
 
 def _lazy_dirty(path: Path) -> Path:
