@@ -45,7 +45,6 @@ from typing import Any
 
 import pytest
 
-from alerting import textfile_samples
 from daemons import (
     Prometheus,
     make_image,
@@ -58,6 +57,7 @@ from daemons import (
 from damage import patch_u64, read_header, read_u64, set_refcount
 from fleet import Alert, Host, Writer, active_alerts, alert_of, wait_alerts, wait_for
 from live_daemons import QemuQmp, start_qemu_qmp, stop_qemu
+from readback import textfile_samples
 from tree import SYSTEM_PYTHON, source_site
 
 ROOT = Path(__file__).resolve().parent.parent
