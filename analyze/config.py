@@ -120,11 +120,13 @@ def register(sub: Any) -> None:
                       "that is not shipped)."))
     config.add_argument("name", nargs="?", metavar="NAME", choices=list(SHIPPED),
                         help="one of: " + ", ".join(SHIPPED))
+    # The parameters are declared in node_exporter_textfile/rules.py, imported only when --set
+    # is used (not at every start of qcow2-analyze).
     config.add_argument("--set", dest="settings", action="append", default=[],
                         type=_setting, metavar="NAME=DURATION",
-                        help=f"with {RULES}: set a parameter of the rules, a Prometheus "
-                        "duration: trend_window (default 6h: the fill-up trend's range), "
-                        "stale_after (10m: how old the last successful run may get), "
+                        help=f"with {RULES}: set a parameter of the rules to a Prometheus "
+                        "duration: trend_window (default 6h, the fill-up trend's range), "
+                        "stale_after (10m, how old the last successful run may get), "
                         "ALERT.for (one alert's for:), for (every alert's for:)")
     config.set_defaults(handler=run_config)
 

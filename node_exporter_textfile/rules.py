@@ -65,7 +65,7 @@ PARAMETERS: dict[str, Parameter] = {
         (r"predict_linear\(qcow2_headroom_bytes\[(\w+)\]", r"At the rate of the last (\w+) ")),
     "stale_after": Parameter(
         "10m", "how old qcow2_last_success_timestamp_seconds may get before "
-        "Qcow2TextfileStale applies (written in seconds)",
+        "Qcow2TextfileStale applies, written in seconds in the rule",
         (r"time\(\) - qcow2_last_success_timestamp_seconds > (\d+)",),
         spelling=_seconds_text),
 }
