@@ -244,23 +244,22 @@ class NodeExporter:
         return body.decode("utf-8")
 
 
-def as_user(user: Optional[str]) -> dict[str, Any]:
-    """Popen arguments that run a program as `user` (its own group, no supplementary group;
-    nothing else changes), or as ourselves when None."""
-    if user is None:
-        return {}
+def as_user(user: str) -> list[str]:
+    """The command prefix that runs a program as `user`, with that user's groups and nothing
+    else changed; setpriv execs it (no process in between, so signals reach it)."""
     import pwd
 
     entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+            "--"]
 
 
 @contextmanager
-def node_exporter(
-    textfile_dir: Path, tmp: Path, user: Optional[str] = None
-) -> Iterator[NodeExporter]:
-    """prometheus-node-exporter with only the textfile collector, reading `textfile_dir`; as
-    `user` when given (Debian runs it as `prometheus`: it reads what that user may read)."""
+def node_exporter(textfile_dir: Path, tmp: Path,
+                  enter: Sequence[str] = ()) -> Iterator[NodeExporter]:
+    """prometheus-node-exporter with only the textfile collector, reading `textfile_dir`;
+    `enter` prefixes its command line (tests/debian_root.py: inside the isolated root, as the
+    exporter's user)."""
     binary = require_binary("prometheus-node-exporter")
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -268,6 +267,7 @@ def node_exporter(
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [
+                *enter,
                 binary,
                 "--collector.disable-defaults",
                 "--collector.textfile",
@@ -277,7 +277,6 @@ def node_exporter(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "GOMAXPROCS": "1"},
-            **as_user(user),
         )
     try:
         url = f"http://127.0.0.1:{port}"

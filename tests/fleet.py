@@ -33,8 +33,8 @@ class Writer:
     def __init__(self, name: str, argv: Sequence[str], user: Optional[str] = None,
                  env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None) -> None:
         self.name = name
-        self.argv = list(argv)
-        self.popen: dict[str, Any] = {**as_user(user), "env": env, "cwd": cwd}
+        self.argv = [*(as_user(user) if user else ()), *argv]
+        self.popen: dict[str, Any] = {"env": env, "cwd": cwd}
         self.lock = threading.Lock()  # held by a run, and by the test while it changes images
         self.enabled = threading.Event()
         self.enabled.set()

@@ -47,6 +47,7 @@ import pytest
 
 from daemons import (
     Prometheus,
+    as_user,
     make_image,
     node_exporter,
     own_filesystem,
@@ -160,7 +161,7 @@ def _start_hosts(stack: ExitStack, tmp: Path, shared: Path, disks: dict[str, str
     text2.mkdir()
     nobody = pwd.getpwnam("nobody")
     os.chown(text2, nobody.pw_uid, nobody.pw_gid)
-    exporter2 = stack.enter_context(node_exporter(text2, tmp / "ne2", user="nobody"))
+    exporter2 = stack.enter_context(node_exporter(text2, tmp / "ne2", enter=as_user("nobody")))
     site = source_site()
     writer2 = Writer("hv2", [SYSTEM_PYTHON, "-m", "qcow2_monitor.node_exporter_textfile."
                              "qcow2_textfile", "--output", str(text2 / "qcow2.prom"),
