@@ -45,9 +45,9 @@ from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 from qcow2_monitor.node_exporter_textfile.qcow2_textfile import main as textfile_main
 from qcow2_monitor.telegraf.qcow2_telegraf import main as telegraf_main
 
-from alerting import parse_line, textfile_samples
 from daemons import make_image, require_binary, run
 from damage import L2E_OFFSET_MASK, active_l2_entries, read_header, set_refcount
+from readback import parse_line, textfile_samples
 from writers import GiB, KiB, Load, MiB, QemuIo, RandomWriter
 
 ROOT = Path(__file__).resolve().parent.parent
