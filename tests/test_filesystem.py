@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from qcow2_monitor.collectors.host import discovery
+from qcow2_monitor.collectors.host import identity
 from qcow2_monitor.collectors.report.collect import collect
 from qcow2_monitor.collectors.report.metrics import filesystems, image_metrics, info_labels
 from qcow2_monitor.nagios.ranges import format_number
@@ -124,7 +124,7 @@ def test_one_disk_one_series_whatever_name(tmp_path: Path,
     (sysfs / number / "dm").mkdir(parents=True)
     (sysfs / number / "dm" / "name").write_text("vg0-vm1\n")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(discovery, "SYS_DEV_BLOCK", str(sysfs))
+        patch.setattr(identity, "SYS_DEV_BLOCK", str(sysfs))
         for spec in (device, str(link)):
             (record,) = collect([spec]).records
             assert record.error is None and record.usage is not None
