@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from contextlib import closing
 from functools import lru_cache
 from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.cli.text import indent_block, render_fields, render_table
+from qcow2_monitor.cli.text import (
+    indent_block,
+    json_text,
+    printable_document,
+    render_fields,
+    render_table,
+)
 from qcow2_monitor.collectors.common.errors import UNSUPPORTED, Qcow2Error
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.qcow2.chain import walk
@@ -157,9 +162,9 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 break
     shown = [info for info in infos if "error" not in info]
     if args.output == "json":
-        out.write(json.dumps(infos if args.backing_chain else infos[0], indent=4) + "\n")
+        out.write(json_text(infos if args.backing_chain else infos[0], indent=4))
     else:
-        out.write("\n".join(render_info_human(info) for info in shown))
+        out.write("\n".join(render_info_human(printable_document(info)) for info in shown))
     return status
 
 
@@ -191,9 +196,9 @@ def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with Qcow2Image.open(args.file) as image:
         data = describe(image)
     if args.output == "json":
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(json_text(data, indent=2))
     else:
-        out.write(render_header_human(data))
+        out.write(render_header_human(printable_document(data)))
     return EXIT_OK
 
 

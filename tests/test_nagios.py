@@ -132,10 +132,11 @@ def test_percent_text_never_prints_the_threshold_it_crossed() -> None:
 
 
 def test_cleaning_of_paths() -> None:
-    assert clean_text("/a|b\nc\x7fd") == "/a_b?c?d"
+    """The printable rule of every output (collectors/common/text.py), then `|` as `_`."""
+    assert clean_text("/a|b\nc\x7fd") == "/a_b\\x0ac\\x7fd"
     assert clean_label("/a|b=c'd e") == "/a_b_c_d e"
     undecodable = os.fsdecode(b"/img/\xff.qcow2")
-    assert clean_text(undecodable) == "/img/\ufffd.qcow2"
+    assert clean_text(undecodable) == "/img/\\xff.qcow2"
 
 
 # --- hand-built model objects ---------------------------------------------------------------
@@ -196,7 +197,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, records: list[ImageRecord],
 
     monkeypatch.setattr(check_qcow2, "_collect", collect)
     out = io.StringIO()
-    code = main(["-f", "placeholder", *argv], stream=out)
+    code = main(["-f", "placeholder", *argv], stdout=out)
     return code, out.getvalue()
 
 
@@ -468,10 +469,10 @@ def test_labels_are_stable_across_states(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(check_qcow2, "_collect", lambda args: Collection((), 0.0, 0.0))
     out = io.StringIO()
-    assert main(["--running"], stream=out) == 0
+    assert main(["--running"], stdout=out) == 0
     assert out.getvalue() == "QCOW2 OK - no qcow2 image is open in a running qemu process\n"
     out = io.StringIO()
-    assert main(["-f", "/nothing"], stream=out) == 3
+    assert main(["-f", "/nothing"], stdout=out) == 3
     assert out.getvalue() == "QCOW2 UNKNOWN - no images found\n"
 
 
@@ -495,7 +496,7 @@ def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.Mo
 )
 def test_bad_arguments_are_unknown(argv: list[str], message: str) -> None:
     out = io.StringIO()
-    assert main(argv, stream=out) == 3
+    assert main(argv, stdout=out) == 3
     first = out.getvalue().splitlines()[0]
     assert first.startswith("QCOW2 UNKNOWN - bad arguments: ")
     assert message in first
@@ -503,13 +504,13 @@ def test_bad_arguments_are_unknown(argv: list[str], message: str) -> None:
 
 def test_help_and_version_exit_unknown_on_stdout() -> None:
     out = io.StringIO()
-    assert main(["--help"], stream=out) == 3
+    assert main(["--help"], stdout=out) == 3
     assert out.getvalue().startswith("usage: check_qcow2 ")
     assert "--warning-headroom" in out.getvalue() and "all binary" in out.getvalue()
     # The overcommit sums depend on the targets given: --help says so.
     assert "cover\n  only the images this check was given" in out.getvalue()
     out = io.StringIO()
-    assert main(["-V"], stream=out) == 3
+    assert main(["-V"], stdout=out) == 3
     assert re.fullmatch(r"check_qcow2 \S+\n", out.getvalue())
 
 
@@ -520,10 +521,10 @@ def test_internal_error_is_one_unknown_line(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(check_qcow2, "_collect", boom)
     out = io.StringIO()
-    assert main(["-f", "x"], stream=out) == 3
+    assert main(["-f", "x"], stdout=out) == 3
     assert out.getvalue() == "QCOW2 UNKNOWN - internal error: RuntimeError: boom\n"
     assert capsys.readouterr().err == ""  # no traceback unless -vvv
-    assert main(["-f", "x", "-vvv"], stream=io.StringIO()) == 3
+    assert main(["-f", "x", "-vvv"], stdout=io.StringIO()) == 3
     assert "Traceback" in capsys.readouterr().err
 
 

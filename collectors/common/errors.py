@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Optional, Union
 
+from .text import printable
+
 # Kinds of failure, stable strings that adapters may show or export.
 NOT_QCOW2 = "not-qcow2"
 TRUNCATED = "truncated"
@@ -67,8 +69,9 @@ class Qcow2Error(Exception):
             forms = {str(self.value), f"0x{self.value:x}", f"{self.value:x}"}
             shown = f"0x{self.value:x}"
         else:
-            forms = {self.value, repr(self.value)}
-            shown = repr(self.value)
+            # Quoted, by the one printable rule (a name read from an image can hold any byte).
+            shown = f"'{printable(self.value)}'"
+            forms = {self.value, printable(self.value), shown}
         if any(_states(self.message, form) for form in forms):
             return None
         return shown
