@@ -4,9 +4,11 @@ identical in check_qcow2, qcow2-telegraf and qcow2-textfile."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional, Sequence, TextIO, Union
 
-from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
+from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from qcow2_monitor.cli.parser import ArgumentContainer, ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.collectors.host.live import DEFAULT_LIBVIRT_URI, LiveSources
 from qcow2_monitor.collectors.report.health import RULES, STATE_BY_NAME, STATE_NAMES, Policy
@@ -79,6 +81,26 @@ def add_targets_argument(parser: argparse.ArgumentParser) -> None:
         help="image file, block device, directory (searched recursively for qcow2 files) or "
         "glob pattern",
     )
+
+
+def collector_main(parser: Callable[[], ArgumentParser],
+                   run: Callable[[argparse.Namespace, TextIO, TextIO], int],
+                   argv: Optional[Sequence[str]], stdout: Optional[TextIO],
+                   stderr: Optional[TextIO], internal_error: str) -> int:
+    """The main() of a collector (qcow2-telegraf, qcow2-textfile): its command line from
+    `parser()`, then `run(args, stdout, stderr)`; an unexpected exception is one line on stderr,
+    `internal_error` followed by the exception, and exit 1."""
+    out, err = output_streams(stdout, stderr)
+
+    def body() -> int:
+        args = parse_collector_arguments(parser(), argv, out, err)
+        return args if isinstance(args, int) else run(args, out, err)
+
+    def failure(exc: BaseException) -> int:
+        write_utf8(err, f"{internal_error}{exception_text(exc)}\n")
+        return EXIT_FAILED
+
+    return last_resort(body, failure)
 
 
 def parse_collector_arguments(parser: ArgumentParser, argv: Optional[Sequence[str]],

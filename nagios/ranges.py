@@ -34,10 +34,6 @@ class RangeError(ValueError):
     """A threshold range that does not follow the guidelines' grammar."""
 
 
-# Perfdata numbers are written by the one core formatter (no exponent, no trailing zeros).
-format_number = plain_number
-
-
 @dataclass(frozen=True)
 class Range:
     """A parsed threshold range; :meth:`alert` tells whether a value triggers it."""
@@ -79,17 +75,17 @@ class Range:
     def __str__(self) -> str:
         """The canonical text, usable as the warn/crit field of perfdata."""
         prefix = "@" if self.inside else ""
-        start = "~" if math.isinf(self.start) else format_number(self.start)
+        start = "~" if math.isinf(self.start) else plain_number(self.start)
         if math.isinf(self.end):
             return f"{prefix}{start}:"
         if self.start == 0:
-            return f"{prefix}{format_number(self.end)}"
-        return f"{prefix}{start}:{format_number(self.end)}"
+            return f"{prefix}{plain_number(self.end)}"
+        return f"{prefix}{start}:{plain_number(self.end)}"
 
     def describe(self, unit: str = "") -> str:
         """Human wording for the status text, e.g. ``> 90%`` or ``outside 10%..20%``."""
-        low = None if math.isinf(self.start) else format_number(self.start) + unit
-        high = None if math.isinf(self.end) else format_number(self.end) + unit
+        low = None if math.isinf(self.start) else plain_number(self.start) + unit
+        high = None if math.isinf(self.end) else plain_number(self.end) + unit
         if self.inside:
             if low is None and high is None:
                 return "(any value alerts)"

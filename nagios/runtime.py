@@ -11,8 +11,8 @@ import threading
 from typing import TextIO
 
 from qcow2_monitor.cli.entry import write_utf8
+from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.collectors.report.health import UNKNOWN
-from qcow2_monitor.nagios.ranges import format_number
 
 PROG = "check_qcow2"
 PREFIX = "QCOW2"
@@ -57,7 +57,7 @@ def start_watchdog(seconds: float, output: Output) -> threading.Timer:
 
     def expire() -> None:
         if output.claim():
-            output.write(f"{PREFIX} UNKNOWN - timed out after {format_number(seconds)} s "
+            output.write(f"{PREFIX} UNKNOWN - timed out after {plain_number(seconds)} s "
                          "(raise -t/--timeout)\n")
             os._exit(UNKNOWN)
 

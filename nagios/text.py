@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from qcow2_monitor.collectors.common.text import printable
-from qcow2_monitor.collectors.common.units import percent_number
-from qcow2_monitor.nagios.ranges import Range, format_number
+from qcow2_monitor.collectors.common.units import percent_number, plain_number
+from qcow2_monitor.nagios.ranges import Range
 
 
 def usage_percent(ratio: float) -> float:
@@ -39,5 +39,5 @@ def percent_text(percent: float, limit: Optional[Range] = None) -> str:
         digits = 2
         while float(text) in (limit.start, limit.end) and digits < 12:
             digits += 1
-            text = format_number(round(percent, digits))
+            text = plain_number(round(percent, digits))
     return text

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
-from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
+from qcow2_monitor.cli.entry import exception_text, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import (
     add_selection_and_health_arguments,
     add_targets_argument,
     collect_selected,
-    parse_collector_arguments,
+    collector_main,
 )
 from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
@@ -298,17 +298,8 @@ def _write_file(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
          stderr: Optional[TextIO] = None) -> int:
-    out, err = output_streams(stdout, stderr)
-
-    def body() -> int:
-        args = parse_collector_arguments(_parser(), argv, out, err)
-        return args if isinstance(args, int) else _write_file(args, out, err)
-
-    def failure(exc: BaseException) -> int:
-        print(f"{PROG}: error: internal error: {exception_text(exc)}", file=err)
-        return EXIT_FAILED
-
-    return last_resort(body, failure)
+    return collector_main(_parser, _write_file, argv, stdout, stderr,
+                          internal_error=f"{PROG}: error: internal error: ")
 
 
 if __name__ == "__main__":

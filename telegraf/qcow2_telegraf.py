@@ -26,13 +26,13 @@ import os
 import sys
 from typing import Optional, Sequence, TextIO
 
-from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
+from qcow2_monitor.cli.entry import exception_text, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import (
     add_selection_and_health_arguments,
     add_targets_argument,
     collect_selected,
-    parse_collector_arguments,
+    collector_main,
 )
 from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
@@ -172,17 +172,8 @@ def _serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
          stderr: Optional[TextIO] = None) -> int:
-    out, err = output_streams(stdout, stderr)
-
-    def body() -> int:
-        args = parse_collector_arguments(_parser(), argv, out, err)
-        return args if isinstance(args, int) else _serve(args, out, err)
-
-    def failure(exc: BaseException) -> int:
-        write_utf8(err, f"{LOG_PREFIX} internal error: {exception_text(exc)}\n")
-        return EXIT_FAILED
-
-    return last_resort(body, failure)
+    return collector_main(_parser, _serve, argv, stdout, stderr,
+                          internal_error=f"{LOG_PREFIX} internal error: ")
 
 
 if __name__ == "__main__":

@@ -73,34 +73,39 @@ def _boom(*args: object, **kwargs: object) -> int:
     raise RuntimeError("planted\nsecond line")
 
 
-@pytest.mark.parametrize(("command", "planted", "code", "stream", "line"), [
-    ("qcow2-analyze", "qcow2_monitor.analyze.main.run_info", 1, "err",
-     "qcow2-analyze: x.qcow2: analysis: internal error: RuntimeError: planted\\x0asecond line\n"),
-    ("check_qcow2", "qcow2_monitor.nagios.check_qcow2._collect", 3, "out",
-     "QCOW2 UNKNOWN - internal error: RuntimeError: planted\n"),
-    ("qcow2-telegraf", "qcow2_monitor.telegraf.qcow2_telegraf.collect_selected", 1, "err",
-     "E! [inputs.qcow2] internal error: RuntimeError: planted\n"),
-    ("qcow2-textfile",
-     "qcow2_monitor.node_exporter_textfile.qcow2_textfile.collect_selected", 1, "err",
-     "qcow2-textfile: error: internal error: RuntimeError: planted\n"),
-    # Before the command line is read: the parser itself fails.
-    ("qcow2-analyze", "qcow2_monitor.analyze.main.build_parser", 1, "err",
-     "qcow2-analyze: analysis: internal error: RuntimeError: planted\\x0asecond line\n"),
-    ("check_qcow2", "qcow2_monitor.nagios.check_qcow2.build_parser", 3, "out",
-     "QCOW2 UNKNOWN - internal error: RuntimeError: planted\n"),
-    ("qcow2-telegraf", "qcow2_monitor.telegraf.qcow2_telegraf._parser", 1, "err",
-     "E! [inputs.qcow2] internal error: RuntimeError: planted\n"),
-    ("qcow2-textfile", "qcow2_monitor.node_exporter_textfile.qcow2_textfile._parser", 1, "err",
-     "qcow2-textfile: error: internal error: RuntimeError: planted\n"),
-])
+# What each says of an error nobody expected: exit code, the stream, the one line. A
+# qcow2-analyze error names the FILE once the command line is read.
+INTERNAL = {
+    "qcow2-analyze": (1, "err", "qcow2-analyze: {file}analysis: internal error: RuntimeError: "
+                      "planted\\x0asecond line\n"),
+    "check_qcow2": (3, "out", "QCOW2 UNKNOWN - internal error: RuntimeError: planted\n"),
+    "qcow2-telegraf": (1, "err", "E! [inputs.qcow2] internal error: RuntimeError: planted\n"),
+    "qcow2-textfile": (1, "err", "qcow2-textfile: error: internal error: RuntimeError: "
+                       "planted\n"),
+}
+# Where the error is planted: in the work, and before the command line is read (the parser).
+PLANTED = {
+    "qcow2-analyze": ("analyze.main.run_info", "analyze.main.build_parser"),
+    "check_qcow2": ("nagios.check_qcow2._collect", "nagios.check_qcow2.build_parser"),
+    "qcow2-telegraf": ("telegraf.qcow2_telegraf.collect_selected",
+                       "telegraf.qcow2_telegraf._parser"),
+    "qcow2-textfile": ("node_exporter_textfile.qcow2_textfile.collect_selected",
+                       "node_exporter_textfile.qcow2_textfile._parser"),
+}
+
+
+@pytest.mark.parametrize(("command", "parsed"), [
+    (command, parsed) for command in sorted(MAINS) for parsed in (True, False)])
 def test_an_unexpected_error_is_one_line_and_the_documented_code(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str,
-        planted: str, code: int, stream: str, line: str) -> None:
-    monkeypatch.setattr(planted, _boom)
+        parsed: bool) -> None:
+    monkeypatch.setattr(f"qcow2_monitor.{PLANTED[command][0 if parsed else 1]}", _boom)
+    code, stream, line = INTERNAL[command]
     out, err = io.StringIO(), io.StringIO()
     assert MAINS[command](RUNS[command], stdout=out, stderr=err) == code
-    assert {"out": out, "err": err}[stream].getvalue() == line
-    assert {"out": err, "err": out}[stream].getvalue() == ""
+    said, silent = (out, err) if stream == "out" else (err, out)
+    assert said.getvalue() == line.format(file="x.qcow2: " if parsed else "")
+    assert silent.getvalue() == ""
     assert capsys.readouterr() == ("", "")  # nothing went to the process's streams
 
 

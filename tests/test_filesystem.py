@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 
 import pytest
 
+from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.collectors.host import identity
 from qcow2_monitor.collectors.report.collect import collect
 from qcow2_monitor.collectors.report.metrics import filesystems, image_metrics, info_labels
-from qcow2_monitor.nagios.ranges import format_number
 
 from alerting import promtool_test, textfile_samples
 from daemons import make_image, run
@@ -90,7 +90,7 @@ def test_usage_and_headroom_are_the_filesystems(full_tmpfs: Path) -> None:
     assert 2 < ratio < 10
     assert proc.returncode == 1, proc.stdout
     assert f"filesystem {full_tmpfs}: overcommit" in proc.stdout.splitlines()[0]
-    assert f"'{full_tmpfs} overcommit_ratio'={format_number(round(ratio, 8))};2;10;0" in \
+    assert f"'{full_tmpfs} overcommit_ratio'={plain_number(round(ratio, 8))};2;10;0" in \
         proc.stdout
 
 

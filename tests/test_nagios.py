@@ -24,6 +24,7 @@ import pytest
 
 from qcow2_monitor.cli.options import policy_from_args
 from qcow2_monitor.collectors.common.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.collectors.report.collect import judge
 from qcow2_monitor.collectors.report.metrics import Collection, ImageRecord
 from qcow2_monitor.collectors.report.model import (
@@ -41,7 +42,7 @@ from qcow2_monitor.collectors.report.model import (
 )
 from qcow2_monitor.nagios import check_qcow2
 from qcow2_monitor.nagios.check_qcow2 import clean_label, clean_text, main, percent_text
-from qcow2_monitor.nagios.ranges import Range, RangeError, format_number
+from qcow2_monitor.nagios.ranges import Range, RangeError
 
 from daemons import holding_open, make_image, own_filesystem, require_binary
 from damage import INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFF_INCOMPATIBLE, patch_u64, read_u64
@@ -112,15 +113,15 @@ def test_range_describe() -> None:
     [(1e-05, "0.00001"), (1e21, "1000000000000000000000"), (0.5, "0.5"), (-3.0, "-3"),
      (80.00011497, "80.00011497"), (100.0, "100"), (2**70, str(2**70))],
 )
-def test_format_number_plain_decimals(value: float, text: str) -> None:
-    assert format_number(value) == text
-    assert "e" not in format_number(value).lower()
+def test_plain_number_plain_decimals(value: float, text: str) -> None:
+    assert plain_number(value) == text
+    assert "e" not in plain_number(value).lower()
 
 
-def test_format_number_refuses_non_finite() -> None:
+def test_plain_number_refuses_non_finite() -> None:
     for value in (math.inf, -math.inf, math.nan):
         with pytest.raises(ValueError):
-            format_number(value)
+            plain_number(value)
 
 
 def test_percent_text_never_prints_the_threshold_it_crossed() -> None:
