@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import Metric
 
 # Perfdata figures, by their collectors.metrics names (one vocabulary for every adapter).
-# Only usage_ratio is rescaled, to percent under the label "usage_percent" (style.md #6).
+# Only usage_ratio is rescaled, to percent under the label "usage_percent".
 # Perfdata: these usage figures, then (with --check) collectors.metrics.CHECK_METRICS.
 USAGE_PERFDATA_METRICS = (
     "usage_ratio",

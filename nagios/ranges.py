@@ -11,7 +11,7 @@ Grammar and meaning, exactly as the guidelines define them (endpoints inclusive)
 ========== ===========================================
 
 Numbers are plain decimals with an optional exponent (``1e3``), which nagiosplugin's parser
-rejects with a crash (monitoring.md). ``inf``/``nan`` are refused: they are not numbers a user
+rejects with a crash. ``inf``/``nan`` are refused: they are not numbers a user
 means as a threshold.
 """
 

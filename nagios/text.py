@@ -10,7 +10,7 @@ from qcow2_monitor.nagios.ranges import Range
 
 
 def usage_percent(ratio: float) -> float:
-    """The one rescaling this adapter does (style.md #6): Nagios users think in percent."""
+    """The one rescaling this adapter does: Nagios users think in percent."""
     return ratio * 100.0
 
 

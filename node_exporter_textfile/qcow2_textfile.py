@@ -148,7 +148,7 @@ def render(collection: Collection, template: jinja2.Template) -> str:
 def validate(text: str) -> int:
     """Parse `text` back; raise InvalidOutput for anything node_exporter would not take whole.
 
-    prometheus_client's parser alone is lenient (monitoring.md): it accepts a missing final
+    prometheus_client's parser alone is lenient: it accepts a missing final
     newline, duplicate series and timestamps, all of which make node_exporter drop data. Those
     are checked here explicitly. Returns the number of samples.
     """

@@ -587,7 +587,7 @@ def test_real_ok_warning_critical(images: Path) -> None:
         rf"'{a_re} end_offset_bytes'=\d+B;;;0;\d+ "
         rf"'{a_re} image_end_offset_bytes'=\d+B;;;0;\d+ "
         rf"'{a_re} container_size_bytes'=\d+B;;;0 '{a_re} headroom_bytes'=\d+B;;;0;\d+\n", out)
-    # The end offset agrees with qemu-img check's (differential, style.md #9).
+    # The end offset agrees with qemu-img check's (differential).
     end = perf_values(out)[f"{a} image_end_offset_bytes"].split(";")[0]
     assert end == f"{qemu_check(a)['image-end-offset']}B"
     # Thresholds low enough for any filesystem: deterministic WARNING / CRITICAL.

@@ -1,8 +1,7 @@
 """The project's one error type and its documented exit codes.
 
 Every low-level parse failure becomes a :class:`Qcow2Error` carrying the file, the structure,
-the offset and the bad value, so that every front end can print one clear line (style.md, the
-pyelftools choke point).
+the offset and the bad value, so that every front end can print one clear line.
 """
 
 from __future__ import annotations
