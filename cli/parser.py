@@ -18,11 +18,15 @@ from __future__ import annotations
 import argparse
 import textwrap
 from collections.abc import Sequence
-from typing import Any, NoReturn, Optional, Union, cast
+from typing import Any, NoReturn, Optional, Protocol, cast
 
 HELP_WIDTH = 79
 
-ArgumentContainer = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]
+
+class ArgumentContainer(Protocol):
+    """Where options are added: a parser, or one of its groups (add_argument_group())."""
+
+    def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
 
 
 class UsageError(Exception):
