@@ -17,6 +17,7 @@ from qcow2_monitor.cli.text import (
     render_table,
 )
 from qcow2_monitor.collectors.common.errors import UNSUPPORTED, Qcow2Error
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.qcow2.chain import walk
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
@@ -32,9 +33,10 @@ from .common import error_document, report_error
 
 
 def render_info_human(info: dict[str, Any]) -> str:
-    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line, from the JSON view."""
+    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line, from the JSON view;
+    names by the printable rule of every output (collectors/common/text.py)."""
     lines = [
-        f"image: {info['filename']}",
+        f"image: {printable(info['filename'])}",
         f"file format: {info['format']}",
         f"virtual size: {human_size(info['virtual-size'])} ({info['virtual-size']} bytes)",
         f"disk size: {human_size(info['actual-size'])}",
@@ -46,20 +48,21 @@ def render_info_human(info: dict[str, Any]) -> str:
     if info.get("dirty-flag"):
         lines.append("cleanly shut down: no")
     if "backing-filename" in info:
-        line = f"backing file: {info['backing-filename']}"
+        line = f"backing file: {printable(info['backing-filename'])}"
         full = info.get("full-backing-filename")
         if full is None:
             line += " (cannot determine actual path)"
         elif full != info["backing-filename"]:
-            line += f" (actual path: {full})"
+            line += f" (actual path: {printable(full)})"
         lines.append(line)
         if "backing-filename-format" in info:
-            lines.append(f"backing file format: {info['backing-filename-format']}")
+            lines.append(f"backing file format: {printable(info['backing-filename-format'])}")
     snapshots = info.get("snapshots", [])
     if snapshots:
         lines.append("Snapshot list:")
         lines.append(snapshot_row("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT",
                                   header=True))
+        # Snapshot names are printable already (names.c_string_text).
         lines.extend(snapshot_row(sn["id"], sn["name"], human_size(sn["vm-state-size"]),
                                   snapshot_date(sn["date-sec"]),
                                   vm_clock(sn["vm-clock-sec"], sn["vm-clock-nsec"]),
@@ -133,7 +136,7 @@ def _render_qobject(data: Any, indent: int) -> list[str]:
             lines.extend(_render_qobject(value, indent + 1))
         else:
             shown = ("true" if value else "false") if isinstance(value, bool) else value
-            lines.append(f"{pad}{key}: {shown}")
+            lines.append(f"{pad}{key}: {printable(str(shown))}")
     return lines
 
 
@@ -164,7 +167,7 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output == "json":
         out.write(json_text(infos if args.backing_chain else infos[0], indent=4))
     else:
-        out.write("\n".join(render_info_human(printable_document(info)) for info in shown))
+        out.write("\n".join(render_info_human(info) for info in shown))
     return status
 
 

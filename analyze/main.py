@@ -200,9 +200,9 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
     def body() -> int:
         try:
             parsed.append(_parse(list(sys.argv[1:] if argv is None else argv)))
-        except ParserExit as exc:  # --help, --version
+        except ParserExit as exc:  # --help, --version: 0
             out.write(exc.text)
-            return EXIT_OK
+            return exc.status
         except UsageError as exc:
             print(f"{exc.prog}: {printable(exc.message)}", file=err)
             return EXIT_USAGE

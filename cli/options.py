@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional, Sequence, TextIO, Union
 
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
-from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_USAGE
 from qcow2_monitor.cli.parser import ArgumentContainer, ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.collectors.host.live import DEFAULT_LIBVIRT_URI, LiveSources
 from qcow2_monitor.collectors.report.health import RULES, STATE_BY_NAME, STATE_NAMES, Policy
@@ -112,9 +112,9 @@ def parse_collector_arguments(parser: ArgumentParser, argv: Optional[Sequence[st
         args = parser.parse_args(argv)
         if not args.targets and not args.running:
             parser.error("give TARGETs and/or --running")
-    except ParserExit as exc:
+    except ParserExit as exc:  # --help, --version: 0
         stdout.write(exc.text)
-        return EXIT_OK
+        return exc.status
     except UsageError as exc:
         stderr.write(f"{exc.usage}{exc.prog}: error: {exc.message}\n")
         return EXIT_USAGE

@@ -28,8 +28,14 @@ def printable_document(value: Any) -> Any:
 
 def json_text(document: Any, indent: int) -> str:
     """The one way every command prints a JSON document: printable, indented, one final
-    newline."""
-    return json.dumps(printable_document(document), indent=indent) + "\n"
+    newline. JSON (ASCII-only, as json.dumps writes it) escapes every character the printable
+    rule changes -- control characters, DEL, C1, surrogates -- with a backslash: a document
+    whose text has none needs nothing more (most do; walking a listing of 65536 snapshots
+    would cost more than writing it)."""
+    text = json.dumps(document, indent=indent)
+    if "\\" in text:
+        text = json.dumps(printable_document(document), indent=indent)
+    return text + "\n"
 
 
 def render_table(columns: Sequence[str], rows: Sequence[Sequence[str]],
