@@ -50,12 +50,16 @@ class ParserExit(Exception):
         self.status = status
 
 
-class HelpAction(argparse.Action):
-    """-h/--help: the parser's help as a ParserExit (argparse's own prints it and exits)."""
+class ExitAction(argparse.Action):
+    """An option that takes no value and ends the command with a text (--help, --version)."""
 
     def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
                  default: Any = argparse.SUPPRESS, help: Optional[str] = None) -> None:
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+
+class HelpAction(ExitAction):
+    """-h/--help: the parser's help as a ParserExit (argparse's own prints it and exits)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: Optional[str] = None) -> NoReturn:

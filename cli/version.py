@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn, Optional
 
-from qcow2_monitor.cli.parser import ArgumentContainer, ParserExit
+from qcow2_monitor.cli.parser import ArgumentContainer, ExitAction, ParserExit
 
 DISTRIBUTION = "qcow2-monitor"
 
@@ -19,16 +19,14 @@ def package_version() -> str:
         return "unknown"
 
 
-class VersionAction(argparse.Action):
+class VersionAction(ExitAction):
     """-V/--version: the program and the package version as a ParserExit (cli/parser.py),
     looked up only when asked (reading the installed distribution's metadata costs about 2 MiB
     and 20 ms every run otherwise). `name` is the program shown (a subcommand shows its
     program's name, not `prog info`)."""
 
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
-                 default: Any = argparse.SUPPRESS, help: Optional[str] = None,
-                 name: str = "") -> None:
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+    def __init__(self, option_strings: list[str], name: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, **kwargs)
         self.name = name
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
