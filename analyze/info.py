@@ -12,7 +12,6 @@ from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.text import (
     indent_block,
     json_text,
-    printable_document,
     render_fields,
     render_table,
 )
@@ -201,7 +200,7 @@ def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output == "json":
         out.write(json_text(data, indent=2))
     else:
-        out.write(render_header_human(printable_document(data)))
+        out.write(render_header_human(data))
     return EXIT_OK
 
 
@@ -211,7 +210,8 @@ HEX_FIELDS = ("offset", "features")
 
 
 def render_header_human(data: dict[str, Any]) -> str:
-    """The description as aligned text: one section per structure, figures in columns."""
+    """The description as aligned text: one section per structure, figures in columns; names
+    by the printable rule (those read from the image are printable already: names.py)."""
     h = data["header"]
     header = [(key, f"0x{value:x}" if key.endswith(HEX_FIELDS) and isinstance(value, int)
                else f"0x{value}" if key == "magic" else str(value))
@@ -220,7 +220,7 @@ def render_header_human(data: dict[str, Any]) -> str:
                ("(refcount bits)", str(data["refcount_bits"])),
                ("(encryption)", data["crypt_method_name"]),
                ("(compression)", data["compression_type_name"])]
-    out = [f"image: {data['filename']}\n", "\nHeader\n", render_fields(header)]
+    out = [f"image: {printable(data['filename'])}\n", "\nHeader\n", render_fields(header)]
     out += ["\nFeatures\n", indent_block(render_table(
         ("TYPE", "BIT", "NAME", "STATE"),
         [(f["type"], str(f["bit"]), f["name"], "on" if f["enabled"] else "off")
@@ -232,12 +232,12 @@ def render_header_human(data: dict[str, Any]) -> str:
     for ext in data["extensions"]:
         out.append(_extension_detail(ext))
     if data["backing_file"] is not None:
-        out.append(f"\nBacking file: {data['backing_file']} "
-                   f"(format {data['backing_format'] or 'not recorded'})\n")
+        out.append(f"\nBacking file: {printable(data['backing_file'])} "
+                   f"(format {printable(data['backing_format'] or 'not recorded')})\n")
     if data["external_data_file"] is not None:
-        out.append(f"\nExternal data file: {data['external_data_file']}\n")
+        out.append(f"\nExternal data file: {printable(data['external_data_file'])}\n")
     if data["name_problems"]:
-        out += ["\nName problems\n", "".join(f"    {problem}\n"
+        out += ["\nName problems\n", "".join(f"    {printable(problem)}\n"
                                              for problem in data["name_problems"])]
     if data["luks"]:
         out.append(_luks_text(data["luks"]))

@@ -9,11 +9,11 @@ from qcow2_monitor.cli.exits import EXIT_OK
 from qcow2_monitor.cli.text import (
     indent_block,
     json_text,
-    printable_document,
     render_fields,
     render_table,
 )
 from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import counted
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
@@ -55,7 +55,7 @@ def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output == "json":
         out.write(json_text(data, indent=2))
     else:
-        out.write(render_dump_human(printable_document(data)))
+        out.write(render_dump_human(data))
     return EXIT_OK
 
 
@@ -114,7 +114,7 @@ def _entries(items: list[dict[str, Any]], indent: str = "  ") -> str:
 def render_dump_human(data: dict[str, Any]) -> str:
     """Any dump as text: its summary fields aligned, then its entries as tables."""
     what = data["what"]
-    out = [f"image: {data['filename']}\n", f"dump: {what}\n",
+    out = [f"image: {printable(data['filename'])}\n", f"dump: {what}\n",
            _summary(data, ("filename", "what"))]
     if what == "l1":
         out += ["\nActive L1 table\n", _entries(data["entries"])]

@@ -43,7 +43,8 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[str]],
     """An aligned text table with a header row; columns in `right` are right-aligned (figures),
     the others left-aligned; two spaces between columns, no trailing blanks. Cells are written
     by the printable rule (a name with a newline keeps its row on one line)."""
-    cells = [[printable(cell) for cell in row] for row in rows]
+    cells = [row if "".join(row).isprintable() else [printable(cell) for cell in row]
+             for row in rows]
     widths = [max([len(col)] + [len(row[i]) for row in cells]) for i, col in enumerate(columns)]
     right_set = set(right)
 
