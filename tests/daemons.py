@@ -3,7 +3,7 @@ the Prometheus server.
 
 Each daemon runs in a temporary directory on 127.0.0.1 with a free port, is waited for with a
 bounded deadline, and is always stopped (SIGTERM, then SIGKILL). A missing binary is a test
-failure with the package to install, never a skip: CI installs them (monitoring.md recipes).
+failure with the package to install, never a skip: CI installs them.
 Also the small image helpers the adapter tests share (qemu-img / qemu-io).
 """
 

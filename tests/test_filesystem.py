@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from qcow2_monitor.collectors.host import discovery
+from qcow2_monitor.collectors.common.units import plain_number
+from qcow2_monitor.collectors.host import identity
 from qcow2_monitor.collectors.report.collect import collect
 from qcow2_monitor.collectors.report.metrics import filesystems, image_metrics, info_labels
-from qcow2_monitor.nagios.ranges import format_number
 
 from daemons import make_image, run
 
@@ -89,7 +89,7 @@ def test_usage_and_headroom_are_the_filesystems(full_tmpfs: Path) -> None:
     assert 2 < ratio < 10
     assert proc.returncode == 1, proc.stdout
     assert f"filesystem {full_tmpfs}: overcommit" in proc.stdout.splitlines()[0]
-    assert f"'{full_tmpfs} overcommit_ratio'={format_number(round(ratio, 8))};2;10;0" in \
+    assert f"'{full_tmpfs} overcommit_ratio'={plain_number(round(ratio, 8))};2;10;0" in \
         proc.stdout
 
 
@@ -111,7 +111,7 @@ def test_one_disk_one_series_whatever_name(tmp_path: Path,
     (sysfs / number / "dm").mkdir(parents=True)
     (sysfs / number / "dm" / "name").write_text("vg0-vm1\n")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(discovery, "SYS_DEV_BLOCK", str(sysfs))
+        patch.setattr(identity, "SYS_DEV_BLOCK", str(sysfs))
         for spec in (device, str(link)):
             (record,) = collect([spec]).records
             assert record.error is None and record.usage is not None
