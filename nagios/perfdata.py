@@ -27,7 +27,6 @@ USAGE_PERFDATA_METRICS = (
     "live_end_offset_bytes",
     "container_size_bytes",
     "headroom_bytes",
-    "free_below_end_bytes",
     "growth_bytes_per_second",
     "time_to_full_seconds",
 )

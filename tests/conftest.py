@@ -27,6 +27,26 @@ DAMAGE_BASES = ("mixed", "extended-l2-65536", "v2-snapshot", "refbits-1")
 LoopAttach = Callable[..., str]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The adapters keep growth samples in a state directory (for root /var/lib/qcow2-monitor
+    by default): every run in the suite, its subprocesses included, keeps them in a temporary
+    one instead ($MP_STATE_PATH, the monitoring-plugins convention). World-writable and sticky
+    like /tmp, so that the runs as `nobody` create their own qcow2-monitor directory there."""
+    base = tmp_path_factory.mktemp("state")
+    base.chmod(0o1777)
+    (base / "root").mkdir(mode=0o700)
+    saved = os.environ.get("MP_STATE_PATH")
+    os.environ["MP_STATE_PATH"] = str(base / "root")
+    try:
+        yield base
+    finally:
+        if saved is None:
+            os.environ.pop("MP_STATE_PATH", None)
+        else:
+            os.environ["MP_STATE_PATH"] = saved
+
+
 @pytest.fixture(scope="session")
 def qemu_tools() -> dict[str, str]:
     """Paths of qemu-img and qemu-io; fails (never skips) when either is missing."""

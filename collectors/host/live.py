@@ -39,9 +39,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Union
 
 from ..common.errors import IO_ERROR, Qcow2Error
+from ..report.model import Pause
 from .pause import (
     DomainState,
-    Pause,
     domain_name,
     libvirt_pause,
     parse_disk_errors,

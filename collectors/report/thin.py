@@ -15,6 +15,7 @@ from .extend import DEFAULT_POLICY, ExtendPolicy, advise
 from .growth import DiskSample, GrowthTracker
 from .health import Policy
 from .metrics import ImageRecord
+from .model import ImageUsage
 
 
 @dataclass(frozen=True)
@@ -35,33 +36,46 @@ def _growing(record: ImageRecord) -> bool:
         and record.error is None
 
 
-def decide(records: Sequence[ImageRecord], times: Sequence[float], options: Judging,
+@dataclass(frozen=True)
+class Seen:
+    """A top image as this run saw it: its path, identity (canonical path), usage and when."""
+
+    path: str
+    key: str
+    usage: ImageUsage
+    time: float
+
+
+def decide_usages(images: Sequence[Seen], judging: Judging, now: float
+                  ) -> tuple[list[ImageUsage], list[str]]:
+    """Each image's usage with its extension advice and growth; notes about the run."""
+    advice = advise([(image.path, image.usage) for image in images], judging.extend)
+    usages = [replace(image.usage, extension=extension) if extension is not None
+              else image.usage for image, extension in zip(images, advice)]
+    if judging.growth is None:
+        return usages, []
+    samples: list[DiskSample] = []
+    owners: list[int] = []
+    for i, image in enumerate(images):
+        identity = identity_of_path(image.path)
+        if identity is not None:
+            samples.append(DiskSample(image.key, list(identity), usages[i], image.time))
+            owners.append(i)
+    growths, notes = judging.growth.update(samples, now)
+    for i, growth in zip(owners, growths):
+        usages[i] = replace(usages[i], growth=growth)
+    return usages, notes
+
+
+def decide(records: Sequence[ImageRecord], times: Sequence[float], judging: Judging,
            now: float) -> tuple[list[ImageRecord], list[str]]:
     """`records` with their extension advice and growth; notes about the run. `times[i]` is
     when record i was analysed."""
     out = list(records)
     top = [i for i, record in enumerate(out) if _growing(record)]
-    items = [(out[i].path or "", out[i].usage) for i in top]
-    advice = advise([(path, usage) for path, usage in items if usage is not None],
-                    options.extend)
-    for i, extension in zip(top, advice):
-        usage = out[i].usage
-        if extension is not None and usage is not None:
-            out[i] = replace(out[i], usage=replace(usage, extension=extension))
-    if options.growth is None:
-        return out, []
-    samples: list[DiskSample] = []
-    owners: list[int] = []
-    for i in top:
-        record, usage = out[i], out[i].usage
-        identity = identity_of_path(record.path or "")
-        if usage is None or identity is None:
-            continue
-        samples.append(DiskSample(record.label_path, list(identity), usage, times[i]))
-        owners.append(i)
-    growths, notes = options.growth.update(samples, now)
-    for i, growth in zip(owners, growths):
-        usage = out[i].usage
-        assert usage is not None
-        out[i] = replace(out[i], usage=replace(usage, growth=growth))
+    seen = [Seen(out[i].path or "", out[i].label_path, usage, times[i])
+            for i in top if (usage := out[i].usage) is not None]
+    usages, notes = decide_usages(seen, judging, now)
+    for i, usage in zip(top, usages):
+        out[i] = replace(out[i], usage=usage)
     return out, notes
