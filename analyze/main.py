@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
-from qcow2_monitor.cli.options import add_live_arguments
+from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
 
@@ -109,6 +109,7 @@ def build_parser() -> ArgumentParser:
     usage.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image file, block device, glob or directory (searched recursively)")
     add_live_arguments(usage)
+    add_thin_arguments(usage.add_argument_group("thin provisioning"))
     usage.set_defaults(handler=run_usage)
 
     check.register(sub)
