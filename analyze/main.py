@@ -24,7 +24,7 @@ from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
 
-from . import check, config, tables
+from . import check, config, map, tables
 from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, fail
 
 
@@ -114,6 +114,7 @@ def build_parser() -> ArgumentParser:
 
     check.register(sub)
     tables.register(sub)
+    map.register(sub)
     config.register(sub)
     for subparser in _subcommands(parser).values():  # `info --version` as `--version`
         add_version_argument(subparser, PROG)

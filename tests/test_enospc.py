@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+import enospc
 import pytest
+from enospc import VOLUME_SIZE, Guest, MiB, domain_xml, grow, qmp, start_qemu_guest, thin_volume
 
 from qcow2_monitor.analyze.main import main as analyze_main
 from qcow2_monitor.nagios.check_qcow2 import main as check_main
 
-import enospc
-from enospc import MiB, VOLUME_SIZE, Guest, domain_xml, grow, qmp, start_qemu_guest, thin_volume
 from live_daemons import Libvirt, start_libvirtd, stop_libvirtd
 from tree import source_site
 
@@ -65,7 +65,7 @@ def test_libvirt_guest_paused_on_enospc_in_every_adapter(libvirt: Libvirt) -> No
     assert libvirt.virsh("domstate", "enospc", "--reason").strip() == "paused (I/O error)"
     uri = ("--libvirt-uri", libvirt.ro_uri)
     advice = (f"VM enospc paused: no space on vda ({device}, end offset ")
-    resume = (f"of 64 MiB): extend the volume by 1 GiB to 1.06 GiB, then resume the VM "
+    resume = ("of 64 MiB): extend the volume by 1 GiB to 1.06 GiB, then resume the VM "
               "(virsh resume enospc)")
     # check_qcow2: CRITICAL, the rule's text first.
     code, output = check(*uri, device)
