@@ -103,7 +103,7 @@ def test_parallel_runs_lose_no_sample(tmp_path: Path) -> None:
     assert all(proc.returncode == 0 for proc in procs), outputs[0]
     assert not any("busy" in out for out, _ in outputs)
     directory = state
-    names = sorted(os.listdir(directory))
+    names = sorted(name for name in os.listdir(directory) if name != ".pruned")
     assert names == sorted(state_name(str(image)) for image in images), names  # no temp left
     for image in images:
         document = json.loads((directory / state_name(str(image))).read_text())
@@ -208,3 +208,25 @@ def test_execd_keeps_its_samples_in_memory(tmp_path: Path) -> None:
     assert "growth_bytes_per_second" not in lines[0]
     assert re.search(r"growth_bytes_per_second=[0-9.e+]+[,\s]", lines[2]), lines[2]
     assert "samples kept in memory" in err and os.listdir(state) == []
+
+
+def test_files_of_disks_not_seen_for_a_week_are_pruned(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "i.qcow2", "16M", write=["write 0 1M"])
+    state = tmp_path / "state"
+    tracked(str(image), state)
+    week = 7 * 24 * 3600
+    gone = state / state_name("/gone/disk")
+    gone.write_text("{}")
+    dead = state / f".{state_name('/gone/disk')}.123.abcd1234"  # left by a run that died
+    dead.write_text("{")
+    foreign = state / "README"
+    foreign.write_text("not ours")
+    old = time.time() - week - 60
+    for path in (gone, dead, foreign):
+        os.utime(path, (old, old))
+    tracked(str(image), state)  # pruned within the hour already: nothing removed
+    assert gone.exists() and dead.exists()
+    os.utime(state / ".pruned", (old, old))
+    tracked(str(image), state)
+    assert not gone.exists() and not dead.exists() and foreign.exists()
+    assert (state / state_name(str(image))).exists()

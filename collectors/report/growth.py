@@ -163,7 +163,7 @@ class GrowthTracker:
                 notes.append(f"growth: state directory {store.path} busy (parallel runs): "
                              "this run's samples not recorded")
             growths = [self._one(store, disk, notes, write=held) for disk in disks]
-            if held:
+            if held and store.prune_due(now):
                 store.prune({state_name(disk.key) for disk in disks}, now)
         return growths
 

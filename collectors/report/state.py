@@ -45,6 +45,8 @@ SYSTEM_STATE_DIRECTORY = "/var/lib/qcow2-monitor"
 MAX_FILE_BYTES = 256 * 1024
 LOCK_TIMEOUT = 5.0  # seconds a run waits for parallel runs to finish their updates
 PRUNE_AGE = 7 * 24 * 3600.0
+PRUNE_INTERVAL = 3600.0  # the directory is scanned for stale files at most this often
+PRUNE_MARK = ".pruned"  # its modification time says when it last was
 TEMPORARY_AGE = 3600.0  # a temporary file older than this was left by a run that died
 _STATE_NAME = re.compile(r"^[0-9a-f]{40}\.json$")
 _TEMPORARY_NAME = re.compile(r"^\.[0-9a-f]{40}\.json\.[0-9]+\.[0-9a-f]+$")
@@ -169,9 +171,26 @@ class StateDirectory:
                 os.unlink(temporary, dir_fd=self.fd)
             raise
 
+    def prune_due(self, now: float) -> bool:
+        """Whether the last prune is PRUNE_INTERVAL ago: a run over hundreds of disks must not
+        scan the whole directory every minute."""
+        try:
+            last = os.stat(PRUNE_MARK, dir_fd=self.fd, follow_symlinks=False).st_mtime
+        except OSError:
+            return True
+        return not 0 <= now - last < PRUNE_INTERVAL
+
     def prune(self, keep: set[str], now: float) -> int:
         """Remove the files of disks not seen for PRUNE_AGE and temporary files left by runs
-        that died (names not ours are left alone). Returns how many were removed."""
+        that died (names not ours are left alone), and mark when. Returns how many were
+        removed."""
+        with contextlib.suppress(OSError):
+            fd = os.open(PRUNE_MARK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=self.fd)
+            try:
+                os.utime(fd, (now, now))
+            finally:
+                os.close(fd)
         removed = 0
         for entry in os.scandir(self.fd):
             stale = PRUNE_AGE if _STATE_NAME.match(entry.name) else \
