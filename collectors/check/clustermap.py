@@ -91,8 +91,9 @@ class _KindWalk(TableWalk):
 class _MapWalk(_Check):
     def __init__(self, image: Qcow2Image) -> None:
         super().__init__(image, max_findings=0)
-        self.refs = _KindCounts(image.file.length, self.h.cluster_bits, self.tally)
-        self.walk = _KindWalk(image, self.refs, self.ondisk, self.tally)
+        self.kind_counts = _KindCounts(image.file.length, self.h.cluster_bits, self.tally)
+        self.refs = self.kind_counts
+        self.walk = _KindWalk(image, self.kind_counts, self.ondisk, self.tally)
         self.l1walk = L1Walk(self.walk)
 
 
@@ -159,7 +160,7 @@ def cluster_map(image: Qcow2Image, container_length: int) -> ClusterMap:
     length = max(container_length, end)
     n = -(-length // cs)
     kinds = np.full(n, BEYOND, dtype=np.uint8)
-    known = walk.refs.kinds[: min(n, len(walk.refs.kinds))]
+    known = walk.kind_counts.kinds[: min(n, len(walk.kind_counts.kinds))]
     kinds[: len(known)] = known
     below = min(end // cs, n)
     unreferenced = np.flatnonzero(kinds[:below] == BEYOND)
