@@ -12,9 +12,15 @@ from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import judging_from_args, live_uri
 from qcow2_monitor.cli.text import render_table
 from qcow2_monitor.collectors.common.errors import Qcow2Error
-from qcow2_monitor.collectors.common.units import human_size, ratio_percent
+from qcow2_monitor.collectors.common.units import (
+    human_duration,
+    human_rate,
+    human_size,
+    ratio_percent,
+)
 from qcow2_monitor.collectors.host.discovery import canonical_path, expand_targets
 from qcow2_monitor.collectors.host.live import start_live
+from qcow2_monitor.collectors.report.extend import extension_text
 from qcow2_monitor.collectors.report.health import broken_layer
 from qcow2_monitor.collectors.report.model import LAYER_OK, ChainLayer, ImageUsage, UsageResult
 from qcow2_monitor.collectors.report.thin import Seen, decide_usages
@@ -105,10 +111,31 @@ USAGE_COLUMNS = ("IMAGE", "END OFFSET", "FROM", "CONTAINER", "CONTAINER SIZE", "
 def _usage_row(name: str, usage: ImageUsage) -> list[str]:
     c = usage.container
     flags = [flag for flag, on in (("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
-                                   ("in-use", usage.in_use)) if on]
+                                   ("in-use", usage.in_use),
+                                   (f"PAUSED ({usage.pause_reason})", usage.paused),
+                                   ("extend", usage.extension is not None)) if on]
     return [name, human_size(usage.end_offset), usage.end_offset_source, c.kind,
             human_size(c.size), ratio_percent(usage.usage_ratio), human_size(c.headroom),
             human_size(usage.fully_allocated_size), ", ".join(flags) or "ok"]
+
+
+def thin_notes(usage: ImageUsage) -> list[str]:
+    """The extension advice, a paused VM and the growth, in words, for the human table."""
+    notes: list[str] = []
+    if usage.pause is not None:
+        notes.append(f"VM {usage.pause.domain} paused ({usage.pause.reason}); resume it with "
+                      f"{usage.pause.resume} once the cause is gone")
+    if usage.extension is not None:
+        notes.append(f"headroom below the watermark {human_size(usage.extension.watermark)}: "
+                     + extension_text(usage.extension))
+    growth = usage.growth
+    if growth is not None and growth.bytes_per_second is not None:
+        full = f", full in {human_duration(growth.time_to_full)}" \
+            if growth.time_to_full is not None else ""
+        notes.append(f"growing {human_rate(growth.bytes_per_second)}{full}")
+    if growth is not None and growth.note:
+        notes.append(growth.note)
+    return notes
 
 
 def render_usage_human(results: list[UsageResult]) -> str:
@@ -122,7 +149,8 @@ def render_usage_human(results: list[UsageResult]) -> str:
             rows.append([result.target, *empty, "error"])
             continue
         rows.append(_usage_row(result.usage.filename, result.usage))
-        notes += [f"{result.usage.filename}: {note}" for note in result.usage.notes]
+        notes += [f"{result.usage.filename}: {note}"
+                  for note in (*result.usage.notes, *thin_notes(result.usage))]
         for layer in result.reported_chain:
             name = "  " * layer.depth + "└ " + layer.name
             if layer.usage is None:
