@@ -42,13 +42,13 @@ def devices(tmp_path: Path) -> Iterator[list[str]]:
 
 
 def thin_volume(tmp_path: Path, devices: list[str], size: int, name: str,
-                written: str = "2M") -> str:
+                written: str = "2M", virtual: str = "8G") -> str:
     backing = tmp_path / name
     backing.write_bytes(b"")
     os.truncate(backing, size)
     device = run(["losetup", "--find", "--show", str(backing)]).stdout.strip()
     devices.append(device)
-    run(["qemu-img", "create", "-q", "-f", "qcow2", device, "8G"])
+    run(["qemu-img", "create", "-q", "-f", "qcow2", device, virtual])
     run(["qemu-io", "-f", "qcow2", "-c", f"write 0 {written}", device])
     return device
 
@@ -97,6 +97,10 @@ def test_watermark_chunk_and_percent_on_loop_devices(tmp_path: Path,
         out.getvalue()
     out = io.StringIO()
     assert check_main(["--no-live", "--no-state", device, "--extend-chunk", "64M"], out) == 0
+    # An image that can never outgrow its volume (16 MiB, fully allocated, on 64 MiB) needs no
+    # extension, however far below the watermark its headroom is.
+    small = thin_volume(tmp_path, devices, 64 * MiB, "small", virtual="16M")
+    assert advice(small) is None
 
 
 def qemu_end(device: str) -> int:

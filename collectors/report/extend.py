@@ -46,11 +46,14 @@ VolumeGroups = Callable[[], "tuple[dict[str, lvm.VolumeGroup], Optional[str]]"]
 
 def needs_extension(usage: ImageUsage, policy: ExtendPolicy) -> bool:
     """A block volume whose headroom is below the watermark, or whose VM is already paused
-    because the volume is full."""
+    because the volume is full. A volume the image can never outgrow (its fully allocated
+    size fits) needs none, however little headroom it has left."""
     if usage.container.kind != CONTAINER_BLOCK:
         return False
-    full = usage.pause is not None and usage.pause.reason == PAUSE_NOSPACE
-    return full or usage.container.headroom < policy.watermark
+    if usage.pause is not None and usage.pause.reason == PAUSE_NOSPACE:
+        return True
+    fits = usage.fully_allocated_size <= usage.container.size
+    return not fits and usage.container.headroom < policy.watermark
 
 
 def _round_up(size: int, granularity: int) -> int:
