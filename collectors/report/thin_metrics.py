@@ -3,6 +3,8 @@ others in collectors.report.metrics: name -> (unit, help, value type)."""
 
 from __future__ import annotations
 
+from .model import ImageUsage
+
 THIN_METRICS: dict[str, tuple[str, str, type]] = {
     "free_below_end_bytes": (
         "bytes",
@@ -46,11 +48,8 @@ THIN_METRICS: dict[str, tuple[str, str, type]] = {
 }
 
 
-def thin_values(usage: object) -> list[tuple[str, float]]:
-    """The thin-provisioning figures of an ImageUsage that it has."""
-    from .model import ImageUsage
-
-    assert isinstance(usage, ImageUsage)
+def thin_values(usage: ImageUsage) -> list[tuple[str, float]]:
+    """The thin-provisioning figures `usage` has."""
     values: list[tuple[str, float]] = [("paused", usage.paused)]
     if usage.free_below_end is not None:
         values.append(("free_below_end_bytes", usage.free_below_end))
