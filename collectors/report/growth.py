@@ -108,7 +108,7 @@ def merge(document: Optional[dict[str, Any]], disk: DiskSample, window: float) -
             kept = [s for s in old if disk.time - window <= s[0] <= disk.time + CLOCK_SLACK]
     samples = sorted([*kept, sample])[-MAX_SAMPLES:]
     new = {"version": FORMAT_VERSION, "path": disk.key, "identity": disk.identity,
-           "container_size": usage.container.size, "samples": [list(s) for s in samples]}
+           "container_size": usage.container.size, "samples": [list(sample) for sample in samples]}
     return History(new, samples, note)
 
 

@@ -213,8 +213,12 @@ METRICS: dict[str, MetricSpec] = {
                          "inspect is not an image.", _INT),
 }
 
-METRICS.update((name, MetricSpec(unit, text, kind)) for name, (unit, text, kind)
-               in THIN_METRICS.items())
+# The thin-provisioning figures follow the image's own (collectors.report.thin_metrics).
+_AFTER = list(METRICS).index("bitmaps") + 1
+METRICS = dict([*list(METRICS.items())[:_AFTER],
+                *((name, MetricSpec(unit, text, kind))
+                  for name, (unit, text, kind) in THIN_METRICS.items()),
+                *list(METRICS.items())[_AFTER:]])
 
 # The `path` of the record about qemu processes --running could not inspect: not a path (no
 # file can be named so by the scan), and not an image (qcow2_images does not count it).
