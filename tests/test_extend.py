@@ -167,6 +167,8 @@ def test_lvm_wording_extent_size_and_vg_free(tmp_path: Path, devices: list[str],
     assert one.vg_free == volume_group["free"] >= 56 * MiB == one.vg_needed
     assert not one.vg_short
     assert three.command is None and three.volume is None  # dm-crypt: no LV
+    info = {m.name: dict(m.labels) for m in image_metrics(records[0])}["image_info"]
+    assert info["extend_command"] == "lvextend -L +28M vg-with-dash/my-lv"
     text = next(r.text for r in records[0].health.reasons if r.rule == "extend")
     assert text.endswith("below the watermark 26 MiB: extend the volume by 28 MiB to 92 MiB "
                          "(lvextend -L +28M vg-with-dash/my-lv)"), text

@@ -354,6 +354,7 @@ def info_labels(record: ImageRecord) -> Labels:
             domain=usage.domain,
             disk=usage.disk,
             pause_reason=usage.pause_reason,
+            extend_command=usage.extension.command if usage.extension is not None else None,
         )
     # Empty label values are dropped: Prometheus treats them as absent, line protocol forbids them.
     return tuple(sorted((k, valid_utf8(v)) for k, v in labels.items() if v))
