@@ -64,9 +64,12 @@ class _KindCounts(ReferenceCounts):
 
     def _add_covered(self, first: npt.NDArray[np.int64], stop: npt.NDArray[np.int64],
                      weight: npt.NDArray[np.int64]) -> None:
-        for lo, hi in zip(first.tolist(), stop.tolist()):
-            part = self.kinds[lo:hi]
-            np.maximum(part, self.kind, out=part)
+        n = len(self.kinds)
+        delta = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(delta, np.minimum(first, n), 1)
+        np.add.at(delta, np.minimum(stop, n), -1)
+        covered = np.flatnonzero(np.cumsum(delta[:-1]) > 0)
+        self.kinds[covered] = np.maximum(self.kinds[covered], self.kind)
         super()._add_covered(first, stop, weight)
 
 
