@@ -109,7 +109,7 @@ def build_parser() -> ArgumentParser:
     usage.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image file, block device, glob or directory (searched recursively)")
     add_live_arguments(usage)
-    add_thin_arguments(usage.add_argument_group("thin provisioning"))
+    add_thin_arguments(usage.add_argument_group("thin provisioning"), keep_state=False)
     usage.set_defaults(handler=run_usage)
 
     check.register(sub)

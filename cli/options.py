@@ -88,8 +88,10 @@ def duration_option(text: str) -> float:
     return seconds
 
 
-def add_thin_arguments(group: ArgumentContainer) -> None:
-    """Thin provisioning: the extension policy (oVirt/VDSM's) and the state kept for growth."""
+def add_thin_arguments(group: ArgumentContainer, *, keep_state: bool = True) -> None:
+    """Thin provisioning: the extension policy (oVirt/VDSM's) and the state kept for growth.
+    Without `keep_state` (qcow2-analyze usage, run by hand) samples are kept only where
+    --state-dir names a directory."""
     group.add_argument(
         "--extend-chunk", type=_size, default=DEFAULT_CHUNK, metavar="SIZE",
         help="a block volume is extended by SIZE at a time (default 1G); it is due when its "
@@ -100,16 +102,20 @@ def add_thin_arguments(group: ArgumentContainer) -> None:
         metavar="PERCENT", help="how much of a chunk may be used before extending "
         "(default 50: extend when less than half a chunk is left)",
     )
+    where = ("(default $MP_STATE_PATH/qcow2-monitor, $NAGIOS_PLUGIN_STATE_DIRECTORY/"
+             "qcow2-monitor, /var/lib/qcow2-monitor for root, else "
+             "~/.local/state/qcow2-monitor)" if keep_state else
+             "(the adapters' default is /var/lib/qcow2-monitor for root; without this option "
+             "no samples are kept)")
     group.add_argument(
         "--state-dir", metavar="DIR",
-        help="keep each disk's samples here, for growth and time to full (default "
-        "$MP_STATE_PATH/qcow2-monitor, $NAGIOS_PLUGIN_STATE_DIRECTORY/qcow2-monitor, "
-        "/var/lib/qcow2-monitor for root, else ~/.local/state/qcow2-monitor)",
+        help="keep each disk's samples here, for growth and time to full " + where,
     )
     group.add_argument(
-        "--no-state", action="store_true",
+        "--no-state", action="store_true", default=not keep_state,
         help="keep no samples: no growth and no time to full",
     )
+    group.set_defaults(keep_state_by_default=keep_state)
     group.add_argument(
         "--growth-window", type=duration_option, default=DEFAULT_WINDOW, metavar="DURATION",
         help="growth is the least-squares slope of the end offset over this window "
@@ -125,7 +131,7 @@ def judging_from_args(args: argparse.Namespace, tracker: Optional[GrowthTracker]
 
     rules = policy_from_args(args)
     policy = ExtendPolicy(args.extend_chunk, args.extend_utilization)
-    if args.no_state:
+    if args.no_state and not (args.state_dir and not args.keep_state_by_default):
         return Judging(rules, policy)
     if tracker is None:
         tracker = GrowthTracker(args.state_dir or default_directory(), args.growth_window)
