@@ -142,3 +142,11 @@ def test_zero_refcounts_of_every_width(bits: int) -> None:
         block = b"".join(v.to_bytes(bits // 8, "big") for v in values)
     for limit in (per_block, per_block - 1, 1, 0, per_block // 3):
         assert zero_entries(block, bits, limit) == values[:limit].count(0), limit
+    if bits >= 16:
+        # Refcounts of 256 and more (snapshots share clusters): every byte lane counts; and a
+        # block with no zero refcount at all.
+        big = [(v * 257) % 65536 for v in values]
+        wide = b"".join(v.to_bytes(bits // 8, "big") for v in big)
+        assert zero_entries(wide, bits, per_block) == big.count(0)
+        none = b"".join((256 + v).to_bytes(bits // 8, "big") for v in values)
+        assert zero_entries(none, bits, per_block) == 0

@@ -11,7 +11,6 @@ first zero would be wrong.
 
 from __future__ import annotations
 
-import array
 import struct
 from typing import TYPE_CHECKING, Iterator, Optional
 
@@ -129,17 +128,25 @@ def end_and_free_below(image: Qcow2Image, *, free: bool = True) -> tuple[int, Op
 _ZEROS_PER_BYTE = {bits: bytes(sum(((byte >> (bits * j)) & ((1 << bits) - 1)) == 0
                                    for j in range(8 // bits)) for byte in range(256))
                    for bits in (1, 2, 4)}
-_ARRAY_TYPES = {8: "B", 16: "H", 32: "I", 64: "Q"}
 
 
 def zero_entries(block: bytes, refcount_bits: int, limit: int) -> int:
-    """How many of the first `limit` refcounts of `block` are zero (byte order does not matter
-    for zero), counted in C: array.count() or bytes.translate()."""
+    """How many of the first `limit` refcounts of `block` are zero, counted in C.
+
+    Entries of w bytes: when every byte but the last of each entry is zero (refcounts below
+    256, the common case), the zero entries are the zero last bytes; else the w byte lanes
+    are OR-ed together as big integers. Narrower entries: bytes.translate()."""
     if refcount_bits >= 8:
-        values = array.array(_ARRAY_TYPES[refcount_bits])
-        assert values.itemsize * 8 == refcount_bits
-        values.frombytes(block[: limit * values.itemsize])
-        return values.count(0)
+        width = refcount_bits // 8
+        data = block[: limit * width]
+        if width == 1:
+            return data.count(0)
+        if all(data[lane::width].count(0) == limit for lane in range(width - 1)):
+            return data[width - 1::width].count(0)
+        lanes = 0
+        for lane in range(width):
+            lanes |= int.from_bytes(data[lane::width], "big")
+        return lanes.to_bytes(limit, "big").count(0)
     per_byte = 8 // refcount_bits
     whole, rest = divmod(limit, per_byte)
     counted = block[:whole].translate(_ZEROS_PER_BYTE[refcount_bits])
