@@ -5,8 +5,8 @@
 Runs each adapter (and `qcow2-analyze usage`) over the same images, interleaved, best of
 --repeat runs: the baseline's commands (e.g. an install of the previous release), ours with
 --no-state (the extension advice, pause and free-below-end figures, no state kept), and ours
-keeping state in a directory already at its steady state (720 samples per disk, the most a
-state file keeps). Then the cost of free_below_end_bytes alone: the image end offset from the
+keeping state in a directory already at its steady state (720 samples per disk over the
+6-hour window: two adapters every minute). Then the cost of free_below_end_bytes alone: the image end offset from the
 refcounts alone (the top blocks down to the end) against the end offset and the free clusters
 below it (every refcount block below the end), on a large preallocated image.
 """
@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from bench_usage import REPO, build_many, run, timed
 
@@ -40,21 +40,34 @@ def commands(bin_dir: Path, images: list[str], work: Path, extra: list[str]
 
 
 def steady_state(directory: Path, images: list[str]) -> None:
-    """A state directory as a year of one-minute runs leaves it: each file full."""
+    """A state directory as one-minute runs of two adapters leave it: 720 samples of the last
+    6 hours per disk, in the buckets of a state file."""
+    from dataclasses import replace
+
     from qcow2_monitor.collectors.report.collect import collect
-    from qcow2_monitor.collectors.report.growth import MAX_SAMPLES, GrowthTracker
-    from qcow2_monitor.collectors.report.state import state_name
+    from qcow2_monitor.collectors.report.growth import DEFAULT_WINDOW, GrowthTracker, merge
     from qcow2_monitor.collectors.report.thin import Judging
 
-    collect(images, judging=Judging(growth=GrowthTracker(str(directory))))
+    tracker = GrowthTracker(str(directory))
+    collect(images, judging=Judging(growth=tracker))
     now = time.time()
     for path in directory.glob("*.json"):
         document = json.loads(path.read_text())
-        _, end, used = document["samples"][-1]
-        document["samples"] = [[round(now - 30 * (MAX_SAMPLES - i), 3), end, used]
-                               for i in range(MAX_SAMPLES)]
+        disk = _disk(document)
+        for i in range(720):
+            sample = replace(disk, time=now - DEFAULT_WINDOW + 30 * i)
+            document = merge(document, sample, DEFAULT_WINDOW).document
         path.write_text(json.dumps(document, separators=(",", ":")))
-    assert len(list(directory.glob("*.json"))) == len(images), state_name("")
+    assert len(list(directory.glob("*.json"))) == len(images)
+
+
+def _disk(document: dict[str, Any]) -> Any:
+    """A DiskSample standing for the disk of `document` (the same identity and container)."""
+    from qcow2_monitor.collectors.report.growth import DiskSample
+    from qcow2_monitor.collectors.report.usage import analyze_image
+
+    usage = analyze_image(document["path"])
+    return DiskSample(document["path"], document["identity"], usage, 0.0)
 
 
 def free_below_end_cost(work: Path, size: str, repeat: int) -> tuple[float, float, int]:

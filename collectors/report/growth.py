@@ -3,7 +3,10 @@ kept in the state store (collectors.report.state).
 
 Each run adds one sample per top image: the time, the end offset (live when ahead) and the
 container's used bytes. Over a window (default 6 h) the growth is the least-squares slope of the
-end offset, as Prometheus' ``deriv()`` computes it; the time to full is the headroom divided by
+end offset, as Prometheus' ``deriv()`` computes it, over every sample of the window. A state file
+keeps the samples as the sums least squares needs, in BUCKETS buckets of the window (a bucket
+leaves when all of it is older than the window): small and cheap to read however often the
+adapters run, and no sample of the window is dropped; the time to full is the headroom divided by
 the growth of what fills the container: the end offset on a block device, the filesystem's used
 bytes for an image file (every file there fills it). A history restarts where it stops
 describing one growing image: the volume was extended or shrunk (container size changed), the
@@ -21,27 +24,60 @@ from .state import CorruptState, StateDirectory, StateError, state_name
 
 DEFAULT_WINDOW = 6 * 3600.0
 MIN_SPAN_FRACTION = 12  # a slope needs samples spanning at least window / 12 (30 min of 6 h)
-MAX_SAMPLES = 720  # one run a minute from two adapters over 6 h
+BUCKETS = 36  # the window in buckets of sums (10 min each of 6 h): a state file stays small
 CLOCK_SLACK = 60.0  # samples this far "in the future" mean the clock went back: dropped
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 Sample = tuple[float, int, int]  # time, end offset, container used
+# The samples of one bucket, as the sums least squares needs; times relative to its start:
+# start, n, first time, last time, sum t, sum t*t, sum end, sum t*end, sum used, sum t*used.
+Bucket = list[float]
+BUCKET_FIELDS = 10
 
 
 def slope(points: Sequence[tuple[float, float]]) -> Optional[float]:
     """Least-squares slope of y over t (Prometheus' deriv()); None for fewer than 2 points or
     no spread in time."""
-    n = len(points)
+    if len(points) < 2:
+        return None
+    buckets: dict[float, Bucket] = {}
+    for t, y in points:
+        _add(buckets, points[0][0], (t, int(y), int(y)))
+    return _slope(list(buckets.values()), 6, 7)
+
+
+def _add(buckets: dict[float, Bucket], start: float, sample: Sample) -> None:
+    t, end, used = sample
+    bucket = buckets.setdefault(start, [start, 0, t, t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    dt = t - start
+    bucket[1] += 1
+    bucket[2], bucket[3] = min(bucket[2], t), max(bucket[3], t)
+    bucket[4] += dt
+    bucket[5] += dt * dt
+    bucket[6] += end
+    bucket[7] += dt * end
+    bucket[8] += used
+    bucket[9] += dt * used
+
+
+def _slope(buckets: Sequence[Bucket], y: int, ty: int) -> Optional[float]:
+    """The least-squares slope of the samples summed in `buckets` (fields `y` and `ty`: the
+    sums of a figure and of time times it), centred on the earliest sample for precision."""
+    n = sum(b[1] for b in buckets)
     if n < 2:
         return None
-    t0 = points[0][0]  # centred for precision: epoch seconds squared lose digits
-    mean_t = sum(t - t0 for t, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    sxx = sum((t - t0 - mean_t) ** 2 for t, _ in points)
-    if sxx <= 0:
+    origin = min(b[2] for b in buckets)
+    s_t = s_tt = s_y = s_ty = 0.0
+    for b in buckets:
+        d, count = b[0] - origin, b[1]
+        s_t += b[4] + count * d
+        s_tt += b[5] + 2 * d * b[4] + count * d * d
+        s_y += b[y]
+        s_ty += b[ty] + d * b[y]
+    sxx = s_tt - s_t * s_t / n
+    if sxx <= 1e-9:
         return None
-    sxy = sum((t - t0 - mean_t) * (y - mean_y) for t, y in points)
-    return sxy / sxx
+    return (s_ty - s_t * s_y / n) / sxx
 
 
 @dataclass(frozen=True)
@@ -55,7 +91,7 @@ class DiskSample:
 
 
 def _reset_reason(document: dict[str, Any], disk: DiskSample,
-                  previous: Optional[Sample]) -> Optional[str]:
+                  last: Optional[Sample]) -> Optional[str]:
     usage = disk.usage
     if document.get("identity") != disk.identity:
         return "the image was replaced"
@@ -64,66 +100,79 @@ def _reset_reason(document: dict[str, Any], disk: DiskSample,
         how = "extended" if usage.container.size > size else "shrunk"
         return (f"its container was {how} from {human_size(size)} to "
                 f"{human_size(usage.container.size)}")
-    if previous is not None and usage.end_offset < previous[1]:
-        return (f"its end offset went down from {human_size(previous[1])} to "
+    if last is not None and disk.time >= last[0] and usage.end_offset < last[1]:
+        return (f"its end offset went down from {human_size(last[1])} to "
                 f"{human_size(usage.end_offset)} (compacted)")
     return None
 
 
-def _samples(document: dict[str, Any]) -> list[Sample]:
-    raw = document.get("samples")
+def _numbers(value: Any, count: int, what: str) -> list[float]:
+    if not (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise CorruptState(f"{what} is not {count} numbers")
+    return [float(v) for v in value]
+
+
+def _history(document: dict[str, Any]) -> tuple[list[Bucket], Sample]:
+    """The buckets and the latest sample of a state document; CorruptState if it has none."""
+    raw = document.get("buckets")
     if not isinstance(raw, list):
-        raise CorruptState("no samples")
-    samples: list[Sample] = []
-    for item in raw:
-        if not (isinstance(item, list) and len(item) == 3
-                and all(isinstance(v, (int, float)) for v in item)):
-            raise CorruptState("a sample is not [time, end offset, used]")
-        samples.append((float(item[0]), int(item[1]), int(item[2])))
-    return samples
+        raise CorruptState("no buckets")
+    buckets = [_numbers(item, BUCKET_FIELDS, "a bucket") for item in raw]
+    if any(b[1] < 1 for b in buckets):
+        raise CorruptState("an empty bucket")
+    t, end, used = _numbers(document.get("last"), 3, "the last sample")
+    return buckets, (t, int(end), int(used))
 
 
 @dataclass
 class History:
-    """One disk's samples after this run's, and what happened to them."""
+    """One disk's samples after this run's, as bucket sums, and what happened to them."""
 
     document: dict[str, Any]
-    samples: list[Sample]
+    buckets: list[Bucket]
     note: Optional[str] = None
 
 
 def merge(document: Optional[dict[str, Any]], disk: DiskSample, window: float) -> History:
-    """`document` (a disk's state, or None) with this run's sample added, reset and pruned."""
+    """`document` (a disk's state, or None) with this run's sample added, reset and pruned:
+    buckets wholly older than the window go, and so do samples from a clock that went back."""
     usage = disk.usage
     sample: Sample = (round(disk.time, 3), usage.end_offset, usage.container.used)
+    width = window / BUCKETS
     note = None
-    kept: list[Sample] = []
+    buckets: dict[float, Bucket] = {}
+    last = sample
     if document is not None:
-        old = sorted(_samples(document))
-        before = [s for s in old if s[0] <= sample[0]]
-        reason = _reset_reason(document, disk, before[-1] if before else None)
+        old, previous = _history(document)
+        reason = _reset_reason(document, disk, previous)
         if reason is not None:
             note = f"growth history restarted: {reason}"
         else:
-            kept = [s for s in old if disk.time - window <= s[0] <= disk.time + CLOCK_SLACK]
-    samples = sorted([*kept, sample])[-MAX_SAMPLES:]
+            buckets = {b[0]: b for b in old if b[0] + width > disk.time - window
+                       and b[3] <= disk.time + CLOCK_SLACK}
+            if previous[0] > sample[0] and previous[0] <= disk.time + CLOCK_SLACK:
+                last = previous  # a parallel run recorded a later sample already
+    _add(buckets, sample[0] - sample[0] % width, sample)
+    kept = sorted(buckets.values())
     new = {"version": FORMAT_VERSION, "path": disk.key, "identity": disk.identity,
-           "container_size": usage.container.size, "samples": [list(sample) for sample in samples]}
-    return History(new, samples, note)
+           "container_size": usage.container.size, "last": list(last),
+           "buckets": [[round(v, 6) for v in b] for b in kept]}
+    return History(new, kept, note)
 
 
 def growth_of(history: History, usage: ImageUsage, window: float) -> Growth:
-    samples = history.samples
-    span = samples[-1][0] - samples[0][0] if samples else 0.0
-    if len(samples) < 2 or span < window / MIN_SPAN_FRACTION:
-        return Growth(None, None, len(samples), span, history.note)
-    rate = slope([(t, float(end)) for t, end, _ in samples])
-    filling = rate if usage.container.kind == CONTAINER_BLOCK else \
-        slope([(t, float(used)) for t, _, used in samples])
+    buckets = history.buckets
+    samples = int(sum(b[1] for b in buckets))
+    span = max(b[3] for b in buckets) - min(b[2] for b in buckets) if buckets else 0.0
+    if samples < 2 or span < window / MIN_SPAN_FRACTION:
+        return Growth(None, None, samples, span, history.note)
+    rate = _slope(buckets, 6, 7)
+    filling = rate if usage.container.kind == CONTAINER_BLOCK else _slope(buckets, 8, 9)
     time_to_full = None
     if filling is not None and filling > 0:
         time_to_full = max(usage.container.headroom, 0) / filling
-    return Growth(rate, time_to_full, len(samples), span, history.note)
+    return Growth(rate, time_to_full, samples, span, history.note)
 
 
 @dataclass
