@@ -6,9 +6,10 @@ Runs each adapter (and `qcow2-analyze usage`) over the same images, interleaved,
 --repeat runs: the baseline's commands (e.g. an install of the previous release), ours with
 --no-state (the extension advice, pause and free-below-end figures, no state kept), and ours
 keeping state in a directory already at its steady state (720 samples per disk over the
-6-hour window: two adapters every minute). Then the cost of free_below_end_bytes alone: the image end offset from the
-refcounts alone (the top blocks down to the end) against the end offset and the free clusters
-below it (every refcount block below the end), on a large preallocated image.
+6-hour window: two adapters every minute). Then the cost of free_below_end_bytes alone: the
+image end offset from the refcounts (the top blocks down to the end) against the end offset
+and the free clusters below it (every refcount block below the end), on a large
+preallocated image.
 """
 
 from __future__ import annotations
