@@ -53,12 +53,12 @@ def steady_state(directory: Path, images: list[str]) -> None:
     collect(images, judging=Judging(growth=tracker))
     now = time.time()
     for path in directory.glob("*.json"):
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text().splitlines()[0])
         disk = _disk(document)
         for i in range(720):
             sample = replace(disk, time=now - DEFAULT_WINDOW + 30 * i)
-            document = merge(document, sample, DEFAULT_WINDOW).document
-        path.write_text(json.dumps(document, separators=(",", ":")))
+            document = merge([document], sample, DEFAULT_WINDOW).document
+        path.write_text(json.dumps(document, separators=(",", ":")) + "\n")
     assert len(list(directory.glob("*.json"))) == len(images)
 
 

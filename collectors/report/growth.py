@@ -15,6 +15,7 @@ image was replaced (its identity changed), or the end offset went down (compacte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -24,9 +25,10 @@ from .state import CorruptState, StateDirectory, StateError, state_name
 
 DEFAULT_WINDOW = 6 * 3600.0
 MIN_SPAN_FRACTION = 12  # a slope needs samples spanning at least window / 12 (30 min of 6 h)
-BUCKETS = 36  # the window in buckets of sums (10 min each of 6 h): a state file stays small
+BUCKETS = 24  # the window in buckets of sums (15 min each of 6 h): a state file stays small
 CLOCK_SLACK = 60.0  # samples this far "in the future" mean the clock went back: dropped
 FORMAT_VERSION = 2
+COMPACT_EVERY = 16  # samples appended to a state file before it is rewritten whole
 
 Sample = tuple[float, int, int]  # time, end offset, container used
 # The samples of one bucket, as the sums least squares needs; times relative to its start:
@@ -107,10 +109,13 @@ def _reset_reason(document: dict[str, Any], disk: DiskSample,
 
 
 def _numbers(value: Any, count: int, what: str) -> list[float]:
-    if not (isinstance(value, list) and len(value) == count
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+    try:
+        numbers = list(map(float, value)) if isinstance(value, list) else []
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != count or not all(map(math.isfinite, numbers)):
         raise CorruptState(f"{what} is not {count} numbers")
-    return [float(v) for v in value]
+    return numbers
 
 
 def _history(document: dict[str, Any]) -> tuple[list[Bucket], Sample]:
@@ -127,38 +132,68 @@ def _history(document: dict[str, Any]) -> tuple[list[Bucket], Sample]:
 
 @dataclass
 class History:
-    """One disk's samples after this run's, as bucket sums, and what happened to them."""
+    """One disk's samples after this run's, as bucket sums, what to write, and what happened
+    to them."""
 
-    document: dict[str, Any]
+    document: dict[str, Any]  # the whole state, to write when `rewrite`
     buckets: list[Bucket]
+    sample: Sample  # this run's, to append when not `rewrite`
+    rewrite: bool
     note: Optional[str] = None
 
 
-def merge(document: Optional[dict[str, Any]], disk: DiskSample, window: float) -> History:
-    """`document` (a disk's state, or None) with this run's sample added, reset and pruned:
-    buckets wholly older than the window go, and so do samples from a clock that went back."""
+def merge(lines: Optional[list[Any]], disk: DiskSample, window: float) -> History:
+    """A disk's state (its document and the samples appended since, or None) with this run's
+    sample added, reset and pruned: buckets wholly older than the window go, and so do samples
+    from a clock that went back. Rewritten whole when new, restarted, or every COMPACT_EVERY
+    samples; else this run's sample is appended."""
     usage = disk.usage
     sample: Sample = (round(disk.time, 3), usage.end_offset, usage.container.used)
     width = window / BUCKETS
     note = None
     buckets: dict[float, Bucket] = {}
     last = sample
-    if document is not None:
-        old, previous = _history(document)
-        reason = _reset_reason(document, disk, previous)
+    rewrite = True
+    if lines:
+        old, previous = _history(lines[0])
+        appended = [_numbers(item, 3, "an appended sample") for item in lines[1:]]
+        for t, end, used in appended:
+            _add(buckets, t - t % width, (t, int(end), int(used)))
+            previous = max(previous, (t, int(end), int(used)))
+        reason = _reset_reason(lines[0], disk, previous)
         if reason is not None:
             note = f"growth history restarted: {reason}"
+            buckets = {}
         else:
-            buckets = {b[0]: b for b in old if b[0] + width > disk.time - window
+            if buckets:
+                for bucket in old:
+                    _merge_bucket(buckets, bucket)
+            else:
+                buckets = {bucket[0]: bucket for bucket in old}
+            buckets = {start: b for start, b in buckets.items()
+                       if start + width > disk.time - window
                        and b[3] <= disk.time + CLOCK_SLACK}
-            if previous[0] > sample[0] and previous[0] <= disk.time + CLOCK_SLACK:
+            if sample[0] < previous[0] <= disk.time + CLOCK_SLACK:
                 last = previous  # a parallel run recorded a later sample already
+            rewrite = len(appended) + 1 >= COMPACT_EVERY
     _add(buckets, sample[0] - sample[0] % width, sample)
     kept = sorted(buckets.values())
     new = {"version": FORMAT_VERSION, "path": disk.key, "identity": disk.identity,
-           "container_size": usage.container.size, "last": list(last),
-           "buckets": [[round(v, 6) for v in b] for b in kept]}
-    return History(new, kept, note)
+           "container_size": usage.container.size, "last": list(last), "buckets": kept}
+    return History(new, kept, sample, rewrite, note)
+
+
+def _merge_bucket(buckets: dict[float, Bucket], bucket: Bucket) -> None:
+    """Add a stored bucket's sums to the bucket of the same start (one made of appended
+    samples), or keep it as it is."""
+    mine = buckets.get(bucket[0])
+    if mine is None:
+        buckets[bucket[0]] = list(bucket)
+        return
+    mine[1] += bucket[1]
+    mine[2], mine[3] = min(mine[2], bucket[2]), max(mine[3], bucket[3])
+    for field_index in range(4, BUCKET_FIELDS):
+        mine[field_index] += bucket[field_index]
 
 
 def growth_of(history: History, usage: ImageUsage, window: float) -> Growth:
@@ -184,7 +219,7 @@ class GrowthTracker:
     directory: Optional[str]
     window: float = DEFAULT_WINDOW
     keep_in_memory: bool = False
-    memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memory: dict[str, list[Any]] = field(default_factory=dict)
 
     def update(self, disks: Sequence[DiskSample], now: float) -> tuple[list[Growth], list[str]]:
         """Each disk's growth, and notes about the run (a state directory that could not be
@@ -219,7 +254,7 @@ class GrowthTracker:
     def _one(self, store: Optional[StateDirectory], disk: DiskSample, notes: list[str],
              write: bool = False) -> Growth:
         name = state_name(disk.key)
-        document: Optional[dict[str, Any]] = self.memory.get(name)
+        document: Optional[list[Any]] = self.memory.get(name)
         problem = None
         if store is not None:
             try:
@@ -236,11 +271,14 @@ class GrowthTracker:
             history.note = problem
         if store is not None and write:
             try:
-                store.write(name, history.document)
+                if history.rewrite:
+                    store.write(name, history.document)
+                else:
+                    store.append(name, list(history.sample))
             except OSError as exc:
                 note = f"growth: cannot write in {store.path}: {exc.strerror or exc}"
                 if note not in notes:
                     notes.append(note)
         if self.keep_in_memory:
-            self.memory[name] = history.document
+            self.memory[name] = [history.document]
         return growth_of(history, disk.usage, self.window)

@@ -22,6 +22,11 @@ history. Safety, since the directory may sit among other users' files:
 * files are bounded (a reader refuses more than MAX_FILE_BYTES) and pruned: a disk not seen
   for PRUNE_AGE loses its file.
 
+A run appends its sample to the disk's file as one line (a small O_APPEND write); every
+COMPACT_EVERY samples, or when the history restarts, the file is rewritten whole (to a
+temporary file, renamed over the old one). Renaming every run would cost more than the rest of
+the run together: ext4 flushes a file renamed over another (auto_da_alloc).
+
 No fsync: a crash may lose the last samples or leave an empty file, which the next run reads
 as unusable, says so and starts anew. A history is worth less than the time an fsync per disk
 would cost every run.
@@ -125,9 +130,10 @@ class StateDirectory:
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
-    def read(self, name: str) -> Optional[dict[str, Any]]:
-        """The document in file `name`, None when there is none; CorruptState when it cannot
-        be one (not a regular file, too large, not JSON)."""
+    def read(self, name: str) -> Optional[list[Any]]:
+        """The JSON values of file `name`, one a line, None when there is none; CorruptState
+        when it cannot be a state file (not a regular file, too large, not JSON). A last line
+        without its newline (an append cut short) is left out."""
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                          dir_fd=self.fd)
@@ -144,17 +150,30 @@ class StateDirectory:
             data = os.read(fd, MAX_FILE_BYTES + 1)
         finally:
             os.close(fd)
+        lines = data.split(b"\n")[:-1]
         try:
-            document = json.loads(data)
+            values = [json.loads(line) for line in lines]
         except ValueError:
             raise CorruptState("not a state file (JSON)") from None
-        if not isinstance(document, dict):
+        if not values or not isinstance(values[0], dict):
             raise CorruptState("not a state file (JSON object)")
-        return document
+        return values
+
+    def append(self, name: str, value: Any) -> None:
+        """Add `value` as one line to the existing file `name` (one small O_APPEND write: no
+        rename, which ext4 follows with a flush of the file, every run); raises OSError."""
+        fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=self.fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            os.write(fd, json.dumps(value, separators=(",", ":")).encode() + b"\n")
+        finally:
+            os.close(fd)
 
     def write(self, name: str, document: dict[str, Any]) -> None:
-        """Replace file `name` with `document`, atomically; raises OSError."""
-        data = json.dumps(document, separators=(",", ":")).encode()
+        """Replace file `name` with `document` (one line), atomically; raises OSError."""
+        data = json.dumps(document, separators=(",", ":")).encode() + b"\n"
         temporary = f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
