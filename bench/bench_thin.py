@@ -53,12 +53,14 @@ def steady_state(directory: Path, images: list[str]) -> None:
     collect(images, judging=Judging(growth=tracker))
     now = time.time()
     for path in directory.glob("*.json"):
-        document = json.loads(path.read_text().splitlines()[0])
-        disk = _disk(document)
+        lines = path.read_bytes().splitlines()
+        disk = _disk(json.loads(lines[0]))
         for i in range(720):
             sample = replace(disk, time=now - DEFAULT_WINDOW + 30 * i)
-            document = merge([document], sample, DEFAULT_WINDOW).document
-        path.write_text(json.dumps(document, separators=(",", ":")) + "\n")
+            history = merge(lines, sample, DEFAULT_WINDOW)
+            lines = history.lines if history.rewrite else [
+                *history.lines, json.dumps(list(history.sample)).encode()]
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
     assert len(list(directory.glob("*.json"))) == len(images)
 
 

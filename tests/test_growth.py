@@ -106,12 +106,14 @@ def test_parallel_runs_lose_no_sample(tmp_path: Path) -> None:
     names = sorted(name for name in os.listdir(directory) if name != ".pruned")
     assert names == sorted(state_name(str(image)) for image in images), names  # no temp left
     for image in images:
-        # The file: the document (the first run's), then one line per later run's sample.
-        first, *appended = (json.loads(line) for line in
-                            (directory / state_name(str(image))).read_text().splitlines())
-        assert sum(bucket[1] for bucket in first["buckets"]) + len(appended) == runs
-        assert first["path"] == str(image)
-        assert len({sample[0] for sample in appended}) == runs - 1
+        # The file: the header (with the first run's total), its buckets, then one line per
+        # later run's sample.
+        header, buckets, *appended = (json.loads(line) for line in
+                                      (directory / state_name(str(image))).read_text()
+                                      .splitlines())
+        assert header["total"][1] == sum(bucket[1] for bucket in buckets) == 1
+        assert header["path"] == str(image)
+        assert len({sample[0] for sample in appended}) == len(appended) == runs - 1
         assert tracked(str(image), state).samples == runs + 1
 
 

@@ -4,6 +4,10 @@ live tests, tests/test_enospc.py, get them from the real daemons)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from qcow2_monitor.collectors.common.units import human_duration, parse_duration
@@ -18,7 +22,11 @@ from qcow2_monitor.collectors.host.pause import (
     qmp_vm_reason,
 )
 from qcow2_monitor.collectors.qcow2.refcount import zero_entries
-from qcow2_monitor.collectors.report.growth import slope
+from qcow2_monitor.collectors.report.growth import BUCKETS, DiskSample, growth_of, merge, slope
+from qcow2_monitor.collectors.report.model import Container
+from qcow2_monitor.collectors.report.usage import analyze_image
+
+from daemons import make_image
 
 DOMSTATS = """\
 Domain: 'enospc'
@@ -150,3 +158,35 @@ def test_zero_refcounts_of_every_width(bits: int) -> None:
         assert zero_entries(wide, bits, per_block) == big.count(0)
         none = b"".join((256 + v).to_bytes(bits // 8, "big") for v in values)
         assert zero_entries(none, bits, per_block) == 0
+
+
+def test_state_file_sums_give_least_squares_over_the_window(tmp_path: Path) -> None:
+    """200 runs a minute apart through the state file's format (appends, compactions every
+    16 samples, buckets leaving the window): the growth equals least squares computed directly
+    over the samples of the buckets still in the window."""
+    image = make_image(tmp_path / "g.qcow2", "16M", write=["write 0 1M"])
+    usage = analyze_image(str(image))
+    size = 10**12
+    window = 3600.0
+    width = window / BUCKETS
+    lines: list[bytes] | None = None
+    seen: list[tuple[float, int]] = []
+    t0 = 1.7e9
+    for i in range(200):
+        t = t0 + 60 * i + (i % 7)
+        end = 10**9 + 5000 * i + (i % 3) * 100 + (i // 50) * 10**6
+        container = Container("block", size, size - end, size, None, used=end)
+        now = replace(usage, image_end_offset=end, container=container)
+        history = merge(lines, DiskSample("/dev/x", ["block", 1], now, t), window)
+        lines = history.lines if history.rewrite else [
+            *history.lines, json.dumps(list(history.sample)).encode()]
+        seen.append((t, end))
+        growth = growth_of(history, now, window)
+        kept = [(s, e) for s, e in seen if s - s % width + width > t - window]
+        assert growth.samples == len(kept), i
+        expected = slope([(s, float(e)) for s, e in kept])
+        if growth.bytes_per_second is not None:
+            assert expected is not None
+            assert growth.bytes_per_second == pytest.approx(expected, rel=1e-9), i
+            assert growth.time_to_full == pytest.approx((size - end) / expected, rel=1e-9)
+    assert growth.bytes_per_second is not None and len(lines) < 2 + 16

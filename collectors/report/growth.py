@@ -15,6 +15,7 @@ image was replaced (its identity changed), or the end offset went down (compacte
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -118,82 +119,129 @@ def _numbers(value: Any, count: int, what: str) -> list[float]:
     return numbers
 
 
-def _history(document: dict[str, Any]) -> tuple[list[Bucket], Sample]:
-    """The buckets and the latest sample of a state document; CorruptState if it has none."""
-    raw = document.get("buckets")
+def _json(line: bytes, what: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise CorruptState(f"{what} is not JSON") from None
+
+
+def _header(line: bytes) -> tuple[dict[str, Any], Bucket, Sample, float]:
+    """A state file's first line: the document, the sums of all its buckets (one bucket), the
+    latest sample, and when its oldest bucket leaves the window."""
+    document = _json(line, "the first line")
+    if not isinstance(document, dict):
+        raise CorruptState("not a state file (JSON object)")
+    total = _numbers(document.get("total"), BUCKET_FIELDS, "the total")
+    t, end, used = _numbers(document.get("last"), 3, "the last sample")
+    (expires,) = _numbers([document.get("expires")], 1, "the expiry")
+    return document, total, (t, int(end), int(used)), expires
+
+
+def _buckets(line: bytes) -> list[Bucket]:
+    raw = _json(line, "the buckets")
     if not isinstance(raw, list):
         raise CorruptState("no buckets")
     buckets = [_numbers(item, BUCKET_FIELDS, "a bucket") for item in raw]
     if any(b[1] < 1 for b in buckets):
         raise CorruptState("an empty bucket")
-    t, end, used = _numbers(document.get("last"), 3, "the last sample")
-    return buckets, (t, int(end), int(used))
+    return buckets
+
+
+def _combined(buckets: Sequence[Bucket]) -> Bucket:
+    """The sums of `buckets` as one bucket starting at the earliest of them."""
+    origin = min(b[0] for b in buckets)
+    total: Bucket = [origin, 0, math.inf, -math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    for b in buckets:
+        _merge_bucket({origin: total}, b, origin)
+    return total
 
 
 @dataclass
 class History:
-    """One disk's samples after this run's, as bucket sums, what to write, and what happened
-    to them."""
+    """One disk's samples after this run's (as sums: the window's buckets, or their total),
+    what to write, and what happened to them."""
 
-    document: dict[str, Any]  # the whole state, to write when `rewrite`
+    lines: list[bytes]  # the whole state, to write when `rewrite`
     buckets: list[Bucket]
     sample: Sample  # this run's, to append when not `rewrite`
     rewrite: bool
     note: Optional[str] = None
 
 
-def merge(lines: Optional[list[Any]], disk: DiskSample, window: float) -> History:
-    """A disk's state (its document and the samples appended since, or None) with this run's
-    sample added, reset and pruned: buckets wholly older than the window go, and so do samples
-    from a clock that went back. Rewritten whole when new, restarted, or every COMPACT_EVERY
-    samples; else this run's sample is appended."""
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def merge(lines: Optional[list[bytes]], disk: DiskSample, window: float) -> History:
+    """A disk's state file (a header with the total of its buckets, the buckets, then the
+    samples appended since; or None) with this run's sample added. Usually the total and the
+    appended samples give the growth and the sample is appended (the buckets are not even
+    parsed); the file is rewritten whole, buckets wholly older than the window (or from a clock
+    that went back) dropped, when it is new, restarted, when its oldest bucket left the window,
+    or every COMPACT_EVERY samples."""
     usage = disk.usage
     sample: Sample = (round(disk.time, 3), usage.end_offset, usage.container.used)
     width = window / BUCKETS
     note = None
     buckets: dict[float, Bucket] = {}
-    last = sample
-    rewrite = True
     if lines:
-        old, previous = _history(lines[0])
-        appended = [_numbers(item, 3, "an appended sample") for item in lines[1:]]
+        document, total, previous, expires = _header(lines[0])
+        appended = [_numbers(_json(line, "an appended sample"), 3, "an appended sample")
+                    for line in lines[2:]]
         for t, end, used in appended:
-            _add(buckets, t - t % width, (t, int(end), int(used)))
             previous = max(previous, (t, int(end), int(used)))
-        reason = _reset_reason(lines[0], disk, previous)
+        reason = _reset_reason(document, disk, previous)
         if reason is not None:
             note = f"growth history restarted: {reason}"
-            buckets = {}
+        elif (len(appended) + 1 < COMPACT_EVERY and disk.time < expires
+              and total[3] <= disk.time + CLOCK_SLACK and len(lines) >= 2):
+            for t, end, used in [*appended, sample]:
+                _add({total[0]: total}, total[0], (t, int(end), int(used)))
+            return History(lines, [total], sample, False)
         else:
-            if buckets:
-                for bucket in old:
-                    _merge_bucket(buckets, bucket)
-            else:
-                buckets = {bucket[0]: bucket for bucket in old}
+            for t, end, used in appended:
+                _add(buckets, t - t % width, (t, int(end), int(used)))
+            for bucket in _buckets(lines[1]) if len(lines) >= 2 else []:
+                _merge_bucket(buckets, bucket, bucket[0])
             buckets = {start: b for start, b in buckets.items()
                        if start + width > disk.time - window
                        and b[3] <= disk.time + CLOCK_SLACK}
-            if sample[0] < previous[0] <= disk.time + CLOCK_SLACK:
-                last = previous  # a parallel run recorded a later sample already
-            rewrite = len(appended) + 1 >= COMPACT_EVERY
+            _add(buckets, sample[0] - sample[0] % width, sample)
+            # A parallel run may have recorded a later sample already: the latest stays last.
+            later = sample[0] < previous[0] <= disk.time + CLOCK_SLACK
+            return _rewritten(disk, buckets, previous if later else sample, width, window,
+                              note)
     _add(buckets, sample[0] - sample[0] % width, sample)
+    return _rewritten(disk, buckets, sample, width, window, note)
+
+
+def _rewritten(disk: DiskSample, buckets: dict[float, Bucket], last: Sample, width: float,
+               window: float, note: Optional[str]) -> History:
     kept = sorted(buckets.values())
-    new = {"version": FORMAT_VERSION, "path": disk.key, "identity": disk.identity,
-           "container_size": usage.container.size, "last": list(last), "buckets": kept}
-    return History(new, kept, sample, rewrite, note)
+    header = {"version": FORMAT_VERSION, "path": disk.key, "identity": disk.identity,
+              "container_size": disk.usage.container.size, "last": list(last),
+              "total": _combined(kept), "expires": min(b[0] for b in kept) + width + window}
+    sample = (round(disk.time, 3), disk.usage.end_offset, disk.usage.container.used)
+    return History([_encode(header), _encode(kept)], kept, sample, True, note)
 
 
-def _merge_bucket(buckets: dict[float, Bucket], bucket: Bucket) -> None:
-    """Add a stored bucket's sums to the bucket of the same start (one made of appended
-    samples), or keep it as it is."""
-    mine = buckets.get(bucket[0])
+
+def _merge_bucket(buckets: dict[float, Bucket], bucket: Bucket, start: float) -> None:
+    """Add a bucket's sums to the bucket of `buckets` that starts at `start` (shifting its
+    times there), or keep it as it is when there is none."""
+    mine = buckets.get(start)
     if mine is None:
-        buckets[bucket[0]] = list(bucket)
+        buckets[start] = list(bucket)
         return
-    mine[1] += bucket[1]
+    d, n = bucket[0] - start, bucket[1]
+    mine[1] += n
     mine[2], mine[3] = min(mine[2], bucket[2]), max(mine[3], bucket[3])
-    for field_index in range(4, BUCKET_FIELDS):
-        mine[field_index] += bucket[field_index]
+    mine[5] += bucket[5] + 2 * d * bucket[4] + n * d * d
+    mine[4] += bucket[4] + n * d
+    for y, ty in ((6, 7), (8, 9)):
+        mine[y] += bucket[y]
+        mine[ty] += bucket[ty] + d * bucket[y]
 
 
 def growth_of(history: History, usage: ImageUsage, window: float) -> Growth:
@@ -219,7 +267,7 @@ class GrowthTracker:
     directory: Optional[str]
     window: float = DEFAULT_WINDOW
     keep_in_memory: bool = False
-    memory: dict[str, list[Any]] = field(default_factory=dict)
+    memory: dict[str, list[bytes]] = field(default_factory=dict)
 
     def update(self, disks: Sequence[DiskSample], now: float) -> tuple[list[Growth], list[str]]:
         """Each disk's growth, and notes about the run (a state directory that could not be
@@ -254,7 +302,7 @@ class GrowthTracker:
     def _one(self, store: Optional[StateDirectory], disk: DiskSample, notes: list[str],
              write: bool = False) -> Growth:
         name = state_name(disk.key)
-        document: Optional[list[Any]] = self.memory.get(name)
+        document: Optional[list[bytes]] = self.memory.get(name)
         problem = None
         if store is not None:
             try:
@@ -272,13 +320,14 @@ class GrowthTracker:
         if store is not None and write:
             try:
                 if history.rewrite:
-                    store.write(name, history.document)
+                    store.write(name, history.lines)
                 else:
-                    store.append(name, list(history.sample))
+                    store.append(name, _encode(list(history.sample)))
             except OSError as exc:
                 note = f"growth: cannot write in {store.path}: {exc.strerror or exc}"
                 if note not in notes:
                     notes.append(note)
         if self.keep_in_memory:
-            self.memory[name] = [history.document]
+            self.memory[name] = history.lines if history.rewrite else [
+                *history.lines, _encode(list(history.sample))]
         return growth_of(history, disk.usage, self.window)

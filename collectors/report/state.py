@@ -38,12 +38,11 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import re
 import stat
 import time
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 STATE_SUBDIRECTORY = "qcow2-monitor"
 SYSTEM_STATE_DIRECTORY = "/var/lib/qcow2-monitor"
@@ -130,10 +129,10 @@ class StateDirectory:
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
-    def read(self, name: str) -> Optional[list[Any]]:
-        """The JSON values of file `name`, one a line, None when there is none; CorruptState
-        when it cannot be a state file (not a regular file, too large, not JSON). A last line
-        without its newline (an append cut short) is left out."""
+    def read(self, name: str) -> Optional[list[bytes]]:
+        """The lines of file `name` (each a JSON value), None when there is none; CorruptState
+        when it cannot be a state file (not a regular file, too large). A last line without
+        its newline (an append cut short) is left out."""
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                          dir_fd=self.fd)
@@ -151,29 +150,25 @@ class StateDirectory:
         finally:
             os.close(fd)
         lines = data.split(b"\n")[:-1]
-        try:
-            values = [json.loads(line) for line in lines]
-        except ValueError:
-            raise CorruptState("not a state file (JSON)") from None
-        if not values or not isinstance(values[0], dict):
-            raise CorruptState("not a state file (JSON object)")
-        return values
+        if not lines:
+            raise CorruptState("not a state file (no line)")
+        return lines
 
-    def append(self, name: str, value: Any) -> None:
-        """Add `value` as one line to the existing file `name` (one small O_APPEND write: no
-        rename, which ext4 follows with a flush of the file, every run); raises OSError."""
+    def append(self, name: str, line: bytes) -> None:
+        """Add `line` to the existing file `name` (one small O_APPEND write: no rename, which
+        ext4 follows with a flush of the file, every run); raises OSError."""
         fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=self.fd)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
-            os.write(fd, json.dumps(value, separators=(",", ":")).encode() + b"\n")
+            os.write(fd, line + b"\n")
         finally:
             os.close(fd)
 
-    def write(self, name: str, document: dict[str, Any]) -> None:
-        """Replace file `name` with `document` (one line), atomically; raises OSError."""
-        data = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+    def write(self, name: str, lines: list[bytes]) -> None:
+        """Replace file `name` with `lines`, atomically; raises OSError."""
+        data = b"".join(line + b"\n" for line in lines)
         temporary = f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
