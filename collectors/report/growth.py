@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -187,8 +188,8 @@ def merge(lines: Optional[list[bytes]], disk: DiskSample, window: float) -> Hist
     buckets: dict[float, Bucket] = {}
     if lines:
         document, total, previous, expires = _header(lines[0])
-        appended = [_numbers(_json(line, "an appended sample"), 3, "an appended sample")
-                    for line in lines[2:]]
+        appended = [_numbers(item, 3, "an appended sample")
+                    for item in _json(b"[" + b",".join(lines[2:]) + b"]", "appended samples")]
         for t, end, used in appended:
             previous = max(previous, (t, int(end), int(used)))
         reason = _reset_reason(document, disk, previous)
@@ -304,30 +305,45 @@ class GrowthTracker:
         name = state_name(disk.key)
         document: Optional[list[bytes]] = self.memory.get(name)
         problem = None
+        fd: Optional[int] = None
         if store is not None:
             try:
-                document = store.read(name)
+                document, fd = store.read(name, for_append=write)
             except CorruptState as exc:
                 problem = f"state file {store.path}/{name} unusable ({exc}): started anew"
                 document = None
         try:
-            history = merge(document, disk, self.window)
-        except CorruptState as exc:
-            problem = f"state file {name} unusable ({exc}): started anew"
-            history = merge(None, disk, self.window)
-        if problem is not None:
-            history.note = problem
-        if store is not None and write:
-            try:
-                if history.rewrite:
-                    store.write(name, history.lines)
-                else:
-                    store.append(name, _encode(list(history.sample)))
-            except OSError as exc:
-                note = f"growth: cannot write in {store.path}: {exc.strerror or exc}"
-                if note not in notes:
-                    notes.append(note)
+            history = self._merged(document, disk, problem)
+            if store is not None and write:
+                self._write(store, name, fd, history, notes)
+        finally:
+            if fd is not None:
+                os.close(fd)
         if self.keep_in_memory:
             self.memory[name] = history.lines if history.rewrite else [
                 *history.lines, _encode(list(history.sample))]
         return growth_of(history, disk.usage, self.window)
+
+    def _merged(self, document: Optional[list[bytes]], disk: DiskSample,
+                problem: Optional[str]) -> History:
+        try:
+            history = merge(document, disk, self.window)
+        except CorruptState as exc:
+            problem = f"state file {state_name(disk.key)} unusable ({exc}): started anew"
+            history = merge(None, disk, self.window)
+        if problem is not None:
+            history.note = problem
+        return history
+
+    @staticmethod
+    def _write(store: StateDirectory, name: str, fd: Optional[int], history: History,
+               notes: list[str]) -> None:
+        try:
+            if history.rewrite or fd is None:
+                store.write(name, history.lines)
+            else:
+                store.append(fd, _encode(list(history.sample)))
+        except OSError as exc:
+            note = f"growth: cannot write in {store.path}: {exc.strerror or exc}"
+            if note not in notes:
+                notes.append(note)

@@ -129,17 +129,21 @@ class StateDirectory:
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
-    def read(self, name: str) -> Optional[list[bytes]]:
-        """The lines of file `name` (each a JSON value), None when there is none; CorruptState
-        when it cannot be a state file (not a regular file, too large). A last line without
-        its newline (an append cut short) is left out."""
+    def read(self, name: str, *, for_append: bool = False) -> tuple[Optional[list[bytes]],
+                                                                    Optional[int]]:
+        """The lines of file `name` (each a JSON value; None when there is no file) and, with
+        `for_append`, its descriptor left open for append() (one open for both: the caller
+        closes it). CorruptState when it cannot be a state file (not a regular file, too
+        large). A last line without its newline (an append cut short) is left out."""
+        flags = os.O_RDWR | os.O_APPEND if for_append else os.O_RDONLY
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                          dir_fd=self.fd)
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as exc:
             raise CorruptState(exc.strerror or str(exc)) from None
+        keep = False
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -147,24 +151,21 @@ class StateDirectory:
             if st.st_size > MAX_FILE_BYTES:
                 raise CorruptState(f"{st.st_size} bytes, more than a state file holds")
             data = os.read(fd, MAX_FILE_BYTES + 1)
+            lines = data.split(b"\n")[:-1]
+            if not lines:
+                raise CorruptState("not a state file (no line)")
+            keep = for_append
+            return lines, fd if keep else None
         finally:
-            os.close(fd)
-        lines = data.split(b"\n")[:-1]
-        if not lines:
-            raise CorruptState("not a state file (no line)")
-        return lines
+            if not keep:
+                os.close(fd)
 
-    def append(self, name: str, line: bytes) -> None:
-        """Add `line` to the existing file `name` (one small O_APPEND write: no rename, which
-        ext4 follows with a flush of the file, every run); raises OSError."""
-        fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self.fd)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            os.write(fd, line + b"\n")
-        finally:
-            os.close(fd)
+    @staticmethod
+    def append(fd: int, line: bytes) -> None:
+        """Add `line` to the file open at `fd` (from read(for_append=True)): one small
+        O_APPEND write, no rename (which ext4 follows with a flush of the file); raises
+        OSError."""
+        os.write(fd, line + b"\n")
 
     def write(self, name: str, lines: list[bytes]) -> None:
         """Replace file `name` with `lines`, atomically; raises OSError."""
