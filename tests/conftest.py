@@ -17,6 +17,8 @@ from typing import Callable, Iterator, Union
 
 import pytest
 
+from qcow2_monitor.collectors.report.state import SYSTEM_STATE_DIRECTORY
+
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, build_corpus
 from damage import DamagedImage, copy_image, damaged_variants
 
@@ -38,6 +40,11 @@ def private_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     (base / "root").mkdir(mode=0o700)
     saved = os.environ.get("MP_STATE_PATH")
     os.environ["MP_STATE_PATH"] = str(base / "root")
+    # sudo resets the environment: the shipped commands run through it (Icinga 2, Nagios,
+    # Telegraf as their users) keep root's default, /var/lib/qcow2-monitor. A directory the
+    # suite created there is removed at the end; one that was there before is left alone.
+    system = Path(SYSTEM_STATE_DIRECTORY)
+    existed = system.exists()
     try:
         yield base
     finally:
@@ -45,6 +52,8 @@ def private_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterato
             os.environ.pop("MP_STATE_PATH", None)
         else:
             os.environ["MP_STATE_PATH"] = saved
+        if not existed:
+            shutil.rmtree(system, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
