@@ -36,11 +36,10 @@ from live_daemons import (
     stop_libvirtd,
     stop_qemu,
 )
-from tree import source_site
+from tree import SYSTEM_PYTHON, source_site
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def tool(module: str, *args: str, env: dict[str, str] | None = None,

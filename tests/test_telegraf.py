@@ -20,9 +20,9 @@ from qcow2_monitor.collectors.report.usage import analyze_usage
 from qcow2_monitor.telegraf import lineprotocol as lp
 from qcow2_monitor.telegraf.qcow2_telegraf import main, render
 
-from alerting import parse_line
 from daemons import holding_open, influxd, make_image, require_binary, run
 from damage import patch_u64, read_header, read_u64
+from readback import parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "qcow2.lp"
