@@ -21,13 +21,13 @@ from typing import Optional, TextIO
 
 from qcow2_monitor.cli.entry import last_resort, output_streams
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
-from qcow2_monitor.cli.options import add_live_arguments
+from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments
 from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
 from qcow2_monitor.collectors.common.text import printable
 
-from . import check, config, tables
+from . import check, config, map, tables
 from .common import EXIT_CODES, OUTPUT_HELP, PROG, epilog, fail
 
 
@@ -117,10 +117,12 @@ def build_parser() -> ArgumentParser:
     usage.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image file, block device, glob or directory (searched recursively)")
     add_live_arguments(usage)
+    add_thin_arguments(usage.add_argument_group("thin provisioning"), keep_state=False)
     usage.set_defaults(handler=run_usage)
 
     check.register(sub)
     tables.register(sub)
+    map.register(sub)
     config.register(sub)
     for subparser in parser.commands.values():  # `info --version` as `--version`
         add_version_argument(subparser, PROG)

@@ -15,6 +15,7 @@ from qcow2_monitor.nagios.text import percent_text, usage_percent
 
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import FilesystemFigures, ImageRecord
+    from qcow2_monitor.collectors.report.model import ImageUsage
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Thresholds:
     headroom_critical: Optional[int] = None
     overcommit_warning: Optional[Range] = None
     overcommit_critical: Optional[Range] = None
+    time_to_full_warning: Optional[float] = None  # seconds
+    time_to_full_critical: Optional[float] = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Thresholds:
@@ -37,6 +40,8 @@ class Thresholds:
             headroom_critical=args.critical_headroom,
             overcommit_warning=args.warning_overcommit,
             overcommit_critical=args.critical_overcommit,
+            time_to_full_warning=args.warning_time_to_full,
+            time_to_full_critical=args.critical_time_to_full,
         )
 
     @property
@@ -93,7 +98,24 @@ def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
                     Problem(state, f"headroom {human_size(headroom)} < {human_size(minimum)}")
                 )
                 break
+        problems += _time_to_full_problem(usage, limits)
     return Verdict(record, worst([problem.state for problem in problems]), tuple(problems))
+
+
+def _time_to_full_problem(usage: ImageUsage, limits: Thresholds) -> list[Problem]:
+    """Rule time-to-full: the container is full within the limit at the current growth."""
+    from qcow2_monitor.collectors.common.units import human_duration, human_rate
+
+    growth = usage.growth
+    if growth is None or growth.time_to_full is None or growth.bytes_per_second is None:
+        return []
+    for state, limit in ((CRITICAL, limits.time_to_full_critical),
+                         (WARNING, limits.time_to_full_warning)):
+        if limit is not None and growth.time_to_full < limit:
+            return [Problem(state, f"time-to-full: full in {human_duration(growth.time_to_full)}"
+                            f" < {human_duration(limit)} (growing "
+                            f"{human_rate(growth.bytes_per_second)})")]
+    return []
 
 
 def evaluate_filesystem(figures: FilesystemFigures, limits: Thresholds) -> FilesystemVerdict:

@@ -6,7 +6,7 @@ bitmap directory entries; extension and backing-name bytes; bit flips; truncatio
 copied over others), chosen by ``random.Random(f"{seed}:{index}")``: the same seed and index
 always give the same bytes, so any failure can be replayed (:func:`mutate_case`).
 
-Each mutated image goes through every subcommand of qcow2-analyze (usage, info, header, check,
+Each mutated image goes through every subcommand of qcow2-analyze (usage, info, header, check, map,
 dump --what each, measure, -f) and every adapter's ``main`` (check_qcow2, qcow2-telegraf,
 qcow2-textfile), in process for speed, inside forked workers whose address space is capped
 (RLIMIT_AS). A case fails when an entry point raises, prints an internal error or a Python
@@ -517,6 +517,7 @@ def calls(rng: random.Random) -> list[Call]:
         Call("check", ("check", *out(), "--chain", "--max-findings",
                        str(rng.choice((0, 5, 100))), "{path}"), ANALYZE_CODES),
         Call("measure", ("measure", *out(), "{path}"), ANALYZE_CODES),
+        Call("map", ("map", *out(), "--width", "40", "{path}"), ANALYZE_CODES),
         Call("legacy", ("-f", "{path}", "-v", *rng.choice(((), ("-H",), ("-o", "raw")))),
              ANALYZE_CODES),
     ]

@@ -51,10 +51,10 @@ def test_fuzzer_catches_an_internal_error(tmp_path: Path, monkeypatch: pytest.Mo
     """The fuzzer's oracle must be able to fail: a bug planted in the core is reported."""
     from qcow2_monitor.collectors.report import usage as usage_module
 
-    def broken(_image: Qcow2Image) -> int:
+    def broken(_image: Qcow2Image, **_options: bool) -> tuple[int, int]:
         raise ValueError("planted")
 
-    monkeypatch.setattr(usage_module, "image_end_offset_from_refcounts", broken)
+    monkeypatch.setattr(usage_module, "end_and_free_below", broken)
     path = tmp_path / "i.qcow2"
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1M"])
     usage = next(c for c in calls(random.Random(0)) if c.name == "usage")

@@ -716,8 +716,11 @@ def test_real_golden_on_block_device(tmp_path: Path,
     code, out, err = run_plugin("-f", device, "-w", "30", "-c", "50",
                                 "--warning-headroom", "12M")
     assert (code, err) == (1, "")
+    # The image (32 MiB virtual) can outgrow its 16 MiB volume, whose 10.7 MiB of headroom are
+    # below the default extension watermark (512 MiB): extend by the chunk, 1 GiB.
     assert out == (
-        f"QCOW2 WARNING - {device}: usage 33.2% > 30%, headroom 10.7 MiB < 12 MiB | "
+        f"QCOW2 WARNING - {device}: headroom 10.7 MiB below the watermark 512 MiB: extend the "
+        f"volume by 1 GiB to 1.02 GiB, usage 33.2% > 30%, headroom 10.7 MiB < 12 MiB | "
         f"'{device} usage_percent'=33.203125%;30;50;0;100 "
         f"'{device} end_offset_bytes'=5570560B;;;0;16777216 "
         f"'{device} image_end_offset_bytes'=5570560B;;;0;16777216 "

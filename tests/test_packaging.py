@@ -100,7 +100,7 @@ def test_rule_parameters_change_their_places_only(tmp_path: Path) -> None:
          "predict_linear(qcow2_headroom_bytes[12h], 24 * 3600) < 0"): 1,
         ("expr: time() - qcow2_last_success_timestamp_seconds > 600",
          "expr: time() - qcow2_last_success_timestamp_seconds > 5400"): 1,
-        ("for: 5m", "for: 7m"): 3, ("for: 1h", "for: 7m"): 2, ("for: 15m", "for: 7m"): 1,
+        ("for: 5m", "for: 7m"): 3, ("for: 1h", "for: 7m"): 1, ("for: 15m", "for: 7m"): 2,
         ("for: 10m", "for: 7m"): 1, ("for: 15m", "for: 1h"): 1,
         (f"description: {description.format('6h')}",
          f"description: {description.format('12h')}"): 1,

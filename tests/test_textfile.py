@@ -64,7 +64,8 @@ def test_golden_file() -> None:
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8")
     assert text.endswith("\n")
-    assert validate(text) == 52  # 43 figures, end_offset_bytes of 2 images, 4 health, 3 reasons
+    assert validate(text) == 54  # 45 figures (paused of 2 images), end_offset_bytes of 2
+    # images, 4 health, 3 reasons
 
 
 def test_golden_file_reads_back_with_the_model_values() -> None:

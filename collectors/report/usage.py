@@ -14,7 +14,7 @@ from ..qcow2.chain import walk
 from ..qcow2.image import Qcow2Image
 from ..qcow2.prealloc import fully_allocated_size
 from ..qcow2.reader import held_for_writing
-from ..qcow2.refcount import image_end_offset_from_refcounts
+from ..qcow2.refcount import end_and_free_below
 from .model import (
     DEFAULT_MAX_DEPTH,
     LAYER_ERROR,
@@ -27,21 +27,23 @@ from .model import (
 )
 
 
-def end_offset(image: Qcow2Image) -> tuple[int, str, tuple[str, ...]]:
-    """The image end offset, where it came from, and notes for the operator."""
+def end_offset(image: Qcow2Image) -> tuple[int, str, tuple[str, ...], Optional[int]]:
+    """The image end offset, where it came from, notes for the operator, and the free bytes
+    below the end (None when the on-disk refcounts are untrusted)."""
     h = image.header
     if h.dirty:
         from ..check.checker import image_end_offset_by_walk  # numpy: only on this rare path
 
         return (image_end_offset_by_walk(image), SOURCE_CHECK,
                 ("dirty bit set: on-disk refcounts untrusted, image end offset taken from a "
-                 "full metadata walk",))
-    return image_end_offset_from_refcounts(image), SOURCE_REFCOUNTS, ()
+                 "full metadata walk",), None)
+    end, free = end_and_free_below(image)
+    return end, SOURCE_REFCOUNTS, (), free
 
 
 def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsage:
     h = image.header
-    end, source, notes = end_offset(image)
+    end, source, notes, free_below_end = end_offset(image)
     live_disk = live.lookup(image.file.stat) if live is not None else None
     live_end = live_disk.end_offset if live_disk is not None else None
     container = container_of(image.file, max(end, live_end or 0))
@@ -81,6 +83,8 @@ def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsag
         live_end_offset=live_end,
         domain=live_disk.domain if live_disk is not None else None,
         disk=live_disk.disk if live_disk is not None else None,
+        pause=live_disk.pause if live_disk is not None else None,
+        free_below_end=free_below_end,
     )
 
 
