@@ -14,6 +14,7 @@ from typing import Iterator
 
 import psutil
 import pytest
+from conftest import LoopAttach
 
 from qcow2_monitor.collectors.common.errors import IO_ERROR
 from qcow2_monitor.collectors.host.discovery import (
@@ -23,7 +24,6 @@ from qcow2_monitor.collectors.host.discovery import (
     scan_running,
 )
 
-from conftest import LoopAttach
 from daemons import holding_open, make_image, require_binary
 
 
