@@ -415,7 +415,7 @@ def test_unprivileged_running_sees_domains_and_refuses_ok_for_hidden_qemu(
     assert vm["file"] in proc.stdout and "not inspectable" in proc.stdout
     assert f"{qemu.pid}" in proc.stdout
     # vm1's own qemu (root too) is not counted: libvirt answered for it.
-    vm1_pid = Path("/run/libvirt/qemu/vm1.pid").read_text().strip()
+    vm1_pid = str(libvirt.qemu_pid("vm1"))
     hidden = proc.stdout.split("not inspectable by this user (pid ", 1)[1].split(")")[0]
     assert vm1_pid not in hidden.split(", ")
 
