@@ -62,9 +62,11 @@ def bin_dir() -> str:
 
 
 def render(name: str) -> str:
-    """The shipped file `name`, with @BINDIR@ replaced by the installed commands' directory."""
+    """The shipped file `name`, every ``@BINDIR@/command`` naming the installed command. Only
+    the placeholder before a command name is replaced: a comment explaining "@BINDIR@" keeps
+    saying so in the rendered file."""
     with open(shipped_path(name), encoding="utf-8") as file:
-        return file.read().replace(BINDIR_PLACEHOLDER, bin_dir())
+        return file.read().replace(BINDIR_PLACEHOLDER + "/", bin_dir() + "/")
 
 
 def run_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

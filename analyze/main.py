@@ -105,7 +105,9 @@ def build_parser() -> ArgumentParser:
                       "'/srv/vm/*.qcow2' /dev/vg0/vm1"))
     usage.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
     usage.add_argument("--no-chain", action="store_true",
-                       help="do not analyse backing layers")
+                       help="list only the images, not their backing layers; every layer is "
+                       "still opened, as qemu opens it, so a missing, looping or unreadable "
+                       "one is still shown and exits 1")
     usage.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image file, block device, glob or directory (searched recursively)")
     add_live_arguments(usage)
