@@ -14,7 +14,6 @@ from typing import Iterator
 
 import psutil
 import pytest
-from conftest import LoopAttach
 
 from qcow2_monitor.collectors.common.errors import IO_ERROR
 from qcow2_monitor.collectors.host.discovery import (
@@ -24,6 +23,7 @@ from qcow2_monitor.collectors.host.discovery import (
     scan_running,
 )
 
+from conftest import LoopAttach
 from daemons import holding_open, make_image, require_binary
 
 
