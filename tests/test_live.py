@@ -305,8 +305,8 @@ def test_socket_that_is_not_qmp_is_a_target_error(tmp_path: Path, greeting: byte
     assert results[1]["filename"] == str(tmp_path / "s.sock")
     assert results[1]["error"]["structure"] == "QMP socket"
     # Given up after the timeout (one deadline for the whole exchange), never waiting on the
-    # silent socket: the run takes QMP_TIMEOUT plus the start (about 3 s here); the bound is
-    # well above that under load, and far below a hang (the run is killed at 120 s).
+    # silent socket: the run takes QMP_TIMEOUT plus the start (3.2 s here with the load at
+    # 12); the bound is over 5x that, and far below a hang (the run is killed at 120 s).
     assert QMP_TIMEOUT == 2.0 and elapsed < 30, elapsed
 
 
@@ -354,9 +354,9 @@ def test_virsh_missing_libvirt_down_or_slow(tmp_path: Path, vm: dict[str, str]) 
     proc = tool("nagios.check_qcow2", "-f", vm["file"],
                 env=env)
     elapsed = time.monotonic() - started
-    # Cut off at the 5 s libvirt timeout (about 6 s in all here), not after virsh's 600 s;
-    # the bound is well above the first under load.
-    assert elapsed < 30, elapsed
+    # Cut off at the 5 s libvirt timeout (6.3 s in all here with the load at 12), not after
+    # virsh's 600 s: the bound is over 5x the first.
+    assert elapsed < 40, elapsed
     assert proc.returncode == 0, proc.stdout  # the on-disk figure still reports
     assert "live from" not in proc.stdout
     assert "note: 1 image is held for writing" in proc.stdout
