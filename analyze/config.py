@@ -2,7 +2,8 @@
 installed, and rendered with the real path of the installed commands.
 
 The Nagios and Icinga 2 definitions, the Telegraf snippets, the systemd unit and timer, the cron
-line and the Prometheus alert rules are package data of their adapter. Files that start a
+line and the Prometheus alert rules are package data of their adapter; the sudoers drop-in, which
+serves two adapters, of cli. Files that start a
 command name it as ``@BINDIR@/command``; this command replaces ``@BINDIR@`` with the directory
 the commands were installed into (a virtual environment's ``bin``, ``/usr/local/bin``, ...), so
 that what an operator copies into /etc runs the right program.
@@ -33,6 +34,8 @@ SHIPPED: dict[str, tuple[str, str]] = {
     "qcow2-textfile.cron": ("node_exporter_textfile", "/etc/cron.d line, with an overlap lock"),
     "qcow2.rules.yml": ("node_exporter_textfile", "Prometheus alerting rules"),
     "qcow2.rules.test.yml": ("node_exporter_textfile", "promtool test rules for them"),
+    "qcow2-monitor.sudoers": ("cli", "/etc/sudoers.d drop-in: the agents' users may run "
+                              "check_qcow2 and qcow2-telegraf as root, read-only options only"),
 }
 
 

@@ -22,14 +22,25 @@ command -v libvirtd >/dev/null || missing+=(libvirt-daemon libvirt-daemon-driver
 command -v virsh >/dev/null || missing+=(libvirt-clients)
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v runuser >/dev/null || missing+=(util-linux)
+# The shipped agent configurations run the plugins through sudo (the sudoers drop-in). The
+# Debian package (tests/test_debian_package.py) is built with the standard tools, checked by
+# lintian and systemd-analyze, and installed in a private mount namespace (util-linux).
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+for package in sudo build-essential debhelper dh-python pybuild-plugin-pyproject python3-all \
+        python3-setuptools python3-wheel help2man lintian; do
+    dpkg-query -W -f='${db:Status-Abbrev}' "$package" 2>/dev/null | grep -q '^ii' \
+        || missing+=("$package")
+done
 /usr/bin/python3 -c 'import psutil, jinja2, prometheus_client, numpy' 2>/dev/null \
     || missing+=(python3-psutil python3-jinja2 python3-prometheus-client python3-numpy)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     echo "installing: ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Others may be installing at the same time on this machine: wait for the lock.
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        "${missing[@]}" >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -243,8 +243,11 @@ class NodeExporter:
 
 
 @contextmanager
-def node_exporter(textfile_dir: Path, tmp: Path) -> Iterator[NodeExporter]:
-    """prometheus-node-exporter with only the textfile collector, reading `textfile_dir`."""
+def node_exporter(textfile_dir: Path, tmp: Path,
+                  enter: Sequence[str] = ()) -> Iterator[NodeExporter]:
+    """prometheus-node-exporter with only the textfile collector, reading `textfile_dir`;
+    `enter` prefixes its command line (tests/debian_root.py: inside the isolated root, as the
+    exporter's user)."""
     binary = require_binary("prometheus-node-exporter")
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -252,6 +255,7 @@ def node_exporter(textfile_dir: Path, tmp: Path) -> Iterator[NodeExporter]:
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [
+                *enter,
                 binary,
                 "--collector.disable-defaults",
                 "--collector.textfile",

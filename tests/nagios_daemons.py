@@ -1,8 +1,9 @@
 """Run a real Icinga 2 or Nagios Core 4 in a temporary directory (recipes: monitoring.md).
 
 Nothing system-wide is touched: every compiled-in path is overridden, the daemons run as the
-current user, and they are always stopped (bounded waits, then SIGKILL). Missing tools fail
-the test with the package to install; nothing is skipped.
+current user (or, inside tests/debian_root.py's isolated root, as the agent's own user: an
+Agent), and they are always stopped (bounded waits, then SIGKILL). Missing tools fail the test
+with the package to install; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -66,8 +68,33 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class Agent:
+    """Who a daemon runs as and where: the user and group it switches to, and the argv prefix
+    that starts it (none: on this host; nsenter: inside the isolated root of
+    tests/debian_root.py, where that user may exist only)."""
+
+    user: str
+    group: str
+    enter: tuple[str, ...] = ()
+
+    def argv(self, command: list[str]) -> list[str]:
+        return [*self.enter, *command]
+
+    def own(self, base: Path) -> None:
+        """Give the daemon's directory to its user (started as root, it switches to it)."""
+        if (self.user, self.group) != _user():
+            subprocess.run(self.argv(["chown", "-R", f"{self.user}:{self.group}", str(base)]),
+                           check=True, timeout=60)
+
+
 def _user() -> tuple[str, str]:
     return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
+def here() -> Agent:
+    """The current user, on this host."""
+    return Agent(*_user())
 
 
 def _stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -83,9 +110,9 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
 # --- Icinga 2 -------------------------------------------------------------------------------
 
 
-def icinga_defines(base: Path, plugins: Path) -> list[str]:
+def icinga_defines(base: Path, plugins: Path, agent: Optional[Agent] = None) -> list[str]:
     """Every compiled-in path and the user overridden (writing them in the config fails)."""
-    user, group = _user()
+    user, group = (agent.user, agent.group) if agent else _user()
     return [
         f"-DConfigDir={base}",
         f"-DZonesDir={base}/zones.d",
@@ -107,14 +134,19 @@ def icinga_string(value: str) -> str:
     return f'"{escaped}"'
 
 
-def icinga_config(base: Path, services: dict[str, dict[str, Any]]) -> Path:
-    """icinga2.conf with the shipped CheckCommand included verbatim and one Service per entry.
+def icinga_config(base: Path, services: dict[str, dict[str, Any]],
+                  includes: Optional[list[str]] = None) -> Path:
+    """icinga2.conf with the shipped CheckCommand included verbatim (or the `includes` given)
+    and one Service per entry.
 
-    ``services`` maps a service name to its ``vars`` (str, bool, int or list of str).
+    ``services`` maps a service name to its ``vars`` (str, bool, int or list of str); the
+    ``check_command`` var, when given, names the CheckCommand (default "qcow2").
     """
+    if includes is None:
+        includes = [f"include {icinga_string(str(ICINGA_CONF))}"]
     lines = [
         "include <itl>",
-        f"include {icinga_string(str(ICINGA_CONF))}",
+        *includes,
         'object CheckerComponent "checker" { }',
         'object Host "qcow2-host" {',
         '  check_command = "dummy"',
@@ -122,10 +154,12 @@ def icinga_config(base: Path, services: dict[str, dict[str, Any]]) -> Path:
         "}",
     ]
     for name, variables in services.items():
+        variables = dict(variables)
+        command = variables.pop("check_command", "qcow2")
         lines += [
             f"object Service {icinga_string(name)} {{",
             '  host_name = "qcow2-host"',
-            '  check_command = "qcow2"',
+            f"  check_command = {icinga_string(command)}",
             "  check_interval = 1s",
             "  retry_interval = 1s",
             "  max_check_attempts = 1",
@@ -150,10 +184,14 @@ def _icinga_value(value: Any) -> str:
     return icinga_string(str(value))
 
 
-def icinga_validate(config: Path, base: Path, plugins: Path) -> subprocess.CompletedProcess[str]:
+def icinga_validate(config: Path, base: Path, plugins: Path,
+                    agent: Optional[Agent] = None) -> subprocess.CompletedProcess[str]:
     icinga2 = require("icinga2")
+    agent = agent or here()
+    agent.own(base)
     return subprocess.run(
-        [icinga2, "daemon", "-C", "-c", str(config), *icinga_defines(base, plugins)],
+        agent.argv([icinga2, "daemon", "-C", "-c", str(config),
+                    *icinga_defines(base, plugins, agent)]),
         capture_output=True, text=True, timeout=60, check=False,
     )
 
@@ -178,11 +216,14 @@ def read_icinga_state(path: Path) -> dict[str, dict[str, Any]]:
 
 
 @contextmanager
-def running_icinga(base: Path, config: Path, plugins: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_icinga(base: Path, config: Path, plugins: Path,
+                   agent: Optional[Agent] = None) -> Iterator[subprocess.Popen[bytes]]:
     icinga2 = require("icinga2")
+    agent = agent or here()
     log = (base / "daemon.out").open("wb")
     process = subprocess.Popen(
-        [icinga2, "daemon", "-c", str(config), *icinga_defines(base, plugins)],
+        agent.argv([icinga2, "daemon", "-c", str(config),
+                    *icinga_defines(base, plugins, agent)]),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -193,15 +234,18 @@ def running_icinga(base: Path, config: Path, plugins: Path) -> Iterator[subproce
 
 
 def run_icinga_checks(
-    base: Path, services: dict[str, dict[str, Any]], timeout: float = 45.0
+    base: Path, services: dict[str, dict[str, Any]], timeout: float = 45.0, *,
+    plugins: Optional[Path] = None, includes: Optional[list[str]] = None,
+    agent: Optional[Agent] = None,
 ) -> dict[str, dict[str, Any]]:
     """Start Icinga 2 with these services, wait until each has run twice, stop, return results.
 
     A PerfdataWriter tells when checks have run (it writes while the daemon runs); the state
-    file, written at shutdown, has the exact exit status, output and parsed perfdata.
+    file, written at shutdown, has the exact exit status, output and parsed perfdata. By default
+    PluginDir holds this tree's check_qcow2 and the shipped CheckCommand file is included.
     """
-    plugins = plugin_dir(base)
-    config = icinga_config(base, services)
+    plugins = plugins or plugin_dir(base)
+    config = icinga_config(base, services, includes)
     perf_dir = base / "perfdata"
     perf_dir.mkdir()
     with config.open("a") as handle:
@@ -216,7 +260,7 @@ def run_icinga_checks(
             "  rotation_interval = 1s\n"
             "}\n"
         )
-    checked = icinga_validate(config, base, plugins)
+    checked = icinga_validate(config, base, plugins, agent)
     assert checked.returncode == 0, f"icinga2 daemon -C failed:\n{checked.stdout}{checked.stderr}"
 
     def seen_all() -> bool:
@@ -229,7 +273,7 @@ def run_icinga_checks(
         # Twice: the first result may still be in flight to the state when we stop.
         return all(count >= 2 for count in counts.values())
 
-    with running_icinga(base, config, plugins) as process:
+    with running_icinga(base, config, plugins, agent) as process:
         try:
             wait_for(lambda: seen_all() or process.poll() is not None, timeout, "Icinga checks")
         except AssertionError:
@@ -246,9 +290,11 @@ def run_icinga_checks(
 # --- Nagios Core 4 --------------------------------------------------------------------------
 
 
-def nagios_config(base: Path, object_files: list[Path], plugins: Path) -> Path:
-    """nagios.cfg overriding every path, running as the current user, checking quickly."""
-    user, group = _user()
+def nagios_config(base: Path, object_files: list[Path], plugins: Path,
+                  agent: Optional[Agent] = None, object_dirs: tuple[Path, ...] = ()) -> Path:
+    """nagios.cfg overriding every path, running as the current user (or the agent's),
+    checking quickly; `object_dirs` are read as Debian's nagios.cfg reads its cfg_dir."""
+    user, group = (agent.user, agent.group) if agent else _user()
     (base / "spool" / "checkresults").mkdir(parents=True)
     (base / "rw").mkdir()
     resource = base / "resource.cfg"
@@ -282,6 +328,7 @@ def nagios_config(base: Path, object_files: list[Path], plugins: Path) -> Path:
         "enable_notifications": 0,
     }
     lines = [f"cfg_file={path}" for path in object_files]
+    lines += [f"cfg_dir={path}" for path in object_dirs]
     lines += [f"{key}={value}" for key, value in settings.items()]
     config = base / "nagios.cfg"
     config.write_text("\n".join(lines) + "\n")
@@ -346,10 +393,12 @@ define service {{
     return path
 
 
-def nagios_verify(config: Path) -> subprocess.CompletedProcess[str]:
+def nagios_verify(config: Path, agent: Optional[Agent] = None) -> subprocess.CompletedProcess[str]:
     nagios4 = require("nagios4")
-    return subprocess.run([nagios4, "-v", str(config)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    agent = agent or here()
+    agent.own(config.parent)
+    return subprocess.run(agent.argv([nagios4, "-v", str(config)]),
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def read_nagios_status(path: Path) -> dict[str, dict[str, str]]:
@@ -370,14 +419,17 @@ def read_nagios_status(path: Path) -> dict[str, dict[str, str]]:
 
 
 def run_nagios_checks(
-    base: Path, config: Path, descriptions: list[str], timeout: float = 45.0
+    base: Path, config: Path, descriptions: list[str], timeout: float = 45.0,
+    agent: Optional[Agent] = None,
 ) -> dict[str, dict[str, str]]:
     """Run nagios4 until every service has a check result in status.dat, then stop it."""
     nagios4 = require("nagios4")
+    agent = agent or here()
+    agent.own(base)
     status = base / "status.dat"
     log = (base / "daemon.out").open("wb")
-    process = subprocess.Popen([nagios4, str(config)], stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(agent.argv([nagios4, str(config)]), stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     result: dict[str, dict[str, str]] = {}
 
     def all_checked() -> bool:

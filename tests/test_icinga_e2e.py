@@ -247,4 +247,9 @@ def test_shipped_command_validates_and_documents_every_option(tmp_path: Path) ->
         assert f"$qcow2_{name}$" in body, option
     assert 'repeat_key = true' in blocks["-f"]
     assert 'set_if = "$qcow2_check$"' in blocks["--check"]
-    assert 'command = [ PluginDir + "/check_qcow2" ]' in text
+    # "qcow2" through sudo (the sudoers drop-in), "qcow2-direct" as Icinga's user; one
+    # argument template for both.
+    commands = re.findall(r'object CheckCommand "([^"]+)" \{\n\timport "qcow2-arguments"\n'
+                          r'\tcommand = \[ (.*) \]\n\}', text)
+    assert commands == [("qcow2", '"/usr/bin/sudo", "-n", PluginDir + "/check_qcow2"'),
+                        ("qcow2-direct", 'PluginDir + "/check_qcow2"')]

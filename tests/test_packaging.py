@@ -146,3 +146,18 @@ def test_installed_package_finds_its_configuration(installed: Path) -> None:
     proc = subprocess.run([argv[0], "--version"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("qcow2-textfile ")
+
+
+def test_rendered_sudoers_drop_in_is_valid(tmp_path: Path) -> None:
+    """What a venv install puts into /etc/sudoers.d (`visudo -cf` is the check sudo's manual
+    asks for); it names the installed qcow2-telegraf. The rules themselves are exercised as the
+    agents' users in tests/test_debian_package.py."""
+    drop_in = tmp_path / "qcow2-monitor"
+    drop_in.write_text(config("qcow2-monitor.sudoers"))
+    checked = subprocess.run(["visudo", "-cf", str(drop_in)], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    rules = [line.split() for line in drop_in.read_text().splitlines()
+             if line.startswith("Cmnd_Alias")]
+    assert [rule[3] for rule in rules] == ["/usr/lib/nagios/plugins/check_qcow2",
+                                           str(BIN / "qcow2-telegraf")]

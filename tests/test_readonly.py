@@ -149,10 +149,13 @@ def test_never_opens_for_writing_nor_locks(tmp_path: Path,
 
 def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
     image = make_image(tmp_path / "busy.qcow2")
-    writer = subprocess.Popen(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 4M 1M", "-c", "sleep 4000",
-         "-c", "write -P 0x22 8M 1M", str(image)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # qemu-io reads its commands from stdin: it holds the image open for writing from the first
+    # write until told to go on, however long the analyses below take on a loaded machine.
+    writer = subprocess.Popen(["qemu-io", "-f", "qcow2", str(image)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert writer.stdin is not None
+    writer.stdin.write("write -P 0x11 4M 1M\n")
+    writer.stdin.flush()
     try:
         deadline = time.monotonic() + 20
         in_use = False
@@ -174,7 +177,7 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
                                timeout=120)
         assert any("held for writing" in note
                    for note in json.loads(check.stdout).get("notes", [])), check.stdout
-        out, err = writer.communicate(timeout=60)
+        out, err = writer.communicate("write -P 0x22 8M 1M\nquit\n", timeout=60)
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -188,3 +191,30 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     usage = analyze_usage(str(image), chain=False).usage
     assert usage is not None and not usage.in_use
+
+
+def test_never_opens_what_is_not_a_file_or_block_device(tmp_path: Path) -> None:
+    """Special files are refused before they are opened: opening a FIFO blocks until a writer
+    comes, and other special files act on open (a watchdog device arms its countdown). Their
+    names can come from an image header, which whoever writes the image chooses, and the
+    collectors may run as root (the packaged timer, the sudoers rule)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    top = tmp_path / "top.qcow2"
+    # -u: qemu-img itself would block opening the FIFO to read its size.
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(fifo),
+                    "-F", "qcow2", str(top), "64M"], check=True)
+    runs = {
+        "backing": ["usage", "--output", "json", str(top)],
+        "target": ["header", str(fifo)],
+        "check": ["check", "--chain", str(top)],
+    }
+    for what, args in runs.items():
+        try:
+            proc = subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args],
+                                  cwd=REPO, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{what}: blocked opening the FIFO {fifo}") from None
+        assert proc.returncode == 1, (what, proc.stderr[-2000:])
+        assert "not a regular file or block device" in proc.stdout + proc.stderr, (
+            what, proc.stdout[-2000:], proc.stderr[-2000:])

@@ -28,6 +28,7 @@ else:  # pragma: no cover - the CI runs 3.11
 ROOT = Path(__file__).resolve().parent.parent
 SNIPPETS = sorted((ROOT / "telegraf").glob("*.conf"))
 SCRIPT = ROOT / ".venv" / "bin" / "qcow2-telegraf"
+SUDO = "/usr/bin/sudo"
 
 # docs/CONFIGURATION.md, "Input Plugins": parameters that can be used with any input plugin.
 ANY_INPUT = {
@@ -111,9 +112,11 @@ def test_commands_run_the_real_collector(path: Path, tmp_path: Path) -> None:
     rendered.write_bytes(subprocess.run([str(SCRIPT.parent / "qcow2-analyze"), "config",
                                          path.name], capture_output=True, check=True).stdout)
     for argv in _argv(rendered):
-        assert argv[0] == str(SCRIPT)
-        options = [arg for arg in argv[1:] if arg.startswith("--")]
-        proc = subprocess.run([argv[0], *options, str(image)], input=b"\n",
+        # Through sudo, as /etc/sudoers.d/qcow2-monitor allows the telegraf user (the tests
+        # run as root; tests/test_debian_package.py runs it as telegraf).
+        assert argv[:3] == [SUDO, "-n", str(SCRIPT)]
+        options = [arg for arg in argv[3:] if arg.startswith("--")]
+        proc = subprocess.run([*argv[:3], *options, str(image)], input=b"\n",
                               capture_output=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(b"qcow2,"), proc.stdout

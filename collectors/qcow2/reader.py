@@ -27,13 +27,39 @@ MAX_SINGLE_READ = 64 * 1024 * 1024
 # the WRITE permission holds a shared lock on byte 100 + 1.
 QEMU_LOCK_BYTE_WRITE = 101
 F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
+NOT_FILE_OR_DEVICE = "not a regular file or block device"
 # struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
 _FLOCK = struct.Struct("@hhqqi4x")
 
 
 def open_readonly(path: str) -> int:
-    """Open read-only without updating atime when allowed (O_NOATIME needs ownership or
-    CAP_FOWNER; a scan must not fail for lack of it). O_NOCTTY: targets may be device nodes."""
+    """Open a regular file or block device read-only, never anything else.
+
+    Opening can act before any read: a FIFO blocks until a writer comes, a watchdog device
+    starts its countdown (the host reboots unless it is fed), a tape rewinds. Paths come from
+    the command line and from image headers (backing and data file names, which whoever can
+    write an image chooses), and the collectors may run as root (the packaged timer, the
+    sudoers rule). So the path is first opened with O_PATH, which runs no driver code; only
+    when fstat() says it is a regular file or a block device is that same inode opened for
+    reading, through /proc/self/fd (a path renamed or swapped meanwhile cannot substitute
+    another file). O_NOATIME where the kernel allows it (it needs ownership or CAP_FOWNER; a
+    scan must not fail for lack of it). O_NOCTTY: targets may be device nodes.
+    """
+    path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(path_fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise OSError(errno.EINVAL, NOT_FILE_OR_DEVICE, path)
+        try:
+            return _open_flags(f"/proc/self/fd/{path_fd}")
+        except FileNotFoundError:
+            raise OSError(errno.ENOENT, "cannot reopen through /proc/self/fd (is /proc "
+                          "mounted?)", path) from None
+    finally:
+        os.close(path_fd)
+
+
+def _open_flags(path: str) -> int:
     flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
     noatime = getattr(os, "O_NOATIME", 0)
     if noatime:
@@ -74,10 +100,8 @@ class ImageFile:
             elif stat.S_ISREG(st.st_mode):
                 self.length = st.st_size
             else:
-                raise Qcow2Error(
-                    "not a regular file or block device", structure="file", kind=IO_ERROR,
-                    filename=path,
-                )
+                raise Qcow2Error(NOT_FILE_OR_DEVICE, structure="file", kind=IO_ERROR,
+                                 filename=path)
         except BaseException:
             os.close(self.fd)
             raise
