@@ -609,6 +609,10 @@ def test_readme_names_every_usage_column_and_what_used_is() -> None:
     assert f"({', '.join(USAGE_COLUMNS)})" in readme
     assert "USED is the container's use, not the image's" in readme
     assert "the same on every image of that filesystem" in readme
+    # And so does `usage --help`.
+    text = " ".join(run("qcow2-analyze", "usage", "--help").stdout.split())
+    assert "USED is the container's use" in text and "the same for every image on it" in text
+    assert "FROM says which" in text
 
 
 def test_no_chain_help_says_layers_are_still_opened(tmp_path: Path) -> None:
