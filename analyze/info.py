@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from contextlib import closing
 from functools import lru_cache
 from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.cli.text import indent_block, render_fields, render_table
+from qcow2_monitor.cli.text import (
+    indent_block,
+    json_text,
+    render_fields,
+    render_table,
+)
 from qcow2_monitor.collectors.common.errors import UNSUPPORTED, Qcow2Error
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.qcow2.chain import walk
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
@@ -27,9 +32,10 @@ from .common import error_document, report_error
 
 
 def render_info_human(info: dict[str, Any]) -> str:
-    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line, from the JSON view."""
+    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line, from the JSON view;
+    names by the printable rule of every output (collectors/common/text.py)."""
     lines = [
-        f"image: {info['filename']}",
+        f"image: {printable(info['filename'])}",
         f"file format: {info['format']}",
         f"virtual size: {human_size(info['virtual-size'])} ({info['virtual-size']} bytes)",
         f"disk size: {human_size(info['actual-size'])}",
@@ -41,20 +47,21 @@ def render_info_human(info: dict[str, Any]) -> str:
     if info.get("dirty-flag"):
         lines.append("cleanly shut down: no")
     if "backing-filename" in info:
-        line = f"backing file: {info['backing-filename']}"
+        line = f"backing file: {printable(info['backing-filename'])}"
         full = info.get("full-backing-filename")
         if full is None:
             line += " (cannot determine actual path)"
         elif full != info["backing-filename"]:
-            line += f" (actual path: {full})"
+            line += f" (actual path: {printable(full)})"
         lines.append(line)
         if "backing-filename-format" in info:
-            lines.append(f"backing file format: {info['backing-filename-format']}")
+            lines.append(f"backing file format: {printable(info['backing-filename-format'])}")
     snapshots = info.get("snapshots", [])
     if snapshots:
         lines.append("Snapshot list:")
         lines.append(snapshot_row("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT",
                                   header=True))
+        # Snapshot names are printable already (names.c_string_text).
         lines.extend(snapshot_row(sn["id"], sn["name"], human_size(sn["vm-state-size"]),
                                   snapshot_date(sn["date-sec"]),
                                   vm_clock(sn["vm-clock-sec"], sn["vm-clock-nsec"]),
@@ -128,7 +135,7 @@ def _render_qobject(data: Any, indent: int) -> list[str]:
             lines.extend(_render_qobject(value, indent + 1))
         else:
             shown = ("true" if value else "false") if isinstance(value, bool) else value
-            lines.append(f"{pad}{key}: {shown}")
+            lines.append(f"{pad}{key}: {printable(str(shown))}")
     return lines
 
 
@@ -157,7 +164,7 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 break
     shown = [info for info in infos if "error" not in info]
     if args.output == "json":
-        out.write(json.dumps(infos if args.backing_chain else infos[0], indent=4) + "\n")
+        out.write(json_text(infos if args.backing_chain else infos[0], indent=4))
     else:
         out.write("\n".join(render_info_human(info) for info in shown))
     return status
@@ -191,7 +198,7 @@ def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with Qcow2Image.open(args.file) as image:
         data = describe(image)
     if args.output == "json":
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(json_text(data, indent=2))
     else:
         out.write(render_header_human(data))
     return EXIT_OK
@@ -203,7 +210,8 @@ HEX_FIELDS = ("offset", "features")
 
 
 def render_header_human(data: dict[str, Any]) -> str:
-    """The description as aligned text: one section per structure, figures in columns."""
+    """The description as aligned text: one section per structure, figures in columns; names
+    by the printable rule (those read from the image are printable already: names.py)."""
     h = data["header"]
     header = [(key, f"0x{value:x}" if key.endswith(HEX_FIELDS) and isinstance(value, int)
                else f"0x{value}" if key == "magic" else str(value))
@@ -212,7 +220,7 @@ def render_header_human(data: dict[str, Any]) -> str:
                ("(refcount bits)", str(data["refcount_bits"])),
                ("(encryption)", data["crypt_method_name"]),
                ("(compression)", data["compression_type_name"])]
-    out = [f"image: {data['filename']}\n", "\nHeader\n", render_fields(header)]
+    out = [f"image: {printable(data['filename'])}\n", "\nHeader\n", render_fields(header)]
     out += ["\nFeatures\n", indent_block(render_table(
         ("TYPE", "BIT", "NAME", "STATE"),
         [(f["type"], str(f["bit"]), f["name"], "on" if f["enabled"] else "off")
@@ -224,12 +232,12 @@ def render_header_human(data: dict[str, Any]) -> str:
     for ext in data["extensions"]:
         out.append(_extension_detail(ext))
     if data["backing_file"] is not None:
-        out.append(f"\nBacking file: {data['backing_file']} "
-                   f"(format {data['backing_format'] or 'not recorded'})\n")
+        out.append(f"\nBacking file: {printable(data['backing_file'])} "
+                   f"(format {printable(data['backing_format'] or 'not recorded')})\n")
     if data["external_data_file"] is not None:
-        out.append(f"\nExternal data file: {data['external_data_file']}\n")
+        out.append(f"\nExternal data file: {printable(data['external_data_file'])}\n")
     if data["name_problems"]:
-        out += ["\nName problems\n", "".join(f"    {problem}\n"
+        out += ["\nName problems\n", "".join(f"    {printable(problem)}\n"
                                              for problem in data["name_problems"])]
     if data["luks"]:
         out.append(_luks_text(data["luks"]))

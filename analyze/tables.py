@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_OK
-from qcow2_monitor.cli.text import indent_block, render_fields, render_table
+from qcow2_monitor.cli.text import (
+    indent_block,
+    json_text,
+    render_fields,
+    render_table,
+)
 from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import counted
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
@@ -48,7 +53,7 @@ def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with Qcow2Image.open(args.file) as image:
         data = dump(image, args.what, limit=args.limit)
     if args.output == "json":
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(json_text(data, indent=2))
     else:
         out.write(render_dump_human(data))
     return EXIT_OK
@@ -64,7 +69,7 @@ def run_measure(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise Qcow2Error(exc.strerror or str(exc), structure="backing file",
                          filename=args.file) from None
     if args.output == "json":
-        out.write(json.dumps(data, indent=4) + "\n")
+        out.write(json_text(data, indent=4))
     else:
         out.write(f"required size: {data['required']}\n"
                   f"fully allocated size: {data['fully-allocated']}\n")
@@ -109,7 +114,7 @@ def _entries(items: list[dict[str, Any]], indent: str = "  ") -> str:
 def render_dump_human(data: dict[str, Any]) -> str:
     """Any dump as text: its summary fields aligned, then its entries as tables."""
     what = data["what"]
-    out = [f"image: {data['filename']}\n", f"dump: {what}\n",
+    out = [f"image: {printable(data['filename'])}\n", f"dump: {what}\n",
            _summary(data, ("filename", "what"))]
     if what == "l1":
         out += ["\nActive L1 table\n", _entries(data["entries"])]
@@ -126,7 +131,7 @@ def render_dump_human(data: dict[str, Any]) -> str:
         out += ["\nSnapshot table\n", _entries(data["snapshots"])]
     elif what == "bitmaps":
         for bm in data["bitmaps"]:
-            out += [f"\nBitmap {bm['name']!r}\n", _summary(bm, ("name",)),
+            out += [f"\nBitmap '{bm['name']}'\n", _summary(bm, ("name",)),
                     "\n", _entries(bm["table"])]
     if data.get("truncated"):
         out.append("\n(output truncated: raise --limit to see more)\n")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import live_uri
-from qcow2_monitor.cli.text import render_table
+from qcow2_monitor.cli.text import json_text, render_table
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.common.units import human_size, ratio_percent
 from qcow2_monitor.collectors.host.discovery import expand_targets
@@ -140,7 +139,7 @@ def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if broken_layer(result.chain) is not None:
             status = EXIT_FAILED  # qemu cannot open the image: its backing chain is broken
     if args.output == "json":
-        out.write(json.dumps([result_json(r) for r in results], indent=2) + "\n")
+        out.write(json_text([result_json(r) for r in results], indent=2))
     else:
         out.write(render_usage_human(results))
     return status

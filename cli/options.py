@@ -4,10 +4,12 @@ identical in check_qcow2, qcow2-telegraf and qcow2-textfile."""
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Optional, Sequence, TextIO, Union
 
-from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
+from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_USAGE
+from qcow2_monitor.cli.parser import ArgumentContainer, ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.collectors.host.live import DEFAULT_LIBVIRT_URI, LiveSources
 from qcow2_monitor.collectors.report.health import RULES, STATE_BY_NAME, STATE_NAMES, Policy
 from qcow2_monitor.collectors.report.model import DEFAULT_MAX_DEPTH
@@ -16,7 +18,6 @@ if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import Collection
 
 MAX_DEPTH_LIMIT = 256
-ArgumentContainer = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]
 
 
 def depth_option(text: str) -> int:
@@ -82,17 +83,40 @@ def add_targets_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_collector_arguments(parser: argparse.ArgumentParser,
-                              argv: Optional[Sequence[str]]) -> Union[argparse.Namespace, int]:
+def collector_main(parser: Callable[[], ArgumentParser],
+                   run: Callable[[argparse.Namespace, TextIO, TextIO], int],
+                   argv: Optional[Sequence[str]], stdout: Optional[TextIO],
+                   stderr: Optional[TextIO], internal_error: str) -> int:
+    """The main() of a collector (qcow2-telegraf, qcow2-textfile): its command line from
+    `parser()`, then `run(args, stdout, stderr)`; an unexpected exception is one line on stderr,
+    `internal_error` followed by the exception, and exit 1."""
+    out, err = output_streams(stdout, stderr)
+
+    def body() -> int:
+        args = parse_collector_arguments(parser(), argv, out, err)
+        return args if isinstance(args, int) else run(args, out, err)
+
+    def failure(exc: BaseException) -> int:
+        write_utf8(err, f"{internal_error}{exception_text(exc)}\n")
+        return EXIT_FAILED
+
+    return last_resort(body, failure)
+
+
+def parse_collector_arguments(parser: ArgumentParser, argv: Optional[Sequence[str]],
+                              stdout: TextIO, stderr: TextIO) -> Union[argparse.Namespace, int]:
     """A collector's command line, options and targets in any order; or the exit code when
-    there is nothing to run (--help, --version: 0; a bad command line or no target: 64)."""
+    there is nothing to run: --help and --version print on `stdout` (0), a bad command line or
+    no target prints the usage and the error on `stderr`, as argparse does (64)."""
     try:
-        args = parser.parse_intermixed_args(argv)
-    except SystemExit as exc:  # argparse exits itself on --help (0) and bad usage (2)
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    if not args.targets and not args.running:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: give TARGETs and/or --running", file=sys.stderr)
+        args = parser.parse_args(argv)
+        if not args.targets and not args.running:
+            parser.error("give TARGETs and/or --running")
+    except ParserExit as exc:  # --help, --version: 0
+        stdout.write(exc.text)
+        return exc.status
+    except UsageError as exc:
+        stderr.write(f"{exc.usage}{exc.prog}: error: {exc.message}\n")
         return EXIT_USAGE
     return args
 

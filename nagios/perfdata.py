@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
-from qcow2_monitor.nagios.ranges import format_number
+from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.nagios.text import clean_label, usage_percent
 from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import Metric
 
 # Perfdata figures, by their collectors.metrics names (one vocabulary for every adapter).
-# Only usage_ratio is rescaled, to percent under the label "usage_percent" (style.md #6).
+# Only usage_ratio is rescaled, to percent under the label "usage_percent".
 # Perfdata: these usage figures, then (with --check) collectors.metrics.CHECK_METRICS.
 USAGE_PERFDATA_METRICS = (
     "usage_ratio",
@@ -42,13 +42,13 @@ def _perf_item(metric: Metric, path: str, usage_size: Optional[int], limits: Thr
     """One perfdata item: ``'<path> <metric name>'=value[UOM];warn;crit;min;max``."""
     size = "" if usage_size is None else str(usage_size)
     if metric.name == "usage_ratio":
-        percent = format_number(round(usage_percent(float(metric.value)), 8))
+        percent = plain_number(round(usage_percent(float(metric.value)), 8))
         return _perf(
             f"{path} {USAGE_PERCENT_LABEL}", percent, "%",
             str(limits.usage_warning or ""), str(limits.usage_critical or ""), "0", "100",
         )
     if metric.name == "filesystem_overcommit_ratio":
-        return _perf(f"{path} overcommit_ratio", format_number(round(float(metric.value), 8)),
+        return _perf(f"{path} overcommit_ratio", plain_number(round(float(metric.value), 8)),
                      "", str(limits.overcommit_warning or ""),
                      str(limits.overcommit_critical or ""), "0")
     value = str(int(metric.value))

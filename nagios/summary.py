@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from qcow2_monitor.cli.text import finding_text
 from qcow2_monitor.collectors.common.units import counted, human_size
+from qcow2_monitor.collectors.report.health import OK, SEVERITY, STATE_NAMES
 from qcow2_monitor.nagios.perfdata import perfdata
 from qcow2_monitor.nagios.runtime import PREFIX
 from qcow2_monitor.nagios.text import clean_text, percent_text, usage_percent
@@ -17,13 +18,6 @@ if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import ImageRecord
 
 MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lists everything
-STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
-
-
-def _severity(state: int) -> int:
-    from qcow2_monitor.collectors.report.health import SEVERITY
-
-    return SEVERITY[state]
 
 
 def _image_name(record: ImageRecord) -> str:
@@ -147,16 +141,16 @@ def _ok_summary(verdicts: Sequence[Verdict]) -> str:
 
 def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict],
             state: int) -> str:
-    if state == 0:
+    if state == OK:
         return _ok_summary(verdicts)
     # Worst first, then in the collector's (stable) order; filesystems after images.
     bad = [(v.state, _named(v.record, ", ".join(p.text for p in v.problems)), v.record.is_image)
-           for v in verdicts if v.state != 0]
-    bad.sort(key=lambda item: -_severity(item[0]))
+           for v in verdicts if v.state != OK]
+    bad.sort(key=lambda item: -SEVERITY[item[0]])
     bad_images = sum(is_image for _, _, is_image in bad)
     bad += [(f.state, f"filesystem {f.figures.mountpoint}: "
              + ", ".join(p.text for p in f.problems), False)
-            for f in filesystems if f.state != 0]
+            for f in filesystems if f.state != OK]
     shown = "; ".join(text for _, text, _ in bad[:MAX_IMAGES_IN_SUMMARY])
     if len(bad) > MAX_IMAGES_IN_SUMMARY:
         shown += f"; +{len(bad) - MAX_IMAGES_IN_SUMMARY} more"

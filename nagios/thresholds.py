@@ -1,5 +1,6 @@
 """Threshold evaluation: the user's -w/-c, headroom and overcommit limits, on top of each
-image's health (judged once in the core by collectors.health, never here)."""
+image's health (judged once in the core by collectors/report/health.py, never here), in its
+states."""
 
 from __future__ import annotations
 
@@ -8,16 +9,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from qcow2_monitor.collectors.common.units import human_size
+from qcow2_monitor.collectors.report.health import CRITICAL, WARNING, worst
 from qcow2_monitor.nagios.options import UsageError
 from qcow2_monitor.nagios.ranges import Range
 from qcow2_monitor.nagios.text import percent_text, usage_percent
 
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import FilesystemFigures, ImageRecord
-
-# The core's numbers (collectors.health), repeated so that this module imports no core code
-# before main() runs.
-OK, WARNING, CRITICAL = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -114,8 +112,6 @@ def _range_problem(value: float, what: str, unit: str,
 
 def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
     """One image's state: its health problems, then the thresholds (critical first)."""
-    from qcow2_monitor.collectors.report.health import worst
-
     problems = [Problem(reason.state, reason.text) for reason in record.health.problems]
     usage = record.usage
     if usage is not None:
@@ -135,8 +131,6 @@ def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
 
 
 def evaluate_filesystem(figures: FilesystemFigures, limits: Thresholds) -> FilesystemVerdict:
-    from qcow2_monitor.collectors.report.health import worst
-
     problems = _range_problem(figures.overcommit_ratio, "overcommit", "",
                               limits.overcommit_critical, limits.overcommit_warning)
     return FilesystemVerdict(figures, worst([p.state for p in problems]), tuple(problems))

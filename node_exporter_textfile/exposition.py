@@ -18,7 +18,8 @@ import math
 import re
 from typing import Iterable
 
-from qcow2_monitor.collectors.report.metrics import Labels, MetricValue, valid_utf8
+from qcow2_monitor.collectors.common.text import printable
+from qcow2_monitor.collectors.report.metrics import Labels, MetricValue
 
 
 class InvalidOutput(Exception):
@@ -29,15 +30,15 @@ class InvalidOutput(Exception):
 
 
 def escape_label_value(value: str) -> str:
-    """Label values escape backslash, double quote and newline."""
-    return (
-        valid_utf8(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    )
+    """Label values escape backslash, double quote and newline; the text is first written by
+    the one printable rule of every output (collectors/common/text.py), which leaves no newline
+    (it is ``\\x0a`` there, as in every other output)."""
+    return printable(value).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def escape_help(text: str) -> str:
-    """HELP text escapes backslash and newline only."""
-    return valid_utf8(text).replace("\\", "\\\\").replace("\n", "\\n")
+    """HELP text escapes backslash and newline only (none is left by the printable rule)."""
+    return printable(text).replace("\\", "\\\\")
 
 
 def format_labels(labels: Labels) -> str:

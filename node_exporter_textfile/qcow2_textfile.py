@@ -29,22 +29,25 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
+from qcow2_monitor.cli.entry import exception_text, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from qcow2_monitor.cli.options import (
     add_selection_and_health_arguments,
     add_targets_argument,
     collect_selected,
-    parse_collector_arguments,
+    collector_main,
 )
+from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.report.metrics import (
     METRICS,
     Collection,
     Metric,
     collection_metrics,
-    error_text,
+    failure_line,
     filesystem_metrics,
     filesystems,
     image_metrics,
@@ -54,6 +57,7 @@ from qcow2_monitor.node_exporter_textfile.exposition import FILTERS, validate
 if TYPE_CHECKING:
     import jinja2  # imported lazily at run time, like everything heavy
 
+PROG = "qcow2-textfile"
 PREFIX = "qcow2_"
 TEMPLATE_PACKAGE_PATH = Path(__file__).parent / "templates" / "qcow2.prom.j2"
 FILE_MODE = 0o644
@@ -106,7 +110,7 @@ def load_template(path: Optional[str] = None) -> jinja2.Template:
 
 
 def render(collection: Collection, template: jinja2.Template) -> str:
-    errors = [text for record in collection.records if (text := error_text(record))]
+    errors = [text for record in collection.records if (text := failure_line(record))]
     return str(template.render(families=families(collection), errors=errors))
 
 
@@ -160,17 +164,16 @@ examples:
   qcow2-textfile --output - --running --chain
 
 exit codes: 0 file written (images that cannot be analysed are in it, with
-qcow2_scrape_error 1, and listed on stderr); 1 file not written (template or write error;
-the previous file is kept); 64 bad command line.
+qcow2_scrape_error 1, and listed on stderr); 1 file not written (template, write or
+internal error; the previous file is kept); 64 bad command line.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qcow2-textfile",
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
         description="Write qcow2 image metrics for node_exporter's textfile collector.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_targets_argument(parser)
     parser.add_argument(
@@ -198,56 +201,58 @@ def _output_problem(output: Optional[str]) -> Optional[str]:
     if output is None:
         return "the following arguments are required: -o/--output"
     if output != "-" and os.path.isdir(output):
-        return (f"--output {output} is a directory: give the file to write in it, e.g. "
-                f"{os.path.join(output, 'qcow2.prom')}")
+        return (f"--output {printable(output)} is a directory: give the file to write in it, "
+                f"e.g. {printable(os.path.join(output, 'qcow2.prom'))}")
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _parser()
-    prog = parser.prog
-    args = parse_collector_arguments(parser, argv)
-    if isinstance(args, int):
-        return args
+def _write_file(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    """One run: collect, render, validate, write; the exit code."""
+    prog = PROG
     # Checked here, not by argparse's required=True: argparse reports a missing required
     # option before an unknown one, so a typo (--otput -) would read "--output required".
     problem = _output_problem(args.output)
     if problem:
-        parser.print_usage(sys.stderr)
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+        stderr.write(f"{_parser().format_usage()}{prog}: error: {problem}\n")
         return EXIT_USAGE
     if args.output != "-" and not args.output.endswith(".prom"):
-        print(f"{prog}: warning: node_exporter reads only *.prom files", file=sys.stderr)
+        print(f"{prog}: warning: node_exporter reads only *.prom files", file=stderr)
 
     try:
         template = load_template(args.template)
     except Exception as exc:  # unreadable file or jinja2 syntax error: the run fails cleanly
-        print(f"{prog}: error: template: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{prog}: error: template: {exception_text(exc)}", file=stderr)
         return EXIT_FAILED
 
     collection = collect_selected(args.targets, args)
     if not args.quiet:
         for record in collection.failed:
-            print(f"{prog}: {error_text(record)}", file=sys.stderr)
+            print(f"{prog}: {failure_line(record)}", file=stderr)
         for note in collection.notes:
-            print(f"{prog}: note: {note}", file=sys.stderr)
+            print(f"{prog}: note: {printable(note)}", file=stderr)
     try:
         text = render(collection, template)
         validate(text)
     except Exception as exc:  # a template error or invalid text: keep the previous good file
-        print(f"{prog}: error: output not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{prog}: error: output not written: {exception_text(exc)}", file=stderr)
         return EXIT_FAILED
 
     if args.output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_utf8(stdout, text)
         return EXIT_OK
     try:
         write_atomically(args.output, text)
     except OSError as exc:
-        print(f"{prog}: error: cannot write {args.output}: {exc}", file=sys.stderr)
+        print(f"{prog}: error: cannot write {printable(args.output)}: {exc.strerror or exc}",
+              file=stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
+         stderr: Optional[TextIO] = None) -> int:
+    return collector_main(_parser, _write_file, argv, stdout, stderr,
+                          internal_error=f"{PROG}: error: internal error: ")
 
 
 if __name__ == "__main__":

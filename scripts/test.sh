@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
-command -v promtool >/dev/null || missing+=(prometheus)
+# The Prometheus server and promtool (tests/test_fleet.py runs the server with the rules).
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
 command -v influxd >/dev/null || missing+=(influxdb)
 command -v icinga2 >/dev/null || missing+=(icinga2-bin icinga2-common)

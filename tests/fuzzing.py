@@ -548,10 +548,7 @@ def calls(rng: random.Random) -> list[Call]:
 def _entry_point(name: str) -> Callable[[list[str]], int]:
     if name == "check_qcow2":
         from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
-
-        def nagios(argv: list[str]) -> int:
-            return nagios_main(argv, stream=sys.stdout)
-        return nagios
+        return nagios_main
     if name == "qcow2-telegraf":
         from qcow2_monitor.telegraf.qcow2_telegraf import main as telegraf_main
         return telegraf_main

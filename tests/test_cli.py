@@ -121,13 +121,11 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     from qcow2_monitor.node_exporter_textfile.qcow2_textfile import _parser as textfile_parser
     from qcow2_monitor.telegraf.qcow2_telegraf import _parser as telegraf_parser
 
+    analyze = analyze_parser()
     parsers: dict[str, argparse.ArgumentParser] = {
         "check_qcow2": nagios_parser(), "qcow2-telegraf": telegraf_parser(),
-        "qcow2-textfile": textfile_parser(), "qcow2-analyze": analyze_parser()}
-    for action in parsers["qcow2-analyze"]._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                parsers[f"qcow2-analyze {name}"] = sub
+        "qcow2-textfile": textfile_parser(), "qcow2-analyze": analyze}
+    parsers.update((f"qcow2-analyze {name}", sub) for name, sub in analyze.commands.items())
     return parsers
 
 

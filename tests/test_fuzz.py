@@ -201,7 +201,7 @@ def test_backing_name_nul_or_not_utf8(overlay: Path, position: int, value: int) 
     _all_entry_points_clean(overlay)
     # Every adapter still reports the image itself.
     stream = io.StringIO()
-    nagios_main(["-f", str(overlay), "-w", "80", "-c", "90"], stream=stream)
+    nagios_main(["-f", str(overlay), "-w", "80", "-c", "90"], stdout=stream)
     assert f"'{overlay} image_end_offset_bytes'={qemu['image-end-offset']}B" in stream.getvalue()
 
 

@@ -1,6 +1,6 @@
 """A real Icinga 2 runs check_qcow2 through the shipped CheckCommand (included verbatim).
 
-The daemon runs in a temp dir as the current user (monitoring.md recipe); results are read from
+The daemon runs in a temp dir as the current user; results are read from
 its state file after SIGTERM: exit status, output and the perfdata as Icinga parsed it.
 """
 

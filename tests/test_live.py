@@ -36,11 +36,10 @@ from live_daemons import (
     stop_libvirtd,
     stop_qemu,
 )
-from tree import source_site
+from tree import SYSTEM_PYTHON, source_site
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def tool(module: str, *args: str, env: dict[str, str] | None = None,
@@ -114,21 +113,6 @@ def test_libvirt_guest_name_from_qemu_command_line() -> None:
     assert _libvirt_guest(argv) == "a,b"  # qemu doubles a literal comma
     assert _libvirt_guest(["qemu-system-x86_64", "-name", "plain"]) is None
     assert _libvirt_guest(None) is None
-
-
-def test_identity_is_inode_for_files_and_device_number_for_devices(tmp_path: Path) -> None:
-    from qcow2_monitor.collectors.host.live import identity_of_path
-
-    image = tmp_path / "a.qcow2"
-    image.write_bytes(b"x")
-    (tmp_path / "hard").hardlink_to(image)
-    (tmp_path / "soft").symlink_to(image)
-    assert identity_of_path(str(image)) == identity_of_path(str(tmp_path / "hard"))
-    assert identity_of_path(str(image)) == identity_of_path(str(tmp_path / "soft"))
-    st = os.stat("/dev/null")  # a character device: never a disk
-    assert identity_of_path("/dev/null") is None and stat.S_ISCHR(st.st_mode)
-    assert identity_of_path(str(tmp_path)) is None
-    assert identity_of_path(str(tmp_path / "missing")) is None
 
 
 def test_file_disk_live_ahead_until_flush_then_on_disk_catches_up(

@@ -24,6 +24,7 @@ import pytest
 
 from qcow2_monitor.cli.options import policy_from_args
 from qcow2_monitor.collectors.common.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.collectors.report.collect import judge
 from qcow2_monitor.collectors.report.metrics import Collection, ImageRecord
 from qcow2_monitor.collectors.report.model import (
@@ -41,7 +42,7 @@ from qcow2_monitor.collectors.report.model import (
 )
 from qcow2_monitor.nagios import check_qcow2
 from qcow2_monitor.nagios.check_qcow2 import clean_label, clean_text, main, percent_text
-from qcow2_monitor.nagios.ranges import Range, RangeError, format_number
+from qcow2_monitor.nagios.ranges import Range, RangeError
 
 from daemons import holding_open, make_image, own_filesystem, require_binary
 from damage import INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFF_INCOMPATIBLE, patch_u64, read_u64
@@ -112,15 +113,15 @@ def test_range_describe() -> None:
     [(1e-05, "0.00001"), (1e21, "1000000000000000000000"), (0.5, "0.5"), (-3.0, "-3"),
      (80.00011497, "80.00011497"), (100.0, "100"), (2**70, str(2**70))],
 )
-def test_format_number_plain_decimals(value: float, text: str) -> None:
-    assert format_number(value) == text
-    assert "e" not in format_number(value).lower()
+def test_plain_number_plain_decimals(value: float, text: str) -> None:
+    assert plain_number(value) == text
+    assert "e" not in plain_number(value).lower()
 
 
-def test_format_number_refuses_non_finite() -> None:
+def test_plain_number_refuses_non_finite() -> None:
     for value in (math.inf, -math.inf, math.nan):
         with pytest.raises(ValueError):
-            format_number(value)
+            plain_number(value)
 
 
 def test_percent_text_never_prints_the_threshold_it_crossed() -> None:
@@ -132,10 +133,11 @@ def test_percent_text_never_prints_the_threshold_it_crossed() -> None:
 
 
 def test_cleaning_of_paths() -> None:
-    assert clean_text("/a|b\nc\x7fd") == "/a_b?c?d"
+    """The printable rule of every output (collectors/common/text.py), then `|` as `_`."""
+    assert clean_text("/a|b\nc\x7fd") == "/a_b\\x0ac\\x7fd"
     assert clean_label("/a|b=c'd e") == "/a_b_c_d e"
     undecodable = os.fsdecode(b"/img/\xff.qcow2")
-    assert clean_text(undecodable) == "/img/\ufffd.qcow2"
+    assert clean_text(undecodable) == "/img/\\xff.qcow2"
 
 
 # --- hand-built model objects ---------------------------------------------------------------
@@ -196,7 +198,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, records: list[ImageRecord],
 
     monkeypatch.setattr(check_qcow2, "_collect", collect)
     out = io.StringIO()
-    code = main(["-f", "placeholder", *argv], stream=out)
+    code = main(["-f", "placeholder", *argv], stdout=out)
     return code, out.getvalue()
 
 
@@ -468,10 +470,10 @@ def test_labels_are_stable_across_states(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(check_qcow2, "_collect", lambda args: Collection((), 0.0, 0.0))
     out = io.StringIO()
-    assert main(["--running"], stream=out) == 0
+    assert main(["--running"], stdout=out) == 0
     assert out.getvalue() == "QCOW2 OK - no qcow2 image is open in a running qemu process\n"
     out = io.StringIO()
-    assert main(["-f", "/nothing"], stream=out) == 3
+    assert main(["-f", "/nothing"], stdout=out) == 3
     assert out.getvalue() == "QCOW2 UNKNOWN - no images found\n"
 
 
@@ -495,7 +497,7 @@ def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.Mo
 )
 def test_bad_arguments_are_unknown(argv: list[str], message: str) -> None:
     out = io.StringIO()
-    assert main(argv, stream=out) == 3
+    assert main(argv, stdout=out) == 3
     first = out.getvalue().splitlines()[0]
     assert first.startswith("QCOW2 UNKNOWN - bad arguments: ")
     assert message in first
@@ -503,7 +505,7 @@ def test_bad_arguments_are_unknown(argv: list[str], message: str) -> None:
 
 def test_help_and_version_exit_unknown_on_stdout() -> None:
     out = io.StringIO()
-    assert main(["--help"], stream=out) == 3
+    assert main(["--help"], stdout=out) == 3
     assert out.getvalue().startswith("usage: check_qcow2 ")
     assert "--warning-headroom" in out.getvalue() and "all binary" in out.getvalue()
     # The overcommit sums depend on the targets given: --help says so.
@@ -514,7 +516,7 @@ def test_help_and_version_exit_unknown_on_stdout() -> None:
     assert text.index("  --corrupt-state STATE") < text.index("--RULE-state option above")
     assert "-w 90 -c 80" in text  # the refused thresholds are explained
     out = io.StringIO()
-    assert main(["-V"], stream=out) == 3
+    assert main(["-V"], stdout=out) == 3
     assert re.fullmatch(r"check_qcow2 \S+\n", out.getvalue())
 
 
@@ -525,10 +527,10 @@ def test_internal_error_is_one_unknown_line(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(check_qcow2, "_collect", boom)
     out = io.StringIO()
-    assert main(["-f", "x"], stream=out) == 3
+    assert main(["-f", "x"], stdout=out) == 3
     assert out.getvalue() == "QCOW2 UNKNOWN - internal error: RuntimeError: boom\n"
     assert capsys.readouterr().err == ""  # no traceback unless -vvv
-    assert main(["-f", "x", "-vvv"], stream=io.StringIO()) == 3
+    assert main(["-f", "x", "-vvv"], stdout=io.StringIO()) == 3
     assert "Traceback" in capsys.readouterr().err
 
 
@@ -592,7 +594,7 @@ def test_real_ok_warning_critical(images: Path) -> None:
         rf"'{a_re} end_offset_bytes'=\d+B;;;0;\d+ "
         rf"'{a_re} image_end_offset_bytes'=\d+B;;;0;\d+ "
         rf"'{a_re} container_size_bytes'=\d+B;;;0 '{a_re} headroom_bytes'=\d+B;;;0;\d+\n", out)
-    # The end offset agrees with qemu-img check's (differential, style.md #9).
+    # The end offset agrees with qemu-img check's (differential).
     end = perf_values(out)[f"{a} image_end_offset_bytes"].split(";")[0]
     assert end == f"{qemu_check(a)['image-end-offset']}B"
     # Thresholds low enough for any filesystem: deterministic WARNING / CRITICAL.

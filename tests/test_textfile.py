@@ -47,8 +47,9 @@ def series_of(text: str) -> Series:
 
 
 def test_escaping_and_values() -> None:
-    assert escape_label_value('a\\b"c\nd ü') == 'a\\\\b\\"c\\nd ü'
-    assert escape_help('x\\y\n"z"') == 'x\\\\y\\n"z"'
+    # A newline by the printable rule of every output (common/text.py), then its backslash.
+    assert escape_label_value('a\\b"c\nd ü') == 'a\\\\b\\"c\\\\x0ad ü'
+    assert escape_help('x\\y\n"z"') == 'x\\\\y\\\\x0a"z"'
     assert [format_value(v) for v in (True, False, 0, 10737418240, 0.5, 1.0, 1e-05)] == [
         "1", "0", "0", "10737418240", "0.5", "1.0", "1e-05"]
     assert [format_value(v) for v in (math.inf, -math.inf, math.nan)] == ["+Inf", "-Inf", "NaN"]

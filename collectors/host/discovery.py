@@ -20,13 +20,11 @@ from ..common.errors import IO_ERROR, Qcow2Error
 from ..common.units import counted
 from ..qcow2.layout import QCOW_MAGIC as QCOW2_MAGIC
 from ..qcow2.reader import has_qcow2_magic
+from .identity import canonical_path
 
 # Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
 # qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
 _QEMU_MARKER = "qemu"
-# sysfs directory of block devices by "major:minor" (a constant so that tests can stand in a
-# device-mapper entry on kernels without device-mapper).
-SYS_DEV_BLOCK = "/sys/dev/block"
 
 
 @dataclass(frozen=True)
@@ -121,32 +119,6 @@ def _expand_one(spec: str) -> Iterator[Target]:
         yield Target(spec, path)  # named by the user: the core says whether it is qcow2
     else:
         yield _target_error(path, "not a regular file, block device or directory")
-
-
-def canonical_path(path: str) -> str:
-    """The one name of a disk, whatever symlink or device node reached it.
-
-    Files: their real path. Block devices: ``/dev/mapper/NAME`` for device-mapper (LVM, crypt,
-    multipath: the kernel's ``dm-N`` numbers change between boots), else ``/dev/`` plus the
-    kernel's name (``/dev/loop0``, ``/dev/sda``), read from sysfs by device number so that a
-    device node elsewhere maps to the same name.
-    """
-    real = os.path.realpath(path)
-    try:
-        st = os.stat(real)
-    except OSError:
-        return real
-    if not stat.S_ISBLK(st.st_mode):
-        return real
-    sys_dir = os.path.join(SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
-    try:
-        with open(os.path.join(sys_dir, "dm", "name"), encoding="utf-8") as dm_name:
-            return "/dev/mapper/" + dm_name.read().strip()
-    except OSError:
-        pass
-    if not os.path.exists(sys_dir):  # no sysfs (a container without it): keep the node
-        return real
-    return "/dev/" + os.path.basename(os.path.realpath(sys_dir))
 
 
 def dedupe_targets(targets: Iterable[Target]) -> list[Target]:
@@ -260,7 +232,6 @@ __all__ = [
     "QCOW2_MAGIC",
     "RunningScan",
     "Target",
-    "canonical_path",
     "dedupe_targets",
     "expand_targets",
     "has_qcow2_magic",

@@ -27,14 +27,14 @@ import json
 import os
 import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional
 
 from ..common.errors import IO_ERROR, Qcow2Error
+from .identity import DiskIdentity, identity_of, identity_of_path
 
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 LIBVIRT_TIMEOUT = 5.0  # seconds for the one virsh call of a run
@@ -47,27 +47,6 @@ SOURCE_QMP = "qmp"
 # image's real end (the format node above counts guest offsets, not host offsets).
 _QMP_PROTOCOL_DRIVERS = frozenset({"file", "host_device"})
 _QMP_MAX_MESSAGE = 16 * 1024 * 1024  # a qemu with thousands of nodes still answers in far less
-
-# (kind, numbers): ("file", st_dev, st_ino) or ("block", st_rdev).
-DiskIdentity = tuple[Union[str, int], ...]
-
-
-def identity_of(st: os.stat_result) -> Optional[DiskIdentity]:
-    """What makes two names one disk: device and inode of a file, the device number of a block
-    device (every alias of an LVM volume or a dm device has the same st_rdev)."""
-    if stat.S_ISBLK(st.st_mode):
-        return ("block", st.st_rdev)
-    if stat.S_ISREG(st.st_mode):
-        return ("file", st.st_dev, st.st_ino)
-    return None
-
-
-def identity_of_path(path: str) -> Optional[DiskIdentity]:
-    try:
-        return identity_of(os.stat(path))
-    except OSError:
-        return None
-
 
 @dataclass(frozen=True)
 class LiveDisk:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 from ..common.errors import INVALID, OUT_OF_BOUNDS, UNSUPPORTED, Qcow2Error
+from ..common.text import printable
 from ..common.units import counted
 from . import layout as L
 from .bitmaps import Bitmap, read_bitmap_directory
 from .header import parse_header, shorter_than_header
 from .luks import LuksInfo, read_luks
-from .names import c_string_text, decode_path_name, name_problem, shown
+from .names import c_string_text, decode_path_name, name_problem
 from .reader import ImageFile, Window
 
 # qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
@@ -270,7 +271,7 @@ class Qcow2Image:
         for what, offset, raw, is_path in named:
             problem = name_problem(raw, is_path=is_path)
             if problem is not None:
-                text = shown(decode_path_name(raw if is_path else raw.rstrip(b"\0")))
+                text = printable(decode_path_name(raw if is_path else raw.rstrip(b"\0")))
                 problems.append(f"{what} '{text}' at offset 0x{offset:x} {problem}")
         return problems
 

@@ -13,7 +13,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from ..common.errors import INTERNAL, IO_ERROR, Qcow2Error
 from ..common.units import counted
-from ..host.discovery import Target, canonical_path, dedupe_targets, expand_targets, scan_running
+from ..host.discovery import Target, dedupe_targets, expand_targets, scan_running
+from ..host.identity import canonical_path
 from ..host.live import NO_LIVE_SOURCES, LiveSources, LiveView, no_live_source_note, start_live
 from .health import Policy, assess, broken_layer
 from .metrics import RUNNING_PROCESSES, Collection, ImageRecord

@@ -114,7 +114,7 @@ def _error_state(error: Qcow2Error) -> str:
     return RULE_DAMAGED if error.kind in DAMAGED_KINDS else RULE_UNKNOWN
 
 
-def error_text(error: Qcow2Error) -> str:
+def error_without_filename(error: Qcow2Error) -> str:
     """The error with structure, offset and value, without the leading file name (the image
     is named beside the reason already)."""
     text = str(error)
@@ -186,13 +186,13 @@ def assess(
     if layer is not None and layer.status == LAYER_ERROR and error is not None:
         # The layer itself could not be read: damaged metadata, or we could not look. The
         # images above it get the backing rule (broken_below).
-        found.append((_error_state(error), error_text(error)))
+        found.append((_error_state(error), error_without_filename(error)))
     elif layer is not None and layer.status in BROKEN_LAYER_STATES:
         found.append((RULE_BACKING, _layer_text(layer)))
     elif layer is not None and layer.status == LAYER_TOO_DEEP:
         found.append((RULE_UNKNOWN, f"backing chain deeper than the limit at {layer.name!r}"))
     elif error is not None:
-        found.append((_error_state(error), error_text(error)))
+        found.append((_error_state(error), error_without_filename(error)))
     if broken_below is not None:
         found.append((RULE_BACKING, _layer_text(broken_below)))
     if usage is not None:

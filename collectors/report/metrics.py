@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional, Union
 
 from ..common.errors import Qcow2Error
+from ..common.text import printable
 from .health import HEALTHY, OK, Health
 from .model import (
     LAYER_ERROR,
@@ -255,7 +256,7 @@ class ImageRecord:
     error: Optional[Qcow2Error]
     status: str = LAYER_OK  # model.LAYER_*; layers only, targets are "ok" or have `error`
     name: Optional[str] = None  # backing file name as written in the layer above
-    canonical: Optional[str] = None  # discovery.canonical_path(path)
+    canonical: Optional[str] = None  # identity.canonical_path(path)
     layer: Optional[ChainLayer] = None  # the chain layer this record reports (depth >= 1)
     broken_below: Optional[ChainLayer] = None  # first broken layer under this image
     health: Health = HEALTHY
@@ -275,7 +276,7 @@ class ImageRecord:
     @property
     def identity(self) -> Labels:
         """The labels every per-image metric carries: what identifies its series."""
-        return (("path", valid_utf8(self.label_path)),)
+        return (("path", printable(self.label_path)),)
 
 
 @dataclass(frozen=True)
@@ -296,24 +297,6 @@ def _metric(name: str, value: MetricValue, labels: Labels) -> Metric:
     spec = METRICS[name]
     # Coerce once here so every adapter sees the declared type (a ratio of exactly 1 stays 1.0).
     return Metric(name, spec.value_type(value), spec.unit, labels, spec.help, spec.type)
-
-
-def valid_utf8(text: str) -> str:
-    """`text` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) become U+FFFD,
-    a NUL byte (possible in a backing name read from an image) the four characters \\x00.
-
-    Python keeps undecodable file-name bytes as lone surrogates, which cannot be encoded at
-    all; line protocol and the Prometheus text format both require UTF-8.
-    """
-    if "\0" in text:
-        text = text.replace("\0", "\\x00")
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return text
 
 
 def _bool_label(value: bool) -> str:
@@ -347,13 +330,14 @@ def info_labels(record: ImageRecord) -> Labels:
             disk=usage.disk,
         )
     # Empty label values are dropped: Prometheus treats them as absent, line protocol forbids them.
-    return tuple(sorted((k, valid_utf8(v)) for k, v in labels.items() if v))
+    return tuple(sorted((k, printable(v)) for k, v in labels.items() if v))
 
 
 def health_text(record: ImageRecord) -> str:
-    """The health reasons on one line ("rule: text; ..."), for string fields and logs."""
-    text = "; ".join(f"{reason.rule}: {reason.text}" for reason in record.health.reasons)
-    return valid_utf8(text).replace("\n", "\\n").replace("\r", "\\r")
+    """The health reasons on one printable line ("rule: text; ..."), for string fields and
+    logs."""
+    return printable("; ".join(f"{reason.rule}: {reason.text}"
+                               for reason in record.health.reasons))
 
 
 def image_metrics(record: ImageRecord) -> list[Metric]:
@@ -443,7 +427,7 @@ def filesystems(collection: Collection) -> list[FilesystemFigures]:
 
 
 def filesystem_metrics(figures: FilesystemFigures) -> list[Metric]:
-    labels: Labels = ((FILESYSTEM_LABEL, valid_utf8(figures.mountpoint)),)
+    labels: Labels = ((FILESYSTEM_LABEL, printable(figures.mountpoint)),)
     return [_metric(name, value, labels) for name, value in (
         ("filesystem_size_bytes", figures.size),
         ("filesystem_free_bytes", figures.free),
@@ -462,9 +446,9 @@ def collection_metrics(collection: Collection) -> list[Metric]:
     ]
 
 
-def error_text(record: ImageRecord) -> Optional[str]:
-    """One line describing why a record failed (for logs and string fields), or None."""
+def failure_line(record: ImageRecord) -> Optional[str]:
+    """Why a record failed, on one printable line (a file name may hold a newline) for logs
+    and string fields; None when it did not fail."""
     if record.error is None:
         return None
-    # One line for log collectors: a file name may contain newlines.
-    return valid_utf8(str(record.error)).replace("\n", "\\n").replace("\r", "\\r")
+    return printable(str(record.error))
