@@ -8,9 +8,9 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from qcow2_monitor.cli.parser import UsageError
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.report.health import CRITICAL, WARNING, worst
-from qcow2_monitor.nagios.options import UsageError
 from qcow2_monitor.nagios.ranges import Range
 from qcow2_monitor.nagios.text import percent_text, usage_percent
 
