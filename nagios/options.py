@@ -66,6 +66,8 @@ thresholds:
   when the container is full sooner at the growth of the growth window (the least-squares
   slope of the end offset over the samples of earlier runs, kept in the state directory):
     --warning-time-to-full 24h --critical-time-to-full 4h
+  A warning must be able to fire before its critical: -w 90 -c 80 or --warning-headroom 5G
+  --critical-headroom 20G are refused (UNKNOWN), as they would never give WARNING.
   --warning-overcommit/--critical-overcommit take ranges on each filesystem's overcommit
   ratio, summed virtual sizes of its images / filesystem size: -w ... --warning-overcommit 1.5
   warns when the guests could write 1.5 times what the filesystem holds. The sums cover
@@ -73,7 +75,7 @@ thresholds:
   filesystem (e.g. its directory) for a ratio that means the whole filesystem.
 
 health: one policy for every adapter (qcow2-telegraf and qcow2-textfile export it as the
-  health figure): each rule's state can be changed with its --RULE-state option below.
+  health figure): each rule's state can be changed with its --RULE-state option above.
   Unreadable and non-qcow2 files are UNKNOWN; damaged metadata is CRITICAL. When images
   disagree the worst state wins, in the order CRITICAL, UNKNOWN, WARNING, OK.
 

@@ -8,6 +8,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from qcow2_monitor.cli.parser import UsageError
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.report.health import CRITICAL, WARNING, worst
 from qcow2_monitor.nagios.ranges import Range
@@ -33,7 +34,8 @@ class Thresholds:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Thresholds:
-        return cls(
+        """The limits of the command line; raises UsageError for a warning that cannot fire."""
+        limits = cls(
             usage_warning=args.warning,
             usage_critical=args.critical,
             headroom_warning=args.warning_headroom,
@@ -43,6 +45,47 @@ class Thresholds:
             time_to_full_warning=args.warning_time_to_full,
             time_to_full_critical=args.critical_time_to_full,
         )
+        problem = limits.silent_warning()
+        if problem:
+            raise UsageError(problem)
+        return limits
+
+    def silent_warning(self) -> Optional[str]:
+        """Why a warning limit can never fire, if one cannot.
+
+        Critical is evaluated first, so a warning whose every alerting value is already
+        critical gives OK until it is CRITICAL: `-w 90 -c 80` (and `-w 80 -c 80`),
+        `--warning-headroom 5G --critical-headroom 20G`, `--warning-time-to-full 4h
+        --critical-time-to-full 24h`. Usage, headroom and ratios are
+        never negative, so only values from 0 up count.
+        """
+        for (warn_option, crit_option, what, example), warning, critical in (
+            (("-w", "-c", "usage", "-w 80 -c 90"), self.usage_warning, self.usage_critical),
+            (("--warning-overcommit", "--critical-overcommit", "ratio",
+              "--warning-overcommit 1.5 --critical-overcommit 3"),
+             self.overcommit_warning, self.overcommit_critical),
+        ):
+            if warning is not None and critical is not None \
+                    and not warning.alerts_beyond(critical):
+                return (f"{warn_option} {warning} can never fire: every {what} it alerts on "
+                        f"is CRITICAL under {crit_option} {critical} first (give a warning "
+                        f"reached before the critical, e.g. {example}, or no {warn_option})")
+        warning_size, critical_size = self.headroom_warning, self.headroom_critical
+        if warning_size is not None and critical_size is not None \
+                and warning_size <= critical_size:
+            return (f"--warning-headroom {human_size(warning_size)} can never fire: it is not "
+                    f"above --critical-headroom {human_size(critical_size)} (give the warning "
+                    "more free space than the critical, e.g. --warning-headroom 20G "
+                    "--critical-headroom 5G, or no --warning-headroom)")
+        warning_time, critical_time = self.time_to_full_warning, self.time_to_full_critical
+        if warning_time is not None and critical_time is not None \
+                and warning_time <= critical_time:
+            from qcow2_monitor.collectors.common.units import human_duration
+            return (f"--warning-time-to-full {human_duration(warning_time)} can never fire: it "
+                    f"is not longer than --critical-time-to-full {human_duration(critical_time)}"
+                    " (give the warning the longer time, e.g. --warning-time-to-full 24h "
+                    "--critical-time-to-full 4h, or no --warning-time-to-full)")
+        return None
 
     @property
     def overcommit(self) -> bool:

@@ -22,6 +22,9 @@ from qcow2_monitor.collectors.report.state import SYSTEM_STATE_DIRECTORY
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, build_corpus
 from damage import DamagedImage, copy_image, damaged_variants
 
+# Every failure report short (tests/short_reports.py); pytester for testing that.
+pytest_plugins = ["short_reports", "pytester"]
+
 # Sources of the damaged copies: every structure a recipe needs (snapshot, bitmaps, compressed
 # and extended-L2 entries), a v2 header, and packed 1-bit refcounts.
 DAMAGE_BASES = ("mixed", "extended-l2-65536", "v2-snapshot", "refbits-1")
