@@ -241,10 +241,11 @@ def test_running_images_ignore_processes_merely_mentioning_qemu(tmp_path: Path) 
 
 
 def _padded_image(path: Path) -> Path:
-    """A qcow2 image padded to whole sectors, so that a loop device covers all of it."""
+    """A qcow2 image in a sparse 1 GiB file, as in a 1 GiB logical volume: a loop device
+    covers all of it, with headroom above the default watermark (512 MiB)."""
     image = make_image(path, "16M")
     with image.open("r+b") as handle:
-        handle.truncate((image.stat().st_size + 511) // 512 * 512)
+        handle.truncate(1 << 30)
     return image
 
 

@@ -80,18 +80,18 @@ def test_work_bounds_catch_a_planted_regression(tmp_path: Path, monkeypatch: pyt
     at the call limit, a read per entry passes the fuzzer's read budget."""
     from qcow2_monitor.collectors.report import usage as usage_module
 
-    real = usage_module.image_end_offset_from_refcounts
+    real = usage_module.end_and_free_below
 
-    def slow(image: Qcow2Image) -> int:
+    def slow(image: Qcow2Image, **options: bool) -> tuple[int, int]:
         if regression == "a read per entry":
             for _ in range(100_000):  # as if each L1 entry of a 100,000 entry table
                 image.file.read(0, 8, "L1 entry")
         else:
             for entry in range(4 * 1024 * 1024):  # as if every entry of a 4 Mi entry L1
                 abs(entry)
-        return real(image)
+        return real(image, **options)
 
-    monkeypatch.setattr(usage_module, "image_end_offset_from_refcounts", slow)
+    monkeypatch.setattr(usage_module, "end_and_free_below", slow)
     path = tmp_path / "i.qcow2"
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1M"])
     usage = next(c for c in calls_of(random.Random(0)) if c.name == "usage")

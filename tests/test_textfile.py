@@ -288,9 +288,10 @@ def test_temporary_file_is_random_hidden_and_exclusive(
     renamed: list[tuple[str, str]] = []
     real_rename = os.rename
 
-    def rename(src: str, dst: str) -> None:
-        renamed.append((src, dst))
-        real_rename(src, dst)
+    def rename(src: str, dst: str, **dir_fds: int) -> None:
+        if not dir_fds:  # the state store renames relative to its directory: not the textfile
+            renamed.append((src, dst))
+        real_rename(src, dst, **dir_fds)
 
     monkeypatch.setattr(os, "rename", rename)
     for _ in range(2):
