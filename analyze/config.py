@@ -67,10 +67,11 @@ def bin_dir() -> str:
 
 
 def render(name: str, settings: Optional[dict[str, str]] = None) -> str:
-    """The shipped file `name`, with @BINDIR@ replaced by the installed commands' directory,
-    and for the alert rules the parameters in `settings` set."""
+    """The shipped file `name`, every ``@BINDIR@/command`` naming the installed command, and
+    for the alert rules the parameters in `settings` set. Only the placeholder before a command
+    name is replaced: a comment explaining "@BINDIR@" keeps saying so in the rendered file."""
     with open(shipped_path(name), encoding="utf-8") as file:
-        text = file.read().replace(BINDIR_PLACEHOLDER, bin_dir())
+        text = file.read().replace(BINDIR_PLACEHOLDER + "/", bin_dir() + "/")
     if name == RULES:
         from qcow2_monitor.node_exporter_textfile.rules import render_rules
 

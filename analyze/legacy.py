@@ -24,7 +24,7 @@ def legacy_report(image: Qcow2Image, verbose: bool) -> dict[str, Any]:
     always 0, v2 headers garbage, refcount_order < 3 a division by zero, and its end offset
     stopped at the first free cluster)."""
     h = image.header
-    end, _source, _notes = end_offset(image)
+    end, _source, _notes, _free = end_offset(image)
     report: dict[str, Any] = {
         "qcow_version": h.version,
         "backing_file": image.backing_filename or "",

@@ -21,13 +21,13 @@ from typing import Optional, TextIO
 
 from qcow2_monitor.cli.entry import last_resort, output_streams
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
-from qcow2_monitor.cli.options import add_live_arguments
+from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments
 from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
 from qcow2_monitor.collectors.common.text import printable
 
-from . import check, config, tables
+from . import check, config, map, tables
 from .common import EXIT_CODES, OUTPUT_HELP, PROG, epilog, fail
 
 
@@ -107,20 +107,26 @@ def build_parser() -> ArgumentParser:
     usage = sub.add_parser(
         "usage", help="image end offset, container and headroom (fast)",
         description="How full each image's container is: the image end offset (on disk, and "
-        "live from libvirt or QMP for running VMs), the container (the block device, or the "
-        "filesystem holding the image file) and the headroom left.",
+        "live from libvirt or QMP for running VMs; FROM says which), the container (the block "
+        "device, or the filesystem holding the image file) and the headroom left. USED is the "
+        "container's use: end offset / device size for a block device, the filesystem's Use% "
+        "(as df shows it, the same for every image on it) for an image file.",
         epilog=epilog("usage /var/lib/libvirt/images", "usage --no-chain --output json "
                       "'/srv/vm/*.qcow2' /dev/vg0/vm1"))
     usage.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
     usage.add_argument("--no-chain", action="store_true",
-                       help="do not analyse backing layers")
+                       help="list only the images, not their backing layers; every layer is "
+                       "still opened, as qemu opens it, so a missing, looping or unreadable "
+                       "one is still shown and exits 1")
     usage.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image file, block device, glob or directory (searched recursively)")
     add_live_arguments(usage)
+    add_thin_arguments(usage.add_argument_group("thin provisioning"), keep_state=False)
     usage.set_defaults(handler=run_usage)
 
     check.register(sub)
     tables.register(sub)
+    map.register(sub)
     config.register(sub)
     for subparser in parser.commands.values():  # `info --version` as `--version`
         add_version_argument(subparser, PROG)

@@ -28,6 +28,8 @@ class ArgumentContainer(Protocol):
 
     def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
 
+    def set_defaults(self, **kwargs: Any) -> None: ...
+
 
 class UsageError(Exception):
     """A bad command line: what is wrong (`message`, without the program name), the program

@@ -69,10 +69,11 @@ def _run(argv: Optional[Sequence[str]], output: Output, options: dict[str, int])
     args.files = [*args.files, *args.images]
     if not args.files and not args.running:
         raise UsageError("no images given (use -f IMAGE or --running)")
+    limits = Thresholds.from_args(args)
     timer: Optional[threading.Timer] = start_watchdog(args.timeout, output)
     try:
         collection = _collect(args)
-        state, text = verdict(collection, Thresholds.from_args(args), args.verbose,
+        state, text = verdict(collection, limits, args.verbose,
                               running_only=args.running and not args.files)
     finally:
         if timer is not None:

@@ -33,6 +33,12 @@ def size_option(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{exc}; units B, K, M, G, T, P, all binary") from None
 
 
+def _duration(text: str) -> float:
+    from qcow2_monitor.cli.options import duration_option
+
+    return duration_option(text)
+
+
 def timeout_option(text: str) -> float:
     try:
         seconds = float(text)
@@ -56,6 +62,12 @@ thresholds:
   container falls below it (equal is fine). Units B, K, M, G, T, P (also KB/KiB, MB/MiB, ...),
   all binary: 10G = 10GB = 10GiB = 10737418240 bytes. Example:
     --warning-headroom 20G --critical-headroom 5G
+  --warning-time-to-full/--critical-time-to-full take a duration (90s, 30m, 4h, 2d): alert
+  when the container is full sooner at the growth of the growth window (the least-squares
+  slope of the end offset over the samples of earlier runs, kept in the state directory):
+    --warning-time-to-full 24h --critical-time-to-full 4h
+  A warning must be able to fire before its critical: -w 90 -c 80 or --warning-headroom 5G
+  --critical-headroom 20G are refused (UNKNOWN), as they would never give WARNING.
   --warning-overcommit/--critical-overcommit take ranges on each filesystem's overcommit
   ratio, summed virtual sizes of its images / filesystem size: -w ... --warning-overcommit 1.5
   warns when the guests could write 1.5 times what the filesystem holds. The sums cover
@@ -63,7 +75,7 @@ thresholds:
   filesystem (e.g. its directory) for a ratio that means the whole filesystem.
 
 health: one policy for every adapter (qcow2-telegraf and qcow2-textfile export it as the
-  health figure): each rule's state can be changed with its --RULE-state option below.
+  health figure): each rule's state can be changed with its --RULE-state option above.
   Unreadable and non-qcow2 files are UNKNOWN; damaged metadata is CRITICAL. When images
   disagree the worst state wins, in the order CRITICAL, UNKNOWN, WARNING, OK.
 
@@ -96,6 +108,11 @@ def build_parser() -> ArgumentParser:
                      help="WARNING when the free space in the container is below SIZE")
     thr.add_argument("--critical-headroom", type=size_option, metavar="SIZE",
                      help="CRITICAL when the free space in the container is below SIZE")
+    thr.add_argument("--warning-time-to-full", type=_duration, metavar="DURATION",
+                     help="WARNING when the container is full within DURATION at the current "
+                     "growth, e.g. 24h (needs the state kept between runs: --state-dir)")
+    thr.add_argument("--critical-time-to-full", type=_duration, metavar="DURATION",
+                     help="CRITICAL when the container is full within DURATION, e.g. 4h")
     thr.add_argument("--warning-overcommit", type=range_option, metavar="RANGE",
                      help="overcommit ratio range of a filesystem for WARNING, e.g. 1.5")
     thr.add_argument("--critical-overcommit", type=range_option, metavar="RANGE",

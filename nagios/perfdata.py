@@ -27,6 +27,8 @@ USAGE_PERFDATA_METRICS = (
     "live_end_offset_bytes",
     "container_size_bytes",
     "headroom_bytes",
+    "growth_bytes_per_second",
+    "time_to_full_seconds",
 )
 USAGE_PERCENT_LABEL = "usage_percent"
 FILESYSTEM_PERFDATA_METRICS = ("filesystem_overcommit_ratio",)
@@ -58,6 +60,15 @@ def _perf_item(metric: Metric, path: str, usage_size: Optional[int], limits: Thr
         warn = "" if limits.headroom_warning is None else f"{limits.headroom_warning}:"
         crit = "" if limits.headroom_critical is None else f"{limits.headroom_critical}:"
         return _perf(f"{path} {metric.name}", value, uom, warn, crit, "0", size)
+    if metric.name == "time_to_full_seconds":
+        warn = "" if limits.time_to_full_warning is None \
+            else f"{plain_number(limits.time_to_full_warning)}:"
+        crit = "" if limits.time_to_full_critical is None \
+            else f"{plain_number(limits.time_to_full_critical)}:"
+        return _perf(f"{path} {metric.name}", plain_number(round(float(metric.value), 3)),
+                     "s", warn, crit, "0")
+    if metric.name == "growth_bytes_per_second":
+        return _perf(f"{path} {metric.name}", plain_number(round(float(metric.value), 3)))
     if metric.name in ("end_offset_bytes", "image_end_offset_bytes", "live_end_offset_bytes"):
         return _perf(f"{path} {metric.name}", value, uom, minimum="0", maximum=size)
     return _perf(f"{path} {metric.name}", value, uom, minimum="0")

@@ -72,6 +72,20 @@ class Range:
         within = self.start <= value <= self.end
         return within if self.inside else not within
 
+    def alerts_beyond(self, other: Range, lowest: float = 0.0) -> bool:
+        """Whether some value >= `lowest` alerts under this range but not under `other`.
+
+        Both alert sets are unions of intervals whose ends are the ranges' endpoints, so the
+        answer is the same for every value strictly between two neighbouring endpoints: one
+        probe at each endpoint, one between each pair and one past the last decide exactly.
+        """
+        ends = {lowest} | {point for point in (self.start, self.end, other.start, other.end)
+                           if math.isfinite(point) and point > lowest}
+        points = sorted(ends)
+        probes = [*points, *(low + (high - low) / 2 for low, high in zip(points, points[1:])),
+                  points[-1] * 2 + 1]
+        return any(self.alert(value) and not other.alert(value) for value in probes)
+
     def __str__(self) -> str:
         """The canonical text, usable as the warn/crit field of perfdata."""
         prefix = "@" if self.inside else ""

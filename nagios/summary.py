@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qcow2_monitor.cli.text import finding_text
-from qcow2_monitor.collectors.common.units import counted, human_size
+from qcow2_monitor.collectors.common.units import (
+    counted,
+    human_duration,
+    human_rate,
+    human_size,
+)
 from qcow2_monitor.collectors.report.health import OK, SEVERITY, STATE_NAMES
 from qcow2_monitor.nagios.perfdata import perfdata
 from qcow2_monitor.nagios.runtime import PREFIX
@@ -16,6 +21,7 @@ from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdi
 
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import ImageRecord
+    from qcow2_monitor.collectors.report.model import ImageUsage
 
 MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lists everything
 
@@ -51,7 +57,11 @@ def _details(record: ImageRecord) -> list[str]:
             detail += ", " + ", ".join(flags)
         if usage.backing_filename:
             detail += f", backing {usage.backing_filename}"
+        if usage.free_below_end:
+            detail += f", {human_size(usage.free_below_end)} free below the end"
         parts.append(detail)
+        if usage.growth is not None and usage.growth.note:
+            parts.append(f"note: {usage.growth.note}")
     check = record.check
     if check is not None:
         parts.append(
@@ -78,6 +88,17 @@ def _findings(record: ImageRecord) -> list[str]:
     return lines
 
 
+def _growth_text(usage: ImageUsage) -> str:
+    """", growing 1.2 MiB/s, full in 3h 20m" once the history allows."""
+    growth = usage.growth
+    if growth is None or growth.bytes_per_second is None:
+        return ""
+    text = f", growing {human_rate(growth.bytes_per_second)}"
+    if growth.time_to_full is not None:
+        text += f", full in {human_duration(growth.time_to_full)}"
+    return text
+
+
 def image_line(verdict: Verdict, verbosity: int) -> str:
     record = verdict.record
     usage = record.usage
@@ -91,6 +112,7 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
                if usage.live_end_offset is not None else "")
             + f" of {human_size(container.size)} "
             f"{container.kind} container, headroom {human_size(container.headroom)})"
+            + _growth_text(usage)
         )
     parts.extend(problem.text for problem in verdict.problems)
     if verbosity >= 1:

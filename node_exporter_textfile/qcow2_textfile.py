@@ -2,10 +2,18 @@
 
     qcow2-textfile --output /var/lib/prometheus/node-exporter/qcow2.prom TARGET...
 
-Renders :mod:`collectors.metrics` with a jinja2 template (``templates/qcow2.prom.j2``, or
-``--template FILE``), validates the text by parsing it back, and replaces the output file
-atomically: a temporary ``NAME.prom.<pid>`` in the same directory (not matched by node_exporter's
-``*.prom``), fsync, mode 0644 whatever the umask (the exporter runs as another user), rename.
+The text is made one way: a jinja2 template, the shipped ``templates/qcow2.prom.j2`` or the
+user's ``--template FILE``, rendered with the families of :mod:`collectors.report.metrics` and
+the format's filters (:mod:`.exposition`: escaping and number text, written once). It is
+checked one way, whatever the template: :func:`.exposition.validate` reads it as
+node_exporter will. Why a template rather than prometheus_client's writer: ``--template``
+needs the template path anyway, so the writer would be a second producer beside it; and the
+writer turns every integer into Go-style float text (``1.073741824e+010``), which is exact only
+up to 2**53 and changes the file operators read.
+The file is then replaced atomically: a temporary file with a random name made by mkstemp in
+the same directory (hidden: a leading dot, no ``.prom`` suffix), fsync, mode 0644 whatever the
+umask (the exporter runs as another user), rename over the output (a symlink there is replaced,
+never written through).
 A run that fails at any step leaves the previous file in place; its
 ``qcow2_last_success_timestamp_seconds`` then goes stale, which the shipped alert watches.
 Images that cannot be analysed are not run failures: they are exported as
@@ -16,15 +24,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
 from qcow2_monitor.cli.entry import exception_text, write_utf8
-from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from qcow2_monitor.cli.options import (
     add_selection_and_health_arguments,
     add_targets_argument,
@@ -37,15 +45,14 @@ from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.report.metrics import (
     METRICS,
     Collection,
-    Labels,
     Metric,
-    MetricValue,
     collection_metrics,
     failure_line,
     filesystem_metrics,
     filesystems,
     image_metrics,
 )
+from qcow2_monitor.node_exporter_textfile.exposition import FILTERS, validate
 
 if TYPE_CHECKING:
     import jinja2  # imported lazily at run time, like everything heavy
@@ -54,44 +61,6 @@ PROG = "qcow2-textfile"
 PREFIX = "qcow2_"
 TEMPLATE_PACKAGE_PATH = Path(__file__).parent / "templates" / "qcow2.prom.j2"
 FILE_MODE = 0o644
-
-
-class InvalidOutput(Exception):
-    """The rendered text is not something node_exporter would accept completely."""
-
-
-# --- the one place for the text format's escaping and number rules --------------------------
-
-
-def escape_label_value(value: str) -> str:
-    """Label values escape backslash, double quote and newline (exposition format 0.0.4); the
-    text is first written by the one printable rule of every output (collectors/common/text.py),
-    which leaves no newline (it is ``\\x0a`` there, as in every other output)."""
-    return printable(value).replace("\\", "\\\\").replace('"', '\\"')
-
-
-def escape_help(text: str) -> str:
-    """HELP text escapes backslash and newline only (none is left by the printable rule)."""
-    return printable(text).replace("\\", "\\\\")
-
-
-def format_labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{key}="{escape_label_value(value)}"' for key, value in sorted(labels))
-    return "{" + inner + "}"
-
-
-def format_value(value: MetricValue) -> str:
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)  # shortest text that reads back as the same double
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -136,7 +105,7 @@ def load_template(path: Optional[str] = None) -> jinja2.Template:
         keep_trailing_newline=True,  # node_exporter rejects a file without its final newline
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(labels=format_labels, value=format_value, help_text=escape_help)
+    env.filters.update(FILTERS)
     return env.from_string(source.read_text(encoding="utf-8"))
 
 
@@ -145,61 +114,31 @@ def render(collection: Collection, template: jinja2.Template) -> str:
     return str(template.render(families=families(collection), errors=errors))
 
 
-def validate(text: str) -> int:
-    """Parse `text` back; raise InvalidOutput for anything node_exporter would not take whole.
-
-    prometheus_client's parser alone is lenient: it accepts a missing final
-    newline, duplicate series and timestamps, all of which make node_exporter drop data. Those
-    are checked here explicitly. Returns the number of samples.
-    """
-    from prometheus_client.parser import text_string_to_metric_families
-
-    if text and not text.endswith("\n"):
-        raise InvalidOutput("output does not end with a newline")
-    seen_meta: set[tuple[str, str]] = set()
-    for line in text.splitlines():
-        parts = line.split(None, 3)
-        if len(parts) >= 3 and parts[0] == "#" and parts[1] in ("HELP", "TYPE"):
-            meta = (parts[1], parts[2])
-            if meta in seen_meta:
-                raise InvalidOutput(f"{parts[1]} for {parts[2]} given twice")
-            seen_meta.add(meta)
-    series: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.timestamp is not None:
-                    raise InvalidOutput(f"sample {sample.name} has a timestamp")
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                if key in series:
-                    raise InvalidOutput(f"duplicate series {sample.name}{dict(key[1])}")
-                series.add(key)
-    except InvalidOutput:
-        raise
-    except Exception as exc:  # the parser raises ValueError and others on bad input
-        raise InvalidOutput(f"does not parse: {type(exc).__name__}: {exc}") from exc
-    return len(series)
-
-
 # --- writing -----------------------------------------------------------------------------------
 
 
 def write_atomically(path: str, text: str) -> None:
     """Replace `path` with `text` so that a reader sees the old file or the new one, whole.
 
+    The temporary file is made by mkstemp in the same directory: a random name, created with
+    O_CREAT|O_EXCL|O_NOFOLLOW, so that nobody who may write to the directory can have planted
+    it or a symlink in its place (a predictable ``NAME.<pid>`` opened with O_TRUNC would write
+    through such a symlink, as root, into any file). Its name starts with a dot and does not
+    end in ``.prom``: node_exporter never reads it. rename() then replaces the directory entry
+    `path`, a symlink included, and never writes through it.
+
     Raises OSError; the temporary file is removed on failure and `path` is untouched.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    temporary = f"{path}.{os.getpid()}"
-    data = text.encode("utf-8")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                     dir=directory)
     try:
         try:
-            view = memoryview(data)
+            view = memoryview(text.encode("utf-8"))
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fchmod(fd, FILE_MODE)  # the umask narrowed the mode given to open()
+            os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600: the exporter runs as another user
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -240,9 +179,8 @@ def _parser() -> ArgumentParser:
     parser.add_argument(
         "-o",
         "--output",
-        required=True,
         metavar="FILE",
-        help="the .prom file to replace atomically, e.g. "
+        help="required: the .prom file to replace atomically, e.g. "
         "/var/lib/prometheus/node-exporter/qcow2.prom; '-' prints to stdout",
     )
     parser.add_argument(
@@ -259,9 +197,24 @@ def _parser() -> ArgumentParser:
     return parser
 
 
+def _output_problem(output: Optional[str]) -> Optional[str]:
+    if output is None:
+        return "the following arguments are required: -o/--output"
+    if output != "-" and os.path.isdir(output):
+        return (f"--output {printable(output)} is a directory: give the file to write in it, "
+                f"e.g. {printable(os.path.join(output, 'qcow2.prom'))}")
+    return None
+
+
 def _write_file(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """One run: collect, render, validate, write; the exit code."""
     prog = PROG
+    # Checked here, not by argparse's required=True: argparse reports a missing required
+    # option before an unknown one, so a typo (--otput -) would read "--output required".
+    problem = _output_problem(args.output)
+    if problem:
+        stderr.write(f"{_parser().format_usage()}{prog}: error: {problem}\n")
+        return EXIT_USAGE
     if args.output != "-" and not args.output.endswith(".prom"):
         print(f"{prog}: warning: node_exporter reads only *.prom files", file=stderr)
 

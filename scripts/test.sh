@@ -14,7 +14,7 @@ command -v influxd >/dev/null || missing+=(influxdb)
 command -v icinga2 >/dev/null || missing+=(icinga2-bin icinga2-common)
 command -v nagios4 >/dev/null || missing+=(nagios4-core)
 [ -x /usr/lib/nagios/plugins/check_dummy ] || missing+=(monitoring-plugins-basic)
-command -v losetup >/dev/null || missing+=(util-linux)
+command -v losetup >/dev/null && command -v unshare >/dev/null || missing+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # Live usage (tests/test_live.py): a real libvirtd running TCG domains, plain qemu with QMP,
 # and Debian's python3 with psutil, jinja2, prometheus_client and numpy (--check) for the runs

@@ -37,6 +37,7 @@ from qcow2_monitor.cli.options import (
 from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.text import printable
+from qcow2_monitor.collectors.report.growth import GrowthTracker
 from qcow2_monitor.collectors.report.metrics import (
     FILESYSTEM_LABEL,
     HEALTH_REASON_METRIC,
@@ -51,6 +52,7 @@ from qcow2_monitor.collectors.report.metrics import (
     health_text,
     image_metrics,
 )
+from qcow2_monitor.collectors.report.state import default_directory
 from qcow2_monitor.telegraf.lineprotocol import FieldValue, format_line, representable
 
 MEASUREMENT = "qcow2"
@@ -136,8 +138,9 @@ def _parser() -> ArgumentParser:
     return parser
 
 
-def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
-    collection = collect_selected(args.targets, args)
+def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO,
+           tracker: Optional[GrowthTracker] = None) -> None:
+    collection = collect_selected(args.targets, args, tracker)
     text, problems = render(collection)
     if problems:
         write_utf8(stderr, "".join(f"{LOG_PREFIX} {problem}\n" for problem in problems))
@@ -153,10 +156,14 @@ def _serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         if not args.execd:
             _batch(args, stdout, stderr)
             return EXIT_OK
-        # Telegraf writes one newline per interval and closes stdin on shutdown.
+        # Telegraf writes one newline per interval and closes stdin on shutdown. The samples
+        # for growth stay in memory too: a state directory that cannot be used still gives a
+        # history while the daemon runs.
+        tracker = None if args.no_state else GrowthTracker(
+            args.state_dir or default_directory(), args.growth_window, keep_in_memory=True)
         for _ in sys.stdin:
             try:
-                _batch(args, stdout, stderr)
+                _batch(args, stdout, stderr, tracker)
             except BrokenPipeError:
                 raise
             except Exception as exc:  # one bad interval must not end the daemon

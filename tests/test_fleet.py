@@ -15,7 +15,8 @@ hv1 (qcow2-textfile as root, with --check and a QMP live source):
   leaky    the header cluster counted twice: Qcow2ImageWarning (rule leaks, found by --check)
   vm1      an overlay a running qemu holds, restarted around `qemu-img amend` and `rebase`
   loop A   a 64 MiB block device holding a 256 MiB thin image that the test fills by writing
-           into it: the fill-up prediction, then nearly full
+           into it: the fill-up prediction, below the extension watermark (less than 32 MiB
+           left, chunk 64 MiB), then nearly full
   loop B   a 16 MiB block device holding a 15 MiB image written full: over 90 % used, but its
            fully allocated size fits: never an alert
 hv2 (qcow2-textfile and node_exporter as nobody; Debian runs the exporter unprivileged too):
@@ -71,6 +72,7 @@ STALE_AFTER = 15
 LOOP_A_SIZE = 64 * MiB
 CRITICAL, WARNING, UNKNOWN = "Qcow2ImageCritical", "Qcow2ImageWarning", "Qcow2ImageUnknown"
 FILLS_UP, NEARLY_FULL = "Qcow2ContainerFillsUpWithin24h", "Qcow2ContainerNearlyFull"
+WATERMARK = "Qcow2VolumeBelowWatermark"
 OVERCOMMITTED = "Qcow2FilesystemOvercommitted"
 STALE, UNREADABLE = "Qcow2TextfileStale", "Qcow2TextfileUnreadable"
 
@@ -152,8 +154,9 @@ def _start_hosts(stack: ExitStack, tmp: Path, shared: Path, disks: dict[str, str
     text1 = tmp / "hv1-textfile"
     text1.mkdir()
     exporter1 = stack.enter_context(node_exporter(text1, tmp / "ne1"))
+    # Loop A is due for extension (chunk 64 MiB at 50 %) once less than 32 MiB is left.
     writer1 = Writer("hv1", [str(BIN / "qcow2-textfile"), "--check", "--qmp", str(qmp),
-                             "--output", str(text1 / "qcow2.prom"),
+                             "--extend-chunk", "64M", "--output", str(text1 / "qcow2.prom"),
                              *(disks[name] for name in ("web", "damaged", "leaky", "vm1",
                                                         "loop A", "loop B"))])
     stack.callback(writer1.close)
@@ -329,7 +332,8 @@ def _resolutions(f: Fleet, other: Path) -> None:
     again and the file is gone, nearly full once the volume is provisioned anew."""
     other.unlink()
     f.hv2.writer.enabled.set()
-    wait_alerts(f.prom, f.hosts, {f.alert(NEARLY_FULL, "hv1", "loop A")},
+    wait_alerts(f.prom, f.hosts, {f.alert(NEARLY_FULL, "hv1", "loop A"),
+                                  f.alert(WATERMARK, "hv1", "loop A")},
                 "the prediction, the stale and the unreadable textfile resolved")
     with f.hv1.writer.between_runs():
         run(qemu_img("create", "-q", "-f", "qcow2", f.disks["loop A"], "256M"))
@@ -349,6 +353,7 @@ def _alerts_ever(f: Fleet) -> None:
         f.alert(OVERCOMMITTED, "hv2", str(f.pool)),
         f.alert(FILLS_UP, "hv1", "loop A"),
         f.alert(NEARLY_FULL, "hv1", "loop A"),
+        f.alert(WATERMARK, "hv1", "loop A"),
         f.alert(STALE, "hv2"),
         f.alert(UNREADABLE, "hv2"),
     }, ever
@@ -451,14 +456,15 @@ def _fleet_queries(f: Fleet) -> None:
         in_file = Counter(labels["path"] for _, labels, _ in textfile_samples(text)
                           if "path" in labels)
         assert {path: per_disk[(host.instance, path)] for path in in_file} == in_file
-    # By hand (no health rule applies now): an image file has 14 figures (a block device 13,
-    # no allocated_bytes), health, scrape_error and image_info; --check (hv1) adds 8 figures
-    # (qemu-img check's 7 and unconfirmed), the live source (vm1) live_end_offset_bytes.
-    assert per_disk == {**{(f.hv1.instance, f.disks[disk]): 25 for disk in ("web", "damaged",
+    # By hand (no health rule applies now): an image file has 16 figures (a block device 15,
+    # no allocated_bytes; paused and free_below_end_bytes among them), health, scrape_error
+    # and image_info; --check (hv1) adds 8 figures (qemu-img check's 7 and unconfirmed), the
+    # live source (vm1) live_end_offset_bytes.
+    assert per_disk == {**{(f.hv1.instance, f.disks[disk]): 27 for disk in ("web", "damaged",
                                                                           "leaky")},
-                        (f.hv1.instance, f.disks["vm1"]): 26,
-                        **{(f.hv1.instance, f.disks[disk]): 24 for disk in ("loop A", "loop B")},
-                        **{(f.hv2.instance, f.disks[disk]): 17 for disk in ("db", "secret")}}
+                        (f.hv1.instance, f.disks["vm1"]): 28,
+                        **{(f.hv1.instance, f.disks[disk]): 26 for disk in ("loop A", "loop B")},
+                        **{(f.hv2.instance, f.disks[disk]): 19 for disk in ("db", "secret")}}
 
 
 def test_alerts_and_fleet_queries_on_a_real_prometheus(fleet: Fleet) -> None:

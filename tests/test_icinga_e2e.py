@@ -209,8 +209,10 @@ def test_real_block_device_golden(tmp_path: Path, loop_device: Callable[..., str
         "qcow2_warning_headroom": "12M"}})
     res = results["block"]
     assert res["exit_status"] == 1
+    # The image (32 MiB) can outgrow its 16 MiB volume, below the default extension watermark.
     assert res["output"] == (
-        f"QCOW2 WARNING - {device}: usage 33.2% > 30%, headroom 10.7 MiB < 12 MiB ")
+        f"QCOW2 WARNING - {device}: headroom 10.7 MiB below the watermark 512 MiB: extend the "
+        f"volume by 1 GiB to 1.02 GiB, usage 33.2% > 30%, headroom 10.7 MiB < 12 MiB ")
     # Icinga keeps the quotes because every label has a space (it drops them otherwise).
     assert res["performance_data"] == [
         f"'{device} usage_percent'=33.203125%;30;50;0;100",

@@ -181,10 +181,10 @@ def test_image_metrics_full_record() -> None:
     assert list(by_name) == [
         "image_end_offset_bytes", "end_offset_bytes", "container_size_bytes", "headroom_bytes",
         "usage_ratio", "fully_allocated_size_bytes", "virtual_size_bytes", "allocated_bytes",
-        "in_use", "dirty", "corrupt", "refcounts_trusted", "snapshots", "bitmaps", "check_errors",
-        "corruptions", "leaks", "total_clusters", "allocated_clusters", "fragmented_clusters",
-        "compressed_clusters", "unconfirmed", "health", "health_reason", "scrape_error",
-        "image_info",
+        "in_use", "dirty", "corrupt", "refcounts_trusted", "snapshots", "bitmaps", "paused",
+        "check_errors", "corruptions", "leaks", "total_clusters", "allocated_clusters",
+        "fragmented_clusters", "compressed_clusters", "unconfirmed", "health", "health_reason",
+        "scrape_error", "image_info",
     ]
     identity = (("path", AWKWARD_PATH),)  # one disk, one series: nothing but its path
     for metric in by_name.values():

@@ -56,6 +56,25 @@ def test_rendered_unit_runs_the_installed_command() -> None:
     assert "@BINDIR@" in (ROOT / "node_exporter_textfile" / "qcow2-textfile.service").read_text()
 
 
+def test_rendering_names_each_command_and_keeps_the_comments_that_explain_it() -> None:
+    """Every `@BINDIR@/command` becomes the installed command; a comment about the
+    placeholder itself still names it (it once read "replaces /opt/x/bin with the
+    directory"); the plugin symlink examples name the installed plugin, not /opt."""
+    for name in SHIPPED:
+        shipped = (ROOT / SHIPPED[name][0] / name).read_text()
+        rendered = config(name)
+        assert "@BINDIR@/" not in rendered, name
+        assert rendered.count(f"{BIN}/") == shipped.count("@BINDIR@/"), name
+        for line in shipped.splitlines():
+            if "@BINDIR@" in line and "@BINDIR@/" not in line:
+                assert line in rendered.splitlines(), (name, line)
+    for name in ("qcow2.conf", "qcow2-icinga2.conf"):
+        rendered = config(name)
+        assert f"ln -s {BIN}/check_qcow2 /usr/lib/nagios/plugins/check_qcow2" in rendered
+        assert "/opt/" not in rendered
+    assert "replaces @BINDIR@ with the directory" in config("qcow2-textfile.cron")
+
+
 def test_rendered_cron_line_runs_and_never_overlaps(tmp_path: Path) -> None:
     (line,) = [line for line in config("qcow2-textfile.cron").splitlines()
                if line and not line.startswith(("#", "SHELL=", "PATH="))]
@@ -100,7 +119,7 @@ def test_rule_parameters_change_their_places_only(tmp_path: Path) -> None:
          "predict_linear(qcow2_headroom_bytes[12h], 24 * 3600) < 0"): 1,
         ("expr: time() - qcow2_last_success_timestamp_seconds > 600",
          "expr: time() - qcow2_last_success_timestamp_seconds > 5400"): 1,
-        ("for: 5m", "for: 7m"): 3, ("for: 1h", "for: 7m"): 2, ("for: 15m", "for: 7m"): 1,
+        ("for: 5m", "for: 7m"): 3, ("for: 1h", "for: 7m"): 1, ("for: 15m", "for: 7m"): 2,
         ("for: 10m", "for: 7m"): 1, ("for: 15m", "for: 1h"): 1,
         (f"description: {description.format('6h')}",
          f"description: {description.format('12h')}"): 1,

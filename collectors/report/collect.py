@@ -23,6 +23,7 @@ from .model import (
     CheckResult,
     UsageResult,
 )
+from .thin import DEFAULT_JUDGING, Judging, decide
 
 AnalyzeFn = Callable[..., UsageResult]
 CheckFn = Callable[..., CheckResult]
@@ -114,15 +115,18 @@ def collect(
     chain: bool = False,
     check: bool = False,
     max_depth: int = DEFAULT_MAX_DEPTH,
-    policy: Optional[Policy] = None,
     live_sources: LiveSources = NO_LIVE_SOURCES,
+    judging: Judging = DEFAULT_JUDGING,
 ) -> Collection:
     """Discover targets, analyse each (and its backing chain), optionally run the full check,
-    and judge each image's health by `policy` (default: every rule's default state).
+    and judge each image's health by `judging.rules` (default: every rule's default state).
 
     Live figures come from `live_sources` (by default none is asked); with `running`, the
     disks these name come first (libvirt's running domains, then the QMP qemus), then those of
     other qemu processes found through /proc.
+
+    Block volumes below the extension watermark get their advice, and with `judging.growth` every
+    top image its growth and time to full (collectors.report.thin).
 
     Never raises for image problems: a failing target is a record with `error` set and the others
     still report. Each image is reported once, by canonical path: a base shared by several
@@ -150,6 +154,7 @@ def collect(
             failed.append(_uninspected_record(scan.uninspected))
     seen: set[tuple[str, Optional[int]]] = set()
     records: list[ImageRecord] = []
+    times: list[float] = []
     for target in targets:
         for record in _records_for(target, analyze, chain=chain, max_depth=max_depth,
                                    live=live):
@@ -159,12 +164,14 @@ def collect(
             if key in seen:
                 continue
             seen.add(key)
+            times.append(time.time())
             if check_fn is not None:
                 record = _with_check(record, check_fn)
-            records.append(judge(record, policy))
-    records += [judge(record, policy) for record in failed]
+            records.append(record)
+    records, thin_notes = decide(records, times, judging, time.time())
+    records = [judge(record, judging.rules) for record in [*records, *failed]]
     return Collection(tuple(records), time.monotonic() - started, time.time(),
-                      _run_notes(records, live))
+                      (*_run_notes(records, live), *thin_notes))
 
 
 def _run_notes(records: Sequence[ImageRecord], live: Optional[LiveView]) -> tuple[str, ...]:

@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
-from ..common.units import counted
+from ..common.units import counted, human_size
+from .extend import extension_text
 from .model import (
+    CONTAINER_BLOCK,
     LAYER_ERROR,
     LAYER_LOOP,
     LAYER_MISSING,
     LAYER_NOT_QCOW2,
     LAYER_TOO_DEEP,
+    PAUSE_NOSPACE,
+    PAUSE_OTHER_DISK,
     ChainLayer,
     CheckResult,
     ImageUsage,
@@ -57,6 +61,10 @@ RULE_DIRTY_IN_USE = "dirty-in-use"
 RULE_LEAKS = "leaks"
 RULE_UNCONFIRMED = "unconfirmed"
 RULE_UNKNOWN = "unknown"
+RULE_PAUSED_NOSPACE = "paused-nospace"
+RULE_PAUSED_IOERROR = "paused-ioerror"
+RULE_PAUSED = "paused"
+RULE_EXTEND = "extend"
 
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule(RULE_CORRUPT, CRITICAL, "qemu has set the image's corrupt bit"),
@@ -77,6 +85,14 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
          "is writing (certain after the guest's next flush, or with the VM stopped)"),
     Rule(RULE_UNKNOWN, UNKNOWN, "the image could not be looked at (permission, not found, not "
          "qcow2, unsupported, timeout)"),
+    Rule(RULE_PAUSED_NOSPACE, CRITICAL, "the VM using the image is paused because its "
+         "volume (or filesystem) is full"),
+    Rule(RULE_PAUSED_IOERROR, CRITICAL, "the VM using the image is paused by another I/O "
+         "error (of this disk or of another)"),
+    Rule(RULE_PAUSED, OK, "the VM using the image is paused for another reason (by its user, "
+         "a migration, a snapshot, ...)"),
+    Rule(RULE_EXTEND, WARNING, "the image's block volume has less headroom than the "
+         "watermark: extend it (--extend-chunk, --extend-utilization)"),
 )}
 
 
@@ -146,8 +162,42 @@ def broken_layer(chain: Sequence[ChainLayer]) -> Optional[ChainLayer]:
     return next((layer for layer in chain if layer.status in BROKEN_LAYER_STATES), None)
 
 
+def _pause_reason(usage: ImageUsage) -> Optional[tuple[str, str]]:
+    """The rule and text of a paused VM, with what to do."""
+    pause = usage.pause
+    if pause is None:
+        return None
+    vm = f"VM {pause.domain} paused"
+    resume = f"resume the VM ({pause.resume})"
+    if pause.reason == PAUSE_NOSPACE:
+        where = (f"{pause.disk} ({usage.filename}, end offset {human_size(usage.end_offset)} "
+                 f"of {human_size(usage.container.size)})")
+        if usage.container.kind == CONTAINER_BLOCK:
+            action = extension_text(usage.extension) if usage.extension is not None \
+                else "extend the volume"
+        else:
+            action = f"free space on its filesystem ({usage.container.filesystem})"
+        return RULE_PAUSED_NOSPACE, f"{vm}: no space on {where}: {action}, then {resume}"
+    if pause.reason == PAUSE_OTHER_DISK:
+        return (RULE_PAUSED_IOERROR, f"{vm} by an I/O error of another disk "
+                f"({pause.error_disk}), not of {pause.disk}: {resume} once that is fixed")
+    if pause.io_error:
+        return (RULE_PAUSED_IOERROR, f"{vm}: I/O error on {pause.disk} ({usage.filename}): "
+                f"look at the storage and the host's kernel log, then {resume}")
+    return RULE_PAUSED, f"{vm} ({pause.reason}): no problem of the disk"
+
+
 def _usage_reasons(usage: ImageUsage, check: Optional[CheckResult]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
+    paused = _pause_reason(usage)
+    if paused is not None:
+        found.append(paused)
+    extension = usage.extension
+    # A VM paused on a full volume says how to extend it already.
+    if extension is not None and (paused is None or paused[0] != RULE_PAUSED_NOSPACE):
+        found.append((RULE_EXTEND, f"headroom {human_size(usage.container.headroom)} below "
+                      f"the watermark {human_size(extension.watermark)}: "
+                      + extension_text(extension)))
     if usage.corrupt:
         found.append((RULE_CORRUPT, "corrupt bit set"))
     lazy_debt = usage.dirty and usage.lazy_refcounts

@@ -26,6 +26,7 @@ from .model import (
     CheckResult,
     ImageUsage,
 )
+from .thin_metrics import THIN_METRICS, thin_values
 
 Labels = tuple[tuple[str, str], ...]
 MetricValue = Union[bool, int, float]
@@ -221,6 +222,13 @@ METRICS: dict[str, MetricSpec] = {
                          "inspect is not an image.", _INT),
 }
 
+# The thin-provisioning figures follow the image's own (collectors.report.thin_metrics).
+_AFTER = list(METRICS).index("bitmaps") + 1
+METRICS = dict([*list(METRICS.items())[:_AFTER],
+                *((name, MetricSpec(unit, text, kind))
+                  for name, (unit, text, kind) in THIN_METRICS.items()),
+                *list(METRICS.items())[_AFTER:]])
+
 # The `path` of the record about qemu processes --running could not inspect: not a path (no
 # file can be named so by the scan), and not an image (qcow2_images does not count it).
 RUNNING_PROCESSES = "(running qemu processes)"
@@ -336,6 +344,8 @@ def info_labels(record: ImageRecord) -> Labels:
             end_offset_source=usage.end_offset_source,
             domain=usage.domain,
             disk=usage.disk,
+            pause_reason=usage.pause_reason,
+            extend_command=usage.extension.command if usage.extension is not None else None,
         )
     # Empty label values are dropped: Prometheus treats them as absent, line protocol forbids them.
     return tuple(sorted((k, printable(v)) for k, v in labels.items() if v))
@@ -377,6 +387,7 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
             ("refcounts_trusted", usage.refcounts_trusted),
             ("snapshots", usage.snapshots),
             ("bitmaps", usage.bitmaps),
+            *thin_values(usage),
         ]
         metrics += [_metric(name, value, labels) for name, value in values]
     check = record.check

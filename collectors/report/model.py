@@ -34,6 +34,64 @@ LAYER_ERROR = "error"
 LAYER_INVALID_NAME = "invalid-name"  # the name cannot be a path (e.g. a NUL byte): not opened
 
 
+# Why a running VM is paused, as it concerns one of its disks (collectors.host.pause).
+PAUSE_NOSPACE = "nospace"
+PAUSE_IOERROR = "ioerror"
+PAUSE_OTHER_DISK = "other-disk"
+PAUSE_USER = "user"
+PAUSE_UNKNOWN = "unknown"
+# The reasons that mean an I/O error stopped the VM (the others are no problem of a disk).
+IO_PAUSES = frozenset({PAUSE_NOSPACE, PAUSE_IOERROR, PAUSE_OTHER_DISK})
+
+@dataclass(frozen=True)
+class Pause:
+    """A paused VM, as it concerns one of its disks."""
+
+    domain: str  # libvirt domain, or "qemu PID"
+    disk: str  # this disk's target (vda, vda[2]) or QMP node name
+    reason: str  # PAUSE_* or the VM's own reason in libvirt's words
+    error_disk: Optional[str] = None  # other-disk: the disk whose error paused the VM
+    resume: str = ""  # the command that resumes the VM once the cause is gone
+
+    @property
+    def io_error(self) -> bool:
+        return self.reason in IO_PAUSES
+
+
+@dataclass(frozen=True)
+class Extension:
+    """Advice to extend a thin block volume (collectors.report.extend): its headroom fell below
+    the watermark chunk x (100 - utilization%) / 100 (oVirt/VDSM's policy)."""
+
+    watermark: int  # bytes of headroom below which the volume should be extended
+    chunk: int  # what one extension adds
+    extend_by: int  # bytes to add: chunk, rounded up to the granularity
+    extend_to: int  # the new device size
+    granularity: int  # LVM extent size, else 1 MiB
+    volume: Optional[str] = None  # VG/LV of an LVM volume
+    command: Optional[str] = None  # lvextend -L +1G VG/LV
+    vg_free: Optional[int] = None  # free space of the VG, when vgs told
+    vg_needed: Optional[int] = None  # what every advised volume of the VG needs together
+    note: Optional[str] = None  # why the granularity or the VG's free space is unknown
+
+    @property
+    def vg_short(self) -> bool:
+        """The VG itself cannot cover the extensions advised for its volumes."""
+        return self.vg_free is not None and self.vg_needed is not None \
+            and self.vg_needed > self.vg_free
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How fast an image grows, from the samples of earlier runs (collectors.report.growth)."""
+
+    bytes_per_second: Optional[float]  # least-squares slope of end_offset; None: too little
+    time_to_full: Optional[float]  # seconds until the headroom is gone; None: not growing
+    samples: int  # samples in the window, this run's included
+    span: float  # seconds between the first and the last of them
+    note: Optional[str] = None  # a reset, or a state file that could not be used
+
+
 @dataclass(frozen=True)
 class Container:
     """Where an image lives and how far it can grow there."""
@@ -82,6 +140,18 @@ class ImageUsage:
     live_end_offset: Optional[int] = None
     domain: Optional[str] = None
     disk: Optional[str] = None
+    pause: Optional[Pause] = None  # the VM using the image is paused, and why
+    free_below_end: Optional[int] = None  # zero-refcount clusters below the end, in bytes
+    extension: Optional[Extension] = None  # advice to extend its block volume now
+    growth: Optional[Growth] = None  # growth rate and time to full
+
+    @property
+    def paused(self) -> bool:
+        return self.pause is not None
+
+    @property
+    def pause_reason(self) -> Optional[str]:
+        return self.pause.reason if self.pause is not None else None
 
     @property
     def end_offset(self) -> int:
