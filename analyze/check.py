@@ -8,13 +8,13 @@ presence rules) plus located findings, and exits like it: 0 clean, 1 could not c
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.cli.text import finding_text
+from qcow2_monitor.cli.text import finding_text, json_text
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.common.jsonform import to_json_object
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.qcow2.chain import Visited, not_read_error, visit
 from qcow2_monitor.collectors.report.model import CheckResult, LayerStatus
 
@@ -89,7 +89,7 @@ def check_human(result: CheckResult) -> str:
     if result.image_end_offset:
         out.append(f"Image end offset: {result.image_end_offset}\n")
     for note in result.notes:
-        out.append(f"Note: {note}\n")
+        out.append(f"Note: {printable(note)}\n")
     if result.findings_total:
         out.append(f"\nFindings ({result.findings_total}"
                    + (f", first {len(result.findings)} shown" if len(result.findings)
@@ -128,7 +128,7 @@ def _layer_report(visited: Visited[CheckResult]
 def _human(visited: Visited[CheckResult], error: Optional[Qcow2Error], chain: bool) -> str:
     """The human text of one layer: its heading (with --chain) and qemu-img check's text."""
     layer, result = visited.layer, visited.value
-    path = layer.filename
+    path = printable(layer.filename)
     gap = "" if layer.depth == 0 else "\n"
     if error is not None:
         return f"{gap}== {path}: could not check\n" if chain else ""
@@ -161,5 +161,5 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.chain:
             break
     if args.output == "json":
-        out.write(json.dumps(reports if args.chain else reports[0], indent=4) + "\n")
+        out.write(json_text(reports if args.chain else reports[0], indent=4))
     return _worst(codes)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from typing import Optional
 
 import numpy as np
 import numpy.typing as npt
@@ -33,21 +34,18 @@ from ..qcow2.image import Qcow2Image, Snapshot
 from ..qcow2.reader import held_for_writing
 from ..report.model import CheckResult, Finding, Place, TableName
 from .compare import compare_refcounts
-from .findings import Tally, finding
+from .findings import LAZY_DEBT_KINDS, Tally, finding
 from .heap import keep_heap_top
 from .l1 import EntryChunk, L1Spans, entry_chunks, snapshot_spans
 from .l1walk import L1Walk
 from .refblocks import BDRV_MAX_LENGTH, OnDiskRefcounts
 from .references import U64, ReferenceCounts, u64
+from .settle import Pass, settled_check, stable_pass
 from .tablewalk import L1Table, TableWalk
 
 REFT_RESERVED_MASK = 0x1FF
 BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
 BME_TABLE_ENTRY_SIZE = 8
-
-IN_USE_NOTE = ("held for writing by a running qemu: its cached metadata may not be on disk "
-               "yet, so leaks or corruptions found now can be transient; check again after "
-               "the VM stops")
 
 
 class _Check:
@@ -262,15 +260,16 @@ class _Check:
                                       cluster_index=cluster,
                                       expected=1, found=value, **values)
 
-    def locate(self) -> None:
+    def locate(self, wanted: Optional[frozenset[int]] = None) -> None:
         """Refcount findings (known by cluster number only) located at the entries that
-        reference the cluster: one more pass over the tables, only when there are some."""
+        reference the cluster (with `wanted`: of these clusters only): one more pass over the
+        tables, only when there are some."""
         from .locate import locate_findings
 
         # One pass for both lists: the walk is the cost, whatever the number of findings.
         parts = (self.tally.structure, self.tally.compare)
         located = locate_findings(self.image, self.ondisk,
-                                  [f for part in parts for f in part.items])
+                                  [f for part in parts for f in part.items], wanted)
         for part in parts:
             part.items, located = located[:len(part.items)], located[len(part.items):]
 
@@ -306,10 +305,9 @@ class _Check:
 
 
 # A dirty lazy-refcounts image: the refcounts qemu had not written yet show up as refcount
-# errors, leaks and OFLAG_COPIED mismatches. They are the expected debt, not corruption (the
-# health policy's `dirty` rule): the catalogue's advice for real refcount damage would
-# contradict it. qemu-img check's figures and exit code stay as qemu's.
-LAZY_DEBT_KINDS = frozenset({"refcount-too-low", "leak", "copied-flag"})
+# errors, leaks and OFLAG_COPIED mismatches (LAZY_DEBT_KINDS). They are the expected debt, not
+# corruption (the health policy's `dirty` rule): the catalogue's advice for real refcount
+# damage would contradict it. qemu-img check's figures and exit code stay as qemu's.
 ADVICE_LAZY_DEBT = (
     "Dirty lazy-refcounts image: these refcount differences are the expected lazy-refcount "
     "debt, not corruption; qemu repairs them when it next opens the image read-write (or run "
@@ -325,6 +323,14 @@ def _as_lazy_debt(findings: list[Finding]) -> list[Finding]:
 def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
     """`qemu-img check` without -r on an open image (qcow2_co_check_locked()). Raises
     Qcow2Error when qemu's check itself would fail (exit 1 with no figures)."""
+    return check_pass(image, max_findings).result
+
+
+def check_pass(image: Qcow2Image, max_findings: int,
+               wanted: Optional[frozenset[int]] = None) -> Pass:
+    """One pass of the check over the image as it is on disk now, with what each finding
+    counts in the figures; refcount findings located only for the `wanted` clusters when
+    given."""
     keep_heap_top()
     try:
         run = _Check(image, max_findings)
@@ -334,10 +340,13 @@ def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
         run.refs.overflows(image.header.refcount_bits)
         highest = compare_refcounts(run.refs, run.ondisk, (1 << image.header.refcount_bits) - 1,
                                     run.tally)
-        run.locate()
+        run.locate(wanted)
     except Qcow2Error as exc:
         raise exc.with_filename(image.filename) from None
-    return run.result(highest)
+    result = run.result(highest)
+    h = image.header
+    return Pass(result, tuple(run.tally.ordered_weights()[:len(result.findings)]),
+                h.dirty and h.lazy_refcounts)
 
 
 def check_image(path: str, *, max_findings: int = 100) -> CheckResult:
@@ -347,15 +356,17 @@ def check_image(path: str, *, max_findings: int = 100) -> CheckResult:
 
 
 def check_opened(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
-    """Check an open image, noting when a running qemu holds it for writing."""
-    result = check(image, max_findings=max_findings)
+    """Check an open image. One that a running qemu holds for writing is read again until what
+    the check finds holds still (collectors/check/settle.py); any other is read once."""
     if held_for_writing(image.file):
-        # qemu caches L2 and refcount blocks: what is on disk may lag behind the guest.
-        result = replace(result, notes=(*result.notes, IN_USE_NOTE))
-    return result
+        return settled_check(image, max_findings, check_pass)
+    return check(image, max_findings=max_findings)
 
 
 def image_end_offset_by_walk(image: Qcow2Image) -> int:
     """The image end offset `qemu-img check` reports, from the full metadata walk (used when
-    on-disk refcounts cannot be trusted, e.g. a dirty lazy-refcounts image)."""
+    on-disk refcounts cannot be trusted, e.g. a dirty lazy-refcounts image). On an image held
+    for writing, from a walk during which qemu moved no table."""
+    if held_for_writing(image.file):
+        return stable_pass(image, 0, check_pass).result.image_end_offset
     return check(image, max_findings=0).image_end_offset

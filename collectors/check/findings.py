@@ -109,6 +109,10 @@ CATALOGUE: dict[str, Kind] = {
         ADVICE_LEAK),
 }
 
+# What a dirty lazy-refcounts image shows as long as qemu has not written its refcounts: the
+# expected debt, not damage (collectors/check/checker.py, the health policy's `dirty` rule).
+LAZY_DEBT_KINDS = frozenset({"refcount-too-low", "leak", "copied-flag"})
+
 Value = Union[int, str, None]
 
 
@@ -150,16 +154,25 @@ class Findings:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.items: list[Finding] = []
+        # What each listed finding counts in qemu's figures: 1, or more for a finding in a
+        # table named k times (ReferenceCounts.repeated), a refcount overflow (its excess
+        # references) or an unreadable refcount block (one check error per cluster).
+        self.weights: list[int] = []
         self.total = 0
 
     @property
     def room(self) -> int:
         return max(0, self.limit - len(self.items))
 
-    def add(self, item: Finding) -> None:
+    def add(self, item: Finding, weight: int = 1) -> None:
         self.total += 1
         if len(self.items) < self.limit:
             self.items.append(item)
+            self.weights.append(weight)
+
+    def multiply_since(self, listed: int, times: int) -> None:
+        """The findings listed after the first `listed` count `times` times each."""
+        self.weights[listed:] = [weight * times for weight in self.weights[listed:]]
 
     def count(self, n: int) -> None:
         """Findings counted but not built (the list is already full)."""
@@ -191,9 +204,16 @@ class Tally:
         else:
             self.structure.count(1)  # nothing built: a hostile table may hold millions
 
+    def _parts(self) -> tuple[Findings, ...]:
+        return (self.snapshots, self.structure, self.compare, self.copied)
+
     def ordered(self) -> tuple[list[Finding], int]:
         """Every finding kept, in qemu's order, and the complete total."""
-        parts = (self.snapshots, self.structure, self.compare, self.copied)
+        parts = self._parts()
         return ([f for part in parts for f in part.items],
                 sum(part.total for part in parts))
+
+    def ordered_weights(self) -> list[int]:
+        """What each finding of ordered() counts in the figures, in the same order."""
+        return [weight for part in self._parts() for weight in part.weights]
 
