@@ -141,7 +141,7 @@ def judging_from_args(args: argparse.Namespace, tracker: Optional[GrowthTracker]
 
 def add_live_arguments(group: ArgumentContainer) -> None:
     """--no-live, --libvirt-uri and --qmp: where the live end offsets of running VMs come
-    from (collectors.live). Shared by every adapter and by `qcow2-analyze usage`."""
+    from (collectors.host.live). Shared by every adapter and by `qcow2-analyze usage`."""
     group.add_argument(
         "--no-live", action="store_true",
         help="do not ask libvirt for the live end offsets of running VMs",

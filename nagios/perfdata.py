@@ -17,9 +17,9 @@ from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdi
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import Metric
 
-# Perfdata figures, by their collectors.metrics names (one vocabulary for every adapter).
+# Perfdata figures, by their collectors.report.metrics names (one vocabulary for every adapter).
 # Only usage_ratio is rescaled, to percent under the label "usage_percent".
-# Perfdata: these usage figures, then (with --check) collectors.metrics.CHECK_METRICS.
+# Perfdata: these usage figures, then (with --check) collectors.report.metrics.CHECK_METRICS.
 USAGE_PERFDATA_METRICS = (
     "usage_ratio",
     "end_offset_bytes",

@@ -8,9 +8,10 @@ qcow2-exec-legacy.conf (<= 1.38) and qcow2-execd.conf.
 One point per image (and per backing layer with --chain) in measurement ``qcow2``. In InfluxDB
 every tag is part of the series key, so the only tag is the disk's identity, ``path`` (its
 canonical path): one disk, one series, whether it is healthy or broken, restarted, amended or
-rebased. Fields are the metrics of :func:`collectors.metrics.image_metrics` under the same
-names as in every adapter, every descriptive label of :func:`collectors.metrics.info_labels`
-as a string field (``depth`` an integer), and ``health_reasons``, the health rules that applied.
+rebased. Fields are the metrics of :func:`collectors.report.metrics.image_metrics` under the
+same names as in every adapter, every descriptive label of
+:func:`collectors.report.metrics.info_labels` as a string field (``depth`` an integer), and
+``health_reasons``, the health rules that applied.
 Flags (in_use, dirty, ...) are integers 0/1. One point per filesystem holding image files in
 measurement ``qcow2_filesystem``, tagged ``mountpoint``: its sums cover only the images this
 run was given.

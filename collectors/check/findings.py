@@ -1,5 +1,5 @@
 """The findings catalogue of the full check: every kind of problem with its severity, message
-template and advice, the one place a :class:`~collectors.model.Finding` is built, and the
+template and advice, the one place a :class:`~collectors.report.model.Finding` is built, and the
 tally (qemu's BdrvCheckResult counters plus bounded lists of findings) the check fills."""
 
 from __future__ import annotations

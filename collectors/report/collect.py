@@ -137,7 +137,7 @@ def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:
 
 
 def judge(record: ImageRecord, policy: Optional[Policy] = None) -> ImageRecord:
-    """`record` with its health by the one policy (collectors.health)."""
+    """`record` with its health by the one policy (collectors.report.health)."""
     health = assess(usage=record.usage, check=record.check, error=record.error,
                     layer=record.layer, broken_below=record.broken_below, policy=policy)
     return replace(record, health=health)
