@@ -20,6 +20,7 @@ from qcow2_monitor.collectors.common.units import (
 from qcow2_monitor.collectors.host.live import LiveSources
 from qcow2_monitor.collectors.report.collect import ChainScope, collect
 from qcow2_monitor.collectors.report.extend import extension_text
+from qcow2_monitor.collectors.report.health import RULE_BACKING
 from qcow2_monitor.collectors.report.model import Collection, ImageRecord, ImageUsage, LayerStatus
 
 from .common import PROG, error_document, report_error
@@ -56,9 +57,9 @@ USAGE_COLUMNS = ("IMAGE", "END OFFSET", "FROM", "CONTAINER", "CONTAINER SIZE", "
                  "HEADROOM", "FULLY ALLOCATED", "STATE")
 
 
-def _usage_row(name: str, usage: ImageUsage) -> list[str]:
+def _usage_row(name: str, usage: ImageUsage, status: LayerStatus) -> list[str]:
     c = usage.container
-    flags = [flag for flag, on in (("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
+    flags = [flag for flag, on in ((str(status), status != LayerStatus.OK),("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
                                    ("in-use", usage.in_use),
                                    (f"PAUSED ({usage.pause_reason})", usage.paused),
                                    ("extend", usage.extension is not None)) if on]
@@ -100,9 +101,12 @@ def render_usage_human(collection: Collection) -> str:
             rows.append([name, *empty, str(status)])
             continue
         rows.append(_usage_row(record.usage.filename if record.depth == 0 else name,
-                               record.usage))
+                               record.usage, record.status))
         shown = (*record.usage.notes, *thin_notes(record.usage)) if record.depth == 0 \
             else record.usage.notes
+        # A broken layer below: said by the one health rule that judges it.
+        shown += tuple(f"{reason.text}: qemu cannot open the image"
+                       for reason in record.health.reasons if reason.rule == RULE_BACKING)
         notes += [f"{record.usage.filename}: {note}" for note in shown]
     text = render_table(USAGE_COLUMNS, rows, right=(1, 4, 5, 6, 7))
     return text + "".join(f"note: {note}\n" for note in notes)

@@ -28,8 +28,10 @@ from ..host.live import (
 )
 from .health import Policy, assess, broken_layer
 from .model import (
+    BACKING_STATUS,
     DEFAULT_MAX_DEPTH,
     RUNNING_PROCESSES,
+    ChainLayer,
     CheckResult,
     Collection,
     ImageRecord,
@@ -103,13 +105,17 @@ def _records_for(
         yield ImageRecord(target.spec, path, 0, None, None, exc, canonical=canonical)
         return
     # The chain is always opened (headers only without --chain): a broken one is the top's
-    # problem too, since qemu cannot open the top without it.
+    # problem too, since qemu cannot open the top without it; its status says so.
+    broken = broken_layer(result.chain)
     yield ImageRecord(target.spec, path, 0, result.usage, None, result.error,
-                      canonical=canonical, broken_below=broken_layer(result.chain))
+                      status=backing_status(LayerStatus.OK, broken), canonical=canonical,
+                      broken_below=broken)
     for index, layer in enumerate(result.chain):
         if scope == ChainScope.NONE or (
                 scope == ChainScope.NOT_OK and layer.status == LayerStatus.OK):
             continue
+        broken = broken_layer(result.chain[index + 1 :])
+        status = backing_status(layer.status, broken)
         yield ImageRecord(
             target.spec,
             layer.path,
@@ -117,12 +123,19 @@ def _records_for(
             layer.usage,
             None,
             layer.error,
-            status=layer.status,
+            status=status,
             name=layer.name,
             canonical=canonical_path(layer.path) if layer.path else None,
-            layer=layer,
-            broken_below=broken_layer(result.chain[index + 1 :]),
+            layer=replace(layer, status=status),
+            broken_below=broken,
         )
+
+
+def backing_status(status: LayerStatus, broken_below: Optional[ChainLayer]) -> LayerStatus:
+    """An ok image's status when a layer below it is broken: BACKING_* of that layer's."""
+    if status != LayerStatus.OK or broken_below is None:
+        return status
+    return BACKING_STATUS[broken_below.status]
 
 
 def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:

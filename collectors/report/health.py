@@ -18,6 +18,7 @@ from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
 from ..common.units import counted, human_size
 from .extend import extension_text
 from .model import (
+    BACKING_STATUS,
     PAUSE_NOSPACE,
     PAUSE_OTHER_DISK,
     ChainLayer,
@@ -41,8 +42,7 @@ SEVERITY: dict[int, int] = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
 # (permission, not found, not qcow2, unsupported feature, a bug of ours).
 DAMAGED_KINDS = frozenset({INVALID, OUT_OF_BOUNDS, TRUNCATED})
 # Backing-layer states that keep qemu from opening the image above (the VM cannot start).
-BROKEN_LAYER_STATES = frozenset({LayerStatus.MISSING, LayerStatus.LOOP, LayerStatus.ERROR,
-                                 LayerStatus.NOT_QCOW2})
+BROKEN_LAYER_STATES = frozenset(BACKING_STATUS)
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,10 @@ def info_labels(record: ImageRecord) -> Labels:
     """Descriptive labels of an image (identity labels included), sorted, no empty values."""
     labels: dict[str, Optional[str]] = dict(identity_labels(record))
     labels["depth"] = str(record.depth)
-    labels["status"] = str(record.status if record.error is None else LayerStatus.ERROR)
+    # A layer's own status (missing, loop, ...), BACKING_* above a broken one: the words of
+    # usage's JSON. A target that could not be analysed: error.
+    labels["status"] = str(LayerStatus.ERROR if record.error is not None
+                           and record.status == LayerStatus.OK else record.status)
     labels["name"] = record.path or record.name or record.target  # as the disk was reached
     if record.depth > 0:
         labels["backing_name"] = record.name

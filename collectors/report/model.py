@@ -45,6 +45,21 @@ class LayerStatus(TextEnum):
     OTHER_FORMAT = "other-format"
     INVALID_NAME = "invalid-name"  # the name cannot be a path (e.g. a NUL byte): not opened
     ERROR = "error"
+    # An image (a target, or a layer above) whose chain is broken further down: qemu cannot
+    # open it (the VM cannot start). "backing-" and the status of the first broken layer.
+    BACKING_MISSING = "backing-missing"
+    BACKING_LOOP = "backing-loop"
+    BACKING_NOT_QCOW2 = "backing-not-qcow2"
+    BACKING_ERROR = "backing-error"
+
+
+# The layer statuses that keep qemu from opening the images above, and the status of those.
+BACKING_STATUS: dict[LayerStatus, LayerStatus] = {
+    LayerStatus.MISSING: LayerStatus.BACKING_MISSING,
+    LayerStatus.LOOP: LayerStatus.BACKING_LOOP,
+    LayerStatus.NOT_QCOW2: LayerStatus.BACKING_NOT_QCOW2,
+    LayerStatus.ERROR: LayerStatus.BACKING_ERROR,
+}
 
 
 class ContainerKind(TextEnum):
@@ -459,7 +474,9 @@ class ImageRecord:
     usage: Optional[ImageUsage]
     check: Optional[CheckResult]
     error: Optional[Qcow2Error]
-    status: LayerStatus = LayerStatus.OK  # layers only: targets are OK or have `error`
+    # A layer's own status, or BACKING_* for an image above a broken layer (broken_below);
+    # ERROR for a target that could not be analysed.
+    status: LayerStatus = LayerStatus.OK
     name: Optional[str] = None  # backing file name as written in the layer above
     canonical: Optional[str] = None  # identity.canonical_path(path)
     layer: Optional[ChainLayer] = None  # the chain layer this record reports (depth >= 1)
