@@ -59,7 +59,8 @@ USAGE_COLUMNS = ("IMAGE", "END OFFSET", "FROM", "CONTAINER", "CONTAINER SIZE", "
 
 def _usage_row(name: str, usage: ImageUsage, status: LayerStatus) -> list[str]:
     c = usage.container
-    flags = [flag for flag, on in ((str(status), status != LayerStatus.OK),("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
+    flags = [flag for flag, on in ((str(status), status != LayerStatus.OK),
+                                   ("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
                                    ("in-use", usage.in_use),
                                    (f"PAUSED ({usage.pause_reason})", usage.paused),
                                    ("extend", usage.extension is not None)) if on]

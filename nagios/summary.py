@@ -13,7 +13,14 @@ from qcow2_monitor.collectors.common.units import (
     human_rate,
     human_size,
 )
-from qcow2_monitor.collectors.report.health import OK, SEVERITY, STATE_NAMES
+from qcow2_monitor.collectors.report.health import (
+    OK,
+    RULE_BACKING,
+    SEVERITY,
+    STATE_NAMES,
+    error_without_filename,
+)
+from qcow2_monitor.collectors.report.model import LayerStatus
 from qcow2_monitor.nagios.perfdata import perfdata
 from qcow2_monitor.nagios.runtime import PREFIX
 from qcow2_monitor.nagios.text import clean_text, percent_text, usage_percent
@@ -98,6 +105,34 @@ def _growth_text(usage: ImageUsage) -> str:
     return text
 
 
+def _said_above(record: ImageRecord) -> set[str]:
+    """The reasons of a backing layer that its top image names already: its chain's broken
+    layer (itself, or one below it; of an unreadable layer, also why it is unreadable)."""
+    if record.depth == 0:
+        return set()
+    said = {reason.text for reason in record.health.reasons if reason.rule == RULE_BACKING}
+    if record.status == LayerStatus.ERROR and record.error is not None:
+        said.add(error_without_filename(record.error))
+    return said
+
+
+def _problem_texts(verdict: Verdict) -> list[str]:
+    """The problems of one image as the output names them. A broken chain is one fact, named
+    on its top image: a backing layer (the broken one, or one between) says only its status
+    (missing, backing-missing, ...) instead of repeating it."""
+    said = _said_above(verdict.record)
+    texts = [problem.text for problem in verdict.problems if problem.text not in said]
+    return [str(verdict.record.status), *texts] if said & {p.text for p in verdict.problems} \
+        else texts
+
+
+def _named_in_summary(verdict: Verdict) -> bool:
+    """Whether the first line names the image: not a backing layer whose only problem is the
+    broken chain its top image names."""
+    said = _said_above(verdict.record)
+    return not said or any(problem.text not in said for problem in verdict.problems)
+
+
 def image_line(verdict: Verdict, verbosity: int) -> str:
     record = verdict.record
     usage = record.usage
@@ -113,7 +148,7 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
             f"{container.kind} container, headroom {human_size(container.headroom)})"
             + _growth_text(usage)
         )
-    parts.extend(problem.text for problem in verdict.problems)
+    parts.extend(_problem_texts(verdict))
     if verbosity >= 1:
         parts.extend(_details(record))
     where = f" (backing file, depth {record.depth} below {clean_text(record.target)})" \
@@ -166,10 +201,12 @@ def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict
     if state == OK:
         return _ok_summary(verdicts)
     # Worst first, then in the collector's (stable) order; filesystems after images.
-    bad = [(v.state, _named(v.record, ", ".join(p.text for p in v.problems)), v.record.is_image)
-           for v in verdicts if v.state != OK]
+    # A backing layer with nothing but its chain's broken layer to say is counted, not named:
+    # its top image names the fact.
+    bad_images = sum(v.record.is_image for v in verdicts if v.state != OK)
+    bad = [(v.state, _named(v.record, ", ".join(_problem_texts(v))), v.record.is_image)
+           for v in verdicts if v.state != OK and _named_in_summary(v)]
     bad.sort(key=lambda item: -SEVERITY[item[0]])
-    bad_images = sum(is_image for _, _, is_image in bad)
     bad += [(f.state, f"filesystem {f.figures.mountpoint}: "
              + ", ".join(p.text for p in f.problems), False)
             for f in filesystems if f.state != OK]
