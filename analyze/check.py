@@ -12,11 +12,12 @@ from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.text import finding_text, json_text
-from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.errors import IO_ERROR, Qcow2Error
 from qcow2_monitor.collectors.common.jsonform import to_json_object
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.qcow2.chain import Visited, not_read_error, visit
-from qcow2_monitor.collectors.report.model import CheckResult, LayerStatus
+from qcow2_monitor.collectors.report.health import broken_layer
+from qcow2_monitor.collectors.report.model import ChainLayer, CheckResult, LayerStatus
 
 from .common import OUTPUT_HELP, count_option, epilog, error_document, report_error
 
@@ -142,9 +143,18 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     reports: list[dict[str, Any]] = []
     codes = []
-    for visited in visit(args.file, lambda image, _: check_opened(
-            image, max_findings=args.max_findings)):
+    broken: Optional[ChainLayer] = None
+    # Without --chain the layers below are opened (headers only), as qemu-img check opens
+    # them: a broken one fails qemu's check of the top image (exit 1).
+    for visited in visit(args.file, lambda image, layer: check_opened(
+            image, max_findings=args.max_findings) if args.chain or layer.depth == 0
+            else None):
         layer, result = visited.layer, visited.value
+        if layer.depth > 0 and not args.chain:
+            broken = broken_layer([layer])
+            if broken is not None or layer.status != LayerStatus.OK:
+                break
+            continue
         data, error = _layer_report(visited)
         if error is not None and not args.chain:
             raise error  # the one error document and line (analyze/main.py)
@@ -158,8 +168,24 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             data["status"] = LayerStatus.OK.value
         if args.output == "human":
             out.write(_human(visited, error, args.chain))
-        if not args.chain:
-            break
+    if broken is not None:
+        error = backing_error(broken, args.file)
+        report_error(error, err)
+        reports[0]["backing-chain-error"] = error_document(
+            broken.error or error, broken.filename, broken.status, depth=broken.depth)
+        codes.append(EXIT_FAILED)
     if args.output == "json":
         out.write(json_text(reports if args.chain else reports[0], indent=4))
     return _worst(codes)
+
+
+def backing_error(broken: ChainLayer, top: str) -> Qcow2Error:
+    """Why qemu-img check of `top` fails (exit 1, "Could not open backing file"): the one line
+    on stderr. The top image's own metadata is checked all the same."""
+    reason = broken.error.message if broken.error is not None \
+        else f"backing file {broken.name!r} {broken.status}"
+    return Qcow2Error(
+        f"{reason} (depth {broken.depth}): qemu cannot open the image, so qemu-img check "
+        "exits 1 (\"Could not open backing file\"); the image's own metadata was checked",
+        structure="backing chain",
+        kind=broken.error.kind if broken.error is not None else IO_ERROR, filename=top)
