@@ -11,7 +11,7 @@ canonical path): one disk, one series, whether it is healthy or broken, restarte
 rebased. Fields are the metrics of :func:`collectors.metrics.image_metrics` under the same
 names as in every adapter, every descriptive label of :func:`collectors.metrics.info_labels`
 as a string field (``depth`` an integer), and ``health_reasons``, the health rules that applied.
-Flags (in_use, dirty, ...) are integers 0/1. One point per filesystem holding image files in
+Flags (in_use, scrape_error) are integers 0/1. One point per filesystem holding image files in
 measurement ``qcow2_filesystem``, tagged ``mountpoint``: its sums cover only the images this
 run was given.
 A target that fails is still a point (``scrape_error=1i`` and an ``error`` string) and an
