@@ -48,6 +48,7 @@ from qcow2_monitor.collectors.report.metrics import (
     failure_line,
     filesystem_metrics,
     filesystems,
+    has_series,
     health_text,
     image_metrics,
 )
@@ -97,7 +98,8 @@ def render(collection: Collection) -> tuple[str, list[str]]:
     problems: list[str] = []
     for record in collection.records:
         line, record_problems = record_point(record)
-        lines.append(line + "\n")
+        if has_series(record):
+            lines.append(line + "\n")
         problems += record_problems
     for figures in filesystems(collection):
         fields = [(metric.name, metric.value) for metric in filesystem_metrics(figures)]

@@ -469,7 +469,11 @@ def test_collect_missing_and_looping_layers(tmp_path: Path) -> None:
     assert by_key[(str(b), 1)].error is None
     loop = by_key[(str(a), 2)]  # a again, below b: reported although a was reported at depth 0
     assert loop.error is not None and "loops" in str(loop.error)
-    assert {m.name: m.value for m in image_metrics(loop)}["scrape_error"] == 1
+    # One series per disk: a's own series says the loop (status backing-loop, rule backing).
+    assert image_metrics(loop) == []
+    top_a = {m.name: m for m in image_metrics(by_key[(str(a), 0)])}
+    assert dict(top_a["image_info"].labels)["status"] == "backing-loop"
+    assert top_a["health"].value == 2 and top_a["scrape_error"].value == 0
 
 
 def test_collect_turns_unexpected_exceptions_into_record_errors(

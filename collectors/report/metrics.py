@@ -307,8 +307,17 @@ def health_text(record: ImageRecord) -> str:
                                for reason in record.health.reasons))
 
 
+def has_series(record: ImageRecord) -> bool:
+    """False for a loop layer: the file it names is reported above it in its own chain (one
+    series per disk), and the images above say the loop (status backing-loop, rule backing)."""
+    return record.status != LayerStatus.LOOP
+
+
 def image_metrics(record: ImageRecord) -> list[Metric]:
-    """The metrics of one record, with the same names and labels in every adapter."""
+    """The metrics of one record (none without has_series), with the same names and labels in
+    every adapter."""
+    if not has_series(record):
+        return []
     labels = identity_labels(record)
     metrics: list[Metric] = []
     usage = record.usage
