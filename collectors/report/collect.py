@@ -26,9 +26,8 @@ from ..host.live import (
     no_live_source_note,
     start_live,
 )
-from .health import Policy, assess, broken_layer
+from .health import BACKING_STATUS, Policy, assess, broken_layer
 from .model import (
-    BACKING_STATUS,
     DEFAULT_MAX_DEPTH,
     RUNNING_PROCESSES,
     ChainLayer,

@@ -18,7 +18,6 @@ from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
 from ..common.units import counted, human_size
 from .extend import extension_text
 from .model import (
-    BACKING_STATUS,
     PAUSE_NOSPACE,
     PAUSE_OTHER_DISK,
     ChainLayer,
@@ -42,6 +41,9 @@ SEVERITY: dict[int, int] = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
 # (permission, not found, not qcow2, unsupported feature, a bug of ours).
 DAMAGED_KINDS = frozenset({INVALID, OUT_OF_BOUNDS, TRUNCATED})
 # Backing-layer states that keep qemu from opening the image above (the VM cannot start).
+# The status of the images above such a layer: "backing-" and the layer's (model.LayerStatus).
+BACKING_STATUS = {status: LayerStatus(f"backing-{status}") for status in (
+    LayerStatus.MISSING, LayerStatus.LOOP, LayerStatus.NOT_QCOW2, LayerStatus.ERROR)}
 BROKEN_LAYER_STATES = frozenset(BACKING_STATUS)
 
 

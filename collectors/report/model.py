@@ -40,26 +40,12 @@ class LayerStatus(TextEnum):
     PROTOCOL = "protocol"  # json:, nbd:, ... reported, never interpreted
     TOO_DEEP = "too-deep"
     NOT_QCOW2 = "not-qcow2"  # declared qcow2 but is not: qemu cannot open the chain
-    # Declared raw (or other), or undeclared non-qcow2 (qemu probes it as raw): present,
-    # reported, not analysed.
-    OTHER_FORMAT = "other-format"
+    OTHER_FORMAT = "other-format"  # declared raw/other, or not qcow2 (probed as raw): as is
     INVALID_NAME = "invalid-name"  # the name cannot be a path (e.g. a NUL byte): not opened
     ERROR = "error"
-    # An image (a target, or a layer above) whose chain is broken further down: qemu cannot
-    # open it (the VM cannot start). "backing-" and the status of the first broken layer.
-    BACKING_MISSING = "backing-missing"
-    BACKING_LOOP = "backing-loop"
-    BACKING_NOT_QCOW2 = "backing-not-qcow2"
-    BACKING_ERROR = "backing-error"
-
-
-# The layer statuses that keep qemu from opening the images above, and the status of those.
-BACKING_STATUS: dict[LayerStatus, LayerStatus] = {
-    LayerStatus.MISSING: LayerStatus.BACKING_MISSING,
-    LayerStatus.LOOP: LayerStatus.BACKING_LOOP,
-    LayerStatus.NOT_QCOW2: LayerStatus.BACKING_NOT_QCOW2,
-    LayerStatus.ERROR: LayerStatus.BACKING_ERROR,
-}
+    # An image above a broken layer (qemu cannot open it): "backing-" and that layer's status.
+    BACKING_MISSING, BACKING_LOOP = "backing-missing", "backing-loop"
+    BACKING_NOT_QCOW2, BACKING_ERROR = "backing-not-qcow2", "backing-error"
 
 
 class ContainerKind(TextEnum):
@@ -474,9 +460,7 @@ class ImageRecord:
     usage: Optional[ImageUsage]
     check: Optional[CheckResult]
     error: Optional[Qcow2Error]
-    # A layer's own status, or BACKING_* for an image above a broken layer (broken_below);
-    # ERROR for a target that could not be analysed.
-    status: LayerStatus = LayerStatus.OK
+    status: LayerStatus = LayerStatus.OK  # its own; BACKING_* above a broken layer
     name: Optional[str] = None  # backing file name as written in the layer above
     canonical: Optional[str] = None  # identity.canonical_path(path)
     layer: Optional[ChainLayer] = None  # the chain layer this record reports (depth >= 1)
