@@ -103,11 +103,11 @@ def render_usage_human(collection: Collection) -> str:
             continue
         rows.append(_usage_row(record.usage.filename if record.depth == 0 else name,
                                record.usage, record.status))
-        shown = (*record.usage.notes, *thin_notes(record.usage)) if record.depth == 0 \
-            else record.usage.notes
-        # A broken layer below: said by the one health rule that judges it.
-        shown += tuple(f"{reason.text}: qemu cannot open the image"
-                       for reason in record.health.reasons if reason.rule == RULE_BACKING)
+        # A broken layer below: said once, on the top image, by the one rule that judges it.
+        shown = (*record.usage.notes, *thin_notes(record.usage),
+                 *(f"{reason.text}: qemu cannot open the image" for reason in
+                   record.health.reasons if reason.rule == RULE_BACKING)) \
+            if record.depth == 0 else record.usage.notes
         notes += [f"{record.usage.filename}: {note}" for note in shown]
     text = render_table(USAGE_COLUMNS, rows, right=(1, 4, 5, 6, 7))
     return text + "".join(f"note: {note}\n" for note in notes)

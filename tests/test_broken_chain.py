@@ -121,6 +121,7 @@ def test_usage_says_it_on_the_top_image(case: Case) -> None:
     rows = human.stdout.splitlines()
     assert rows[1].startswith(str(case.top)) and rows[1].endswith(case.top_status), rows
     assert f"note: {case.top}: {case.fact}: qemu cannot open the image" in rows, rows
+    assert sum(row.startswith("note: ") for row in rows) == 1, rows  # not on a layer between
 
 
 def test_every_adapter_says_the_same_words(case: Case) -> None:
