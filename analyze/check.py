@@ -37,8 +37,9 @@ def register(subparsers: Any) -> None:
         "the guest offset or snapshot it affects.",
         epilog=epilog("check vm.qcow2", "check --chain --output json --max-findings 20 vm.qcow2",
                       exit_codes="exit codes: as qemu-img check: 0 no errors; 1 the image (or, "
-                      "with --chain, a layer) could not be checked, e.g. a missing backing "
-                      "file; 2 corruptions; 3 leaked clusters only; 64 bad command line."))
+                      "with --chain, a layer) could not be checked, or qemu cannot open it: "
+                      "a backing layer is missing, loops, is unreadable or is not qcow2; 2 "
+                      "corruptions; 3 leaked clusters only; 64 bad command line."))
     check.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
     check.add_argument("--chain", action="store_true",
                        help="also check every layer of the backing chain")
