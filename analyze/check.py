@@ -18,7 +18,17 @@ from qcow2_monitor.collectors.common.jsonform import to_json_object
 from qcow2_monitor.collectors.qcow2.chain import Visited, not_read_error, visit
 from qcow2_monitor.collectors.report.model import CheckResult, LayerStatus
 
-from .common import OUTPUT_HELP, count_option, epilog, error_document, report_error
+from .common import (
+    OUTPUT_HELP,
+    PROG,
+    UsageError,
+    add_snapshot_argument,
+    count_option,
+    epilog,
+    error_document,
+    report_error,
+    snapshot_argument,
+)
 
 # qemu-img check's exit codes beside the common ones.
 EXIT_CORRUPTIONS = 2
@@ -35,6 +45,7 @@ def register(subparsers: Any) -> None:
         "codes), read-only, plus every finding located: the table, its offset, the entry and "
         "the guest offset or snapshot it affects.",
         epilog=epilog("check vm.qcow2", "check --chain --output json --max-findings 20 vm.qcow2",
+                      "check --snapshot 1 vm.qcow2",
                       exit_codes="exit codes: as qemu-img check: 0 no errors; 1 the image (or, "
                       "with --chain, a layer) could not be checked, e.g. a missing backing "
                       "file; 2 corruptions; 3 leaked clusters only; 64 bad command line."))
@@ -44,6 +55,9 @@ def register(subparsers: Any) -> None:
     check.add_argument("--max-findings", type=count_option, default=DEFAULT_MAX_FINDINGS,
                        metavar="N", help="keep at most N located findings, N >= 0 (counters "
                        f"stay complete; default {DEFAULT_MAX_FINDINGS})")
+    add_snapshot_argument(check, "list only the findings located in the tables of SEL (its L1 "
+                          "and L2 tables, its snapshot table entry) and count the others; the "
+                          "figures stay the whole image's")
     check.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
     check.set_defaults(handler=run_check)
 
@@ -90,6 +104,19 @@ def check_human(result: CheckResult) -> str:
         out.append(f"Image end offset: {result.image_end_offset}\n")
     for note in result.notes:
         out.append(f"Note: {note}\n")
+    out.append(_findings_human(result))
+    return "".join(out)
+
+
+def _findings_human(result: CheckResult) -> str:
+    """The findings with their advice (with --snapshot, limited to its tables)."""
+    out = []
+    if result.snapshot is not None:
+        out.append(f"\nFindings limited to --snapshot {result.snapshot}: "
+                   f"{result.findings_total} in its tables, "
+                   f"{result.findings_elsewhere} elsewhere in the image"
+                   + (f", {result.findings_unexamined} not examined (past --max-findings)"
+                      if result.findings_unexamined else "") + "\n")
     if result.findings_total:
         out.append(f"\nFindings ({result.findings_total}"
                    + (f", first {len(result.findings)} shown" if len(result.findings)
@@ -138,12 +165,20 @@ def _human(visited: Visited[CheckResult], error: Optional[Qcow2Error], chain: bo
 
 
 def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.snapshot is not None and args.chain:
+        raise UsageError(f"{PROG} check: argument --snapshot: selects tables of one image, "
+                         "not with --chain")
+    with snapshot_argument(args, "check"):
+        return _check_layers(args, out, err)
+
+
+def _check_layers(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.checker import check_opened  # numpy only for this command
 
     reports: list[dict[str, Any]] = []
     codes = []
     for visited in visit(args.file, lambda image, _: check_opened(
-            image, max_findings=args.max_findings)):
+            image, max_findings=args.max_findings, snapshot=args.snapshot)):
         layer, result = visited.layer, visited.value
         data, error = _layer_report(visited)
         if error is not None and not args.chain:

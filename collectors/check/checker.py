@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from typing import Optional
 
 import numpy as np
 import numpy.typing as npt
@@ -31,9 +32,10 @@ from ..qcow2 import layout as L
 from ..qcow2.bitmaps import Bitmap
 from ..qcow2.image import Qcow2Image, Snapshot
 from ..qcow2.reader import held_for_writing
+from ..qcow2.snapshots import select_snapshots
 from ..report.model import CheckResult, Finding, Place, TableName
 from .compare import compare_refcounts
-from .findings import Tally, finding
+from .findings import Keep, Tally, finding
 from .heap import keep_heap_top
 from .l1 import EntryChunk, L1Spans, entry_chunks, snapshot_spans
 from .l1walk import L1Walk
@@ -53,10 +55,11 @@ IN_USE_NOTE = ("held for writing by a running qemu: its cached metadata may not 
 class _Check:
     """One run of the check over an open image."""
 
-    def __init__(self, image: Qcow2Image, max_findings: int) -> None:
+    def __init__(self, image: Qcow2Image, max_findings: int, keep: Optional[Keep] = None
+                 ) -> None:
         self.image = image
         self.h = image.header
-        self.tally = Tally(max_findings)
+        self.tally = Tally(max_findings, keep)
         self.refs = ReferenceCounts(image.file.length, self.h.cluster_bits, self.tally)
         self.ondisk = OnDiskRefcounts(image)
         self.walk = TableWalk(image, self.refs, self.ondisk, self.tally)
@@ -273,6 +276,7 @@ class _Check:
                                   [f for part in parts for f in part.items])
         for part in parts:
             part.items, located = located[:len(part.items)], located[len(part.items):]
+            part.settle()  # with a view, those now placed outside it leave
 
     def result(self, highest: int) -> CheckResult:
         h = self.h
@@ -322,12 +326,23 @@ def _as_lazy_debt(findings: list[Finding]) -> list[Finding]:
             for f in findings]
 
 
-def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
+def check(image: Qcow2Image, *, max_findings: int = 100, snapshot: Optional[str] = None
+          ) -> CheckResult:
     """`qemu-img check` without -r on an open image (qcow2_co_check_locked()). Raises
-    Qcow2Error when qemu's check itself would fail (exit 1 with no figures)."""
+    Qcow2Error when qemu's check itself would fail (exit 1 with no figures).
+
+    `snapshot`: a selector (collectors/qcow2/snapshots.py; SnapshotSelectorError when it names
+    no snapshot or several): the figures stay the whole image's, the findings are those located
+    in the selected L1 and L2 tables (and the selected snapshots' table entries), the others
+    counted."""
     keep_heap_top()
+    view = None
+    if snapshot is not None:
+        from .snapview import selected_tables
+
+        view = selected_tables(image, select_snapshots(image, snapshot))
     try:
-        run = _Check(image, max_findings)
+        run = _Check(image, max_findings, None if view is None else view.keep)
         snapshots = image.snapshots()
         run.snapshot_table(snapshots)
         run.calculate(snapshots, image.snapshots_size)
@@ -337,7 +352,12 @@ def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
         run.locate()
     except Qcow2Error as exc:
         raise exc.with_filename(image.filename) from None
-    return run.result(highest)
+    result = run.result(highest)
+    if snapshot is None:
+        return result
+    elsewhere, unexamined = run.tally.outside()
+    return replace(result, snapshot=snapshot, findings_elsewhere=elsewhere,
+                   findings_unexamined=unexamined)
 
 
 def check_image(path: str, *, max_findings: int = 100) -> CheckResult:
@@ -346,9 +366,10 @@ def check_image(path: str, *, max_findings: int = 100) -> CheckResult:
         return check_opened(image, max_findings=max_findings)
 
 
-def check_opened(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
-    """Check an open image, noting when a running qemu holds it for writing."""
-    result = check(image, max_findings=max_findings)
+def check_opened(image: Qcow2Image, *, max_findings: int = 100,
+                 snapshot: Optional[str] = None) -> CheckResult:
+    """Check an open image (check()), noting when a running qemu holds it for writing."""
+    result = check(image, max_findings=max_findings, snapshot=snapshot)
     if held_for_writing(image.file):
         # qemu caches L2 and refcount blocks: what is on disk may lag behind the guest.
         result = replace(result, notes=(*result.notes, IN_USE_NOTE))

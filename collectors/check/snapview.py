@@ -20,6 +20,8 @@ import numpy.typing as npt
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image, Snapshot
 from ..qcow2.snapshots import SnapshotSelection
+from ..report.model import Finding, Place, TableName
+from .findings import RELOCATED_KINDS
 from .l1 import L1_CHUNK_ENTRIES, L1Spans, entry_chunks
 
 U64 = npt.NDArray[np.uint64]
@@ -172,3 +174,38 @@ def _tables(owners: list[L1Owner], nonzero: npt.NDArray[np.int64],
         owners, nonzero, kept, namings, past_eof, offsets[first].astype(np.uint64),
         (tables[first].astype(np.intp), index[first].astype(np.intp)),
         (pair_rows[pair_order].astype(np.intp), tables[pair_order].astype(np.intp)))
+
+
+class SelectedTables(NamedTuple):
+    """The tables of a selection, for check --snapshot: a finding belongs to the view when one
+    of the entries it names is in them. L2 tables go by offset, so a table a snapshot shares
+    with the active image (located by the check at the first L1 naming it) is the snapshot's
+    too."""
+
+    l1_offsets: frozenset[int]
+    l2_offsets: frozenset[int]
+    snapshot_ids: frozenset[str]  # their entries in the snapshot table
+
+    def holds(self, place: Place) -> bool:
+        if place.table == TableName.L1:
+            return place.table_offset in self.l1_offsets
+        if place.table == TableName.L2:
+            return place.table_offset in self.l2_offsets
+        if place.table == TableName.SNAPSHOTS:
+            return place.snapshot is not None and place.snapshot in self.snapshot_ids
+        return False
+
+    def keep(self, finding: Finding) -> Optional[bool]:
+        """findings.Keep: None for a refcount finding not located yet."""
+        if not finding.places:
+            return None if finding.kind in RELOCATED_KINDS \
+                and finding.cluster_index is not None else False
+        return any(self.holds(place) for place in finding.places)
+
+
+def selected_tables(image: Qcow2Image, selection: SnapshotSelection) -> SelectedTables:
+    owners = l1_owners(image, selection)
+    read = read_selection(image, owners, 0)
+    return SelectedTables(frozenset(owner.offset for owner in owners),
+                          frozenset(read.l2_offsets.tolist()),
+                          frozenset(sn.id_str for sn in selection.snapshots))

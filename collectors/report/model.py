@@ -294,6 +294,11 @@ class CheckResult:
     corrupt_bit: bool = False
     dirty_bit: bool = False
     notes: tuple[str, ...] = field(default=())
+    # check --snapshot SEL: the findings are those in the selected tables (findings_total
+    # counts them); the others were located elsewhere, or never examined (past the limit).
+    snapshot: Optional[str] = None
+    findings_elsewhere: Optional[int] = None
+    findings_unexamined: Optional[int] = None
 
     # qemu-img check --output=json (check-errors always, the other figures only when nonzero:
     # qemu's has_* rules), then our findings. `filename` and `format` come first, from the
@@ -303,6 +308,8 @@ class CheckResult:
         *(JsonKey(name, omit=omit_falsy) for name in (
             "image-end-offset", "corruptions", "leaks", "total-clusters",
             "allocated-clusters", "fragmented-clusters", "compressed-clusters")),
+        *(JsonKey(name, omit=omit_none) for name in (
+            "snapshot", "findings-elsewhere", "findings-unexamined")),
         JsonKey("findings-total"), JsonKey("findings"), JsonKey("notes", omit=omit_falsy),
     )
 
