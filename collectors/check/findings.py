@@ -187,6 +187,17 @@ class Findings:
         if self.keep is not None:
             self.unexamined += n
 
+    def mark(self) -> tuple[int, int, int]:
+        return self.total, self.elsewhere, self.unexamined
+
+    def repeat(self, mark: tuple[int, int, int], times: int) -> None:
+        """What was added since `mark` happened `times` times: the copies are counted, not
+        listed, each where its original went (in the view, elsewhere, or not examined)."""
+        total, elsewhere, unexamined = mark
+        self.total += (self.total - total) * (times - 1)
+        self.elsewhere += (self.elsewhere - elsewhere) * (times - 1)
+        self.unexamined += (self.unexamined - unexamined) * (times - 1)
+
     def settle(self) -> None:
         """After location: the findings now placed outside the view leave the list."""
         if self.keep is None:
