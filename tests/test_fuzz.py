@@ -30,7 +30,7 @@ from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 
 from corpus import QEMU_IMG, QEMU_IO, run
 from damage import patch_bytes, patch_u32, read_header
-from fuzzing import MAX_CPU_SECONDS, build_seeds, calls, fuzz, run_call
+from fuzzing import MAX_CPU_SECONDS, Call, build_seeds, calls, fuzz, run_call
 
 # Cases of the budget run; QCOW2_FUZZ_CASES / QCOW2_FUZZ_SEED override (scripts/fuzz.sh runs
 # long). Every case is deterministic from the seed, so a failure names a case to replay.
@@ -470,6 +470,21 @@ def test_65536_snapshots_with_l1_tables_of_their_own_within_the_time(tmp_path: P
     _snapshots_with_own_l1_tables(path, 65536, 1)
     assert _cpu(check_image, str(path)) < MAX_CPU_SECONDS
     _all_entry_points_clean(path)
+    _snapshot_views_clean(path)
+
+
+def _snapshot_views_clean(path: Path) -> None:
+    """Every selector of the snapshot views (the copies of one entry all have ID 1: an
+    ambiguous ID, exit 64), in one output or the other, within the CPU limit."""
+    for number, selector in enumerate(("active", "inactive", "all", "1", "s1")):
+        for output in (("json", "human")[number % 2],):
+            for name, argv in (("dump-l1", ("dump", "--what", "l1")),
+                               ("dump-l2", ("dump", "--what", "l2")),
+                               ("check-snapshot", ("check",))):
+                call = Call(name, (*argv, "--output", output, "--snapshot", selector,
+                                   "{path}"), frozenset({0, 1, 2, 3, 64}))
+                problems, output_text, _ = run_call(call, str(path))
+                assert not problems, f"{call.argv}: {problems}\n{output_text[:2000]}"
 
 
 def test_overlapping_snapshot_l1_tables_equal_qemu(tmp_path: Path) -> None:
