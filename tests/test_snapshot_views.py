@@ -272,3 +272,26 @@ def test_json_shapes(history: Path) -> None:
     assert [k for k in check if k.startswith(("snapshot", "findings"))] == [
         "snapshot", "findings-elsewhere", "findings-unexamined", "findings-total", "findings"]
     assert "snapshot" not in _json("check", str(history))
+
+
+def test_the_readme_examples_are_this_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    """The README's snapshot-view session, rebuilt: every command's output is the README's."""
+    monkeypatch.chdir(tmp_path)
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "vm.qcow2", "1G"])
+    run([QEMU_IO, "-c", "write -P 1 0 128k", "-c", "write -P 2 600M 64k", "vm.qcow2"])
+    run([QEMU_IMG, "snapshot", "-c", "before-upgrade", "vm.qcow2"])
+    run([QEMU_IO, "-c", "write -P 3 0 64k", "vm.qcow2"])
+    run([QEMU_IMG, "snapshot", "-c", "after-upgrade", "vm.qcow2"])
+    [(_, _, offset, size)] = [sn for sn in snapshot_table(tmp_path / "vm.qcow2") if sn[0] == "1"]
+    own = l2_tables(tmp_path / "vm.qcow2", offset, size)[0]
+    patch_u64(tmp_path / "vm.qcow2", own + 8, read_u64(tmp_path / "vm.qcow2", own + 8)
+              | RESERVED_BIT)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for argv in (["dump", "--what", "l2", "--snapshot", "all"],
+                 ["dump", "--what", "l1", "--snapshot", "before-upgrade"],
+                 ["check", "--snapshot", "1"]):
+        proc = _analyze(*argv, "vm.qcow2")
+        assert f"$ qcow2-analyze {' '.join(argv)} vm.qcow2\n{proc.stdout}" in readme, argv
+    proc = _analyze("check", "--snapshot", "3", "vm.qcow2")
+    assert proc.returncode == 64 and f"vm.qcow2\n{proc.stderr}$ echo $?\n64\n" in readme
