@@ -8,20 +8,24 @@ presence rules) plus located findings, and exits like it: 0 clean, 1 could not c
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.cli.text import finding_text
+from qcow2_monitor.cli.parser import UsageError
+from qcow2_monitor.cli.text import finding_text, json_text
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.common.jsonform import to_json_object
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.qcow2.chain import Visited, not_read_error, visit
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.model import CheckResult, LayerStatus
+
+if TYPE_CHECKING:
+    from qcow2_monitor.collectors.check.snapview import FindingsView
 
 from .common import (
     OUTPUT_HELP,
     PROG,
-    UsageError,
     add_snapshot_argument,
     count_option,
     epilog,
@@ -80,8 +84,9 @@ def check_json(result: CheckResult, filename: str) -> dict[str, Any]:
     return {"filename": filename, "format": "qcow2", **to_json_object(result)}
 
 
-def check_human(result: CheckResult) -> str:
-    """dump_human_image_check() in qemu-img.c, then the findings with advice."""
+def check_human(result: CheckResult, view: Optional[FindingsView] = None) -> str:
+    """dump_human_image_check() in qemu-img.c, then the findings with advice (`view`: of
+    check --snapshot)."""
     out = []
     if not (result.corruptions or result.leaks or result.check_errors):
         out.append("No errors were found on the image.\n")
@@ -103,20 +108,20 @@ def check_human(result: CheckResult) -> str:
     if result.image_end_offset:
         out.append(f"Image end offset: {result.image_end_offset}\n")
     for note in result.notes:
-        out.append(f"Note: {note}\n")
-    out.append(_findings_human(result))
+        out.append(f"Note: {printable(note)}\n")
+    out.append(_findings_human(result, view))
     return "".join(out)
 
 
-def _findings_human(result: CheckResult) -> str:
+def _findings_human(result: CheckResult, view: Optional[FindingsView]) -> str:
     """The findings with their advice (with --snapshot, limited to its tables)."""
     out = []
-    if result.snapshot is not None:
-        out.append(f"\nFindings limited to --snapshot {result.snapshot}: "
+    if view is not None:
+        out.append(f"\nFindings limited to --snapshot {printable(view.snapshot)}: "
                    f"{result.findings_total} in its tables, "
-                   f"{result.findings_elsewhere} elsewhere in the image"
-                   + (f", {result.findings_unexamined} not examined (past --max-findings)"
-                      if result.findings_unexamined else "") + "\n")
+                   f"{view.findings_elsewhere} elsewhere in the image"
+                   + (f", {view.findings_unexamined} not examined (past --max-findings)"
+                      if view.findings_unexamined else "") + "\n")
     if result.findings_total:
         out.append(f"\nFindings ({result.findings_total}"
                    + (f", first {len(result.findings)} shown" if len(result.findings)
@@ -155,7 +160,7 @@ def _layer_report(visited: Visited[CheckResult]
 def _human(visited: Visited[CheckResult], error: Optional[Qcow2Error], chain: bool) -> str:
     """The human text of one layer: its heading (with --chain) and qemu-img check's text."""
     layer, result = visited.layer, visited.value
-    path = layer.filename
+    path = printable(layer.filename)
     gap = "" if layer.depth == 0 else "\n"
     if error is not None:
         return f"{gap}== {path}: could not check\n" if chain else ""
@@ -165,11 +170,30 @@ def _human(visited: Visited[CheckResult], error: Optional[Qcow2Error], chain: bo
 
 
 def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if args.snapshot is not None and args.chain:
-        raise UsageError(f"{PROG} check: argument --snapshot: selects tables of one image, "
-                         "not with --chain")
-    with snapshot_argument(args, "check"):
+    if args.snapshot is None:
         return _check_layers(args, out, err)
+    if args.chain:
+        raise UsageError("argument --snapshot: selects tables of one image, not with --chain",
+                         f"{PROG} check")
+    with snapshot_argument(args, "check"):
+        return _check_view(args, out)
+
+
+def _check_view(args: argparse.Namespace, out: TextIO) -> int:
+    """check --snapshot SEL: the image's figures, its findings limited to SEL's tables; the
+    view's keys go before findings-total in JSON."""
+    from qcow2_monitor.collectors.check.checker import check_view  # numpy only for this command
+
+    with Qcow2Image.open(args.file) as image:
+        result, view = check_view(image, snapshot=args.snapshot, max_findings=args.max_findings)
+    if args.output == "human":
+        out.write(check_human(result, view))
+        return exit_code(result)
+    items = list(check_json(result, args.file).items())
+    at = [key for key, _ in items].index("findings-total")
+    out.write(json_text(dict(items[:at] + list(to_json_object(view).items()) + items[at:]),
+                        indent=4))
+    return exit_code(result)
 
 
 def _check_layers(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -178,7 +202,7 @@ def _check_layers(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     reports: list[dict[str, Any]] = []
     codes = []
     for visited in visit(args.file, lambda image, _: check_opened(
-            image, max_findings=args.max_findings, snapshot=args.snapshot)):
+            image, max_findings=args.max_findings)):
         layer, result = visited.layer, visited.value
         data, error = _layer_report(visited)
         if error is not None and not args.chain:
@@ -196,5 +220,5 @@ def _check_layers(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.chain:
             break
     if args.output == "json":
-        out.write(json.dumps(reports if args.chain else reports[0], indent=4) + "\n")
+        out.write(json_text(reports if args.chain else reports[0], indent=4))
     return _worst(codes)

@@ -1,22 +1,23 @@
-"""What every qcow2-analyze subcommand shares: the program name, the command-line parser and its
-error, and how an error is printed."""
+"""What every qcow2-analyze subcommand shares: the program name, the help's epilog, and how an
+error is printed (the parser is every front end's: cli/parser.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED
+from qcow2_monitor.cli.parser import HELP_WIDTH, UsageError
+from qcow2_monitor.cli.text import json_text
 from qcow2_monitor.collectors.common.errors import Qcow2Error
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.qcow2.snapshots import SnapshotSelectorError
 from qcow2_monitor.collectors.report.model import LayerStatus
 
 PROG = "qcow2-analyze"
-HELP_WIDTH = 79
 
 EXIT_CODES = "exit codes: 0 success; 1 a target could not be analysed (said on stderr); " \
     "64 bad command line."
@@ -50,7 +51,7 @@ def snapshot_argument(args: argparse.Namespace, command: str) -> Iterator[None]:
     try:
         yield
     except SnapshotSelectorError as exc:
-        raise UsageError(f"{PROG} {command}: argument --snapshot: {exc}") from None
+        raise UsageError(f"argument --snapshot: {exc}", f"{PROG} {command}") from None
 
 
 def epilog(*examples: str, exit_codes: str = EXIT_CODES) -> str:
@@ -60,43 +61,9 @@ def epilog(*examples: str, exit_codes: str = EXIT_CODES) -> str:
         + "\n"
 
 
-class UsageError(Exception):
-    """A bad command line: exit 64, not argparse's 2 (2 means corruptions for `check`)."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """Exit 64 on a bad command line, and options and targets in any order
-    (`usage a.qcow2 --no-chain b.qcow2`): a parser without subcommands parses intermixed."""
-
-    _intermixing = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Raw, so that the examples keep their lines; the prose is wrapped here instead.
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        if kwargs.get("description"):
-            kwargs["description"] = textwrap.fill(kwargs["description"], HELP_WIDTH)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        # argparse's own intermixed parsing refuses parsers with subcommands, and calls
-        # parse_known_args itself: the flag makes that inner call the plain one.
-        if self._subparsers is not None or self._intermixing:
-            return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            return super().parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
-
-
 def report_error(err: Qcow2Error, stream: TextIO) -> None:
-    """An error, once, on stderr: the error names its file itself."""
-    print(f"{PROG}: {err}", file=stream)
+    """An error, once, on stderr, on one printable line: the error names its file itself."""
+    print(f"{PROG}: {printable(str(err))}", file=stream)
 
 
 def error_document(err: Qcow2Error, filename: Optional[str] = None,
@@ -113,5 +80,5 @@ def fail(err: Qcow2Error, output: Optional[str], out: TextIO, stream: TextIO) ->
     error document on stdout (never an empty stdout). Exit status 1."""
     report_error(err, stream)
     if output == "json":
-        out.write(json.dumps(error_document(err), indent=2) + "\n")
+        out.write(json_text(error_document(err), indent=2))
     return EXIT_FAILED

@@ -6,7 +6,8 @@ line and the Prometheus alert rules are package data of their adapter; the sudoe
 serves two adapters, of cli. Files that start a
 command name it as ``@BINDIR@/command``; this command replaces ``@BINDIR@`` with the directory
 the commands were installed into (a virtual environment's ``bin``, ``/usr/local/bin``, ...), so
-that what an operator copies into /etc runs the right program.
+that what an operator copies into /etc runs the right program. The alert rules take parameters
+(windows, delays: node_exporter_textfile/rules.py): ``--set NAME=VALUE`` prints them changed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
-from qcow2_monitor.cli.exits import EXIT_OK
+from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
 
 from .common import epilog
 
@@ -37,6 +38,7 @@ SHIPPED: dict[str, tuple[str, str]] = {
     "qcow2-monitor.sudoers": ("cli", "/etc/sudoers.d drop-in: the agents' users may run "
                               "check_qcow2 and qcow2-telegraf as root, read-only options only"),
 }
+RULES = "qcow2.rules.yml"  # the one file with parameters (--set)
 
 
 def _adapter_package(adapter: str) -> str:
@@ -64,10 +66,27 @@ def bin_dir() -> str:
     return sysconfig.get_path("scripts")
 
 
-def render(name: str) -> str:
-    """The shipped file `name`, with @BINDIR@ replaced by the installed commands' directory."""
+def render(name: str, settings: Optional[dict[str, str]] = None) -> str:
+    """The shipped file `name`, every ``@BINDIR@/command`` naming the installed command, and
+    for the alert rules the parameters in `settings` set. Only the placeholder before a command
+    name is replaced: a comment explaining "@BINDIR@" keeps saying so in the rendered file."""
     with open(shipped_path(name), encoding="utf-8") as file:
-        return file.read().replace(BINDIR_PLACEHOLDER, bin_dir())
+        text = file.read().replace(BINDIR_PLACEHOLDER + "/", bin_dir() + "/")
+    if name == RULES:
+        from qcow2_monitor.node_exporter_textfile.rules import render_rules
+
+        text = render_rules(text, settings or {})
+    return text
+
+
+def _setting(text: str) -> tuple[str, str]:
+    """argparse type of --set (a bad one is a bad command line: exit 64)."""
+    from qcow2_monitor.node_exporter_textfile.rules import RuleParameterError, parse_setting
+
+    try:
+        return parse_setting(text)
+    except RuleParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -76,7 +95,17 @@ def run_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for name, (_adapter, what) in SHIPPED.items():
             out.write(f"{name:<{width}}  {shipped_path(name)}\n{'':<{width}}  {what}\n")
         return EXIT_OK
-    out.write(render(args.name))
+    if args.settings and args.name != RULES:
+        err.write(f"qcow2-analyze config: --set applies to {RULES} only\n")
+        return EXIT_USAGE
+    from qcow2_monitor.node_exporter_textfile.rules import RuleParameterError
+
+    try:
+        text = render(args.name, dict(args.settings))
+    except RuleParameterError as exc:  # e.g. ALERT.for naming no alert of the file
+        err.write(f"qcow2-analyze config: {exc}\n")
+        return EXIT_USAGE
+    out.write(text)
     return EXIT_OK
 
 
@@ -85,14 +114,26 @@ def register(sub: Any) -> None:
         "config", help="list the shipped configuration files, or print one ready to install",
         description="Without NAME: every configuration file the package ships, with the path "
         "it was installed at. With NAME: that file, with @BINDIR@ replaced by the directory of "
-        "the installed commands, ready to copy into /etc.",
+        "the installed commands, ready to copy into /etc. The alert rules take parameters "
+        "(--set).",
         epilog=epilog("config", "config qcow2-textfile.service > "
                       "/etc/systemd/system/qcow2-textfile.service",
+                      "config qcow2.rules.yml --set trend_window=12h --set "
+                      "Qcow2ImageWarning.for=1h > /etc/prometheus/rules/qcow2.rules.yml",
                       exit_codes="exit codes: 0 printed; 64 bad command line (e.g. a NAME "
                       "that is not shipped)."))
     config.add_argument("name", nargs="?", metavar="NAME", choices=list(SHIPPED),
                         help="one of: " + ", ".join(SHIPPED))
+    # The parameters are declared in node_exporter_textfile/rules.py, imported only when --set
+    # is used (not at every start of qcow2-analyze).
+    config.add_argument("--set", dest="settings", action="append", default=[],
+                        type=_setting, metavar="NAME=DURATION",
+                        help=f"with {RULES}: set a parameter of the rules to a Prometheus "
+                        "duration: trend_window (default 6h, the fill-up trend's range), "
+                        "stale_after (10m, how old the last successful run may get), "
+                        "ALERT.for (one alert's for:), for (every alert's for:)")
     config.set_defaults(handler=run_config)
 
 
-__all__ = ["BINDIR_PLACEHOLDER", "SHIPPED", "bin_dir", "register", "render", "shipped_path"]
+__all__ = ["BINDIR_PLACEHOLDER", "RULES", "SHIPPED", "bin_dir", "register", "render",
+           "shipped_path"]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import fields
 from functools import lru_cache
 from typing import Any, TextIO, Union
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.cli.text import indent_block, render_fields, render_table
+from qcow2_monitor.cli.text import indent_block, json_text, render_fields, render_table
 from qcow2_monitor.collectors.common.jsonform import to_json, to_json_object
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.qcow2.chain import not_read_error, visit
 from qcow2_monitor.collectors.qcow2.describe import (
@@ -31,9 +31,10 @@ from .common import error_document, report_error
 
 
 def render_info_human(info: ImageInfo) -> str:
-    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line."""
+    """bdrv_image_info_dump() of qemu 7.2 (block/qapi.c), line for line; names by the
+    printable rule of every output (collectors/common/text.py)."""
     lines = [
-        f"image: {info.filename}",
+        f"image: {printable(info.filename)}",
         f"file format: {info.format}",
         f"virtual size: {human_size(info.virtual_size)} ({info.virtual_size} bytes)",
         f"disk size: {human_size(info.actual_size)}",
@@ -45,19 +46,20 @@ def render_info_human(info: ImageInfo) -> str:
     if info.dirty_flag:
         lines.append("cleanly shut down: no")
     if info.backing_filename is not None:
-        line = f"backing file: {info.backing_filename}"
+        line = f"backing file: {printable(info.backing_filename)}"
         full = info.full_backing_filename
         if full is None:
             line += " (cannot determine actual path)"
         elif full != info.backing_filename:
-            line += f" (actual path: {full})"
+            line += f" (actual path: {printable(full)})"
         lines.append(line)
         if info.backing_filename_format is not None:
-            lines.append(f"backing file format: {info.backing_filename_format}")
+            lines.append(f"backing file format: {printable(info.backing_filename_format)}")
     if info.snapshots:
         lines.append("Snapshot list:")
         lines.append(snapshot_row("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT",
                                   header=True))
+        # Snapshot names are printable already (names.c_string_text).
         lines.extend(snapshot_row(sn.id, sn.name, human_size(sn.vm_state_size),
                                   snapshot_date(sn.date_sec),
                                   vm_clock(sn.vm_clock_sec, sn.vm_clock_nsec),
@@ -132,7 +134,7 @@ def _render_qobject(data: Any, indent: int) -> list[str]:
             lines.extend(_render_qobject(value, indent + 1))
         else:
             shown = ("true" if value else "false") if isinstance(value, bool) else value
-            lines.append(f"{pad}{key}: {shown}")
+            lines.append(f"{pad}{key}: {printable(str(shown))}")
     return lines
 
 
@@ -166,7 +168,7 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output == "json":
         listed = to_json(documents)
         assert isinstance(listed, list)
-        out.write(json.dumps(listed if args.backing_chain else listed[0], indent=4) + "\n")
+        out.write(json_text(listed if args.backing_chain else listed[0], indent=4))
     else:
         out.write("\n".join(render_info_human(info) for info in shown))
     return status
@@ -176,7 +178,7 @@ def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with Qcow2Image.open(args.file) as image:
         view = describe(image)
     if args.output == "json":
-        out.write(json.dumps(to_json(view), indent=2) + "\n")
+        out.write(json_text(to_json(view), indent=2))
     else:
         out.write(render_header_human(view))
     return EXIT_OK
@@ -196,14 +198,15 @@ def _header_value(name: str, value: object) -> str:
 
 
 def render_header_human(view: HeaderView) -> str:
-    """The description as aligned text: one section per structure, figures in columns."""
+    """The description as aligned text: one section per structure, figures in columns; names
+    by the printable rule (those read from the image are printable already: names.py)."""
     header = [(f.name, _header_value(f.name, getattr(view.header, f.name)))
               for f in fields(view.header)]
     header += [("(cluster size)", str(view.cluster_size)),
                ("(refcount bits)", str(view.refcount_bits)),
                ("(encryption)", view.crypt_method_name),
                ("(compression)", view.compression_type_name)]
-    out = [f"image: {view.filename}\n", "\nHeader\n", render_fields(header)]
+    out = [f"image: {printable(view.filename)}\n", "\nHeader\n", render_fields(header)]
     out += ["\nFeatures\n", indent_block(render_table(
         ("TYPE", "BIT", "NAME", "STATE"),
         [(feature_type_name(f.type), str(f.bit), f.name, "on" if f.enabled else "off")
@@ -215,12 +218,12 @@ def render_header_human(view: HeaderView) -> str:
     for ext in view.extensions:
         out.append(_extension_detail(ext))
     if view.backing_file is not None:
-        out.append(f"\nBacking file: {view.backing_file} "
-                   f"(format {view.backing_format or 'not recorded'})\n")
+        out.append(f"\nBacking file: {printable(view.backing_file)} "
+                   f"(format {printable(view.backing_format or 'not recorded')})\n")
     if view.external_data_file is not None:
-        out.append(f"\nExternal data file: {view.external_data_file}\n")
+        out.append(f"\nExternal data file: {printable(view.external_data_file)}\n")
     if view.name_problems:
-        out += ["\nName problems\n", "".join(f"    {problem}\n"
+        out += ["\nName problems\n", "".join(f"    {printable(problem)}\n"
                                              for problem in view.name_problems)]
     if view.luks is not None:
         out.append(_luks_text(view.luks))

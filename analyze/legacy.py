@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.text import json_text, printable_document
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.qcow2 import layout as L
 from qcow2_monitor.collectors.qcow2.describe import MAX_LISTED
@@ -24,7 +24,7 @@ def legacy_report(image: Qcow2Image, verbose: bool) -> dict[str, Any]:
     always 0, v2 headers garbage, refcount_order < 3 a division by zero, and its end offset
     stopped at the first free cluster)."""
     h = image.header
-    end, _source, _notes = end_offset(image)
+    end, _source, _notes, _free = end_offset(image)
     report: dict[str, Any] = {
         "qcow_version": h.version,
         "backing_file": image.backing_filename or "",
@@ -98,7 +98,7 @@ def run_legacy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.hex:
         report = _hexify(report)
     if args.legacy_output == "raw":
-        out.write(render_raw(report))
+        out.write(render_raw(printable_document(report)))
     else:
-        out.write(json.dumps(report, indent=2) + "\n")
+        out.write(json_text(report, indent=2))
     return EXIT_OK

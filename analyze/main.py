@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Optional, TextIO
 
+from qcow2_monitor.cli.entry import last_resort, output_streams
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
-from qcow2_monitor.cli.options import add_live_arguments
+from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments
+from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
+from qcow2_monitor.collectors.common.text import printable
 
-from . import check, config, tables
-from .common import EXIT_CODES, OUTPUT_HELP, PROG, ArgumentParser, UsageError, epilog, fail
+from . import check, config, map, tables
+from .common import EXIT_CODES, OUTPUT_HELP, PROG, epilog, fail
 
 
 # Each command's module is imported when it runs: a check loads neither usage's live sources
@@ -54,7 +57,8 @@ def run_legacy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return run(args, out, err)
 
 
-def build_parser() -> ArgumentParser:
+def _lead_parser() -> ArgumentParser:
+    """The program's own options: -f mode's (the older Go tool's command line) and --version."""
     parser = ArgumentParser(
         prog=PROG, description="Read-only qcow2 analyzer: what qemu-img info/check/measure "
         "report, plus usage and metadata views, without ever writing or locking an image.",
@@ -72,8 +76,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-H", "--hex", action="store_true",
                         help="with -f: offsets and sizes in hex")
     add_version_argument(parser)
-    sub = parser.add_subparsers(dest="command", parser_class=ArgumentParser, metavar="COMMAND")
+    return parser
 
+
+def build_parser() -> ArgumentParser:
+    parser = _lead_parser()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser(
         "info", help="what `qemu-img info` reports, laid out as it prints it (no key needed)",
         description="What `qemu-img info` reports, laid out as it prints it (no key needed).",
@@ -99,56 +107,53 @@ def build_parser() -> ArgumentParser:
     usage = sub.add_parser(
         "usage", help="image end offset, container and headroom (fast)",
         description="How full each image's container is: the image end offset (on disk, and "
-        "live from libvirt or QMP for running VMs), the container (the block device, or the "
-        "filesystem holding the image file) and the headroom left.",
+        "live from libvirt or QMP for running VMs; FROM says which), the container (the block "
+        "device, or the filesystem holding the image file) and the headroom left. USED is the "
+        "container's use: end offset / device size for a block device, the filesystem's Use% "
+        "(as df shows it, the same for every image on it) for an image file.",
         epilog=epilog("usage /var/lib/libvirt/images", "usage --no-chain --output json "
                       "'/srv/vm/*.qcow2' /dev/vg0/vm1"))
     usage.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
     usage.add_argument("--no-chain", action="store_true",
-                       help="do not analyse backing layers")
+                       help="list only the images, not their backing layers; every layer is "
+                       "still opened, as qemu opens it, so a missing, looping or unreadable "
+                       "one is still shown and exits 1")
     usage.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image file, block device, glob or directory (searched recursively)")
     add_live_arguments(usage)
+    add_thin_arguments(usage.add_argument_group("thin provisioning"), keep_state=False)
     usage.set_defaults(handler=run_usage)
 
     check.register(sub)
     tables.register(sub)
+    map.register(sub)
     config.register(sub)
-    for subparser in _subcommands(parser).values():  # `info --version` as `--version`
+    for subparser in parser.commands.values():  # `info --version` as `--version`
         add_version_argument(subparser, PROG)
     return parser
 
 
-def _subcommands(parser: ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._subparsers._group_actions if parser._subparsers else []:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+def _legacy_mode(argv: Sequence[str], commands: Iterable[str]) -> bool:
+    """-f FILE given without a command (and without --help, which shows every command): the
+    older tool's command line, whatever else follows."""
+    words = set(argv)
+    return not words & {*commands, "-h", "--help"} and any(
+        arg in ("-f", "--file") or arg.startswith("--file=")
+        or (arg.startswith("-f") and not arg.startswith("--")) for arg in argv)
 
 
-def _commands(parser: ArgumentParser) -> list[str]:
-    return list(_subcommands(parser))
-
-
-def _legacy_mode(argv: Sequence[str]) -> bool:
-    """-f FILE given: the older tool's command line, whatever else follows."""
-    return any(arg in ("-f", "--file") or arg.startswith("--file=")
-               or (arg.startswith("-f") and not arg.startswith("--")) for arg in argv)
-
-
-def _legacy_usage_error(parser: ArgumentParser, argv: Sequence[str], exc: UsageError
-                        ) -> UsageError:
-    """A clearer message for what the older tool's command line cannot say: -f mode has its
-    own options (-o json|raw, -v, -H) and analyses one file."""
-    if not _legacy_mode(argv) or any(arg in _commands(parser) for arg in argv):
-        return exc
-    if any(arg == "--output" or arg.startswith("--output=") for arg in argv):
-        return UsageError(f"{PROG}: -f mode takes -o json|raw, not --output (or use a command: "
-                          f"{PROG} info --output json FILE)")
-    if "argument COMMAND" in str(exc) or "unrecognized arguments" in str(exc):
-        return UsageError(f"{PROG}: -f mode analyses one FILE and takes only -o json|raw, -v "
-                          f"and -H ({str(exc).removeprefix(PROG + ': ')})")
-    return exc
+def _parse_legacy(words: Sequence[str]) -> argparse.Namespace:
+    """-f mode's command line, by the program's own options alone (no command to take a second
+    word for): what the older tool's command line cannot say gets a clearer message."""
+    if any(word == "--output" or word.startswith("--output=") for word in words):
+        raise UsageError(f"-f mode takes -o json|raw, not --output (or use a command: {PROG} "
+                         "info --output json FILE)", PROG)
+    args, extra = _lead_parser().parse_known_args(words)
+    if extra:
+        raise UsageError("-f mode analyses one FILE and takes only -o json|raw, -v and -H "
+                         f"(unrecognized arguments: {' '.join(extra)})", PROG)
+    args.command = None
+    return args
 
 
 
@@ -157,58 +162,68 @@ def _json_output(args: argparse.Namespace) -> Optional[str]:
     return getattr(args, "output", None) if args.command is not None else None
 
 
-def _parse(parser: ArgumentParser, words: list[str]) -> argparse.Namespace:
-    """The command line, or UsageError; -f mode (the older tool's) takes one FILE and no
-    command."""
-    try:
-        args = parser.parse_args(words)
-    except UsageError as exc:
-        raise _legacy_usage_error(parser, words, exc) from None
+def _parse(words: list[str]) -> argparse.Namespace:
+    """The command line; raises UsageError, or ParserExit for --help and --version. -f mode
+    (the older tool's) takes one FILE and no command."""
+    parser = build_parser()
+    legacy_mode = _legacy_mode(words, parser.commands)
+    args = _parse_legacy(words) if legacy_mode else parser.parse_args(words)
     legacy = args.legacy_files or []
     if args.command is None and not legacy:
-        raise UsageError(f"{PROG}: give -f FILE or a command "
-                         f"({', '.join(_commands(parser))}); see --help")
+        raise UsageError(f"give -f FILE or a command ({', '.join(parser.commands)}); see "
+                         "--help", PROG)
     if legacy and args.command is not None:
-        raise UsageError(f"{PROG}: -f FILE is a mode of its own; not with a command "
-                         f"({args.command} takes its FILE itself)")
+        raise UsageError(f"-f FILE is a mode of its own; not with a command ({args.command} "
+                         "takes its FILE itself)", PROG)
     if len(legacy) > 1:
-        raise UsageError(f"{PROG}: -f analyses one file, as the older tool did (given "
-                         f"{len(legacy)}: {', '.join(legacy)}); for several use "
-                         f"`{PROG} usage` or `{PROG} info` per file")
+        raise UsageError(f"-f analyses one file, as the older tool did (given {len(legacy)}: "
+                         f"{', '.join(legacy)}); for several use `{PROG} usage` or "
+                         f"`{PROG} info` per file", PROG)
     if args.command is None:
         args.file = legacy[0]
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
-         stderr: Optional[TextIO] = None) -> int:
-    out = stdout or sys.stdout
-    err = stderr or sys.stderr
-    parser = build_parser()
-    try:
-        args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
-    except UsageError as exc:
-        print(exc, file=err)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help, --version
-        return int(exc.code or 0)
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The command the line asked for; a target that failed is its error line (and, with
+    --output json, its error document)."""
     try:
         if args.command is None:
             return run_legacy(args, out, err)
         return int(args.handler(args, out, err))
     except UsageError as exc:  # an argument the image itself refutes (--snapshot SEL)
-        print(exc, file=err)
+        print(f"{exc.prog}: {printable(exc.message)}", file=err)
         return EXIT_USAGE
     except Qcow2Error as exc:
         file = getattr(args, "file", None)
         return fail(exc.with_filename(file) if file else exc, _json_output(args), out, err)
     except BrokenPipeError:
-        return EXIT_OK
-    except Exception as exc:  # last resort: one line, never a traceback
+        return EXIT_OK  # the reader went away (`| head`): nothing is left to say
+
+
+def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
+         stderr: Optional[TextIO] = None) -> int:
+    out, err = output_streams(stdout, stderr)
+    parsed: list[argparse.Namespace] = []  # for the last resort's report, once known
+
+    def body() -> int:
+        try:
+            parsed.append(_parse(list(sys.argv[1:] if argv is None else argv)))
+        except ParserExit as exc:  # --help, --version: 0
+            out.write(exc.text)
+            return exc.status
+        except UsageError as exc:
+            print(f"{exc.prog}: {printable(exc.message)}", file=err)
+            return EXIT_USAGE
+        return _run(parsed[0], out, err)
+
+    def failure(exc: BaseException) -> int:
+        # One line (and, with --output json, the error document), never a traceback.
+        args = parsed[0] if parsed else argparse.Namespace(command=None)
         return fail(internal_error(exc, getattr(args, "file", None)), _json_output(args), out,
                     err)
-    except KeyboardInterrupt:
-        return 130
+
+    return last_resort(body, failure)
 
 
 if __name__ == "__main__":

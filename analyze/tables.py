@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_OK
-from qcow2_monitor.cli.text import indent_block, render_fields, render_table
+from qcow2_monitor.cli.parser import UsageError
+from qcow2_monitor.cli.text import (
+    indent_block,
+    json_text,
+    render_fields,
+    render_table,
+)
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.common.jsonform import to_json, to_json_object
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import counted
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.qcow2.snapshots import ACTIVE
@@ -17,7 +23,6 @@ from qcow2_monitor.collectors.qcow2.snapshots import ACTIVE
 from .common import (
     OUTPUT_HELP,
     PROG,
-    UsageError,
     add_snapshot_argument,
     count_option,
     epilog,
@@ -59,13 +64,13 @@ def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.dump import dump
 
     if args.snapshot is not None and args.what not in ("l1", "l2"):
-        raise UsageError(f"{PROG} dump: argument --snapshot: only with --what l1 or l2")
+        raise UsageError("argument --snapshot: only with --what l1 or l2", f"{PROG} dump")
     with Qcow2Image.open(args.file) as image:
         with snapshot_argument(args, "dump"):
             view = dump(image, args.what, limit=args.limit, snapshot=args.snapshot or ACTIVE)
         data = to_json_object(view)
     if args.output == "json":
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(json_text(data, indent=2))
     else:
         out.write(render_dump_human(data))
     return EXIT_OK
@@ -81,7 +86,7 @@ def run_measure(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise Qcow2Error(exc.strerror or str(exc), structure="backing file",
                          filename=args.file) from None
     if args.output == "json":
-        out.write(json.dumps(to_json(result), indent=4) + "\n")
+        out.write(json_text(to_json(result), indent=4))
     else:
         out.write(f"required size: {result.required}\n"
                   f"fully allocated size: {result.fully_allocated}\n")
@@ -137,7 +142,7 @@ def render_dump_human(data: dict[str, Any]) -> str:
     """Any dump as text, from its JSON form (the keys its type declares, in order): its
     summary fields aligned, then its entries as tables."""
     what = data["what"]
-    out = [f"image: {data['filename']}\n", f"dump: {what}\n",
+    out = [f"image: {printable(data['filename'])}\n", f"dump: {what}\n",
            _summary(data, ("filename", "what"))]
     if what == "l1":
         for table in data["tables"]:
@@ -159,7 +164,7 @@ def render_dump_human(data: dict[str, Any]) -> str:
         out += ["\nSnapshot table\n", _entries(data["snapshots"])]
     elif what == "bitmaps":
         for bm in data["bitmaps"]:
-            out += [f"\nBitmap {bm['name']!r}\n", _summary(bm, ("name",)),
+            out += [f"\nBitmap '{bm['name']}'\n", _summary(bm, ("name",)),
                     "\n", _entries(bm["table"])]
     if data.get("truncated"):
         out.append("\n(output truncated: raise --limit to see more)\n")

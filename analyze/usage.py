@@ -4,17 +4,22 @@ one collect() every adapter runs (same targets, de-duplication, live sources and
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.cli.options import live_uri
-from qcow2_monitor.cli.text import render_table
+from qcow2_monitor.cli.options import judging_from_args, live_uri
+from qcow2_monitor.cli.text import json_text, render_table
 from qcow2_monitor.collectors.common.jsonform import JsonObject, to_json, to_json_object
-from qcow2_monitor.collectors.common.units import human_size, ratio_percent
+from qcow2_monitor.collectors.common.units import (
+    human_duration,
+    human_rate,
+    human_size,
+    ratio_percent,
+)
 from qcow2_monitor.collectors.host.live import LiveSources
 from qcow2_monitor.collectors.report.collect import ChainScope, collect
+from qcow2_monitor.collectors.report.extend import extension_text
 from qcow2_monitor.collectors.report.model import Collection, ImageRecord, ImageUsage, LayerStatus
 
 from .common import PROG, error_document, report_error
@@ -54,10 +59,31 @@ USAGE_COLUMNS = ("IMAGE", "END OFFSET", "FROM", "CONTAINER", "CONTAINER SIZE", "
 def _usage_row(name: str, usage: ImageUsage) -> list[str]:
     c = usage.container
     flags = [flag for flag, on in (("dirty", usage.dirty), ("CORRUPT", usage.corrupt),
-                                   ("in-use", usage.in_use)) if on]
+                                   ("in-use", usage.in_use),
+                                   (f"PAUSED ({usage.pause_reason})", usage.paused),
+                                   ("extend", usage.extension is not None)) if on]
     return [name, human_size(usage.end_offset), str(usage.end_offset_source), str(c.kind),
             human_size(c.size), ratio_percent(usage.usage_ratio), human_size(c.headroom),
             human_size(usage.fully_allocated_size), ", ".join(flags) or "ok"]
+
+
+def thin_notes(usage: ImageUsage) -> list[str]:
+    """The extension advice, a paused VM and the growth, in words, for the human table."""
+    notes: list[str] = []
+    if usage.pause is not None:
+        notes.append(f"VM {usage.pause.domain} paused ({usage.pause.reason}); resume it with "
+                     f"{usage.pause.resume} once the cause is gone")
+    if usage.extension is not None:
+        notes.append(f"headroom below the watermark {human_size(usage.extension.watermark)}: "
+                     + extension_text(usage.extension))
+    growth = usage.growth
+    if growth is not None and growth.bytes_per_second is not None:
+        full = f", full in {human_duration(growth.time_to_full)}" \
+            if growth.time_to_full is not None else ""
+        notes.append(f"growing {human_rate(growth.bytes_per_second)}{full}")
+    if growth is not None and growth.note:
+        notes.append(growth.note)
+    return notes
 
 
 def render_usage_human(collection: Collection) -> str:
@@ -75,7 +101,9 @@ def render_usage_human(collection: Collection) -> str:
             continue
         rows.append(_usage_row(record.usage.filename if record.depth == 0 else name,
                                record.usage))
-        notes += [f"{record.usage.filename}: {note}" for note in record.usage.notes]
+        shown = (*record.usage.notes, *thin_notes(record.usage)) if record.depth == 0 \
+            else record.usage.notes
+        notes += [f"{record.usage.filename}: {note}" for note in shown]
     text = render_table(USAGE_COLUMNS, rows, right=(1, 4, 5, 6, 7))
     return text + "".join(f"note: {note}\n" for note in notes)
 
@@ -90,15 +118,18 @@ def failed(entry: Entry) -> bool:
 def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     scope = ChainScope.NOT_OK if args.no_chain else ChainScope.ALL
     collection = collect(args.targets, chain=scope,
-                         live_sources=LiveSources(live_uri(args), tuple(args.qmp)))
+                         live_sources=LiveSources(live_uri(args), tuple(args.qmp)),
+                         judging=judging_from_args(args))
     if collection.libvirt_note and args.libvirt_uri is not None:
         print(f"{PROG}: note: {collection.libvirt_note}", file=err)  # asked for by name: why not
+    for note in collection.notes:
+        print(f"{PROG}: note: {note}", file=err)
     for record in collection.records:
         if record.error is not None:
             report_error(record.error, err)
     shown = list(entries(collection))
     if args.output == "json":
-        out.write(json.dumps([entry_json(*entry) for entry in shown], indent=2) + "\n")
+        out.write(json_text([entry_json(*entry) for entry in shown], indent=2))
     else:
         out.write(render_usage_human(collection))
     return EXIT_FAILED if any(failed(entry) for entry in shown) else EXIT_OK

@@ -4,19 +4,27 @@ identical in check_qcow2, qcow2-telegraf and qcow2-textfile."""
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Optional, Sequence, TextIO, Union
 
-from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
+from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
+from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_USAGE
+from qcow2_monitor.cli.parser import ArgumentContainer, ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.collectors.host.live import DEFAULT_LIBVIRT_URI, LiveSources
+from qcow2_monitor.collectors.report.extend import (
+    DEFAULT_CHUNK,
+    DEFAULT_UTILIZATION,
+    ExtendPolicy,
+)
+from qcow2_monitor.collectors.report.growth import DEFAULT_WINDOW, GrowthTracker
 from qcow2_monitor.collectors.report.health import RULES, STATE_BY_NAME, STATE_NAMES, Policy
 from qcow2_monitor.collectors.report.model import DEFAULT_MAX_DEPTH
+from qcow2_monitor.collectors.report.thin import Judging
 
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.model import Collection
 
 MAX_DEPTH_LIMIT = 256
-ArgumentContainer = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]
 
 
 def depth_option(text: str) -> int:
@@ -47,11 +55,93 @@ def add_selection_arguments(group: ArgumentContainer) -> None:
         "metadata)",
     )
     add_live_arguments(group)
+    add_thin_arguments(group)
+
+
+def _size(text: str) -> int:
+    from qcow2_monitor.collectors.common.units import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; units B, K, M, G, T, P, all binary") from None
+    if size < 1 << 20:
+        raise argparse.ArgumentTypeError(f"invalid chunk {text!r} (at least 1M)")
+    return size
+
+
+def _percent(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 99:
+        raise argparse.ArgumentTypeError(f"invalid percent {text!r} (0..99)")
+    return int(text)
+
+
+def duration_option(text: str) -> float:
+    """argparse type of a duration: 90s, 30m, 4h, 2d (plain numbers are seconds)."""
+    from qcow2_monitor.collectors.common.units import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (> 0)")
+    return seconds
+
+
+def add_thin_arguments(group: ArgumentContainer, *, keep_state: bool = True) -> None:
+    """Thin provisioning: the extension policy (oVirt/VDSM's) and the state kept for growth.
+    Without `keep_state` (qcow2-analyze usage, run by hand) samples are kept only where
+    --state-dir names a directory."""
+    group.add_argument(
+        "--extend-chunk", type=_size, default=DEFAULT_CHUNK, metavar="SIZE",
+        help="a block volume is extended by SIZE at a time (default 1G); it is due when its "
+        "headroom falls below SIZE x (100 - UTILIZATION) / 100",
+    )
+    group.add_argument(
+        "--extend-utilization", type=_percent, default=DEFAULT_UTILIZATION,
+        metavar="PERCENT", help="how much of a chunk may be used before extending "
+        "(default 50: extend when less than half a chunk is left)",
+    )
+    where = ("(default $MP_STATE_PATH/qcow2-monitor, $NAGIOS_PLUGIN_STATE_DIRECTORY/"
+             "qcow2-monitor, /var/lib/qcow2-monitor for root, else "
+             "~/.local/state/qcow2-monitor)" if keep_state else
+             "(the adapters' default is /var/lib/qcow2-monitor for root; without this option "
+             "no samples are kept)")
+    group.add_argument(
+        "--state-dir", metavar="DIR",
+        help="keep each disk's samples here, for growth and time to full " + where,
+    )
+    group.add_argument(
+        "--no-state", action="store_true", default=not keep_state,
+        help="keep no samples: no growth and no time to full",
+    )
+    group.set_defaults(keep_state_by_default=keep_state)
+    group.add_argument(
+        "--growth-window", type=duration_option, default=DEFAULT_WINDOW, metavar="DURATION",
+        help="growth is the least-squares slope of the end offset over this window "
+        "(default 6h; reported once the samples span a twelfth of it)",
+    )
+
+
+def judging_from_args(args: argparse.Namespace, tracker: Optional[GrowthTracker] = None
+                      ) -> Judging:
+    """The rule states, extension policy and growth tracker the options say (`tracker`: one
+    kept across batches, as execd mode does)."""
+    from qcow2_monitor.collectors.report.state import default_directory
+
+    rules = policy_from_args(args)
+    policy = ExtendPolicy(args.extend_chunk, args.extend_utilization)
+    if args.no_state and not (args.state_dir and not args.keep_state_by_default):
+        return Judging(rules, policy)
+    if tracker is None:
+        tracker = GrowthTracker(args.state_dir or default_directory(), args.growth_window)
+    return Judging(rules, policy, tracker)
 
 
 def add_live_arguments(group: ArgumentContainer) -> None:
     """--no-live, --libvirt-uri and --qmp: where the live end offsets of running VMs come
-    from (collectors.live). Shared by every adapter and by `qcow2-analyze usage`."""
+    from (collectors.host.live). Shared by every adapter and by `qcow2-analyze usage`."""
     group.add_argument(
         "--no-live", action="store_true",
         help="do not ask libvirt for the live end offsets of running VMs",
@@ -82,17 +172,40 @@ def add_targets_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_collector_arguments(parser: argparse.ArgumentParser,
-                              argv: Optional[Sequence[str]]) -> Union[argparse.Namespace, int]:
+def collector_main(parser: Callable[[], ArgumentParser],
+                   run: Callable[[argparse.Namespace, TextIO, TextIO], int],
+                   argv: Optional[Sequence[str]], stdout: Optional[TextIO],
+                   stderr: Optional[TextIO], internal_error: str) -> int:
+    """The main() of a collector (qcow2-telegraf, qcow2-textfile): its command line from
+    `parser()`, then `run(args, stdout, stderr)`; an unexpected exception is one line on stderr,
+    `internal_error` followed by the exception, and exit 1."""
+    out, err = output_streams(stdout, stderr)
+
+    def body() -> int:
+        args = parse_collector_arguments(parser(), argv, out, err)
+        return args if isinstance(args, int) else run(args, out, err)
+
+    def failure(exc: BaseException) -> int:
+        write_utf8(err, f"{internal_error}{exception_text(exc)}\n")
+        return EXIT_FAILED
+
+    return last_resort(body, failure)
+
+
+def parse_collector_arguments(parser: ArgumentParser, argv: Optional[Sequence[str]],
+                              stdout: TextIO, stderr: TextIO) -> Union[argparse.Namespace, int]:
     """A collector's command line, options and targets in any order; or the exit code when
-    there is nothing to run (--help, --version: 0; a bad command line or no target: 64)."""
+    there is nothing to run: --help and --version print on `stdout` (0), a bad command line or
+    no target prints the usage and the error on `stderr`, as argparse does (64)."""
     try:
-        args = parser.parse_intermixed_args(argv)
-    except SystemExit as exc:  # argparse exits itself on --help (0) and bad usage (2)
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    if not args.targets and not args.running:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: give TARGETs and/or --running", file=sys.stderr)
+        args = parser.parse_args(argv)
+        if not args.targets and not args.running:
+            parser.error("give TARGETs and/or --running")
+    except ParserExit as exc:  # --help, --version: 0
+        stdout.write(exc.text)
+        return exc.status
+    except UsageError as exc:
+        stderr.write(f"{exc.usage}{exc.prog}: error: {exc.message}\n")
         return EXIT_USAGE
     return args
 
@@ -104,7 +217,8 @@ def add_selection_and_health_arguments(parser: argparse.ArgumentParser) -> None:
         "health states (ok, warning, critical or unknown)"))
 
 
-def collect_selected(targets: list[str], args: argparse.Namespace) -> Collection:
+def collect_selected(targets: list[str], args: argparse.Namespace,
+                     tracker: Optional[GrowthTracker] = None) -> Collection:
     """collect() with the options add_selection_arguments() and add_live_arguments()
     declared."""
     from qcow2_monitor.collectors.report.collect import (
@@ -112,8 +226,9 @@ def collect_selected(targets: list[str], args: argparse.Namespace) -> Collection
     )
 
     return collect(targets, running=args.running, chain=args.chain, check=args.check,
-                   max_depth=args.max_depth, policy=policy_from_args(args),
-                   live_sources=LiveSources(live_uri(args), tuple(args.qmp)))
+                   max_depth=args.max_depth,
+                   live_sources=LiveSources(live_uri(args), tuple(args.qmp)),
+                   judging=judging_from_args(args, tracker))
 
 
 # --- the options, declared once for every adapter ------------------------------------------

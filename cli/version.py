@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, NoReturn, Optional
+
+from qcow2_monitor.cli.parser import ArgumentContainer, ExitAction, ParserExit
 
 DISTRIBUTION = "qcow2-monitor"
 
@@ -18,25 +19,23 @@ def package_version() -> str:
         return "unknown"
 
 
-class VersionAction(argparse.Action):
-    """argparse's "version" action, looking the version up only when asked: reading the
-    installed distribution's metadata costs about 2 MiB and 20 ms every run otherwise. `name`
-    is the program shown (a subcommand shows its program's name, not `prog info`)."""
+class VersionAction(ExitAction):
+    """-V/--version: the program and the package version as a ParserExit (cli/parser.py),
+    looked up only when asked (reading the installed distribution's metadata costs about 2 MiB
+    and 20 ms every run otherwise). `name` is the program shown (a subcommand shows its
+    program's name, not `prog info`)."""
 
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
-                 default: Any = argparse.SUPPRESS, help: Optional[str] = None,
-                 name: str = "") -> None:
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+    def __init__(self, option_strings: list[str], name: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, **kwargs)
         self.name = name
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: Optional[str] = None) -> NoReturn:
-        sys.stdout.write(f"{self.name or parser.prog} {package_version()}\n")
-        parser.exit()
+        raise ParserExit(f"{self.name or parser.prog} {package_version()}\n")
 
 
-def add_version_argument(parser: argparse.ArgumentParser, name: str = "") -> None:
-    """-V/--version on a command: its name (`name`, or the parser's) and the package version,
-    on stdout."""
-    parser.add_argument("-V", "--version", action=VersionAction, name=name,
-                        help="print the program's version and exit")
+def add_version_argument(container: ArgumentContainer, name: str = "") -> None:
+    """-V/--version on a command (or in one of its groups): its name (`name`, or the
+    parser's) and the package version, on stdout."""
+    container.add_argument("-V", "--version", action=VersionAction, name=name,
+                           help="print the program's version and exit")

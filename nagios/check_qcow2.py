@@ -3,9 +3,9 @@
 The entry point only: it wires the plugin's parts together, one concept per module as
 nagiosplugin splits them --
 
-* :mod:`nagios.options`: the command line (argparse never exits 2 here);
+* :mod:`nagios.options`: the command line (cli/parser.py: argparse never exits 2 here);
 * :mod:`nagios.thresholds`: -w/-c, headroom and overcommit limits on top of each image's
-  health, which the core judges once (:mod:`collectors.health`) for every adapter;
+  health, which the core judges once (collectors/report/health.py) for every adapter;
 * :mod:`nagios.summary` and :mod:`nagios.perfdata`: the text and the perfdata;
 * :mod:`nagios.runtime`: the write-once output, the timeout and the exit codes.
 
@@ -22,8 +22,13 @@ import threading
 import traceback
 from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
-from qcow2_monitor.nagios.options import ParserExit, UsageError, build_parser
-from qcow2_monitor.nagios.runtime import PREFIX, PROG, UNKNOWN, Output, start_watchdog
+from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams
+from qcow2_monitor.cli.options import collect_selected
+from qcow2_monitor.cli.parser import ParserExit, UsageError
+from qcow2_monitor.collectors.report.health import OK, UNKNOWN, worst
+from qcow2_monitor.collectors.report.metrics import filesystems
+from qcow2_monitor.nagios.options import build_parser
+from qcow2_monitor.nagios.runtime import PREFIX, PROG, Output, start_watchdog
 from qcow2_monitor.nagios.summary import render
 from qcow2_monitor.nagios.text import clean_label, clean_text, percent_text
 from qcow2_monitor.nagios.thresholds import Thresholds, evaluate, evaluate_filesystem
@@ -31,19 +36,12 @@ from qcow2_monitor.nagios.thresholds import Thresholds, evaluate, evaluate_files
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.model import Collection
 
-__all__ = ["clean_label", "clean_text", "main", "percent_text", "verdict"]
-
-# collectors.* is imported inside the functions that use it, not here: main() must be running
-# (inside its safety net) when that happens, so that even a broken installation gives one
-# UNKNOWN line instead of a traceback.
+__all__ = ["build_parser", "clean_label", "clean_text", "main", "percent_text", "verdict"]
 
 
 def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
             *, running_only: bool = False) -> tuple[int, str]:
     """The plugin's state and whole output for what the collector found."""
-    from qcow2_monitor.collectors.report.health import OK, worst
-    from qcow2_monitor.collectors.report.metrics import filesystems
-
     verdicts = [evaluate(record, limits) for record in collection.records]
     if not verdicts:
         if running_only:
@@ -56,28 +54,26 @@ def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
 
 
 def _collect(args: argparse.Namespace) -> Collection:
-    from qcow2_monitor.cli.options import collect_selected
-
     return collect_selected(args.files, args)
 
 
 def _run(argv: Optional[Sequence[str]], output: Output, options: dict[str, int]) -> tuple[int, str]:
     """(state, text); raises UsageError or anything unexpected. Fills `options["verbose"]` as
     soon as it is known, for main's error report."""
-    parser = build_parser()
     try:
-        args = parser.parse_intermixed_args(argv)
-    except ParserExit:
+        args = build_parser().parse_args(argv)
+    except ParserExit as exc:
         # --help / --version: exit 3 per the guidelines.
-        return UNKNOWN, parser.printed
+        return UNKNOWN, exc.text
     options["verbose"] = args.verbose
     args.files = [*args.files, *args.images]
     if not args.files and not args.running:
         raise UsageError("no images given (use -f IMAGE or --running)")
+    limits = Thresholds.from_args(args)
     timer: Optional[threading.Timer] = start_watchdog(args.timeout, output)
     try:
         collection = _collect(args)
-        state, text = verdict(collection, Thresholds.from_args(args), args.verbose,
+        state, text = verdict(collection, limits, args.verbose,
                               running_only=args.running and not args.files)
     finally:
         if timer is not None:
@@ -85,23 +81,32 @@ def _run(argv: Optional[Sequence[str]], output: Output, options: dict[str, int])
     return state, text
 
 
-def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) -> int:
-    output = Output(stream)
+def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
+         stderr: Optional[TextIO] = None) -> int:
+    out, err = output_streams(stdout, stderr)
+    output = Output(out)
     options = {"verbose": 0}
-    try:
-        state, text = _run(argv, output, options)
-    except UsageError as exc:
-        state = UNKNOWN
-        text = f"{PREFIX} UNKNOWN - bad arguments: {clean_text(str(exc))}\n" \
-               f"Usage: {PROG} -f IMAGE [-f IMAGE ...] [-w RANGE] [-c RANGE] ... (see --help)\n"
-    except BaseException as exc:  # any failure of ours is UNKNOWN, on one line (no traceback)
-        state = UNKNOWN
-        message = clean_text(str(exc).splitlines()[0] if str(exc) else "")
-        text = f"{PREFIX} UNKNOWN - internal error: {type(exc).__name__}: {message}\n"
+
+    def body() -> int:
+        try:
+            state, text = _run(argv, output, options)
+        except UsageError as exc:
+            state = UNKNOWN
+            text = f"{PREFIX} UNKNOWN - bad arguments: {clean_text(exc.message)}\n" \
+                   f"Usage: {PROG} -f IMAGE [-f IMAGE ...] [-w RANGE] [-c RANGE] ... " \
+                   "(see --help)\n"
+        output.write_last(text)
+        return state
+
+    def failure(exc: BaseException) -> int:
+        # Any failure of ours is UNKNOWN, on one line (-vvv: the traceback on stderr).
         if options["verbose"] >= 3:
-            traceback.print_exc(file=sys.stderr)
-    output.write_last(text)
-    return state
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
+        output.write_failure(
+            f"{PREFIX} UNKNOWN - internal error: {clean_text(exception_text(exc))}\n")
+        return UNKNOWN
+
+    return last_resort(body, failure)
 
 
 if __name__ == "__main__":

@@ -1,42 +1,20 @@
 """check_qcow2's command line: options, their types and the help text.
 
-argparse is made to raise instead of printing to stderr and exiting 2 (which a monitoring system
-reads as CRITICAL): bad arguments, --help and --version all end as UNKNOWN in check_qcow2.main.
+The parser is every front end's (cli/parser.py): it raises instead of printing to stderr and
+exiting 2 (which a monitoring system reads as CRITICAL), so that bad arguments, --help and
+--version all end as UNKNOWN in check_qcow2.main, on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, NoReturn, Optional
 
+from qcow2_monitor.cli.options import add_health_arguments, add_selection_arguments
+from qcow2_monitor.cli.parser import ArgumentParser, add_help_argument
+from qcow2_monitor.cli.version import add_version_argument
+from qcow2_monitor.collectors.common.units import parse_size
 from qcow2_monitor.nagios.ranges import Range, RangeError
 from qcow2_monitor.nagios.runtime import DEFAULT_TIMEOUT, PROG
-
-if TYPE_CHECKING:
-    from _typeshed import SupportsWrite
-
-
-class UsageError(Exception):
-    """The command line is wrong: UNKNOWN with the reason, never argparse's exit 2."""
-
-
-class ParserExit(Exception):
-    """argparse wants to exit (after --help or --version): exit UNKNOWN per the guidelines."""
-
-
-class Parser(argparse.ArgumentParser):
-    # argparse prints to stderr and calls sys.exit(2) on its own; both are wrong for a plugin.
-    printed = ""  # --help / --version text, written by main() to stdout like all output
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-    def exit(self, status: int = 0, message: Optional[str] = None) -> NoReturn:
-        raise ParserExit(message or "")
-
-    def _print_message(self, message: str, file: Optional[SupportsWrite[str]] = None) -> None:
-        # Monitoring systems show stdout only; collect the text for main() to write there.
-        self.printed += message or ""
 
 
 def range_option(text: str) -> Range:
@@ -49,12 +27,16 @@ def range_option(text: str) -> Range:
 def size_option(text: str) -> int:
     # The shared parser, so that every adapter reads "10G" alike: all units binary, as
     # qemu-img reads sizes (10G = 10GB = 10GiB).
-    from qcow2_monitor.collectors.common.units import parse_size
-
     try:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}; units B, K, M, G, T, P, all binary") from None
+
+
+def _duration(text: str) -> float:
+    from qcow2_monitor.cli.options import duration_option
+
+    return duration_option(text)
 
 
 def timeout_option(text: str) -> float:
@@ -65,12 +47,6 @@ def timeout_option(text: str) -> float:
     if not 0 < seconds < 86400:
         raise argparse.ArgumentTypeError(f"invalid timeout {text!r} (seconds, > 0)")
     return seconds
-
-
-def _version() -> str:
-    from qcow2_monitor.cli.version import package_version
-
-    return package_version()
 
 
 EPILOG = """\
@@ -86,6 +62,12 @@ thresholds:
   container falls below it (equal is fine). Units B, K, M, G, T, P (also KB/KiB, MB/MiB, ...),
   all binary: 10G = 10GB = 10GiB = 10737418240 bytes. Example:
     --warning-headroom 20G --critical-headroom 5G
+  --warning-time-to-full/--critical-time-to-full take a duration (90s, 30m, 4h, 2d): alert
+  when the container is full sooner at the growth of the growth window (the least-squares
+  slope of the end offset over the samples of earlier runs, kept in the state directory):
+    --warning-time-to-full 24h --critical-time-to-full 4h
+  A warning must be able to fire before its critical: -w 90 -c 80 or --warning-headroom 5G
+  --critical-headroom 20G are refused (UNKNOWN), as they would never give WARNING.
   --warning-overcommit/--critical-overcommit take ranges on each filesystem's overcommit
   ratio, summed virtual sizes of its images / filesystem size: -w ... --warning-overcommit 1.5
   warns when the guests could write 1.5 times what the filesystem holds. The sums cover
@@ -93,7 +75,7 @@ thresholds:
   filesystem (e.g. its directory) for a ratio that means the whole filesystem.
 
 health: one policy for every adapter (qcow2-telegraf and qcow2-textfile export it as the
-  health figure): each rule's state can be changed with its --RULE-state option below.
+  health figure): each rule's state can be changed with its --RULE-state option above.
   Unreadable and non-qcow2 files are UNKNOWN; damaged metadata is CRITICAL. When images
   disagree the worst state wins, in the order CRITICAL, UNKNOWN, WARNING, OK.
 
@@ -102,16 +84,12 @@ and --version).
 """
 
 
-def build_parser() -> Parser:
-    # Inside main's safety net: even a broken installation gives one UNKNOWN line.
-    from qcow2_monitor.cli.options import add_health_arguments, add_selection_arguments
-
-    parser = Parser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog=PROG,
         description="Check how full the containers of qcow2 images are, and the images' health.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
+        add_help=False,  # -h/--help goes in the "general" group, last
     )
     sel = parser.add_argument_group("images")
     sel.add_argument(
@@ -130,6 +108,11 @@ def build_parser() -> Parser:
                      help="WARNING when the free space in the container is below SIZE")
     thr.add_argument("--critical-headroom", type=size_option, metavar="SIZE",
                      help="CRITICAL when the free space in the container is below SIZE")
+    thr.add_argument("--warning-time-to-full", type=_duration, metavar="DURATION",
+                     help="WARNING when the container is full within DURATION at the current "
+                     "growth, e.g. 24h (needs the state kept between runs: --state-dir)")
+    thr.add_argument("--critical-time-to-full", type=_duration, metavar="DURATION",
+                     help="CRITICAL when the container is full within DURATION, e.g. 4h")
     thr.add_argument("--warning-overcommit", type=range_option, metavar="RANGE",
                      help="overcommit ratio range of a filesystem for WARNING, e.g. 1.5")
     thr.add_argument("--critical-overcommit", type=range_option, metavar="RANGE",
@@ -141,6 +124,6 @@ def build_parser() -> Parser:
                      metavar="SECONDS", help="UNKNOWN after this many seconds (default 30)")
     gen.add_argument("-v", "--verbose", action="count", default=0,
                      help="more detail in the long output; repeatable (-vvv: tracebacks on stderr)")
-    gen.add_argument("-V", "--version", action="version", version=f"{PROG} {_version()}")
-    gen.add_argument("-h", "--help", action="help", help="show this help and exit")
+    add_version_argument(gen)
+    add_help_argument(gen)
     return parser

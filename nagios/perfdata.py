@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
-from qcow2_monitor.nagios.ranges import format_number
+from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.nagios.text import clean_label, usage_percent
 from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import Metric
 
-# Perfdata figures, by their collectors.metrics names (one vocabulary for every adapter).
-# Only usage_ratio is rescaled, to percent under the label "usage_percent" (style.md #6).
-# Perfdata: these usage figures, then (with --check) collectors.metrics.CHECK_METRICS.
+# Perfdata figures, by their collectors.report.metrics names (one vocabulary for every adapter).
+# Only usage_ratio is rescaled, to percent under the label "usage_percent".
+# Perfdata: these usage figures, then (with --check) collectors.report.metrics.CHECK_METRICS.
 USAGE_PERFDATA_METRICS = (
     "usage_ratio",
     "end_offset_bytes",
@@ -27,6 +27,8 @@ USAGE_PERFDATA_METRICS = (
     "live_end_offset_bytes",
     "container_size_bytes",
     "headroom_bytes",
+    "growth_bytes_per_second",
+    "time_to_full_seconds",
 )
 USAGE_PERCENT_LABEL = "usage_percent"
 FILESYSTEM_PERFDATA_METRICS = ("filesystem_overcommit_ratio",)
@@ -42,13 +44,13 @@ def _perf_item(metric: Metric, path: str, usage_size: Optional[int], limits: Thr
     """One perfdata item: ``'<path> <metric name>'=value[UOM];warn;crit;min;max``."""
     size = "" if usage_size is None else str(usage_size)
     if metric.name == "usage_ratio":
-        percent = format_number(round(usage_percent(float(metric.value)), 8))
+        percent = plain_number(round(usage_percent(float(metric.value)), 8))
         return _perf(
             f"{path} {USAGE_PERCENT_LABEL}", percent, "%",
             str(limits.usage_warning or ""), str(limits.usage_critical or ""), "0", "100",
         )
     if metric.name == "filesystem_overcommit_ratio":
-        return _perf(f"{path} overcommit_ratio", format_number(round(float(metric.value), 8)),
+        return _perf(f"{path} overcommit_ratio", plain_number(round(float(metric.value), 8)),
                      "", str(limits.overcommit_warning or ""),
                      str(limits.overcommit_critical or ""), "0")
     value = str(int(metric.value))
@@ -58,6 +60,15 @@ def _perf_item(metric: Metric, path: str, usage_size: Optional[int], limits: Thr
         warn = "" if limits.headroom_warning is None else f"{limits.headroom_warning}:"
         crit = "" if limits.headroom_critical is None else f"{limits.headroom_critical}:"
         return _perf(f"{path} {metric.name}", value, uom, warn, crit, "0", size)
+    if metric.name == "time_to_full_seconds":
+        warn = "" if limits.time_to_full_warning is None \
+            else f"{plain_number(limits.time_to_full_warning)}:"
+        crit = "" if limits.time_to_full_critical is None \
+            else f"{plain_number(limits.time_to_full_critical)}:"
+        return _perf(f"{path} {metric.name}", plain_number(round(float(metric.value), 3)),
+                     "s", warn, crit, "0")
+    if metric.name == "growth_bytes_per_second":
+        return _perf(f"{path} {metric.name}", plain_number(round(float(metric.value), 3)))
     if metric.name in ("end_offset_bytes", "image_end_offset_bytes", "live_end_offset_bytes"):
         return _perf(f"{path} {metric.name}", value, uom, minimum="0", maximum=size)
     return _perf(f"{path} {metric.name}", value, uom, minimum="0")

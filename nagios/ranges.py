@@ -11,7 +11,7 @@ Grammar and meaning, exactly as the guidelines define them (endpoints inclusive)
 ========== ===========================================
 
 Numbers are plain decimals with an optional exponent (``1e3``), which nagiosplugin's parser
-rejects with a crash (monitoring.md). ``inf``/``nan`` are refused: they are not numbers a user
+rejects with a crash. ``inf``/``nan`` are refused: they are not numbers a user
 means as a threshold.
 """
 
@@ -32,10 +32,6 @@ _RANGE_RE = re.compile(
 
 class RangeError(ValueError):
     """A threshold range that does not follow the guidelines' grammar."""
-
-
-# Perfdata numbers are written by the one core formatter (no exponent, no trailing zeros).
-format_number = plain_number
 
 
 @dataclass(frozen=True)
@@ -76,20 +72,34 @@ class Range:
         within = self.start <= value <= self.end
         return within if self.inside else not within
 
+    def alerts_beyond(self, other: Range, lowest: float = 0.0) -> bool:
+        """Whether some value >= `lowest` alerts under this range but not under `other`.
+
+        Both alert sets are unions of intervals whose ends are the ranges' endpoints, so the
+        answer is the same for every value strictly between two neighbouring endpoints: one
+        probe at each endpoint, one between each pair and one past the last decide exactly.
+        """
+        ends = {lowest} | {point for point in (self.start, self.end, other.start, other.end)
+                           if math.isfinite(point) and point > lowest}
+        points = sorted(ends)
+        probes = [*points, *(low + (high - low) / 2 for low, high in zip(points, points[1:])),
+                  points[-1] * 2 + 1]
+        return any(self.alert(value) and not other.alert(value) for value in probes)
+
     def __str__(self) -> str:
         """The canonical text, usable as the warn/crit field of perfdata."""
         prefix = "@" if self.inside else ""
-        start = "~" if math.isinf(self.start) else format_number(self.start)
+        start = "~" if math.isinf(self.start) else plain_number(self.start)
         if math.isinf(self.end):
             return f"{prefix}{start}:"
         if self.start == 0:
-            return f"{prefix}{format_number(self.end)}"
-        return f"{prefix}{start}:{format_number(self.end)}"
+            return f"{prefix}{plain_number(self.end)}"
+        return f"{prefix}{start}:{plain_number(self.end)}"
 
     def describe(self, unit: str = "") -> str:
         """Human wording for the status text, e.g. ``> 90%`` or ``outside 10%..20%``."""
-        low = None if math.isinf(self.start) else format_number(self.start) + unit
-        high = None if math.isinf(self.end) else format_number(self.end) + unit
+        low = None if math.isinf(self.start) else plain_number(self.start) + unit
+        high = None if math.isinf(self.end) else plain_number(self.end) + unit
         if self.inside:
             if low is None and high is None:
                 return "(any value alerts)"

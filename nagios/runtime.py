@@ -1,52 +1,51 @@
 """The plugin's runtime: states and exit codes, the write-once output and the timeout.
 
-Exit codes follow the monitoring-plugins guidelines: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
-The states are the core health policy's (collectors.health), numbered alike.
+Exit codes follow the monitoring-plugins guidelines: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN:
+the states of the core's health policy (collectors/report/health.py), numbered alike.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
-from typing import Optional, TextIO
+from typing import TextIO
 
-from qcow2_monitor.nagios.ranges import format_number
+from qcow2_monitor.cli.entry import write_utf8
+from qcow2_monitor.collectors.common.units import plain_number
+from qcow2_monitor.collectors.report.health import UNKNOWN
 
 PROG = "check_qcow2"
 PREFIX = "QCOW2"
 DEFAULT_TIMEOUT = 30.0  # well under Icinga's 60 s command timeout, after which it kills us
-# Without importing the core (see check_qcow2.main): the same numbers as collectors.health.
-UNKNOWN = 3
 
 
 class Output:
     """Writes the plugin output exactly once, whether main() or the timeout gets there first."""
 
-    def __init__(self, stream: Optional[TextIO]) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._claimed_by_main = False
 
     def claim(self) -> bool:
         return self._lock.acquire(blocking=False)
 
     def write(self, text: str) -> None:
-        if self._stream is not None:
-            self._stream.write(text)
-            self._stream.flush()
-            return
-        # Bytes, not sys.stdout: monitoring daemons often run plugins with LANG=C, where
-        # printing a non-ASCII path would raise.
-        sys.stdout.flush()
-        sys.stdout.buffer.write(text.encode("utf-8", "replace"))
-        sys.stdout.buffer.flush()
+        write_utf8(self._stream, text)
 
     def write_last(self, text: str) -> None:
         """Write `text` unless the watchdog is already writing its line (then wait for its
         exit)."""
         if not self.claim():
             threading.Event().wait()
+        self._claimed_by_main = True
         self.write(text)
+
+    def write_failure(self, text: str) -> None:
+        """write_last(), unless main() has claimed the output already: then writing it failed
+        (stdout closed), and nothing is left to write to."""
+        if not self._claimed_by_main:
+            self.write_last(text)
 
 
 def start_watchdog(seconds: float, output: Output) -> threading.Timer:
@@ -58,7 +57,7 @@ def start_watchdog(seconds: float, output: Output) -> threading.Timer:
 
     def expire() -> None:
         if output.claim():
-            output.write(f"{PREFIX} UNKNOWN - timed out after {format_number(seconds)} s "
+            output.write(f"{PREFIX} UNKNOWN - timed out after {plain_number(seconds)} s "
                          "(raise -t/--timeout)\n")
             os._exit(UNKNOWN)
 

@@ -7,23 +7,22 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qcow2_monitor.cli.text import finding_text
-from qcow2_monitor.collectors.common.units import counted, human_size
+from qcow2_monitor.collectors.common.units import (
+    counted,
+    human_duration,
+    human_rate,
+    human_size,
+)
+from qcow2_monitor.collectors.report.health import OK, SEVERITY, STATE_NAMES
 from qcow2_monitor.nagios.perfdata import perfdata
 from qcow2_monitor.nagios.runtime import PREFIX
 from qcow2_monitor.nagios.text import clean_text, percent_text, usage_percent
 from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
 if TYPE_CHECKING:
-    from qcow2_monitor.collectors.report.model import ImageRecord
+    from qcow2_monitor.collectors.report.model import ImageRecord, ImageUsage
 
 MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lists everything
-STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
-
-
-def _severity(state: int) -> int:
-    from qcow2_monitor.collectors.report.health import SEVERITY
-
-    return SEVERITY[state]
 
 
 def _image_name(record: ImageRecord) -> str:
@@ -57,13 +56,18 @@ def _details(record: ImageRecord) -> list[str]:
             detail += ", " + ", ".join(flags)
         if usage.backing_filename:
             detail += f", backing {usage.backing_filename}"
+        if usage.free_below_end:
+            detail += f", {human_size(usage.free_below_end)} free below the end"
         parts.append(detail)
+        if usage.growth is not None and usage.growth.note:
+            parts.append(f"note: {usage.growth.note}")
     check = record.check
     if check is not None:
         parts.append(
             f"check: {counted(check.corruptions, 'corruption')}, "
             f"{counted(check.leaks, 'leak')}, {counted(check.check_errors, 'check error')}, "
-            f"{check.allocated_clusters}/"
+            + (f"{check.unconfirmed} unconfirmed, " if check.unconfirmed else "")
+            + f"{check.allocated_clusters}/"
             f"{check.total_clusters} clusters allocated"
         )
     return parts
@@ -83,6 +87,17 @@ def _findings(record: ImageRecord) -> list[str]:
     return lines
 
 
+def _growth_text(usage: ImageUsage) -> str:
+    """", growing 1.2 MiB/s, full in 3h 20m" once the history allows."""
+    growth = usage.growth
+    if growth is None or growth.bytes_per_second is None:
+        return ""
+    text = f", growing {human_rate(growth.bytes_per_second)}"
+    if growth.time_to_full is not None:
+        text += f", full in {human_duration(growth.time_to_full)}"
+    return text
+
+
 def image_line(verdict: Verdict, verbosity: int) -> str:
     record = verdict.record
     usage = record.usage
@@ -96,6 +111,7 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
                if usage.live_end_offset is not None else "")
             + f" of {human_size(container.size)} "
             f"{container.kind} container, headroom {human_size(container.headroom)})"
+            + _growth_text(usage)
         )
     parts.extend(problem.text for problem in verdict.problems)
     if verbosity >= 1:
@@ -147,16 +163,16 @@ def _ok_summary(verdicts: Sequence[Verdict]) -> str:
 
 def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict],
             state: int) -> str:
-    if state == 0:
+    if state == OK:
         return _ok_summary(verdicts)
     # Worst first, then in the collector's (stable) order; filesystems after images.
     bad = [(v.state, _named(v.record, ", ".join(p.text for p in v.problems)), v.record.is_image)
-           for v in verdicts if v.state != 0]
-    bad.sort(key=lambda item: -_severity(item[0]))
+           for v in verdicts if v.state != OK]
+    bad.sort(key=lambda item: -SEVERITY[item[0]])
     bad_images = sum(is_image for _, _, is_image in bad)
     bad += [(f.state, f"filesystem {f.figures.mountpoint}: "
              + ", ".join(p.text for p in f.problems), False)
-            for f in filesystems if f.state != 0]
+            for f in filesystems if f.state != OK]
     shown = "; ".join(text for _, text, _ in bad[:MAX_IMAGES_IN_SUMMARY])
     if len(bad) > MAX_IMAGES_IN_SUMMARY:
         shown += f"; +{len(bad) - MAX_IMAGES_IN_SUMMARY} more"

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
-from qcow2_monitor.collectors.common.units import percent_number
-from qcow2_monitor.nagios.ranges import Range, format_number
-
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+from qcow2_monitor.collectors.common.text import printable
+from qcow2_monitor.collectors.common.units import percent_number, plain_number
+from qcow2_monitor.nagios.ranges import Range
 
 
 def usage_percent(ratio: float) -> float:
-    """The one rescaling this adapter does (style.md #6): Nagios users think in percent."""
+    """The one rescaling this adapter does: Nagios users think in percent."""
     return ratio * 100.0
 
 
 def clean_text(text: str) -> str:
-    """Make a path safe for the text part of the output.
-
-    A ``|`` would start the perfdata (Icinga splits at the first ``|`` followed by ``=``), a
-    newline would start a new long-output line, and undecodable bytes (surrogate escapes in
-    POSIX file names) cannot be encoded on stdout.
-    """
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return _CONTROL_CHARS.sub("?", text.replace("|", "_"))
+    """A path (or a line naming one) safe for the text part of the output: the one printable
+    rule of every output (collectors/common/text.py: undecodable bytes and control characters,
+    a newline that would start a new long-output line included, as ``\\xNN``), then the
+    plugin output's own syntax: a ``|`` would start the perfdata (Icinga splits at the first
+    ``|`` followed by ``=``), so it is written ``_``."""
+    return printable(text).replace("|", "_")
 
 
 def clean_label(text: str) -> str:
@@ -43,5 +39,5 @@ def percent_text(percent: float, limit: Optional[Range] = None) -> str:
         digits = 2
         while float(text) in (limit.start, limit.end) and digits < 12:
             digits += 1
-            text = format_number(round(percent, digits))
+            text = plain_number(round(percent, digits))
     return text

@@ -1,5 +1,6 @@
 """Threshold evaluation: the user's -w/-c, headroom and overcommit limits, on top of each
-image's health (judged once in the core by collectors.health, never here)."""
+image's health (judged once in the core by collectors/report/health.py, never here), in its
+states."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from qcow2_monitor.cli.parser import UsageError
 from qcow2_monitor.collectors.common.units import human_size
+from qcow2_monitor.collectors.report.health import CRITICAL, WARNING, worst
 from qcow2_monitor.nagios.ranges import Range
 from qcow2_monitor.nagios.text import percent_text, usage_percent
 
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.metrics import FilesystemFigures
-    from qcow2_monitor.collectors.report.model import ImageRecord
-
-# The core's numbers (collectors.health), repeated so that this module imports no core code
-# before main() runs.
-OK, WARNING, CRITICAL = 0, 1, 2
+    from qcow2_monitor.collectors.report.model import ImageRecord, ImageUsage
 
 
 @dataclass(frozen=True)
@@ -30,17 +29,63 @@ class Thresholds:
     headroom_critical: Optional[int] = None
     overcommit_warning: Optional[Range] = None
     overcommit_critical: Optional[Range] = None
+    time_to_full_warning: Optional[float] = None  # seconds
+    time_to_full_critical: Optional[float] = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Thresholds:
-        return cls(
+        """The limits of the command line; raises UsageError for a warning that cannot fire."""
+        limits = cls(
             usage_warning=args.warning,
             usage_critical=args.critical,
             headroom_warning=args.warning_headroom,
             headroom_critical=args.critical_headroom,
             overcommit_warning=args.warning_overcommit,
             overcommit_critical=args.critical_overcommit,
+            time_to_full_warning=args.warning_time_to_full,
+            time_to_full_critical=args.critical_time_to_full,
         )
+        problem = limits.silent_warning()
+        if problem:
+            raise UsageError(problem)
+        return limits
+
+    def silent_warning(self) -> Optional[str]:
+        """Why a warning limit can never fire, if one cannot.
+
+        Critical is evaluated first, so a warning whose every alerting value is already
+        critical gives OK until it is CRITICAL: `-w 90 -c 80` (and `-w 80 -c 80`),
+        `--warning-headroom 5G --critical-headroom 20G`, `--warning-time-to-full 4h
+        --critical-time-to-full 24h`. Usage, headroom and ratios are
+        never negative, so only values from 0 up count.
+        """
+        for (warn_option, crit_option, what, example), warning, critical in (
+            (("-w", "-c", "usage", "-w 80 -c 90"), self.usage_warning, self.usage_critical),
+            (("--warning-overcommit", "--critical-overcommit", "ratio",
+              "--warning-overcommit 1.5 --critical-overcommit 3"),
+             self.overcommit_warning, self.overcommit_critical),
+        ):
+            if warning is not None and critical is not None \
+                    and not warning.alerts_beyond(critical):
+                return (f"{warn_option} {warning} can never fire: every {what} it alerts on "
+                        f"is CRITICAL under {crit_option} {critical} first (give a warning "
+                        f"reached before the critical, e.g. {example}, or no {warn_option})")
+        warning_size, critical_size = self.headroom_warning, self.headroom_critical
+        if warning_size is not None and critical_size is not None \
+                and warning_size <= critical_size:
+            return (f"--warning-headroom {human_size(warning_size)} can never fire: it is not "
+                    f"above --critical-headroom {human_size(critical_size)} (give the warning "
+                    "more free space than the critical, e.g. --warning-headroom 20G "
+                    "--critical-headroom 5G, or no --warning-headroom)")
+        warning_time, critical_time = self.time_to_full_warning, self.time_to_full_critical
+        if warning_time is not None and critical_time is not None \
+                and warning_time <= critical_time:
+            from qcow2_monitor.collectors.common.units import human_duration
+            return (f"--warning-time-to-full {human_duration(warning_time)} can never fire: it "
+                    f"is not longer than --critical-time-to-full {human_duration(critical_time)}"
+                    " (give the warning the longer time, e.g. --warning-time-to-full 24h "
+                    "--critical-time-to-full 4h, or no --warning-time-to-full)")
+        return None
 
     @property
     def overcommit(self) -> bool:
@@ -81,8 +126,6 @@ def _range_problem(value: float, what: str, unit: str,
 
 def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
     """One image's state: its health problems, then the thresholds (critical first)."""
-    from qcow2_monitor.collectors.report.health import worst
-
     problems = [Problem(reason.state, reason.text) for reason in record.health.problems]
     usage = record.usage
     if usage is not None:
@@ -98,12 +141,27 @@ def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
                     Problem(state, f"headroom {human_size(headroom)} < {human_size(minimum)}")
                 )
                 break
+        problems += _time_to_full_problem(usage, limits)
     return Verdict(record, worst([problem.state for problem in problems]), tuple(problems))
 
 
-def evaluate_filesystem(figures: FilesystemFigures, limits: Thresholds) -> FilesystemVerdict:
-    from qcow2_monitor.collectors.report.health import worst
+def _time_to_full_problem(usage: ImageUsage, limits: Thresholds) -> list[Problem]:
+    """Rule time-to-full: the container is full within the limit at the current growth."""
+    from qcow2_monitor.collectors.common.units import human_duration, human_rate
 
+    growth = usage.growth
+    if growth is None or growth.time_to_full is None or growth.bytes_per_second is None:
+        return []
+    for state, limit in ((CRITICAL, limits.time_to_full_critical),
+                         (WARNING, limits.time_to_full_warning)):
+        if limit is not None and growth.time_to_full < limit:
+            return [Problem(state, f"time-to-full: full in {human_duration(growth.time_to_full)}"
+                            f" < {human_duration(limit)} (growing "
+                            f"{human_rate(growth.bytes_per_second)})")]
+    return []
+
+
+def evaluate_filesystem(figures: FilesystemFigures, limits: Thresholds) -> FilesystemVerdict:
     problems = _range_problem(figures.overcommit_ratio, "overcommit", "",
                               limits.overcommit_critical, limits.overcommit_warning)
     return FilesystemVerdict(figures, worst([p.state for p in problems]), tuple(problems))

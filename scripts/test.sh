@@ -7,13 +7,14 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
-command -v promtool >/dev/null || missing+=(prometheus)
+# The Prometheus server and promtool (tests/test_fleet.py runs the server with the rules).
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
 command -v influxd >/dev/null || missing+=(influxdb)
 command -v icinga2 >/dev/null || missing+=(icinga2-bin icinga2-common)
 command -v nagios4 >/dev/null || missing+=(nagios4-core)
 [ -x /usr/lib/nagios/plugins/check_dummy ] || missing+=(monitoring-plugins-basic)
-command -v losetup >/dev/null || missing+=(util-linux)
+command -v losetup >/dev/null && command -v unshare >/dev/null || missing+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # Live usage (tests/test_live.py): a real libvirtd running TCG domains, plain qemu with QMP,
 # and Debian's python3 with psutil, jinja2, prometheus_client and numpy (--check) for the runs

@@ -12,8 +12,10 @@ Rules (InfluxDB 1.x line protocol reference; the parsers of influxd 1.6 and of T
   byte before a separator, so the value ``a\,b`` is written ``a\\,b`` (its backslash, then the
   escaped comma) and reads back unchanged (verified against influxd 1.6);
 * tab, newline, CR and form feed cannot appear in names or tags at all, and CR / form feed are
-  refused in string fields by Telegraf's parser: everywhere they become the two characters
-  ``\t``, ``\n``, ``\r``, ``\f`` (as Telegraf's serializer writes them in tags);
+  refused in string fields by Telegraf's parser: every text is first written by the one
+  printable rule of every output (collectors/common/text.py), which spells them, every other
+  control character and every undecodable byte of a file name ``\xNN`` (valid UTF-8, which
+  line protocol requires, on one line);
 * a name or tag value cannot *end* in a backslash (it would escape the following separator):
   such a final backslash is written as ``%5C``;
 * no empty tag values (the tag is omitted), tags sorted by key (InfluxDB's canonical order);
@@ -26,14 +28,13 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Union
 
-from qcow2_monitor.collectors.report.metrics import valid_utf8
+from qcow2_monitor.collectors.common.text import printable
 
 FieldValue = Union[bool, int, float, str]
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-_CONTROL = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r", "\f": "\\f"})
 _NAME = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\="})
 _STRING = str.maketrans({'"': '\\"', "\\": "\\\\"})
@@ -48,12 +49,12 @@ def _final_backslash(escaped: str) -> str:
 
 
 def escape_measurement(name: str) -> str:
-    return _final_backslash(valid_utf8(name).translate(_CONTROL).translate(_NAME))
+    return _final_backslash(printable(name).translate(_NAME))
 
 
 def escape_key(key: str) -> str:
     """Escape a tag key, tag value or field key."""
-    return _final_backslash(valid_utf8(key).translate(_CONTROL).translate(_KEY))
+    return _final_backslash(printable(key).translate(_KEY))
 
 
 def escape_tag_value(value: str) -> str:
@@ -62,9 +63,9 @@ def escape_tag_value(value: str) -> str:
 
 def format_string(value: str) -> str:
     # Control characters first, then backslashes: Telegraf's parser accepts a backslash in a
-    # string only before another backslash or a quote, so "\\n" is written as an escaped
-    # backslash followed by "n" and reads back as the same two characters a tag would.
-    return '"' + valid_utf8(value).translate(_CONTROL).translate(_STRING) + '"'
+    # string only before another backslash or a quote, so "\\x0a" is written as an escaped
+    # backslash followed by "x0a" and reads back as the same four characters a tag would.
+    return '"' + printable(value).translate(_STRING) + '"'
 
 
 def representable(value: FieldValue) -> bool:

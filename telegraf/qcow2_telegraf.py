@@ -8,9 +8,10 @@ qcow2-exec-legacy.conf (<= 1.38) and qcow2-execd.conf.
 One point per image (and per backing layer with --chain) in measurement ``qcow2``. In InfluxDB
 every tag is part of the series key, so the only tag is the disk's identity, ``path`` (its
 canonical path): one disk, one series, whether it is healthy or broken, restarted, amended or
-rebased. Fields are the metrics of :func:`collectors.metrics.image_metrics` under the same
-names as in every adapter, every descriptive label of :func:`collectors.metrics.info_labels`
-as a string field (``depth`` an integer), and ``health_reasons``, the health rules that applied.
+rebased. Fields are the metrics of :func:`collectors.report.metrics.image_metrics` under the
+same names as in every adapter, every descriptive label of
+:func:`collectors.report.metrics.info_labels` as a string field (``depth`` an integer), and
+``health_reasons``, the health rules that applied.
 Flags (in_use, dirty, ...) are integers 0/1. One point per filesystem holding image files in
 measurement ``qcow2_filesystem``, tagged ``mountpoint``: its sums cover only the images this
 run was given.
@@ -26,27 +27,32 @@ import os
 import sys
 from typing import Optional, Sequence, TextIO
 
+from qcow2_monitor.cli.entry import exception_text, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import (
     add_selection_and_health_arguments,
     add_targets_argument,
     collect_selected,
-    parse_collector_arguments,
+    collector_main,
 )
+from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
+from qcow2_monitor.collectors.common.text import printable
+from qcow2_monitor.collectors.report.growth import GrowthTracker
 from qcow2_monitor.collectors.report.metrics import (
     FILESYSTEM_LABEL,
     HEALTH_REASON_METRIC,
     IDENTITY_LABELS,
     INFO_METRIC,
     INTEGER_INFO_LABELS,
-    error_text,
+    failure_line,
     filesystem_metrics,
     filesystems,
     health_text,
     image_metrics,
 )
 from qcow2_monitor.collectors.report.model import Collection, ImageRecord
+from qcow2_monitor.collectors.report.state import default_directory
 from qcow2_monitor.telegraf.lineprotocol import FieldValue, format_line, representable
 
 MEASUREMENT = "qcow2"
@@ -73,12 +79,12 @@ def record_point(record: ImageRecord) -> tuple[str, list[str]]:
         elif representable(metric.value):
             fields.append((metric.name, metric.value))
         else:
-            problems.append(f"{record.label_path!r}: {metric.name}={metric.value!r} has no "
-                            "line-protocol form, field left out")
+            problems.append(f"{printable(record.label_path)}: {metric.name}={metric.value} has "
+                            "no line-protocol form, field left out")
     reasons = health_text(record)
     if reasons:
         fields.append(("health_reasons", reasons))
-    message = error_text(record)
+    message = failure_line(record)
     if message is not None:
         fields.append(("error", message))
         problems.insert(0, message)
@@ -109,18 +115,17 @@ The qcow2_filesystem sums (end offsets, virtual sizes, overcommit ratio) cover o
 images the TARGETs (and --running) name: give a filesystem's whole image directory.
 
 exit codes: 0 points written (a target that cannot be analysed is still a point, with
-scrape_error=1i, and an E! line on stderr); 1 stdout closed (Telegraf went away);
-64 bad command line.
+scrape_error=1i, and an E! line on stderr); 1 stdout closed (Telegraf went away), or an
+internal error (one E! line); 64 bad command line.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="qcow2-telegraf",
         description="Print qcow2 image usage as InfluxDB line protocol for Telegraf's "
         "inputs.exec / inputs.execd.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_targets_argument(parser)
     add_selection_and_health_arguments(parser)
@@ -133,44 +138,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write(stream: TextIO, text: str) -> None:
-    # Line protocol is UTF-8 whatever the locale Telegraf starts us with.
-    buffer = getattr(stream, "buffer", None)
-    if buffer is not None:
-        buffer.write(text.encode("utf-8"))
-    else:
-        stream.write(text)
-    stream.flush()
-
-
-def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
-    collection = collect_selected(args.targets, args)
+def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO,
+           tracker: Optional[GrowthTracker] = None) -> None:
+    collection = collect_selected(args.targets, args, tracker)
     text, problems = render(collection)
     if problems:
-        _write(stderr, "".join(f"{LOG_PREFIX} {problem}\n" for problem in problems))
+        write_utf8(stderr, "".join(f"{LOG_PREFIX} {problem}\n" for problem in problems))
     if collection.notes:
-        _write(stderr, "".join(f"{NOTE_PREFIX} {note}\n" for note in collection.notes))
-    _write(stdout, text)
+        write_utf8(stderr, "".join(f"{NOTE_PREFIX} {printable(note)}\n"
+                                   for note in collection.notes))
+    write_utf8(stdout, text)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _parser()
-    args = parse_collector_arguments(parser, argv)
-    if isinstance(args, int):
-        return args
-    stdout, stderr = sys.stdout, sys.stderr
+def _serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    """One batch (exec), or one per line read on stdin until EOF (execd)."""
     try:
         if not args.execd:
             _batch(args, stdout, stderr)
             return EXIT_OK
-        # Telegraf writes one newline per interval and closes stdin on shutdown.
+        # Telegraf writes one newline per interval and closes stdin on shutdown. The samples
+        # for growth stay in memory too: a state directory that cannot be used still gives a
+        # history while the daemon runs.
+        tracker = None if args.no_state else GrowthTracker(
+            args.state_dir or default_directory(), args.growth_window, keep_in_memory=True)
         for _ in sys.stdin:
             try:
-                _batch(args, stdout, stderr)
+                _batch(args, stdout, stderr, tracker)
             except BrokenPipeError:
                 raise
             except Exception as exc:  # one bad interval must not end the daemon
-                _write(stderr, f"{LOG_PREFIX} collection failed: {type(exc).__name__}: {exc}\n")
+                write_utf8(stderr, f"{LOG_PREFIX} collection failed: {exception_text(exc)}\n")
         return EXIT_OK
     except BrokenPipeError:
         # Telegraf went away; nothing is left to report to. Point stdout at /dev/null so that
@@ -178,6 +175,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+
+
+def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
+         stderr: Optional[TextIO] = None) -> int:
+    return collector_main(_parser, _serve, argv, stdout, stderr,
+                          internal_error=f"{LOG_PREFIX} internal error: ")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,46 @@ from typing import Callable, Iterator, Union
 
 import pytest
 
+from qcow2_monitor.collectors.report.state import SYSTEM_STATE_DIRECTORY
+
 from corpus import QEMU_IMG, QEMU_IO, CorpusImage, build_corpus
 from damage import DamagedImage, copy_image, damaged_variants
+
+# Every failure report short (tests/short_reports.py); pytester for testing that.
+pytest_plugins = ["short_reports", "pytester"]
 
 # Sources of the damaged copies: every structure a recipe needs (snapshot, bitmaps, compressed
 # and extended-L2 entries), a v2 header, and packed 1-bit refcounts.
 DAMAGE_BASES = ("mixed", "extended-l2-65536", "v2-snapshot", "refbits-1")
 
 LoopAttach = Callable[..., str]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The adapters keep growth samples in a state directory (for root /var/lib/qcow2-monitor
+    by default): every run in the suite, its subprocesses included, keeps them in a temporary
+    one instead ($MP_STATE_PATH, the monitoring-plugins convention). World-writable and sticky
+    like /tmp, so that the runs as `nobody` create their own qcow2-monitor directory there."""
+    base = tmp_path_factory.mktemp("state")
+    base.chmod(0o1777)
+    (base / "root").mkdir(mode=0o700)
+    saved = os.environ.get("MP_STATE_PATH")
+    os.environ["MP_STATE_PATH"] = str(base / "root")
+    # sudo resets the environment: the shipped commands run through it (Icinga 2, Nagios,
+    # Telegraf as their users) keep root's default, /var/lib/qcow2-monitor. A directory the
+    # suite created there is removed at the end; one that was there before is left alone.
+    system = Path(SYSTEM_STATE_DIRECTORY)
+    existed = system.exists()
+    try:
+        yield base
+    finally:
+        if saved is None:
+            os.environ.pop("MP_STATE_PATH", None)
+        else:
+            os.environ["MP_STATE_PATH"] = saved
+        if not existed:
+            shutil.rmtree(system, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Test-time corpus of real qcow2 images, made with qemu-img and qemu-io.
 
-Every image the test suite reads is built here, during the test run, by qemu's own tools (style.md
-example 9): nothing is checked in, so the corpus always matches the installed qemu. The core
+Every image the test suite reads is built here, during the test run, by qemu's own
+tools: nothing is checked in, so the corpus always matches the installed qemu. The core
 function, :func:`build_corpus`, has no pytest dependency so a developer can also build the corpus
 by hand::
 

@@ -1,8 +1,9 @@
-"""Real consumers on loopback for end-to-end tests: influxd 1.6 and prometheus-node-exporter.
+"""Real consumers on loopback for end-to-end tests: influxd 1.6, prometheus-node-exporter and
+the Prometheus server.
 
 Each daemon runs in a temporary directory on 127.0.0.1 with a free port, is waited for with a
 bounded deadline, and is always stopped (SIGTERM, then SIGKILL). A missing binary is a test
-failure with the package to install, never a skip: CI installs them (monitoring.md recipes).
+failure with the package to install, never a skip: CI installs them.
 Also the small image helpers the adapter tests share (qemu-img / qemu-io).
 """
 
@@ -30,6 +31,7 @@ PACKAGES = {
     "influxd": "influxdb",
     "prometheus-node-exporter": "prometheus-node-exporter",
     "promtool": "prometheus",
+    "prometheus": "prometheus",
     "qemu-img": "qemu-utils",
     "qemu-io": "qemu-utils",
     "losetup": "mount",
@@ -242,6 +244,16 @@ class NodeExporter:
         return body.decode("utf-8")
 
 
+def as_user(user: str) -> list[str]:
+    """The command prefix that runs a program as `user`, with that user's groups and nothing
+    else changed; setpriv execs it (no process in between, so signals reach it)."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+            "--"]
+
+
 @contextmanager
 def node_exporter(textfile_dir: Path, tmp: Path,
                   enter: Sequence[str] = ()) -> Iterator[NodeExporter]:
@@ -270,6 +282,84 @@ def node_exporter(textfile_dir: Path, tmp: Path,
         url = f"http://127.0.0.1:{port}"
         _wait_http(proc, f"{url}/metrics", 200, log)
         yield NodeExporter(url, textfile_dir)
+    finally:
+        _stop(proc)
+
+
+# --- Prometheus server --------------------------------------------------------------------------
+
+
+@dataclass
+class Prometheus:
+    url: str
+
+    def api(self, endpoint: str, **params: Any) -> Any:
+        """The `data` of one HTTP API call (GET /api/v1/ENDPOINT?params)."""
+        query = urllib.parse.urlencode(params, doseq=True)
+        status, body = http("GET", f"{self.url}/api/v1/{endpoint}?{query}")
+        answer = json.loads(body) if body.startswith(b"{") else {}
+        if status != 200 or answer.get("status") != "success":
+            raise AssertionError(f"{endpoint} {params}: HTTP {status}: {body[:300]!r}")
+        return answer["data"]
+
+    def query(self, promql: str, at: Optional[float] = None) -> list[dict[str, Any]]:
+        """The result of an instant query (a vector: [{"metric": labels, "value": [t, v]}])."""
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = repr(at)
+        data = self.api("query", **params)
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every pending or firing alert: labels, annotations, state, activeAt, value."""
+        alerts: list[dict[str, Any]] = self.api("alerts")["alerts"]
+        return alerts
+
+    def series(self, match: str, start: float, end: float) -> list[dict[str, str]]:
+        """Every label set matching `match` that had a sample between start and end."""
+        found: list[dict[str, str]] = self.api("series", **{"match[]": match, "start": start,
+                                                            "end": end})
+        return found
+
+
+_PROMETHEUS_YML = """\
+global:
+  scrape_interval: {interval}
+  scrape_timeout: {interval}
+  evaluation_interval: {interval}
+rule_files: [{rules}]
+scrape_configs:
+  - job_name: node
+    static_configs:
+      - targets: [{targets}]
+"""
+
+
+@contextmanager
+def prometheus(
+    tmp: Path, targets: Sequence[str], rules: Path, interval: str = "1s"
+) -> Iterator[Prometheus]:
+    """Debian's Prometheus server on loopback: scraping `targets` (host:port, job "node") and
+    evaluating `rules` every `interval`, its storage in `tmp`."""
+    binary = require_binary("prometheus")
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = tmp / "prometheus.yml"
+    config.write_text(_PROMETHEUS_YML.format(
+        interval=interval, rules=json.dumps(str(rules)),
+        targets=", ".join(json.dumps(target) for target in targets)))
+    port = free_port()
+    log = tmp / "prometheus.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "GOMAXPROCS": "1"},
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(proc, f"{url}/-/ready", 200, log)
+        yield Prometheus(url)
     finally:
         _stop(proc)
 

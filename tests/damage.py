@@ -449,34 +449,28 @@ def _refcount_block_unaligned(src: _Source, path: Path) -> bool:
     return True
 
 
-def _l1_entry_reserved_bits(src: _Source, path: Path) -> bool:
-    entries = l1_entries(path)
-    for index, entry in enumerate(entries):
+def _patch_first_l1_entry(src: _Source, path: Path, value: Callable[[int], int]) -> bool:
+    """Replace the first nonzero active L1 entry by value(entry); False without one."""
+    for index, entry in enumerate(l1_entries(path)):
         if entry:
-            patch_u64(path, src.header["l1_table_offset"] + 8 * index, entry | 1)
+            patch_u64(path, src.header["l1_table_offset"] + 8 * index, value(entry))
             return True
     return False
+
+
+def _l1_entry_reserved_bits(src: _Source, path: Path) -> bool:
+    return _patch_first_l1_entry(src, path, lambda entry: entry | 1)
 
 
 def _l1_entry_past_eof(src: _Source, path: Path) -> bool:
-    entries = l1_entries(path)
-    for index, entry in enumerate(entries):
-        if entry:
-            beyond = _align_up(src.file_size, src.cs) + 64 * src.cs
-            patch_u64(path, src.header["l1_table_offset"] + 8 * index, OFLAG_COPIED | beyond)
-            return True
-    return False
+    beyond = _align_up(src.file_size, src.cs) + 64 * src.cs
+    return _patch_first_l1_entry(src, path, lambda _entry: OFLAG_COPIED | beyond)
 
 
 def _l1_points_at_refcount_table(src: _Source, path: Path) -> bool:
     # An L2 table overlapping the refcount table (iotest 060 "overlap").
-    entries = l1_entries(path)
-    for index, entry in enumerate(entries):
-        if entry:
-            target = OFLAG_COPIED | src.header["refcount_table_offset"]
-            patch_u64(path, src.header["l1_table_offset"] + 8 * index, target)
-            return True
-    return False
+    target = OFLAG_COPIED | src.header["refcount_table_offset"]
+    return _patch_first_l1_entry(src, path, lambda _entry: target)
 
 
 def _first_normal(src: _Source) -> Optional[L2Entry]:
@@ -484,37 +478,31 @@ def _first_normal(src: _Source) -> Optional[L2Entry]:
     return entries[0] if entries else None
 
 
-def _l2_entry_unaligned(src: _Source, path: Path) -> bool:
+def _patch_first_normal(src: _Source, path: Path, value: Callable[[L2Entry], int]) -> bool:
+    """Replace the first normal (COPIED data) L2 entry by value(entry); False without one."""
     entry = _first_normal(src)
     if entry is None:
         return False
-    patch_u64(path, entry.file_offset, entry.entry + 512)
+    patch_u64(path, entry.file_offset, value(entry))
     return True
+
+
+def _l2_entry_unaligned(src: _Source, path: Path) -> bool:
+    return _patch_first_normal(src, path, lambda entry: entry.entry + 512)
 
 
 def _l2_entry_reserved_bits(src: _Source, path: Path) -> bool:
-    entry = _first_normal(src)
-    if entry is None:
-        return False
-    patch_u64(path, entry.file_offset, entry.entry | 0x2)
-    return True
+    return _patch_first_normal(src, path, lambda entry: entry.entry | 0x2)
 
 
 def _l2_points_at_l1(src: _Source, path: Path) -> bool:
-    entry = _first_normal(src)
-    if entry is None:
-        return False
-    patch_u64(path, entry.file_offset, OFLAG_COPIED | src.header["l1_table_offset"])
-    return True
+    target = OFLAG_COPIED | src.header["l1_table_offset"]
+    return _patch_first_normal(src, path, lambda _entry: target)
 
 
 def _l2_points_at_refcount_block(src: _Source, path: Path) -> bool:
-    entry = _first_normal(src)
-    if entry is None:
-        return False
     block = refcount_table_entries(path)[0] & REFT_OFFSET_MASK
-    patch_u64(path, entry.file_offset, OFLAG_COPIED | block)
-    return True
+    return _patch_first_normal(src, path, lambda _entry: OFLAG_COPIED | block)
 
 
 def _l2_duplicate_reference(src: _Source, path: Path) -> bool:
@@ -560,26 +548,14 @@ def _leaked_cluster_appended(src: _Source, path: Path) -> bool:
     return True
 
 
-def _unknown_incompat_bit(src: _Source, path: Path) -> bool:
-    if not src.v3:
-        return False
-    patch_u64(path, OFF_INCOMPATIBLE, src.header["incompatible_features"] | INCOMPAT_FIRST_UNKNOWN)
-    return True
-
-
-def _corrupt_bit(src: _Source, path: Path) -> bool:
-    if not src.v3:
-        return False
-    patch_u64(path, OFF_INCOMPATIBLE, src.header["incompatible_features"] | INCOMPAT_CORRUPT)
-    return True
-
-
-def _dirty_bit(src: _Source, path: Path) -> bool:
-    # The dirty bit without lazy refcounts: metadata is in fact consistent.
-    if not src.v3:
-        return False
-    patch_u64(path, OFF_INCOMPATIBLE, src.header["incompatible_features"] | INCOMPAT_DIRTY)
-    return True
+def _incompatible_bit(bit: int) -> Recipe:
+    """A recipe setting one incompatible feature bit of a v3 header (a v2 header has none)."""
+    def recipe(src: _Source, path: Path) -> bool:
+        if not src.v3:
+            return False
+        patch_u64(path, OFF_INCOMPATIBLE, src.header["incompatible_features"] | bit)
+        return True
+    return recipe
 
 
 def _compression_type_bad(src: _Source, path: Path) -> bool:
@@ -773,9 +749,12 @@ RECIPES: tuple[tuple[str, str, Recipe], ...] = (
         "an unreferenced cluster with refcount 1 appended",
         _leaked_cluster_appended,
     ),
-    ("unknown-incompat-bit", "incompatible feature bit 5 set", _unknown_incompat_bit),
-    ("corrupt-bit", "incompatible bit 1 (corrupt) set", _corrupt_bit),
-    ("dirty-bit", "incompatible bit 0 (dirty) set without lazy refcounts", _dirty_bit),
+    ("unknown-incompat-bit", "incompatible feature bit 5 set",
+     _incompatible_bit(INCOMPAT_FIRST_UNKNOWN)),
+    ("corrupt-bit", "incompatible bit 1 (corrupt) set", _incompatible_bit(INCOMPAT_CORRUPT)),
+    # The dirty bit without lazy refcounts: metadata is in fact consistent.
+    ("dirty-bit", "incompatible bit 0 (dirty) set without lazy refcounts",
+     _incompatible_bit(INCOMPAT_DIRTY)),
     (
         "compression-type-bad",
         "compression_type 7 (and its incompatible bit)",

@@ -1,10 +1,18 @@
 """A real libvirtd with TCG domains, and plain qemu with a QMP socket, for the live-usage tests.
 
-libvirtd runs with its own configuration and sockets in a private directory (world-traversable,
-so that `nobody` reaches the read-only socket as on a real host); only the qemu driver's
-qemu.conf has to be the system one, written idempotently. qemu's output goes to files
-(stdio_handler "file"), so virtlogd is not needed. Everything started here is stopped at the
-end: domains destroyed, libvirtd and qemu killed, loop devices detached.
+The libvirtd is private and touches nothing of the host's libvirt, so that the suite runs on a
+KVM host beside its system libvirtd: it runs in a mount namespace of its own where a temporary
+directory is bind-mounted over /etc/libvirt (its own qemu.conf: qemu as root, no security
+driver, namespaces or cgroups, as there is no systemd here), /run/libvirt, /var/lib/libvirt,
+/var/log/libvirt and /var/cache/libvirt; its sockets live in that directory, reachable from
+outside (the read-only one by everyone, so that `nobody` reaches it as on a real host). The
+qemu driver looks up the user and groups `libvirt-qemu` and `kvm` by name even when it runs
+qemu as root: where the host has none (no libvirt-daemon-system), they exist only inside the
+namespace, in copies of /etc/passwd and /etc/group mounted there. No file under /etc is
+written and no user created. qemu's output goes to files (stdio_handler "file"), so virtlogd
+is not needed. Everything started here is stopped at the end: domains destroyed, libvirtd
+and qemu killed, loop devices detached. When libvirtd does not come up, the error quotes its
+log and the directory is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -20,13 +29,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import daemons
 from daemons import require_binary, run
 
 START_TIMEOUT = 90.0  # the first start probes qemu's capabilities (~8 s here), later ones ~1 s
-QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 # Root runs qemu without a security driver, namespaces or cgroups: there is no systemd here.
 QEMU_CONF_SETTINGS = {
     "user": '"root"',
@@ -38,30 +46,92 @@ QEMU_CONF_SETTINGS = {
     "remember_owner": "0",
     "stdio_handler": '"file"',
 }
+# The host directories the private libvirtd gets its own copy of, by the name of that copy.
+PRIVATE_DIRECTORIES = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt",
+                       "log": "/var/log/libvirt", "cache": "/var/cache/libvirt"}
+# Looked up by name by the qemu driver (user, then groups); made up inside the namespace only.
+QEMU_USER, QEMU_GROUPS = "libvirt-qemu", ("libvirt-qemu", "kvm")
+LOG_LINES = 30  # of libvirtd's log quoted when it does not come up
 
 daemons.PACKAGES.update({"libvirtd": "libvirt-daemon libvirt-daemon-driver-qemu",
-                         "virsh": "libvirt-clients", "qemu-system-x86_64": "qemu-system-x86"})
+                         "virsh": "libvirt-clients", "qemu-system-x86_64": "qemu-system-x86",
+                         "unshare": "util-linux"})
 
 
-def _configure_qemu_driver() -> None:
-    present: dict[str, str] = {}
-    if QEMU_CONF.exists():
-        for line in QEMU_CONF.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and not line.lstrip().startswith("#"):
-                present[key.strip()] = value.strip()
-    missing = {k: v for k, v in QEMU_CONF_SETTINGS.items() if present.get(k) != v}
-    if missing:
-        QEMU_CONF.parent.mkdir(parents=True, exist_ok=True)
-        with QEMU_CONF.open("a") as conf:
-            conf.writelines(f"{key} = {value}\n" for key, value in missing.items())
-    # The qemu driver looks these up by name even when it runs qemu as root.
-    for group in ("libvirt-qemu", "kvm"):
-        if subprocess.run(["getent", "group", group], capture_output=True).returncode:
-            run(["groupadd", "-r", group])
-    if subprocess.run(["getent", "passwd", "libvirt-qemu"], capture_output=True).returncode:
-        run(["useradd", "-r", "-g", "libvirt-qemu", "libvirt-qemu"])
-    Path("/var/log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
+def _entry(database: str, name: str) -> Optional[list[str]]:
+    """The host's passwd or group entry of `name`, split at ':' (None: there is none)."""
+    proc = subprocess.run(["getent", database, name], capture_output=True, text=True)
+    return proc.stdout.strip().split(":") if proc.returncode == 0 else None
+
+
+def _free_ids(database: str) -> Iterator[int]:
+    """Ids the host's passwd or group file does not use."""
+    fields = (line.split(":") for line in Path(f"/etc/{database}").read_text().splitlines())
+    used = {int(f[2]) for f in fields if len(f) > 2 and f[2].isdigit()}
+    return (n for n in range(64000, 65000) if n not in used)
+
+
+def _account_mounts(directory: Path) -> list[tuple[Path, str]]:
+    """(copy, target) bind mounts of /etc/passwd and /etc/group adding the qemu driver's
+    user and groups, for those the host lacks; none when it has them all."""
+    mounts: list[tuple[Path, str]] = []
+    gids, added = {}, []
+    free_gids = _free_ids("group")
+    for name in QEMU_GROUPS:
+        entry = _entry("group", name)
+        gids[name] = int(entry[2]) if entry else next(free_gids)
+        if entry is None:
+            added.append(f"{name}:x:{gids[name]}:\n")
+    if added:
+        copy = directory / "group"
+        copy.write_text(Path("/etc/group").read_text() + "".join(added))
+        mounts.append((copy, "/etc/group"))
+    if _entry("passwd", QEMU_USER) is None:
+        copy = directory / "passwd"
+        copy.write_text(Path("/etc/passwd").read_text()
+                        + f"{QEMU_USER}:x:{next(_free_ids('passwd'))}:{gids[QEMU_GROUPS[0]]}::"
+                        "/nonexistent:/usr/sbin/nologin\n")
+        mounts.append((copy, "/etc/passwd"))
+    for copy, _ in mounts:
+        copy.chmod(0o644)
+    return mounts
+
+
+def _namespace_script(directory: Path, conf: Path) -> str:
+    """sh commands run in the new mount namespace: the bind mounts, then libvirtd itself
+    (exec: the process started is libvirtd, stopped by its pid)."""
+    mounts = [(directory / name, target) for name, target in PRIVATE_DIRECTORIES.items()]
+    mounts += _account_mounts(directory)
+    lines = [f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}"
+             for source, target in mounts]
+    lines.append(f"exec libvirtd -f {shlex.quote(str(conf))} "
+                 f"-p {shlex.quote(str(directory / 'libvirtd.pid'))}")
+    return " && ".join(lines)
+
+
+def _private_tree(directory: Path) -> Path:
+    """The private copies of the libvirt directories, their configuration; returns
+    libvirtd.conf."""
+    for name, target in PRIVATE_DIRECTORIES.items():
+        (directory / name).mkdir(mode=0o755)
+        if not os.path.isdir(target):
+            if target.startswith("/etc/"):
+                raise AssertionError(f"{target} is missing: reinstall "
+                                     f"{daemons.PACKAGES['libvirtd']} (the mount point)")
+            os.makedirs(target, mode=0o755)  # an empty mount point under /run or /var
+    (directory / "log" / "qemu").mkdir()  # the domains' log files
+    (directory / "sock").mkdir(mode=0o755)
+    (directory / "etc" / "qemu.conf").write_text(
+        "".join(f"{key} = {value}\n" for key, value in QEMU_CONF_SETTINGS.items()))
+    conf = directory / "etc" / "libvirtd.conf"
+    conf.write_text(
+        f'unix_sock_dir = "{directory}/sock"\n'
+        'unix_sock_ro_perms = "0777"\n'
+        'unix_sock_rw_perms = "0700"\n'
+        'auth_unix_ro = "none"\n'  # hosts grant it through polkit; there is no D-Bus here
+        'auth_unix_rw = "none"\n'
+    )
+    return conf
 
 
 @dataclass
@@ -75,11 +145,11 @@ class Libvirt:
 
     @property
     def uri(self) -> str:
-        return f"qemu+unix:///system?socket={self.directory}/run/libvirt-sock"
+        return f"qemu+unix:///system?socket={self.directory}/sock/libvirt-sock"
 
     @property
     def ro_uri(self) -> str:
-        return f"qemu+unix:///system?socket={self.directory}/run/libvirt-sock-ro"
+        return f"qemu+unix:///system?socket={self.directory}/sock/libvirt-sock-ro"
 
     def virsh(self, *args: str) -> str:
         return run(["virsh", "-q", "-c", self.uri, *args]).stdout
@@ -117,6 +187,10 @@ class Libvirt:
                      if k.endswith(".name") and v == target)
         return int(values[f"block.{index}.allocation"])
 
+    def qemu_pid(self, domain: str) -> int:
+        """The pid of a running domain's qemu, from the private /run/libvirt."""
+        return int((self.directory / "run" / "qemu" / f"{domain}.pid").read_text().strip())
+
     def losetup(self, image: Path) -> str:
         device = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
         self.loops.append(device)
@@ -136,27 +210,20 @@ def block_disk(device: str, target: str, unit: int) -> str:
 
 
 def start_libvirtd() -> Libvirt:
-    for name in ("libvirtd", "virsh", "qemu-system-x86_64", "losetup"):
+    for name in ("libvirtd", "virsh", "qemu-system-x86_64", "losetup", "unshare"):
         require_binary(name)
     if os.geteuid() != 0:
         raise AssertionError("the live tests start libvirtd and need root")
-    _configure_qemu_driver()
     directory = Path(tempfile.mkdtemp(prefix="qcow2-live-"))
     directory.chmod(0o755)  # nobody must reach the read-only socket and the images
-    (directory / "run").mkdir(mode=0o755)
-    conf = directory / "libvirtd.conf"
-    conf.write_text(
-        f'unix_sock_dir = "{directory}/run"\n'
-        'unix_sock_ro_perms = "0777"\n'
-        'unix_sock_rw_perms = "0700"\n'
-        'auth_unix_ro = "none"\n'  # hosts grant it through polkit; there is no D-Bus here
-        'auth_unix_rw = "none"\n'
-    )
-    log = (directory / "libvirtd.log").open("wb")
-    process = subprocess.Popen(
-        ["libvirtd", "-f", str(conf), "-p", str(directory / "libvirtd.pid")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    conf = _private_tree(directory)
+    log_path = directory / "libvirtd.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             _namespace_script(directory, conf)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     libvirt = Libvirt(directory, process)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -165,14 +232,18 @@ def start_libvirtd() -> Libvirt:
         if probe.returncode == 0 and "Running hypervisor" in probe.stdout:
             return libvirt
         if process.poll() is not None or time.monotonic() > deadline:
-            stop_libvirtd(libvirt)
+            # Read the log before anything else, and keep it: it says why.
+            tail = log_path.read_text(errors="replace").splitlines()[-LOG_LINES:]
+            stop_libvirtd(libvirt, keep=True)
             raise AssertionError(
-                f"libvirtd did not come up: {probe.stderr}\n"
-                f"{(directory / 'libvirtd.log').read_text(errors='replace')}")
+                f"libvirtd did not come up (exit status {process.returncode}; its files are "
+                f"kept in {directory}): {probe.stderr.strip()}\n" + "\n".join(tail))
         time.sleep(0.2)
 
 
-def stop_libvirtd(libvirt: Libvirt) -> None:
+def stop_libvirtd(libvirt: Libvirt, keep: bool = False) -> None:
+    """Stop everything libvirt started; the namespace and its mounts go with its last
+    process. `keep` leaves the directory (and the log) for a failure to be read."""
     for name in list(libvirt.domains):
         libvirt.destroy(name)
     if libvirt.process.poll() is None:
@@ -184,7 +255,8 @@ def stop_libvirtd(libvirt: Libvirt) -> None:
             libvirt.process.wait()
     for device in libvirt.loops:
         subprocess.run(["losetup", "-d", device], capture_output=True)
-    shutil.rmtree(libvirt.directory, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(libvirt.directory, ignore_errors=True)
 
 
 # --- plain qemu with QMP ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Run a real Icinga 2 or Nagios Core 4 in a temporary directory (recipes: monitoring.md).
+"""Run a real Icinga 2 or Nagios Core 4 in a temporary directory.
 
 Nothing system-wide is touched: every compiled-in path is overridden, the daemons run as the
 current user (or, inside tests/debian_root.py's isolated root, as the agent's own user: an

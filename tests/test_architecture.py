@@ -197,6 +197,44 @@ def test_the_core_parses_no_command_line_and_prints_nothing() -> None:
         "print", "sys.stderr"]
 
 
+def _argparse_private_names() -> set[str]:
+    """Every private name argparse's parsers, groups and actions have (methods, attributes)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    group = parser.add_argument_group("g")
+    objects = [parser, group, parser.add_subparsers(), parser.add_argument("--x")]
+    names = {name for obj in objects for name in [*dir(obj), *vars(obj)]}
+    names |= set(dir(argparse))
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def _argparse_internals(tree: ast.AST, private: set[str]) -> list[str]:
+    """The private argparse names a module uses: as attributes (`parser._subparsers`,
+    `argparse._SubParsersAction`) or in a string annotation (`"argparse._ArgumentGroup"`)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in private:
+            found.append(ast.unparse(node))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and node.value.startswith("argparse._"):
+            found.append(node.value)
+    return found
+
+
+def test_command_lines_use_no_argparse_internals() -> None:
+    """One parser (cli/parser.py) for every front end, through argparse's public interface:
+    no private attribute, no private type, and (by the same token) no parsing of its text."""
+    private = _argparse_private_names()
+    assert {"_subparsers", "_group_actions", "_print_message", "_SubParsersAction"} <= private
+    used = {str(p.relative_to(REPO)): _argparse_internals(ast.parse(p.read_text()), private)
+            for folder in FRONT_ENDS for p in sources(folder)}
+    assert {path: names for path, names in used.items() if names} == {}
+    assert sorted(_argparse_internals(ast.parse(
+        "x = p._subparsers._group_actions\ny: 'argparse._ArgumentGroup'"), private)) == [
+        "argparse._ArgumentGroup", "p._subparsers", "p._subparsers._group_actions"]
+
+
 # --- one name per module ---------------------------------------------------------------------
 
 BARE_IMPORT = re.compile(rf"^\s*(?:from|import)\s+({'|'.join(FOLDERS)})\b", re.MULTILINE)

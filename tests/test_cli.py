@@ -121,13 +121,11 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     from qcow2_monitor.node_exporter_textfile.qcow2_textfile import _parser as textfile_parser
     from qcow2_monitor.telegraf.qcow2_telegraf import _parser as telegraf_parser
 
+    analyze = analyze_parser()
     parsers: dict[str, argparse.ArgumentParser] = {
         "check_qcow2": nagios_parser(), "qcow2-telegraf": telegraf_parser(),
-        "qcow2-textfile": textfile_parser(), "qcow2-analyze": analyze_parser()}
-    for action in parsers["qcow2-analyze"]._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                parsers[f"qcow2-analyze {name}"] = sub
+        "qcow2-textfile": textfile_parser(), "qcow2-analyze": analyze}
+    parsers.update((f"qcow2-analyze {name}", sub) for name, sub in analyze.commands.items())
     return parsers
 
 
@@ -619,3 +617,39 @@ def test_an_error_is_said_once_on_stderr_naming_the_file_once(tmp_path: Path,
         assert "Traceback" not in proc.stderr
         # stdout carries no error text (a table row or chain heading may name the file).
         assert "No such file" not in proc.stdout and "header_length" not in proc.stdout
+
+
+def test_readme_names_every_usage_column_and_what_used_is() -> None:
+    """The README's list of `usage` columns is the table's (FROM was missing), and says that
+    USED is the container's use, the same on every image of a filesystem."""
+    from qcow2_monitor.analyze.usage import USAGE_COLUMNS
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"({', '.join(USAGE_COLUMNS)})" in readme
+    assert "USED is the container's use, not the image's" in readme
+    assert "the same on every image of that filesystem" in readme
+    # And so does `usage --help`.
+    text = " ".join(run("qcow2-analyze", "usage", "--help").stdout.split())
+    assert "USED is the container's use" in text and "the same for every image on it" in text
+    assert "FROM says which" in text
+
+
+def test_no_chain_help_says_layers_are_still_opened(tmp_path: Path) -> None:
+    text = " ".join(run("qcow2-analyze", "usage", "--help").stdout.split())
+    assert "do not analyse backing layers" not in text
+    assert "every layer is still opened" in text
+    # And so it is: a missing base still shows and exits 1 with --no-chain.
+    orphan = create(tmp_path / "orphan.qcow2", "16M", "-u", "-b", "gone.qcow2", "-F", "qcow2")
+    proc = run("qcow2-analyze", "usage", "--no-live", "--no-chain", str(orphan))
+    assert proc.returncode == 1 and "missing" in proc.stdout, proc.stdout
+
+
+def test_readme_install_says_what_the_agents_need() -> None:
+    """python3-venv (Debian's python3 has no venv without it) and an interpreter the agent's
+    user may execute (a venv made by an interpreter under /root is not)."""
+    readme = (REPO / "README.md").read_text()
+    install = readme.split("### Installing on a KVM host", 1)[1].split("\n## ", 1)[0]
+    assert "apt-get install python3-venv" in install
+    assert "/usr/bin/python3 -m venv /opt/qcow2-monitor" in install
+    assert "runuser -u nagios -- /opt/qcow2-monitor/bin/check_qcow2 --version" in install
+    assert "must be able to execute the venv's interpreter" in " ".join(install.split())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -21,6 +23,7 @@ from qcow2_monitor.collectors.host.discovery import (
     scan_running,
 )
 
+from conftest import LoopAttach
 from daemons import holding_open, make_image, require_binary
 
 
@@ -100,6 +103,27 @@ def test_glob(tree: Path) -> None:
         str(tree / "sub" / "b.qcow2"),
         str(tree / "sub" / "deeper" / "c.img"),  # the directory match is searched
     ]
+
+
+def test_glob_takes_only_qcow2_images_among_its_matches(tree: Path) -> None:
+    """Like a directory scan: raw.img, notes.txt and short are matched but are no images."""
+    targets = expand_targets([str(tree / "*")])
+    assert _paths(targets) == [
+        str(tree / "a.qcow2"),
+        str(tree / "sub" / "b.qcow2"),
+        str(tree / "sub" / "deeper" / "c.img"),
+    ]
+    assert all(t.error is None for t in targets)
+    # Named one by one, a file that is no qcow2 stays a target: the core says why it fails.
+    assert expand_targets([str(tree / "raw.img")]) == [
+        Target(str(tree / "raw.img"), str(tree / "raw.img"))]
+
+
+def test_glob_selecting_no_image_is_a_failed_target(tree: Path) -> None:
+    spec = str(tree / "*.txt")
+    [target] = expand_targets([spec])
+    assert target.path is None and target.error is not None
+    assert "no qcow2 image among the 1 path matching this pattern" in str(target.error)
 
 
 def test_glob_matching_nothing_is_a_failed_target(tree: Path) -> None:
@@ -211,3 +235,100 @@ def test_running_images_ignore_processes_merely_mentioning_qemu(tmp_path: Path) 
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+# --- a volume group's directory: symlinks to block devices ------------------------------------
+
+
+def _padded_image(path: Path) -> Path:
+    """A qcow2 image in a sparse 1 GiB file, as in a 1 GiB logical volume: a loop device
+    covers all of it, with headroom above the default watermark (512 MiB)."""
+    image = make_image(path, "16M")
+    with image.open("r+b") as handle:
+        handle.truncate(1 << 30)
+    return image
+
+
+def _unused_block_major() -> int:
+    """A block major number no driver has registered: opening such a node fails (ENXIO)."""
+    text = Path("/proc/devices").read_text()
+    used = {int(line.split()[0]) for line in text.split("Block devices:")[1].splitlines()
+            if line.strip()}
+    return next(major for major in range(60, 64) if major not in used)  # local/experimental
+
+
+@pytest.fixture
+def volume_group(tmp_path: Path, loop_device: LoopAttach) -> tuple[Path, dict[str, str]]:
+    """vg0/ laid out like /dev/VG/: symlinks to block devices (loop devices here), two of them
+    qcow2, one raw, one qcow2 device reached by two links and by a device node of its own."""
+    root = tmp_path / "dev"
+    vg = root / "vg0"
+    vg.mkdir(parents=True)
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * (1 << 20))
+    devices = {
+        "lv-a": loop_device(_padded_image(tmp_path / "a.qcow2")),
+        "lv-b": loop_device(_padded_image(tmp_path / "b.qcow2")),
+        "lv-raw": loop_device(raw),
+    }
+    for name, device in devices.items():
+        (vg / name).symlink_to(device)
+    (vg / "lv-b-alias").symlink_to(devices["lv-b"])  # the same disk under a second name
+    rdev = os.stat(devices["lv-a"]).st_rdev
+    os.mknod(root / "node-a", 0o600 | stat.S_IFBLK, rdev)  # and a node of its own
+    return vg, devices
+
+
+def test_directory_of_symlinks_to_block_devices_takes_the_qcow2_ones(
+        volume_group: tuple[Path, dict[str, str]]) -> None:
+    vg, _ = volume_group
+    targets = expand_targets([str(vg)])
+    # Sorted, each disk once: lv-b-alias is lv-b; lv-raw has no qcow2 magic.
+    assert targets == [Target(str(vg), str(vg / "lv-a")), Target(str(vg), str(vg / "lv-b"))]
+    # The same disk through a device node elsewhere is still one disk.
+    both = expand_targets([str(vg), str(vg.parent)])
+    assert _paths(both) == [str(vg / "lv-a"), str(vg / "lv-b")]
+
+
+def test_glob_over_block_devices_takes_only_qcow2_ones(
+        volume_group: tuple[Path, dict[str, str]]) -> None:
+    vg, devices = volume_group
+    assert _paths(expand_targets([str(vg / "lv-*")])) == [str(vg / "lv-a"), str(vg / "lv-b")]
+    # The devices themselves, as '/dev/loop*' names them: idle and raw ones are no errors.
+    targets = expand_targets(["/dev/loop*"])
+    found = {t.path for t in targets}
+    assert {devices["lv-a"], devices["lv-b"]} <= found and devices["lv-raw"] not in found
+    assert [t.spec for t in targets if t.error] == []
+    # A device named explicitly is taken as given, qcow2 or not (the core reports not-qcow2).
+    assert expand_targets([str(vg / "lv-raw")]) == [
+        Target(str(vg / "lv-raw"), str(vg / "lv-raw"))]
+
+
+def test_block_device_that_cannot_be_opened_is_reported(
+        volume_group: tuple[Path, dict[str, str]]) -> None:
+    vg, _ = volume_group
+    os.mknod(vg / "lv-gone", 0o600 | stat.S_IFBLK, os.makedev(_unused_block_major(), 0))
+    targets = expand_targets([str(vg)])
+    assert _paths(targets) == [str(vg / "lv-a"), str(vg / "lv-b"), None]
+    assert targets[2].error is not None and targets[2].error.kind == IO_ERROR
+    assert targets[2].error.filename == str(vg / "lv-gone")
+    assert "No such device or address" in str(targets[2].error)
+    [by_glob] = [t for t in expand_targets([str(vg / "lv-g*")])]
+    assert by_glob.error is not None and by_glob.error.filename == str(vg / "lv-gone")
+
+
+def test_commands_find_the_images_of_a_volume_group(
+        volume_group: tuple[Path, dict[str, str]]) -> None:
+    """The operator's first run: qcow2-analyze usage and check_qcow2 on /dev/VG/."""
+    vg, _ = volume_group
+    usage = subprocess.run(
+        [sys.executable, "-m", "qcow2_monitor.analyze", "usage", "--no-live", "--output",
+         "json", str(vg)], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0, usage.stderr[-2000:]
+    assert [row["filename"] for row in json.loads(usage.stdout)] == [
+        str(vg / "lv-a"), str(vg / "lv-b")]
+    nagios = subprocess.run(
+        [sys.executable, "-m", "qcow2_monitor.nagios.check_qcow2", "--no-live", "-f", str(vg)],
+        capture_output=True, text=True, timeout=120)
+    assert nagios.returncode == 0, nagios.stdout[-2000:]
+    assert nagios.stdout.startswith("QCOW2 OK - 2 images"), nagios.stdout[-2000:]

@@ -15,7 +15,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from qcow2_monitor.collectors.host import discovery
+from qcow2_monitor.collectors.common.units import plain_number
+from qcow2_monitor.collectors.host import identity
 from qcow2_monitor.collectors.report.collect import collect
 from qcow2_monitor.collectors.report.metrics import (
     filesystems,
@@ -23,9 +24,7 @@ from qcow2_monitor.collectors.report.metrics import (
     image_metrics,
     info_labels,
 )
-from qcow2_monitor.nagios.ranges import format_number
 
-from alerting import promtool_test, textfile_samples
 from daemons import make_image, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,20 +94,8 @@ def test_usage_and_headroom_are_the_filesystems(full_tmpfs: Path) -> None:
     assert 2 < ratio < 10
     assert proc.returncode == 1, proc.stdout
     assert f"filesystem {full_tmpfs}: overcommit" in proc.stdout.splitlines()[0]
-    assert f"'{full_tmpfs} overcommit_ratio'={format_number(round(ratio, 8))};2;10;0" in \
+    assert f"'{full_tmpfs} overcommit_ratio'={plain_number(round(ratio, 8))};2;10;0" in \
         proc.stdout
-
-
-def test_nearly_full_alert_fires_for_the_full_filesystem(full_tmpfs: Path,
-                                                         tmp_path: Path) -> None:
-    proc = subprocess.run([str(BIN / "qcow2-textfile"), "-o", "-", str(full_tmpfs)],
-                          capture_output=True, text=True, timeout=60, check=True)
-    samples = [s for s in textfile_samples(proc.stdout) if s[0] in (
-        "qcow2_usage_ratio", "qcow2_headroom_bytes", "qcow2_end_offset_bytes",
-        "qcow2_fully_allocated_size_bytes", "qcow2_filesystem_overcommit_ratio")]
-    ratios = [(labels, value) for name, labels, value in samples if name == "qcow2_usage_ratio"]
-    assert len(ratios) == IMAGES and all(value > 0.9 for _, value in ratios)
-    promtool_test(tmp_path, samples, {"Qcow2ContainerNearlyFull": ratios})
 
 
 def test_one_disk_one_series_whatever_name(tmp_path: Path,
@@ -129,7 +116,7 @@ def test_one_disk_one_series_whatever_name(tmp_path: Path,
     (sysfs / number / "dm").mkdir(parents=True)
     (sysfs / number / "dm" / "name").write_text("vg0-vm1\n")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(discovery, "SYS_DEV_BLOCK", str(sysfs))
+        patch.setattr(identity, "SYS_DEV_BLOCK", str(sysfs))
         for spec in (device, str(link)):
             (record,) = collect([spec]).records
             assert record.error is None and record.usage is not None

@@ -1,6 +1,6 @@
 """A real Icinga 2 runs check_qcow2 through the shipped CheckCommand (included verbatim).
 
-The daemon runs in a temp dir as the current user (monitoring.md recipe); results are read from
+The daemon runs in a temp dir as the current user; results are read from
 its state file after SIGTERM: exit status, output and the perfdata as Icinga parsed it.
 """
 
@@ -71,7 +71,8 @@ def _run_services(tmp: Path, images: Path) -> dict[str, Any]:
             "qcow2_corruptions_state": "critical", "qcow2_damaged_state": "critical",
             "qcow2_backing_state": "critical", "qcow2_unknown_state": "unknown",
             "qcow2_leaks_state": "warning", "qcow2_dirty_state": "warning",
-            "qcow2_dirty_in_use_state": "ok", "qcow2_warning_overcommit": "1000",
+            "qcow2_dirty_in_use_state": "ok", "qcow2_unconfirmed_state": "warning",
+            "qcow2_warning_overcommit": "1000",
             "qcow2_critical_overcommit": "2000", "qcow2_timeout": 20, "qcow2_verbose": True,
         },
     }
@@ -182,6 +183,7 @@ def test_every_option_reaches_the_plugin(icinga_results: dict[str, Any]) -> None
         ("-w", "~:80"), ("-c", "~:90"), ("--warning-headroom", "2K"),
         ("--critical-headroom", "1K"), ("--corrupt-state", "critical"), ("-t", "20"),
         ("--leaks-state", "warning"), ("--dirty-in-use-state", "ok"),
+        ("--unconfirmed-state", "warning"),
         ("--damaged-state", "critical"), ("--backing-state", "critical"),
         ("--unknown-state", "unknown"), ("--warning-overcommit", "1000"),
         ("--critical-overcommit", "2000"),
@@ -207,8 +209,10 @@ def test_real_block_device_golden(tmp_path: Path, loop_device: Callable[..., str
         "qcow2_warning_headroom": "12M"}})
     res = results["block"]
     assert res["exit_status"] == 1
+    # The image (32 MiB) can outgrow its 16 MiB volume, below the default extension watermark.
     assert res["output"] == (
-        f"QCOW2 WARNING - {device}: usage 33.2% > 30%, headroom 10.7 MiB < 12 MiB ")
+        f"QCOW2 WARNING - {device}: headroom 10.7 MiB below the watermark 512 MiB: extend the "
+        f"volume by 1 GiB to 1.02 GiB, usage 33.2% > 30%, headroom 10.7 MiB < 12 MiB ")
     # Icinga keeps the quotes because every label has a space (it drops them otherwise).
     assert res["performance_data"] == [
         f"'{device} usage_percent'=33.203125%;30;50;0;100",

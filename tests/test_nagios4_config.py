@@ -27,20 +27,22 @@ def _shipped_commands() -> list[str]:
 def test_shipped_definitions_validate(tmp_path: Path) -> None:
     commands = _shipped_commands()
     assert commands == ["check_qcow2", "check_qcow2_headroom", "check_qcow2_full",
-                        "check_qcow2_overcommit", "check_qcow2_running", "check_qcow2_args"]
+                        "check_qcow2_overcommit", "check_qcow2_running", "check_qcow2_thin",
+                        "check_qcow2_args"]
     services = {
         "usage": "check_qcow2!/var/lib/libvirt/images!80!90",
         "headroom": "check_qcow2_headroom!/var/lib/libvirt/images/*.qcow2!20G!5G",
         "full": "check_qcow2_full!/var/lib/libvirt/images!80!90",
         "overcommit": "check_qcow2_overcommit!/var/lib/libvirt/images!1.5!3",
         "running": "check_qcow2_running!80!90",
+        "thin": "check_qcow2_thin!24h!4h",
         "args": "check_qcow2_args!-f /images --critical-headroom 5G --dirty-state critical",
     }
     objects = nagios_objects(tmp_path, services)
     config = nagios_config(tmp_path, [NAGIOS_CONF, objects], plugin_dir(tmp_path))
     checked = nagios_verify(config)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert re.search(r"Checked 6 services\.", checked.stdout), checked.stdout
+    assert re.search(r"Checked 7 services\.", checked.stdout), checked.stdout
     assert "Total Errors:   0" in checked.stdout
 
 

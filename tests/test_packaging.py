@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def test_rendered_unit_runs_the_installed_command() -> None:
     assert "@BINDIR@" in (ROOT / "node_exporter_textfile" / "qcow2-textfile.service").read_text()
 
 
+def test_rendering_names_each_command_and_keeps_the_comments_that_explain_it() -> None:
+    """Every `@BINDIR@/command` becomes the installed command; a comment about the
+    placeholder itself still names it (it once read "replaces /opt/x/bin with the
+    directory"); the plugin symlink examples name the installed plugin, not /opt."""
+    for name in SHIPPED:
+        shipped = (ROOT / SHIPPED[name][0] / name).read_text()
+        rendered = config(name)
+        assert "@BINDIR@/" not in rendered, name
+        assert rendered.count(f"{BIN}/") == shipped.count("@BINDIR@/"), name
+        for line in shipped.splitlines():
+            if "@BINDIR@" in line and "@BINDIR@/" not in line:
+                assert line in rendered.splitlines(), (name, line)
+    for name in ("qcow2.conf", "qcow2-icinga2.conf"):
+        rendered = config(name)
+        assert f"ln -s {BIN}/check_qcow2 /usr/lib/nagios/plugins/check_qcow2" in rendered
+        assert "/opt/" not in rendered
+    assert "replaces @BINDIR@ with the directory" in config("qcow2-textfile.cron")
+
+
 def test_rendered_cron_line_runs_and_never_overlaps(tmp_path: Path) -> None:
     (line,) = [line for line in config("qcow2-textfile.cron").splitlines()
                if line and not line.startswith(("#", "SHELL=", "PATH="))]
@@ -80,6 +100,51 @@ def test_rendered_cron_line_runs_and_never_overlaps(tmp_path: Path) -> None:
         fcntl.flock(held, fcntl.LOCK_EX)
         skipped = subprocess.run(["sh", "-c", local], capture_output=True, timeout=120)
     assert skipped.returncode == 1 and not out.exists()
+
+
+def test_rule_parameters_change_their_places_only(tmp_path: Path) -> None:
+    """`config qcow2.rules.yml --set`: the shipped file with its defaults; each parameter
+    changes exactly its literals (listed here by hand), and promtool accepts the result."""
+    shipped = (ROOT / "node_exporter_textfile" / "qcow2.rules.yml").read_text()
+    assert config("qcow2.rules.yml") == shipped
+    changed = config("qcow2.rules.yml", "--set", "trend_window=12h", "--set",
+                     "stale_after=1h30m", "--set", "for=7m", "--set", "Qcow2ImageWarning.for=1h")
+    before, after = shipped.splitlines(), changed.splitlines()
+    description = ('"At the rate of the last {} the container of {{{{ $labels.path }}}} on '
+                   '{{{{ $labels.instance }}}} runs out of space within 24 hours."')
+    assert len(before) == len(after)
+    differ = Counter((a.strip(), b.strip()) for a, b in zip(before, after) if a != b)
+    assert differ == {
+        ("predict_linear(qcow2_headroom_bytes[6h], 24 * 3600) < 0",
+         "predict_linear(qcow2_headroom_bytes[12h], 24 * 3600) < 0"): 1,
+        ("expr: time() - qcow2_last_success_timestamp_seconds > 600",
+         "expr: time() - qcow2_last_success_timestamp_seconds > 5400"): 1,
+        ("for: 5m", "for: 7m"): 3, ("for: 1h", "for: 7m"): 1, ("for: 15m", "for: 7m"): 2,
+        ("for: 10m", "for: 7m"): 1, ("for: 15m", "for: 1h"): 1,
+        (f"description: {description.format('6h')}",
+         f"description: {description.format('12h')}"): 1,
+    }
+    warning = after.index("      - alert: Qcow2ImageWarning")
+    assert after[warning + 2] == "        for: 1h"
+    rules = tmp_path / "qcow2.rules.yml"
+    rules.write_text(changed)
+    subprocess.run(["promtool", "check", "rules", str(rules)], check=True, capture_output=True,
+                   timeout=60)
+
+
+@pytest.mark.parametrize("args", [
+    ("qcow2.rules.yml", "--set", "window=1h"),  # no such parameter
+    ("qcow2.rules.yml", "--set", "for=soon"),  # not a duration
+    ("qcow2.rules.yml", "--set", "for=0s"),
+    ("qcow2.rules.yml", "--set", "stale_after"),
+    ("qcow2.rules.yml", "--set", "Qcow2Nothing.for=1m"),  # no such alert
+    ("qcow2.conf", "--set", "for=1m"),  # not the rules
+])
+def test_bad_rule_parameters_are_a_bad_command_line(args: tuple[str, ...]) -> None:
+    proc = subprocess.run([str(BIN / "qcow2-analyze"), "config", *args], capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (64, ""), proc.stderr
+    assert proc.stderr.startswith("qcow2-analyze config: ") and proc.stderr.count("\n") == 1
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,7 @@ def test_running_writer_is_detected_and_undisturbed(tmp_path: Path) -> None:
             assert subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", *args], cwd=REPO,
                                   capture_output=True, timeout=120).returncode in (0, 3), args
         # The check runs on an image in use (qemu-img check would refuse without -U) and says
-        # that what it finds may be transient.
+        # how it read it (the image was held for writing: read until what it found held still).
         check = subprocess.run([sys.executable, "-m", "qcow2_monitor.analyze", "check", "--output",
                                 "json", str(image)], cwd=REPO, capture_output=True, text=True,
                                timeout=120)

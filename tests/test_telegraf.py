@@ -21,9 +21,9 @@ from qcow2_monitor.collectors.report.usage import analyze_usage
 from qcow2_monitor.telegraf import lineprotocol as lp
 from qcow2_monitor.telegraf.qcow2_telegraf import main, render
 
-from alerting import parse_line
 from daemons import holding_open, influxd, make_image, require_binary, run
 from damage import patch_u64, read_header, read_u64
+from readback import parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "qcow2.lp"
@@ -57,7 +57,8 @@ AWKWARD_NAMES = [
         ("a\\b", "a\\b"),  # a backslash before an ordinary character stays single
         ("a\\,b", "a\\\\,b"),  # backslash, then the escaped comma
         ("end\\", "end%5C"),  # would escape the separator after it
-        ("tab\tnl\ncr\r", "tab\\tnl\\ncr\\r"),
+        # Control characters by the printable rule of every output (common/text.py).
+        ("tab\tnl\ncr\r", "tab\\x09nl\\x0acr\\x0d"),
         ("ü ✓", "ü\\ ✓"),
     ],
 )
@@ -80,7 +81,7 @@ def test_escape_measurement_keeps_equals() -> None:
         (0.5, "0.5"),
         (1.0, "1.0"),  # a float stays a float even when integral
         (1e-05, "1e-05"),
-        ('say "hi" \\ there\n', '"say \\"hi\\" \\\\ there\\\\n"'),
+        ('say "hi" \\ there\n', '"say \\"hi\\" \\\\ there\\\\x0a"'),
     ],
 )
 def test_format_field_value(value: lp.FieldValue, text: str) -> None:

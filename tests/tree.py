@@ -17,6 +17,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "qcow2_monitor"
+# Debian's python3, for runs as an unprivileged user (who cannot reach the venv under /root),
+# with the namespace from source_site() on PYTHONPATH.
+SYSTEM_PYTHON = "/usr/bin/python3"
 # The folders that are subpackages of the namespace, as pyproject.toml maps them.
 FOLDERS = ("collectors", "cli", "analyze", "nagios", "telegraf", "node_exporter_textfile")
 

@@ -35,21 +35,19 @@ from ..qcow2.reader import held_for_writing
 from ..qcow2.snapshots import select_snapshots
 from ..report.model import CheckResult, Finding, Place, TableName
 from .compare import compare_refcounts
-from .findings import Keep, Tally, finding
+from .findings import LAZY_DEBT_KINDS, Keep, Tally, finding
 from .heap import keep_heap_top
 from .l1 import EntryChunk, L1Spans, entry_chunks, snapshot_spans
 from .l1walk import L1Walk
 from .refblocks import BDRV_MAX_LENGTH, OnDiskRefcounts
 from .references import U64, ReferenceCounts, u64
+from .settle import Pass, settled_check, stable_pass
+from .snapview import FindingsView, limited, selected_tables
 from .tablewalk import L1Table, TableWalk
 
 REFT_RESERVED_MASK = 0x1FF
 BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
 BME_TABLE_ENTRY_SIZE = 8
-
-IN_USE_NOTE = ("held for writing by a running qemu: its cached metadata may not be on disk "
-               "yet, so leaks or corruptions found now can be transient; check again after "
-               "the VM stops")
 
 
 class _Check:
@@ -265,15 +263,16 @@ class _Check:
                                       cluster_index=cluster,
                                       expected=1, found=value, **values)
 
-    def locate(self) -> None:
+    def locate(self, wanted: Optional[frozenset[int]] = None) -> None:
         """Refcount findings (known by cluster number only) located at the entries that
-        reference the cluster: one more pass over the tables, only when there are some."""
+        reference the cluster (with `wanted`: of these clusters only): one more pass over the
+        tables, only when there are some."""
         from .locate import locate_findings
 
         # One pass for both lists: the walk is the cost, whatever the number of findings.
         parts = (self.tally.structure, self.tally.compare)
         located = locate_findings(self.image, self.ondisk,
-                                  [f for part in parts for f in part.items])
+                                  [f for part in parts for f in part.items], wanted)
         for part in parts:
             part.items, located = located[:len(part.items)], located[len(part.items):]
             part.settle()  # with a view, those now placed outside it leave
@@ -310,10 +309,9 @@ class _Check:
 
 
 # A dirty lazy-refcounts image: the refcounts qemu had not written yet show up as refcount
-# errors, leaks and OFLAG_COPIED mismatches. They are the expected debt, not corruption (the
-# health policy's `dirty` rule): the catalogue's advice for real refcount damage would
-# contradict it. qemu-img check's figures and exit code stay as qemu's.
-LAZY_DEBT_KINDS = frozenset({"refcount-too-low", "leak", "copied-flag"})
+# errors, leaks and OFLAG_COPIED mismatches (LAZY_DEBT_KINDS). They are the expected debt, not
+# corruption (the health policy's `dirty` rule): the catalogue's advice for real refcount
+# damage would contradict it. qemu-img check's figures and exit code stay as qemu's.
 ADVICE_LAZY_DEBT = (
     "Dirty lazy-refcounts image: these refcount differences are the expected lazy-refcount "
     "debt, not corruption; qemu repairs them when it next opens the image read-write (or run "
@@ -326,38 +324,55 @@ def _as_lazy_debt(findings: list[Finding]) -> list[Finding]:
             for f in findings]
 
 
-def check(image: Qcow2Image, *, max_findings: int = 100, snapshot: Optional[str] = None
-          ) -> CheckResult:
+def check(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
     """`qemu-img check` without -r on an open image (qcow2_co_check_locked()). Raises
-    Qcow2Error when qemu's check itself would fail (exit 1 with no figures).
+    Qcow2Error when qemu's check itself would fail (exit 1 with no figures)."""
+    return check_pass(image, max_findings).result
 
-    `snapshot`: a selector (collectors/qcow2/snapshots.py; SnapshotSelectorError when it names
-    no snapshot or several): the figures stay the whole image's, the findings are those located
-    in the selected L1 and L2 tables (and the selected snapshots' table entries), the others
-    counted."""
+
+def check_pass(image: Qcow2Image, max_findings: int,
+               wanted: Optional[frozenset[int]] = None) -> Pass:
+    """One pass of the check over the image as it is on disk now, with what each finding
+    counts in the figures; refcount findings located only for the `wanted` clusters when
+    given."""
+    return _checked(image, max_findings, wanted)[0]
+
+
+def _checked(image: Qcow2Image, max_findings: int, wanted: Optional[frozenset[int]] = None,
+             keep: Optional[Keep] = None) -> tuple[Pass, Tally]:
+    """check_pass(), its findings limited to those `keep` keeps (a snapshot view), with the
+    tally that counted the others."""
     keep_heap_top()
-    view = None
-    if snapshot is not None:
-        from .snapview import selected_tables
-
-        view = selected_tables(image, select_snapshots(image, snapshot))
     try:
-        run = _Check(image, max_findings, None if view is None else view.keep)
+        run = _Check(image, max_findings, keep)
         snapshots = image.snapshots()
         run.snapshot_table(snapshots)
         run.calculate(snapshots, image.snapshots_size)
         run.refs.overflows(image.header.refcount_bits)
         highest = compare_refcounts(run.refs, run.ondisk, (1 << image.header.refcount_bits) - 1,
                                     run.tally)
-        run.locate()
+        run.locate(wanted)
     except Qcow2Error as exc:
         raise exc.with_filename(image.filename) from None
     result = run.result(highest)
-    if snapshot is None:
-        return result
-    elsewhere, unexamined = run.tally.outside()
-    return replace(result, snapshot=snapshot, findings_elsewhere=elsewhere,
-                   findings_unexamined=unexamined)
+    h = image.header
+    return Pass(result, tuple(run.tally.ordered_weights()[:len(result.findings)]),
+                h.dirty and h.lazy_refcounts), run.tally
+
+
+def check_view(image: Qcow2Image, *, snapshot: str, max_findings: int = 100
+               ) -> tuple[CheckResult, FindingsView]:
+    """check_opened() with its findings limited to the tables `snapshot` selects
+    (collectors/qcow2/snapshots.py; SnapshotSelectorError when it names no snapshot or
+    several): the figures stay the whole image's, the findings are those located in the
+    selected L1 and L2 tables and the selected snapshots' table entries, the others counted.
+    An image held for writing is settled over the whole image first, then limited."""
+    tables = selected_tables(image, select_snapshots(image, snapshot))
+    if held_for_writing(image.file):
+        return limited(settled_check(image, max_findings, check_pass), tables, snapshot)
+    found, tally = _checked(image, max_findings, keep=tables.keep)
+    elsewhere, unexamined = tally.outside()
+    return found.result, FindingsView(snapshot, elsewhere, unexamined)
 
 
 def check_image(path: str, *, max_findings: int = 100) -> CheckResult:
@@ -366,17 +381,18 @@ def check_image(path: str, *, max_findings: int = 100) -> CheckResult:
         return check_opened(image, max_findings=max_findings)
 
 
-def check_opened(image: Qcow2Image, *, max_findings: int = 100,
-                 snapshot: Optional[str] = None) -> CheckResult:
-    """Check an open image (check()), noting when a running qemu holds it for writing."""
-    result = check(image, max_findings=max_findings, snapshot=snapshot)
+def check_opened(image: Qcow2Image, *, max_findings: int = 100) -> CheckResult:
+    """Check an open image. One that a running qemu holds for writing is read again until what
+    the check finds holds still (collectors/check/settle.py); any other is read once."""
     if held_for_writing(image.file):
-        # qemu caches L2 and refcount blocks: what is on disk may lag behind the guest.
-        result = replace(result, notes=(*result.notes, IN_USE_NOTE))
-    return result
+        return settled_check(image, max_findings, check_pass)
+    return check(image, max_findings=max_findings)
 
 
 def image_end_offset_by_walk(image: Qcow2Image) -> int:
     """The image end offset `qemu-img check` reports, from the full metadata walk (used when
-    on-disk refcounts cannot be trusted, e.g. a dirty lazy-refcounts image)."""
+    on-disk refcounts cannot be trusted, e.g. a dirty lazy-refcounts image). On an image held
+    for writing, from a walk during which qemu moved no table."""
+    if held_for_writing(image.file):
+        return stable_pass(image, 0, check_pass).result.image_end_offset
     return check(image, max_findings=0).image_end_offset

@@ -31,7 +31,7 @@ def compare_refcounts(refs: ReferenceCounts, ondisk: OnDiskRefcounts, refcount_m
                 "refcount-unreadable", f"refcount table entry {t}",
                 Place(TableName.REFCOUNT_TABLE, ondisk.table_offset, t,
                       refcount_table_offset=ondisk.table_offset), first=lo, last=hi - 1,
-                host_offset=ondisk.block_offset(t), cluster_index=lo, found=hi - lo))
+                host_offset=ondisk.block_offset(t), cluster_index=lo, found=hi - lo), hi - lo)
             continue
         computed = refs.values(lo, hi)
         np.minimum(computed, u64(limit), out=computed)

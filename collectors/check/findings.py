@@ -1,5 +1,5 @@
 """The findings catalogue of the full check: every kind of problem with its severity, message
-template and advice, the one place a :class:`~collectors.model.Finding` is built, and the
+template and advice, the one place a :class:`~collectors.report.model.Finding` is built, and the
 tally (qemu's BdrvCheckResult counters plus bounded lists of findings) the check fills."""
 
 from __future__ import annotations
@@ -109,6 +109,10 @@ CATALOGUE: dict[str, Kind] = {
         ADVICE_LEAK),
 }
 
+# What a dirty lazy-refcounts image shows as long as qemu has not written its refcounts: the
+# expected debt, not damage (collectors/check/checker.py, the health policy's `dirty` rule).
+LAZY_DEBT_KINDS = frozenset({"refcount-too-low", "leak", "copied-flag"})
+
 Value = Union[int, str, None]
 
 # Kinds known by their cluster only until collectors/check/locate.py finds the entries that
@@ -162,6 +166,10 @@ class Findings:
         self.limit = limit
         self.keep = keep
         self.items: list[Finding] = []
+        # What each listed finding counts in qemu's figures: 1, or more for a finding in a
+        # table named k times (ReferenceCounts.repeated), a refcount overflow (its excess
+        # references) or an unreadable refcount block (one check error per cluster).
+        self.weights: list[int] = []
         self.total = 0
         self.elsewhere = 0
         self.unexamined = 0
@@ -170,7 +178,7 @@ class Findings:
     def room(self) -> int:
         return max(0, self.limit - len(self.items))
 
-    def add(self, item: Finding) -> None:
+    def add(self, item: Finding, weight: int = 1) -> None:
         verdict = None if self.keep is None else self.keep(item)
         if verdict is False:
             self.elsewhere += 1
@@ -178,8 +186,13 @@ class Findings:
         self.total += 1
         if len(self.items) < self.limit:
             self.items.append(item)
+            self.weights.append(weight)
         elif verdict is None and self.keep is not None:
             self.unexamined += 1  # full: where it lies is never looked up
+
+    def multiply_since(self, listed: int, times: int) -> None:
+        """The findings listed after the first `listed` count `times` times each."""
+        self.weights[listed:] = [weight * times for weight in self.weights[listed:]]
 
     def count(self, n: int) -> None:
         """Findings counted but not built (the list is already full)."""
@@ -202,10 +215,11 @@ class Findings:
         """After location: the findings now placed outside the view leave the list."""
         if self.keep is None:
             return
-        kept = [f for f in self.items if self.keep(f)]
+        kept = [k for k, f in enumerate(self.items) if self.keep(f)]
         self.elsewhere += len(self.items) - len(kept)
         self.total -= len(self.items) - len(kept)
-        self.items = kept
+        self.items = [self.items[k] for k in kept]
+        self.weights = [self.weights[k] for k in kept]
 
 
 class Tally:
@@ -233,18 +247,22 @@ class Tally:
         else:
             self.structure.count(1)  # nothing built: a hostile table may hold millions
 
-    @property
-    def parts(self) -> tuple[Findings, ...]:
+    def _parts(self) -> tuple[Findings, ...]:
         return (self.snapshots, self.structure, self.compare, self.copied)
 
     def ordered(self) -> tuple[list[Finding], int]:
         """Every finding kept, in qemu's order, and the complete total (with a view: of those
         examined and kept)."""
-        return ([f for part in self.parts for f in part.items],
-                sum(part.total - part.unexamined for part in self.parts))
+        parts = self._parts()
+        return ([f for part in parts for f in part.items],
+                sum(part.total - part.unexamined for part in parts))
 
     def outside(self) -> tuple[int, int]:
         """With a view: (findings placed outside it, findings never examined)."""
-        return (sum(part.elsewhere for part in self.parts),
-                sum(part.unexamined for part in self.parts))
+        return (sum(part.elsewhere for part in self._parts()),
+                sum(part.unexamined for part in self._parts()))
+
+    def ordered_weights(self) -> list[int]:
+        """What each finding of ordered() counts in the figures, in the same order."""
+        return [weight for part in self._parts() for weight in part.weights]
 

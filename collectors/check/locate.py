@@ -246,19 +246,24 @@ class _Locator:
         self.name_each(first[sel], last[sel], entry, times[sel // geo.l2_entries])
 
 
-def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[Finding]
-                    ) -> list[Finding]:
+def locate_findings(image: Qcow2Image, ondisk: OnDiskRefcounts, findings: list[Finding],
+                    wanted: Optional[frozenset[int]] = None) -> list[Finding]:
     """The refcount findings (known only by cluster number) located at the entries that
-    reference the cluster, or, with none, at the cluster's refcount entry."""
-    clusters = [f.cluster_index for f in findings
-                if f.kind in RELOCATED_KINDS and f.cluster_index is not None]
+    reference the cluster, or, with none, at the cluster's refcount entry; with `wanted`, only
+    those of these clusters (the others keep their `cluster N` location)."""
+
+    def relocated(f: Finding) -> bool:
+        return f.kind in RELOCATED_KINDS and f.cluster_index is not None and (
+            wanted is None or f.cluster_index in wanted)
+
+    clusters = [f.cluster_index for f in findings if relocated(f)]
     if not clusters:
         return findings
-    found, more = referrers(image, ondisk, clusters)
+    found, more = referrers(image, ondisk, [c for c in clusters if c is not None])
     bits = image.header.cluster_bits
     located = []
     for f in findings:
-        if f.kind in RELOCATED_KINDS and f.cluster_index is not None:
+        if relocated(f) and f.cluster_index is not None:
             where = found.get(f.cluster_index) or [
                 refcount_entry_location(ondisk, f.cluster_index, bits)]
             text = "; ".join(text for text, _ in where)

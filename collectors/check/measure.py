@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Iterator, Optional
 
 from ..common.errors import UNSUPPORTED, Qcow2Error
 from ..common.jsonform import JsonKey, omit_none
 from ..qcow2 import layout as L
 from ..qcow2.prealloc import prealloc_size
+from ..qcow2.reader import held_for_writing
+from ..qcow2.steady import read_steadily
 from .heap import keep_heap_top
 
 if TYPE_CHECKING:
@@ -72,7 +75,15 @@ def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> Measure:
     """`qemu-img measure --output=json -O qcow2 FILE`: required, fully-allocated and (qemu 7.2,
     version 3 target) bitmaps. `required` counts every target cluster holding data anywhere in
     the backing chain (bdrv_block_status_above() over the whole chain). Raises Qcow2Error when a
-    backing layer cannot be read (qemu-img cannot open the chain either)."""
+    backing layer cannot be read (qemu-img cannot open the chain either). An image a running
+    qemu holds for writing is measured from a read during which it moved no table
+    (collectors/qcow2/steady.py): each L2 table counts as it was when read."""
+    if held_for_writing(image.file):
+        return read_steadily(image, partial(_measure, path=path))
+    return _measure(image, path=path)
+
+
+def _measure(image: Qcow2Image, *, path: Optional[str] = None) -> Measure:
     keep_heap_top()
     cs = TARGET_CLUSTER_SIZE
     ssize = image.header.size // 512 * 512

@@ -212,6 +212,7 @@ class ReferenceCounts:
         scalars = ("corruptions", "allocated", "fragmented", "compressed", "check_errors")
         before = [getattr(tally, name) for name in scalars]
         marks = [tally.structure.mark(), tally.copied.mark()]
+        kept = [len(tally.structure.items), len(tally.copied.items)]
         outer = self.times
         self.times = outer * times
         try:
@@ -222,6 +223,8 @@ class ReferenceCounts:
             setattr(tally, name, old + (getattr(tally, name) - old) * times)
         tally.structure.repeat(marks[0], times)
         tally.copied.repeat(marks[1], times)
+        tally.structure.multiply_since(kept[0], times)
+        tally.copied.multiply_since(kept[1], times)
 
     def overflows(self, refcount_bits: int) -> None:
         """Increments qemu refused at the maximum refcount: one corruption each."""
@@ -250,7 +253,7 @@ class ReferenceCounts:
             structure.add(finding(
                 "refcount-overflow", f"cluster {k}", host_offset=k << self.cluster_bits,
                 cluster_index=k, expected=count, found=refcount_max,
-                excess=count - refcount_max, refcount_bits=refcount_bits))
+                excess=count - refcount_max, refcount_bits=refcount_bits), count - refcount_max)
             built += 1
         structure.count(total - built)
 

@@ -11,16 +11,17 @@ size) are one table with several owners; what is kept grows with the distinct ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from dataclasses import dataclass, replace
+from typing import ClassVar, NamedTuple, Optional
 
 import numpy as np
 import numpy.typing as npt
 
+from ..common.jsonform import JsonKey
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image, Snapshot
 from ..qcow2.snapshots import SnapshotSelection
-from ..report.model import Finding, Place, TableName
+from ..report.model import CheckResult, Finding, Place, TableName
 from .findings import RELOCATED_KINDS
 from .l1 import L1_CHUNK_ENTRIES, L1Spans, entry_chunks
 
@@ -209,3 +210,26 @@ def selected_tables(image: Qcow2Image, selection: SnapshotSelection) -> Selected
     return SelectedTables(frozenset(owner.offset for owner in owners),
                           frozenset(read.l2_offsets.tolist()),
                           frozenset(sn.id_str for sn in selection.snapshots))
+
+
+@dataclass(frozen=True)
+class FindingsView:
+    """What `check --snapshot SEL` adds to the check's result, whose `findings` and
+    `findings_total` are then those located in the selected tables: the selector, the findings
+    located outside them, and those never located (past the list's limit)."""
+
+    snapshot: str
+    findings_elsewhere: int
+    findings_unexamined: int
+
+    JSON: ClassVar[tuple[JsonKey, ...]] = (
+        JsonKey("snapshot"), JsonKey("findings-elsewhere"), JsonKey("findings-unexamined"))
+
+
+def limited(result: CheckResult, tables: SelectedTables, snapshot: str
+            ) -> tuple[CheckResult, FindingsView]:
+    """A whole check's listed findings limited to `tables`; those past its list unexamined."""
+    kept = tuple(f for f in result.findings if tables.keep(f))
+    return (replace(result, findings=kept, findings_total=len(kept)),
+            FindingsView(snapshot, len(result.findings) - len(kept),
+                         result.findings_total - len(result.findings)))

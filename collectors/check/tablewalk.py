@@ -184,8 +184,8 @@ class TableWalk:
         if not geo.extended:
             odd_bits |= L.QCOW_OFLAG_ZERO
         if bitmap is None and not geo.data_file and not bool(
-                np.any(e & u64(odd_bits | (geo.cluster_size - 1)))):
-            self._fast_l2_batch(e, batch)
+                np.any(e & u64(odd_bits | (geo.cluster_size - 1)))) and self._fast_l2_batch(
+                    e, batch):
             return
         off = e & u64(L.L2E_OFFSET_MASK)
         types = cluster_types(e, extended=geo.extended, data_file=geo.data_file)
@@ -298,18 +298,21 @@ class TableWalk:
                 cluster_index=(entry & L.L2E_OFFSET_MASK) >> self.geo.cluster_bits,
                 found=int(rc[k])))
 
-    def _fast_l2_batch(self, e: U64, batch: Batch) -> None:
+    def _fast_l2_batch(self, e: U64, batch: Batch) -> bool:
         """The common case, fewer passes: every entry is unallocated or a normal cluster at
-        an aligned offset (no compressed, zero, reserved or unaligned entry, no data file, no
-        extended L2). Same figures as the general path."""
+        an aligned offset inside the file (no compressed, zero, reserved or unaligned entry,
+        no data file, no extended L2). Same figures as the general path; False, having done
+        nothing, when a cluster lies past EOF (the general path reports it)."""
         geo = self.geo
         n = geo.l2_entries
         off = e & u64(L.L2E_OFFSET_MASK)
         nalloc = int(np.count_nonzero(off))
         if not nalloc:
-            return
+            return True
         alloc_pos = None if nalloc == len(off) else np.flatnonzero(off)
         alloc_off = off if alloc_pos is None else off[alloc_pos]
+        if int(alloc_off.max()) >= geo.file_length:
+            return False
         idx = alloc_off >> u64(geo.cluster_bits)
         jumps = (np.diff(idx) if len(idx) > 1 else np.empty(0, dtype=np.uint64)) != u64(1)
         if batch.active:
@@ -323,16 +326,17 @@ class TableWalk:
                 self.tally.fragmented += int(np.count_nonzero(jumps & (rows[1:] == rows[:-1])))
         runs = self._count_runs(idx, alloc_off, jumps)
         if not batch.active:
-            return
+            return True
         # check_oflag_copied() for these entries: COPIED set everywhere and every on-disk
         # refcount of the runs equal to 1 means no mismatch.
         flags = e if alloc_pos is None else e[alloc_pos]
         if (runs is not None and bool(batch.copied_ok.all())
                 and bool(np.all(flags >= u64(L.QCOW_OFLAG_COPIED)))
                 and all(self.ondisk.range_all_one(first, end) for first, end in runs)):
-            return
+            return True
         pos = np.arange(len(e), dtype=np.intp) if alloc_pos is None else alloc_pos
         self._copied_entries(e, pos, off, batch)
+        return True
 
     def _count_runs(self, idx: U64, alloc_off: U64,
                     jumps: Bools) -> Optional[list[tuple[int, int]]]:

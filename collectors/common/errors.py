@@ -1,14 +1,15 @@
 """The project's one error type and its documented exit codes.
 
 Every low-level parse failure becomes a :class:`Qcow2Error` carrying the file, the structure,
-the offset and the bad value, so that every front end can print one clear line (style.md, the
-pyelftools choke point).
+the offset and the bad value, so that every front end can print one clear line.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Optional, Union
+
+from .text import printable
 
 # Kinds of failure, stable strings that adapters may show or export.
 NOT_QCOW2 = "not-qcow2"
@@ -67,8 +68,9 @@ class Qcow2Error(Exception):
             forms = {str(self.value), f"0x{self.value:x}", f"{self.value:x}"}
             shown = f"0x{self.value:x}"
         else:
-            forms = {self.value, repr(self.value)}
-            shown = repr(self.value)
+            # Quoted, by the one printable rule (a name read from an image can hold any byte).
+            shown = f"'{printable(self.value)}'"
+            forms = {self.value, printable(self.value), shown}
         if any(_states(self.message, form) for form in forms):
             return None
         return shown

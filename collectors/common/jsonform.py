@@ -29,7 +29,9 @@ class JsonKey(NamedTuple):
     """One key of a type's JSON object, in the order the type declares them (its `JSON`)."""
 
     key: str
-    attribute: str = ""  # dotted attribute path; default: the key with '-' read as '_'
+    # Dotted attribute path (None when a step on the way is None); default: the key with '-'
+    # read as '_'.
+    attribute: str = ""
     omit: Optional[Callable[[object], bool]] = None  # left out when this says so
     form: Optional[Callable[[Any], Json]] = None  # how the value is written (e.g. in hex)
     flatten: bool = False  # an object whose keys are merged into this one
@@ -67,6 +69,16 @@ def _declared_types(cls: type) -> dict[str, str]:
     return found
 
 
+def _reach(path: str) -> str:
+    """The expression that reads the dotted attribute `path` of `value`: None where a step on
+    the way is None (an Extension that was not advised has no extend_by)."""
+    first, *rest = path.split(".")
+    expression = f"value.{first}"
+    for part in rest:
+        expression = f"(None if (_step := {expression}) is None else _step.{part})"
+    return expression
+
+
 def _builder(cls: type) -> Builder:
     """The function that writes a `cls` as a JSON object, made once per type from the keys it
     declares (its JSON, or its fields in order), as dataclasses makes __init__: one dict
@@ -95,10 +107,10 @@ def _builder(cls: type) -> Builder:
         shown = "{}" if kind in _PLAIN_TYPES else "list({})" if kind in _PLAIN_TUPLES \
             else "_to_json({})"
         if key.omit is None and key.form is None and not key.flatten:
-            run.append(f"{key.key!r}: {shown.format('value.' + path)}")
+            run.append(f"{key.key!r}: {shown.format(_reach(path))}")
             continue
         flush()
-        body.append(f"v = value.{path}")
+        body.append(f"v = {_reach(path)}")
         indent = ""
         if key.omit is not None:
             scope[f"_omit{index}"] = key.omit

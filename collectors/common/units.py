@@ -80,3 +80,34 @@ def parse_size(text: str) -> int:
         raise ValueError(f"invalid size {text!r}") from exc
     return int(amount)
 
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Parse "90", "90s", "30m", "4h", "2d", "1w" into seconds; raises ValueError."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"invalid duration {text!r} (expected e.g. 90s, 30m, 4h, 2d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def human_duration(seconds: float) -> str:
+    """``45s``, ``12m``, ``3h 20m``, ``2d 4h``: two units at most, rounded down."""
+    whole = int(max(seconds, 0))
+    for unit, size, small, small_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if whole >= size:
+            rest = (whole % size) // small_size
+            return f"{whole // size}{unit}" + (f" {rest}{small}" if rest else "")
+    return f"{whole // 60}m" if whole >= 60 else f"{whole}s"
+
+
+def human_rate(bytes_per_second: float) -> str:
+    """A growth rate the way sizes are written: ``1.5 MiB/s``, ``-12 KiB/s``, per hour when slow."""
+    sign = "-" if bytes_per_second < 0 else ""
+    rate = abs(bytes_per_second)
+    if rate and rate < 1024:
+        return f"{sign}{human_size(int(rate * 3600))}/h"
+    return f"{sign}{human_size(int(rate))}/s"

@@ -3,8 +3,9 @@
 Shared by every adapter so that "what is a target" is decided once. Nothing here parses qcow2
 beyond the 4-byte magic: whether a named file really is a usable image is the core's verdict
 (it reports ``not-qcow2`` with the offset), so explicitly named files are passed through
-unchecked. Only directory scans and process scans filter on the magic, because there the user
-did not name the files.
+unchecked. Directory scans, glob matches and process scans filter on the magic, because there
+the user did not name the files: a volume group's directory (``/dev/VG/``, symlinks to block
+devices) or ``/dev/loop*`` holds disks of every kind, and only the qcow2 ones are targets.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
 from ..common.errors import IO_ERROR, Qcow2Error
+from ..common.units import counted
 from ..qcow2.layout import QCOW_MAGIC as QCOW2_MAGIC
 from ..qcow2.reader import has_qcow2_magic
 from ..report.model import Target
+from .identity import canonical_path
 
 # Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
 # qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
 _QEMU_MARKER = "qemu"
-# sysfs directory of block devices by "major:minor" (a constant so that tests can stand in a
-# device-mapper entry on kernels without device-mapper).
-SYS_DEV_BLOCK = "/sys/dev/block"
 
 
 def _target_error(spec: str, message: str, kind: str = IO_ERROR) -> Target:
@@ -36,84 +36,81 @@ def _os_error(spec: str, exc: OSError) -> Target:
     return _target_error(spec, exc.strerror or str(exc))
 
 
-def _scan_directory(spec: str, directory: str) -> Iterator[Target]:
-    """Every regular file below `directory` (recursively, sorted) that starts with the magic.
+def _qcow2_candidate(spec: str, path: str) -> Iterator[Target]:
+    """`path` as a target if it is a regular file or block device starting with the magic.
 
-    Files we cannot read are reported as failed targets rather than skipped: an image that the
-    collector's user cannot open is a monitoring failure, not a non-image.
+    For paths the user did not name one by one (a directory's entries, a glob's matches).
+    Symlinks are followed: ``/dev/VG/LV`` links to ``../dm-N``. A FIFO or socket is never
+    opened (opening a FIFO blocks), nor is a character device: none of them holds an image.
+    A file or device that cannot be opened is reported, not skipped: an image that the
+    collector's user cannot read is a monitoring failure, not a non-image.
     """
+    try:
+        mode = os.stat(path).st_mode
+        if (stat.S_ISREG(mode) or stat.S_ISBLK(mode)) and has_qcow2_magic(path):
+            yield Target(spec, path)
+    except FileNotFoundError:
+        return  # deleted (or a dangling symlink) between listing and opening
+    except OSError as exc:
+        yield _os_error(path, exc)
+
+
+def _scan_directory(spec: str, directory: str) -> Iterator[Target]:
+    """Every regular file and block device below `directory` (recursively, sorted) that starts
+    with the magic; symlinks to them are followed, symlinks to directories are not."""
     walk_errors: list[OSError] = []
     for root, dirs, files in os.walk(directory, onerror=walk_errors.append):
         dirs.sort()
         for name in sorted(files):
-            path = os.path.join(root, name)
-            try:
-                # Symlinks to files are followed (os.walk lists them as files), but a FIFO or
-                # socket must never be opened: opening a FIFO blocks.
-                if not stat.S_ISREG(os.stat(path).st_mode):
-                    continue
-                if has_qcow2_magic(path):
-                    yield Target(spec, path)
-            except FileNotFoundError:
-                continue  # deleted (or dangling symlink) between listing and opening
-            except OSError as exc:
-                yield _os_error(path, exc)
+            yield from _qcow2_candidate(spec, os.path.join(root, name))
     for walk_error in walk_errors:
         yield _os_error(walk_error.filename or spec, walk_error)
+
+
+def _expand_glob(spec: str) -> Iterator[Target]:
+    """The qcow2 images among the pattern's matches (directories among them are scanned).
+
+    A pattern is a selection like a directory, so matches without the magic are left out
+    (``/dev/loop*`` names idle and raw devices too); a pattern that selects no image at all
+    is a failed target, as a mistyped pattern would be.
+    """
+    matches = sorted(glob.glob(spec))
+    if not matches:
+        yield _target_error(spec, "no file matches this pattern")
+        return
+    found = 0
+    for match in matches:
+        path = os.path.abspath(match)
+        if os.path.isdir(path):
+            targets: Iterable[Target] = _scan_directory(spec, path)
+        else:
+            targets = _qcow2_candidate(spec, path)
+        for target in targets:
+            found += 1
+            yield target
+    if not found:
+        yield _target_error(
+            spec, f"no qcow2 image among the {counted(len(matches), 'path')} matching this "
+            "pattern")
 
 
 def _expand_one(spec: str) -> Iterator[Target]:
     # A literal file wins over glob interpretation: image names may contain '[' or '*'.
     if glob.has_magic(spec) and not os.path.lexists(spec):
-        matches = sorted(glob.glob(spec))
-        if not matches:
-            yield _target_error(spec, "no file matches this pattern")
-            return
-        for match in matches:
-            yield from _expand_path(spec, match)
+        yield from _expand_glob(spec)
         return
-    yield from _expand_path(spec, spec)
-
-
-def _expand_path(spec: str, path: str) -> Iterator[Target]:
-    path = os.path.abspath(path)
+    path = os.path.abspath(spec)
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        yield _os_error(spec if spec == path else path, exc)
+        yield _os_error(path, exc)
         return
     if stat.S_ISDIR(mode):
         yield from _scan_directory(spec, path)
     elif stat.S_ISREG(mode) or stat.S_ISBLK(mode):
-        yield Target(spec, path)
+        yield Target(spec, path)  # named by the user: the core says whether it is qcow2
     else:
         yield _target_error(path, "not a regular file, block device or directory")
-
-
-def canonical_path(path: str) -> str:
-    """The one name of a disk, whatever symlink or device node reached it.
-
-    Files: their real path. Block devices: ``/dev/mapper/NAME`` for device-mapper (LVM, crypt,
-    multipath: the kernel's ``dm-N`` numbers change between boots), else ``/dev/`` plus the
-    kernel's name (``/dev/loop0``, ``/dev/sda``), read from sysfs by device number so that a
-    device node elsewhere maps to the same name.
-    """
-    real = os.path.realpath(path)
-    try:
-        st = os.stat(real)
-    except OSError:
-        return real
-    if not stat.S_ISBLK(st.st_mode):
-        return real
-    sys_dir = os.path.join(SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
-    try:
-        with open(os.path.join(sys_dir, "dm", "name"), encoding="utf-8") as dm_name:
-            return "/dev/mapper/" + dm_name.read().strip()
-    except OSError:
-        pass
-    if not os.path.exists(sys_dir):  # no sysfs (a container without it): keep the node
-        return real
-    return "/dev/" + os.path.basename(os.path.realpath(sys_dir))
 
 
 def dedupe_targets(targets: Iterable[Target]) -> list[Target]:
@@ -131,9 +128,10 @@ def dedupe_targets(targets: Iterable[Target]) -> list[Target]:
 def expand_targets(specs: Sequence[str]) -> list[Target]:
     """Turn command-line specs into targets.
 
-    A spec is a regular file, a block device, a glob (matching nothing is a failed target), or a
-    directory searched recursively for files starting with the qcow2 magic. Targets are
-    de-duplicated by real path, keeping the first occurrence.
+    A spec is a regular file or block device (taken as named), a directory searched
+    recursively for regular files and block devices starting with the qcow2 magic, or a glob
+    whose matches are taken like a directory's entries (selecting no image is a failed
+    target). Targets are de-duplicated by disk (canonical_path), keeping the first occurrence.
     """
     return dedupe_targets(target for spec in specs for target in _expand_one(spec))
 
@@ -226,7 +224,6 @@ __all__ = [
     "QCOW2_MAGIC",
     "RunningScan",
     "Target",
-    "canonical_path",
     "dedupe_targets",
     "expand_targets",
     "has_qcow2_magic",

@@ -13,7 +13,11 @@ Sources (both read-only):
   call covers every disk (backing layers included) of every active domain. ``-r`` uses
   libvirt's read-only socket, which unprivileged users (nagios, telegraf) may use.
 * QMP sockets named with ``--qmp``: ``qmp_capabilities`` (the handshake every QMP client must
-  send), ``query-blockstats`` and ``query-named-block-nodes``; nothing else.
+  send), ``query-blockstats``, ``query-named-block-nodes``, ``query-status`` and, of a paused
+  qemu, ``query-block``; nothing else.
+
+Both also say whether the VM is paused, and why (:mod:`collectors.host.pause`): libvirt in the
+same ``domstats`` call (``--state``), plus ``domblkerror`` for a domain paused by an I/O error.
 
 A live disk is matched to an analysed image by identity, never by path text: device and inode
 for a regular file, the device number for a block device, so ``/dev/vg/lv``,
@@ -27,15 +31,26 @@ import json
 import os
 import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Optional
 
 from ..common.errors import IO_ERROR, Qcow2Error
 from ..report.model import LiveDisk, LiveSource
+from .identity import DiskIdentity, identity_of, identity_of_path
+from .pause import (
+    DomainState,
+    domain_name,
+    libvirt_pause,
+    parse_disk_errors,
+    parse_domain_states,
+    qmp_device_errors,
+    qmp_pause,
+    qmp_vm_reason,
+    worse,
+)
 
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 LIBVIRT_TIMEOUT = 5.0  # seconds for the one virsh call of a run
@@ -45,27 +60,6 @@ QMP_TIMEOUT = 2.0  # seconds for the whole exchange with one QMP socket
 # image's real end (the format node above counts guest offsets, not host offsets).
 _QMP_PROTOCOL_DRIVERS = frozenset({"file", "host_device"})
 _QMP_MAX_MESSAGE = 16 * 1024 * 1024  # a qemu with thousands of nodes still answers in far less
-
-# (kind, numbers): ("file", st_dev, st_ino) or ("block", st_rdev).
-DiskIdentity = tuple[Union[str, int], ...]
-
-
-def identity_of(st: os.stat_result) -> Optional[DiskIdentity]:
-    """What makes two names one disk: device and inode of a file, the device number of a block
-    device (every alias of an LVM volume or a dm device has the same st_rdev)."""
-    if stat.S_ISBLK(st.st_mode):
-        return ("block", st.st_rdev)
-    if stat.S_ISREG(st.st_mode):
-        return ("file", st.st_dev, st.st_ino)
-    return None
-
-
-def identity_of_path(path: str) -> Optional[DiskIdentity]:
-    try:
-        return identity_of(os.stat(path))
-    except OSError:
-        return None
-
 
 @dataclass
 class LiveView:
@@ -91,8 +85,12 @@ class LiveView:
         if key is None:
             return  # gone meanwhile, or not ours to stat: it cannot match an image either
         known = self.disks.get(key)
-        if known is None or disk.end_offset > known.end_offset:
+        if known is None:
             self.disks[key] = disk
+            return
+        # A disk two VMs use (a shared base): the highest figure, and the pause that matters.
+        best = disk if disk.end_offset > known.end_offset else known
+        self.disks[key] = replace(best, pause=worse(known.pause, disk.pause))
 
 
 
@@ -134,8 +132,7 @@ def parse_domstats(text: str) -> list[LiveDisk]:
     for line in text.splitlines():
         if line.startswith("Domain: "):
             flush()
-            quoted = line[len("Domain: "):].strip()
-            domain = quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == "'" else quoted
+            domain = domain_name(line)
             blocks = {}
             continue
         key, sep, value = line.strip().partition("=")
@@ -168,29 +165,48 @@ def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess[
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def read_libvirt(view: LiveView, uri: str, timeout: float = LIBVIRT_TIMEOUT) -> None:
-    """Fill `view` from one read-only virsh call; on any failure set view.libvirt_note."""
-    argv = ["virsh", "-r", "-q", "-c", uri, "domstats", "--block", "--backing", "--list-active"]
+def _virsh(uri: str, args: list[str], timeout: float) -> tuple[Optional[str], str]:
+    """(stdout, "") of one read-only virsh call, or (None, why it gave nothing)."""
+    argv = ["virsh", "-r", "-q", "-c", uri, *args]
     try:
         done = run_bounded(argv, timeout)
     except FileNotFoundError:
-        view.libvirt_note = "libvirt: virsh not found (package libvirt-clients)"
-        return
+        return None, "libvirt: virsh not found (package libvirt-clients)"
     except subprocess.TimeoutExpired:
-        view.libvirt_note = f"libvirt: {uri} did not answer within {timeout:g} s"
-        return
+        return None, f"libvirt: {uri} did not answer within {timeout:g} s"
     except OSError as exc:
-        view.libvirt_note = f"libvirt: cannot run virsh: {exc.strerror or exc}"
-        return
+        return None, f"libvirt: cannot run virsh: {exc.strerror or exc}"
     if done.returncode != 0:
         lines = [line.strip().removeprefix("error: ") for line in done.stderr.splitlines()
                  if line.strip()]
         reason = "; ".join(lines[:2]) if lines else f"virsh exited with {done.returncode}"
-        view.libvirt_note = f"libvirt: {uri}: {reason}"
+        return None, f"libvirt: {uri}: {reason}"
+    return done.stdout, ""
+
+
+def read_libvirt(view: LiveView, uri: str, timeout: float = LIBVIRT_TIMEOUT) -> None:
+    """Fill `view` from one read-only virsh call (plus ``domblkerror`` for each domain paused
+    by an I/O error, which only then says which disk failed); on failure set
+    view.libvirt_note."""
+    deadline = time.monotonic() + timeout
+    text, note = _virsh(uri, ["domstats", "--state", "--block", "--backing", "--list-active"],
+                        timeout)
+    if text is None:
+        view.libvirt_note = note
         return
-    for disk in parse_domstats(done.stdout):
+    states = parse_domain_states(text)
+    errors: dict[str, Optional[dict[str, str]]] = {}
+    for domain, state in states.items():
+        if state.io_error:
+            left = max(deadline - time.monotonic(), 0.5)
+            answer, _ = _virsh(uri, ["domblkerror", domain], left)
+            errors[domain] = parse_disk_errors(answer) if answer is not None else None
+    running = DomainState(1, 0)
+    for disk in parse_domstats(text):
         view.libvirt_domains.add(disk.domain)
-        view.add(disk)
+        pause = libvirt_pause(disk.domain, disk.disk, states.get(disk.domain, running),
+                              errors.get(disk.domain))
+        view.add(replace(disk, pause=pause))
 
 
 # --- QMP ----------------------------------------------------------------------------------
@@ -279,13 +295,21 @@ def qmp_disks(path: str, timeout: float = QMP_TIMEOUT) -> tuple[Optional[int], l
         conn.execute("qmp_capabilities")
         stats = conn.execute("query-blockstats", {"query-nodes": True})
         nodes = conn.execute("query-named-block-nodes")
+        vm_reason = qmp_vm_reason(conn.execute("query-status"))
+        # Which device failed, asked only of a paused qemu.
+        failed = qmp_device_errors(conn.execute("query-block")) if vm_reason else {}
         pid = conn.peer_pid()
     except (OSError, QmpError) as exc:
         text = "no answer in time" if isinstance(exc, socket.timeout) else str(exc)
         raise _qmp_error(path, text or type(exc).__name__) from None
     finally:
         conn.close()
-    return pid, list(_qmp_match(path, pid, stats, nodes))
+    # Named as the nodes are (qemu's names may be relative to its working directory).
+    device_errors = {(_qemu_path(name, pid) or name): why for name, why in failed.items()}
+    disks = [replace(disk, pause=qmp_pause(disk.domain, disk.disk, disk.path, vm_reason,
+                                           device_errors))
+             for disk in _qmp_match(path, pid, stats, nodes)]
+    return pid, disks
 
 
 def _qmp_error(path: str, text: str) -> Qcow2Error:

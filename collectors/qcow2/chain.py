@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 from typing import Callable, Generic, Optional, TypeVar
 
 from ..common.errors import INVALID, IO_ERROR, UNSUPPORTED, Qcow2Error
+from ..common.text import printable
 from ..report.model import DEFAULT_MAX_DEPTH, ChainLayer, LayerStatus
 from .image import Qcow2Image
-from .names import path_problem, shown
+from .names import path_problem
 from .reader import has_qcow2_magic
 
 # One step of a walk: the layer as reported, and (ok qcow2 layers only) the image, open until
@@ -78,7 +79,7 @@ def _next_layer(depth: int, name: str, fmt: Optional[str], above: str, seen: set
         return ChainLayer(depth, name, None, LayerStatus.TOO_DEEP, fmt, error=error), None
     problem = path_problem(name)
     if problem is not None:
-        error = _chain_error(f"backing file name '{shown(name)}' {problem}", INVALID, above)
+        error = _chain_error(f"backing file name '{printable(name)}' {problem}", INVALID, above)
         return ChainLayer(depth, name, None, LayerStatus.INVALID_NAME, fmt, error=error), None
     if has_protocol(name):
         return ChainLayer(depth, name, None, LayerStatus.PROTOCOL, fmt), None

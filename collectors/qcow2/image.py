@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 from ..common.errors import INVALID, OUT_OF_BOUNDS, UNSUPPORTED, Qcow2Error
+from ..common.text import printable
 from ..common.units import counted
 from . import layout as L
 from .bitmaps import Bitmap, read_bitmap_directory
 from .header import parse_header, shorter_than_header
 from .luks import LuksInfo, read_luks
-from .names import c_string_text, decode_path_name, name_problem, shown
+from .names import c_string_text, decode_path_name, name_problem
 from .reader import ImageFile, Window
 
 # qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
@@ -107,6 +108,24 @@ class Qcow2Image:
         except BaseException:
             file.close()
             raise
+
+    def reopened(self) -> Qcow2Image:
+        """The image parsed afresh from the same open file: its header, extensions and length
+        as they are now (a qemu writing it may have moved tables since). The caller closes
+        it."""
+        file = self.file.duplicate()
+        try:
+            return Qcow2Image(file)
+        except BaseException:
+            file.close()
+            raise
+
+    def header_moved(self) -> bool:
+        """Whether cluster 0 (header and extensions) reads differently now than when it was
+        parsed. qemu rewrites it when it moves a grown L1 or refcount table, and frees the old
+        table (docs/qcow2-format.md §11): tables read after the parse may then be stale."""
+        size = min(len(self._head), self.header.cluster_size)
+        return self.file.read_zero_padded(0, size, "header") != self._head[:size]
 
     def close(self) -> None:
         self.file.close()
@@ -270,7 +289,7 @@ class Qcow2Image:
         for what, offset, raw, is_path in named:
             problem = name_problem(raw, is_path=is_path)
             if problem is not None:
-                text = shown(decode_path_name(raw if is_path else raw.rstrip(b"\0")))
+                text = printable(decode_path_name(raw if is_path else raw.rstrip(b"\0")))
                 problems.append(f"{what} '{text}' at offset 0x{offset:x} {problem}")
         return problems
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..common.text import printable
+
 
 def decode_path_name(raw: bytes) -> str:
     """A path name as written: every byte kept (undecodable ones as surrogate escapes)."""
@@ -19,16 +21,11 @@ def decode_path_name(raw: bytes) -> str:
 
 def c_string_text(raw: bytes) -> str:
     """A snapshot, bitmap or feature name as qemu holds it (a C string: up to the first NUL),
-    as text with undecodable bytes shown as \\x escapes."""
+    as text by the one printable rule (common/text.py): undecodable bytes and control
+    characters as \\x escapes."""
     if b"\0" in raw:
         raw = raw[:raw.index(b"\0")]
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def shown(name: str) -> str:
-    """`name` as printable, valid text: a NUL byte and undecodable bytes as \\x escapes."""
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text.replace("\0", "\\x00")
+    return printable(decode_path_name(raw))
 
 
 def path_problem(name: str) -> Optional[str]:
@@ -37,7 +34,7 @@ def path_problem(name: str) -> Optional[str]:
     opens; the OS refuses such a path outright."""
     if "\0" in name:
         return (f"contains a NUL byte at position {name.index(chr(0))}: not a usable path "
-                f"(qemu would open '{shown(name.split(chr(0), 1)[0])}')")
+                f"(qemu would open '{printable(name.split(chr(0), 1)[0])}')")
     return None
 
 

@@ -82,15 +82,17 @@ def has_qcow2_magic(path: str) -> bool:
 class ImageFile:
     """A read-only handle on a regular file or block device with bounded positional reads."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: Optional[int] = None) -> None:
         self.path = path
-        try:
-            self.fd = open_readonly(path)
-        except OSError as exc:
-            kind = IO_ERROR
-            raise Qcow2Error(
-                exc.strerror or str(exc), structure="file", kind=kind, filename=path
-            ) from None
+        if fd is not None:
+            self.fd = fd
+        else:
+            try:
+                self.fd = open_readonly(path)
+            except OSError as exc:
+                raise Qcow2Error(
+                    exc.strerror or str(exc), structure="file", kind=IO_ERROR, filename=path
+                ) from None
         try:
             st = os.fstat(self.fd)
             self.stat = st
@@ -105,6 +107,11 @@ class ImageFile:
         except BaseException:
             os.close(self.fd)
             raise
+
+    def duplicate(self) -> ImageFile:
+        """Another handle on the same open file (a duplicated descriptor: the file itself, even
+        if renamed since), its length taken afresh: a file qemu is writing grows."""
+        return ImageFile(self.path, os.dup(self.fd))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -12,7 +12,7 @@ first zero would be wrong.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from ..common.errors import INVALID, Qcow2Error
 from . import layout as L
@@ -64,9 +64,9 @@ def nb_clusters(image: Qcow2Image) -> int:
     return -(-image.file.length // cs)
 
 
-def image_end_offset_from_refcounts(image: Qcow2Image) -> int:
-    """The highest cluster with a nonzero on-disk refcount below nb_clusters, plus one, in
-    bytes (at least one cluster). Equals `qemu-img check`'s figure on a consistent image."""
+def _blocks_top_down(image: Qcow2Image) -> Iterator[tuple[int, Optional[bytes], int]]:
+    """(first cluster, block or None when the table has no block there, entries that count)
+    of every refcount table entry covering clusters below nb_clusters, from the top down."""
     h = image.header
     cs = h.cluster_size
     clusters = nb_clusters(image)
@@ -74,10 +74,12 @@ def image_end_offset_from_refcounts(image: Qcow2Image) -> int:
     # Only table entries covering clusters below nb_clusters matter (refcounts past EOF are
     # ignored by qemu's compare_refcounts()), so only those are read.
     table = refcount_table(image, -(-clusters // per_block))
-    last_index = len(table) - 1
-    for index in range(last_index, -1, -1):
+    for index in range(len(table) - 1, -1, -1):
+        base = index * per_block
+        limit = min(per_block, clusters - base)
         block_offset = table[index] & L.REFT_OFFSET_MASK
         if not block_offset:
+            yield base, None, limit
             continue
         if block_offset % cs:
             raise Qcow2Error(
@@ -85,9 +87,72 @@ def image_end_offset_from_refcounts(image: Qcow2Image) -> int:
                 f"(refcount table index {index})",
                 structure="refcount table", offset=h.refcount_table_offset + 8 * index,
                 value=block_offset, kind=INVALID)
-        block = image.file.read(block_offset, cs, f"refcount block (table index {index})")
-        base = index * per_block
-        top = highest_nonzero_entry(block, h.refcount_bits, min(per_block, clusters - base))
-        if top is not None:
-            return (base + top + 1) * cs
-    return cs
+        yield base, image.file.read(block_offset, cs,
+                                    f"refcount block (table index {index})"), limit
+
+
+def image_end_offset_from_refcounts(image: Qcow2Image) -> int:
+    """The highest cluster with a nonzero on-disk refcount below nb_clusters, plus one, in
+    bytes (at least one cluster). Equals `qemu-img check`'s figure on a consistent image."""
+    return end_and_free_below(image, free=False)[0]
+
+
+def end_and_free_below(image: Qcow2Image, *, free: bool = True) -> tuple[int, Optional[int]]:
+    """The image end offset (as image_end_offset_from_refcounts()) and, with `free`, the bytes
+    of the clusters below it whose refcount is zero: freed by discards, deleted snapshots or
+    rewritten compressed clusters. qemu's allocator fills them before the image grows (it
+    takes the lowest free cluster first, alloc_clusters_noref() in block/qcow2-refcount.c),
+    and offline compaction would give them back. Reads every refcount block below the end
+    (never an L2 table); without `free` only the blocks from the top down to the end."""
+    h = image.header
+    cs = h.cluster_size
+    end_cluster: Optional[int] = None
+    zeros = 0
+    for base, block, limit in _blocks_top_down(image):
+        if end_cluster is None:
+            top = highest_nonzero_entry(block, h.refcount_bits, limit) \
+                if block is not None else None
+            if top is None:
+                continue
+            end_cluster = base + top + 1
+            if not free:
+                break
+            limit = top + 1
+        zeros += limit if block is None else zero_entries(block, h.refcount_bits, limit)
+    if end_cluster is None:
+        return cs, 0 if free else None
+    return end_cluster * cs, zeros * cs if free else None
+
+
+# Zero refcounts per byte, for refcounts narrower than a byte (1, 2, 4 bits).
+_ZEROS_PER_BYTE = {bits: bytes(sum(((byte >> (bits * j)) & ((1 << bits) - 1)) == 0
+                                   for j in range(8 // bits)) for byte in range(256))
+                   for bits in (1, 2, 4)}
+
+
+def zero_entries(block: bytes, refcount_bits: int, limit: int) -> int:
+    """How many of the first `limit` refcounts of `block` are zero, counted in C.
+
+    Entries of w bytes: when every byte but the last of each entry is zero (refcounts below
+    256, the common case), the zero entries are the zero last bytes; else the w byte lanes
+    are OR-ed together as big integers. Narrower entries: bytes.translate()."""
+    if refcount_bits >= 8:
+        width = refcount_bits // 8
+        data = block[: limit * width]
+        if width == 1:
+            return data.count(0)
+        if all(data[lane::width].count(0) == limit for lane in range(width - 1)):
+            return data[width - 1::width].count(0)
+        lanes = 0
+        for lane in range(width):
+            lanes |= int.from_bytes(data[lane::width], "big")
+        return lanes.to_bytes(limit, "big").count(0)
+    per_byte = 8 // refcount_bits
+    whole, rest = divmod(limit, per_byte)
+    counted = block[:whole].translate(_ZEROS_PER_BYTE[refcount_bits])
+    zeros = sum(k * counted.count(k) for k in range(1, per_byte + 1))
+    mask = (1 << refcount_bits) - 1
+    if rest:
+        last = block[whole]
+        zeros += sum(((last >> (refcount_bits * j)) & mask) == 0 for j in range(rest))
+    return zeros

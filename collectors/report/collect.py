@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 from ..common.errors import IO_ERROR, Qcow2Error, internal_error
 from ..common.units import counted
-from ..host.discovery import canonical_path, dedupe_targets, expand_targets, scan_running
+from ..host.discovery import dedupe_targets, expand_targets, scan_running
+from ..host.identity import canonical_path
 from ..host.live import (
     NO_LIVE_SOURCES,
     LiveSources,
@@ -36,6 +37,7 @@ from .model import (
     Target,
     UsageResult,
 )
+from .thin import DEFAULT_JUDGING, Judging, decide
 
 
 class ChainScope(Enum):
@@ -135,7 +137,7 @@ def _with_check(record: ImageRecord, check_fn: CheckFn) -> ImageRecord:
 
 
 def judge(record: ImageRecord, policy: Optional[Policy] = None) -> ImageRecord:
-    """`record` with its health by the one policy (collectors.health)."""
+    """`record` with its health by the one policy (collectors.report.health)."""
     health = assess(usage=record.usage, check=record.check, error=record.error,
                     layer=record.layer, broken_below=record.broken_below, policy=policy)
     return replace(record, health=health)
@@ -148,11 +150,11 @@ def collect(
     chain: Union[bool, ChainScope] = False,
     check: bool = False,
     max_depth: int = DEFAULT_MAX_DEPTH,
-    policy: Optional[Policy] = None,
     live_sources: LiveSources = NO_LIVE_SOURCES,
+    judging: Judging = DEFAULT_JUDGING,
 ) -> Collection:
     """Discover targets, analyse each (and its backing chain), optionally run the full check,
-    and judge each image's health by `policy` (default: every rule's default state).
+    and judge each image's health by `judging.rules` (default: every rule's default state).
 
     `chain` (a ChainScope; True is ALL, False NONE): with ALL every backing layer is analysed
     and reported; otherwise the layers are only opened (a broken one is the top image's
@@ -162,6 +164,9 @@ def collect(
     Live figures come from `live_sources` (by default none is asked); with `running`, the
     disks these name come first (libvirt's running domains, then the QMP qemus), then those of
     other qemu processes found through /proc.
+
+    Block volumes below the extension watermark get their advice, and with `judging.growth` every
+    top image its growth and time to full (collectors.report.thin).
 
     Never raises for image problems: a failing target is a record with `error` set and the others
     still report. Each image is reported once, by canonical path: a base shared by several
@@ -191,6 +196,7 @@ def collect(
             failed.append(_uninspected_record(scan.uninspected))
     seen: set[tuple[str, Optional[int]]] = set()
     records: list[ImageRecord] = []
+    times: list[float] = []
     for target in targets:
         for record in _records_for(target, analyze, scope=scope, max_depth=max_depth,
                                    live=live):
@@ -202,12 +208,15 @@ def collect(
             if key in seen:
                 continue
             seen.add(key)
+            times.append(time.time())
             if check_fn is not None:
                 record = _with_check(record, check_fn)
-            records.append(judge(record, policy))
-    records += [judge(record, policy) for record in failed]
+            records.append(record)
+    records, thin_notes = decide(records, times, judging, time.time())
+    records = [judge(record, judging.rules) for record in [*records, *failed]]
     return Collection(tuple(records), time.monotonic() - started, time.time(),
-                      _run_notes(records, live), live.libvirt_note if live is not None else None)
+                      (*_run_notes(records, live), *thin_notes),
+                      live.libvirt_note if live is not None else None)
 
 
 def _wait(pending: PendingLive) -> LiveView:

@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
-from ..common.units import counted
+from ..common.units import counted, human_size
+from .extend import extension_text
 from .model import (
+    PAUSE_NOSPACE,
+    PAUSE_OTHER_DISK,
     ChainLayer,
     CheckResult,
+    ContainerKind,
     Health,
     ImageUsage,
     LayerStatus,
@@ -27,7 +31,7 @@ from .model import (
 )
 
 OK, WARNING, CRITICAL, UNKNOWN = State.OK, State.WARNING, State.CRITICAL, State.UNKNOWN
-STATE_NAMES = {state: state.name for state in State}
+STATE_NAMES: dict[int, str] = {state: state.name for state in State}
 STATE_BY_NAME = {state.name.lower(): state for state in State}
 # Which state wins. CRITICAL outranks UNKNOWN so that one unreadable image cannot hide another
 # one that is broken.
@@ -55,7 +59,12 @@ RULE_BACKING = "backing"
 RULE_DIRTY = "dirty"
 RULE_DIRTY_IN_USE = "dirty-in-use"
 RULE_LEAKS = "leaks"
+RULE_UNCONFIRMED = "unconfirmed"
 RULE_UNKNOWN = "unknown"
+RULE_PAUSED_NOSPACE = "paused-nospace"
+RULE_PAUSED_IOERROR = "paused-ioerror"
+RULE_PAUSED = "paused"
+RULE_EXTEND = "extend"
 
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule(RULE_CORRUPT, CRITICAL, "qemu has set the image's corrupt bit"),
@@ -69,8 +78,21 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule(RULE_DIRTY_IN_USE, OK, "the dirty bit is set while a qemu has the image open (lazy "
          "refcounts by design)"),
     Rule(RULE_LEAKS, WARNING, "--check finds leaked clusters"),
+    # Not a problem found, a problem not ruled out: a running qemu was writing the entries
+    # behind these findings (collectors/check/settle.py). A note by default: a busy disk must
+    # not page anyone; a problem that holds still is confirmed and judged by its own rule.
+    Rule(RULE_UNCONFIRMED, OK, "--check could not confirm findings on an image a running qemu "
+         "is writing (certain after the guest's next flush, or with the VM stopped)"),
     Rule(RULE_UNKNOWN, UNKNOWN, "the image could not be looked at (permission, not found, not "
          "qcow2, unsupported, timeout)"),
+    Rule(RULE_PAUSED_NOSPACE, CRITICAL, "the VM using the image is paused because its "
+         "volume (or filesystem) is full"),
+    Rule(RULE_PAUSED_IOERROR, CRITICAL, "the VM using the image is paused by another I/O "
+         "error (of this disk or of another)"),
+    Rule(RULE_PAUSED, OK, "the VM using the image is paused for another reason (by its user, "
+         "a migration, a snapshot, ...)"),
+    Rule(RULE_EXTEND, WARNING, "the image's block volume has less headroom than the "
+         "watermark: extend it (--extend-chunk, --extend-utilization)"),
 )}
 
 
@@ -89,7 +111,7 @@ def _error_state(error: Qcow2Error) -> str:
     return RULE_DAMAGED if error.kind in DAMAGED_KINDS else RULE_UNKNOWN
 
 
-def error_text(error: Qcow2Error) -> str:
+def error_without_filename(error: Qcow2Error) -> str:
     """The error with structure, offset and value, without the leading file name (the image
     is named beside the reason already)."""
     text = str(error)
@@ -115,8 +137,42 @@ def broken_layer(chain: Sequence[ChainLayer]) -> Optional[ChainLayer]:
     return next((layer for layer in chain if layer.status in BROKEN_LAYER_STATES), None)
 
 
+def _pause_reason(usage: ImageUsage) -> Optional[tuple[str, str]]:
+    """The rule and text of a paused VM, with what to do."""
+    pause = usage.pause
+    if pause is None:
+        return None
+    vm = f"VM {pause.domain} paused"
+    resume = f"resume the VM ({pause.resume})"
+    if pause.reason == PAUSE_NOSPACE:
+        where = (f"{pause.disk} ({usage.filename}, end offset {human_size(usage.end_offset)} "
+                 f"of {human_size(usage.container.size)})")
+        if usage.container.kind == ContainerKind.BLOCK:
+            action = extension_text(usage.extension) if usage.extension is not None \
+                else "extend the volume"
+        else:
+            action = f"free space on its filesystem ({usage.container.filesystem})"
+        return RULE_PAUSED_NOSPACE, f"{vm}: no space on {where}: {action}, then {resume}"
+    if pause.reason == PAUSE_OTHER_DISK:
+        return (RULE_PAUSED_IOERROR, f"{vm} by an I/O error of another disk "
+                f"({pause.error_disk}), not of {pause.disk}: {resume} once that is fixed")
+    if pause.io_error:
+        return (RULE_PAUSED_IOERROR, f"{vm}: I/O error on {pause.disk} ({usage.filename}): "
+                f"look at the storage and the host's kernel log, then {resume}")
+    return RULE_PAUSED, f"{vm} ({pause.reason}): no problem of the disk"
+
+
 def _usage_reasons(usage: ImageUsage, check: Optional[CheckResult]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
+    paused = _pause_reason(usage)
+    if paused is not None:
+        found.append(paused)
+    extension = usage.extension
+    # A VM paused on a full volume says how to extend it already.
+    if extension is not None and (paused is None or paused[0] != RULE_PAUSED_NOSPACE):
+        found.append((RULE_EXTEND, f"headroom {human_size(usage.container.headroom)} below "
+                      f"the watermark {human_size(extension.watermark)}: "
+                      + extension_text(extension)))
     if usage.corrupt:
         found.append((RULE_CORRUPT, "corrupt bit set"))
     lazy_debt = usage.dirty and usage.lazy_refcounts
@@ -139,6 +195,10 @@ def _usage_reasons(usage: ImageUsage, check: Optional[CheckResult]) -> list[tupl
             found.append((RULE_LEAKS, counted(check.leaks, "leaked cluster")))
         if check.check_errors:
             found.append((RULE_DAMAGED, counted(check.check_errors, "check error")))
+        if check.unconfirmed:
+            found.append((RULE_UNCONFIRMED, f"{counted(check.unconfirmed, 'finding')} "
+                          "unconfirmed while a running qemu writes the image: certain after "
+                          "the guest's next flush, or with the VM stopped"))
     return found
 
 
@@ -161,13 +221,13 @@ def assess(
     if layer is not None and layer.status == LayerStatus.ERROR and error is not None:
         # The layer itself could not be read: damaged metadata, or we could not look. The
         # images above it get the backing rule (broken_below).
-        found.append((_error_state(error), error_text(error)))
+        found.append((_error_state(error), error_without_filename(error)))
     elif layer is not None and layer.status in BROKEN_LAYER_STATES:
         found.append((RULE_BACKING, _layer_text(layer)))
     elif layer is not None and layer.status == LayerStatus.TOO_DEEP:
         found.append((RULE_UNKNOWN, f"backing chain deeper than the limit at {layer.name!r}"))
     elif error is not None:
-        found.append((_error_state(error), error_text(error)))
+        found.append((_error_state(error), error_without_filename(error)))
     if broken_below is not None:
         found.append((RULE_BACKING, _layer_text(broken_below)))
     if usage is not None:

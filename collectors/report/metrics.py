@@ -16,7 +16,9 @@ import os
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional, Union
 
+from ..common.text import printable
 from .model import Collection, ImageRecord, LayerStatus, State
+from .thin_metrics import THIN_METRICS, thin_values
 
 Labels = tuple[tuple[str, str], ...]
 MetricValue = Union[bool, int, float]
@@ -35,6 +37,7 @@ CHECK_METRICS = (
     "allocated_clusters",
     "fragmented_clusters",
     "compressed_clusters",
+    "unconfirmed",
 )
 
 GAUGE = "gauge"
@@ -147,6 +150,13 @@ METRICS: dict[str, MetricSpec] = {
     "compressed_clusters": MetricSpec(
         UNIT_NONE, "Compressed guest clusters (qemu-img check compressed-clusters).", _INT
     ),
+    "unconfirmed": MetricSpec(
+        UNIT_NONE,
+        "Findings of the full check that could not be confirmed because a running qemu was "
+        "writing the entries behind them (not in corruptions, leaks or check_errors); certain "
+        "after the guest's next flush, or with the VM stopped.",
+        _INT,
+    ),
     "health": MetricSpec(
         UNIT_NONE,
         "Health of the image by the one qcow2 health policy: 0 ok, 1 warning, 2 critical, "
@@ -204,6 +214,13 @@ METRICS: dict[str, MetricSpec] = {
                          "inspect is not an image.", _INT),
 }
 
+# The thin-provisioning figures follow the image's own (collectors.report.thin_metrics).
+_AFTER = list(METRICS).index("bitmaps") + 1
+METRICS = dict([*list(METRICS.items())[:_AFTER],
+                *((name, MetricSpec(unit, text, kind))
+                  for name, (unit, text, kind) in THIN_METRICS.items()),
+                *list(METRICS.items())[_AFTER:]])
+
 INFO_METRIC = "image_info"
 HEALTH_REASON_METRIC = "health_reason"
 FILESYSTEM_LABEL = "mountpoint"
@@ -237,31 +254,13 @@ def _metric(name: str, value: MetricValue, labels: Labels) -> Metric:
     return Metric(name, spec.value_type(value), spec.unit, labels, spec.help, spec.type)
 
 
-def valid_utf8(text: str) -> str:
-    """`text` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) become U+FFFD,
-    a NUL byte (possible in a backing name read from an image) the four characters \\x00.
-
-    Python keeps undecodable file-name bytes as lone surrogates, which cannot be encoded at
-    all; line protocol and the Prometheus text format both require UTF-8.
-    """
-    if "\0" in text:
-        text = text.replace("\0", "\\x00")
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return text
-
-
 def _bool_label(value: bool) -> str:
     return "true" if value else "false"
 
 
 def identity_labels(record: ImageRecord) -> Labels:
     """The labels every per-image metric carries: what identifies its series."""
-    return (("path", valid_utf8(record.label_path)),)
+    return (("path", printable(record.label_path)),)
 
 
 def info_labels(record: ImageRecord) -> Labels:
@@ -289,15 +288,18 @@ def info_labels(record: ImageRecord) -> Labels:
             end_offset_source=str(usage.end_offset_source),
             domain=usage.domain,
             disk=usage.disk,
+            pause_reason=usage.pause_reason,
+            extend_command=usage.extension.command if usage.extension is not None else None,
         )
     # Empty label values are dropped: Prometheus treats them as absent, line protocol forbids them.
-    return tuple(sorted((k, valid_utf8(v)) for k, v in labels.items() if v))
+    return tuple(sorted((k, printable(v)) for k, v in labels.items() if v))
 
 
 def health_text(record: ImageRecord) -> str:
-    """The health reasons on one line ("rule: text; ..."), for string fields and logs."""
-    text = "; ".join(f"{reason.rule}: {reason.text}" for reason in record.health.reasons)
-    return valid_utf8(text).replace("\n", "\\n").replace("\r", "\\r")
+    """The health reasons on one printable line ("rule: text; ..."), for string fields and
+    logs."""
+    return printable("; ".join(f"{reason.rule}: {reason.text}"
+                               for reason in record.health.reasons))
 
 
 def image_metrics(record: ImageRecord) -> list[Metric]:
@@ -329,6 +331,7 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
             ("refcounts_trusted", usage.refcounts_trusted),
             ("snapshots", usage.snapshots),
             ("bitmaps", usage.bitmaps),
+            *thin_values(usage),
         ]
         metrics += [_metric(name, value, labels) for name, value in values]
     check = record.check
@@ -387,7 +390,7 @@ def filesystems(collection: Collection) -> list[FilesystemFigures]:
 
 
 def filesystem_metrics(figures: FilesystemFigures) -> list[Metric]:
-    labels: Labels = ((FILESYSTEM_LABEL, valid_utf8(figures.mountpoint)),)
+    labels: Labels = ((FILESYSTEM_LABEL, printable(figures.mountpoint)),)
     return [_metric(name, value, labels) for name, value in (
         ("filesystem_size_bytes", figures.size),
         ("filesystem_free_bytes", figures.free),
@@ -406,9 +409,9 @@ def collection_metrics(collection: Collection) -> list[Metric]:
     ]
 
 
-def error_text(record: ImageRecord) -> Optional[str]:
-    """One line describing why a record failed (for logs and string fields), or None."""
+def failure_line(record: ImageRecord) -> Optional[str]:
+    """Why a record failed, on one printable line (a file name may hold a newline) for logs
+    and string fields; None when it did not fail."""
     if record.error is None:
         return None
-    # One line for log collectors: a file name may contain newlines.
-    return valid_utf8(str(record.error)).replace("\n", "\\n").replace("\r", "\\r")
+    return printable(str(record.error))

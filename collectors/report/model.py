@@ -1,12 +1,10 @@
 """The one result model: what the core found and what a run collected, as value types in base
 units (bytes, seconds, ratios 0..1), with enums for every status and state, and the keys of
-their JSON (common/jsonform.py's to_json() writes any of them).
-
-Every room fills these types in and every front end reads them; this module imports nothing
-of the project but common/ (the error type, the JSON keys: tests/test_architecture.py).
-Statuses are str-valued enums whose values are the strings the README documents, so JSON
-documents, metric labels and text say the same words as before the enums; the health state
-is an IntEnum numbered as Nagios numbers its states.
+their JSON (common/jsonform.py's to_json() writes any of them). Every room fills these types
+in and every front end reads them; this module imports nothing of the project but common/
+(tests/test_architecture.py). Statuses are str-valued enums whose values are the strings the
+README documents (JSON, metric labels and text say the same words); the health state is an
+IntEnum numbered as Nagios numbers its states.
 """
 
 from __future__ import annotations
@@ -103,6 +101,61 @@ class State(IntEnum):
 
 # --- usage and the backing chain -------------------------------------------------------------
 
+# Why a running VM is paused, as it concerns one of its disks (host/pause.py): the reasons that
+# mean an I/O error stopped it (IO_PAUSES), or the VM's own reason in libvirt's words.
+PAUSE_NOSPACE, PAUSE_IOERROR, PAUSE_OTHER_DISK = "nospace", "ioerror", "other-disk"
+PAUSE_USER, PAUSE_UNKNOWN = "user", "unknown"
+IO_PAUSES = frozenset({PAUSE_NOSPACE, PAUSE_IOERROR, PAUSE_OTHER_DISK})
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A paused VM, as it concerns one of its disks."""
+
+    domain: str  # libvirt domain, or "qemu PID"
+    disk: str  # this disk's target (vda, vda[2]) or QMP node name
+    reason: str  # PAUSE_* or the VM's own reason in libvirt's words
+    error_disk: Optional[str] = None  # other-disk: the disk whose error paused the VM
+    resume: str = ""  # the command that resumes the VM once the cause is gone
+
+    @property
+    def io_error(self) -> bool:
+        return self.reason in IO_PAUSES
+
+
+@dataclass(frozen=True)
+class Extension:
+    """Advice to extend a thin block volume (collectors.report.extend): its headroom fell below
+    the watermark chunk x (100 - utilization%) / 100 (oVirt/VDSM's policy)."""
+
+    watermark: int  # bytes of headroom below which the volume should be extended
+    chunk: int  # what one extension adds
+    extend_by: int  # bytes to add: chunk, rounded up to the granularity
+    extend_to: int  # the new device size
+    granularity: int  # LVM extent size, else 1 MiB
+    volume: Optional[str] = None  # VG/LV of an LVM volume
+    command: Optional[str] = None  # lvextend -L +1G VG/LV
+    vg_free: Optional[int] = None  # free space of the VG, when vgs told
+    vg_needed: Optional[int] = None  # what every advised volume of the VG needs together
+    note: Optional[str] = None  # why the granularity or the VG's free space is unknown
+
+    @property
+    def vg_short(self) -> bool:
+        """The VG itself cannot cover the extensions advised for its volumes."""
+        return self.vg_free is not None and self.vg_needed is not None \
+            and self.vg_needed > self.vg_free
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How fast an image grows, from the samples of earlier runs (collectors.report.growth)."""
+
+    bytes_per_second: Optional[float]  # least-squares slope of end_offset; None: too little
+    time_to_full: Optional[float]  # seconds until the headroom is gone; None: not growing
+    samples: int  # samples in the window, this run's included
+    span: float  # seconds between the first and the last of them
+    note: Optional[str] = None  # a reset, or a state file that could not be used
+
 
 @dataclass(frozen=True)
 class Container:
@@ -152,6 +205,18 @@ class ImageUsage:
     live_end_offset: Optional[int] = None
     domain: Optional[str] = None
     disk: Optional[str] = None
+    pause: Optional[Pause] = None  # the VM using the image is paused, and why
+    free_below_end: Optional[int] = None  # zero-refcount clusters below the end, in bytes
+    extension: Optional[Extension] = None  # advice to extend its block volume now
+    growth: Optional[Growth] = None  # growth rate and time to full
+
+    @property
+    def paused(self) -> bool:
+        return self.pause is not None
+
+    @property
+    def pause_reason(self) -> Optional[str]:
+        return self.pause.reason if self.pause is not None else None
 
     # The keys of `qcow2-analyze usage --output json`, in its order (README, "Figures
     # reported by usage").
@@ -166,7 +231,14 @@ class ImageUsage:
         JsonKey("qcow_version"), JsonKey("in_use"), JsonKey("dirty"), JsonKey("corrupt"),
         JsonKey("lazy_refcounts"), JsonKey("refcounts_trusted"), JsonKey("encrypted"),
         JsonKey("backing_filename"), JsonKey("backing_format"), JsonKey("external_data_file"),
-        JsonKey("snapshots"), JsonKey("bitmaps"), JsonKey("notes"),
+        JsonKey("snapshots"), JsonKey("bitmaps"),
+        # Thin provisioning (null where not known or not due).
+        JsonKey("paused"), JsonKey("pause_reason"),
+        JsonKey("free_below_end_bytes", "free_below_end"),
+        *(JsonKey(f"{key}_bytes", f"extension.{key}") for key in ("extend_by", "extend_to")),
+        JsonKey("extend_command", "extension.command"),
+        JsonKey("growth_bytes_per_second", "growth.bytes_per_second"),
+        JsonKey("time_to_full_seconds", "growth.time_to_full"), JsonKey("notes"),
         JsonKey("allocated_bytes", "container.allocated_bytes", omit=omit_none),
     )
 
@@ -227,7 +299,6 @@ class UsageResult:
 
 # --- the full check --------------------------------------------------------------------------
 
-
 @dataclass(frozen=True)
 class Place:
     """One entry (or, without `entry`, one whole table) of the metadata a finding is at: the
@@ -265,6 +336,10 @@ class Finding:
     found: Optional[int] = None
     advice: str = ""
     places: tuple[Place, ...] = ()  # every entry `location` names, in its order
+    # On an image a running qemu is writing: the finding did not hold still while it was read
+    # again, or is a leak, which a write in flight also shows (collectors/check/settle.py).
+    # Counted in CheckResult.unconfirmed, not in check_errors, corruptions or leaks.
+    unconfirmed: bool = False
 
     # A finding in `check --output json`: `location` for people, `places` the same entries
     # structured; what does not apply is left out.
@@ -272,6 +347,7 @@ class Finding:
         *(JsonKey(name, omit=_omit_unset) for name in (
             "kind", "severity", "message", "location", "host-offset", "cluster-index",
             "expected", "found", "advice")),
+        JsonKey("unconfirmed", omit=omit_falsy),
         JsonKey("places", omit=omit_falsy),
     )
 
@@ -294,11 +370,10 @@ class CheckResult:
     corrupt_bit: bool = False
     dirty_bit: bool = False
     notes: tuple[str, ...] = field(default=())
-    # check --snapshot SEL: the findings are those in the selected tables (findings_total
-    # counts them); the others were located elsewhere, or never examined (past the limit).
-    snapshot: Optional[str] = None
-    findings_elsewhere: Optional[int] = None
-    findings_unexamined: Optional[int] = None
+    # An image held for writing is read more than once (collectors/check/settle.py): what its
+    # unconfirmed findings count (apart from the figures above), and how often it was read.
+    unconfirmed: int = 0
+    passes: int = 1
 
     # qemu-img check --output=json (check-errors always, the other figures only when nonzero:
     # qemu's has_* rules), then our findings. `filename` and `format` come first, from the
@@ -308,14 +383,13 @@ class CheckResult:
         *(JsonKey(name, omit=omit_falsy) for name in (
             "image-end-offset", "corruptions", "leaks", "total-clusters",
             "allocated-clusters", "fragmented-clusters", "compressed-clusters")),
-        *(JsonKey(name, omit=omit_none) for name in (
-            "snapshot", "findings-elsewhere", "findings-unexamined")),
+        # Ours: findings an image held for writing left unsettled (collectors/check/settle.py).
+        JsonKey("unconfirmed", omit=omit_falsy),
         JsonKey("findings-total"), JsonKey("findings"), JsonKey("notes", omit=omit_falsy),
     )
 
 
 # --- health ----------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class Reason:
@@ -347,7 +421,6 @@ HEALTHY = Health(State.OK)
 
 # --- where images come from: targets and live sources ---------------------------------------
 
-
 @dataclass(frozen=True)
 class Target:
     """One image to analyse, or the reason a spec yielded none (host/discovery.py)."""
@@ -366,6 +439,7 @@ class LiveDisk:
     domain: str  # libvirt domain name, or "qemu PID" for QMP
     disk: str  # libvirt target (sda, vda[2] for a backing layer), or the QMP node name
     source: LiveSource
+    pause: Optional[Pause] = None  # the VM is paused (host/pause.py)
 
 
 # --- one run ---------------------------------------------------------------------------------
@@ -387,7 +461,7 @@ class ImageRecord:
     error: Optional[Qcow2Error]
     status: LayerStatus = LayerStatus.OK  # layers only: targets are OK or have `error`
     name: Optional[str] = None  # backing file name as written in the layer above
-    canonical: Optional[str] = None  # discovery.canonical_path(path)
+    canonical: Optional[str] = None  # identity.canonical_path(path)
     layer: Optional[ChainLayer] = None  # the chain layer this record reports (depth >= 1)
     broken_below: Optional[ChainLayer] = None  # first broken layer under this image
     health: Health = HEALTHY

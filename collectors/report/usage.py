@@ -13,7 +13,8 @@ from ..qcow2.chain import visit
 from ..qcow2.image import Qcow2Image
 from ..qcow2.prealloc import fully_allocated_size
 from ..qcow2.reader import held_for_writing
-from ..qcow2.refcount import image_end_offset_from_refcounts
+from ..qcow2.refcount import end_and_free_below
+from ..qcow2.steady import read_steadily
 from .model import (
     DEFAULT_MAX_DEPTH,
     ChainLayer,
@@ -26,25 +27,35 @@ from .model import (
 T = TypeVar("T")
 
 
-def end_offset(image: Qcow2Image) -> tuple[int, EndOffsetSource, tuple[str, ...]]:
-    """The image end offset, where it came from, and notes for the operator."""
+def end_offset(image: Qcow2Image, in_use: Optional[bool] = None
+               ) -> tuple[int, EndOffsetSource, tuple[str, ...], Optional[int]]:
+    """The image end offset, where it came from, notes for the operator, and the free bytes
+    below the end (None when the on-disk refcounts are untrusted). On an image held for
+    writing (`in_use`, probed when not given), from a read during which qemu moved no table:
+    the refcount table it outgrew may hold data by then (collectors/qcow2/steady.py)."""
     h = image.header
+    if in_use is None:
+        in_use = held_for_writing(image.file)
     if h.dirty:
         from ..check.checker import image_end_offset_by_walk  # numpy: only on this rare path
 
         return (image_end_offset_by_walk(image), EndOffsetSource.CHECK,
                 ("dirty bit set: on-disk refcounts untrusted, image end offset taken from a "
-                 "full metadata walk",))
-    return image_end_offset_from_refcounts(image), EndOffsetSource.REFCOUNTS, ()
+                 "full metadata walk",), None)
+    if in_use:
+        end, free = read_steadily(image, end_and_free_below)
+    else:
+        end, free = end_and_free_below(image)
+    return end, EndOffsetSource.REFCOUNTS, (), free
 
 
 def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsage:
     h = image.header
-    end, source, notes = end_offset(image)
+    in_use = held_for_writing(image.file)
+    end, source, notes, free_below_end = end_offset(image, in_use)
     live_disk = live.lookup(image.file.stat) if live is not None else None
     live_end = live_disk.end_offset if live_disk is not None else None
     container = container_of(image.file, max(end, live_end or 0))
-    in_use = held_for_writing(image.file)
     notes += tuple(image.name_problems())
     if live_disk is not None and live_disk.end_offset > end:
         notes += (f"live end offset {live_disk.end_offset} ({live_disk.source}: "
@@ -80,6 +91,8 @@ def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsag
         live_end_offset=live_end,
         domain=live_disk.domain if live_disk is not None else None,
         disk=live_disk.disk if live_disk is not None else None,
+        pause=live_disk.pause if live_disk is not None else None,
+        free_below_end=free_below_end,
     )
 
 

@@ -1,0 +1,123 @@
+"""cli/parser.py and cli/entry.py: the one parser of every front end (raises, never prints or
+exits) and what every entry point shares (streams, the last-resort catch, UTF-8 output)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+
+from qcow2_monitor.cli.entry import (
+    EXIT_INTERRUPTED,
+    exception_text,
+    last_resort,
+    output_streams,
+    write_utf8,
+)
+from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
+from qcow2_monitor.cli.version import add_version_argument
+
+
+def parser_with_commands() -> ArgumentParser:
+    parser = ArgumentParser(prog="prog", description="word " * 40)
+    parser.add_argument("-n", type=int, default=0)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    one = sub.add_parser("one", help="the first")
+    one.add_argument("targets", nargs="+")
+    one.add_argument("--flag", action="store_true")
+    add_version_argument(one, "prog")
+    return parser
+
+
+def test_a_bad_command_line_raises_with_the_message_and_the_program(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    parser = parser_with_commands()
+    with pytest.raises(UsageError) as raised:
+        parser.parse_args(["-n", "x"])
+    assert raised.value.message == "argument -n: invalid int value: 'x'"
+    assert raised.value.prog == "prog" and raised.value.usage.startswith("usage: prog ")
+    with pytest.raises(UsageError) as raised:  # a subcommand's parser names the subcommand
+        parser.parse_args(["one", "--flag"])
+    assert raised.value.prog == "prog one"
+    assert raised.value.message == "the following arguments are required: targets"
+    with pytest.raises(UsageError) as raised:
+        parser.parse_args(["one", "--bogus", "a"])
+    assert raised.value.message == "unrecognized arguments: --bogus"
+    with pytest.raises(UsageError):
+        parser.parse_args(["two"])
+    assert capsys.readouterr() == ("", "")  # argparse printed nothing itself
+
+
+def test_help_and_version_raise_with_the_text(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = parser_with_commands()
+    with pytest.raises(ParserExit) as raised:
+        parser.parse_args(["--help"])
+    assert raised.value.status == 0 and raised.value.text.startswith("usage: prog ")
+    assert "COMMAND" in raised.value.text and "one" in raised.value.text
+    # The description is wrapped to the help width.
+    assert max(len(line) for line in raised.value.text.splitlines()) <= 79
+    with pytest.raises(ParserExit) as raised:
+        parser.parse_args(["one", "--version"])
+    assert raised.value.text.startswith("prog ") and raised.value.text.endswith("\n")
+    with pytest.raises(ParserExit) as raised:
+        parser.exit(5, "bye\n")
+    assert (raised.value.status, raised.value.text) == (5, "bye\n")
+    assert capsys.readouterr() == ("", "")
+
+
+def test_options_and_positionals_in_any_order() -> None:
+    parser = parser_with_commands()
+    assert parser.commands.keys() == {"one"}
+    args = parser.parse_args(["-n", "3", "one", "a", "--flag", "b"])
+    assert (args.n, args.command, args.targets, args.flag) == (3, "one", ["a", "b"], True)
+    plain = ArgumentParser(prog="plain")
+    plain.add_argument("targets", nargs="*")
+    plain.add_argument("--chain", action="store_true")
+    assert vars(plain.parse_args(["a", "--chain", "b"])) == {"targets": ["a", "b"],
+                                                             "chain": True}
+
+
+def test_last_resort_turns_any_exception_into_the_failure_code() -> None:
+    seen: list[str] = []
+
+    def failure(exc: BaseException) -> int:
+        seen.append(exception_text(exc))
+        return 7
+
+    def boom() -> int:
+        raise RuntimeError("first line\nsecond line \udcff")
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert last_resort(lambda: 4, failure) == 4
+    assert last_resort(boom, failure) == 7
+    assert seen == ["RuntimeError: first line"]
+    assert last_resort(interrupted, failure) == EXIT_INTERRUPTED and len(seen) == 1
+    assert exception_text(ValueError()) == "ValueError: "
+    assert exception_text(OSError("bad \udcff\tname")) == "OSError: bad \\xff\\x09name"
+
+
+def test_streams_and_utf8_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    given_out, given_err = io.StringIO(), io.StringIO()
+    assert output_streams(given_out, given_err) == (given_out, given_err)
+    process_out, process_err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stdout", process_out)
+    monkeypatch.setattr("sys.stderr", process_err)
+    assert output_streams(None, None) == (process_out, process_err)  # looked up when called
+    raw = io.BytesIO()
+    ascii_stream = io.TextIOWrapper(raw, encoding="ascii")
+    ascii_stream.write("before ")
+    write_utf8(ascii_stream, "ü\n")  # the locale's encoding could not say it
+    assert raw.getvalue() == "before ü\n".encode()
+    write_utf8(given_out, "ü")
+    assert given_out.getvalue() == "ü"
+
+
+def test_help_action_needs_no_argparse_exit() -> None:
+    """add_help=False leaves -h free (check_qcow2 puts it in a group of its own)."""
+    parser = ArgumentParser(prog="p", add_help=False)
+    parser.add_argument("-h", dest="host")
+    assert parser.parse_args(["-h", "x"]).host == "x"
+    assert isinstance(parser, argparse.ArgumentParser)

@@ -1,0 +1,237 @@
+"""Growth and time to full from the state store, on images that really grow (qemu-io writes
+between runs), with the real adapters: the figures agree with the bytes written and the time
+elapsed; parallel runs lose no sample; a history restarts when the volume is extended, the
+image replaced or compacted; a state file or directory that cannot be trusted is never used
+and never fails a check."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from qcow2_monitor.collectors.common.units import human_size
+from qcow2_monitor.collectors.report.collect import collect
+from qcow2_monitor.collectors.report.growth import GrowthTracker
+from qcow2_monitor.collectors.report.model import Growth
+from qcow2_monitor.collectors.report.state import state_name
+from qcow2_monitor.collectors.report.thin import Judging
+from qcow2_monitor.nagios.check_qcow2 import main as check_main
+
+from daemons import make_image, run
+from tree import source_site
+
+MiB = 1024 * 1024
+Volume = Callable[[int], tuple[str, Path]]
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Iterator[Volume]:
+    """Factory: a loop device of `size` bytes holding a fresh 4 GiB qcow2 (the thin volume),
+    and its backing file (to grow it, as lvextend would)."""
+    attached: list[str] = []
+
+    def make(size: int) -> tuple[str, Path]:
+        backing = tmp_path / f"volume{len(attached)}"
+        backing.write_bytes(b"")
+        os.truncate(backing, size)
+        device = run(["losetup", "--find", "--show", str(backing)]).stdout.strip()
+        attached.append(device)
+        run(["qemu-img", "create", "-q", "-f", "qcow2", device, "4G"])
+        return device, backing
+
+    yield make
+    for device in attached:
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+def perfdata(output: str) -> dict[str, float]:
+    """The figures of the one image in check_qcow2's output, by metric name."""
+    return {name: float(value) for name, value in
+            re.findall(r"'\S+ (\w+)'=([-0-9.]+)", output.split("|", 1)[1])}
+
+
+def check(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    state = check_main(["--no-live", "--extend-state", "ok", *args], out)
+    return state, out.getvalue()
+
+
+def test_rate_and_time_to_full_follow_the_writes(tmp_path: Path, volume: Volume) -> None:
+    device, _ = volume(256 * MiB)
+    run(["qemu-io", "-f", "qcow2", "-c", "write 0 1M", device])  # the L2 table exists now
+    state = tmp_path / "state"
+    step, spacing, runs = 4 * MiB, 2.5, 6
+    times: list[float] = []
+    output = ""
+    start = time.monotonic()
+    for i in range(runs):
+        if i:
+            run(["qemu-io", "-f", "qcow2", "-c", f"write {i * step} {step}", device])
+        times.append(time.time())
+        code, output = check(device, "--state-dir", str(state), "--growth-window", "60s",
+                             "--warning-time-to-full", "1d")
+        time.sleep(max(start + (i + 1) * spacing - time.monotonic(), 0))
+    figures = perfdata(output)
+    elapsed = (times[-1] - times[0]) / (runs - 1)
+    rate = step / elapsed
+    assert figures["growth_bytes_per_second"] == pytest.approx(rate, rel=0.1), output
+    headroom = figures["headroom_bytes"]
+    assert figures["time_to_full_seconds"] == pytest.approx(headroom / rate, rel=0.1), output
+    # Full within a day at this rate: the time-to-full threshold says so.
+    assert code == 1 and "time-to-full: full in" in output, output
+
+
+def test_parallel_runs_lose_no_sample(tmp_path: Path) -> None:
+    images = [make_image(tmp_path / f"p{i}.qcow2", "16M", write=["write 0 1M"])
+              for i in range(3)]
+    state = tmp_path / "state"
+    runs = 8
+    argv = [sys.executable, "-m", "qcow2_monitor.nagios.check_qcow2", "--no-live",
+            "--state-dir", str(state), *map(str, images)]
+    procs = [subprocess.Popen(argv, cwd=source_site(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(runs)]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs[0]
+    assert not any("busy" in out for out, _ in outputs)
+    directory = state
+    names = sorted(name for name in os.listdir(directory) if name != ".pruned")
+    assert names == sorted(state_name(str(image)) for image in images), names  # no temp left
+    for image in images:
+        # The file: the header (with the first run's total), its buckets, then one line per
+        # later run's sample.
+        header, buckets, *appended = (json.loads(line) for line in
+                                      (directory / state_name(str(image))).read_text()
+                                      .splitlines())
+        assert header["total"][1] == sum(bucket[1] for bucket in buckets) == 1
+        assert header["path"] == str(image)
+        assert len({sample[0] for sample in appended}) == len(appended) == runs - 1
+        assert tracked(str(image), state).samples == runs + 1
+
+
+def qemu_end(path: str) -> int:
+    out = run(["qemu-img", "check", "--output=json", path]).stdout
+    return int(json.loads(out)["image-end-offset"])
+
+
+def tracked(path: str, state: Path) -> Growth:
+    judging = Judging(growth=GrowthTracker(str(state), window=3600))
+    (record,) = collect([path], judging=judging).records
+    assert record.usage is not None and record.usage.growth is not None, record.error
+    return record.usage.growth
+
+
+def test_history_restarts_when_it_stops_describing_one_image(tmp_path: Path,
+                                                            volume: Volume) -> None:
+    device, backing = volume(64 * MiB)
+    state = tmp_path / "state"
+    assert tracked(device, state).samples == 1
+    run(["qemu-io", "-f", "qcow2", "-c", "write 0 2M", device])
+    assert tracked(device, state).samples == 2
+    # Extended: the device is larger (truncate + losetup -c, what lvextend does to a device).
+    os.truncate(backing, 128 * MiB)
+    run(["losetup", "-c", device])
+    growth = tracked(device, state)
+    assert growth.samples == 1
+    assert growth.note == ("growth history restarted: its container was extended from 64 MiB "
+                           "to 128 MiB")
+    assert tracked(device, state).samples == 2
+    # Compacted: a new, emptier image on the same device; its end offset went down.
+    before = qemu_end(device)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", device, "4G"])
+    growth = tracked(device, state)
+    assert growth.samples == 1 and growth.note == (
+        f"growth history restarted: its end offset went down from {human_size(before)} to "
+        f"{human_size(qemu_end(device))} (compacted)")
+    # Replaced: a file image swapped for another under the same name (a new inode).
+    image = make_image(tmp_path / "f.qcow2", "16M", write=["write 0 1M"])
+    assert tracked(str(image), state).samples == 1
+    assert tracked(str(image), state).samples == 2
+    make_image(tmp_path / "new.qcow2", "16M", write=["write 0 2M"]).rename(image)
+    growth = tracked(str(image), state)
+    assert (growth.samples, growth.note) == (1, "growth history restarted: the image was "
+                                                "replaced")
+
+
+def test_untrusted_state_is_never_used(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "i.qcow2", "16M", write=["write 0 1M"])
+    state = tmp_path / "state"
+    assert tracked(str(image), state).samples == 1
+    name = state / state_name(str(image))
+    # Garbage in the state file: a note, a fresh history, never a failed check.
+    name.write_bytes(b"\x00garbage{")
+    growth = tracked(str(image), state)
+    assert growth.samples == 1 and "unusable (not a state file" in (
+        growth.note or "")
+    code, output = check(str(image), "--state-dir", str(state))
+    assert code == 0, output
+    # A symlink planted where the state file goes is never followed, nor written through.
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    name.unlink()
+    name.symlink_to(victim)
+    growth = tracked(str(image), state)
+    assert growth.samples == 1 and "unusable" in (growth.note or "")
+    assert victim.read_text() == "precious" and not name.is_symlink()
+    # A directory others may write to is not used at all, and the run says why.
+    state.chmod(0o777)
+    before = {p.name: p.stat().st_mtime_ns for p in state.iterdir()}
+    code, output = check(str(image), "--state-dir", str(state))
+    assert code == 0 and f"state directory {state} is writable by others (mode 0777): not " \
+        "used" in output, output
+    assert {p.name: p.stat().st_mtime_ns for p in state.iterdir()} == before
+
+
+def test_execd_keeps_its_samples_in_memory(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "m.qcow2", "64M", write=["write 0 1M"])
+    state = tmp_path / "state"
+    state.mkdir(mode=0o777)
+    state.chmod(0o777)  # not usable: the samples live in the daemon's memory only
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qcow2_monitor.telegraf.qcow2_telegraf", "--execd", "--no-live",
+         "--state-dir", str(state), "--growth-window", "12s", str(image)],
+        cwd=source_site(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    lines = []
+    for i in range(3):
+        if i:
+            run(["qemu-io", "-f", "qcow2", "-c", f"write {i * 4}M 4M", str(image)])
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        lines.append(proc.stdout.readline())
+        time.sleep(1.2)
+    _, err = proc.communicate(input="", timeout=60)  # stdin closes: the daemon ends
+    assert "growth_bytes_per_second" not in lines[0]
+    assert re.search(r"growth_bytes_per_second=[0-9.e+]+[,\s]", lines[2]), lines[2]
+    assert "samples kept in memory" in err and os.listdir(state) == []
+
+
+def test_files_of_disks_not_seen_for_a_week_are_pruned(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "i.qcow2", "16M", write=["write 0 1M"])
+    state = tmp_path / "state"
+    tracked(str(image), state)
+    week = 7 * 24 * 3600
+    gone = state / state_name("/gone/disk")
+    gone.write_text("{}")
+    dead = state / f".{state_name('/gone/disk')}.123.abcd1234"  # left by a run that died
+    dead.write_text("{")
+    foreign = state / "README"
+    foreign.write_text("not ours")
+    old = time.time() - week - 60
+    for path in (gone, dead, foreign):
+        os.utime(path, (old, old))
+    tracked(str(image), state)  # pruned within the hour already: nothing removed
+    assert gone.exists() and dead.exists()
+    os.utime(state / ".pruned", (old, old))
+    tracked(str(image), state)
+    assert not gone.exists() and not dead.exists() and foreign.exists()
+    assert (state / state_name(str(image))).exists()
