@@ -1,6 +1,7 @@
 """The tables of a snapshot selection (collectors/qcow2/snapshots.py): its L1 tables, their
 entries and the distinct L2 tables they name, with every L1 table (the active one, snapshots)
-that names each.
+that names each; the dumps show them (collectors/check/tabledump.py) and `check --snapshot`
+keeps the findings located in them (SelectedTables, FindingsView).
 
 Bounded as the check is (docs/qcow2-format.md §7): the L1 tables are read a window of the file
 at a time, each byte once however many tables cover it (collectors/check/l1.py), so 65536
