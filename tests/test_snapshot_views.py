@@ -22,6 +22,7 @@ from qcow2_monitor.analyze.main import main
 
 from corpus import QEMU_IMG, QEMU_IO, run
 from damage import patch_u64, read_header, read_u64
+from writers import QemuIo
 
 L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 RESERVED_BIT = 1 << 1  # in L2E_STD_RESERVED_MASK (qcow2.txt: bits 1-8 of a standard entry)
@@ -295,3 +296,22 @@ def test_the_readme_examples_are_this_output(tmp_path: Path, monkeypatch: pytest
         assert f"$ qcow2-analyze {' '.join(argv)} vm.qcow2\n{proc.stdout}" in readme, argv
     proc = _analyze("check", "--snapshot", "3", "vm.qcow2")
     assert proc.returncode == 64 and f"vm.qcow2\n{proc.stderr}$ echo $?\n64\n" in readme
+
+
+def test_an_image_held_for_writing_is_settled_then_limited(damaged: tuple[Path, int, int]
+                                                          ) -> None:
+    """A running qemu (qemu-io) holds the damaged image: the check reads it until what it
+    finds holds still, over the whole image, and the view lists its part of that."""
+    path, own, _ = damaged
+    with QemuIo(path) as io:
+        io.run("write -P 9 1M 64k", "flush")
+        whole = _json("check", str(path))
+        view = _json("check", "--snapshot", "1", str(path))
+        active = _json("check", "--snapshot", "active", str(path))
+    own_at = f"snapshot 1: L2 table at 0x{own:x} entry 1 (L1[0], guest offset 0x10000)"
+    assert any("held for writing" in note for note in view["notes"]), view["notes"]
+    assert own_at in _locations(whole) and own_at in _locations(view)
+    assert own_at not in _locations(active)
+    for data in (view, active):
+        assert data["corruptions"] == whole["corruptions"]
+        assert len(data["findings"]) + data["findings-elsewhere"] == len(whole["findings"])
