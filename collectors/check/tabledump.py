@@ -135,19 +135,25 @@ class L2Dump:
                                 "distinct_tables", "tables", "truncated", "filename")
 
 
-def _owners(owners: list[L1Owner], tables: Positions, limit: int
-            ) -> tuple[bool, tuple[SnapshotRef, ...], int]:
-    """(active, the first `limit` snapshots, how many) of the L1 tables `tables`."""
-    refs: list[SnapshotRef] = []
-    count = 0
-    active = False
-    for k in tables.tolist():
-        owner = owners[k]
-        active |= owner.active
-        count += len(owner.snapshots)
-        refs += [SnapshotRef(sn.id_str, sn.name)
-                 for sn in owner.snapshots[:max(0, limit - len(refs))]]
-    return active, tuple(refs), count
+class _Owners:
+    """Who names a table, given the L1 tables naming it: the active image, the first `limit`
+    snapshots, and how many (counted by array: one L2 table can be named by 65536 L1 tables)."""
+
+    def __init__(self, owners: list[L1Owner], limit: int) -> None:
+        self.owners = owners
+        self.limit = limit
+        self.active = np.array([owner.active for owner in owners], dtype=bool)
+        self.sizes = np.array([len(owner.snapshots) for owner in owners], dtype=np.int64)
+
+    def of(self, tables: Positions) -> tuple[bool, tuple[SnapshotRef, ...], int]:
+        refs: list[SnapshotRef] = []
+        for k in tables[np.flatnonzero(self.sizes[tables])].tolist():
+            if len(refs) >= self.limit:
+                break
+            refs += [SnapshotRef(sn.id_str, sn.name)
+                     for sn in self.owners[k].snapshots[:self.limit - len(refs)]]
+        return (bool(self.active[tables].any()), tuple(refs),
+                int(self.sizes[tables].sum()))
 
 
 def _read(image: Qcow2Image, selection: SnapshotSelection, limit: int) -> SelectionTables:
@@ -160,12 +166,13 @@ def dump_l1(image: Qcow2Image, selection: SnapshotSelection, limit: int) -> L1Du
     read = _read(image, selection, limit)
     table, index, raw = read.shown
     views = []
+    owners = _Owners(read.owners, limit)
     for k, owner in enumerate(read.owners[:limit]):
         mine = np.flatnonzero(table == k)
         entries = tuple(L1EntryView(i, r, r & L.L1E_OFFSET_MASK, bool(r & L.QCOW_OFLAG_COPIED),
                                     r & L.L1E_RESERVED_MASK)
                         for i, r in zip(index[mine].tolist(), raw[mine].tolist()))
-        active, refs, count = _owners(read.owners, np.array([k]), limit)
+        active, refs, count = owners.of(np.array([k], dtype=np.intp))
         views.append(L1TableView(owner.offset, owner.size, active, refs, count,
                                  int(read.nonzero[k]), entries, owner.skipped))
     total = int(read.nonzero.sum())
@@ -187,6 +194,7 @@ def dump_l2(image: Qcow2Image, selection: SnapshotSelection, limit: int) -> L2Du
     nonempty_total = 0
     views: list[L2TableView] = []
     shown = 0
+    owners = _Owners(read.owners, limit)
     for start in range(0, len(offsets), per_batch):
         words = read_tables(image, offsets[start:start + per_batch], h.cluster_size)
         e, bitmap = split_entries(words, h.extended_l2)
@@ -205,7 +213,7 @@ def dump_l2(image: Qcow2Image, selection: SnapshotSelection, limit: int) -> L2Du
                                      L.ClusterType(int(types[row * n + j])))
                             for j in used[:max(0, limit - shown)].tolist())
             shown += len(entries)
-            active, refs, count = _owners(read.owners, read.named_by(k), limit)
+            active, refs, count = owners.of(read.named_by(k))
             views.append(L2TableView(l1_index, int(offsets[k]), active, refs, count,
                                      len(used), entries))
     return L2Dump(selection.selector, h.cluster_size, h.extended_l2, nonempty_total,
