@@ -113,7 +113,9 @@ def test_parallel_runs_lose_no_sample(tmp_path: Path) -> None:
                                       .splitlines())
         assert header["total"][1] == sum(bucket[1] for bucket in buckets) == 1
         assert header["path"] == str(image)
-        assert len({sample[0] for sample in appended}) == len(appended) == runs - 1
+        # Every later run's sample, once each (two runs may sample within one millisecond:
+        # the times need not differ).
+        assert len(appended) == runs - 1
         assert tracked(str(image), state).samples == runs + 1
 
 

@@ -235,7 +235,7 @@ def one_run(paths: dict[str, Path]) -> list[Seen]:
         code, text = analyze("measure", "--output", "json", str(paths[name]))
         measured = json.loads(text)
         assert code == 0 and 0 < measured["required"] <= measured["fully-allocated"], text
-    code, text = nagios("-w", "99", "-c", "99", "--check", "--no-live",
+    code, text = nagios("-w", "98", "-c", "99", "--check", "--no-live",
                         *[arg for f in files for arg in ("-f", f)])
     seen += _nagios_seen(paths, code, text)
     code, text = telegraf("--check", "--no-live", *files)
@@ -298,7 +298,7 @@ def watching_checks(load: LoadRun) -> Iterator[None]:
 def _subprocess_runs(load: LoadRun) -> None:
     files = [str(p) for p in load.paths.values()]
     for _ in range(SUBPROCESS_RUNS):
-        for argv in ([BIN / "check_qcow2", "-w", "99", "-c", "99", "--check", "--no-live",
+        for argv in ([BIN / "check_qcow2", "-w", "98", "-c", "99", "--check", "--no-live",
                       *[a for f in files for a in ("-f", f)]],
                      [BIN / "qcow2-telegraf", "--check", "--no-live", *files],
                      [BIN / "qcow2-textfile", "--check", "--no-live", "--output", "-", *files],
