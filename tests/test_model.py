@@ -8,7 +8,7 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Optional
 
@@ -25,16 +25,20 @@ from qcow2_monitor.collectors.common.jsonform import (
 )
 from qcow2_monitor.collectors.report.model import (
     HEALTHY,
+    PAUSE_NOSPACE,
     RUNNING_PROCESSES,
     ChainLayer,
     Collection,
     Container,
     ContainerKind,
     EndOffsetSource,
+    Extension,
+    Growth,
     Health,
     ImageRecord,
     ImageUsage,
     LayerStatus,
+    Pause,
     Reason,
     State,
 )
@@ -128,6 +132,19 @@ def test_to_json_follows_the_declared_keys() -> None:
     assert shown == {"raw-value": "0x0001", "a": 7, "flags": ["in-use"], "note": "n", "b": None}
 
 
+@dataclass(frozen=True)
+class Outer:
+    inner: Optional[Inner]
+
+    JSON: ClassVar[tuple[JsonKey, ...]] = (
+        JsonKey("a", "inner.a"), JsonKey("b", "inner.b", omit=omit_none))
+
+
+def test_to_json_reads_a_dotted_path_through_none_as_none() -> None:
+    assert to_json(Outer(Inner(3, "x"))) == {"a": 3, "b": "x"}
+    assert to_json(Outer(None)) == {"a": None}  # no inner: nothing to read, and b left out
+
+
 class _RowFields(NamedTuple):
     index: int
     flags: tuple[str, ...]
@@ -188,6 +205,26 @@ def test_end_offset_is_the_live_figure_when_ahead() -> None:
     assert (ahead.end_offset, ahead.end_offset_source) == (3 << 20, EndOffsetSource.LIVE)
     behind = usage(live_end=1 << 10)
     assert (behind.end_offset, behind.end_offset_source) == (1 << 20, "refcounts")
+
+
+def test_usage_json_carries_the_thin_figures_or_null() -> None:
+    """The thin-provisioning keys of usage's JSON, between `bitmaps` and `notes`: the pause,
+    the extension advice and the growth where known, null where not known or not due."""
+    plain = to_json_object(usage())
+    keys = list(plain)
+    thin = keys[keys.index("bitmaps") + 1:keys.index("notes")]
+    assert thin == ["paused", "pause_reason", "free_below_end_bytes", "extend_by_bytes",
+                    "extend_to_bytes", "extend_command", "growth_bytes_per_second",
+                    "time_to_full_seconds"]
+    assert plain["paused"] is False and all(plain[key] is None for key in thin[1:])
+    advised = replace(usage(), free_below_end=65536,
+                      pause=Pause("vm1", "vda", PAUSE_NOSPACE, resume="virsh resume vm1"),
+                      extension=Extension(512 << 20, 1 << 30, 1 << 30, 3 << 30, 4 << 20,
+                                          "vg/lv", "lvextend -L +1G vg/lv"),
+                      growth=Growth(100.0, 3600.0, 7, 600.0))
+    shown = to_json_object(advised)
+    assert [shown[key] for key in thin] == [True, "nospace", 65536, 1 << 30, 3 << 30,
+                                            "lvextend -L +1G vg/lv", 100.0, 3600.0]
 
 
 def test_chain_layer_names_its_file_and_says_raw() -> None:
