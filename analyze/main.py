@@ -119,7 +119,8 @@ def build_parser() -> ArgumentParser:
                        "still opened, as qemu opens it, so a missing, looping or unreadable "
                        "one is still shown and exits 1")
     usage.add_argument("targets", nargs="+", metavar="TARGET",
-                       help="image file, block device, glob or directory (searched recursively)")
+                       help="image file, block device, glob or directory (searched recursively); "
+                       "a glob or directory without a qcow2 image is an error (exit 1)")
     add_live_arguments(usage)
     add_thin_arguments(usage.add_argument_group("thin provisioning"), keep_state=False)
     usage.set_defaults(handler=run_usage)

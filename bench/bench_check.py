@@ -49,7 +49,7 @@ def analyzer() -> list[str]:
     script = ROOT / ".venv" / "bin" / "qcow2-analyze"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "analyze"]
+    return [sys.executable, "-m", "qcow2_monitor.analyze"]
 
 
 Row = tuple[str, str, float, float, int, int]

@@ -33,7 +33,7 @@ LIMIT = 1.5
 
 
 def usage_run(args: list[str]) -> tuple[float, list[dict[str, object]]]:
-    argv = [sys.executable, "-m", "analyze", "usage", "--output", "json", *args]
+    argv = [sys.executable, "-m", "qcow2_monitor.analyze", "usage", "--output", "json", *args]
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start

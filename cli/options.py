@@ -168,7 +168,7 @@ def add_targets_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "targets", nargs="*", metavar="TARGET",
         help="image file, block device, directory (searched recursively for qcow2 files) or "
-        "glob pattern",
+        "glob pattern; a directory or pattern without a qcow2 image is a failed target",
     )
 
 

@@ -94,7 +94,8 @@ def build_parser() -> ArgumentParser:
     sel = parser.add_argument_group("images")
     sel.add_argument(
         "-f", "--file", dest="files", action="append", default=[], metavar="IMAGE",
-        help="image file, block device, directory (searched recursively) or glob; repeatable",
+        help="image file, block device, directory (searched recursively) or glob; repeatable; "
+        "a directory or glob without a qcow2 image is UNKNOWN",
     )
     # Positional images too, so that a shell glob works: check_qcow2 -w 80 /images/*.qcow2
     sel.add_argument("images", nargs="*", metavar="IMAGE", help="same as -f IMAGE")

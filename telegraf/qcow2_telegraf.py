@@ -12,7 +12,7 @@ rebased. Fields are the metrics of :func:`collectors.report.metrics.image_metric
 same names as in every adapter, every descriptive label of
 :func:`collectors.report.metrics.info_labels` as a string field (``depth`` an integer), and
 ``health_reasons``, the health rules that applied.
-Flags (in_use, dirty, ...) are integers 0/1. One point per filesystem holding image files in
+Flags (in_use, scrape_error) are integers 0/1. One point per filesystem holding image files in
 measurement ``qcow2_filesystem``, tagged ``mountpoint``: its sums cover only the images this
 run was given.
 A target that fails is still a point (``scrape_error=1i`` and an ``error`` string) and an

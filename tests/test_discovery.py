@@ -92,8 +92,38 @@ def test_directory_scan_follows_file_symlinks_and_dedupes(tree: Path) -> None:
     ]
 
 
-def test_empty_directory_yields_nothing(tmp_path: Path) -> None:
-    assert expand_targets([str(tmp_path)]) == []
+def test_empty_directory_is_a_failed_target(tmp_path: Path) -> None:
+    """Nothing found is a finding: an empty directory is reported like a pattern matching
+    nothing, so that no adapter shows an empty run as all well (README "Targets")."""
+    (tmp_path / "empty" / "sub").mkdir(parents=True)  # subdirectories hold no file either
+    spec = str(tmp_path / "empty")
+    [target] = expand_targets([spec])
+    assert target.spec == spec and target.path is None
+    assert target.error is not None and target.error.kind == IO_ERROR
+    assert str(target.error) == f"{spec}: target: no file in this directory or below"
+
+
+def test_directory_without_qcow2_image_is_a_failed_target(tree: Path) -> None:
+    for image in ("a.qcow2", "sub/b.qcow2", "sub/deeper/c.img"):
+        (tree / image).unlink()
+    os.mkfifo(tree / "pipe")  # a file too, never opened
+    [target] = expand_targets([str(tree)])
+    assert target.path is None and target.error is not None
+    assert str(target.error) == (f"{tree}: target: no qcow2 image among the 4 files in this "
+                                 "directory or below")  # notes.txt, pipe, raw.img, short
+
+
+def test_one_empty_target_fails_alone(tree: Path, tmp_path: Path) -> None:
+    """The rule is per target: the images of the other targets are still taken, and an empty
+    directory a pattern matches is the pattern's business (it selected images)."""
+    (tmp_path / "empty").mkdir()
+    targets = expand_targets([str(tmp_path / "empty"), str(tree / "a.qcow2"),
+                              str(tmp_path / "[ei]*")])
+    # The pattern matches empty/ (nothing in it) and images/ (a.qcow2, already taken, is
+    # dropped as a duplicate): no failed target for it.
+    assert _paths(targets) == [None, str(tree / "a.qcow2"), str(tree / "sub" / "b.qcow2"),
+                               str(tree / "sub" / "deeper" / "c.img")]
+    assert targets[0].spec == str(tmp_path / "empty")
 
 
 def test_glob(tree: Path) -> None:

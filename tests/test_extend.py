@@ -63,8 +63,10 @@ def advice(device: str, chunk: int = GiB, utilization: int = 50) -> Extension | 
         assert "extend_by_bytes" not in metrics and "extend" not in {
             r.rule for r in record.health.reasons}
     else:
-        assert (metrics["extend_by_bytes"], metrics["extend_to_bytes"]) == (
-            extension.extend_by, extension.extend_to)
+        # The new size is no series of its own: container_size_bytes + extend_by_bytes.
+        assert "extend_to_bytes" not in metrics
+        assert (metrics["extend_by_bytes"], metrics["container_size_bytes"]
+                + metrics["extend_by_bytes"]) == (extension.extend_by, extension.extend_to)
         assert [r.state for r in record.health.reasons if r.rule == "extend"] == [1]
     return extension
 

@@ -456,15 +456,18 @@ def _fleet_queries(f: Fleet) -> None:
         in_file = Counter(labels["path"] for _, labels, _ in textfile_samples(text)
                           if "path" in labels)
         assert {path: per_disk[(host.instance, path)] for path in in_file} == in_file
-    # By hand (no health rule applies now): an image file has 16 figures (a block device 15,
-    # no allocated_bytes; paused and free_below_end_bytes among them), health, scrape_error
-    # and image_info; --check (hv1) adds 8 figures (qemu-img check's 7 and unconfirmed), the
-    # live source (vm1) live_end_offset_bytes.
-    assert per_disk == {**{(f.hv1.instance, f.disks[disk]): 27 for disk in ("web", "damaged",
+    # By hand (no health rule applies now, no growth history yet, no extension due): an image
+    # file has 12 figures (image_end_offset, end_offset, container_size, headroom, usage_ratio,
+    # fully_allocated_size, virtual_size, allocated, in_use, snapshots, bitmaps,
+    # free_below_end; a block device 11, no allocated_bytes), plus health, scrape_error and
+    # image_info: 15 (14). --check (hv1) adds 7 (check_errors, corruptions, leaks,
+    # allocated_clusters, fragmented_clusters, compressed_clusters, unconfirmed): 22 (21); the
+    # live source (vm1) live_end_offset_bytes: 23. hv2 has neither: 15.
+    assert per_disk == {**{(f.hv1.instance, f.disks[disk]): 22 for disk in ("web", "damaged",
                                                                           "leaky")},
-                        (f.hv1.instance, f.disks["vm1"]): 28,
-                        **{(f.hv1.instance, f.disks[disk]): 26 for disk in ("loop A", "loop B")},
-                        **{(f.hv2.instance, f.disks[disk]): 19 for disk in ("db", "secret")}}
+                        (f.hv1.instance, f.disks["vm1"]): 23,
+                        **{(f.hv1.instance, f.disks[disk]): 21 for disk in ("loop A", "loop B")},
+                        **{(f.hv2.instance, f.disks[disk]): 15 for disk in ("db", "secret")}}
 
 
 def test_alerts_and_fleet_queries_on_a_real_prometheus(fleet: Fleet) -> None:

@@ -34,10 +34,13 @@ from qcow2_monitor.collectors.report.model import (
     Container,
     ContainerKind,
     EndOffsetSource,
+    Extension,
+    Growth,
     ImageRecord,
     ImageUsage,
     LayerStatus,
     LiveSource,
+    Pause,
 )
 from qcow2_monitor.collectors.report.usage import analyze_usage
 
@@ -47,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # --- hand-built model objects, shared with the adapters' golden tests --------------------------
 
+GIB = 2**30
 AWKWARD_PATH = '/var/lib/images/a b,c=d "q\\ ü.qcow2'
 
 
@@ -181,10 +185,9 @@ def test_image_metrics_full_record() -> None:
     assert list(by_name) == [
         "image_end_offset_bytes", "end_offset_bytes", "container_size_bytes", "headroom_bytes",
         "usage_ratio", "fully_allocated_size_bytes", "virtual_size_bytes", "allocated_bytes",
-        "in_use", "dirty", "corrupt", "refcounts_trusted", "snapshots", "bitmaps", "paused",
-        "check_errors", "corruptions", "leaks", "total_clusters", "allocated_clusters",
-        "fragmented_clusters", "compressed_clusters", "unconfirmed", "health", "health_reason",
-        "scrape_error", "image_info",
+        "in_use", "snapshots", "bitmaps", "check_errors", "corruptions", "leaks",
+        "allocated_clusters", "fragmented_clusters", "compressed_clusters", "unconfirmed",
+        "health", "health_reason", "scrape_error", "image_info",
     ]
     identity = (("path", AWKWARD_PATH),)  # one disk, one series: nothing but its path
     for metric in by_name.values():
@@ -225,7 +228,7 @@ def test_value_types_never_change_between_records() -> None:
             types.setdefault(metric.name, set()).add(type(metric.value))
     assert types["usage_ratio"] == {float}  # 1.0 for the full block device included
     # Flags are integers 0/1: InfluxQL cannot aggregate booleans.
-    assert types["in_use"] == types["dirty"] == types["refcounts_trusted"] == {int}
+    assert types["in_use"] == {int}
     for name in ("image_end_offset_bytes", "snapshots", "scrape_error", "leaks", "image_info"):
         assert types[name] == {int}, name
     for name, seen in types.items():
@@ -242,6 +245,68 @@ def test_block_layer_has_no_allocated_bytes_and_keeps_backing_name() -> None:
     assert info["container"] == "block"
     assert info["backing_file"] == "nbd://backup.example:10809/base"
     assert "backing_format" not in info  # None: never an empty label value
+
+
+# The figures every disk has (usage read), then those that only some disks have.
+_ALWAYS = ("image_end_offset_bytes", "end_offset_bytes", "container_size_bytes",
+           "headroom_bytes", "usage_ratio", "fully_allocated_size_bytes", "virtual_size_bytes",
+           "in_use", "snapshots", "bitmaps", "health", "scrape_error", "image_info")
+_CHECK = ("check_errors", "corruptions", "leaks", "allocated_clusters", "fragmented_clusters",
+          "compressed_clusters", "unconfirmed")
+_OPTIONAL = ("live_end_offset_bytes", "free_below_end_bytes", "growth_bytes_per_second",
+             "time_to_full_seconds")
+
+
+def worst_case(kind: ContainerKind) -> ImageRecord:
+    """A disk with every optional figure: a live source, free bytes below the end, --check, a
+    growth history, and the allocated bytes of a file or the extension advice of a device."""
+    path = f"/worst/{kind}"
+    block = kind == ContainerKind.BLOCK
+    container = Container(kind=kind, size=GIB, headroom=GIB // 8, length=GIB,
+                          allocated_bytes=None if block else GIB // 2, used=GIB - GIB // 8)
+    usage = sample_usage(
+        path, container=container, usage_ratio=container.usage_ratio,
+        live_end_offset=GIB - GIB // 8, free_below_end=65536, in_use=True, dirty=True,
+        corrupt=True, lazy_refcounts=True, refcounts_trusted=False,
+        pause=Pause("vm1", "vda", "nospace"),
+        growth=Growth(bytes_per_second=1000.0, time_to_full=GIB / 8 / 1000, samples=10,
+                      span=3600.0),
+        extension=Extension(watermark=GIB // 2, chunk=GIB, extend_by=GIB, extend_to=2 * GIB,
+                            granularity=4 << 20, volume="vg0/worst",
+                            command="lvextend -L +1G vg0/worst") if block else None,
+    )
+    return judge(ImageRecord(path, path, 0, usage, sample_check(path), None))
+
+
+@pytest.mark.parametrize("kind", [ContainerKind.FILE, ContainerKind.BLOCK])
+def test_worst_case_disk_has_at_most_25_series(kind: ContainerKind) -> None:
+    """Issue 22: each fact once, at most 25 series per disk. Counted by hand (as in the comment
+    above collectors/report/metrics.py's METRICS): 13 always, 7 with --check, 4 optional (live
+    end, free below the end, growth, time to full), plus allocated_bytes for a file or
+    extend_by_bytes for a device: 13 + 7 + 4 + 1 = 25 either way; health_reason apart (one per
+    applying rule)."""
+    assert (len(_ALWAYS), len(_CHECK), len(_OPTIONAL)) == (13, 7, 4)
+    record = worst_case(kind)
+    names = [m.name for m in image_metrics(record) if m.name != "health_reason"]
+    own = "extend_by_bytes" if kind == ContainerKind.BLOCK else "allocated_bytes"
+    assert sorted(names) == sorted((*_ALWAYS, *_CHECK, *_OPTIONAL, own))
+    assert len(names) == 25
+    # The rules behind the removed flags do export them, one series each.
+    rules = {dict(m.labels)["rule"] for m in image_metrics(record) if m.name == "health_reason"}
+    assert {"corrupt", "dirty-in-use", "paused-nospace"} <= rules
+
+
+def test_every_per_disk_metric_is_in_the_worst_case() -> None:
+    """A new per-disk figure must join the worst case (and its hand count) above."""
+    run_wide = {"collector_duration_seconds", "last_success_timestamp_seconds", "images"}
+    per_disk = {name for name in METRICS
+                if not name.startswith("filesystem_") and name not in run_wide}
+    seen = {m.name for kind in (ContainerKind.FILE, ContainerKind.BLOCK)
+            for m in image_metrics(worst_case(kind))}
+    assert seen == per_disk
+    for gone in ("refcounts_trusted", "total_clusters", "extend_to_bytes", "dirty", "corrupt",
+                 "paused"):
+        assert gone not in METRICS, gone
 
 
 def test_failed_and_protocol_records() -> None:
@@ -466,7 +531,9 @@ def test_collect_with_check(tmp_path: Path) -> None:
     assert values["check_errors"] == expected.get("check-errors", 0)
     assert values["corruptions"] == expected.get("corruptions", 0)
     assert values["leaks"] == expected.get("leaks", 0)
-    assert values["total_clusters"] == expected["total-clusters"]
+    # Not a series (virtual size / cluster size, both exported), still qemu's figure.
+    assert "total_clusters" not in values
+    assert records[0].check.total_clusters == expected["total-clusters"]
     assert values["allocated_clusters"] == expected["allocated-clusters"]
     assert values["fragmented_clusters"] == expected["fragmented-clusters"]  # present: > 0
     assert values["compressed_clusters"] == expected.get("compressed-clusters", 0)

@@ -55,43 +55,72 @@ def _qcow2_candidate(spec: str, path: str) -> Iterator[Target]:
         yield _os_error(path, exc)
 
 
+def _directory_files(directory: str) -> tuple[list[str], list[OSError]]:
+    """Every file name below `directory` (recursively, sorted), and the errors of the walk;
+    symlinks to directories are not followed."""
+    walk_errors: list[OSError] = []
+    files: list[str] = []
+    for root, dirs, names in os.walk(directory, onerror=walk_errors.append):
+        dirs.sort()
+        files += [os.path.join(root, name) for name in sorted(names)]
+    return files, walk_errors
+
+
+def _candidates(spec: str, files: Iterable[str], walk_errors: Iterable[OSError]
+                ) -> Iterator[Target]:
+    """The qcow2 images among a directory's files, then the errors of its walk."""
+    for path in files:
+        yield from _qcow2_candidate(spec, path)
+    for walk_error in walk_errors:
+        yield _os_error(walk_error.filename or spec, walk_error)
+
+
+def _selection(spec: str, targets: Iterable[Target], none_found: str) -> Iterator[Target]:
+    """The targets of a spec that selects rather than names (a directory, a glob); one that
+    yields no image, and no error either, is a failed target saying `none_found`.
+
+    The one rule for "nothing found": an empty or mistyped directory or pattern would otherwise
+    make a run that reports nothing, which every adapter would show as all well (an empty
+    table and exit 0, no series, no alert). Only --running may rightly find no image: no VM
+    holds one open.
+    """
+    found = False
+    for target in targets:
+        found = True
+        yield target
+    if not found:
+        yield _target_error(spec, none_found)
+
+
 def _scan_directory(spec: str, directory: str) -> Iterator[Target]:
     """Every regular file and block device below `directory` (recursively, sorted) that starts
     with the magic; symlinks to them are followed, symlinks to directories are not."""
-    walk_errors: list[OSError] = []
-    for root, dirs, files in os.walk(directory, onerror=walk_errors.append):
-        dirs.sort()
-        for name in sorted(files):
-            yield from _qcow2_candidate(spec, os.path.join(root, name))
-    for walk_error in walk_errors:
-        yield _os_error(walk_error.filename or spec, walk_error)
+    files, walk_errors = _directory_files(directory)
+    none_found = (f"no qcow2 image among the {counted(len(files), 'file')} in this directory "
+                  "or below" if files else "no file in this directory or below")
+    yield from _selection(spec, _candidates(spec, files, walk_errors), none_found)
+
+
+def _glob_matches(spec: str, matches: Sequence[str]) -> Iterator[Target]:
+    for match in matches:
+        path = os.path.abspath(match)
+        if os.path.isdir(path):
+            yield from _candidates(spec, *_directory_files(path))
+        else:
+            yield from _qcow2_candidate(spec, path)
 
 
 def _expand_glob(spec: str) -> Iterator[Target]:
     """The qcow2 images among the pattern's matches (directories among them are scanned).
 
     A pattern is a selection like a directory, so matches without the magic are left out
-    (``/dev/loop*`` names idle and raw devices too); a pattern that selects no image at all
-    is a failed target, as a mistyped pattern would be.
+    (``/dev/loop*`` names idle and raw devices too), and one that selects no image at all is a
+    failed target (:func:`_selection`), as a mistyped pattern would be.
     """
     matches = sorted(glob.glob(spec))
-    if not matches:
-        yield _target_error(spec, "no file matches this pattern")
-        return
-    found = 0
-    for match in matches:
-        path = os.path.abspath(match)
-        if os.path.isdir(path):
-            targets: Iterable[Target] = _scan_directory(spec, path)
-        else:
-            targets = _qcow2_candidate(spec, path)
-        for target in targets:
-            found += 1
-            yield target
-    if not found:
-        yield _target_error(
-            spec, f"no qcow2 image among the {counted(len(matches), 'path')} matching this "
-            "pattern")
+    none_found = (f"no qcow2 image among the {counted(len(matches), 'path')} matching this "
+                  "pattern" if matches else "no file matches this pattern")
+    yield from _selection(spec, _glob_matches(spec, matches), none_found)
 
 
 def _expand_one(spec: str) -> Iterator[Target]:
@@ -130,8 +159,9 @@ def expand_targets(specs: Sequence[str]) -> list[Target]:
 
     A spec is a regular file or block device (taken as named), a directory searched
     recursively for regular files and block devices starting with the qcow2 magic, or a glob
-    whose matches are taken like a directory's entries (selecting no image is a failed
-    target). Targets are de-duplicated by disk (canonical_path), keeping the first occurrence.
+    whose matches are taken like a directory's entries. A directory or glob that yields no
+    image is a failed target (:func:`_selection`). Targets are de-duplicated by disk
+    (canonical_path), keeping the first occurrence.
     """
     return dedupe_targets(target for spec in specs for target in _expand_one(spec))
 

@@ -33,7 +33,6 @@ CHECK_METRICS = (
     "check_errors",
     "corruptions",
     "leaks",
-    "total_clusters",
     "allocated_clusters",
     "fragmented_clusters",
     "compressed_clusters",
@@ -62,6 +61,27 @@ class MetricSpec(NamedTuple):
 
 # Every exported metric, declared once: name -> unit, help, value type. Names carry their unit
 # suffix already so that they read the same in Prometheus and InfluxDB.
+#
+# Each fact is exported once (issue 22: at most 25 series per disk). A figure that is plain
+# arithmetic of other exported figures, or that a health rule already exports as its
+# qcow2_health_reason series, is not exported again: no total_clusters (virtual_size_bytes /
+# image_info's cluster_size), no extend_to_bytes (container_size_bytes + extend_by_bytes), no
+# refcounts_trusted (false exactly when dirty; image_info's end_offset_source says `check`
+# then), no dirty, corrupt or paused (health_reason{rule="dirty"|"dirty-in-use"},
+# {rule="corrupt"}, {rule=~"paused.*"}; pause_reason stays on image_info). The JSON outputs,
+# which are not series, keep them all. usage_ratio stays: for an image file it is the
+# filesystem's use, not end_offset / container_size.
+#
+# The worst case, every optional figure present (health_reason apart: one series per applying
+# rule, none when healthy), counted by hand (tests/test_metrics.py checks it):
+#   image file: image_end_offset, end_offset, container_size, headroom, usage_ratio,
+#     fully_allocated_size, virtual_size, allocated, in_use, snapshots, bitmaps,
+#     free_below_end (12) + live_end_offset (1) + --check: check_errors, corruptions, leaks,
+#     allocated_clusters, fragmented_clusters, compressed_clusters, unconfirmed (7) + growth
+#     history: growth_bytes_per_second, time_to_full_seconds (2) + health, scrape_error,
+#     image_info (3) = 25.
+#   block device: the same without allocated (11) + live (1) + check (7) + growth (2) +
+#     extend_by (1) + health, scrape_error, image_info (3) = 25.
 METRICS: dict[str, MetricSpec] = {
     "image_end_offset_bytes": MetricSpec(
         UNIT_BYTES,
@@ -112,21 +132,6 @@ METRICS: dict[str, MetricSpec] = {
     "in_use": MetricSpec(
         UNIT_NONE, "1 if a running qemu holds the image's write lock, else 0.", _INT
     ),
-    "dirty": MetricSpec(
-        UNIT_NONE,
-        "1 if the dirty bit is set (lazy refcounts not flushed; refcounts need a repair "
-        "if no qemu has the image open), else 0.",
-        _INT,
-    ),
-    "corrupt": MetricSpec(
-        UNIT_NONE, "1 if qemu has marked the image corrupt (incompatible bit 1), else 0.", _INT
-    ),
-    "refcounts_trusted": MetricSpec(
-        UNIT_NONE,
-        "1 if the image end offset was taken from the refcount table, 0 if the refcounts "
-        "could not be trusted and all metadata was walked instead.",
-        _INT,
-    ),
     "snapshots": MetricSpec(UNIT_NONE, "Number of internal snapshots.", _INT),
     "bitmaps": MetricSpec(UNIT_NONE, "Number of persistent dirty bitmaps.", _INT),
     "check_errors": MetricSpec(
@@ -137,9 +142,6 @@ METRICS: dict[str, MetricSpec] = {
     ),
     "leaks": MetricSpec(
         UNIT_NONE, "Leaked clusters found by the full check (qemu-img check).", _INT
-    ),
-    "total_clusters": MetricSpec(
-        UNIT_NONE, "Clusters of the virtual disk (qemu-img check total-clusters).", _INT
     ),
     "allocated_clusters": MetricSpec(
         UNIT_NONE, "Allocated guest clusters (qemu-img check allocated-clusters).", _INT
@@ -326,9 +328,6 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
             values.append(("allocated_bytes", container.allocated_bytes))
         values += [
             ("in_use", usage.in_use),
-            ("dirty", usage.dirty),
-            ("corrupt", usage.corrupt),
-            ("refcounts_trusted", usage.refcounts_trusted),
             ("snapshots", usage.snapshots),
             ("bitmaps", usage.bitmaps),
             *thin_values(usage),

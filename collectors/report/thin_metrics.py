@@ -13,12 +13,6 @@ THIN_METRICS: dict[str, tuple[str, str, type]] = {
         "compaction would give them back.",
         int,
     ),
-    "paused": (
-        "",
-        "1 if the VM using the image is paused (reason in qcow2_image_info's pause_reason: "
-        "nospace, ioerror, other-disk, user, ...), else 0.",
-        int,
-    ),
     "growth_bytes_per_second": (
         "",
         "Growth of the end offset in bytes per second: least-squares slope over the growth "
@@ -39,18 +33,12 @@ THIN_METRICS: dict[str, tuple[str, str, type]] = {
         "watermark chunk x (100 - utilization%)); absent when no extension is due.",
         int,
     ),
-    "extend_to_bytes": (
-        "bytes",
-        "The device size to extend the image's block volume to now; absent when no "
-        "extension is due.",
-        int,
-    ),
 }
 
 
 def thin_values(usage: ImageUsage) -> list[tuple[str, float]]:
     """The thin-provisioning figures `usage` has."""
-    values: list[tuple[str, float]] = [("paused", usage.paused)]
+    values: list[tuple[str, float]] = []
     if usage.free_below_end is not None:
         values.append(("free_below_end_bytes", usage.free_below_end))
     growth = usage.growth
@@ -60,6 +48,5 @@ def thin_values(usage: ImageUsage) -> list[tuple[str, float]]:
         values.append(("time_to_full_seconds", growth.time_to_full))
     extension = usage.extension
     if extension is not None:
-        values += [("extend_by_bytes", extension.extend_by),
-                   ("extend_to_bytes", extension.extend_to)]
+        values.append(("extend_by_bytes", extension.extend_by))
     return values
