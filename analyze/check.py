@@ -8,18 +8,32 @@ presence rules) plus located findings, and exits like it: 0 clean, 1 could not c
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.parser import UsageError
 from qcow2_monitor.cli.text import finding_text, json_text
 from qcow2_monitor.collectors.common.errors import IO_ERROR, Qcow2Error
 from qcow2_monitor.collectors.common.jsonform import to_json_object
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.qcow2.chain import Visited, not_read_error, visit
+from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.health import broken_layer
 from qcow2_monitor.collectors.report.model import ChainLayer, CheckResult, LayerStatus
 
-from .common import OUTPUT_HELP, count_option, epilog, error_document, report_error
+if TYPE_CHECKING:
+    from qcow2_monitor.collectors.check.snapview import FindingsView
+
+from .common import (
+    OUTPUT_HELP,
+    PROG,
+    add_snapshot_argument,
+    count_option,
+    epilog,
+    error_document,
+    report_error,
+    snapshot_argument,
+)
 
 # qemu-img check's exit codes beside the common ones.
 EXIT_CORRUPTIONS = 2
@@ -36,6 +50,7 @@ def register(subparsers: Any) -> None:
         "codes), read-only, plus every finding located: the table, its offset, the entry and "
         "the guest offset or snapshot it affects.",
         epilog=epilog("check vm.qcow2", "check --chain --output json --max-findings 20 vm.qcow2",
+                      "check --snapshot 1 vm.qcow2",
                       exit_codes="exit codes: as qemu-img check: 0 no errors; 1 the image (or, "
                       "with --chain, a layer) could not be checked, or qemu cannot open it: "
                       "a backing layer is missing, loops, is unreadable or is not qcow2; 2 "
@@ -46,6 +61,9 @@ def register(subparsers: Any) -> None:
     check.add_argument("--max-findings", type=count_option, default=DEFAULT_MAX_FINDINGS,
                        metavar="N", help="keep at most N located findings, N >= 0 (counters "
                        f"stay complete; default {DEFAULT_MAX_FINDINGS})")
+    add_snapshot_argument(check, "list only the findings located in the tables of SEL (its L1 "
+                          "and L2 tables, its snapshot table entry) and count the others; the "
+                          "figures stay the whole image's")
     check.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
     check.set_defaults(handler=run_check)
 
@@ -68,8 +86,9 @@ def check_json(result: CheckResult, filename: str) -> dict[str, Any]:
     return {"filename": filename, "format": "qcow2", **to_json_object(result)}
 
 
-def check_human(result: CheckResult) -> str:
-    """dump_human_image_check() in qemu-img.c, then the findings with advice."""
+def check_human(result: CheckResult, view: Optional[FindingsView] = None) -> str:
+    """dump_human_image_check() in qemu-img.c, then the findings with advice (`view`: of
+    check --snapshot)."""
     out = []
     if not (result.corruptions or result.leaks or result.check_errors):
         out.append("No errors were found on the image.\n")
@@ -92,6 +111,19 @@ def check_human(result: CheckResult) -> str:
         out.append(f"Image end offset: {result.image_end_offset}\n")
     for note in result.notes:
         out.append(f"Note: {printable(note)}\n")
+    out.append(_findings_human(result, view))
+    return "".join(out)
+
+
+def _findings_human(result: CheckResult, view: Optional[FindingsView]) -> str:
+    """The findings with their advice (with --snapshot, limited to its tables)."""
+    out = []
+    if view is not None:
+        out.append(f"\nFindings limited to --snapshot {printable(view.snapshot)}: "
+                   f"{result.findings_total} in its tables, "
+                   f"{view.findings_elsewhere} elsewhere in the image"
+                   + (f", {view.findings_unexamined} not examined (past --max-findings)"
+                      if view.findings_unexamined else "") + "\n")
     if result.findings_total:
         out.append(f"\nFindings ({result.findings_total}"
                    + (f", first {len(result.findings)} shown" if len(result.findings)
@@ -140,6 +172,33 @@ def _human(visited: Visited[CheckResult], error: Optional[Qcow2Error], chain: bo
 
 
 def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.snapshot is None:
+        return _check_layers(args, out, err)
+    if args.chain:
+        raise UsageError("argument --snapshot: selects tables of one image, not with --chain",
+                         f"{PROG} check")
+    with snapshot_argument(args, "check"):
+        return _check_view(args, out)
+
+
+def _check_view(args: argparse.Namespace, out: TextIO) -> int:
+    """check --snapshot SEL: the image's figures, its findings limited to SEL's tables; the
+    view's keys go before findings-total in JSON."""
+    from qcow2_monitor.collectors.check.checker import check_view  # numpy only for this command
+
+    with Qcow2Image.open(args.file) as image:
+        result, view = check_view(image, snapshot=args.snapshot, max_findings=args.max_findings)
+    if args.output == "human":
+        out.write(check_human(result, view))
+        return exit_code(result)
+    items = list(check_json(result, args.file).items())
+    at = [key for key, _ in items].index("findings-total")
+    out.write(json_text(dict(items[:at] + list(to_json_object(view).items()) + items[at:]),
+                        indent=4))
+    return exit_code(result)
+
+
+def _check_layers(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.checker import check_opened  # numpy only for this command
 
     reports: list[dict[str, Any]] = []

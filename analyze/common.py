@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED
-from qcow2_monitor.cli.parser import HELP_WIDTH
+from qcow2_monitor.cli.parser import HELP_WIDTH, UsageError
 from qcow2_monitor.cli.text import json_text
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.common.text import printable
+from qcow2_monitor.collectors.qcow2.snapshots import SnapshotSelectorError
 from qcow2_monitor.collectors.report.model import LayerStatus
 
 PROG = "qcow2-analyze"
@@ -28,6 +31,27 @@ def count_option(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"invalid count {text!r} (an integer >= 0)")
     return int(text)
+
+
+SNAPSHOT_HELP = ("SEL: active (the image's current L1 table), inactive (every snapshot), "
+                 "all, a snapshot ID or a name (IDs first, as qemu-img snapshot resolves them)")
+
+
+def add_snapshot_argument(parser: argparse.ArgumentParser, what: str,
+                          default: Optional[str] = None) -> None:
+    """--snapshot SEL (collectors/qcow2/snapshots.py); `what` says what it limits."""
+    shown = f" (default {default})" if default else ""
+    parser.add_argument("--snapshot", metavar="SEL", default=None,
+                        help=f"{what}{shown}. {SNAPSHOT_HELP}")
+
+
+@contextmanager
+def snapshot_argument(args: argparse.Namespace, command: str) -> Iterator[None]:
+    """A selector that names no snapshot of the image, or several, is a bad argument."""
+    try:
+        yield
+    except SnapshotSelectorError as exc:
+        raise UsageError(f"argument --snapshot: {exc}", f"{PROG} {command}") from None
 
 
 def epilog(*examples: str, exit_codes: str = EXIT_CODES) -> str:

@@ -192,6 +192,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.command is None:
             return run_legacy(args, out, err)
         return int(args.handler(args, out, err))
+    except UsageError as exc:  # an argument the image itself refutes (--snapshot SEL)
+        print(f"{exc.prog}: {printable(exc.message)}", file=err)
+        return EXIT_USAGE
     except Qcow2Error as exc:
         file = getattr(args, "file", None)
         return fail(exc.with_filename(file) if file else exc, _json_output(args), out, err)

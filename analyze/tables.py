@@ -6,6 +6,7 @@ import argparse
 from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_OK
+from qcow2_monitor.cli.parser import UsageError
 from qcow2_monitor.cli.text import (
     indent_block,
     json_text,
@@ -17,8 +18,16 @@ from qcow2_monitor.collectors.common.jsonform import to_json, to_json_object
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import counted
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
+from qcow2_monitor.collectors.qcow2.snapshots import ACTIVE
 
-from .common import OUTPUT_HELP, count_option, epilog
+from .common import (
+    OUTPUT_HELP,
+    PROG,
+    add_snapshot_argument,
+    count_option,
+    epilog,
+    snapshot_argument,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +36,7 @@ def register(subparsers: Any) -> None:
         "dump", help="dump L1/L2/refcount/snapshot/bitmap tables",
         description="One metadata table of the image, entry by entry.",
         epilog=epilog("dump --what l1 vm.qcow2", "dump --what refcount --limit 50 vm.qcow2",
+                      "dump --what l2 --snapshot 1 vm.qcow2",
                       "dump --what snapshots --output json vm.qcow2"))
     dump.add_argument("--what", choices=["l1", "l2", "refcount", "snapshots", "bitmaps"],
                       required=True, help="the table: active L1, L2 tables, refcount table "
@@ -34,6 +44,8 @@ def register(subparsers: Any) -> None:
     dump.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
     dump.add_argument("--limit", type=count_option, default=1000, metavar="N",
                       help="at most N entries per list, N >= 0 (default 1000)")
+    add_snapshot_argument(dump, "with --what l1|l2: the L1 tables of SEL and the L2 tables "
+                          "they name; each table says which snapshots name it", ACTIVE)
     dump.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
     dump.set_defaults(handler=run_dump)
 
@@ -51,8 +63,12 @@ def register(subparsers: Any) -> None:
 def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.dump import dump
 
+    if args.snapshot is not None and args.what not in ("l1", "l2"):
+        raise UsageError("argument --snapshot: only with --what l1 or l2", f"{PROG} dump")
     with Qcow2Image.open(args.file) as image:
-        data = to_json_object(dump(image, args.what, limit=args.limit))
+        with snapshot_argument(args, "dump"):
+            view = dump(image, args.what, limit=args.limit, snapshot=args.snapshot or ACTIVE)
+        data = to_json_object(view)
     if args.output == "json":
         out.write(json_text(data, indent=2))
     else:
@@ -112,6 +128,16 @@ def _entries(items: list[dict[str, Any]], indent: str = "  ") -> str:
                                      right=right), indent)
 
 
+def _owners(table: dict[str, Any]) -> str:
+    """Who names a table: `active`, `snapshot ID (NAME)`..., and how many more."""
+    names = (["active"] if table["active"] else []) + [
+        f"snapshot {sn['id']} ({sn['name']})" for sn in table["snapshots"]]
+    more = table["snapshot_count"] - len(table["snapshots"])
+    if more > 0:
+        names.append(f"{counted(more, 'more snapshot')}")
+    return ", ".join(names) or "no L1 table"
+
+
 def render_dump_human(data: dict[str, Any]) -> str:
     """Any dump as text, from its JSON form (the keys its type declares, in order): its
     summary fields aligned, then its entries as tables."""
@@ -119,12 +145,17 @@ def render_dump_human(data: dict[str, Any]) -> str:
     out = [f"image: {printable(data['filename'])}\n", f"dump: {what}\n",
            _summary(data, ("filename", "what"))]
     if what == "l1":
-        out += ["\nActive L1 table\n", _entries(data["entries"])]
+        for table in data["tables"]:
+            out += [f"\nL1 table at 0x{table['l1_table_offset']:x} ({_owners(table)}), "
+                    f"{counted(table['l1_size'], 'entry', 'entries')}, "
+                    f"{table['nonzero_entries']} non-zero"
+                    + (f"; not read: {table['skipped']}" if table.get("skipped") else "")
+                    + "\n", _entries(table["entries"])]
     elif what == "l2":
         for table in data["tables"]:
             entries = counted(table["nonempty_entries"], "non-empty entry", "non-empty entries")
             out.append(f"\nL2 table at 0x{table['l2_offset']:x} (L1[{table['l1_index']}]), "
-                       f"{entries}\n")
+                       f"{entries}; named by {_owners(table)}\n")
             out.append(_entries(table["entries"]))
     elif what == "refcount":
         out += ["\nRefcount table\n", _entries(data["table"]),

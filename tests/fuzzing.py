@@ -6,13 +6,14 @@ bitmap directory entries; extension and backing-name bytes; bit flips; truncatio
 copied over others), chosen by ``random.Random(f"{seed}:{index}")``: the same seed and index
 always give the same bytes, so any failure can be replayed (:func:`mutate_case`).
 
-Each mutated image goes through every subcommand of qcow2-analyze (usage, info, header, check, map,
-dump --what each, measure, -f) and every adapter's ``main`` (check_qcow2, qcow2-telegraf,
-qcow2-textfile), in process for speed, inside forked workers whose address space is capped
-(RLIMIT_AS). A case fails when an entry point raises, prints an internal error or a Python
-exception name, exits with an undocumented code, does more work than the budget below (calls,
-reads and bytes read, counted exactly by tests/work.py: the same on any machine under any load,
-and on a replay), hangs, or runs out of memory under the cap.
+Each mutated image goes through every subcommand of qcow2-analyze (usage, info, header, check,
+check --snapshot, map, dump --what each (l1 and l2 with a --snapshot selector), measure, -f) and
+every adapter's ``main`` (check_qcow2, qcow2-telegraf, qcow2-textfile), in process for speed,
+inside forked workers whose address space is capped (RLIMIT_AS). A case fails when an entry
+point raises, prints an internal error or a Python exception name, exits with an undocumented
+code, does more work than the budget below (calls, reads and bytes read, counted exactly by
+tests/work.py: the same on any machine under any load, and on a replay), hangs, or runs out of
+memory under the cap.
 
 The suite runs a budget of cases (tests/test_fuzz.py); ``scripts/fuzz.sh`` runs it long::
 
@@ -514,6 +515,9 @@ class Call:
 
 
 ANALYZE_CODES = frozenset({0, 1, 2, 3})
+EXIT_USAGE = 64
+# --snapshot of the dumps and the check: the keywords, an ID and a name of the seeds.
+SNAPSHOT_SELECTORS = ("active", "inactive", "all", "1", "second")
 NAGIOS_CODES = frozenset({0, 1, 2, 3})
 
 
@@ -535,7 +539,17 @@ def calls(rng: random.Random) -> list[Call]:
     ]
     result += [Call(f"dump-{what}", ("dump", "--what", what, *out(), "--limit",
                                      str(rng.choice((3, 1000))), "{path}"), ANALYZE_CODES)
-               for what in ("l1", "l2", "refcount", "snapshots", "bitmaps")]
+               for what in ("refcount", "snapshots", "bitmaps")]
+    # The snapshot views: a keyword, or an ID or a name the seeds have (a mutated table may
+    # have lost it: then a bad argument, exit 64).
+    for name, argv in (("dump-l1", ("dump", "--what", "l1")), ("dump-l2", ("dump", "--what", "l2")),
+                       ("check-snapshot", ("check", "--max-findings", "5"))):
+        selector = rng.choice(SNAPSHOT_SELECTORS)
+        codes = ANALYZE_CODES if selector in ("active", "inactive", "all") else \
+            ANALYZE_CODES | {EXIT_USAGE}
+        result.append(Call(name, (*argv, *out(), "--snapshot", selector, *(
+            ("--limit", str(rng.choice((3, 1000)))) if argv[0] == "dump" else ()), "{path}"),
+            codes))
     result += [
         Call("check_qcow2", ("-f", "{path}", "-w", "80", "-c", "90", "--chain", "--check",
                              "-t", "3600", *rng.choice(((), ("-v",), ("-vvv",)))),

@@ -42,7 +42,7 @@ def test_dump_content(tmp_path: Path) -> None:
     run([QEMU_IMG, "bitmap", "--add", str(path), "bm0"])
     with Qcow2Image.open(str(path)) as image:
         l1 = dump(image, "l1")
-        assert l1["nonzero_entries"] == 1 and l1["entries"][0]["index"] == 0
+        assert l1["nonzero_entries"] == 1 and l1["tables"][0]["entries"][0]["index"] == 0
         l2 = dump(image, "l2")
         entries = {e["guest_offset"]: e for e in l2["tables"][0]["entries"]}
         assert entries[0]["type"] == "normal"

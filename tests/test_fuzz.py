@@ -29,7 +29,7 @@ from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 
 from corpus import QEMU_IMG, QEMU_IO, run
 from damage import patch_bytes, read_header
-from fuzzing import budget_problems, build_seeds, fuzz, run_call
+from fuzzing import Call, budget_problems, build_seeds, fuzz, run_call
 from fuzzing import calls as calls_of
 from hostile import (
     bitmaps_sharing_one_table,
@@ -457,6 +457,25 @@ def test_65536_snapshots_with_l1_tables_of_their_own_within_work_bounds(tmp_path
     bounds = {"calls": 65536 * CALLS_PER_ENTRY, "reads": 1000}
     _within_budget(path, check_image, str(path), **bounds)
     _all_entry_points_clean(path, **bounds)
+    _snapshot_views_clean(path, **bounds)
+
+
+def _snapshot_views_clean(path: Path, calls: int, reads: int) -> None:
+    """Every selector of the snapshot views (the copies of one entry all have ID 1: an
+    ambiguous ID, exit 64), in one output or the other, within the fuzzer's budget and at most
+    `calls` calls and `reads` reads each."""
+    for number, selector in enumerate(("active", "inactive", "all", "1", "s1")):
+        output = ("json", "human")[number % 2]
+        for name, argv in (("dump-l1", ("dump", "--what", "l1")),
+                           ("dump-l2", ("dump", "--what", "l2")),
+                           ("check-snapshot", ("check",))):
+            call = Call(name, (*argv, "--output", output, "--snapshot", selector, "{path}"),
+                        frozenset({0, 1, 2, 3, 64}))
+            problems, text, work = run_call(call, str(path), call_limit=calls)
+            if work.reads > reads:
+                problems.append(f"made {work.reads:,} reads (limit {reads:,} here)")
+            assert not problems, f"{call.argv}: {'; '.join(problems)} ({work}); output " \
+                f"ends:\n{_tail(text)}"
 
 
 def test_overlapping_snapshot_l1_tables_equal_qemu(tmp_path: Path) -> None:

@@ -32,15 +32,17 @@ from ..qcow2 import layout as L
 from ..qcow2.bitmaps import Bitmap
 from ..qcow2.image import Qcow2Image, Snapshot
 from ..qcow2.reader import held_for_writing
+from ..qcow2.snapshots import select_snapshots
 from ..report.model import CheckResult, Finding, Place, TableName
 from .compare import compare_refcounts
-from .findings import LAZY_DEBT_KINDS, Tally, finding
+from .findings import LAZY_DEBT_KINDS, Keep, Tally, finding
 from .heap import keep_heap_top
 from .l1 import EntryChunk, L1Spans, entry_chunks, snapshot_spans
 from .l1walk import L1Walk
 from .refblocks import BDRV_MAX_LENGTH, OnDiskRefcounts
 from .references import U64, ReferenceCounts, u64
 from .settle import Pass, settled_check, stable_pass
+from .snapview import FindingsView, limited, selected_tables
 from .tablewalk import L1Table, TableWalk
 
 REFT_RESERVED_MASK = 0x1FF
@@ -51,10 +53,11 @@ BME_TABLE_ENTRY_SIZE = 8
 class _Check:
     """One run of the check over an open image."""
 
-    def __init__(self, image: Qcow2Image, max_findings: int) -> None:
+    def __init__(self, image: Qcow2Image, max_findings: int, keep: Optional[Keep] = None
+                 ) -> None:
         self.image = image
         self.h = image.header
-        self.tally = Tally(max_findings)
+        self.tally = Tally(max_findings, keep)
         self.refs = ReferenceCounts(image.file.length, self.h.cluster_bits, self.tally)
         self.ondisk = OnDiskRefcounts(image)
         self.walk = TableWalk(image, self.refs, self.ondisk, self.tally)
@@ -272,6 +275,7 @@ class _Check:
                                   [f for part in parts for f in part.items], wanted)
         for part in parts:
             part.items, located = located[:len(part.items)], located[len(part.items):]
+            part.settle()  # with a view, those now placed outside it leave
 
     def result(self, highest: int) -> CheckResult:
         h = self.h
@@ -331,9 +335,16 @@ def check_pass(image: Qcow2Image, max_findings: int,
     """One pass of the check over the image as it is on disk now, with what each finding
     counts in the figures; refcount findings located only for the `wanted` clusters when
     given."""
+    return _checked(image, max_findings, wanted)[0]
+
+
+def _checked(image: Qcow2Image, max_findings: int, wanted: Optional[frozenset[int]] = None,
+             keep: Optional[Keep] = None) -> tuple[Pass, Tally]:
+    """check_pass(), its findings limited to those `keep` keeps (a snapshot view), with the
+    tally that counted the others."""
     keep_heap_top()
     try:
-        run = _Check(image, max_findings)
+        run = _Check(image, max_findings, keep)
         snapshots = image.snapshots()
         run.snapshot_table(snapshots)
         run.calculate(snapshots, image.snapshots_size)
@@ -346,7 +357,22 @@ def check_pass(image: Qcow2Image, max_findings: int,
     result = run.result(highest)
     h = image.header
     return Pass(result, tuple(run.tally.ordered_weights()[:len(result.findings)]),
-                h.dirty and h.lazy_refcounts)
+                h.dirty and h.lazy_refcounts), run.tally
+
+
+def check_view(image: Qcow2Image, *, snapshot: str, max_findings: int = 100
+               ) -> tuple[CheckResult, FindingsView]:
+    """check_opened() with its findings limited to the tables `snapshot` selects
+    (collectors/qcow2/snapshots.py; SnapshotSelectorError when it names no snapshot or
+    several): the figures stay the whole image's, the findings are those located in the
+    selected L1 and L2 tables and the selected snapshots' table entries, the others counted.
+    An image held for writing is settled over the whole image first, then limited."""
+    tables = selected_tables(image, select_snapshots(image, snapshot))
+    if held_for_writing(image.file):
+        return limited(settled_check(image, max_findings, check_pass), tables, snapshot)
+    found, tally = _checked(image, max_findings, keep=tables.keep)
+    elsewhere, unexamined = tally.outside()
+    return found.result, FindingsView(snapshot, elsewhere, unexamined)
 
 
 def check_image(path: str, *, max_findings: int = 100) -> CheckResult:

@@ -1,4 +1,5 @@
-"""Bounded dumps of the on-disk tables: L1, L2, refcounts, snapshots, bitmaps.
+"""Bounded dumps of the on-disk tables: L1, L2 (collectors/check/tabledump.py, of the active
+image or a snapshot selection), refcounts, snapshots, bitmaps.
 
 Each dump is a typed value whose JSON keys are declared with it; the front end renders it
 (analyze/tables.py). Every list is bounded by `limit` entries, and says how many there were in
@@ -13,96 +14,17 @@ from typing import Callable, ClassVar, Optional, Union
 
 import numpy as np
 
-from ..common.jsonform import JsonKey, hex_form, omit_none
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image
 from ..qcow2.refcount import nb_clusters
-from .l2 import cluster_types, split_entries
+from ..qcow2.snapshots import ACTIVE, select_snapshots
 from .refblocks import OnDiskRefcounts
+from .tabledump import Keys, L1Dump, L2Dump, dump_l1, dump_l2, keys
 
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
 DEFAULT_LIMIT = 1000
 
-Keys = tuple[JsonKey, ...]
-RAW = JsonKey("raw", form=hex_form(16))  # a table entry as written, in hex
-SUBCLUSTER_BITS = hex_form(8)
-
-
-def _keys(*names: str, omit: tuple[str, ...] = ()) -> Keys:
-    return tuple(RAW if name == "raw" else JsonKey(name, omit=omit_none if name in omit else None)
-                 for name in names)
-
-
-@dataclass(frozen=True)
-class L1EntryView:
-    index: int
-    raw: int
-    l2_offset: int
-    copied: bool
-    reserved_bits: int
-
-    JSON: ClassVar[Keys] = _keys("index", "raw", "l2_offset", "copied", "reserved_bits")
-
-
-@dataclass(frozen=True)
-class L1Dump:
-    l1_table_offset: int
-    l1_size: int
-    nonzero_entries: int
-    entries: tuple[L1EntryView, ...]
-    truncated: bool
-    filename: str
-    what: str = field(default="l1", init=False)
-
-    JSON: ClassVar[Keys] = _keys("what", "l1_table_offset", "l1_size", "nonzero_entries",
-                                 "entries", "truncated", "filename")
-
-
-@dataclass(frozen=True)
-class L2EntryView:
-    index: int
-    guest_offset: int
-    raw: int
-    type: L.ClusterType  # qemu's cluster type, written as its label
-    copied: bool
-    host_offset: int
-    compressed_sectors: Optional[int] = None  # compressed clusters only
-    reserved_bits: Optional[int] = None  # the others only
-    subcluster_alloc: Optional[int] = None  # extended L2 only
-    subcluster_zero: Optional[int] = None
-
-    JSON: ClassVar[Keys] = (
-        *_keys("index", "guest_offset", "raw"),
-        JsonKey("type", form=lambda kind: kind.label),
-        *_keys("copied", "host_offset", "compressed_sectors", "reserved_bits",
-               omit=("compressed_sectors", "reserved_bits")),
-        JsonKey("subcluster_alloc", omit=omit_none, form=SUBCLUSTER_BITS),
-        JsonKey("subcluster_zero", omit=omit_none, form=SUBCLUSTER_BITS))
-
-
-@dataclass(frozen=True)
-class L2TableView:
-    l1_index: int
-    l2_offset: int
-    nonempty_entries: int
-    entries: tuple[L2EntryView, ...]
-
-
-@dataclass(frozen=True)
-class L2Dump:
-    cluster_size: int
-    extended_l2: bool
-    nonempty_entries: int
-    tables_named: int
-    tables_past_end_of_file: int
-    tables: tuple[L2TableView, ...]
-    truncated: bool
-    filename: str
-    what: str = field(default="l2", init=False)
-
-    JSON: ClassVar[Keys] = _keys("what", "cluster_size", "extended_l2", "nonempty_entries",
-                                 "tables_named", "tables_past_end_of_file", "tables",
-                                 "truncated", "filename")
+_keys = keys  # the declared-keys helper the L1 and L2 views use too
 
 
 @dataclass(frozen=True)
@@ -238,77 +160,6 @@ def _table(image: Qcow2Image, offset: int, entries: int, structure: str) -> np.n
     return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
 
 
-def dump_l1(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> L1Dump:
-    h = image.header
-    l1 = _table(image, h.l1_table_offset, h.l1_size, "active L1 table")
-    used = np.flatnonzero(l1)
-    entries = tuple(
-        L1EntryView(i, raw, raw & L.L1E_OFFSET_MASK, bool(raw & L.QCOW_OFLAG_COPIED),
-                    raw & L.L1E_RESERVED_MASK)
-        for i, raw in ((i, int(l1[i])) for i in used[:limit].tolist()))
-    return L1Dump(h.l1_table_offset, h.l1_size, len(used), entries, len(used) > limit,
-                  image.filename)
-
-
-def dump_l2(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> L2Dump:
-    """The non-empty entries of the active L2 tables (at most `limit` tables and `limit`
-    entries listed), with complete counts. Each distinct table in the file is read once
-    however many L1 entries name it, and tables at or past EOF (zeros, as qemu reads them)
-    are only counted: the time follows the file, not the L1 size the header claims."""
-    h = image.header
-    l1 = _table(image, h.l1_table_offset, h.l1_size, "active L1 table")
-    l1_indices = np.flatnonzero(l1)
-    offsets = l1[l1_indices] & np.uint64(L.L1E_OFFSET_MASK)
-    named = offsets != 0
-    in_file = named & (offsets < np.uint64(image.file.length))
-    unique, inverse = np.unique(offsets[in_file], return_inverse=True)
-    nonempty_of = np.array([len(_l2_table(image, off)[2]) for off in unique.tolist()],
-                           dtype=np.int64)
-    total = int(nonempty_of[inverse].sum()) if len(unique) else 0
-    tables = []
-    shown = 0
-    for i, l2_offset in zip(l1_indices[in_file][:limit].tolist(),
-                            offsets[in_file][:limit].tolist()):
-        e, bitmaps, nonempty, types = _l2_table(image, l2_offset)
-        entries = tuple(_l2_item(h, i * h.l2_entries + j, j, int(e[j]), int(bitmaps[j]),
-                                 L.ClusterType(int(types[j])))
-                        for j in nonempty[: max(0, limit - shown)].tolist())
-        shown += len(entries)
-        tables.append(L2TableView(i, l2_offset, len(nonempty), entries))
-    return L2Dump(h.cluster_size, h.extended_l2, total, int(np.count_nonzero(named)),
-                  int(np.count_nonzero(named & ~in_file)), tuple(tables),
-                  total > shown or int(np.count_nonzero(in_file)) > len(tables),
-                  image.filename)
-
-
-def _l2_table(image: Qcow2Image, l2_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                          np.ndarray]:
-    """(entries, subcluster bitmaps, indices of the non-empty entries, cluster types)."""
-    h = image.header
-    e, bitmap = split_entries(_table(image, l2_offset, h.cluster_size // 8, "L2 table"),
-                              h.extended_l2)
-    bitmaps = np.zeros(len(e), dtype=np.uint64) if bitmap is None else bitmap
-    nonempty = np.flatnonzero((e != 0) | (bitmaps != 0))
-    return e, bitmaps, nonempty, cluster_types(e, extended=h.extended_l2,
-                                               data_file=h.has_data_file)
-
-
-def _l2_item(h: L.Header, guest_cluster: int, j: int, raw: int, bm: int,
-             kind: L.ClusterType) -> L2EntryView:
-    cb = h.cluster_bits
-    csize_shift = 62 - (cb - 8)
-    copied = bool(raw & L.QCOW_OFLAG_COPIED)
-    subclusters = (bm & 0xFFFFFFFF, bm >> 32) if h.extended_l2 else (None, None)
-    if kind == L.ClusterType.QCOW2_CLUSTER_COMPRESSED:
-        return L2EntryView(j, guest_cluster * h.cluster_size, raw, kind, copied,
-                           raw & ((1 << csize_shift) - 1),
-                           compressed_sectors=((raw >> csize_shift) & ((1 << (cb - 8)) - 1)) + 1,
-                           subcluster_alloc=subclusters[0], subcluster_zero=subclusters[1])
-    return L2EntryView(j, guest_cluster * h.cluster_size, raw, kind, copied,
-                       raw & L.L2E_OFFSET_MASK, reserved_bits=raw & L.L2E_STD_RESERVED_MASK,
-                       subcluster_alloc=subclusters[0], subcluster_zero=subclusters[1])
-
-
 def dump_refcount(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> RefcountDump:
     """Refcount table entries and the nonzero refcounts as ranges of equal values."""
     h = image.header
@@ -403,11 +254,16 @@ def dump_bitmaps(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> BitmapsDump:
                        len(bitmaps) > limit)  # a directory can hold 65535
 
 
-def dump(image: Qcow2Image, what: str, *, limit: int = DEFAULT_LIMIT) -> Dump:
-    """One of WHAT, lists bounded by `limit`."""
+def dump(image: Qcow2Image, what: str, *, limit: int = DEFAULT_LIMIT,
+         snapshot: str = ACTIVE) -> Dump:
+    """One of WHAT, lists bounded by `limit`; the L1 and L2 tables of the snapshots
+    `snapshot` selects (collectors/qcow2/snapshots.py: SnapshotSelectorError when it names
+    none or several)."""
     handlers: dict[str, Callable[[Qcow2Image, int], Dump]] = {
-        "l1": dump_l1, "l2": dump_l2, "refcount": dump_refcount, "snapshots": dump_snapshots,
-        "bitmaps": dump_bitmaps}
+        "refcount": dump_refcount, "snapshots": dump_snapshots, "bitmaps": dump_bitmaps}
+    if what in ("l1", "l2"):
+        selection = select_snapshots(image, snapshot)
+        return (dump_l1 if what == "l1" else dump_l2)(image, selection, limit)
     if what not in handlers:
         raise ValueError(f"unknown dump {what!r} (one of {', '.join(WHAT)})")
     return handlers[what](image, limit)

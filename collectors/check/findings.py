@@ -5,7 +5,7 @@ tally (qemu's BdrvCheckResult counters plus bounded lists of findings) the check
 from __future__ import annotations
 
 import string
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from ..common.units import counted
 from ..report.model import Finding, Place, Severity
@@ -115,6 +115,10 @@ LAZY_DEBT_KINDS = frozenset({"refcount-too-low", "leak", "copied-flag"})
 
 Value = Union[int, str, None]
 
+# Kinds known by their cluster only until collectors/check/locate.py finds the entries that
+# reference it.
+RELOCATED_KINDS = ("refcount-too-low", "leak", "refcount-overflow")
+
 
 class _Formatter(string.Formatter):
     """str.format plus the format spec `counted NOUN`: `{n:counted reference}` is
@@ -148,27 +152,43 @@ def _int(value: Value) -> Optional[int]:
     return value if isinstance(value, int) else None
 
 
-class Findings:
-    """A bounded list of findings with a complete total."""
+# Whether a finding lies in the tables a view selects (check --snapshot): True, False, or None
+# while it is not located yet (a refcount finding, known by its cluster until locate.py runs).
+Keep = Callable[[Finding], Optional[bool]]
 
-    def __init__(self, limit: int) -> None:
+
+class Findings:
+    """A bounded list of findings with a complete total. With `keep` (a view of some tables)
+    the list holds only the findings kept: those it refuses are counted as `elsewhere`, those
+    counted but never built (the list was full) as `unexamined`, within `total`."""
+
+    def __init__(self, limit: int, keep: Optional[Keep] = None) -> None:
         self.limit = limit
+        self.keep = keep
         self.items: list[Finding] = []
         # What each listed finding counts in qemu's figures: 1, or more for a finding in a
         # table named k times (ReferenceCounts.repeated), a refcount overflow (its excess
         # references) or an unreadable refcount block (one check error per cluster).
         self.weights: list[int] = []
         self.total = 0
+        self.elsewhere = 0
+        self.unexamined = 0
 
     @property
     def room(self) -> int:
         return max(0, self.limit - len(self.items))
 
     def add(self, item: Finding, weight: int = 1) -> None:
+        verdict = None if self.keep is None else self.keep(item)
+        if verdict is False:
+            self.elsewhere += 1
+            return
         self.total += 1
         if len(self.items) < self.limit:
             self.items.append(item)
             self.weights.append(weight)
+        elif verdict is None and self.keep is not None:
+            self.unexamined += 1  # full: where it lies is never looked up
 
     def multiply_since(self, listed: int, times: int) -> None:
         """The findings listed after the first `listed` count `times` times each."""
@@ -177,23 +197,46 @@ class Findings:
     def count(self, n: int) -> None:
         """Findings counted but not built (the list is already full)."""
         self.total += n
+        if self.keep is not None:
+            self.unexamined += n
+
+    def mark(self) -> tuple[int, int, int]:
+        return self.total, self.elsewhere, self.unexamined
+
+    def repeat(self, mark: tuple[int, int, int], times: int) -> None:
+        """What was added since `mark` happened `times` times: the copies are counted, not
+        listed, each where its original went (in the view, elsewhere, or not examined)."""
+        total, elsewhere, unexamined = mark
+        self.total += (self.total - total) * (times - 1)
+        self.elsewhere += (self.elsewhere - elsewhere) * (times - 1)
+        self.unexamined += (self.unexamined - unexamined) * (times - 1)
+
+    def settle(self) -> None:
+        """After location: the findings now placed outside the view leave the list."""
+        if self.keep is None:
+            return
+        kept = [k for k, f in enumerate(self.items) if self.keep(f)]
+        self.elsewhere += len(self.items) - len(kept)
+        self.total -= len(self.items) - len(kept)
+        self.items = [self.items[k] for k in kept]
+        self.weights = [self.weights[k] for k in kept]
 
 
 class Tally:
     """What the check has found so far: qemu's BdrvCheckResult counters and the findings,
     kept apart by the pass that found them so that they are reported in qemu's order."""
 
-    def __init__(self, max_findings: int) -> None:
+    def __init__(self, max_findings: int, keep: Optional[Keep] = None) -> None:
         self.corruptions = 0
         self.leaks = 0
         self.check_errors = 0
         self.allocated = 0
         self.fragmented = 0
         self.compressed = 0
-        self.snapshots = Findings(max_findings)  # qcow2_check_read_snapshot_table()
-        self.structure = Findings(max_findings)  # calculate_refcounts()
-        self.compare = Findings(max_findings)  # compare_refcounts()
-        self.copied = Findings(max_findings)  # check_oflag_copied()
+        self.snapshots = Findings(max_findings, keep)  # qcow2_check_read_snapshot_table()
+        self.structure = Findings(max_findings, keep)  # calculate_refcounts()
+        self.compare = Findings(max_findings, keep)  # compare_refcounts()
+        self.copied = Findings(max_findings, keep)  # check_oflag_copied()
 
     def corruption(self, kind: str, location: str, place: Optional[Place] = None, /,
                    **values: Value) -> None:
@@ -208,10 +251,16 @@ class Tally:
         return (self.snapshots, self.structure, self.compare, self.copied)
 
     def ordered(self) -> tuple[list[Finding], int]:
-        """Every finding kept, in qemu's order, and the complete total."""
+        """Every finding kept, in qemu's order, and the complete total (with a view: of those
+        examined and kept)."""
         parts = self._parts()
         return ([f for part in parts for f in part.items],
-                sum(part.total for part in parts))
+                sum(part.total - part.unexamined for part in parts))
+
+    def outside(self) -> tuple[int, int]:
+        """With a view: (findings placed outside it, findings never examined)."""
+        return (sum(part.elsewhere for part in self._parts()),
+                sum(part.unexamined for part in self._parts()))
 
     def ordered_weights(self) -> list[int]:
         """What each finding of ordered() counts in the figures, in the same order."""

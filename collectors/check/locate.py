@@ -22,6 +22,7 @@ from ..common.units import counted
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image
 from ..report.model import Finding, Place, TableName
+from .findings import RELOCATED_KINDS
 from .l1 import L1Spans, TableGatherer, entry_chunks, snapshot_spans, source_batches
 from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, cluster_types, split_entries
 from .refblocks import OnDiskRefcounts
@@ -39,7 +40,6 @@ from .tablewalk import (
 Referrers = dict[int, list[tuple[str, Place]]]
 # Referencing entries named per cluster; more are counted (an L1 may name one table 4 Mi times).
 MAX_NAMED = 8
-RELOCATED_KINDS = ("refcount-too-low", "leak", "refcount-overflow")
 
 
 def refcount_entry_location(ondisk: OnDiskRefcounts, cluster: int, cluster_bits: int

@@ -211,7 +211,7 @@ class ReferenceCounts:
         tally = self.tally
         scalars = ("corruptions", "allocated", "fragmented", "compressed", "check_errors")
         before = [getattr(tally, name) for name in scalars]
-        listed = [tally.structure.total, tally.copied.total]
+        marks = [tally.structure.mark(), tally.copied.mark()]
         kept = [len(tally.structure.items), len(tally.copied.items)]
         outer = self.times
         self.times = outer * times
@@ -221,8 +221,8 @@ class ReferenceCounts:
             self.times = outer
         for name, old in zip(scalars, before):
             setattr(tally, name, old + (getattr(tally, name) - old) * times)
-        tally.structure.count((tally.structure.total - listed[0]) * (times - 1))
-        tally.copied.count((tally.copied.total - listed[1]) * (times - 1))
+        tally.structure.repeat(marks[0], times)
+        tally.copied.repeat(marks[1], times)
         tally.structure.multiply_since(kept[0], times)
         tally.copied.multiply_since(kept[1], times)
 
