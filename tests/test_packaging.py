@@ -155,7 +155,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # otherwise be packed as it is.
     source = work / "source"
     shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "bench-work"))
     subprocess.run([str(BIN / "pip"), "wheel", "-q", "--no-deps", "--disable-pip-version-check",
                     "-w", str(work / "dist"), str(source)], check=True, timeout=600)
     (wheel,) = (work / "dist").glob("*.whl")
