@@ -19,14 +19,14 @@ ratios; exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from bench_usage import child_run
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -37,16 +37,7 @@ LIVE_TARGET = 8.0  # check_qcow2 with libvirt / qemu-img info
 def run_once(argv: Sequence[str]) -> tuple[float, float]:
     """CPU seconds (user + system, the child and its waited-for children) and wall seconds of
     one run; fails on a non-zero exit (check_qcow2: 0 is OK, which the image is)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read().decode(errors="replace")  # drained first: no pipe deadlock
-    proc.stderr.close()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {code}: {err.strip()[:400]}")
+    wall, usage = child_run(argv)
     return usage.ru_utime + usage.ru_stime, wall
 
 

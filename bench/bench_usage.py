@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -27,9 +28,11 @@ BIN = Path(sys.executable).parent
 SECRET = "bench-passphrase"
 
 
-def timed(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,)) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one child process (os.wait4 gives that child's own
-    rusage, unlike getrusage(RUSAGE_CHILDREN), which is a maximum over every child so far)."""
+def child_run(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,)
+              ) -> tuple[float, resource.struct_rusage]:
+    """Wall time and rusage of one child process (os.wait4 gives that child's own rusage,
+    its waited-for children included, unlike getrusage(RUSAGE_CHILDREN), which is a maximum
+    over every child so far); exits with the child's message on another exit code."""
     start = time.perf_counter()
     proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -40,6 +43,12 @@ def timed(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,)) -> tuple[float
     proc.returncode = code = os.waitstatus_to_exitcode(status)
     if code not in ok_codes:
         raise SystemExit(f"{argv[0]} exited {code}: {err.strip()[:400]}")
+    return elapsed, rusage
+
+
+def timed(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,)) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one child process."""
+    elapsed, rusage = child_run(argv, ok_codes=ok_codes)
     return elapsed, rusage.ru_maxrss
 
 

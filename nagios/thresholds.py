@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from qcow2_monitor.cli.parser import UsageError
-from qcow2_monitor.collectors.common.units import human_size
+from qcow2_monitor.collectors.common.units import human_duration, human_rate, human_size
 from qcow2_monitor.collectors.report.health import CRITICAL, WARNING, worst
 from qcow2_monitor.nagios.ranges import Range
 from qcow2_monitor.nagios.text import percent_text, usage_percent
@@ -70,21 +70,20 @@ class Thresholds:
                 return (f"{warn_option} {warning} can never fire: every {what} it alerts on "
                         f"is CRITICAL under {crit_option} {critical} first (give a warning "
                         f"reached before the critical, e.g. {example}, or no {warn_option})")
-        warning_size, critical_size = self.headroom_warning, self.headroom_critical
-        if warning_size is not None and critical_size is not None \
-                and warning_size <= critical_size:
-            return (f"--warning-headroom {human_size(warning_size)} can never fire: it is not "
-                    f"above --critical-headroom {human_size(critical_size)} (give the warning "
-                    "more free space than the critical, e.g. --warning-headroom 20G "
-                    "--critical-headroom 5G, or no --warning-headroom)")
-        warning_time, critical_time = self.time_to_full_warning, self.time_to_full_critical
-        if warning_time is not None and critical_time is not None \
-                and warning_time <= critical_time:
-            from qcow2_monitor.collectors.common.units import human_duration
-            return (f"--warning-time-to-full {human_duration(warning_time)} can never fire: it "
-                    f"is not longer than --critical-time-to-full {human_duration(critical_time)}"
-                    " (give the warning the longer time, e.g. --warning-time-to-full 24h "
-                    "--critical-time-to-full 4h, or no --warning-time-to-full)")
+        # Limits alerting below a value (free space, time left): the warning must be the larger.
+        for (name, show, larger, example), warning_value, critical_value in (
+            (("headroom", human_size, "above", "more free space than the critical, e.g. "
+              "--warning-headroom 20G --critical-headroom 5G"),
+             self.headroom_warning, self.headroom_critical),
+            (("time-to-full", human_duration, "longer than", "the longer time, e.g. "
+              "--warning-time-to-full 24h --critical-time-to-full 4h"),
+             self.time_to_full_warning, self.time_to_full_critical),
+        ):
+            if warning_value is not None and critical_value is not None \
+                    and warning_value <= critical_value:
+                return (f"--warning-{name} {show(warning_value)} can never fire: it is not "
+                        f"{larger} --critical-{name} {show(critical_value)} (give the warning "
+                        f"{example}, or no --warning-{name})")
         return None
 
     @property
@@ -147,8 +146,6 @@ def evaluate(record: ImageRecord, limits: Thresholds) -> Verdict:
 
 def _time_to_full_problem(usage: ImageUsage, limits: Thresholds) -> list[Problem]:
     """Rule time-to-full: the container is full within the limit at the current growth."""
-    from qcow2_monitor.collectors.common.units import human_duration, human_rate
-
     growth = usage.growth
     if growth is None or growth.time_to_full is None or growth.bytes_per_second is None:
         return []
