@@ -24,7 +24,6 @@ from .tabledump import Keys, L1Dump, L2Dump, dump_l1, dump_l2, keys
 WHAT = ("l1", "l2", "refcount", "snapshots", "bitmaps")
 DEFAULT_LIMIT = 1000
 
-_keys = keys  # the declared-keys helper the L1 and L2 views use too
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class RefcountTableEntryView:
     block_offset: int
     covers_clusters: tuple[int, int]  # first and last cluster its block covers
 
-    JSON: ClassVar[Keys] = _keys("index", "raw", "block_offset", "covers_clusters")
+    JSON: ClassVar[Keys] = keys("index", "raw", "block_offset", "covers_clusters")
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class RefcountDump:
     filename: str
     what: str = field(default="refcount", init=False)
 
-    JSON: ClassVar[Keys] = _keys(
+    JSON: ClassVar[Keys] = keys(
         "what", "refcount_table_offset", "refcount_table_clusters", "refcount_bits",
         "cluster_size", "nonzero_table_entries", "table", "entries_past_end_of_file",
         "unreadable_blocks", "unreadable_count", "ranges", "range_count", "truncated",
@@ -86,7 +85,7 @@ class SnapshotEntryView:
     disk_size: Optional[int] = None
     icount: Optional[int] = None
 
-    JSON: ClassVar[Keys] = _keys(
+    JSON: ClassVar[Keys] = keys(
         "index", "entry_offset", "id", "name", "l1_table_offset", "l1_size", "date_sec",
         "date_nsec", "vm_clock_nsec", "vm_state_size", "extra_data_size", "extra_data",
         "vm_state_size_large", "disk_size", "icount",
@@ -103,7 +102,7 @@ class SnapshotsDump:
     filename: str
     what: str = field(default="snapshots", init=False)
 
-    JSON: ClassVar[Keys] = _keys("what", "snapshots_offset", "nb_snapshots", "table_size",
+    JSON: ClassVar[Keys] = keys("what", "snapshots_offset", "nb_snapshots", "table_size",
                                  "snapshots", "truncated", "filename")
 
 
@@ -114,7 +113,7 @@ class BitmapTableEntryView:
     data_offset: int
     all_ones: bool
 
-    JSON: ClassVar[Keys] = _keys("index", "raw", "data_offset", "all_ones")
+    JSON: ClassVar[Keys] = keys("index", "raw", "data_offset", "all_ones")
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ class BitmapsDump:
     truncated: Optional[bool] = None
     what: str = field(default="bitmaps", init=False)
 
-    JSON: ClassVar[Keys] = _keys(
+    JSON: ClassVar[Keys] = keys(
         "what", "extension_present", "autoclear_valid", "bitmaps", "nb_bitmaps",
         "bitmap_directory_offset", "bitmap_directory_size", "truncated", "filename",
         omit=("nb_bitmaps", "bitmap_directory_offset", "bitmap_directory_size", "truncated"))
