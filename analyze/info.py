@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import fields
 from functools import lru_cache
 from typing import Any, TextIO, Union
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.text import indent_block, json_text, render_fields, render_table
 from qcow2_monitor.collectors.common.jsonform import to_json, to_json_object
+from qcow2_monitor.collectors.common.record import fields
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.qcow2.chain import not_read_error, visit

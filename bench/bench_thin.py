@@ -43,8 +43,7 @@ def commands(bin_dir: Path, images: list[str], work: Path, extra: list[str]
 def steady_state(directory: Path, images: list[str]) -> None:
     """A state directory as one-minute runs of two adapters leave it: 720 samples of the last
     6 hours per disk, in the buckets of a state file."""
-    from dataclasses import replace
-
+    from qcow2_monitor.collectors.common.record import replace
     from qcow2_monitor.collectors.report.collect import collect
     from qcow2_monitor.collectors.report.growth import DEFAULT_WINDOW, GrowthTracker, merge
     from qcow2_monitor.collectors.report.thin import Judging

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
+from qcow2_monitor.collectors.common.record import frozen_record
 from qcow2_monitor.collectors.common.units import plain_number
 
 # Deliberately narrower than float(): float() also accepts "inf", "nan", "1_000" and spaces.
@@ -34,7 +34,7 @@ class RangeError(ValueError):
     """A threshold range that does not follow the guidelines' grammar."""
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Range:
     """A parsed threshold range; :meth:`alert` tells whether a value triggers it."""
 

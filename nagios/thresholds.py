@@ -5,10 +5,10 @@ states."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from qcow2_monitor.cli.parser import UsageError
+from qcow2_monitor.collectors.common.record import frozen_record
 from qcow2_monitor.collectors.common.units import human_duration, human_rate, human_size
 from qcow2_monitor.collectors.report.health import CRITICAL, WARNING, worst
 from qcow2_monitor.nagios.ranges import Range
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.model import ImageRecord, ImageUsage
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Thresholds:
     """The limits that turn figures into a state."""
 
@@ -91,13 +91,13 @@ class Thresholds:
         return self.overcommit_warning is not None or self.overcommit_critical is not None
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Problem:
     state: int
     text: str
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Verdict:
     """The state of one image and why."""
 
@@ -106,7 +106,7 @@ class Verdict:
     problems: tuple[Problem, ...]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class FilesystemVerdict:
     figures: FilesystemFigures
     state: int

@@ -27,7 +27,6 @@ import contextlib
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
@@ -41,6 +40,7 @@ from qcow2_monitor.cli.options import (
 )
 from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
+from qcow2_monitor.collectors.common.record import frozen_record
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.report.metrics import (
     METRICS,
@@ -66,7 +66,7 @@ FILE_MODE = 0o644
 # --- rendering ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Family:
     """All samples of one metric name, so that HELP and TYPE are written once."""
 

@@ -12,8 +12,9 @@ Prometheus short delays without editing an expression by hand (tests/test_fleet.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Callable
+
+from qcow2_monitor.collectors.common.record import frozen_record
 
 # A Prometheus duration (model.ParseDuration): units from largest to smallest, e.g. 1h30m, 10s.
 DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?"
@@ -48,7 +49,7 @@ def _seconds_text(duration: str) -> str:
     return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Parameter:
     """A literal of the rules: its default, what it means, the patterns that each find it once
     (group 1 is the literal) and how a duration is written there."""

@@ -6,13 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qcow2_monitor.collectors.common.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from qcow2_monitor.collectors.common.record import replace
 from qcow2_monitor.collectors.common.units import parse_size
 from qcow2_monitor.collectors.report import collect as collecting
 from qcow2_monitor.collectors.report import usage as usage_module

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Optional
 
@@ -23,6 +22,7 @@ from qcow2_monitor.collectors.common.jsonform import (
     to_json,
     to_json_object,
 )
+from qcow2_monitor.collectors.common.record import frozen_record, replace
 from qcow2_monitor.collectors.report.model import (
     HEALTHY,
     PAUSE_NOSPACE,
@@ -97,13 +97,13 @@ def test_states_are_numbered_and_named_as_nagios() -> None:
 # --- to_json ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Inner:
     a: int
     b: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Declared:
     inner: Inner
     raw: int
@@ -132,7 +132,7 @@ def test_to_json_follows_the_declared_keys() -> None:
     assert shown == {"raw-value": "0x0001", "a": 7, "flags": ["in-use"], "note": "n", "b": None}
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Outer:
     inner: Optional[Inner]
 
@@ -160,7 +160,7 @@ class Row(_RowFields):
         JsonKey("index"), JsonKey("flags"), JsonKey("kind"), JsonKey("size", omit=omit_none))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Bad:
     a: int
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -24,6 +23,7 @@ import pytest
 
 from qcow2_monitor.cli.options import policy_from_args
 from qcow2_monitor.collectors.common.errors import IO_ERROR, NOT_QCOW2, Qcow2Error
+from qcow2_monitor.collectors.common.record import replace
 from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.collectors.report.collect import judge
 from qcow2_monitor.collectors.report.model import (

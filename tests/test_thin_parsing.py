@@ -5,11 +5,11 @@ live tests, tests/test_enospc.py, get them from the real daemons)."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from qcow2_monitor.collectors.common.record import replace
 from qcow2_monitor.collectors.common.units import human_duration, parse_duration
 from qcow2_monitor.collectors.host.lvm import lvm_size, parse_vgs, split_dm_name
 from qcow2_monitor.collectors.host.pause import (

@@ -20,7 +20,6 @@ modules only (usage imports them lazily).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import partial
 from typing import Optional
 
@@ -28,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..common.errors import IO_ERROR, Qcow2Error
+from ..common.record import replace
 from ..qcow2 import layout as L
 from ..qcow2.bitmaps import Bitmap
 from ..qcow2.image import Qcow2Image, Snapshot

@@ -13,13 +13,13 @@ no reference).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
 from ..common.errors import Qcow2Error
+from ..common.record import frozen_record
 from ..qcow2.image import Qcow2Image
 from .checker import _Check
 from .compare import compare_refcounts
@@ -100,7 +100,7 @@ class _MapWalk(_Check):
         self.l1walk = L1Walk(self.walk)
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ClusterMap:
     """What each host cluster of an image holds, up to `length` bytes."""
 

@@ -9,11 +9,11 @@ qcow2_get_cluster_type().
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional, Union
 
 import numpy as np
 
+from ..common.record import field, frozen_record
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image
 from ..qcow2.refcount import nb_clusters
@@ -26,7 +26,7 @@ DEFAULT_LIMIT = 1000
 
 
 
-@dataclass(frozen=True)
+@frozen_record
 class RefcountTableEntryView:
     index: int
     raw: int
@@ -36,14 +36,14 @@ class RefcountTableEntryView:
     JSON: ClassVar[Keys] = keys("index", "raw", "block_offset", "covers_clusters")
 
 
-@dataclass(frozen=True)
+@frozen_record
 class RefcountRange:
     first_cluster: int
     last_cluster: int
     refcount: int
 
 
-@dataclass(frozen=True)
+@frozen_record
 class RefcountDump:
     refcount_table_offset: int
     refcount_table_clusters: int
@@ -67,7 +67,7 @@ class RefcountDump:
         "filename")
 
 
-@dataclass(frozen=True)
+@frozen_record
 class SnapshotEntryView:
     index: int
     entry_offset: int
@@ -92,7 +92,7 @@ class SnapshotEntryView:
         omit=("vm_state_size_large", "disk_size", "icount"))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class SnapshotsDump:
     snapshots_offset: int
     nb_snapshots: int
@@ -106,7 +106,7 @@ class SnapshotsDump:
                                  "snapshots", "truncated", "filename")
 
 
-@dataclass(frozen=True)
+@frozen_record
 class BitmapTableEntryView:
     index: int
     raw: int
@@ -116,7 +116,7 @@ class BitmapTableEntryView:
     JSON: ClassVar[Keys] = keys("index", "raw", "data_offset", "all_ones")
 
 
-@dataclass(frozen=True)
+@frozen_record
 class BitmapDumpView:
     name: str
     entry_offset: int
@@ -132,7 +132,7 @@ class BitmapDumpView:
     table: tuple[BitmapTableEntryView, ...]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class BitmapsDump:
     extension_present: bool
     autoclear_valid: bool

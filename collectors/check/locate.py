@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from functools import partial
 from typing import Optional
 
 import numpy as np
 import numpy.typing as npt
 
+from ..common.record import replace
 from ..common.units import counted
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image

@@ -5,12 +5,12 @@ formula itself is :mod:`..qcow2.prealloc`."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Iterator, Optional
 
 from ..common.errors import UNSUPPORTED, Qcow2Error
 from ..common.jsonform import JsonKey, omit_none
+from ..common.record import frozen_record
 from ..qcow2 import layout as L
 from ..qcow2.prealloc import prealloc_size
 from ..qcow2.reader import held_for_writing
@@ -59,7 +59,7 @@ def bitmaps_size(image: Qcow2Image, cluster_size: int = TARGET_CLUSTER_SIZE) -> 
     return total + L.align_up(directory, cluster_size)
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Measure:
     """What `qemu-img measure --output=json -O qcow2` reports."""
 

@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import NamedTuple, Optional
 
+from ..common.record import field, mutable_record, replace
 from ..common.units import counted
 from ..qcow2.image import Qcow2Image
 from ..qcow2.steady import moving_header, read_held_still
@@ -91,7 +91,7 @@ def evidence(f: Finding) -> Spot:
             None if f.kind in LENGTH_IN_MESSAGE else f.message)
 
 
-@dataclass
+@mutable_record
 class _Followed:
     """One problem of the first pass, as the latest pass found it."""
 

@@ -12,13 +12,13 @@ size) are one table with several owners; what is kept grows with the distinct ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple, Optional
 
 import numpy as np
 import numpy.typing as npt
 
 from ..common.jsonform import JsonKey
+from ..common.record import frozen_record, mutable_record, replace
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image, Snapshot
 from ..qcow2.snapshots import SnapshotSelection
@@ -63,7 +63,7 @@ def l1_owners(image: Qcow2Image, selection: SnapshotSelection) -> list[L1Owner]:
     return owners
 
 
-@dataclass
+@mutable_record
 class SelectionTables:
     """What the L1 tables of a selection hold (owners[k] is L1 table k)."""
 
@@ -213,7 +213,7 @@ def selected_tables(image: Qcow2Image, selection: SnapshotSelection) -> Selected
                           frozenset(sn.id_str for sn in selection.snapshots))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class FindingsView:
     """What `check --snapshot SEL` adds to the check's result, whose `findings` and
     `findings_total` are then those located in the selected tables: the selector, the findings

@@ -10,12 +10,12 @@ bounded by `limit` (tables, entries, owners of one table) and say how many there
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple, Optional
 
 import numpy as np
 
 from ..common.jsonform import JsonKey, hex_form, omit_none
+from ..common.record import field, frozen_record
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image
 from ..qcow2.snapshots import SnapshotSelection
@@ -42,7 +42,7 @@ class SnapshotRef(NamedTuple):
     name: str
 
 
-@dataclass(frozen=True)
+@frozen_record
 class L1EntryView:
     index: int
     raw: int
@@ -53,7 +53,7 @@ class L1EntryView:
     JSON: ClassVar[Keys] = keys("index", "raw", "l2_offset", "copied", "reserved_bits")
 
 
-@dataclass(frozen=True)
+@frozen_record
 class L1TableView:
     l1_table_offset: int
     l1_size: int
@@ -69,7 +69,7 @@ class L1TableView:
                                 omit=("skipped",))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class L1Dump:
     snapshot: str  # the selector
     l1_tables: int
@@ -83,7 +83,7 @@ class L1Dump:
                                 "truncated", "filename")
 
 
-@dataclass(frozen=True)
+@frozen_record
 class L2EntryView:
     index: int
     guest_offset: int
@@ -105,7 +105,7 @@ class L2EntryView:
         JsonKey("subcluster_zero", omit=omit_none, form=SUBCLUSTER_BITS))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class L2TableView:
     l1_index: int  # of the first L1 entry naming it (guest offsets are counted from it)
     l2_offset: int
@@ -116,7 +116,7 @@ class L2TableView:
     entries: tuple[L2EntryView, ...]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class L2Dump:
     snapshot: str  # the selector
     cluster_size: int

@@ -11,13 +11,13 @@ the findings catalogue.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, Optional
 
 import numpy as np
 import numpy.typing as npt
 
+from ..common.record import frozen_record
 from ..qcow2 import layout as L
 from ..qcow2.image import Qcow2Image
 from ..report.model import Finding, Place, TableName
@@ -36,7 +36,7 @@ MAX_RUNS = 4096
 COMPRESSED_SECTOR_SIZE = 512
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Geometry:
     """The header figures the walk needs, derived once."""
 

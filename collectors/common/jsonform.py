@@ -6,11 +6,11 @@ print is made here, from the result model (report/model.py) and the qemu-img loo
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
 from enum import Enum
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .errors import Qcow2Error
+from .record import fields, is_record
 
 Json = Union[None, bool, int, float, str, list["Json"], dict[str, "Json"]]
 JsonObject = dict[str, Json]
@@ -151,7 +151,7 @@ def to_json(value: object) -> Json:
         return value.hex()
     if isinstance(value, Qcow2Error):
         return to_json(value.as_dict())
-    if hasattr(cls, "_fields") or (is_dataclass(value) and not isinstance(value, type)):
+    if hasattr(cls, "_fields") or (is_record(value) and not isinstance(value, type)):
         build = _BUILDERS[cls] = _builder(cls)
         return build(value)
     if isinstance(value, (tuple, list)):

@@ -13,10 +13,10 @@ from __future__ import annotations
 import glob
 import os
 import stat
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
 from ..common.errors import IO_ERROR, Qcow2Error
+from ..common.record import frozen_record
 from ..common.units import counted
 from ..qcow2.layout import QCOW_MAGIC as QCOW2_MAGIC
 from ..qcow2.reader import has_qcow2_magic
@@ -194,7 +194,7 @@ def _is_qemu(name: Optional[str], cmdline: Optional[Sequence[str]]) -> bool:
     return _QEMU_MARKER in os.path.basename(cmdline[0]) if cmdline else False
 
 
-@dataclass(frozen=True)
+@frozen_record
 class RunningScan:
     """The images running qemu processes hold, and the qemu processes we may not inspect."""
 

@@ -34,10 +34,10 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional
 
 from ..common.errors import IO_ERROR, Qcow2Error
+from ..common.record import field, frozen_record, mutable_record, replace
 from ..report.model import LiveDisk, LiveSource
 from .identity import DiskIdentity, identity_of, identity_of_path
 from .pause import (
@@ -61,7 +61,7 @@ QMP_TIMEOUT = 2.0  # seconds for the whole exchange with one QMP socket
 _QMP_PROTOCOL_DRIVERS = frozenset({"file", "host_device"})
 _QMP_MAX_MESSAGE = 16 * 1024 * 1024  # a qemu with thousands of nodes still answers in far less
 
-@dataclass
+@mutable_record
 class LiveView:
     """Everything the live sources said in one run."""
 
@@ -402,7 +402,7 @@ class PendingLive:
         return self._view
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LiveSources:
     """The live sources one run asks: libvirt at `libvirt_uri` (None: not asked) and the QMP
     sockets `qmp`."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from dataclasses import dataclass
 from typing import Optional
 
+from ..common.record import frozen_record
 from . import identity
 from .live import run_bounded
 
@@ -22,7 +22,7 @@ LVM_UUID_PREFIX = "LVM-"
 VGS_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LogicalVolume:
     vg: str
     lv: str
@@ -33,7 +33,7 @@ class LogicalVolume:
         return f"{self.vg}/{self.lv}"
 
 
-@dataclass(frozen=True)
+@frozen_record
 class VolumeGroup:
     name: str
     extent_size: int  # bytes

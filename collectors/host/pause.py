@@ -17,9 +17,9 @@ Each disk of a paused VM gets one reason (the ``PAUSE_*`` names below):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..common.record import frozen_record
 from ..report.model import (
     PAUSE_IOERROR,
     PAUSE_NOSPACE,
@@ -54,7 +54,7 @@ QMP_IO_STATUS = {"nospace": PAUSE_NOSPACE, "failed": PAUSE_IOERROR}
 # --- libvirt ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen_record
 class DomainState:
     state: int
     reason: int

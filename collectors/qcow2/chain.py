@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 from contextlib import closing
-from dataclasses import dataclass, replace
 from typing import Callable, Generic, Optional, TypeVar
 
 from ..common.errors import INVALID, IO_ERROR, UNSUPPORTED, Qcow2Error
+from ..common.record import frozen_record, replace
 from ..common.text import printable
 from ..report.model import DEFAULT_MAX_DEPTH, ChainLayer, LayerStatus
 from .image import Qcow2Image
@@ -145,7 +145,7 @@ def not_read_error(layer: ChainLayer) -> Qcow2Error:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Visited(Generic[T]):
     """One layer of a visited chain: the layer as walked (status, error), and what the reader
     made of it (None for a layer that was not read)."""

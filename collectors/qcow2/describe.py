@@ -6,10 +6,10 @@ declared here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Optional, Union
 
 from ..common.jsonform import JsonKey
+from ..common.record import frozen_record
 from . import layout as L
 from .image import Extension, Qcow2Image
 
@@ -30,7 +30,7 @@ def extension_type_text(code: int) -> str:
 _FEATURE_TYPE = JsonKey("type", form=feature_type_name)
 
 
-@dataclass(frozen=True)
+@frozen_record
 class FeatureView:
     type: int  # L.FEATURE_TYPE_*
     bit: int
@@ -41,7 +41,7 @@ class FeatureView:
                                            JsonKey("enabled"))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class FeatureNameView:
     """One entry of the feature name table extension."""
 
@@ -52,22 +52,22 @@ class FeatureNameView:
     JSON: ClassVar[tuple[JsonKey, ...]] = (_FEATURE_TYPE, JsonKey("bit"), JsonKey("name"))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class BackingFormatDetail:
     backing_format: Optional[str]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class DataFileDetail:
     data_file: Optional[str]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class FeatureTableDetail:
     entries: tuple[FeatureNameView, ...]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class BitmapsDetail:
     nb_bitmaps: int
     bitmap_directory_size: int
@@ -75,13 +75,13 @@ class BitmapsDetail:
     in_effect: bool  # the autoclear bit that makes the bitmaps valid
 
 
-@dataclass(frozen=True)
+@frozen_record
 class CryptoDetail:
     luks_offset: int
     luks_length: int
 
 
-@dataclass(frozen=True)
+@frozen_record
 class RawDetail:
     """An extension of unknown type (or an unexpected length): its first bytes."""
 
@@ -94,7 +94,7 @@ ExtensionDetail = Union[BackingFormatDetail, DataFileDetail, FeatureTableDetail,
                         CryptoDetail, RawDetail]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ExtensionView:
     type: int
     name: str
@@ -107,7 +107,7 @@ class ExtensionView:
         JsonKey("length"), JsonKey("detail", flatten=True))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LuksSlotView:
     slot: int
     active: bool
@@ -116,7 +116,7 @@ class LuksSlotView:
     stripes: int
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LuksView:
     offset: int
     length: int
@@ -178,7 +178,7 @@ class BitmapView(NamedTuple):
     extra_data_size: int
 
 
-@dataclass(frozen=True)
+@frozen_record
 class HeaderView:
     """The whole header area of one image."""
 

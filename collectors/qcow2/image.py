@@ -9,10 +9,10 @@ is allocated from a header value. Only metadata is read: no key, no data file, n
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 from ..common.errors import INVALID, OUT_OF_BOUNDS, UNSUPPORTED, Qcow2Error
+from ..common.record import frozen_record
 from ..common.text import printable
 from ..common.units import counted
 from . import layout as L
@@ -29,7 +29,7 @@ HEAD_READ = 4096
 
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Extension:
     type: int
     offset: int  # of the extension's data, in the image
@@ -41,7 +41,7 @@ class Extension:
         return L.EXTENSION_NAMES.get(self.type, "unknown")
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Feature:
     type: int  # L.FEATURE_TYPE_*
     bit: int

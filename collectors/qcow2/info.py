@@ -4,10 +4,10 @@ no data file."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Optional
 
 from ..common.jsonform import JsonKey, omit_falsy, omit_none
+from ..common.record import frozen_record
 from . import layout as L
 from .chain import backing_path, has_protocol
 from .image import Qcow2Image, Snapshot
@@ -43,7 +43,7 @@ class SnapshotInfo(_SnapshotFields):
                                  "vm-clock-sec", "vm-clock-nsec", "icount", omit=("icount",))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LuksSlotInfo:
     active: bool
     key_offset: int
@@ -54,7 +54,7 @@ class LuksSlotInfo:
                                  omit=("iters", "stripes"))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class EncryptInfo:
     """The `encrypt` block: the format, and for LUKS its header (no key needed)."""
 
@@ -84,7 +84,7 @@ class BitmapInfo(NamedTuple):
     granularity: int
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Qcow2SpecificInfo:
     """ImageInfoSpecificQCow2: version 3 images add the feature flags and the bitmaps."""
 
@@ -106,13 +106,13 @@ class Qcow2SpecificInfo:
               "encrypt"), omit_empty=("bitmaps",))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class FormatSpecific:
     type: str
     data: Qcow2SpecificInfo
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ImageInfo:
     """What `qemu-img info --output=json` reports about one layer (ImageInfo)."""
 

@@ -10,10 +10,10 @@ every count before reading (see :mod:`collectors.image`). All integers big-endia
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, NamedTuple
 
+from ..common.record import frozen_record
 from .names import c_string_text
 
 QCOW_MAGIC = b"QFI\xfb"
@@ -129,7 +129,7 @@ BME_RESERVED_FLAGS = ~0x7 & 0xFFFFFFFF
 _text = c_string_text
 
 
-@dataclass(frozen=True)
+@frozen_record
 class HeaderV2:
     """The 72-byte version 2 header, which is also the start of every version 3 header."""
 
@@ -161,7 +161,7 @@ HEADER_V3_STRUCT = struct.Struct(">QQQII")
 HEADER_V3_OFFSET = 72
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Header(HeaderV2):
     """The header as qemu sees it: the version 2 fields plus the version 3 ones, which a
     version 2 image gets as defaults (qemu's qcow2_do_open: refcount_order 4, header_length
@@ -234,7 +234,7 @@ V3_HEADER_LENGTH = V2_HEADER_LENGTH + HEADER_V3_STRUCT.size  # 104
 V2_REFCOUNT_ORDER = 4
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ExtensionHeader:
     STRUCT: ClassVar[struct.Struct] = struct.Struct(">II")
 
@@ -246,7 +246,7 @@ class ExtensionHeader:
         return cls(*cls.STRUCT.unpack_from(data, offset))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class FeatureNameEntry:
     STRUCT: ClassVar[struct.Struct] = struct.Struct(">BB46s")
 
@@ -260,7 +260,7 @@ class FeatureNameEntry:
         return cls(ftype, bit, _text(name))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class BitmapsExtension:
     STRUCT: ClassVar[struct.Struct] = struct.Struct(">IIQQ")
 
@@ -274,7 +274,7 @@ class BitmapsExtension:
         return cls(*cls.STRUCT.unpack_from(data))
 
 
-@dataclass(frozen=True)
+@frozen_record
 class CryptoHeaderExtension:
     STRUCT: ClassVar[struct.Struct] = struct.Struct(">QQ")
 
@@ -353,7 +353,7 @@ LUKS_SECTOR_SIZE = 512
 LUKS_NUM_KEY_SLOTS = 8
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LuksKeySlot:
     STRUCT: ClassVar[struct.Struct] = struct.Struct(">II32sII")
 
@@ -368,7 +368,7 @@ class LuksKeySlot:
         return self.active == LUKS_KEY_SLOT_ENABLED
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LuksHeader:
     """The LUKS1 partition header (592 bytes), as stored unencrypted inside a qcow2 image."""
 

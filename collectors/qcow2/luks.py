@@ -3,15 +3,15 @@ read without any key."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from ..common.errors import INVALID, UNSUPPORTED, Qcow2Error
+from ..common.record import frozen_record
 from . import layout as L
 from .reader import ImageFile
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LuksInfo:
     """The LUKS1 header fields `qemu-img info` shows (qcrypto_block_luks_get_info)."""
 

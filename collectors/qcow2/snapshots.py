@@ -12,8 +12,7 @@ keywords come before IDs and names: a snapshot named `all` is selected by its ID
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..common.record import frozen_record
 from .image import Qcow2Image, Snapshot
 
 ACTIVE = "active"
@@ -29,7 +28,7 @@ class SnapshotSelectorError(ValueError):
     ends exit 64)."""
 
 
-@dataclass(frozen=True)
+@frozen_record
 class SnapshotSelection:
     """The L1 tables a selector names: the active one (or not), and snapshots in table order."""
 

@@ -10,11 +10,11 @@ every check and must stay light.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from enum import Enum
 from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 from ..common.errors import IO_ERROR, Qcow2Error, internal_error
+from ..common.record import replace
 from ..common.units import counted
 from ..host.discovery import dedupe_targets, expand_targets, scan_running
 from ..host.identity import canonical_path

@@ -11,9 +11,9 @@ VG are advised together: when the VG's free space cannot cover all of them, the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
+from ..common.record import frozen_record, replace
 from ..common.units import human_size
 from ..host import lvm
 from .model import PAUSE_NOSPACE, ContainerKind, Extension, ImageUsage
@@ -24,7 +24,7 @@ DEFAULT_UTILIZATION = 50  # percent
 DEFAULT_GRANULARITY = 1 << 20  # a device whose extent size is unknown: whole MiB
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ExtendPolicy:
     chunk: int = DEFAULT_CHUNK
     utilization: int = DEFAULT_UTILIZATION  # percent, 0..99

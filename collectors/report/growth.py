@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from ..common.record import field, frozen_record, mutable_record
 from ..common.units import human_size
 from .model import ContainerKind, Growth, ImageUsage
 from .state import CorruptState, StateDirectory, StateError, state_name
@@ -84,7 +84,7 @@ def _slope(buckets: Sequence[Bucket], y: int, ty: int) -> Optional[float]:
     return (s_ty - s_t * s_y / n) / sxx
 
 
-@dataclass(frozen=True)
+@frozen_record
 class DiskSample:
     """One disk as this run saw it."""
 
@@ -158,7 +158,7 @@ def _combined(buckets: Sequence[Bucket]) -> Bucket:
     return total
 
 
-@dataclass
+@mutable_record
 class History:
     """One disk's samples after this run's (as sums: the window's buckets, or their total),
     what to write, and what happened to them."""
@@ -259,7 +259,7 @@ def growth_of(history: History, usage: ImageUsage, window: float) -> Growth:
     return Growth(rate, time_to_full, samples, span, history.note)
 
 
-@dataclass
+@mutable_record
 class GrowthTracker:
     """Samples of the disks a run saw, kept in the state directory (and, for a long-running
     collector such as Telegraf's execd mode, in memory too: a directory that cannot be used

@@ -11,10 +11,10 @@ look"); which state wins when several rules apply is :func:`worst`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
+from ..common.record import frozen_record
 from ..common.units import counted, human_size
 from .extend import extension_text
 from .model import (
@@ -47,7 +47,7 @@ BACKING_STATUS = {status: LayerStatus(f"backing-{status}") for status in (
 BROKEN_LAYER_STATES = frozenset(BACKING_STATUS)
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Rule:
     name: str  # also the option: --<name>-state
     default: State

@@ -13,9 +13,9 @@ prometheus_client.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional, Union
 
+from ..common.record import frozen_record, replace
 from ..common.text import printable
 from .model import Collection, ImageRecord, LayerStatus, State
 from .thin_metrics import THIN_METRICS, thin_values
@@ -238,7 +238,7 @@ IDENTITY_LABELS = ("path",)
 INTEGER_INFO_LABELS = ("depth",)
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Metric:
     """One value of one image (or of the collector run), in base units."""
 
@@ -360,7 +360,7 @@ def image_metrics(record: ImageRecord) -> list[Metric]:
     return metrics
 
 
-@dataclass(frozen=True)
+@frozen_record
 class FilesystemFigures:
     """One filesystem holding image files, and the top images reported on it."""
 

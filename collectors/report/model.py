@@ -9,12 +9,12 @@ IntEnum numbered as Nagios numbers its states.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import ClassVar, Optional
 
 from ..common.errors import Qcow2Error
 from ..common.jsonform import JsonKey, omit_falsy, omit_none
+from ..common.record import field, frozen_record
 
 # Backing-chain depth limit used everywhere (usage, info, measure, adapters).
 DEFAULT_MAX_DEPTH = 32
@@ -109,7 +109,7 @@ PAUSE_USER, PAUSE_UNKNOWN = "user", "unknown"
 IO_PAUSES = frozenset({PAUSE_NOSPACE, PAUSE_IOERROR, PAUSE_OTHER_DISK})
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Pause:
     """A paused VM, as it concerns one of its disks."""
 
@@ -124,7 +124,7 @@ class Pause:
         return self.reason in IO_PAUSES
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Extension:
     """Advice to extend a thin block volume (collectors.report.extend): its headroom fell below
     the watermark chunk x (100 - utilization%) / 100 (oVirt/VDSM's policy)."""
@@ -147,7 +147,7 @@ class Extension:
             and self.vg_needed > self.vg_free
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Growth:
     """How fast an image grows, from the samples of earlier runs (collectors.report.growth)."""
 
@@ -158,7 +158,7 @@ class Growth:
     note: Optional[str] = None  # a reset, or a state file that could not be used
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Container:
     """Where an image lives and how far it can grow there."""
 
@@ -176,7 +176,7 @@ class Container:
         return self.used / self.size if self.size else 1.0
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ImageUsage:
     """The fast usage figures of one qcow2 image."""
 
@@ -256,7 +256,7 @@ class ImageUsage:
         return self.image_end_offset_source
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ChainLayer:
     """One layer of a backing chain: a backing layer (depth >= 1) below a top image, or the top
     image itself (depth 0) as the chain walker reports it."""
@@ -288,7 +288,7 @@ class ChainLayer:
             and self.path is not None
 
 
-@dataclass(frozen=True)
+@frozen_record
 class UsageResult:
     """The outcome for one target: usage of the top image plus its backing chain, or an error."""
 
@@ -300,7 +300,7 @@ class UsageResult:
 
 # --- the full check --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@frozen_record
 class Place:
     """One entry (or, without `entry`, one whole table) of the metadata a finding is at: the
     structured twin of a finding's `location` text."""
@@ -323,7 +323,7 @@ def _omit_unset(value: object) -> bool:
     return value is None or value == ""
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Finding:
     """One problem found by the full check, located precisely."""
 
@@ -353,7 +353,7 @@ class Finding:
     )
 
 
-@dataclass(frozen=True)
+@frozen_record
 class CheckResult:
     """Everything `qemu-img check` reports, with the same meaning, plus located findings."""
 
@@ -392,7 +392,7 @@ class CheckResult:
 
 # --- health ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@frozen_record
 class Reason:
     """One health rule that applied to an image, the state the policy gives it, and why."""
 
@@ -401,7 +401,7 @@ class Reason:
     text: str
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Health:
     """The verdict on one image: its state and every rule that applied (OK ones are notes)."""
 
@@ -422,7 +422,7 @@ HEALTHY = Health(State.OK)
 
 # --- where images come from: targets and live sources ---------------------------------------
 
-@dataclass(frozen=True)
+@frozen_record
 class Target:
     """One image to analyse, or the reason a spec yielded none (host/discovery.py)."""
 
@@ -431,7 +431,7 @@ class Target:
     error: Optional[Qcow2Error] = None
 
 
-@dataclass(frozen=True)
+@frozen_record
 class LiveDisk:
     """One image as a running qemu sees it (host/live.py)."""
 
@@ -450,7 +450,7 @@ class LiveDisk:
 RUNNING_PROCESSES = "(running qemu processes)"
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ImageRecord:
     """One analysed image: a target (depth 0) or one of its backing layers (depth >= 1)."""
 
@@ -485,7 +485,7 @@ class ImageRecord:
         return not self.source and not (self.path is None and self.target == RUNNING_PROCESSES)
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Collection:
     """Everything one collector run found."""
 

@@ -7,9 +7,9 @@ Only top images count: backing layers are never written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
+from ..common.record import frozen_record, replace
 from ..host.identity import identity_of_path
 from .extend import DEFAULT_POLICY, ExtendPolicy, advise
 from .growth import DiskSample, GrowthTracker
@@ -17,7 +17,7 @@ from .health import Policy
 from .model import ImageRecord, ImageUsage
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Judging:
     """How a run judges its images: the health rules' states (None: their defaults), when to
     advise extending a volume, and where growth is tracked (None: no state kept)."""
@@ -35,7 +35,7 @@ def _growing(record: ImageRecord) -> bool:
         and record.error is None
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Seen:
     """A top image as this run saw it: its path, identity (canonical path), usage and when."""
 

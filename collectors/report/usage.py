@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable, Optional, Protocol, TypeVar
 
 from ..common.errors import Qcow2Error
+from ..common.record import replace
 from ..host.container import container_of
 from ..host.live import LiveView, no_live_source_note
 from ..qcow2 import layout as L

@@ -1,0 +1,224 @@
+"""Records: value types declared by their annotated fields, as dataclasses declares them --
+``@frozen_record`` for ``@dataclass(frozen=True)``, ``@mutable_record`` for ``@dataclass`` -- with
+:func:`field`, :func:`fields` and :func:`replace` as dataclasses has them.
+
+Why not dataclasses: importing it imports inspect (and with it ast, dis and tokenize), and each
+``@dataclass`` compiles its methods from source text. For the records a one-image
+``check_qcow2`` run loads, that was about 15 ms of CPU, more than the interpreter's own start
+(bench/bench_start.py), in a plugin that Nagios starts once per disk per minute. A record gets
+the same methods from generic functions that read the class's field list once: ``__init__``
+(fields in order, positional or by name, defaults, default factories, ``init=False`` fields),
+``__repr__``, ``__eq__`` (same class, equal fields), ``__hash__`` for frozen records, and
+assignment refused on frozen ones; a method the class writes itself is kept. Fields are read
+from the class's own annotations (text: every module has ``from __future__ import
+annotations``), base records' fields first; ``ClassVar`` annotations are not fields. Type
+checkers see records as dataclasses (PEP 681, ``dataclass_transform``).
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar, dataclass_transform
+
+    T = TypeVar("T")
+else:
+    def dataclass_transform(**_options: object) -> Callable[[T], T]:
+        return lambda decorated: decorated
+
+_MISSING = object()
+_FIELDS = "__record_fields__"
+
+
+class FrozenInstanceError(AttributeError):
+    """Assignment to a field of a frozen record (dataclasses.FrozenInstanceError's role)."""
+
+
+class Field:
+    """One field of a record: its name, default or default factory, and whether __init__
+    takes it."""
+
+    __slots__ = ("default", "default_factory", "init", "name")
+
+    def __init__(self, default: object = _MISSING, default_factory: object = _MISSING,
+                 init: bool = True) -> None:
+        if default is not _MISSING and default_factory is not _MISSING:
+            raise ValueError("cannot give both default and default_factory")
+        self.name = ""
+        self.default = default
+        self.default_factory = default_factory
+        self.init = init
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING and self.default_factory is _MISSING
+
+    def initial(self) -> object:
+        """The value of a field __init__ was not given."""
+        if self.default_factory is not _MISSING:
+            return self.default_factory()  # type: ignore[operator]
+        return self.default
+
+    def __repr__(self) -> str:
+        return f"Field({self.name!r})"
+
+
+def field(*, default: Any = _MISSING, default_factory: Any = _MISSING, init: bool = True
+          ) -> Any:
+    """A field's default, default factory or init=False, as dataclasses.field."""
+    return Field(default, default_factory, init)
+
+
+def fields(value: object) -> tuple[Field, ...]:
+    """The fields of a record or record class, in order."""
+    found: tuple[Field, ...] | None = getattr(value, _FIELDS, None)
+    if found is None:
+        raise TypeError(f"{type(value).__name__} is not a record")
+    return found
+
+
+def is_record(value: object) -> bool:
+    """A record instance (not a record class)."""
+    return hasattr(type(value), _FIELDS)
+
+
+def replace(value: T, **changes: Any) -> T:
+    """A copy of the record `value` with the fields named in `changes` changed."""
+    for item in fields(value):
+        if not item.init:
+            if item.name in changes:
+                raise ValueError(f"field {item.name} cannot be changed (init=False)")
+        elif item.name not in changes:
+            changes[item.name] = getattr(value, item.name)
+    return type(value)(**changes)
+
+
+def _is_class_var(annotation: object) -> bool:
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return text.startswith(("ClassVar", "typing.ClassVar"))
+
+
+def _collect_fields(cls: type) -> tuple[Field, ...]:
+    """Base records' fields first, then the class's own annotations in order (one that a
+    base has keeps its place, as dataclasses keeps it)."""
+    found: dict[str, Field] = {}
+    for base in reversed(cls.__mro__[1:]):
+        found.update((item.name, item) for item in vars(base).get(_FIELDS, ()))
+    for name, annotation in vars(cls).get("__annotations__", {}).items():
+        if _is_class_var(annotation):
+            continue
+        value = vars(cls).get(name, _MISSING)
+        item = value if isinstance(value, Field) else Field(value)
+        item.name = name
+        if isinstance(value, Field):  # the class attribute is the default, as in dataclasses
+            if item.default is _MISSING:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, item.default)
+        found[name] = item
+    ordered = tuple(found.values())
+    seen_default = False
+    for item in ordered:
+        if item.init and not item.required:
+            seen_default = True
+        elif item.init and seen_default:
+            raise TypeError(f"{cls.__name__}: non-default field {item.name!r} follows a "
+                            "default one")
+    return ordered
+
+
+def _make_init(cls: type, all_fields: tuple[Field, ...]) -> Callable[..., None]:
+    taken = tuple(item for item in all_fields if item.init)
+    names = frozenset(item.name for item in taken)
+    rest = tuple(item for item in all_fields if not item.init)
+    assign = object.__setattr__
+
+    def __init__(self: object, *args: object, **kwargs: object) -> None:
+        if len(args) > len(taken):
+            raise TypeError(f"{cls.__name__}() takes {len(taken)} positional arguments but "
+                            f"{len(args)} were given")
+        for item, value in zip(taken, args):
+            if item.name in kwargs:
+                raise TypeError(f"{cls.__name__}() got multiple values for {item.name!r}")
+            assign(self, item.name, value)
+        for item in taken[len(args):]:
+            if item.name in kwargs:
+                assign(self, item.name, kwargs[item.name])
+            elif item.required:
+                raise TypeError(f"{cls.__name__}() missing argument {item.name!r}")
+            else:
+                assign(self, item.name, item.initial())
+        if not names.issuperset(kwargs):
+            unknown = sorted(set(kwargs) - names)
+            raise TypeError(f"{cls.__name__}() got unexpected arguments {unknown}")
+        for item in rest:
+            assign(self, item.name, item.initial())
+
+    return __init__
+
+
+def _values(all_fields: tuple[Field, ...]) -> Callable[[object], tuple[object, ...]]:
+    """The function that gives a record's field values as a tuple."""
+    if len(all_fields) == 1:
+        one = attrgetter(all_fields[0].name)
+        return lambda value: (one(value),)
+    if not all_fields:
+        return lambda value: ()
+    getter: Callable[[object], tuple[object, ...]] = attrgetter(
+        *(item.name for item in all_fields))
+    return getter
+
+
+def _frozen_setattr(self: object, name: str, value: object) -> None:
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _frozen_delattr(self: object, name: str) -> None:
+    raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+def _make_record(cls: type[T], frozen: bool) -> type[T]:
+    all_fields = _collect_fields(cls)
+    values = _values(all_fields)
+    names = tuple(item.name for item in all_fields)
+
+    def __repr__(self: object) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(names, values(self)))
+        return f"{type(self).__qualname__}({shown})"
+
+    def __eq__(self: object, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return values(self) == values(other)
+
+    def __hash__(self: object) -> int:
+        return hash(values(self))
+
+    own = vars(cls)
+    explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
+    methods: dict[str, object] = {"__init__": _make_init(cls, all_fields),
+                                  "__repr__": __repr__, "__eq__": __eq__}
+    if frozen:
+        methods.update(__setattr__=_frozen_setattr, __delattr__=_frozen_delattr)
+    for name, method in methods.items():
+        if name not in own:
+            setattr(cls, name, method)
+    if not explicit_hash:
+        cls.__hash__ = __hash__ if frozen else None  # type: ignore[assignment,method-assign]
+    setattr(cls, _FIELDS, all_fields)
+    return cls
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def frozen_record(cls: type[T]) -> type[T]:
+    """A frozen record (``@dataclass(frozen=True)``)."""
+    return _make_record(cls, frozen=True)
+
+
+@dataclass_transform(field_specifiers=(field,))
+def mutable_record(cls: type[T]) -> type[T]:
+    """A record whose fields may be assigned (``@dataclass``)."""
+    return _make_record(cls, frozen=False)
