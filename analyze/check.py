@@ -8,7 +8,6 @@ presence rules) plus located findings, and exits like it: 0 clean, 1 could not c
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.parser import UsageError
@@ -21,9 +20,6 @@ from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.health import broken_layer
 from qcow2_monitor.collectors.report.model import ChainLayer, CheckResult, LayerStatus
 
-if TYPE_CHECKING:
-    from qcow2_monitor.collectors.check.snapview import FindingsView
-
 from .common import (
     OUTPUT_HELP,
     PROG,
@@ -34,6 +30,12 @@ from .common import (
     report_error,
     snapshot_argument,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional, TextIO
+
+    from qcow2_monitor.collectors.check.snapview import FindingsView
 
 # qemu-img check's exit codes beside the common ones.
 EXIT_CORRUPTIONS = 2

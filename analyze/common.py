@@ -7,7 +7,6 @@ import argparse
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED
 from qcow2_monitor.cli.parser import HELP_WIDTH, UsageError
@@ -16,6 +15,10 @@ from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.qcow2.snapshots import SnapshotSelectorError
 from qcow2_monitor.collectors.report.model import LayerStatus
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional, TextIO
 
 PROG = "qcow2-analyze"
 

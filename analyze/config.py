@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Optional, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
 
 from .common import epilog
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional, TextIO
 
 BINDIR_PLACEHOLDER = "@BINDIR@"
 

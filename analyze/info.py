@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 from functools import lru_cache
-from typing import Any, TextIO, Union
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.text import indent_block, json_text, render_fields, render_table
@@ -28,6 +27,10 @@ from qcow2_monitor.collectors.qcow2.info import ImageInfo, image_info, raw_info
 from qcow2_monitor.collectors.report.model import LayerStatus
 
 from .common import error_document, report_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO, Union
 
 
 def render_info_human(info: ImageInfo) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Optional, TextIO
 
 from qcow2_monitor.cli.entry import last_resort, output_streams
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
@@ -29,6 +28,10 @@ from qcow2_monitor.collectors.common.text import printable
 
 from . import check, config, map, tables
 from .common import EXIT_CODES, OUTPUT_HELP, PROG, epilog, fail
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, TextIO
 
 
 # Each command's module is imported when it runs: a check loads neither usage's live sources

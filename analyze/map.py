@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_OK
 from qcow2_monitor.collectors.common.units import human_size
 
 from .common import OUTPUT_HELP, count_option, epilog
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 # One character per kind, in collectors.check.clustermap's order of kinds.
 SYMBOLS = (" ", ".", "#", "c", "M", "L")

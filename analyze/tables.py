@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_OK
 from qcow2_monitor.cli.parser import UsageError
@@ -28,6 +27,10 @@ from .common import (
     epilog,
     snapshot_argument,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 
 def register(subparsers: Any) -> None:

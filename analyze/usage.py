@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator, Sequence
-from typing import TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import judging_from_args, live_uri
@@ -17,13 +16,22 @@ from qcow2_monitor.collectors.common.units import (
     human_size,
     ratio_percent,
 )
-from qcow2_monitor.collectors.host.live import LiveSources
+from qcow2_monitor.collectors.host.sources import LiveSources
 from qcow2_monitor.collectors.report.collect import ChainScope, collect
 from qcow2_monitor.collectors.report.extend import extension_text
 from qcow2_monitor.collectors.report.health import RULE_BACKING
-from qcow2_monitor.collectors.report.model import Collection, ImageRecord, ImageUsage, LayerStatus
+from qcow2_monitor.collectors.report.model import (
+    Collection,
+    ImageRecord,
+    ImageUsage,
+    LayerStatus,
+)
 
 from .common import PROG, error_document, report_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 # One entry per target: its record, then the records of its backing layers.
 Entry = tuple[ImageRecord, Sequence[ImageRecord]]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Optional, Sequence, TextIO, Union
 
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_USAGE
-from qcow2_monitor.cli.parser import ArgumentContainer, ArgumentParser, ParserExit, UsageError
-from qcow2_monitor.collectors.host.live import DEFAULT_LIBVIRT_URI, LiveSources
+from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
+from qcow2_monitor.collectors.host.sources import DEFAULT_LIBVIRT_URI, LiveSources
 from qcow2_monitor.collectors.report.extend import (
     DEFAULT_CHUNK,
     DEFAULT_UTILIZATION,
@@ -21,7 +20,11 @@ from qcow2_monitor.collectors.report.health import RULES, STATE_BY_NAME, STATE_N
 from qcow2_monitor.collectors.report.model import DEFAULT_MAX_DEPTH
 from qcow2_monitor.collectors.report.thin import Judging
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Optional, Sequence, TextIO, Union
+
+    from qcow2_monitor.cli.parser import ArgumentContainer
     from qcow2_monitor.collectors.report.model import Collection
 
 MAX_DEPTH_LIMIT = 256

@@ -16,19 +16,22 @@ Options and positional arguments may come in any order (`usage a.qcow2 --no-chai
 from __future__ import annotations
 
 import argparse
-import textwrap
+import os
+import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn, Optional, Protocol, cast
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, Optional, Protocol
+
+    class ArgumentContainer(Protocol):
+        """Where options are added: a parser, or one of its groups (add_argument_group())."""
+
+        def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
+
+        def set_defaults(self, **kwargs: Any) -> None: ...
 
 HELP_WIDTH = 79
-
-
-class ArgumentContainer(Protocol):
-    """Where options are added: a parser, or one of its groups (add_argument_group())."""
-
-    def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
-
-    def set_defaults(self, **kwargs: Any) -> None: ...
 
 
 class UsageError(Exception):
@@ -73,6 +76,31 @@ def add_help_argument(container: ArgumentContainer) -> None:
     container.add_argument("-h", "--help", action=HelpAction, help="show this help and exit")
 
 
+def terminal_columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() finds it ($COLUMNS, then the terminal
+    on stdout, else 80), without importing shutil (and with it bz2 and lzma)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.__stdout__ is None:
+        return 80
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (ValueError, OSError):
+        return 80
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter that keeps the lines of a description and an epilog (examples,
+    exit codes). argparse makes one for every add_argument() (to try its metavar), each asking
+    the terminal's width through shutil: a start-up cost of every run, not only of --help."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser that raises instead of printing and exiting, wraps its description to
     the help width (the epilog keeps its lines: examples, exit codes) and parses options and
@@ -82,9 +110,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        if kwargs.get("description"):
-            kwargs["description"] = textwrap.fill(kwargs["description"], HELP_WIDTH)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         add_help = bool(kwargs.get("add_help", True))
         kwargs["add_help"] = False  # argparse's own -h prints and exits: HelpAction instead
         super().__init__(*args, **kwargs)
@@ -96,8 +122,20 @@ class ArgumentParser(argparse.ArgumentParser):
     def add_subparsers(self, **kwargs: Any) -> Any:
         action = super().add_subparsers(**kwargs)
         # The action's own map of names to parsers: the later add_parser() calls show in it.
-        self.commands = cast(dict[str, argparse.ArgumentParser], action.choices)
+        choices: dict[str, argparse.ArgumentParser] = action.choices
+        self.commands = choices
         return action
+
+    def format_help(self) -> str:
+        import textwrap  # for --help only
+
+        description = self.description
+        if description:
+            self.description = textwrap.fill(description, HELP_WIDTH)
+        try:
+            return super().format_help()
+        finally:
+            self.description = description
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, self.prog, self.format_usage())
@@ -113,6 +151,14 @@ class ArgumentParser(argparse.ArgumentParser):
         # inner call the plain one.
         if self.commands or self._intermixing:
             return super().parse_known_args(args, namespace)
+        # The plain parse first: with the positionals in one run (or none, as in
+        # `check_qcow2 -f IMAGE`) it is the intermixed parse's answer, without the whole usage
+        # text that argparse's intermixed parse writes up front for its error messages.
+        # (A namespace given by the caller would keep what the first parse put in it.)
+        if namespace is None:
+            parsed = super().parse_known_args(args, None)
+            if not parsed[1]:
+                return parsed
         self._intermixing = True
         try:
             return super().parse_known_intermixed_args(args, namespace)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.report.model import Finding
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def printable_document(value: Any) -> Any:

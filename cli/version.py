@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn, Optional
 
-from qcow2_monitor.cli.parser import ArgumentContainer, ExitAction, ParserExit
+from qcow2_monitor.cli.parser import ExitAction, ParserExit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, Optional
+
+    from qcow2_monitor.cli.parser import ArgumentContainer
 
 DISTRIBUTION = "qcow2-monitor"
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import traceback
-from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams
 from qcow2_monitor.cli.options import collect_selected
@@ -33,7 +31,10 @@ from qcow2_monitor.nagios.summary import render
 from qcow2_monitor.nagios.text import clean_label, clean_text, percent_text
 from qcow2_monitor.nagios.thresholds import Thresholds, evaluate, evaluate_filesystem
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Optional, Sequence, TextIO
+
     from qcow2_monitor.collectors.report.model import Collection
 
 __all__ = ["build_parser", "clean_label", "clean_text", "main", "percent_text", "verdict"]
@@ -101,6 +102,8 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
     def failure(exc: BaseException) -> int:
         # Any failure of ours is UNKNOWN, on one line (-vvv: the traceback on stderr).
         if options["verbose"] >= 3:
+            import traceback  # only then: it imports linecache and tokenize
+
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
         output.write_failure(
             f"{PREFIX} UNKNOWN - internal error: {clean_text(exception_text(exc))}\n")

@@ -25,9 +25,8 @@ from qcow2_monitor.collectors.common.units import plain_number
 
 # Deliberately narrower than float(): float() also accepts "inf", "nan", "1_000" and spaces.
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-_RANGE_RE = re.compile(
-    rf"^(?P<inside>@)?(?:(?P<start>~|{_NUMBER})?(?P<colon>:))?(?P<end>{_NUMBER})?$"
-)
+# Compiled on first use (re caches it): a run without -w/-c ranges has none to parse.
+_RANGE = rf"^(?P<inside>@)?(?:(?P<start>~|{_NUMBER})?(?P<colon>:))?(?P<end>{_NUMBER})?$"
 
 
 class RangeError(ValueError):
@@ -44,7 +43,7 @@ class Range:
 
     @classmethod
     def parse(cls, text: str) -> Range:
-        match = _RANGE_RE.match(text.strip())
+        match = re.match(_RANGE, text.strip())
         # At least one number: "", "@", ":" and "@:" are typos, not "never alert".
         if match is None or (match["start"] is None and match["end"] is None):
             raise RangeError(

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TextIO
 
 from qcow2_monitor.cli.entry import write_utf8
 from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.collectors.report.health import UNKNOWN
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 PROG = "check_qcow2"
 PREFIX = "QCOW2"

@@ -4,7 +4,6 @@ filesystem when overcommit is thresholded)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from qcow2_monitor.cli.text import finding_text
 from qcow2_monitor.collectors.common.units import (
@@ -26,6 +25,7 @@ from qcow2_monitor.nagios.runtime import PREFIX
 from qcow2_monitor.nagios.text import clean_text, percent_text, usage_percent
 from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from qcow2_monitor.collectors.report.model import ImageRecord, ImageUsage
 

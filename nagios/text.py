@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import percent_number, plain_number
 from qcow2_monitor.nagios.ranges import Range
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 def usage_percent(ratio: float) -> float:

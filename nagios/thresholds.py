@@ -5,7 +5,6 @@ states."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Optional
 
 from qcow2_monitor.cli.parser import UsageError
 from qcow2_monitor.collectors.common.record import frozen_record
@@ -14,7 +13,10 @@ from qcow2_monitor.collectors.report.health import CRITICAL, WARNING, worst
 from qcow2_monitor.nagios.ranges import Range
 from qcow2_monitor.nagios.text import percent_text, usage_percent
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Optional
+
     from qcow2_monitor.collectors.report.metrics import FilesystemFigures
     from qcow2_monitor.collectors.report.model import ImageRecord, ImageUsage
 

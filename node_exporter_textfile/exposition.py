@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable
 
 from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.report.metrics import Labels, MetricValue
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
 
 
 class InvalidOutput(Exception):

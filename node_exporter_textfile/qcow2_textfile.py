@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
 from qcow2_monitor.cli.entry import exception_text, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -54,7 +53,10 @@ from qcow2_monitor.collectors.report.metrics import (
 from qcow2_monitor.collectors.report.model import Collection
 from qcow2_monitor.node_exporter_textfile.exposition import FILTERS, validate
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Optional, Sequence, TextIO
+
     import jinja2  # imported lazily at run time, like everything heavy
 
 PROG = "qcow2-textfile"

@@ -26,11 +26,14 @@ Rules (InfluxDB 1.x line protocol reference; the parsers of influxd 1.6 and of T
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Union
 
 from qcow2_monitor.collectors.common.text import printable
 
-FieldValue = Union[bool, int, float, str]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, Optional, TypeAlias, Union
+
+FieldValue: TypeAlias = "Union[bool, int, float, str]"
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence, TextIO
 
 from qcow2_monitor.cli.entry import exception_text, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
@@ -55,6 +54,10 @@ from qcow2_monitor.collectors.report.metrics import (
 from qcow2_monitor.collectors.report.model import Collection, ImageRecord
 from qcow2_monitor.collectors.report.state import default_directory
 from qcow2_monitor.telegraf.lineprotocol import FieldValue, format_line, representable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Sequence, TextIO
 
 MEASUREMENT = "qcow2"
 FILESYSTEM_MEASUREMENT = "qcow2_filesystem"

@@ -23,7 +23,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from qcow2_monitor.collectors.host.live import QMP_TIMEOUT, LiveSources, parse_domstats
+from qcow2_monitor.collectors.host.live import QMP_TIMEOUT, parse_domstats
+from qcow2_monitor.collectors.host.sources import LiveSources
 
 from daemons import make_image, run
 from live_daemons import (

@@ -7,9 +7,12 @@ the offset and the bad value, so that every front end can print one clear line.
 from __future__ import annotations
 
 import re
-from typing import Optional, Union
 
 from .text import printable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Union
 
 # Kinds of failure, stable strings that adapters may show or export.
 NOT_QCOW2 = "not-qcow2"

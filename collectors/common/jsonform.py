@@ -7,13 +7,16 @@ print is made here, from the result model (report/model.py) and the qemu-img loo
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .errors import Qcow2Error
-from .record import fields, is_record
+from .record import fields, frozen_record, is_record
 
-Json = Union[None, bool, int, float, str, list["Json"], dict[str, "Json"]]
-JsonObject = dict[str, Json]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, TypeAlias, Union
+
+Json: TypeAlias = "Union[bool, int, float, str, list[Json], dict[str, Json], None]"
+JsonObject: TypeAlias = "dict[str, Json]"
 
 
 def omit_none(value: object) -> bool:
@@ -25,7 +28,8 @@ def omit_falsy(value: object) -> bool:
     return not value
 
 
-class JsonKey(NamedTuple):
+@frozen_record
+class JsonKey:
     """One key of a type's JSON object, in the order the type declares them (its `JSON`)."""
 
     key: str
@@ -42,7 +46,7 @@ def hex_form(digits: int) -> Callable[[int], str]:
     return lambda value: f"0x{value:0{digits}x}"
 
 
-Builder = Callable[[Any], JsonObject]
+Builder: TypeAlias = "Callable[[Any], JsonObject]"
 _BUILDERS: dict[type, Builder] = {}
 # Values written as they are, recognised by their exact type (the fast path).
 _PLAIN = frozenset({int, str, float, bool, type(None)})

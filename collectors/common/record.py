@@ -13,21 +13,60 @@ assignment refused on frozen ones; a method the class writes itself is kept. Fie
 from the class's own annotations (text: every module has ``from __future__ import
 annotations``), base records' fields first; ``ClassVar`` annotations are not fields. Type
 checkers see records as dataclasses (PEP 681, ``dataclass_transform``).
+
+Entries that tables hold by the ten thousand (snapshots, bitmaps) are named tuples, declared as
+``class Entry(NamedTuple)`` with :class:`NamedTuple` from here: type checkers see typing's, and
+at run time it is collections.namedtuple made from the annotations. typing's own would compile
+every field's annotation text (a ForwardRef each), and importing typing at all is a
+start-up cost the light path does without: its modules import typing names for type checkers
+only (``if TYPE_CHECKING:``), and the three that a class needs at run time are here.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from operator import attrgetter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, TypeVar, dataclass_transform
+    from typing import Any, dataclass_transform
+    from typing import Generic as Generic
+    from typing import NamedTuple as NamedTuple
+    from typing import TypeVar as TypeVar
 
     T = TypeVar("T")
 else:
-    def dataclass_transform(**_options: object) -> Callable[[T], T]:
+    def dataclass_transform(**_options):
         return lambda decorated: decorated
+
+    def TypeVar(name, *_constraints, **_options):
+        """A type variable at run time: only its name (type checkers see typing's)."""
+        return name
+
+    class Generic:
+        """A generic base at run time: subscripted, the class itself."""
+
+        def __class_getitem__(cls, _parameters):
+            return cls
+
+    class _NamedTupleType(type):
+        def __new__(mcs, name, bases, namespace):
+            if not bases:  # NamedTuple itself
+                return super().__new__(mcs, name, bases, namespace)
+            annotations = namespace.get("__annotations__", {})
+            names = [key for key, kind in annotations.items() if not _is_class_var(kind)]
+            cls = namedtuple(name, names, module=namespace.get("__module__"),
+                             defaults=[namespace[key] for key in names if key in namespace])
+            for key, value in namespace.items():
+                if key not in names and key not in ("__module__", "__qualname__"):
+                    setattr(cls, key, value)
+            cls.__qualname__ = namespace.get("__qualname__", name)
+            return cls
+
+    class NamedTuple(metaclass=_NamedTupleType):
+        """``class Entry(NamedTuple)``: collections.namedtuple from the class's annotations, its
+        methods and class attributes kept."""
 
 _MISSING = object()
 _FIELDS = "__record_fields__"

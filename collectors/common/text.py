@@ -24,7 +24,8 @@ import re
 
 # Control characters, and the lone surrogates Python decodes undecodable bytes to
 # (surrogateescape: byte 0xNN -> U+DCNN) or that any other source could carry.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# (Compiled on first use, by re's cache: most names are printable and never need it.)
+_UNPRINTABLE = "[\x00-\x1f\x7f-\x9f\ud800-\udfff]"
 _ESCAPED_BYTES = range(0xDC80, 0xDD00)  # surrogateescape's range: bytes 0x80..0xff
 
 
@@ -42,4 +43,4 @@ def printable(text: str) -> str:
     ``\\xNN``, everything else as it is (see the module's docstring)."""
     if text.isprintable():  # no control character, no surrogate: nothing to do (most names)
         return text
-    return _UNPRINTABLE.sub(_escape, text)
+    return re.sub(_UNPRINTABLE, _escape, text)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
 _SIZE_PREFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
@@ -33,10 +32,27 @@ def plain_number(value: float) -> str:
         raise ValueError(f"not a finite number: {value!r}")
     if value == int(value):
         return str(int(value))
-    text = format(Decimal(repr(float(value))), "f")
+    text = _fixed_point(repr(float(value)))
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text
+
+
+def _fixed_point(text: str) -> str:
+    """A float's repr without its exponent, digit for digit (``1.5e-05`` -> ``0.000015``), as
+    format(Decimal(text), "f") writes it."""
+    mantissa, _, exponent = text.partition("e")
+    if not exponent:
+        return mantissa
+    sign = "-" if mantissa.startswith("-") else ""
+    whole, _, fraction = mantissa.lstrip("-").partition(".")
+    digits = whole + fraction
+    point = len(whole) + int(exponent)  # where the point goes in `digits`
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return f"{sign}{digits[:point]}.{digits[point:]}"
 
 
 def percent_number(percent: float) -> str:
@@ -57,7 +73,8 @@ def counted(count: int, singular: str, plural: str = "") -> str:
     return f"{count} {singular if count == 1 else (plural or singular + 's')}"
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+# Patterns compiled on first use (re caches them): a run given no size or duration has none.
+_SIZE_PATTERN = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpe]?)(i?b?)\s*$"
 _SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 
 
@@ -68,27 +85,26 @@ def parse_size(text: str) -> int:
     convention for a tool whose users type qemu-img sizes. Fractions round down to a byte.
     Raises ValueError with the offending text.
     """
-    match = _SIZE_RE.match(text)
+    match = re.match(_SIZE_PATTERN, text, re.IGNORECASE)
     if not match:
         raise ValueError(f"invalid size {text!r} (expected e.g. 512M, 10GiB, 1.5T)")
     number, prefix, suffix = match.groups()
     if suffix.lower() in ("i", "ib") and not prefix:
         raise ValueError(f"invalid size {text!r}: 'i' needs a prefix such as Ki or Mi")
-    try:
-        amount = Decimal(number) * (1024 ** _SIZE_POWERS[prefix.lower()])
-    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
-        raise ValueError(f"invalid size {text!r}") from exc
-    return int(amount)
+    whole, _, fraction = number.partition(".")
+    # Exactly, in integers: digits x 1024^power / 10^(digits after the point), rounded down.
+    places: int = 10 ** len(fraction)
+    return (int(whole + fraction or "0") << 10 * _SIZE_POWERS[prefix.lower()]) // places
 
 
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION_PATTERN = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$"
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str) -> float:
     """Parse "90", "90s", "30m", "4h", "2d", "1w" into seconds; raises ValueError."""
-    match = _DURATION_RE.match(text)
+    match = re.match(_DURATION_PATTERN, text, re.IGNORECASE)
     if not match:
         raise ValueError(f"invalid duration {text!r} (expected e.g. 90s, 30m, 4h, 2d)")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]

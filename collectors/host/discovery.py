@@ -10,10 +10,8 @@ devices) or ``/dev/loop*`` holds disks of every kind, and only the qcow2 ones ar
 
 from __future__ import annotations
 
-import glob
 import os
 import stat
-from typing import Iterable, Iterator, Optional, Sequence
 
 from ..common.errors import IO_ERROR, Qcow2Error
 from ..common.record import frozen_record
@@ -22,6 +20,10 @@ from ..qcow2.layout import QCOW_MAGIC as QCOW2_MAGIC
 from ..qcow2.reader import has_qcow2_magic
 from ..report.model import Target
 from .identity import canonical_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, Iterator, Optional, Sequence
 
 # Names that identify a qemu process holding images: qemu-system-*, qemu-nbd, qemu-io,
 # qemu-storage-daemon, qemu-kvm. The kernel truncates comm to 15 bytes, which still keeps "qemu".
@@ -101,6 +103,10 @@ def _scan_directory(spec: str, directory: str) -> Iterator[Target]:
     yield from _selection(spec, _candidates(spec, files, walk_errors), none_found)
 
 
+# What makes a spec a pattern, as glob.has_magic() tells it.
+_GLOB_MAGIC = frozenset("*?[")
+
+
 def _glob_matches(spec: str, matches: Sequence[str]) -> Iterator[Target]:
     for match in matches:
         path = os.path.abspath(match)
@@ -117,6 +123,8 @@ def _expand_glob(spec: str) -> Iterator[Target]:
     (``/dev/loop*`` names idle and raw devices too), and one that selects no image at all is a
     failed target (:func:`_selection`), as a mistyped pattern would be.
     """
+    import glob  # only for a pattern: a plain path needs none of it
+
     matches = sorted(glob.glob(spec))
     none_found = (f"no qcow2 image among the {counted(len(matches), 'path')} matching this "
                   "pattern" if matches else "no file matches this pattern")
@@ -125,7 +133,7 @@ def _expand_glob(spec: str) -> Iterator[Target]:
 
 def _expand_one(spec: str) -> Iterator[Target]:
     # A literal file wins over glob interpretation: image names may contain '[' or '*'.
-    if glob.has_magic(spec) and not os.path.lexists(spec):
+    if _GLOB_MAGIC.intersection(spec) and not os.path.lexists(spec):
         yield from _expand_glob(spec)
         return
     path = os.path.abspath(spec)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Optional, Union
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, TypeAlias, Union
 
 # sysfs directory of block devices by "major:minor" (a constant so that tests can stand in a
 # device-mapper entry on kernels without device-mapper).
 SYS_DEV_BLOCK = "/sys/dev/block"
 
 # (kind, numbers): ("file", st_dev, st_ino) or ("block", st_rdev).
-DiskIdentity = tuple[Union[str, int], ...]
+DiskIdentity: TypeAlias = "tuple[Union[str, int], ...]"
 
 
 def identity_of(st: os.stat_result) -> Optional[DiskIdentity]:

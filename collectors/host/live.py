@@ -26,10 +26,8 @@ for a regular file, the device number for a block device, so ``/dev/vg/lv``,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -37,8 +35,9 @@ import time
 from typing import Any, Iterable, Optional
 
 from ..common.errors import IO_ERROR, Qcow2Error
-from ..common.record import field, frozen_record, mutable_record, replace
+from ..common.record import field, mutable_record, replace
 from ..report.model import LiveDisk, LiveSource
+from .command import run_bounded
 from .identity import DiskIdentity, identity_of, identity_of_path
 from .pause import (
     DomainState,
@@ -52,7 +51,6 @@ from .pause import (
     worse,
 )
 
-DEFAULT_LIBVIRT_URI = "qemu:///system"
 LIBVIRT_TIMEOUT = 5.0  # seconds for the one virsh call of a run
 QMP_TIMEOUT = 2.0  # seconds for the whole exchange with one QMP socket
 
@@ -92,13 +90,6 @@ class LiveView:
         best = disk if disk.end_offset > known.end_offset else known
         self.disks[key] = replace(best, pause=worse(known.pause, disk.pause))
 
-
-
-def no_live_source_note(reason: Optional[str]) -> str:
-    """Why no live source covers an image, and how to get one."""
-    why = f" ({reason})" if reason else ""
-    return (f"no live source covers it{why}: let libvirt answer (--libvirt-uri URI, read-only) "
-            "or name the qemu's QMP socket with --qmp SOCKET")
 
 
 # --- libvirt ------------------------------------------------------------------------------
@@ -141,28 +132,6 @@ def parse_domstats(text: str) -> list[LiveDisk]:
             blocks.setdefault(parts[1], {})[parts[2]] = value
     flush()
     return disks
-
-
-def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run `argv` for at most `timeout` seconds. On timeout its whole process group is killed:
-    a child that kept our pipes open would otherwise make the wait hang after all."""
-    env = dict(os.environ, LC_ALL="C")
-    # Not subprocess.DEVNULL, which opens /dev/null read-write: nothing here opens for writing.
-    stdin = os.open(os.devnull, os.O_RDONLY)
-    try:
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env,
-                                start_new_session=True)
-    finally:
-        os.close(stdin)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def _virsh(uri: str, args: list[str], timeout: float) -> tuple[Optional[str], str]:
@@ -400,22 +369,3 @@ class PendingLive:
             raise self._raised
         assert self._view is not None
         return self._view
-
-
-@frozen_record
-class LiveSources:
-    """The live sources one run asks: libvirt at `libvirt_uri` (None: not asked) and the QMP
-    sockets `qmp`."""
-
-    libvirt_uri: Optional[str] = None
-    qmp: tuple[str, ...] = ()
-
-
-NO_LIVE_SOURCES = LiveSources()
-
-
-def start_live(libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = ()
-               ) -> Optional[PendingLive]:
-    """Start asking the live sources, or None when none is asked (--no-live, no --qmp)."""
-    qmp = list(qmp_sockets)
-    return PendingLive(libvirt_uri, qmp) if libvirt_uri is not None or qmp else None

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-from typing import Optional
 
 from ..common.record import frozen_record
 from . import identity
-from .live import run_bounded
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 LVM_UUID_PREFIX = "LVM-"
 VGS_TIMEOUT = 5.0
@@ -101,6 +102,10 @@ def parse_vgs(text: str) -> dict[str, VolumeGroup]:
 def volume_groups(timeout: float = VGS_TIMEOUT) -> tuple[dict[str, VolumeGroup], Optional[str]]:
     """Every VG's extent size and free space from one read-only ``vgs`` call (``--readonly``:
     no lock, no metadata update), and why not when it could not tell (not root, no LVM)."""
+    import subprocess  # only when advice needs the VGs: a run at rest starts no process
+
+    from .command import run_bounded
+
     argv = ["vgs", "--readonly", "--noheadings", "--nosuffix", "--units", "b",
             "--separator", "|", "-o", "vg_name,vg_extent_size,vg_free"]
     try:

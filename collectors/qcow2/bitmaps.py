@@ -3,12 +3,15 @@ before it trusts an entry."""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
-
 from ..common.errors import INVALID, OUT_OF_BOUNDS, Qcow2Error
+from ..common.record import NamedTuple
 from . import layout as L
 from .names import c_string_text
 from .reader import ImageFile
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 class Bitmap(NamedTuple):

@@ -13,19 +13,22 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 from contextlib import closing
-from typing import Callable, Generic, Optional, TypeVar
 
 from ..common.errors import INVALID, IO_ERROR, UNSUPPORTED, Qcow2Error
-from ..common.record import frozen_record, replace
+from ..common.record import Generic, TypeVar, frozen_record, replace
 from ..common.text import printable
 from ..report.model import DEFAULT_MAX_DEPTH, ChainLayer, LayerStatus
 from .image import Qcow2Image
 from .names import path_problem
 from .reader import has_qcow2_magic
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Optional, TypeAlias
+
 # One step of a walk: the layer as reported, and (ok qcow2 layers only) the image, open until
 # the consumer asks for the next step.
-Step = tuple[ChainLayer, Optional[Qcow2Image]]
+Step: TypeAlias = "tuple[ChainLayer, Optional[Qcow2Image]]"
 
 def has_protocol(name: str) -> bool:
     """qemu's path_has_protocol(): a ':' before any '/' (json:, nbd:, file:, ...)."""

@@ -6,12 +6,14 @@ declared here."""
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple, Optional, Union
-
 from ..common.jsonform import JsonKey
-from ..common.record import frozen_record
+from ..common.record import NamedTuple, frozen_record
 from . import layout as L
 from .image import Extension, Qcow2Image
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar, Optional, TypeAlias, Union
 
 # Snapshots listed (a header may claim 65536, read as zeros past EOF); the total is complete.
 MAX_LISTED = 1000
@@ -90,8 +92,8 @@ class RawDetail:
     JSON: ClassVar[tuple[JsonKey, ...]] = (JsonKey("data_hex", "data"),)
 
 
-ExtensionDetail = Union[BackingFormatDetail, DataFileDetail, FeatureTableDetail, BitmapsDetail,
-                        CryptoDetail, RawDetail]
+ExtensionDetail: TypeAlias = ("Union[BackingFormatDetail, DataFileDetail, FeatureTableDetail, "
+                              "BitmapsDetail, CryptoDetail, RawDetail]")
 
 
 @frozen_record

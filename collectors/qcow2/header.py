@@ -4,10 +4,12 @@ allocated or read from a header value."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..common.errors import INVALID, NOT_QCOW2, OUT_OF_BOUNDS, TRUNCATED, UNSUPPORTED, Qcow2Error
 from . import layout as L
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 Header = L.Header  # re-exported: the resolved header lives with every other layout
 

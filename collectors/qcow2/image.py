@@ -9,10 +9,9 @@ is allocated from a header value. Only metadata is read: no key, no data file, n
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple, Optional
 
 from ..common.errors import INVALID, OUT_OF_BOUNDS, UNSUPPORTED, Qcow2Error
-from ..common.record import frozen_record
+from ..common.record import NamedTuple, frozen_record
 from ..common.text import printable
 from ..common.units import counted
 from . import layout as L
@@ -21,6 +20,10 @@ from .header import parse_header, shorter_than_header
 from .luks import LuksInfo, read_luks
 from .names import c_string_text, decode_path_name, name_problem
 from .reader import ImageFile, Window
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 # qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
 INT_MAX = 2**31 - 1

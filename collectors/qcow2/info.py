@@ -4,14 +4,16 @@ no data file."""
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple, Optional
-
 from ..common.jsonform import JsonKey, omit_falsy, omit_none
-from ..common.record import frozen_record
+from ..common.record import NamedTuple, frozen_record
 from . import layout as L
 from .chain import backing_path, has_protocol
 from .image import Qcow2Image, Snapshot
 from .reader import ImageFile
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar, Optional
 
 Keys = tuple[JsonKey, ...]
 

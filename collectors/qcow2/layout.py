@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import ClassVar, NamedTuple
 
-from ..common.record import frozen_record
+from ..common.record import NamedTuple, frozen_record
 from .names import c_string_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 QCOW_MAGIC = b"QFI\xfb"
 

@@ -3,12 +3,14 @@ read without any key."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..common.errors import INVALID, UNSUPPORTED, Qcow2Error
 from ..common.record import frozen_record
 from . import layout as L
 from .reader import ImageFile
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 @frozen_record

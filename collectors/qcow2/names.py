@@ -9,9 +9,11 @@ and carry on with the image's other figures instead of failing on it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..common.text import printable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 def decode_path_name(raw: bytes) -> str:

@@ -14,10 +14,13 @@ import os
 import stat
 import struct
 from types import TracebackType
-from typing import Optional
 
 from ..common.errors import IO_ERROR, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
 from . import layout as L
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 # No single structure qemu accepts is larger than this (the 32 MiB L1 and 64 MiB snapshot
 # table are the largest); refusing bigger reads bounds memory whatever the header claims.

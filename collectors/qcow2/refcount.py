@@ -12,13 +12,16 @@ first zero would be wrong.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Iterator, Optional
+from functools import cache
 
 from ..common.errors import INVALID, Qcow2Error
 from . import layout as L
 from .image import Qcow2Image
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Iterator, Optional
+
     import numpy as np
     import numpy.typing as npt
 
@@ -124,10 +127,13 @@ def end_and_free_below(image: Qcow2Image, *, free: bool = True) -> tuple[int, Op
     return end_cluster * cs, zeros * cs if free else None
 
 
-# Zero refcounts per byte, for refcounts narrower than a byte (1, 2, 4 bits).
-_ZEROS_PER_BYTE = {bits: bytes(sum(((byte >> (bits * j)) & ((1 << bits) - 1)) == 0
-                                   for j in range(8 // bits)) for byte in range(256))
-                   for bits in (1, 2, 4)}
+@cache
+def _zeros_per_byte(bits: int) -> bytes:
+    """Zero refcounts per byte, for refcounts narrower than a byte (1, 2, 4 bits): made when
+    an image with such refcounts is first met, not at every start."""
+    mask = (1 << bits) - 1
+    return bytes(sum((byte >> (bits * j)) & mask == 0 for j in range(8 // bits))
+                 for byte in range(256))
 
 
 def zero_entries(block: bytes, refcount_bits: int, limit: int) -> int:
@@ -149,7 +155,7 @@ def zero_entries(block: bytes, refcount_bits: int, limit: int) -> int:
         return lanes.to_bytes(limit, "big").count(0)
     per_byte = 8 // refcount_bits
     whole, rest = divmod(limit, per_byte)
-    counted = block[:whole].translate(_ZEROS_PER_BYTE[refcount_bits])
+    counted = block[:whole].translate(_zeros_per_byte(refcount_bits))
     zeros = sum(k * counted.count(k) for k in range(1, per_byte + 1))
     mask = (1 << refcount_bits) - 1
     if rest:

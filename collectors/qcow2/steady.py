@@ -10,10 +10,13 @@ header it parsed still named: such a read is kept, any other is made again.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, TypeVar
-
 from ..common.errors import IO_ERROR, Qcow2Error
+from ..common.record import TypeVar
 from .image import Qcow2Image
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 T = TypeVar("T")
 

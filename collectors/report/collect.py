@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import time
 from enum import Enum
-from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 from ..common.errors import IO_ERROR, Qcow2Error, internal_error
-from ..common.record import replace
+from ..common.record import TypeVar, replace
 from ..common.units import counted
 from ..host.discovery import dedupe_targets, expand_targets, scan_running
 from ..host.identity import canonical_path
-from ..host.live import (
-    NO_LIVE_SOURCES,
-    LiveSources,
-    LiveView,
-    PendingLive,
-    no_live_source_note,
-    start_live,
-)
+from ..host.sources import NO_LIVE_SOURCES, LiveSources, no_live_source_note
 from .health import BACKING_STATUS, Policy, assess, broken_layer
 from .model import (
     DEFAULT_MAX_DEPTH,
@@ -40,6 +32,12 @@ from .model import (
 )
 from .thin import DEFAULT_JUDGING, Judging, decide
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Iterator, Optional, Sequence, TypeAlias, Union
+
+    from ..host.live import LiveView, PendingLive
+
 
 class ChainScope(Enum):
     """Which backing layers a run reports."""
@@ -49,8 +47,8 @@ class ChainScope(Enum):
     ALL = "all"  # every layer analysed and reported (--chain)
 
 
-AnalyzeFn = Callable[..., UsageResult]
-CheckFn = Callable[..., CheckResult]
+AnalyzeFn: TypeAlias = "Callable[..., UsageResult]"
+CheckFn: TypeAlias = "Callable[..., CheckResult]"
 T = TypeVar("T")
 
 # The target (and `path` label) of the error about qemu processes --running could not inspect.
@@ -189,7 +187,7 @@ def collect(
         ChainScope.NONE
     analyze = _analyze_fn()
     check_fn = _check_fn() if check else None
-    pending = start_live(live_sources.libvirt_uri, live_sources.qmp)
+    pending = start_live(live_sources)
     targets = expand_targets(specs)
     live = _wait(pending) if pending is not None else None
     failed: list[ImageRecord] = []
@@ -231,8 +229,20 @@ def collect(
                       live.libvirt_note if live is not None else None)
 
 
+def start_live(sources: LiveSources) -> Optional[PendingLive]:
+    """Start asking the live sources, or None when none is asked (--no-live, no --qmp): only
+    then are their clients (threads, sockets, virsh) imported."""
+    if not sources.asked:
+        return None
+    from ..host.live import PendingLive
+
+    return PendingLive(sources.libvirt_uri, list(sources.qmp))
+
+
 def _wait(pending: PendingLive) -> LiveView:
     """The live sources' answers; a bug of ours there must not cost the on-disk figures."""
+    from ..host.live import LiveView
+
     try:
         return guarded(pending.wait, "live sources")
     except Qcow2Error as exc:

@@ -11,12 +11,14 @@ VG are advised together: when the VG's free space cannot cover all of them, the 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
-
 from ..common.record import frozen_record, replace
 from ..common.units import human_size
 from ..host import lvm
 from .model import PAUSE_NOSPACE, ContainerKind, Extension, ImageUsage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Optional, Sequence, TypeAlias
 
 GiB = 1 << 30
 DEFAULT_CHUNK = GiB
@@ -41,7 +43,7 @@ class ExtendPolicy:
 
 DEFAULT_POLICY = ExtendPolicy()
 
-VolumeGroups = Callable[[], "tuple[dict[str, lvm.VolumeGroup], Optional[str]]"]
+VolumeGroups: TypeAlias = "Callable[[], tuple[dict[str, lvm.VolumeGroup], Optional[str]]]"
 
 
 def needs_extension(usage: ImageUsage, policy: ExtendPolicy) -> bool:

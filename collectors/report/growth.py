@@ -18,12 +18,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Optional, Sequence
 
 from ..common.record import field, frozen_record, mutable_record
 from ..common.units import human_size
 from .model import ContainerKind, Growth, ImageUsage
 from .state import CorruptState, StateDirectory, StateError, state_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional, Sequence
 
 DEFAULT_WINDOW = 6 * 3600.0
 MIN_SPAN_FRACTION = 12  # a slope needs samples spanning at least window / 12 (30 min of 6 h)

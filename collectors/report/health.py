@@ -11,8 +11,6 @@ look"); which state wins when several rules apply is :func:`worst`.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
 from ..common.record import frozen_record
 from ..common.units import counted, human_size
@@ -29,6 +27,10 @@ from .model import (
     Reason,
     State,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Sequence
 
 OK, WARNING, CRITICAL, UNKNOWN = State.OK, State.WARNING, State.CRITICAL, State.UNKNOWN
 STATE_NAMES: dict[int, str] = {state: state.name for state in State}

@@ -13,15 +13,18 @@ prometheus_client.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional, Union
 
-from ..common.record import frozen_record, replace
+from ..common.record import NamedTuple, frozen_record, replace
 from ..common.text import printable
 from .model import Collection, ImageRecord, LayerStatus, State
 from .thin_metrics import THIN_METRICS, thin_values
 
-Labels = tuple[tuple[str, str], ...]
-MetricValue = Union[bool, int, float]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, TypeAlias, Union
+
+Labels: TypeAlias = "tuple[tuple[str, str], ...]"
+MetricValue: TypeAlias = "Union[bool, int, float]"
 
 UNIT_BYTES = "bytes"
 UNIT_RATIO = "ratio"

@@ -10,11 +10,14 @@ IntEnum numbered as Nagios numbers its states.
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import ClassVar, Optional
 
 from ..common.errors import Qcow2Error
 from ..common.jsonform import JsonKey, omit_falsy, omit_none
 from ..common.record import field, frozen_record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar, Optional
 
 # Backing-chain depth limit used everywhere (usage, info, measure, adapters).
 DEFAULT_MAX_DEPTH = 32

@@ -37,12 +37,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
+import importlib
 import os
 import re
 import stat
 import time
-from typing import Iterator, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator, Optional
 
 STATE_SUBDIRECTORY = "qcow2-monitor"
 SYSTEM_STATE_DIRECTORY = "/var/lib/qcow2-monitor"
@@ -52,8 +55,9 @@ PRUNE_AGE = 7 * 24 * 3600.0
 PRUNE_INTERVAL = 3600.0  # the directory is scanned for stale files at most this often
 PRUNE_MARK = ".pruned"  # its modification time says when it last was
 TEMPORARY_AGE = 3600.0  # a temporary file older than this was left by a run that died
-_STATE_NAME = re.compile(r"^[0-9a-f]{40}\.json$")
-_TEMPORARY_NAME = re.compile(r"^\.[0-9a-f]{40}\.json\.[0-9]+\.[0-9a-f]+$")
+# Compiled on first use (re caches them): only the hourly pruning scan needs them.
+_STATE_NAME = r"^[0-9a-f]{40}\.json$"
+_TEMPORARY_NAME = r"^\.[0-9a-f]{40}\.json\.[0-9]+\.[0-9a-f]+$"
 
 
 class StateError(Exception):
@@ -77,9 +81,23 @@ def default_directory(environ: Optional[dict[str, str]] = None) -> str:
     return os.path.join(base, STATE_SUBDIRECTORY)
 
 
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 of `data` in hex, from the interpreter's own module (``_sha2`` from Python 3.12,
+    ``_sha256`` before): hashlib loads OpenSSL first, a few milliseconds of every run."""
+    for name in ("_sha2", "_sha256"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return str(module.sha256(data).hexdigest())
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def state_name(identity: str) -> str:
     """The file of one disk: a hash of its identity (no path text reaches the file system)."""
-    return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:40] + ".json"
+    return _sha256_hex(identity.encode("utf-8", "surrogateescape"))[:40] + ".json"
 
 
 class StateDirectory:
@@ -208,8 +226,8 @@ class StateDirectory:
                 os.close(fd)
         removed = 0
         for entry in os.scandir(self.fd):
-            stale = PRUNE_AGE if _STATE_NAME.match(entry.name) else \
-                TEMPORARY_AGE if _TEMPORARY_NAME.match(entry.name) else None
+            stale = PRUNE_AGE if re.match(_STATE_NAME, entry.name) else \
+                TEMPORARY_AGE if re.match(_TEMPORARY_NAME, entry.name) else None
             if stale is None or entry.name in keep:
                 continue
             with contextlib.suppress(OSError):

@@ -7,14 +7,16 @@ Only top images count: backing layers are never written.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 from ..common.record import frozen_record, replace
 from ..host.identity import identity_of_path
 from .extend import DEFAULT_POLICY, ExtendPolicy, advise
 from .growth import DiskSample, GrowthTracker
 from .health import Policy
 from .model import ImageRecord, ImageUsage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Sequence
 
 
 @frozen_record

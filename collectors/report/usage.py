@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol, TypeVar
-
 from ..common.errors import Qcow2Error
-from ..common.record import replace
+from ..common.record import TypeVar, replace
 from ..host.container import container_of
-from ..host.live import LiveView, no_live_source_note
+from ..host.sources import no_live_source_note
 from ..qcow2 import layout as L
 from ..qcow2.chain import visit
 from ..qcow2.image import Qcow2Image
@@ -23,6 +21,19 @@ from .model import (
     LayerStatus,
     UsageResult,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Optional, Protocol
+
+    from ..host.live import LiveView
+
+    class Guard(Protocol):
+        """How the per-image work is shielded: `work` run for the image at `filename`,
+        anything unexpected raised as a Qcow2Error of that image (report/collect.py's
+        guard)."""
+
+        def __call__(self, work: Callable[[], T], filename: str) -> T: ...
 
 T = TypeVar("T")
 
@@ -94,13 +105,6 @@ def image_usage(image: Qcow2Image, live: Optional[LiveView] = None) -> ImageUsag
         pause=live_disk.pause if live_disk is not None else None,
         free_below_end=free_below_end,
     )
-
-
-class Guard(Protocol):
-    """How the per-image work is shielded: `work` run for the image at `filename`, anything
-    unexpected raised as a Qcow2Error of that image (report/collect.py's guard)."""
-
-    def __call__(self, work: Callable[[], T], filename: str) -> T: ...
 
 
 def unguarded(work: Callable[[], T], filename: str) -> T:
