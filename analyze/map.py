@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 
 from qcow2_monitor.cli.exits import EXIT_OK
+from qcow2_monitor.cli.parser import terminal_columns
 from qcow2_monitor.collectors.common.units import human_size
 
 from .common import OUTPUT_HELP, count_option, epilog
@@ -68,7 +68,7 @@ def run_map(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(json.dumps(document, indent=2) + "\n")
         return EXIT_OK
     label = len(f"{mapped.length:x}") + 3  # "0x" + digits + a space
-    width = args.width or max(shutil.get_terminal_size().columns - label, MIN_WIDTH)
+    width = args.width or max(terminal_columns() - label, MIN_WIDTH)
     rows = max(args.rows, 1)
     cells = mapped.cells(width * rows)
     out.write(render(cells, width, mapped.length, mapped.end_offset, mapped.totals()))

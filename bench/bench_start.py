@@ -19,6 +19,7 @@ ratios; exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -100,6 +101,9 @@ def main() -> int:
                         help="skip the run with the libvirt live source (no libvirtd started)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-start-") as work:
+        # The adapters keep growth samples by default, as they do here, in a private directory
+        # (root's default is /var/lib/qcow2-monitor, which a benchmark must not create).
+        os.environ["MP_STATE_PATH"] = work
         image = str(Path(work) / "disk.qcow2")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "10G"], check=True)
         subprocess.run(["qemu-io", "-c", "write 0 64M", image], check=True,
