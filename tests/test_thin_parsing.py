@@ -56,6 +56,29 @@ def test_domain_states_from_domstats() -> None:
     assert states["held by user"].reason_name == "user" and not states["runs"].paused
 
 
+# virDomainPausedReason as libvirt numbers it (include/libvirt/libvirt-domain.h,
+# VIR_DOMAIN_PAUSED_*), written out by hand: the number `virsh domstats` prints as
+# state.reason, and our word for it.
+LIBVIRT_PAUSED_NUMBERS = [
+    (0, "unknown"), (1, "user"), (2, "migration"), (3, "save"), (4, "dump"), (5, "ioerror"),
+    (6, "watchdog"), (7, "from-snapshot"), (8, "shutting-down"), (9, "snapshot"),
+    (10, "crashed"), (11, "starting-up"), (12, "postcopy"), (13, "postcopy-failed"),
+    (14, "api-error"),
+]
+
+
+@pytest.mark.parametrize(("number", "word"), LIBVIRT_PAUSED_NUMBERS)
+def test_libvirt_paused_reason_numbers(number: int, word: str) -> None:
+    assert DomainState(3, number).reason_name == word
+
+
+@pytest.mark.parametrize("number", [15, 99, 1 << 31])
+def test_libvirt_paused_reason_out_of_range_is_unknown(number: int) -> None:
+    """A reason a newer libvirt adds is still a paused VM, of a reason we cannot name."""
+    paused = libvirt_pause("d", "vda", DomainState(3, number), None)
+    assert paused is not None and paused.reason == "unknown" and not paused.io_error
+
+
 def test_disk_errors_as_virsh_prints_them() -> None:
     assert parse_disk_errors("vda: no space\nsdb: unspecified error\n") == {
         "vda": "nospace", "sdb": "ioerror"}

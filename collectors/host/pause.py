@@ -33,7 +33,7 @@ from ..report.model import (
 LIBVIRT_STATE_PAUSED = 3
 # virDomainPausedReason, in libvirt's order (include/libvirt/libvirt-domain.h).
 LIBVIRT_PAUSED_REASONS = ("unknown", "user", "migration", "save", "dump", "ioerror",
-                          "watchdog", "from-snapshot", "shutting-down", "snapshot",
+                          "watchdog", "from-snapshot", "shutting-down", "snapshot", "crashed",
                           "starting-up", "postcopy", "postcopy-failed", "api-error")
 LIBVIRT_PAUSED_IOERROR = 5
 # virsh domblkerror's words for virDomainDiskErrorCode (tools/virsh-domain-monitor.c).
