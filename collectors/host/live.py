@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional
 
 from ..common.errors import IO_ERROR, Qcow2Error
-from ..report.model import LiveDisk, LiveSource
+from ..report.model import LiveDisk, LiveSource, PauseReason
 from .identity import DiskIdentity, identity_of, identity_of_path
 from .pause import (
     DomainState,
@@ -195,7 +195,7 @@ def read_libvirt(view: LiveView, uri: str, timeout: float = LIBVIRT_TIMEOUT) -> 
         view.libvirt_note = note
         return
     states = parse_domain_states(text)
-    errors: dict[str, Optional[dict[str, str]]] = {}
+    errors: dict[str, Optional[dict[str, PauseReason]]] = {}
     for domain, state in states.items():
         if state.io_error:
             left = max(deadline - time.monotonic(), 0.5)

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 from ..common.units import human_size
 from ..host import lvm
-from .model import PAUSE_NOSPACE, ContainerKind, Extension, ImageUsage
+from .model import ContainerKind, Extension, ImageUsage, PauseReason
 
 GiB = 1 << 30
 DEFAULT_CHUNK = GiB
@@ -50,7 +50,7 @@ def needs_extension(usage: ImageUsage, policy: ExtendPolicy) -> bool:
     size fits) needs none, however little headroom it has left."""
     if usage.container.kind != ContainerKind.BLOCK:
         return False
-    if usage.pause is not None and usage.pause.reason == PAUSE_NOSPACE:
+    if usage.pause is not None and usage.pause.reason == PauseReason.NOSPACE:
         return True
     fits = usage.fully_allocated_size <= usage.container.size
     return not fits and usage.container.headroom < policy.watermark

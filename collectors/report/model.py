@@ -102,11 +102,15 @@ class State(IntEnum):
 
 # --- usage and the backing chain -------------------------------------------------------------
 
-# Why a running VM is paused, as it concerns one of its disks (host/pause.py): the reasons that
-# mean an I/O error stopped it (IO_PAUSES), or the VM's own reason in libvirt's words.
-PAUSE_NOSPACE, PAUSE_IOERROR, PAUSE_OTHER_DISK = "nospace", "ioerror", "other-disk"
-PAUSE_USER, PAUSE_UNKNOWN = "user", "unknown"
-IO_PAUSES = frozenset({PAUSE_NOSPACE, PAUSE_IOERROR, PAUSE_OTHER_DISK})
+class PauseReason(TextEnum):
+    """Why a VM is paused, as one disk sees it (README `pause_reason`; mapped in host/pause.py)."""
+
+    NOSPACE, IOERROR, OTHER_DISK = "nospace", "ioerror", "other-disk"  # an I/O error stopped it
+    UNKNOWN, USER, MIGRATION, SAVE, DUMP = "unknown", "user", "migration", "save", "dump"
+    WATCHDOG, FROM_SNAPSHOT, SHUTTING_DOWN = "watchdog", "from-snapshot", "shutting-down"
+    SNAPSHOT, CRASHED, STARTING_UP = "snapshot", "crashed", "starting-up"
+    POSTCOPY, POSTCOPY_FAILED, API_ERROR = "postcopy", "postcopy-failed", "api-error"
+    PANICKED, INTERNAL_ERROR, DEBUG, COLO = "panicked", "internal-error", "debug", "colo"  # QMP's
 
 
 @dataclass(frozen=True)
@@ -115,13 +119,9 @@ class Pause:
 
     domain: str  # libvirt domain, or "qemu PID"
     disk: str  # this disk's target (vda, vda[2]) or QMP node name
-    reason: str  # PAUSE_* or the VM's own reason in libvirt's words
+    reason: PauseReason
     error_disk: Optional[str] = None  # other-disk: the disk whose error paused the VM
     resume: str = ""  # the command that resumes the VM once the cause is gone
-
-    @property
-    def io_error(self) -> bool:
-        return self.reason in IO_PAUSES
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class ImageUsage:
         return self.pause is not None
 
     @property
-    def pause_reason(self) -> Optional[str]:
+    def pause_reason(self) -> Optional[PauseReason]:
         return self.pause.reason if self.pause is not None else None
 
     # The keys of `qcow2-analyze usage --output json`, in its order (README, "Figures
