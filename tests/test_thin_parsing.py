@@ -98,6 +98,13 @@ def test_qmp_run_state_words(status: str, word: str) -> None:
     assert reason is PauseReason(word)  # a member of the enum, not a bare string
 
 
+def test_qmp_running_and_guest_suspended_are_not_paused() -> None:
+    """The two other RunState values: `running` (the only one query-status calls running) and
+    `suspended`, a guest that put itself to sleep (S3): nobody paused it."""
+    assert qmp_vm_reason({"status": "running", "running": True}) is None
+    assert qmp_vm_reason({"status": "suspended", "running": False}) is None
+
+
 def test_every_pause_reason_is_said_by_libvirt_or_qmp() -> None:
     """The enum holds the words the sources give us and no other: libvirt's numbers, QMP's
     run states and io-status (qapi/block.json BlockDeviceIoStatus: ok, failed, nospace), and

@@ -47,6 +47,10 @@ QMP_RUN_STATES = {
     "prelaunch": PauseReason.STARTING_UP, "shutdown": PauseReason.SHUTTING_DOWN,
     "guest-panicked": PauseReason.PANICKED, "internal-error": PauseReason.INTERNAL_ERROR,
     "debug": PauseReason.DEBUG, "colo": PauseReason.COLO}
+# The guest put itself to sleep (S3): query-status says `running: false` here too
+# (runstate_is_running() is RUN_STATE_RUNNING only), yet nobody paused the VM (libvirt says
+# pmsuspended, not paused).
+QMP_GUEST_SUSPENDED = "suspended"
 # query-block io-status of a device (qapi/block.json BlockDeviceIoStatus).
 QMP_IO_STATUS = {"nospace": PauseReason.NOSPACE, "failed": PauseReason.IOERROR}
 
@@ -141,6 +145,8 @@ def libvirt_pause(domain: str, label: str, state: DomainState,
 def qmp_vm_reason(status: Any) -> Optional[PauseReason]:
     """The VM's pause reason from ``query-status``, None while it runs."""
     if not isinstance(status, dict) or status.get("running") is not False:
+        return None
+    if status.get("status") == QMP_GUEST_SUSPENDED:
         return None
     return QMP_RUN_STATES.get(str(status.get("status")), PauseReason.UNKNOWN)
 
