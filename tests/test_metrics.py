@@ -41,6 +41,7 @@ from qcow2_monitor.collectors.report.model import (
     LayerStatus,
     LiveSource,
     Pause,
+    PauseReason,
 )
 from qcow2_monitor.collectors.report.usage import analyze_usage
 
@@ -268,7 +269,7 @@ def worst_case(kind: ContainerKind) -> ImageRecord:
         path, container=container, usage_ratio=container.usage_ratio,
         live_end_offset=GIB - GIB // 8, free_below_end=65536, in_use=True, dirty=True,
         corrupt=True, lazy_refcounts=True, refcounts_trusted=False,
-        pause=Pause("vm1", "vda", "nospace"),
+        pause=Pause("vm1", "vda", PauseReason.NOSPACE),
         growth=Growth(bytes_per_second=1000.0, time_to_full=GIB / 8 / 1000, samples=10,
                       span=3600.0),
         extension=Extension(watermark=GIB // 2, chunk=GIB, extend_by=GIB, extend_to=2 * GIB,
@@ -294,6 +295,8 @@ def test_worst_case_disk_has_at_most_25_series(kind: ContainerKind) -> None:
     # The rules behind the removed flags do export them, one series each.
     rules = {dict(m.labels)["rule"] for m in image_metrics(record) if m.name == "health_reason"}
     assert {"corrupt", "dirty-in-use", "paused-nospace"} <= rules
+    [info] = [m for m in image_metrics(record) if m.name == "image_info"]
+    assert dict(info.labels)["pause_reason"] == "nospace"
 
 
 def test_every_per_disk_metric_is_in_the_worst_case() -> None:

@@ -25,7 +25,6 @@ from qcow2_monitor.collectors.common.jsonform import (
 from qcow2_monitor.collectors.common.record import frozen_record, replace
 from qcow2_monitor.collectors.report.model import (
     HEALTHY,
-    PAUSE_NOSPACE,
     RUNNING_PROCESSES,
     ChainLayer,
     Collection,
@@ -39,6 +38,7 @@ from qcow2_monitor.collectors.report.model import (
     ImageUsage,
     LayerStatus,
     Pause,
+    PauseReason,
     Reason,
     State,
 )
@@ -71,6 +71,14 @@ def documented_layer_statuses() -> set[str]:
     return set(re.findall(r"`([a-z0-9-]+)`", listed[:listed.index(")")]))
 
 
+def documented_pause_reasons() -> set[str]:
+    """The `pause_reason` values the README's paused row lists."""
+    row = next(line for line in _readme_section("### Figures reported by `usage`").splitlines()
+               if line.startswith("| `paused`, `pause_reason`"))
+    described = row.split(" | ")[1]
+    return set(re.findall(r"`([a-z-]+)`", described[:described.index("See ")]))
+
+
 # --- enums -----------------------------------------------------------------------------------
 
 
@@ -78,8 +86,12 @@ def test_layer_statuses_are_the_documented_words() -> None:
     assert {status.value for status in LayerStatus} == documented_layer_statuses()
 
 
+def test_pause_reasons_are_the_documented_words() -> None:
+    assert {reason.value for reason in PauseReason} == documented_pause_reasons()
+
+
 @pytest.mark.parametrize("member", [LayerStatus.TOO_DEEP, ContainerKind.BLOCK,
-                                    EndOffsetSource.LIVE])
+                                    EndOffsetSource.LIVE, PauseReason.OTHER_DISK])
 def test_a_text_enum_is_its_value_wherever_written(member: LayerStatus) -> None:
     assert member == member.value  # compares as the plain string
     assert str(member) == f"{member}" == f"{member:>3}".strip() == member.value
@@ -218,7 +230,7 @@ def test_usage_json_carries_the_thin_figures_or_null() -> None:
                     "time_to_full_seconds"]
     assert plain["paused"] is False and all(plain[key] is None for key in thin[1:])
     advised = replace(usage(), free_below_end=65536,
-                      pause=Pause("vm1", "vda", PAUSE_NOSPACE, resume="virsh resume vm1"),
+                      pause=Pause("vm1", "vda", PauseReason.NOSPACE, resume="virsh resume vm1"),
                       extension=Extension(512 << 20, 1 << 30, 1 << 30, 3 << 30, 4 << 20,
                                           "vg/lv", "lvextend -L +1G vg/lv"),
                       growth=Growth(100.0, 3600.0, 7, 600.0))

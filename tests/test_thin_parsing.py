@@ -23,7 +23,8 @@ from qcow2_monitor.collectors.host.pause import (
 )
 from qcow2_monitor.collectors.qcow2.refcount import zero_entries
 from qcow2_monitor.collectors.report.growth import BUCKETS, DiskSample, growth_of, merge, slope
-from qcow2_monitor.collectors.report.model import Container
+from qcow2_monitor.collectors.report.health import assess
+from qcow2_monitor.collectors.report.model import Container, Pause, PauseReason, State
 from qcow2_monitor.collectors.report.usage import analyze_image
 
 from daemons import make_image
@@ -56,6 +57,81 @@ def test_domain_states_from_domstats() -> None:
     assert states["held by user"].reason_name == "user" and not states["runs"].paused
 
 
+# virDomainPausedReason as libvirt numbers it (include/libvirt/libvirt-domain.h,
+# VIR_DOMAIN_PAUSED_*), written out by hand: the number `virsh domstats` prints as
+# state.reason, and our word for it.
+LIBVIRT_PAUSED_NUMBERS = [
+    (0, "unknown"), (1, "user"), (2, "migration"), (3, "save"), (4, "dump"), (5, "ioerror"),
+    (6, "watchdog"), (7, "from-snapshot"), (8, "shutting-down"), (9, "snapshot"),
+    (10, "crashed"), (11, "starting-up"), (12, "postcopy"), (13, "postcopy-failed"),
+    (14, "api-error"),
+]
+
+
+@pytest.mark.parametrize(("number", "word"), LIBVIRT_PAUSED_NUMBERS)
+def test_libvirt_paused_reason_numbers(number: int, word: str) -> None:
+    assert DomainState(3, number).reason_name == word
+
+
+@pytest.mark.parametrize("number", [15, 99, 1 << 31])
+def test_libvirt_paused_reason_out_of_range_is_unknown(number: int) -> None:
+    """A reason a newer libvirt adds is still a paused VM, of a reason we cannot name."""
+    paused = libvirt_pause("d", "vda", DomainState(3, number), None)
+    assert paused is not None and paused.reason == "unknown"
+
+
+# QMP's RunState values of a stopped VM (qapi/run-state.json), written out by hand, and our
+# word for each; a state a newer qemu adds is unknown.
+QMP_RUN_STATE_WORDS = [
+    ("debug", "debug"), ("inmigrate", "migration"), ("internal-error", "internal-error"),
+    ("io-error", "ioerror"), ("paused", "user"), ("postmigrate", "migration"),
+    ("prelaunch", "starting-up"), ("finish-migrate", "migration"), ("restore-vm", "save"),
+    ("save-vm", "save"), ("shutdown", "shutting-down"), ("watchdog", "watchdog"),
+    ("guest-panicked", "panicked"), ("colo", "colo"),
+    ("a-state-of-a-newer-qemu", "unknown"),
+]
+
+
+@pytest.mark.parametrize(("status", "word"), QMP_RUN_STATE_WORDS)
+def test_qmp_run_state_words(status: str, word: str) -> None:
+    reason = qmp_vm_reason({"status": status, "running": False})
+    assert reason is PauseReason(word)  # a member of the enum, not a bare string
+
+
+def test_qmp_running_and_guest_suspended_are_not_paused() -> None:
+    """The two other RunState values: `running` (the only one query-status calls running) and
+    `suspended`, a guest that put itself to sleep (S3): nobody paused it."""
+    assert qmp_vm_reason({"status": "running", "running": True}) is None
+    assert qmp_vm_reason({"status": "suspended", "running": False}) is None
+
+
+def test_every_pause_reason_is_said_by_libvirt_or_qmp() -> None:
+    """The enum holds the words the sources give us and no other: libvirt's numbers, QMP's
+    run states and io-status (qapi/block.json BlockDeviceIoStatus: ok, failed, nospace), and
+    other-disk, which is ours (the VM's error is on another disk)."""
+    block = [{"io-status": status, "inserted": {"file": status}}
+             for status in ("ok", "failed", "nospace")]
+    assert qmp_device_errors(block) == {"failed": "ioerror", "nospace": "nospace"}
+    said = {word for _, word in LIBVIRT_PAUSED_NUMBERS + QMP_RUN_STATE_WORDS}
+    said |= {"nospace", "ioerror", "other-disk"}
+    assert {reason.value for reason in PauseReason} == said
+
+
+def test_health_rule_of_each_pause_reason(tmp_path: Path) -> None:
+    """Only an I/O error is a problem of the disk: no space on it, another error of it, or of
+    another disk of the VM; every other reason is a note (README, "Health: one policy for
+    every adapter")."""
+    usage = analyze_image(str(make_image(tmp_path / "p.qcow2", "16M")))
+    rules = {}
+    for reason in PauseReason:
+        paused = replace(usage, pause=Pause("vm1", "vda", reason, resume="virsh resume vm1"))
+        [judged] = assess(usage=paused, check=None, error=None).reasons
+        rules[reason.value] = (judged.rule, judged.state)
+    assert rules.pop("nospace") == ("paused-nospace", State.CRITICAL)
+    assert rules.pop("ioerror") == rules.pop("other-disk") == ("paused-ioerror", State.CRITICAL)
+    assert set(rules.values()) == {("paused", State.OK)}
+
+
 def test_disk_errors_as_virsh_prints_them() -> None:
     assert parse_disk_errors("vda: no space\nsdb: unspecified error\n") == {
         "vda": "nospace", "sdb": "ioerror"}
@@ -64,7 +140,7 @@ def test_disk_errors_as_virsh_prints_them() -> None:
 
 def test_libvirt_pause_per_disk() -> None:
     paused = DomainState(3, 5)
-    errors = {"vda": "nospace"}
+    errors = {"vda": PauseReason.NOSPACE}
     assert libvirt_pause("d", "vda", paused, errors).reason == "nospace"
     # Another disk, and a backing layer of the full one, are not the cause.
     other = libvirt_pause("d", "vdb", paused, errors)
@@ -73,7 +149,7 @@ def test_libvirt_pause_per_disk() -> None:
     # libvirt names no disk (domblkerror failed or cleared): an I/O error all the same.
     assert libvirt_pause("d", "vda", paused, None).reason == "ioerror"
     user = libvirt_pause("d", "vda", DomainState(3, 1), None)
-    assert user.reason == "user" and not user.io_error and user.resume == "virsh resume d"
+    assert user.reason == "user" and user.resume == "virsh resume d"
     assert libvirt_pause("d", "vda", DomainState(1, 1), errors) is None
 
 
@@ -87,8 +163,9 @@ def test_qmp_pause_per_node() -> None:
              {"device": "floppy0"}]
     errors = qmp_device_errors(block)
     assert errors == {"/dev/loop3": "nospace"}
-    assert qmp_pause("qemu 1", "f0", "/dev/loop3", "ioerror", errors).reason == "nospace"
-    assert qmp_pause("qemu 1", "f1", "/x.iso", "ioerror", errors).reason == "other-disk"
+    io_error = PauseReason.IOERROR
+    assert qmp_pause("qemu 1", "f0", "/dev/loop3", io_error, errors).reason == "nospace"
+    assert qmp_pause("qemu 1", "f1", "/x.iso", io_error, errors).reason == "other-disk"
     assert qmp_pause("qemu 1", "f0", "/dev/loop3", None, errors) is None
 
 

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Optional
 
 from ..common.errors import IO_ERROR, Qcow2Error
 from ..common.record import field, mutable_record, replace
-from ..report.model import LiveDisk, LiveSource
+from ..report.model import LiveDisk, LiveSource, PauseReason
 from .command import run_bounded
 from .identity import DiskIdentity, identity_of, identity_of_path
 from .pause import (
@@ -164,7 +164,7 @@ def read_libvirt(view: LiveView, uri: str, timeout: float = LIBVIRT_TIMEOUT) -> 
         view.libvirt_note = note
         return
     states = parse_domain_states(text)
-    errors: dict[str, Optional[dict[str, str]]] = {}
+    errors: dict[str, Optional[dict[str, PauseReason]]] = {}
     for domain, state in states.items():
         if state.io_error:
             left = max(deadline - time.monotonic(), 0.5)

@@ -6,13 +6,14 @@ error" and the disk's error "no space"; QMP reports ``query-status`` ``io-error`
 device's ``io-status`` ``nospace`` in ``query-block``. A VM paused by its user, a migration or
 a snapshot is paused too, but nothing is wrong with its disks.
 
-Each disk of a paused VM gets one reason (the ``PAUSE_*`` names below):
+Each disk of a paused VM gets one reason (a ``PauseReason`` of the result model):
 
 * ``nospace``: writing this disk failed for lack of space (the thin-provisioning outage);
 * ``ioerror``: writing this disk failed otherwise (or libvirt names no disk for the error);
 * ``other-disk``: the VM is paused by an I/O error of another of its disks or layers;
 * otherwise the VM's own reason, in libvirt's words (``user``, ``migration``, ``snapshot``,
-  ...; QMP's run states are mapped to the same words).
+  ...; QMP's run states are mapped to the same words, those libvirt has none for keep QMP's:
+  ``panicked``, ``internal-error``, ``debug``, ``colo``).
 """
 
 from __future__ import annotations
@@ -20,35 +21,38 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..common.record import frozen_record
-from ..report.model import (
-    PAUSE_IOERROR,
-    PAUSE_NOSPACE,
-    PAUSE_OTHER_DISK,
-    PAUSE_UNKNOWN,
-    PAUSE_USER,
-    Pause,
-)
+from ..report.model import Pause, PauseReason
 
 # libvirt's virDomainState: only PAUSED (3) is a paused VM.
 LIBVIRT_STATE_PAUSED = 3
-# virDomainPausedReason, in libvirt's order (include/libvirt/libvirt-domain.h).
-LIBVIRT_PAUSED_REASONS = ("unknown", "user", "migration", "save", "dump", "ioerror",
-                          "watchdog", "from-snapshot", "shutting-down", "snapshot",
-                          "starting-up", "postcopy", "postcopy-failed", "api-error")
+# virDomainPausedReason, in libvirt's order (include/libvirt/libvirt-domain.h): the index is
+# libvirt's number.
+LIBVIRT_PAUSED_REASONS = (
+    PauseReason.UNKNOWN, PauseReason.USER, PauseReason.MIGRATION, PauseReason.SAVE,
+    PauseReason.DUMP, PauseReason.IOERROR, PauseReason.WATCHDOG, PauseReason.FROM_SNAPSHOT,
+    PauseReason.SHUTTING_DOWN, PauseReason.SNAPSHOT, PauseReason.CRASHED,
+    PauseReason.STARTING_UP, PauseReason.POSTCOPY, PauseReason.POSTCOPY_FAILED,
+    PauseReason.API_ERROR)
 LIBVIRT_PAUSED_IOERROR = 5
 # virsh domblkerror's words for virDomainDiskErrorCode (tools/virsh-domain-monitor.c).
-LIBVIRT_DISK_ERRORS = {"no space": PAUSE_NOSPACE, "unspecified error": PAUSE_IOERROR}
+LIBVIRT_DISK_ERRORS = {"no space": PauseReason.NOSPACE, "unspecified error": PauseReason.IOERROR}
 
 # QMP's RunState values of a stopped VM (qapi/run-state.json), in libvirt's words; running
 # states (running, suspended by the guest itself) are absent: not paused.
-QMP_RUN_STATES = {"paused": PAUSE_USER, "io-error": PAUSE_IOERROR, "watchdog": "watchdog",
-                  "inmigrate": "migration", "postmigrate": "migration",
-                  "finish-migrate": "migration", "save-vm": "save", "restore-vm": "save",
-                  "prelaunch": "starting-up", "shutdown": "shutting-down",
-                  "guest-panicked": "panicked", "internal-error": "internal-error",
-                  "debug": "debug", "colo": "colo"}
+QMP_RUN_STATES = {
+    "paused": PauseReason.USER, "io-error": PauseReason.IOERROR,
+    "watchdog": PauseReason.WATCHDOG, "inmigrate": PauseReason.MIGRATION,
+    "postmigrate": PauseReason.MIGRATION, "finish-migrate": PauseReason.MIGRATION,
+    "save-vm": PauseReason.SAVE, "restore-vm": PauseReason.SAVE,
+    "prelaunch": PauseReason.STARTING_UP, "shutdown": PauseReason.SHUTTING_DOWN,
+    "guest-panicked": PauseReason.PANICKED, "internal-error": PauseReason.INTERNAL_ERROR,
+    "debug": PauseReason.DEBUG, "colo": PauseReason.COLO}
+# The guest put itself to sleep (S3): query-status says `running: false` here too
+# (runstate_is_running() is RUN_STATE_RUNNING only), yet nobody paused the VM (libvirt says
+# pmsuspended, not paused).
+QMP_GUEST_SUSPENDED = "suspended"
 # query-block io-status of a device (qapi/block.json BlockDeviceIoStatus).
-QMP_IO_STATUS = {"nospace": PAUSE_NOSPACE, "failed": PAUSE_IOERROR}
+QMP_IO_STATUS = {"nospace": PauseReason.NOSPACE, "failed": PauseReason.IOERROR}
 
 
 # --- libvirt ----------------------------------------------------------------------------------
@@ -64,10 +68,10 @@ class DomainState:
         return self.state == LIBVIRT_STATE_PAUSED
 
     @property
-    def reason_name(self) -> str:
+    def reason_name(self) -> PauseReason:
         if 0 <= self.reason < len(LIBVIRT_PAUSED_REASONS):
             return LIBVIRT_PAUSED_REASONS[self.reason]
-        return PAUSE_UNKNOWN
+        return PauseReason.UNKNOWN  # a reason newer than our list: paused all the same
 
     @property
     def io_error(self) -> bool:
@@ -104,19 +108,19 @@ def domain_name(line: str) -> str:
     return quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == "'" else quoted
 
 
-def parse_disk_errors(text: str) -> dict[str, str]:
+def parse_disk_errors(text: str) -> dict[str, PauseReason]:
     """``virsh domblkerror DOMAIN`` output (``vda: no space``, or ``No errors found``): the
-    PAUSE_* reason of each disk target with an error."""
-    errors: dict[str, str] = {}
+    reason of each disk target with an error."""
+    errors: dict[str, PauseReason] = {}
     for line in text.splitlines():
         target, sep, error = line.strip().partition(": ")
         if sep and target and " " not in target:
-            errors[target] = LIBVIRT_DISK_ERRORS.get(error.strip().lower(), PAUSE_IOERROR)
+            errors[target] = LIBVIRT_DISK_ERRORS.get(error.strip().lower(), PauseReason.IOERROR)
     return errors
 
 
 def libvirt_pause(domain: str, label: str, state: DomainState,
-                  disk_errors: Optional[dict[str, str]]) -> Optional[Pause]:
+                  disk_errors: Optional[dict[str, PauseReason]]) -> Optional[Pause]:
     """The pause of disk `label` (``vda``, or ``vda[2]`` for a backing layer) of `domain`.
     `disk_errors` is domblkerror's answer (None when it could not be asked)."""
     if not state.paused:
@@ -131,24 +135,26 @@ def libvirt_pause(domain: str, label: str, state: DomainState,
         return Pause(domain, label, own, resume=resume)
     if errors:
         failing = ", ".join(f"{name}: {reason}" for name, reason in sorted(errors.items()))
-        return Pause(domain, label, PAUSE_OTHER_DISK, error_disk=failing, resume=resume)
-    return Pause(domain, label, PAUSE_IOERROR, resume=resume)
+        return Pause(domain, label, PauseReason.OTHER_DISK, error_disk=failing, resume=resume)
+    return Pause(domain, label, PauseReason.IOERROR, resume=resume)
 
 
 # --- QMP --------------------------------------------------------------------------------------
 
 
-def qmp_vm_reason(status: Any) -> Optional[str]:
+def qmp_vm_reason(status: Any) -> Optional[PauseReason]:
     """The VM's pause reason from ``query-status``, None while it runs."""
     if not isinstance(status, dict) or status.get("running") is not False:
         return None
-    return QMP_RUN_STATES.get(str(status.get("status")), PAUSE_UNKNOWN)
+    if status.get("status") == QMP_GUEST_SUSPENDED:
+        return None
+    return QMP_RUN_STATES.get(str(status.get("status")), PauseReason.UNKNOWN)
 
 
-def qmp_device_errors(block: Any) -> dict[str, str]:
+def qmp_device_errors(block: Any) -> dict[str, PauseReason]:
     """From ``query-block``: the image file name of each device whose io-status is an error,
-    with its PAUSE_* reason."""
-    errors: dict[str, str] = {}
+    with its reason."""
+    errors: dict[str, PauseReason] = {}
     for device in block if isinstance(block, list) else []:
         if not isinstance(device, dict):
             continue
@@ -162,24 +168,24 @@ def qmp_device_errors(block: Any) -> dict[str, str]:
     return errors
 
 
-def qmp_pause(domain: str, node: str, filename: str, vm_reason: Optional[str],
-              device_errors: dict[str, str]) -> Optional[Pause]:
+def qmp_pause(domain: str, node: str, filename: str, vm_reason: Optional[PauseReason],
+              device_errors: dict[str, PauseReason]) -> Optional[Pause]:
     """The pause of the node `node` (image `filename`) of a qemu paused for `vm_reason`."""
     if vm_reason is None:
         return None
     resume = "the QMP command cont"
-    if vm_reason != PAUSE_IOERROR:
+    if vm_reason != PauseReason.IOERROR:
         return Pause(domain, node, vm_reason, resume=resume)
     own = device_errors.get(filename)
     if own is not None:
         return Pause(domain, node, own, resume=resume)
     if device_errors:
         failing = ", ".join(f"{name}: {reason}" for name, reason in sorted(device_errors.items()))
-        return Pause(domain, node, PAUSE_OTHER_DISK, error_disk=failing, resume=resume)
-    return Pause(domain, node, PAUSE_IOERROR, resume=resume)
+        return Pause(domain, node, PauseReason.OTHER_DISK, error_disk=failing, resume=resume)
+    return Pause(domain, node, PauseReason.IOERROR, resume=resume)
 
 
-SEVERITY = {PAUSE_NOSPACE: 3, PAUSE_IOERROR: 2, PAUSE_OTHER_DISK: 1}
+SEVERITY = {PauseReason.NOSPACE: 3, PauseReason.IOERROR: 2, PauseReason.OTHER_DISK: 1}
 
 
 def worse(a: Optional[Pause], b: Optional[Pause]) -> Optional[Pause]:

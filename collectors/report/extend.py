@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..common.record import frozen_record, replace
 from ..common.units import human_size
 from ..host import lvm
-from .model import PAUSE_NOSPACE, ContainerKind, Extension, ImageUsage
+from .model import ContainerKind, Extension, ImageUsage, PauseReason
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def needs_extension(usage: ImageUsage, policy: ExtendPolicy) -> bool:
     size fits) needs none, however little headroom it has left."""
     if usage.container.kind != ContainerKind.BLOCK:
         return False
-    if usage.pause is not None and usage.pause.reason == PAUSE_NOSPACE:
+    if usage.pause is not None and usage.pause.reason == PauseReason.NOSPACE:
         return True
     fits = usage.fully_allocated_size <= usage.container.size
     return not fits and usage.container.headroom < policy.watermark

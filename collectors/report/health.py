@@ -16,14 +16,13 @@ from ..common.record import frozen_record
 from ..common.units import counted, human_size
 from .extend import extension_text
 from .model import (
-    PAUSE_NOSPACE,
-    PAUSE_OTHER_DISK,
     ChainLayer,
     CheckResult,
     ContainerKind,
     Health,
     ImageUsage,
     LayerStatus,
+    PauseReason,
     Reason,
     State,
 )
@@ -148,7 +147,7 @@ def _pause_reason(usage: ImageUsage) -> Optional[tuple[str, str]]:
         return None
     vm = f"VM {pause.domain} paused"
     resume = f"resume the VM ({pause.resume})"
-    if pause.reason == PAUSE_NOSPACE:
+    if pause.reason == PauseReason.NOSPACE:
         where = (f"{pause.disk} ({usage.filename}, end offset {human_size(usage.end_offset)} "
                  f"of {human_size(usage.container.size)})")
         if usage.container.kind == ContainerKind.BLOCK:
@@ -157,10 +156,10 @@ def _pause_reason(usage: ImageUsage) -> Optional[tuple[str, str]]:
         else:
             action = f"free space on its filesystem ({usage.container.filesystem})"
         return RULE_PAUSED_NOSPACE, f"{vm}: no space on {where}: {action}, then {resume}"
-    if pause.reason == PAUSE_OTHER_DISK:
+    if pause.reason == PauseReason.OTHER_DISK:
         return (RULE_PAUSED_IOERROR, f"{vm} by an I/O error of another disk "
                 f"({pause.error_disk}), not of {pause.disk}: {resume} once that is fixed")
-    if pause.io_error:
+    if pause.reason == PauseReason.IOERROR:
         return (RULE_PAUSED_IOERROR, f"{vm}: I/O error on {pause.disk} ({usage.filename}): "
                 f"look at the storage and the host's kernel log, then {resume}")
     return RULE_PAUSED, f"{vm} ({pause.reason}): no problem of the disk"

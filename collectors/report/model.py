@@ -1,11 +1,8 @@
 """The one result model: what the core found and what a run collected, as value types in base
-units (bytes, seconds, ratios 0..1), with enums for every status and state, and the keys of
-their JSON (common/jsonform.py's to_json() writes any of them). Every room fills these types
-in and every front end reads them; this module imports nothing of the project but common/
-(tests/test_architecture.py). Statuses are str-valued enums whose values are the strings the
-README documents (JSON, metric labels and text say the same words); the health state is an
-IntEnum numbered as Nagios numbers its states.
-"""
+units (bytes, seconds, ratios 0..1) with enums for every status and state, and the keys of their
+JSON (common/jsonform.py writes any of them). Every room fills these in and every front end reads
+them; it imports nothing of the project but common/ (tests/test_architecture.py). Statuses are
+str enums valued as the README documents them; the health state is numbered as Nagios's."""
 
 from __future__ import annotations
 
@@ -105,11 +102,15 @@ class State(IntEnum):
 
 # --- usage and the backing chain -------------------------------------------------------------
 
-# Why a running VM is paused, as it concerns one of its disks (host/pause.py): the reasons that
-# mean an I/O error stopped it (IO_PAUSES), or the VM's own reason in libvirt's words.
-PAUSE_NOSPACE, PAUSE_IOERROR, PAUSE_OTHER_DISK = "nospace", "ioerror", "other-disk"
-PAUSE_USER, PAUSE_UNKNOWN = "user", "unknown"
-IO_PAUSES = frozenset({PAUSE_NOSPACE, PAUSE_IOERROR, PAUSE_OTHER_DISK})
+class PauseReason(TextEnum):
+    """Why a VM is paused, as one disk sees it (README `pause_reason`; mapped in host/pause.py)."""
+
+    NOSPACE, IOERROR, OTHER_DISK = "nospace", "ioerror", "other-disk"  # an I/O error stopped it
+    UNKNOWN, USER, MIGRATION, SAVE, DUMP = "unknown", "user", "migration", "save", "dump"
+    WATCHDOG, FROM_SNAPSHOT, SHUTTING_DOWN = "watchdog", "from-snapshot", "shutting-down"
+    SNAPSHOT, CRASHED, STARTING_UP = "snapshot", "crashed", "starting-up"
+    POSTCOPY, POSTCOPY_FAILED, API_ERROR = "postcopy", "postcopy-failed", "api-error"
+    PANICKED, INTERNAL_ERROR, DEBUG, COLO = "panicked", "internal-error", "debug", "colo"  # QMP's
 
 
 @frozen_record
@@ -118,13 +119,9 @@ class Pause:
 
     domain: str  # libvirt domain, or "qemu PID"
     disk: str  # this disk's target (vda, vda[2]) or QMP node name
-    reason: str  # PAUSE_* or the VM's own reason in libvirt's words
+    reason: PauseReason
     error_disk: Optional[str] = None  # other-disk: the disk whose error paused the VM
     resume: str = ""  # the command that resumes the VM once the cause is gone
-
-    @property
-    def io_error(self) -> bool:
-        return self.reason in IO_PAUSES
 
 
 @frozen_record
@@ -219,7 +216,7 @@ class ImageUsage:
         return self.pause is not None
 
     @property
-    def pause_reason(self) -> Optional[str]:
+    def pause_reason(self) -> Optional[PauseReason]:
         return self.pause.reason if self.pause is not None else None
 
     # The keys of `qcow2-analyze usage --output json`, in its order (README, "Figures
