@@ -176,10 +176,12 @@ def test_luks_header_as_qemu_img_info(tmp_path: Path, qemu_tools: object) -> Non
     (crypto,) = [e for e in view.extensions if e.type == EXT_CRYPTO]
     assert crypto.detail == CryptoDetail(luks.offset, luks.length)
     # qemu's default: AES-256 in XTS mode, plain64 IVs, SHA-256.
-    assert (luks.cipher_alg, luks.cipher_mode, luks.ivgen_alg, luks.ivgen_hash_alg,
-            luks.hash_spec) == (shown["cipher-alg"], shown["cipher-mode"], shown["ivgen-alg"],
-                                shown.get("ivgen-hash-alg"), shown["hash-alg"])
-    assert (luks.cipher_name, luks.master_key_bytes) == ("aes", 64)
+    assert (luks.cipher_alg, luks.ivgen_alg, luks.ivgen_hash_alg, luks.hash_spec) == (
+        shown["cipher-alg"], shown["ivgen-alg"], shown.get("ivgen-hash-alg"),
+        shown["hash-alg"])
+    # The header's own fields: the LUKS1 cipher mode names the mode and the IV generator.
+    assert luks.cipher_mode == f"{shown['cipher-mode']}-{shown['ivgen-alg']}" == "xts-plain64"
+    assert (luks.cipher_name, luks.master_key_bytes, luks.version) == ("aes", 64, 1)
     assert (luks.payload_offset, luks.uuid, luks.master_key_iterations) == (
         shown["payload-offset"], shown["uuid"], shown["master-key-iters"])
     assert [(s.active, s.key_offset) for s in luks.key_slots] == [
