@@ -24,7 +24,7 @@ from qcow2_monitor.collectors.qcow2.describe import (
 )
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
-from corpus import LUKS_SECRET_ID, QEMU_IMG, _create_luks, run
+from corpus import LUKS_ATTEMPTS, LUKS_SECRET_ID, QEMU_IMG, _create_luks, run
 from damage import (
     EXT_BITMAPS,
     copy_image,
@@ -166,7 +166,7 @@ def test_luks_header_as_qemu_img_info(tmp_path: Path, qemu_tools: object) -> Non
     path = tmp_path / "luks.qcow2"
     _create_luks(path, 32 << 20, {"encrypt.format": "luks",
                                   "encrypt.key-secret": LUKS_SECRET_ID,
-                                  "encrypt.iter-time": "10"})
+                                  "encrypt.iter-time": "10"}, attempts=LUKS_ATTEMPTS)
     shown = qemu_info(path)["format-specific"]["data"]["encrypt"]
     view = described(path)
     luks = view.luks

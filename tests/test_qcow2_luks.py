@@ -19,7 +19,7 @@ from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.qcow2.luks import LuksInfo, read_luks
 from qcow2_monitor.collectors.qcow2.reader import ImageFile
 
-from corpus import LUKS_SECRET_ID, QEMU_IMG, _create_luks, run
+from corpus import LUKS_ATTEMPTS, LUKS_SECRET_ID, QEMU_IMG, _create_luks, run
 from damage import copy_image, header_extensions, patch_bytes, patch_u16, patch_u32, read_u64
 
 EXT_CRYPTO = 0x0537BE77
@@ -37,7 +37,7 @@ def luks_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "encrypt.format": "luks", "encrypt.key-secret": LUKS_SECRET_ID,
         "encrypt.iter-time": "10", "encrypt.cipher-alg": "aes-128",
         "encrypt.cipher-mode": "cbc", "encrypt.ivgen-alg": "essiv",
-        "encrypt.ivgen-hash-alg": "sha256", "encrypt.hash-alg": "sha1"})
+        "encrypt.ivgen-hash-alg": "sha256", "encrypt.hash-alg": "sha1"}, attempts=LUKS_ATTEMPTS)
     return path
 
 

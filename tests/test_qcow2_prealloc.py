@@ -15,7 +15,7 @@ from qcow2_monitor.collectors.qcow2.prealloc import (
     refcount_metadata_size,
 )
 
-from corpus import LUKS_SECRET_ID, QEMU_IMG, _create_luks, run
+from corpus import LUKS_ATTEMPTS, LUKS_SECRET_ID, QEMU_IMG, _create_luks, run
 from damage import header_extensions, read_u64
 
 KiB = 1024
@@ -90,7 +90,8 @@ def test_luks_header_area_is_added(tmp_path: Path, qemu_tools: object) -> None:
     path = tmp_path / "luks.qcow2"
     _create_luks(path, 200 * MiB, {"encrypt.format": "luks",
                                    "encrypt.key-secret": LUKS_SECRET_ID,
-                                   "encrypt.iter-time": "10", "cluster_size": "4096"})
+                                   "encrypt.iter-time": "10", "cluster_size": "4096"},
+                 attempts=LUKS_ATTEMPTS)
     (crypto,) = [e for e in header_extensions(path) if e.type == EXT_CRYPTO]
     area = read_u64(path, crypto.offset + 8 + 8)  # offset u64, then length u64
     assert area > 4096  # the key material: hundreds of clusters of 4 KiB
