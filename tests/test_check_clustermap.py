@@ -68,6 +68,11 @@ def test_cells_by_hand() -> None:
     assert m.cells(7) == [METADATA, METADATA, DATA, DATA, FREE, LEAKED, BEYOND]
     assert m.cells(1) == [METADATA]  # 2 metadata, 2 data: a tie again, metadata is higher
     assert m.cells(0) == []
+    # More cells than clusters (a small image drawn 80 wide): each cell is the cluster it
+    # lies in; 3 clusters in 7 cells: cell i starts in cluster i * 3 // 7.
+    three = hand_map([METADATA, DATA, LEAKED])
+    assert three.cells(7) == [METADATA, METADATA, METADATA, DATA, DATA, LEAKED, LEAKED]
+    assert three.cells(6) == [METADATA, METADATA, DATA, DATA, LEAKED, LEAKED]
     empty = hand_map([])
     assert (empty.runs(), empty.cells(4)) == ([], [])
 
