@@ -31,6 +31,7 @@ from damage import (
     patch_u64,
     read_header,
 )
+from work import counting
 
 CLUSTER = 65536
 L2_SPAN = CLUSTER // 8 * CLUSTER  # guest bytes one L2 table maps: 512 MiB
@@ -197,3 +198,28 @@ def test_table_named_twice_is_counted_twice(image: Path, tmp_path: Path) -> None
     assert twice == {c for c, n in walked.referenced().items() if n == 2}
     assert (first & L1E_OFFSET_MASK) // CLUSTER in twice and len(twice) == 4
     assert np.count_nonzero(np.array(walked.counts) == 2) == 4
+
+
+def test_table_named_by_every_entry_is_read_once(tmp_path: Path) -> None:
+    """An L1 table of 200 entries all naming one L2 table (a hostile image can name one
+    millions of times): the table is read once, and it and its data counted 200 times, as
+    qemu-img check counts them ("reference=200")."""
+    path = tmp_path / "hostile.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "100G"])
+    io(path, "write -P 1 0 64k")
+    h = read_header(path)
+    assert h["l1_size"] == 200  # 100 GiB / 512 MiB per entry
+    first = l1_entries(path)[0]
+    for i in range(1, 200):
+        patch_u64(path, h["l1_table_offset"] + 8 * i, first)
+    with counting() as work:
+        walked = Walked(path)
+    # Exactly five reads: the header's first 4 KiB and the refcount table (one cluster) when
+    # opened, the L1 table (200 entries), the L2 table once, and the refcount block once (for
+    # the COPIED flags of the table and its data).
+    assert (work.reads, work.bytes_read) == (5, 4096 + CLUSTER + 200 * 8 + CLUSTER + CLUSTER)
+    _, text = qemu_check(path)
+    hundreds = {int(c) for c in re.findall(r"^ERROR cluster (\d+) refcount=1 reference=200$",
+                                           text, re.MULTILINE)}
+    assert hundreds == {c for c, n in walked.referenced().items() if n == 200}
+    assert len(hundreds) == 2  # the L2 table and its data cluster

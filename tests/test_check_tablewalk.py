@@ -74,8 +74,8 @@ class Walked:
     """What walking the tables the active L1 names found (counted as the active table, or
     as a snapshot's)."""
 
-    def __init__(self, path: Path, active: bool = True) -> None:
-        self.tally = Tally(100)
+    def __init__(self, path: Path, active: bool = True, max_findings: int = 100) -> None:
+        self.tally = Tally(max_findings)
         with Qcow2Image.open(str(path)) as image:
             self.geo = Geometry.of(image)
             refs = ReferenceCounts(image.file.length, image.header.cluster_bits, self.tally)
@@ -296,3 +296,15 @@ def test_compressed_with_subcluster_bitmap_is_not_counted(extended: Path,
     assert walked.counts[first.host_offset // CLUSTER] == 1  # entry 0's reference only
     assert walked.tally.compressed == 0
     assert walked.tally.corruptions == figures["corruptions"] == 1
+
+
+def test_findings_past_the_limit_are_counted(plain: Path, tmp_path: Path) -> None:
+    """Two damaged entries, room for one finding: the first built, both counted."""
+    path, _ = damaged(plain, tmp_path, 0, 5 * CLUSTER + 512 | OFLAG_COPIED)
+    (entry,) = [e for e in active_l2_entries(path) if e.l2_index == 1]
+    patch_u64(path, entry.file_offset, 6 * CLUSTER + 1024 | OFLAG_COPIED)
+    limited = Walked(path, max_findings=1)
+    findings, total = limited.tally.ordered()
+    assert [(f.kind, f.host_offset) for f in findings] == [
+        ("unaligned-data-offset", 5 * CLUSTER + 512)]
+    assert total == limited.tally.corruptions == Walked(path).tally.corruptions == 2
