@@ -182,3 +182,15 @@ def test_unwalkable_image_names_file_and_structure(tmp_path: Path, qemu_tools: o
     assert (error.filename, error.structure, error.offset) == (
         str(path), "bitmap directory entry 0", ext.directory_offset)
     assert run([QEMU_IMG, "check", str(path)], allowed_returncodes=(1,)).returncode == 1
+
+
+def test_small_image_drawn_wider_than_its_clusters(image: Path) -> None:
+    """`qcow2-analyze map` draws 80 x 8 cells: an image of a few clusters fills them all
+    with its own kinds, in order, none past the end."""
+    with Qcow2Image.open(str(image)) as opened:
+        m = cluster_map(opened, opened.file.length)
+    assert len(m.kinds) < 640
+    cells = m.cells(640)
+    assert BEYOND not in cells
+    # Each cluster shows in the cells that start inside it.
+    assert cells == [int(m.kinds[i * len(m.kinds) // 640]) for i in range(640)]
