@@ -200,3 +200,30 @@ def test_damaged_snapshot_table_names_file_entry_and_offset(overlay: Path,
     error = info.value
     assert (error.filename, error.structure, error.offset, error.kind, error.value) == (
         str(path), "snapshot table entry 0", entry + 36, OUT_OF_BOUNDS, 1 << 20)
+
+
+def test_snapshot_list_is_bounded_and_the_total_complete(tmp_path: Path,
+                                                         qemu_tools: object) -> None:
+    """A header claiming 1500 snapshots where the file holds one, the rest past EOF (read as
+    zeros, as qemu reads them: qemu-img info lists 1500): the first 1000 listed, 1500
+    counted."""
+    path = tmp_path / "many.qcow2"
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
+    run([QEMU_IMG, "snapshot", "-c", "only-one", str(path)])
+    table = read_header(path)["snapshots_offset"]
+    # The one entry: 40 fixed bytes, 24 of extra data, id "1", name "only-one"; the file
+    # ends there, so the other 1499 entries lie past EOF.
+    first_end = table + 40 + 24 + len("1") + len("only-one")
+    assert path.stat().st_size == first_end
+    patch_u32(path, 60, 1500)  # nb_snapshots
+    shown = qemu_info(path)["snapshots"]
+    view = described(path)
+    assert view.snapshots_total == len(shown) == 1500
+    assert len(view.snapshots) == 1000
+    assert [(sn.id, sn.name) for sn in view.snapshots] == [
+        (s["id"], s["name"]) for s in shown[:1000]]
+    # Entries start 8-aligned; an all-zero entry is its fixed 40 bytes.
+    second = -(-first_end // 8) * 8
+    assert view.snapshots[0].table_entry_offset == table
+    assert [sn.table_entry_offset for sn in view.snapshots[1:4]] == [
+        second, second + 40, second + 80]
