@@ -143,6 +143,10 @@ class ClusterMap:
             better = got >= most
             better &= got > 0
             best[better], most[better] = kind, got[better]
+        # More cells than clusters: a cell inside one cluster holds none whole, and is drawn
+        # as the cluster it lies in (not as past the end).
+        inside = most < 0
+        best[inside] = self.kinds[bounds[:-1][inside]]
         return [int(k) for k in best]
 
 
