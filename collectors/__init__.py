@@ -1,7 +1,7 @@
 """The core: read-only qcow2 analysis, in rooms by concern, imports pointing one way (down):
 
-- ``common``: the project's error type, how sizes and counts are written, JSON from typed
-  values;
+- ``common``: the project's error type, records (value types without dataclasses' start-up
+  cost), how sizes and counts are written, JSON from typed values;
 - ``qcow2``: the on-disk format, pure Python: layouts, the one reader, header, image, chain,
   the fast end offset, qemu's size formula, the info and header views;
 - ``check``: the full check with numpy (the only room that imports it): references, refcount

@@ -1,6 +1,6 @@
 """qcow2-monitor: a read-only qcow2 analyzer for monitoring.
 
-The installed namespace. In the source tree its subpackages are symlinks to the folders
-collectors/ (the core), analyze/ (qcow2-analyze), nagios/, telegraf/ and
-node_exporter_textfile/ (the adapters).
+The installed namespace: pyproject.toml maps each top-level folder of the tree to one of its
+subpackages -- collectors/ (the core), cli/ and analyze/ (the front ends), nagios/, telegraf/
+and node_exporter_textfile/ (the adapters).
 """

@@ -121,3 +121,50 @@ def test_help_action_needs_no_argparse_exit() -> None:
     parser.add_argument("-h", dest="host")
     assert parser.parse_args(["-h", "x"]).host == "x"
     assert isinstance(parser, argparse.ArgumentParser)
+
+
+def _appending_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="plain")
+    parser.add_argument("targets", nargs="*")
+    parser.add_argument("--qmp", action="append", default=[])
+    parser.add_argument("--chain", action="store_true")
+    return parser
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["a"], ["a", "b", "--qmp", "s1"], ["--qmp", "s1", "a", "--qmp", "s2", "b"],
+    ["a", "--chain", "b", "--qmp", "s1", "c"], ["--chain"],
+])
+def test_the_plain_parse_first_answers_as_the_intermixed_parse(argv: list[str]) -> None:
+    reference = argparse.ArgumentParser(prog="plain")
+    reference.add_argument("targets", nargs="*")
+    reference.add_argument("--qmp", action="append", default=[])
+    reference.add_argument("--chain", action="store_true")
+    assert vars(_appending_parser().parse_args(argv)) == \
+        vars(reference.parse_intermixed_args(argv))
+
+
+def test_positionals_in_one_run_need_no_usage_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argparse's intermixed parse writes the whole usage first; the plain parse, which
+    answers when the positionals come in one run, does not."""
+    written: list[str] = []
+    monkeypatch.setattr(ArgumentParser, "format_usage",
+                        lambda self: written.append("usage") or "usage: plain\n")
+    _appending_parser().parse_args(["--qmp", "s", "a", "b"])
+    assert written == []
+    _appending_parser().parse_args(["a", "--qmp", "s", "b"])  # split: the intermixed parse
+    assert written == ["usage"]
+
+
+@pytest.mark.parametrize("columns", [None, "57", "0", "x"])
+def test_terminal_columns_as_shutil_finds_them(monkeypatch: pytest.MonkeyPatch,
+                                               columns: str | None) -> None:
+    import shutil
+
+    from qcow2_monitor.cli.parser import terminal_columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert terminal_columns() == shutil.get_terminal_size().columns

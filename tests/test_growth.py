@@ -237,3 +237,20 @@ def test_files_of_disks_not_seen_for_a_week_are_pruned(tmp_path: Path) -> None:
     tracked(str(image), state)
     assert not gone.exists() and not dead.exists() and foreign.exists()
     assert (state / state_name(str(image))).exists()
+
+
+def test_state_names_are_the_sha256_of_the_identity() -> None:
+    """The interpreter's own SHA-256 (no OpenSSL loaded) names files as hashlib's does, so
+    that state kept by earlier releases is found again."""
+    import hashlib
+    import subprocess
+    import sys
+
+    for identity in ("/var/lib/libvirt/images/vm.qcow2", "dev:253:4", "/x/\udcff"):
+        digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()
+        assert state_name(identity) == digest[:40] + ".json"
+    code = ("import sys; from qcow2_monitor.collectors.report.state import state_name; "
+            "state_name('x'); print('_hashlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd="/")
+    assert done.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""JSON from typed values, by one generic function: :func:`to_json` walks dataclasses, enums,
+"""JSON from typed values, by one generic function: :func:`to_json` walks records, enums,
 tuples and errors; a type declares its keys, their order and presence rules once, as a `JSON`
 tuple of :class:`JsonKey` (by default: its fields, in order). Every JSON document the tools
 print is made here, from the result model (report/model.py) and the qemu-img look-alike views.
@@ -85,7 +85,7 @@ def _reach(path: str) -> str:
 
 def _builder(cls: type) -> Builder:
     """The function that writes a `cls` as a JSON object, made once per type from the keys it
-    declares (its JSON, or its fields in order), as dataclasses makes __init__: one dict
+    declares (its JSON, or its fields in order), as dataclasses would make __init__: one dict
     display of the keys in their order, those that may be left out or are written in a form
     a statement each; a field declared as a plain type taken as it is, any other written by
     to_json(). A 65536-entry snapshot table or bitmap directory is written about as fast as
@@ -136,7 +136,7 @@ def _builder(cls: type) -> Builder:
 
 
 def to_json(value: object) -> Json:
-    """Any model value as JSON data: a dataclass or a named tuple as an object with the keys
+    """Any model value as JSON data: a record or a named tuple as an object with the keys
     its `JSON` declares (by default its fields, in order), an enum as its value, a tuple or
     list as a list, bytes in hex, an error as its one JSON shape (Qcow2Error.as_dict)."""
     cls = type(value)
@@ -176,7 +176,7 @@ def _sequence(value: Union[tuple[Any, ...], list[Any]]) -> list[Json]:
 
 
 def to_json_object(value: object) -> JsonObject:
-    """to_json() of a value whose JSON is an object (a dataclass)."""
+    """to_json() of a value whose JSON is an object (a record)."""
     data = to_json(value)
     assert isinstance(data, dict), type(value)
     return data
