@@ -18,10 +18,12 @@ Each disk of a paused VM gets one reason (a ``PauseReason`` of the result model)
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 from ..common.record import frozen_record
 from ..report.model import Pause, PauseReason
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 # libvirt's virDomainState: only PAUSED (3) is a paused VM.
 LIBVIRT_STATE_PAUSED = 3

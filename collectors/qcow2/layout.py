@@ -2,9 +2,10 @@
 
 Source: qemu docs/interop/qcow2.txt and block/qcow2.h; the project's own format notes are
 docs/qcow2-format.md (§1-§6 for these layouts).
-Each structure is a ``struct.Struct`` beside a frozen record (common/record.py) with a ``from_bytes`` (a named
-tuple for the entries a table holds by the ten thousand: snapshots, bitmaps); the callers bound
-every count before reading (see :mod:`collectors.image`). All integers big-endian.
+Each structure is a ``struct.Struct`` beside a frozen record (common/record.py) with a
+``from_bytes`` (a named tuple for the entries a table holds by the ten thousand: snapshots,
+bitmaps); the callers bound every count before reading (see :mod:`collectors.qcow2.image`).
+All integers big-endian.
 """
 
 from __future__ import annotations
