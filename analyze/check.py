@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from qcow2_monitor.collectors.check.snapview import FindingsView
 
 from .common import (
-    OUTPUT_HELP,
     PROG,
+    add_output_argument,
     add_snapshot_argument,
     count_option,
     epilog,
@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
                       "with --chain, a layer) could not be checked, or qemu cannot open it: "
                       "a backing layer is missing, loops, is unreadable or is not qcow2; 2 "
                       "corruptions; 3 leaked clusters only; 64 bad command line."))
-    check.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
+    add_output_argument(check)
     check.add_argument("--chain", action="store_true",
                        help="also check every layer of the backing chain")
     check.add_argument("--max-findings", type=count_option, default=DEFAULT_MAX_FINDINGS,

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from qcow2_monitor.cli.exits import EXIT_OK
 from qcow2_monitor.collectors.common.units import human_size
 
-from .common import OUTPUT_HELP, count_option, epilog
+from .common import add_output_argument, count_option, epilog
 
 # One character per kind, in collectors.check.clustermap's order of kinds.
 SYMBOLS = (" ", ".", "#", "c", "M", "L")
@@ -38,8 +38,7 @@ def register(subparsers: Any) -> None:
         "container's end are marked. Reads all metadata, like check.",
         epilog=epilog("map vm.qcow2", "map --width 64 --rows 4 /dev/vg0/vm1",
                       "map --output json vm.qcow2"))
-    command.add_argument("--output", choices=["human", "json"], default="human",
-                         help=OUTPUT_HELP + " (json: the runs of clusters of one kind)")
+    add_output_argument(command, " (json: the runs of clusters of one kind)")
     command.add_argument("--width", type=count_option, metavar="N",
                          help="characters per row (default: the terminal's width)")
     command.add_argument("--rows", type=count_option, default=DEFAULT_ROWS, metavar="N",
