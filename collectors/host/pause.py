@@ -127,12 +127,20 @@ def libvirt_pause(domain: str, label: str, state: DomainState,
     target, _, layer = label.partition("[")
     errors = disk_errors or {}
     own = errors.get(target) if not layer else None  # only the top layer is written
+    return _io_error_pause(domain, label, own, errors, resume)
+
+
+def _io_error_pause(domain: str, disk: str, own: Optional[str], errors: dict[str, str],
+                   resume: str) -> Pause:
+    """The pause of `disk` of a VM paused on an I/O error: its own error's reason; else, when
+    other disks failed (`errors`: disk or file name -> reason), that it waits on those; else
+    the plain I/O error."""
     if own is not None:
-        return Pause(domain, label, own, resume=resume)
+        return Pause(domain, disk, own, resume=resume)
     if errors:
         failing = ", ".join(f"{name}: {reason}" for name, reason in sorted(errors.items()))
-        return Pause(domain, label, PAUSE_OTHER_DISK, error_disk=failing, resume=resume)
-    return Pause(domain, label, PAUSE_IOERROR, resume=resume)
+        return Pause(domain, disk, PAUSE_OTHER_DISK, error_disk=failing, resume=resume)
+    return Pause(domain, disk, PAUSE_IOERROR, resume=resume)
 
 
 # --- QMP --------------------------------------------------------------------------------------
@@ -170,13 +178,7 @@ def qmp_pause(domain: str, node: str, filename: str, vm_reason: Optional[str],
     resume = "the QMP command cont"
     if vm_reason != PAUSE_IOERROR:
         return Pause(domain, node, vm_reason, resume=resume)
-    own = device_errors.get(filename)
-    if own is not None:
-        return Pause(domain, node, own, resume=resume)
-    if device_errors:
-        failing = ", ".join(f"{name}: {reason}" for name, reason in sorted(device_errors.items()))
-        return Pause(domain, node, PAUSE_OTHER_DISK, error_disk=failing, resume=resume)
-    return Pause(domain, node, PAUSE_IOERROR, resume=resume)
+    return _io_error_pause(domain, node, device_errors.get(filename), device_errors, resume)
 
 
 SEVERITY = {PAUSE_NOSPACE: 3, PAUSE_IOERROR: 2, PAUSE_OTHER_DISK: 1}
