@@ -11,7 +11,7 @@ from typing import ClassVar, NamedTuple, Optional, Union
 
 from ..common.jsonform import JsonKey
 from . import layout as L
-from .image import Extension, Qcow2Image
+from .image import Extension, Feature, Qcow2Image
 
 # Snapshots listed (a header may claim 65536, read as zeros past EOF); the total is complete.
 MAX_LISTED = 1000
@@ -31,11 +31,8 @@ _FEATURE_TYPE = JsonKey("type", form=feature_type_name)
 
 
 @dataclass(frozen=True)
-class FeatureView:
-    type: int  # L.FEATURE_TYPE_*
-    bit: int
-    name: str
-    enabled: bool
+class FeatureView(Feature):
+    """A feature bit with its JSON keys (the type by name)."""
 
     JSON: ClassVar[tuple[JsonKey, ...]] = (_FEATURE_TYPE, JsonKey("bit"), JsonKey("name"),
                                            JsonKey("enabled"))
