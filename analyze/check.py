@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 from .common import (
     PROG,
+    add_file_argument,
     add_output_argument,
     add_snapshot_argument,
     count_option,
@@ -64,7 +65,7 @@ def register(subparsers: Any) -> None:
     add_snapshot_argument(check, "list only the findings located in the tables of SEL (its L1 "
                           "and L2 tables, its snapshot table entry) and count the others; the "
                           "figures stay the whole image's")
-    check.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(check)
     check.set_defaults(handler=run_check)
 
 

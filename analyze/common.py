@@ -32,6 +32,11 @@ def add_output_argument(parser: argparse.ArgumentParser, more: str = "") -> None
                         help=OUTPUT_HELP + more)
 
 
+def add_file_argument(parser: argparse.ArgumentParser) -> None:
+    """The one image a command reads: FILE, alike on every command."""
+    parser.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+
+
 def count_option(text: str) -> int:
     """argparse type of a count (--max-findings, --limit): an integer >= 0."""
     if not text.isdigit():

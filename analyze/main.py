@@ -28,7 +28,7 @@ from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
 from qcow2_monitor.collectors.common.text import printable
 
 from . import check, config, map, tables
-from .common import EXIT_CODES, PROG, add_output_argument, epilog, fail
+from .common import EXIT_CODES, PROG, add_file_argument, add_output_argument, epilog, fail
 
 
 # Each command's module is imported when it runs: a check loads neither usage's live sources
@@ -91,7 +91,7 @@ def build_parser() -> ArgumentParser:
     add_output_argument(info)
     info.add_argument("--backing-chain", action="store_true",
                       help="also every layer of the backing chain, as qemu-img info does")
-    info.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(info)
     info.set_defaults(handler=run_info)
 
     header = sub.add_parser(
@@ -101,7 +101,7 @@ def build_parser() -> ArgumentParser:
         "snapshot table and the bitmap directory.",
         epilog=epilog("header vm.qcow2", "header --output json vm.qcow2"))
     add_output_argument(header)
-    header.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(header)
     header.set_defaults(handler=run_header)
 
     usage = sub.add_parser(

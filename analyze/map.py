@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from qcow2_monitor.cli.exits import EXIT_OK
 from qcow2_monitor.collectors.common.units import human_size
 
-from .common import add_output_argument, count_option, epilog
+from .common import add_file_argument, add_output_argument, count_option, epilog
 
 # One character per kind, in collectors.check.clustermap's order of kinds.
 SYMBOLS = (" ", ".", "#", "c", "M", "L")
@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
                          help="characters per row (default: the terminal's width)")
     command.add_argument("--rows", type=count_option, default=DEFAULT_ROWS, metavar="N",
                          help=f"rows of the picture (default {DEFAULT_ROWS})")
-    command.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(command)
     command.set_defaults(handler=run_map)
 
 

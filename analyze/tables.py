@@ -22,6 +22,7 @@ from qcow2_monitor.collectors.qcow2.snapshots import ACTIVE
 
 from .common import (
     PROG,
+    add_file_argument,
     add_output_argument,
     add_snapshot_argument,
     count_option,
@@ -46,7 +47,7 @@ def register(subparsers: Any) -> None:
                       help="at most N entries per list, N >= 0 (default 1000)")
     add_snapshot_argument(dump, "with --what l1|l2: the L1 tables of SEL and the L2 tables "
                           "they name; each table says which snapshots name it", ACTIVE)
-    dump.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(dump)
     dump.set_defaults(handler=run_dump)
 
     measure = subparsers.add_parser(
@@ -55,7 +56,7 @@ def register(subparsers: Any) -> None:
         "needs, and fully allocated.",
         epilog=epilog("measure vm.qcow2", "measure --output json vm.qcow2"))
     add_output_argument(measure)
-    measure.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(measure)
     measure.set_defaults(handler=run_measure)
 
 
