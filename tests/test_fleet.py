@@ -60,10 +60,8 @@ from damage import patch_u64, read_header, read_u64, set_refcount
 from fleet import Alert, Host, Writer, active_alerts, alert_of, wait_alerts, wait_for
 from live_daemons import QemuQmp, start_qemu_qmp, stop_qemu
 from readback import textfile_samples
-from tree import SYSTEM_PYTHON, source_site
+from tree import BIN, SYSTEM_PYTHON, source_site
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
 MiB = 1024**2
 # The rules as an operator would install them on a test server: every `for:` 2 s, the fill-up
 # trend over 10 s, stale after 15 s without a successful run (shipped: 5m..1h, 6h, 10m).

@@ -48,10 +48,9 @@ from qcow2_monitor.telegraf.qcow2_telegraf import main as telegraf_main
 from daemons import make_image, require_binary, run
 from damage import L2E_OFFSET_MASK, active_l2_entries, read_header, set_refcount
 from readback import parse_line, textfile_samples
+from tree import BIN
 from writers import GiB, KiB, Load, MiB, QemuIo, RandomWriter
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
 RUNS = 50  # of each command and adapter, in process
 SUBPROCESS_RUNS = 1  # of each, as the installed console script
 CLEAN = ("fresh", "small", "lazy")

@@ -8,7 +8,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import pytest
 
 from qcow2_monitor.analyze.config import SHIPPED
 
-from tree import FOLDERS, installed_name, sources
+from tree import BIN, FOLDERS, installed_name, sources
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SHIPPED_CRON_TARGETS = ("/var/lib/prometheus/node-exporter/qcow2.prom", "/var/lib/libvirt/images")
 CRON_LOCK = "/run/lock/qcow2-textfile.lock"
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The commands the package installs, beside the interpreter running the tests (the venv's).
+BIN = Path(sys.executable).parent
 NAMESPACE = "qcow2_monitor"
 # Debian's python3, for runs as an unprivileged user (who cannot reach the venv under /root),
 # with the namespace from source_site() on PYTHONPATH.
