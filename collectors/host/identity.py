@@ -38,6 +38,15 @@ def identity_of_path(path: str) -> Optional[DiskIdentity]:
         return None
 
 
+def block_device_stat(path: str) -> Optional[os.stat_result]:
+    """The stat of the block device `path` names, or None (not one, or cannot be stat'ed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISBLK(st.st_mode) else None
+
+
 def sysfs_block_dir(st: os.stat_result) -> str:
     """The sysfs directory of the block device `st`."""
     return os.path.join(SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
@@ -62,11 +71,8 @@ def canonical_path(path: str) -> str:
     device node elsewhere maps to the same name.
     """
     real = os.path.realpath(path)
-    try:
-        st = os.stat(real)
-    except OSError:
-        return real
-    if not stat.S_ISBLK(st.st_mode):
+    st = block_device_stat(real)
+    if st is None:
         return real
     dm_name = sysfs_dm(st, "name")
     if dm_name is not None:

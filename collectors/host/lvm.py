@@ -9,8 +9,6 @@ other device-mapper users have other UUID prefixes: they are no LV.
 
 from __future__ import annotations
 
-import os
-import stat
 import subprocess
 from dataclasses import dataclass
 from typing import Optional
@@ -62,11 +60,8 @@ def split_dm_name(name: str) -> Optional[LogicalVolume]:
 
 def logical_volume(path: str) -> Optional[LogicalVolume]:
     """The LV a block device is, from sysfs (``dm/name``, ``dm/uuid``), or None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISBLK(st.st_mode):
+    st = identity.block_device_stat(path)
+    if st is None:
         return None
     name = identity.sysfs_dm(st, "name")
     if not name:
