@@ -19,9 +19,8 @@ from qcow2_monitor.collectors.common.units import counted, human_size, percent_n
 
 from corpus import CorpusImage
 from damage import patch_bytes, patch_u64, read_header, read_u64
-from tree import sources
+from tree import REPO, sources
 
-REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {
     "qcow2-analyze": ["-m", "qcow2_monitor.analyze"],
     "check_qcow2": ["-m", "qcow2_monitor.nagios.check_qcow2"],

@@ -37,7 +37,6 @@ from live_daemons import (
 )
 from tree import SYSTEM_PYTHON, source_site
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 

@@ -6,9 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tree import BIN, FOLDERS, NAMESPACE, link_tree
-
-REPO = Path(__file__).resolve().parent.parent
+from tree import BIN, FOLDERS, NAMESPACE, REPO, link_tree
 
 
 def test_ruff_clean() -> None:

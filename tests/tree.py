@@ -25,6 +25,10 @@ NAMESPACE = "qcow2_monitor"
 SYSTEM_PYTHON = "/usr/bin/python3"
 # The folders that are subpackages of the namespace, as pyproject.toml maps them.
 FOLDERS = ("collectors", "cli", "analyze", "nagios", "telegraf", "node_exporter_textfile")
+# What a copy of the tree leaves out to be the tree as a clone has it: earlier builds, the
+# venv, caches.
+NOT_IN_A_CLEAN_TREE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+                       "bench-work")
 
 
 def sources(*folders: str) -> list[Path]:
