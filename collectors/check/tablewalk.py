@@ -60,7 +60,7 @@ class Geometry:
 
     @property
     def compressed_offset_mask(self) -> int:
-        return (1 << self.csize_shift) - 1
+        return L.compressed_offset_mask(self.cluster_bits)
 
     @classmethod
     def of(cls, image: Qcow2Image) -> Geometry:
