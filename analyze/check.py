@@ -21,8 +21,9 @@ from qcow2_monitor.collectors.report.health import broken_layer
 from qcow2_monitor.collectors.report.model import ChainLayer, CheckResult, LayerStatus
 
 from .common import (
-    OUTPUT_HELP,
     PROG,
+    add_file_argument,
+    add_output_argument,
     add_snapshot_argument,
     count_option,
     epilog,
@@ -57,7 +58,7 @@ def register(subparsers: Any) -> None:
                       "with --chain, a layer) could not be checked, or qemu cannot open it: "
                       "a backing layer is missing, loops, is unreadable or is not qcow2; 2 "
                       "corruptions; 3 leaked clusters only; 64 bad command line."))
-    check.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
+    add_output_argument(check)
     check.add_argument("--chain", action="store_true",
                        help="also check every layer of the backing chain")
     check.add_argument("--max-findings", type=count_option, default=DEFAULT_MAX_FINDINGS,
@@ -66,7 +67,7 @@ def register(subparsers: Any) -> None:
     add_snapshot_argument(check, "list only the findings located in the tables of SEL (its L1 "
                           "and L2 tables, its snapshot table entry) and count the others; the "
                           "figures stay the whole image's")
-    check.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(check)
     check.set_defaults(handler=run_check)
 
 

@@ -29,6 +29,17 @@ EXIT_CODES = "exit codes: 0 success; 1 a target could not be analysed (said on s
 OUTPUT_HELP = "human: text for people (default); json: one JSON document on stdout"
 
 
+def add_output_argument(parser: argparse.ArgumentParser, more: str = "") -> None:
+    """--output human|json, alike on every command; `more` adds what json holds there."""
+    parser.add_argument("--output", choices=["human", "json"], default="human",
+                        help=OUTPUT_HELP + more)
+
+
+def add_file_argument(parser: argparse.ArgumentParser) -> None:
+    """The one image a command reads: FILE, alike on every command."""
+    parser.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+
+
 def count_option(text: str) -> int:
     """argparse type of a count (--max-findings, --limit): an integer >= 0."""
     if not text.isdigit():

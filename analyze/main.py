@@ -27,7 +27,7 @@ from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
 from qcow2_monitor.collectors.common.text import printable
 
 from . import check, config, map, tables
-from .common import EXIT_CODES, OUTPUT_HELP, PROG, epilog, fail
+from .common import EXIT_CODES, PROG, add_file_argument, add_output_argument, epilog, fail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -91,10 +91,10 @@ def build_parser() -> ArgumentParser:
         epilog=epilog("info vm.qcow2", "info --backing-chain --output json vm.qcow2",
                       exit_codes=EXIT_CODES + "\nWith --backing-chain a missing, unreadable or "
                       "looping backing layer is said on stderr and exits 1."))
-    info.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
+    add_output_argument(info)
     info.add_argument("--backing-chain", action="store_true",
                       help="also every layer of the backing chain, as qemu-img info does")
-    info.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(info)
     info.set_defaults(handler=run_info)
 
     header = sub.add_parser(
@@ -103,8 +103,8 @@ def build_parser() -> ArgumentParser:
         description="Every header field, feature bit, header extension, the LUKS header, the "
         "snapshot table and the bitmap directory.",
         epilog=epilog("header vm.qcow2", "header --output json vm.qcow2"))
-    header.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
-    header.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_output_argument(header)
+    add_file_argument(header)
     header.set_defaults(handler=run_header)
 
     usage = sub.add_parser(
@@ -116,7 +116,7 @@ def build_parser() -> ArgumentParser:
         "(as df shows it, the same for every image on it) for an image file.",
         epilog=epilog("usage /var/lib/libvirt/images", "usage --no-chain --output json "
                       "'/srv/vm/*.qcow2' /dev/vg0/vm1"))
-    usage.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
+    add_output_argument(usage)
     usage.add_argument("--no-chain", action="store_true",
                        help="list only the images, not their backing layers; every layer is "
                        "still opened, as qemu opens it, so a missing, looping or unreadable "

@@ -11,7 +11,7 @@ from qcow2_monitor.cli.exits import EXIT_OK
 from qcow2_monitor.cli.parser import terminal_columns
 from qcow2_monitor.collectors.common.units import human_size
 
-from .common import OUTPUT_HELP, count_option, epilog
+from .common import add_file_argument, add_output_argument, count_option, epilog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,13 +41,12 @@ def register(subparsers: Any) -> None:
         "container's end are marked. Reads all metadata, like check.",
         epilog=epilog("map vm.qcow2", "map --width 64 --rows 4 /dev/vg0/vm1",
                       "map --output json vm.qcow2"))
-    command.add_argument("--output", choices=["human", "json"], default="human",
-                         help=OUTPUT_HELP + " (json: the runs of clusters of one kind)")
+    add_output_argument(command, " (json: the runs of clusters of one kind)")
     command.add_argument("--width", type=count_option, metavar="N",
                          help="characters per row (default: the terminal's width)")
     command.add_argument("--rows", type=count_option, default=DEFAULT_ROWS, metavar="N",
                          help=f"rows of the picture (default {DEFAULT_ROWS})")
-    command.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(command)
     command.set_defaults(handler=run_map)
 
 

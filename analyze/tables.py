@@ -20,8 +20,9 @@ from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.qcow2.snapshots import ACTIVE
 
 from .common import (
-    OUTPUT_HELP,
     PROG,
+    add_file_argument,
+    add_output_argument,
     add_snapshot_argument,
     count_option,
     epilog,
@@ -44,12 +45,12 @@ def register(subparsers: Any) -> None:
     dump.add_argument("--what", choices=["l1", "l2", "refcount", "snapshots", "bitmaps"],
                       required=True, help="the table: active L1, L2 tables, refcount table "
                       "and blocks, snapshot table, bitmap directory")
-    dump.add_argument("--output", choices=["human", "json"], default="human", help=OUTPUT_HELP)
+    add_output_argument(dump)
     dump.add_argument("--limit", type=count_option, default=1000, metavar="N",
                       help="at most N entries per list, N >= 0 (default 1000)")
     add_snapshot_argument(dump, "with --what l1|l2: the L1 tables of SEL and the L2 tables "
                           "they name; each table says which snapshots name it", ACTIVE)
-    dump.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_file_argument(dump)
     dump.set_defaults(handler=run_dump)
 
     measure = subparsers.add_parser(
@@ -57,9 +58,8 @@ def register(subparsers: Any) -> None:
         description="What `qemu-img measure -O qcow2 FILE` reports: the size a qcow2 copy "
         "needs, and fully allocated.",
         epilog=epilog("measure vm.qcow2", "measure --output json vm.qcow2"))
-    measure.add_argument("--output", choices=["human", "json"], default="human",
-                         help=OUTPUT_HELP)
-    measure.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
+    add_output_argument(measure)
+    add_file_argument(measure)
     measure.set_defaults(handler=run_measure)
 
 

@@ -17,11 +17,11 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_usage import BIN, child_run
+
 TiB = 1 << 40
 
 
@@ -46,7 +46,7 @@ def build(workdir: Path) -> list[Path]:
 
 
 def analyzer() -> list[str]:
-    script = ROOT / ".venv" / "bin" / "qcow2-analyze"
+    script = BIN / "qcow2-analyze"
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "qcow2_monitor.analyze"]
@@ -57,13 +57,8 @@ Row = tuple[str, str, float, float, int, int]
 
 def measure(argv: list[str]) -> tuple[float, float, int, int]:
     """Wall seconds, CPU seconds, peak RSS in KiB and exit code of one child process."""
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, proc.returncode
+    wall, usage, code = child_run(argv, ok_codes=None)  # the exit codes are compared
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, code
 
 
 def bench(images: list[Path], runs: int) -> list[Row]:

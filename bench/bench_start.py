@@ -27,10 +27,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench_usage import child_run
+from bench_usage import BIN, REPO, child_run
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 FLOOR_TARGET = 3.0  # check_qcow2 --no-live / python -c pass
 LIVE_TARGET = 8.0  # check_qcow2 with libvirt / qemu-img info
 
@@ -38,7 +36,7 @@ LIVE_TARGET = 8.0  # check_qcow2 with libvirt / qemu-img info
 def run_once(argv: Sequence[str]) -> tuple[float, float]:
     """CPU seconds (user + system, the child and its waited-for children) and wall seconds of
     one run; fails on a non-zero exit (check_qcow2: 0 is OK, which the image is)."""
-    wall, usage = child_run(argv)
+    wall, usage, _code = child_run(argv)
     return usage.ru_utime + usage.ru_stime, wall
 
 

@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from bench_usage import REPO, build_many, run, timed
-
-BIN = Path(sys.executable).parent
+from bench_usage import BIN, REPO, build_many, run, timed
 
 
 def commands(bin_dir: Path, images: list[str], work: Path, extra: list[str]

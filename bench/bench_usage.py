@@ -28,11 +28,12 @@ BIN = Path(sys.executable).parent
 SECRET = "bench-passphrase"
 
 
-def child_run(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,)
-              ) -> tuple[float, resource.struct_rusage]:
-    """Wall time and rusage of one child process (os.wait4 gives that child's own rusage,
-    its waited-for children included, unlike getrusage(RUSAGE_CHILDREN), which is a maximum
-    over every child so far); exits with the child's message on another exit code."""
+def child_run(argv: Sequence[str], *, ok_codes: Optional[Sequence[int]] = (0,)
+              ) -> tuple[float, resource.struct_rusage, int]:
+    """Wall time, rusage and exit code of one child process (os.wait4 gives that child's own
+    rusage, its waited-for children included, unlike getrusage(RUSAGE_CHILDREN), which is a
+    maximum over every child so far); exits with the child's message on an exit code not in
+    `ok_codes` (None: any)."""
     start = time.perf_counter()
     proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -41,14 +42,14 @@ def child_run(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,)
     _pid, status, rusage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     proc.returncode = code = os.waitstatus_to_exitcode(status)
-    if code not in ok_codes:
+    if ok_codes is not None and code not in ok_codes:
         raise SystemExit(f"{argv[0]} exited {code}: {err.strip()[:400]}")
-    return elapsed, rusage
+    return elapsed, rusage, code
 
 
 def timed(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,)) -> tuple[float, int]:
     """Wall time and peak RSS (KiB) of one child process."""
-    elapsed, rusage = child_run(argv, ok_codes=ok_codes)
+    elapsed, rusage, _code = child_run(argv, ok_codes=ok_codes)
     return elapsed, rusage.ru_maxrss
 
 

@@ -31,6 +31,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 QEMU_IMG = "qemu-img"
 QEMU_IO = "qemu-io"
+# The figures of `qemu-img check --output=json` (qapi ImageCheck); qemu leaves the optional
+# ones out when they are zero.
+CHECK_FIGURES = ("check-errors", "image-end-offset", "corruptions", "leaks", "total-clusters",
+                 "allocated-clusters", "fragmented-clusters", "compressed-clusters")
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -28,11 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-QEMU_IMG = "qemu-img"
-QEMU_IO = "qemu-io"
-
-KiB = 1024
-MiB = 1024 * KiB
+from corpus import QEMU_IMG, QEMU_IO, KiB, MiB
 
 CLUSTER_SIZES = tuple(1 << bits for bits in range(9, 22))  # 512 .. 2 MiB
 # Clusters larger than the 64 KiB of qemu-img measure's target are where per-cluster and

@@ -13,7 +13,7 @@ from qcow2_monitor.collectors.qcow2 import layout as L
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, run
-from damage import patch_bytes, patch_u32, read_header
+from damage import patch_u32, patch_u64, read_header
 
 
 def repoint_l1(path: Path, entries: int, snapshot_too: bool = False) -> None:
@@ -137,5 +137,5 @@ def refcount_table_over_data(path: Path) -> None:
     # one cluster past the L1 table, so it covers the L2 tables and the data after them.
     header = read_header(path)
     table_offset = header["l1_table_offset"] + 4096
-    patch_bytes(path, 48, struct.pack(">Q", table_offset))
+    patch_u64(path, 48, table_offset)
     patch_u32(path, 56, 2048)

@@ -259,6 +259,16 @@ def stop_libvirtd(libvirt: Libvirt, keep: bool = False) -> None:
         shutil.rmtree(libvirt.directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def running_libvirtd() -> Iterator[Libvirt]:
+    """A private libvirtd for the length of a `with` (a test module's fixture), then stopped."""
+    daemon = start_libvirtd()
+    try:
+        yield daemon
+    finally:
+        stop_libvirtd(daemon)
+
+
 # --- plain qemu with QMP ----------------------------------------------------------------------
 
 

@@ -24,10 +24,11 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tree import BIN, REPO
+
 ICINGA_CONF = REPO / "nagios" / "qcow2-icinga2.conf"
 NAGIOS_CONF = REPO / "nagios" / "qcow2.conf"
-PLUGIN = REPO / ".venv" / "bin" / "check_qcow2"
+PLUGIN = BIN / "check_qcow2"
 
 # Debian package names, for the failure message when a tool is missing.
 _PACKAGES = {

@@ -18,10 +18,9 @@ import pytest
 from qcow2_monitor.collectors.common.units import counted, human_size, percent_number, ratio_percent
 
 from corpus import CorpusImage
-from damage import patch_bytes, read_header
-from tree import sources
+from damage import patch_bytes, patch_u64, read_header, read_u64
+from tree import REPO, sources
 
-REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {
     "qcow2-analyze": ["-m", "qcow2_monitor.analyze"],
     "check_qcow2": ["-m", "qcow2_monitor.nagios.check_qcow2"],
@@ -168,7 +167,7 @@ def _patch_first_snapshot(path: Path, *, date_sec: int, vm_clock_nsec: int,
     # data: vm_state_size_large u64 (used instead of the 32-bit one when present).
     patch_bytes(path, table + 16, struct.pack(">IIQI", date_sec, 5, vm_clock_nsec,
                                               vm_state_size))
-    patch_bytes(path, table + 40, struct.pack(">Q", vm_state_size))
+    patch_u64(path, table + 40, vm_state_size)
 
 
 def _info_lines_equal(path: Path, tz: str, *extra: str) -> None:
@@ -457,28 +456,22 @@ def test_files_shorter_than_their_metadata_read_as_qemu_reads_them(tmp_path: Pat
 
 
 # -- findings located precisely --------------------------------------------------------------
-def _u64_at(path: Path, offset: int) -> int:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return int.from_bytes(f.read(8), "big")
-
-
 def test_one_flipped_l2_byte_is_located_at_its_entry(tmp_path: Path) -> None:
     image = create(tmp_path / "flip.qcow2", "64M")
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 1M", str(image)],
                    check=True, capture_output=True)
     header = read_header(image)
     cluster_size = 1 << header["cluster_bits"]
-    l2_table = _u64_at(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
+    l2_table = read_u64(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
     # Entry 3 maps guest offset 3 * cluster_size; point it at entry 4's cluster: that cluster
     # is referenced twice (a corruption), and entry 3's own cluster by nothing (a leak).
-    entry3 = _u64_at(image, l2_table + 3 * 8)
-    entry4 = _u64_at(image, l2_table + 4 * 8)
+    entry3 = read_u64(image, l2_table + 3 * 8)
+    entry4 = read_u64(image, l2_table + 4 * 8)
     patch_bytes(image, l2_table + 3 * 8, entry4.to_bytes(8, "big"))
     assert bin(entry3 ^ entry4).count("1") >= 1
     old_cluster = (entry3 & 0x00FFFFFFFFFFFE00) // cluster_size
     new_cluster = (entry4 & 0x00FFFFFFFFFFFE00) // cluster_size
-    refblock = _u64_at(image, header["refcount_table_offset"]) & ~0x1FF
+    refblock = read_u64(image, header["refcount_table_offset"]) & ~0x1FF
     entries_per_block = cluster_size * 8 // (1 << header["refcount_order"])
 
     proc = run("qcow2-analyze", "check", "--output", "json", str(image))
@@ -523,8 +516,8 @@ def test_every_entry_referencing_a_cluster_is_located(tmp_path: Path) -> None:
     header = read_header(image)
     cluster_size = 1 << header["cluster_bits"]
     l2_entries = cluster_size // 8
-    l2_table = _u64_at(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
-    entry1 = _u64_at(image, l2_table + 8)
+    l2_table = read_u64(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
+    entry1 = read_u64(image, l2_table + 8)
     patch_bytes(image, l2_table + 8, (entry1 + 0x200).to_bytes(8, "big"))
     qemu = _qemu_refcount_errors(image)
     assert qemu, "qemu-img check found no refcount error"
@@ -541,7 +534,7 @@ def test_every_entry_referencing_a_cluster_is_located(tmp_path: Path) -> None:
         assert len(places) == references == len(finding["location"].split("; "))
         for place in places:
             assert place["table"] == "l2"
-            host = _u64_at(image, place["table-offset"] + 8 * place["entry"]) \
+            host = read_u64(image, place["table-offset"] + 8 * place["entry"]) \
                 & 0x00FFFFFFFFFFFE00
             assert cluster in (host // cluster_size, (host + cluster_size - 1) // cluster_size)
             assert place["guest-offset"] == (place["l1-index"] * l2_entries
@@ -553,7 +546,7 @@ def test_every_entry_referencing_a_cluster_is_located(tmp_path: Path) -> None:
 def test_refcount_table_findings_give_the_tables_offset(tmp_path: Path) -> None:
     image = create(tmp_path / "r.qcow2")
     table = read_header(image)["refcount_table_offset"]
-    block = _u64_at(image, table)
+    block = read_u64(image, table)
     patch_bytes(image, table, (block + 0x200).to_bytes(8, "big"))
     proc = run("qcow2-analyze", "check", "--output", "json", str(image))
     assert proc.returncode == qemu_img("check", str(image)).returncode
@@ -570,7 +563,7 @@ def test_snapshot_entries_are_named_in_locations(tmp_path: Path) -> None:
     subprocess.run(["qemu-img", "snapshot", "-c", "s1", str(image)], check=True)
     header = read_header(image)
     cluster_size = 1 << header["cluster_bits"]
-    l2_table = _u64_at(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
+    l2_table = read_u64(image, header["l1_table_offset"]) & 0x00FFFFFFFFFFFE00
     # Active and snapshot share the L2 table and its data (refcount 2). Unhook the active L1
     # entry: each of those clusters is then referenced once, by snapshot 1 only (leaks).
     patch_bytes(image, header["l1_table_offset"], bytes(8))
@@ -591,7 +584,7 @@ def test_snapshot_entries_are_named_in_locations(tmp_path: Path) -> None:
 
 def _snapshot_l1(image: Path) -> int:
     """The first snapshot table entry's l1_table_offset (its first field)."""
-    return _u64_at(image, read_header(image)["snapshots_offset"])
+    return read_u64(image, read_header(image)["snapshots_offset"])
 
 
 def test_one_finding_line_never_repeats_its_kind() -> None:

@@ -21,8 +21,6 @@ from qcow2_monitor.collectors.qcow2.header import parse_header
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.qcow2.refcount import highest_nonzero_entry
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def test_structure_sizes() -> None:
     assert L.HeaderV2.STRUCT.size == 72

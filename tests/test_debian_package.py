@@ -44,13 +44,13 @@ from nagios_daemons import (
     run_icinga_checks,
     run_nagios_checks,
 )
+from tree import NOT_IN_A_CLEAN_TREE, REPO
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the CI runs 3.11
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "qcow2-monitor"
 PLUGINS = "/usr/lib/nagios/plugins"
 PLUGIN = f"{PLUGINS}/check_qcow2"
@@ -61,11 +61,10 @@ TIMER = "/lib/systemd/system/prometheus-node-exporter-qcow2.timer"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 IMAGES = "/var/lib/libvirt/images"
 SIZES = {"a.qcow2": 64 * 1024**2, "b.qcow2": 32 * 1024**2}
-# Not part of a clean tree: earlier builds, caches (what test_packaging leaves out too, and
-# what a dpkg-buildpackage run in the tree leaves behind).
-IGNORED = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
-           ".pybuild", ".debhelper", "debhelper-build-stamp", "*.substvars", "files",
-           PACKAGE, "bench-work")
+# Not part of a clean tree: earlier builds, caches, and what a dpkg-buildpackage run in the
+# tree leaves behind.
+IGNORED = (*NOT_IN_A_CLEAN_TREE, ".pybuild", ".debhelper", "debhelper-build-stamp", "*.substvars",
+           "files", PACKAGE)
 BUILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 
 
@@ -82,7 +81,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     work = tmp_path_factory.mktemp("deb")
     source = work / PACKAGE
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(*IGNORED))
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(*IGNORED))
     proc = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=source,
                           env={**BUILD_ENV, "HOME": str(work)}, capture_output=True, text=True,
                           timeout=1800, check=False)
@@ -373,8 +372,8 @@ def test_upgrade_keeps_the_admins_edit_and_purge_leaves_nothing(built: Path,
 def test_package_version_is_the_projects() -> None:
     """A native package: debian/changelog's version is pyproject.toml's (what --version
     prints), bumped together."""
-    debian = subprocess.run(["dpkg-parsechangelog", "-l", str(ROOT / "debian" / "changelog"),
+    debian = subprocess.run(["dpkg-parsechangelog", "-l", str(REPO / "debian" / "changelog"),
                              "-S", "Version"], capture_output=True, text=True, check=True,
                             timeout=60).stdout.strip()
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert debian == project

@@ -18,8 +18,7 @@ from qcow2_monitor.collectors.qcow2.info import image_info
 from qcow2_monitor.collectors.report.usage import analyze_usage
 
 from corpus import CorpusImage, qemu_img_json
-
-REPO = Path(__file__).resolve().parent.parent
+from tree import REPO
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -19,10 +19,9 @@ import pytest
 
 from daemons import make_image, require_binary, run
 from readback import parse_line, textfile_samples
+from tree import BIN, REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
-RULES = ROOT / "node_exporter_textfile" / "qcow2.rules.yml"
+RULES = REPO / "node_exporter_textfile" / "qcow2.rules.yml"
 KINDS = ("empty", "other-files")
 
 

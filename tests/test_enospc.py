@@ -20,7 +20,7 @@ from enospc import VOLUME_SIZE, Guest, MiB, domain_xml, grow, qmp, start_qemu_gu
 from qcow2_monitor.analyze.main import main as analyze_main
 from qcow2_monitor.nagios.check_qcow2 import main as check_main
 
-from live_daemons import Libvirt, start_libvirtd, stop_libvirtd
+from live_daemons import Libvirt, running_libvirtd
 from tree import source_site
 
 GROWN = 2048 * MiB  # room for the guest to run on while the tests look
@@ -28,11 +28,8 @@ GROWN = 2048 * MiB  # room for the guest to run on while the tests look
 
 @pytest.fixture(scope="module")
 def libvirt() -> Iterator[Libvirt]:
-    daemon = start_libvirtd()
-    try:
+    with running_libvirtd() as daemon:
         yield daemon
-    finally:
-        stop_libvirtd(daemon)
 
 
 def adapter(module: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import inspect
 import io
 import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +17,8 @@ from qcow2_monitor.nagios import check_qcow2
 from qcow2_monitor.node_exporter_textfile import qcow2_textfile
 from qcow2_monitor.telegraf import qcow2_telegraf
 
-BIN = Path(sys.executable).parent
+from tree import BIN
+
 MAINS: dict[str, Callable[..., int]] = {
     "qcow2-analyze": analyze.main, "check_qcow2": check_qcow2.main,
     "qcow2-telegraf": qcow2_telegraf.main, "qcow2-textfile": qcow2_textfile.main,

@@ -26,9 +26,8 @@ from qcow2_monitor.collectors.report.metrics import (
 )
 
 from daemons import make_image, run
+from tree import BIN
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
 MiB = 1024**2
 IMAGES = 6
 FILL = 0.92  # the chosen percentage

@@ -17,8 +17,8 @@ from qcow2_monitor.analyze.main import main
 
 from corpus import CorpusImage, qemu_img_json
 from damage import header_extensions, patch_bytes, patch_u64, read_header
+from tree import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 FEATURE_TABLE = 0x6803F857
 
 

@@ -36,10 +36,7 @@ from damage import (
     set_refcount,
 )
 from readback import parse_line, textfile_samples
-from tree import SYSTEM_PYTHON, source_site
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
+from tree import BIN, SYSTEM_PYTHON, source_site
 
 
 @dataclass(frozen=True)

@@ -45,21 +45,19 @@ from qcow2_monitor.nagios.check_qcow2 import main as nagios_main
 from qcow2_monitor.node_exporter_textfile.qcow2_textfile import main as textfile_main
 from qcow2_monitor.telegraf.qcow2_telegraf import main as telegraf_main
 
+from corpus import CHECK_FIGURES
 from daemons import make_image, require_binary, run
 from damage import L2E_OFFSET_MASK, active_l2_entries, read_header, set_refcount
 from readback import parse_line, textfile_samples
+from tree import BIN
 from writers import GiB, KiB, Load, MiB, QemuIo, RandomWriter
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
 RUNS = 50  # of each command and adapter, in process
 SUBPROCESS_RUNS = 1  # of each, as the installed console script
 CLEAN = ("fresh", "small", "lazy")
 NAMES = (*CLEAN, "planted")
 OK, CRITICAL = 0, 2
 STATE_BY_WORD = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
-FIGURES = ("check-errors", "corruptions", "leaks", "image-end-offset", "total-clusters",
-           "allocated-clusters", "fragmented-clusters", "compressed-clusters")
 
 
 def qemu_check(path: Path, *extra: str) -> dict[str, Any]:
@@ -170,7 +168,7 @@ def _check_json(image: str, text: str, code: int) -> Seen:
     data = json.loads(text)
     confirmed = [f for f in data["findings"] if not f.get("unconfirmed")]
     return Seen("qcow2-analyze check", image, {0: OK, 2: CRITICAL}.get(code, code),
-                {key: data.get(key, 0) for key in FIGURES},
+                {key: data.get(key, 0) for key in CHECK_FIGURES},
                 frozenset((f["kind"], f["location"]) for f in confirmed),
                 data.get("unconfirmed", 0),
                 frozenset(f["kind"] for f in data["findings"] if f.get("unconfirmed")))
@@ -402,7 +400,7 @@ def test_stopped_images_agree_with_qemu(load_run: LoadRun) -> None:
         assert ours.image_end_offset == after["image-end-offset"]
         assert ours.allocated_clusters == after["allocated-clusters"]
     after = load_run.after["planted"]
-    for key in FIGURES:
+    for key in CHECK_FIGURES:
         assert load_run.ours_after.get(key) == after.get(key), key
     assert (after["corruptions"], after["leaks"]) == (4, 1)
 

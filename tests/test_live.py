@@ -32,14 +32,12 @@ from live_daemons import (
     QemuQmp,
     block_disk,
     file_disk,
-    start_libvirtd,
+    running_libvirtd,
     start_qemu_qmp,
-    stop_libvirtd,
     stop_qemu,
 )
 from tree import SYSTEM_PYTHON, source_site
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 
@@ -70,11 +68,8 @@ def qemu_img_check_end(path: Path | str) -> int:
 
 @pytest.fixture(scope="module")
 def libvirt() -> Iterator[Libvirt]:
-    daemon = start_libvirtd()
-    try:
+    with running_libvirtd() as daemon:
         yield daemon
-    finally:
-        stop_libvirtd(daemon)
 
 
 @pytest.fixture(scope="module")

@@ -46,8 +46,7 @@ from qcow2_monitor.collectors.report.model import (
 from qcow2_monitor.collectors.report.usage import analyze_usage
 
 from daemons import make_image, require_binary, run
-
-ROOT = Path(__file__).resolve().parent.parent
+from tree import REPO
 
 # --- hand-built model objects, shared with the adapters' golden tests --------------------------
 
@@ -395,7 +394,7 @@ def test_metrics_module_stays_light() -> None:
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
 

@@ -44,8 +44,7 @@ from qcow2_monitor.collectors.report.model import (
 )
 
 from daemons import make_image
-
-REPO = Path(__file__).resolve().parent.parent
+from tree import REPO
 
 
 def _readme_section(title: str) -> str:

@@ -8,7 +8,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,10 +15,8 @@ import pytest
 
 from qcow2_monitor.analyze.config import SHIPPED
 
-from tree import FOLDERS, installed_name, sources
+from tree import BIN, FOLDERS, NOT_IN_A_CLEAN_TREE, REPO, installed_name, sources
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SHIPPED_CRON_TARGETS = ("/var/lib/prometheus/node-exporter/qcow2.prom", "/var/lib/libvirt/images")
 CRON_LOCK = "/run/lock/qcow2-textfile.lock"
 
@@ -53,7 +50,7 @@ def test_config_lists_every_shipped_file_where_it_lies() -> None:
 def test_rendered_unit_runs_the_installed_command() -> None:
     argv = exec_start(config("qcow2-textfile.service"))
     assert argv[0] == str(BIN / "qcow2-textfile") and Path(argv[0]).is_file()
-    assert "@BINDIR@" in (ROOT / "node_exporter_textfile" / "qcow2-textfile.service").read_text()
+    assert "@BINDIR@" in (REPO / "node_exporter_textfile" / "qcow2-textfile.service").read_text()
 
 
 def test_rendering_names_each_command_and_keeps_the_comments_that_explain_it() -> None:
@@ -61,7 +58,7 @@ def test_rendering_names_each_command_and_keeps_the_comments_that_explain_it() -
     placeholder itself still names it (it once read "replaces /opt/x/bin with the
     directory"); the plugin symlink examples name the installed plugin, not /opt."""
     for name in SHIPPED:
-        shipped = (ROOT / SHIPPED[name][0] / name).read_text()
+        shipped = (REPO / SHIPPED[name][0] / name).read_text()
         rendered = config(name)
         assert "@BINDIR@/" not in rendered, name
         assert rendered.count(f"{BIN}/") == shipped.count("@BINDIR@/"), name
@@ -105,7 +102,7 @@ def test_rendered_cron_line_runs_and_never_overlaps(tmp_path: Path) -> None:
 def test_rule_parameters_change_their_places_only(tmp_path: Path) -> None:
     """`config qcow2.rules.yml --set`: the shipped file with its defaults; each parameter
     changes exactly its literals (listed here by hand), and promtool accepts the result."""
-    shipped = (ROOT / "node_exporter_textfile" / "qcow2.rules.yml").read_text()
+    shipped = (REPO / "node_exporter_textfile" / "qcow2.rules.yml").read_text()
     assert config("qcow2.rules.yml") == shipped
     changed = config("qcow2.rules.yml", "--set", "trend_window=12h", "--set",
                      "stale_after=1h30m", "--set", "for=7m", "--set", "Qcow2ImageWarning.for=1h")
@@ -154,8 +151,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # From a copy of the tree as a clone has it: a build/ left by an earlier build would
     # otherwise be packed as it is.
     source = work / "source"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "bench-work"))
+    shutil.copytree(REPO, source, symlinks=True,
+                    ignore=shutil.ignore_patterns(*NOT_IN_A_CLEAN_TREE))
     subprocess.run([str(BIN / "pip"), "wheel", "-q", "--no-deps", "--disable-pip-version-check",
                     "-w", str(work / "dist"), str(source)], check=True, timeout=600)
     (wheel,) = (work / "dist").glob("*.whl")

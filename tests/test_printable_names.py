@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-BIN = Path(sys.executable).parent
+from tree import BIN
+
 RAW_NAME = b"bad\xff\nna|me.qcow2"  # not UTF-8, a newline, Nagios' perfdata separator
 SHOWN_NAME = "bad\\xff\\x0ana|me.qcow2"  # the one spelling of every output
 RAW_BROKEN = b"not\xfe\tq|cow2"  # a file that is no qcow2 image, for the error lines

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from tree import FOLDERS, NAMESPACE, link_tree
-
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from tree import BIN, FOLDERS, NAMESPACE, REPO, link_tree
 
 
 def test_ruff_clean() -> None:

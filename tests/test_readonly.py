@@ -17,7 +17,7 @@ import pytest
 from qcow2_monitor.analyze import main as cli
 from qcow2_monitor.collectors.report.usage import analyze_usage
 
-REPO = Path(__file__).resolve().parent.parent
+from tree import REPO
 
 
 def make_image(path: Path, *extra: str) -> Path:

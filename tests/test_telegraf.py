@@ -24,8 +24,8 @@ from qcow2_monitor.telegraf.qcow2_telegraf import main, render
 from daemons import holding_open, influxd, make_image, require_binary, run
 from damage import patch_u64, read_header, read_u64
 from readback import parse_line
+from tree import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "qcow2.lp"
 SCRIPT = [sys.executable, "-m", "qcow2_monitor.telegraf.qcow2_telegraf"]
 
@@ -116,7 +116,7 @@ def test_golden_batch() -> None:
 
 
 def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(SCRIPT + args, cwd=ROOT, capture_output=True, timeout=120, **kwargs)
+    return subprocess.run(SCRIPT + args, cwd=REPO, capture_output=True, timeout=120, **kwargs)
 
 
 def test_exec_mode_reports_failures_as_points_and_exits_zero(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_execd_mode_one_batch_per_newline_until_eof(tmp_path: Path) -> None:
     missing = tmp_path / "missing.qcow2"
     proc = subprocess.Popen(
         [*SCRIPT, "--execd", str(image), str(missing)],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         bufsize=0,  # unbuffered reads: select() must see every line that has not been read
     )
     try:

@@ -20,14 +20,15 @@ from typing import Any
 
 import pytest
 
+from tree import BIN, REPO
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the CI runs 3.11
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
-SNIPPETS = sorted((ROOT / "telegraf").glob("*.conf"))
-SCRIPT = ROOT / ".venv" / "bin" / "qcow2-telegraf"
+SNIPPETS = sorted((REPO / "telegraf").glob("*.conf"))
+SCRIPT = BIN / "qcow2-telegraf"
 SUDO = "/usr/bin/sudo"
 
 # docs/CONFIGURATION.md, "Input Plugins": parameters that can be used with any input plugin.
@@ -86,18 +87,18 @@ def _argv(path: Path) -> list[list[str]]:
 
 
 def test_exec_forms_per_version() -> None:
-    legacy = plugins(ROOT / "telegraf" / "qcow2-exec-legacy.conf")[0][1]["commands"]
-    argv = plugins(ROOT / "telegraf" / "qcow2-exec.conf")[0][1]["commands"]
+    legacy = plugins(REPO / "telegraf" / "qcow2-exec-legacy.conf")[0][1]["commands"]
+    argv = plugins(REPO / "telegraf" / "qcow2-exec.conf")[0][1]["commands"]
     # <= 1.38 accepts only strings; >= 1.39 the argv arrays. Both run the same command.
     assert all(isinstance(command, str) for command in legacy)
     assert all(isinstance(command, list) for command in argv)
     assert [shlex.split(command) for command in legacy] == argv
-    execd = plugins(ROOT / "telegraf" / "qcow2-execd.conf")[0][1]["command"]
+    execd = plugins(REPO / "telegraf" / "qcow2-execd.conf")[0][1]["command"]
     assert isinstance(execd, list) and "--execd" in execd
     # Every shipped snippet scans the same targets (execd only adds --execd), and so does the
     # textfile's cron line: the same disks and filesystem sums whichever agent collects.
     assert [arg for arg in execd if arg != "--execd"] == argv[0]
-    cron = (ROOT / "node_exporter_textfile" / "qcow2-textfile.cron").read_text()
+    cron = (REPO / "node_exporter_textfile" / "qcow2-textfile.cron").read_text()
     job = shlex.split(cron.strip().splitlines()[-1])
     assert "--chain" in job and job[-1] == argv[0][-1] == "/var/lib/libvirt/images"
 

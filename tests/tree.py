@@ -11,17 +11,24 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The commands the package installs, beside the interpreter running the tests (the venv's).
+BIN = Path(sys.executable).parent
 NAMESPACE = "qcow2_monitor"
 # Debian's python3, for runs as an unprivileged user (who cannot reach the venv under /root),
 # with the namespace from source_site() on PYTHONPATH.
 SYSTEM_PYTHON = "/usr/bin/python3"
 # The folders that are subpackages of the namespace, as pyproject.toml maps them.
 FOLDERS = ("collectors", "cli", "analyze", "nagios", "telegraf", "node_exporter_textfile")
+# What a copy of the tree leaves out to be the tree as a clone has it: earlier builds, the
+# venv, caches.
+NOT_IN_A_CLEAN_TREE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+                       "bench-work")
 
 
 def sources(*folders: str) -> list[Path]:

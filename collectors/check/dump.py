@@ -221,7 +221,8 @@ def dump_snapshots(image: Qcow2Image, limit: int = DEFAULT_LIMIT) -> SnapshotsDu
             sn.date_sec, sn.date_nsec, sn.vm_clock_nsec, sn.vm_state_size32,
             sn.extra_data_size, extra, vm_state_size_large=sn.vm_state_size if large else None,
             disk_size=sn.disk_size,
-            icount=int.from_bytes(extra[16:24], "big", signed=True) if icount else None))
+            # As written: -1 where qemu recorded none (which the model reads as None).
+            icount=(-1 if sn.icount is None else sn.icount) if icount else None))
     return SnapshotsDump(h.snapshots_offset, h.nb_snapshots, image.snapshots_size,
                          tuple(items), len(entries) > limit, image.filename)
 

@@ -225,13 +225,12 @@ def dump_l2(image: Qcow2Image, selection: SnapshotSelection, limit: int) -> L2Du
 def _l2_item(h: L.Header, guest_cluster: int, j: int, raw: int, bm: int,
              kind: L.ClusterType) -> L2EntryView:
     cb = h.cluster_bits
-    csize_shift = 62 - (cb - 8)
     copied = bool(raw & L.QCOW_OFLAG_COPIED)
     subclusters = (bm & 0xFFFFFFFF, bm >> 32) if h.extended_l2 else (None, None)
     if kind == L.ClusterType.QCOW2_CLUSTER_COMPRESSED:
         return L2EntryView(j, guest_cluster * h.cluster_size, raw, kind, copied,
-                           raw & ((1 << csize_shift) - 1),
-                           compressed_sectors=((raw >> csize_shift) & ((1 << (cb - 8)) - 1)) + 1,
+                           raw & L.compressed_offset_mask(cb),
+                           compressed_sectors=((raw >> L.csize_shift(cb)) & L.csize_mask(cb)) + 1,
                            subcluster_alloc=subclusters[0], subcluster_zero=subclusters[1])
     return L2EntryView(j, guest_cluster * h.cluster_size, raw, kind, copied,
                        raw & L.L2E_OFFSET_MASK, reserved_bits=raw & L.L2E_STD_RESERVED_MASK,

@@ -52,15 +52,15 @@ class Geometry:
 
     @property
     def csize_shift(self) -> int:
-        return 62 - (self.cluster_bits - 8)
+        return L.csize_shift(self.cluster_bits)
 
     @property
     def csize_mask(self) -> int:
-        return (1 << (self.cluster_bits - 8)) - 1
+        return L.csize_mask(self.cluster_bits)
 
     @property
     def compressed_offset_mask(self) -> int:
-        return (1 << self.csize_shift) - 1
+        return L.compressed_offset_mask(self.cluster_bits)
 
     @classmethod
     def of(cls, image: Qcow2Image) -> Geometry:

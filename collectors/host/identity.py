@@ -41,6 +41,30 @@ def identity_of_path(path: str) -> Optional[DiskIdentity]:
         return None
 
 
+def block_device_stat(path: str) -> Optional[os.stat_result]:
+    """The stat of the block device `path` names, or None (not one, or cannot be stat'ed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISBLK(st.st_mode) else None
+
+
+def sysfs_block_dir(st: os.stat_result) -> str:
+    """The sysfs directory of the block device `st`."""
+    return os.path.join(SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+
+
+def sysfs_dm(st: os.stat_result, entry: str) -> Optional[str]:
+    """The device-mapper attribute `entry` (``name``, ``uuid``) of the block device `st`, or
+    None when it is not a device-mapper device (or sysfs cannot be read)."""
+    try:
+        with open(os.path.join(sysfs_block_dir(st), "dm", entry), encoding="utf-8") as file:
+            return file.read().strip()
+    except OSError:
+        return None
+
+
 def canonical_path(path: str) -> str:
     """The one name of a disk, whatever symlink or device node reached it.
 
@@ -50,18 +74,13 @@ def canonical_path(path: str) -> str:
     device node elsewhere maps to the same name.
     """
     real = os.path.realpath(path)
-    try:
-        st = os.stat(real)
-    except OSError:
+    st = block_device_stat(real)
+    if st is None:
         return real
-    if not stat.S_ISBLK(st.st_mode):
-        return real
-    sys_dir = os.path.join(SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
-    try:
-        with open(os.path.join(sys_dir, "dm", "name"), encoding="utf-8") as dm_name:
-            return "/dev/mapper/" + dm_name.read().strip()
-    except OSError:
-        pass
+    dm_name = sysfs_dm(st, "name")
+    if dm_name is not None:
+        return "/dev/mapper/" + dm_name
+    sys_dir = sysfs_block_dir(st)
     if not os.path.exists(sys_dir):  # no sysfs (a container without it): keep the node
         return real
     return "/dev/" + os.path.basename(os.path.realpath(sys_dir))

@@ -9,9 +9,6 @@ other device-mapper users have other UUID prefixes: they are no LV.
 
 from __future__ import annotations
 
-import os
-import stat
-
 from ..common.record import frozen_record
 from . import identity
 
@@ -61,28 +58,15 @@ def split_dm_name(name: str) -> Optional[LogicalVolume]:
     return LogicalVolume(parts[0], parts[1])
 
 
-def _sysfs_dm(st: os.stat_result, entry: str) -> Optional[str]:
-    path = os.path.join(identity.SYS_DEV_BLOCK, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}",
-                        "dm", entry)
-    try:
-        with open(path, encoding="utf-8") as file:
-            return file.read().strip()
-    except OSError:
-        return None
-
-
 def logical_volume(path: str) -> Optional[LogicalVolume]:
     """The LV a block device is, from sysfs (``dm/name``, ``dm/uuid``), or None."""
-    try:
-        st = os.stat(path)
-    except OSError:
+    st = identity.block_device_stat(path)
+    if st is None:
         return None
-    if not stat.S_ISBLK(st.st_mode):
-        return None
-    name = _sysfs_dm(st, "name")
+    name = identity.sysfs_dm(st, "name")
     if not name:
         return None
-    uuid = _sysfs_dm(st, "uuid")
+    uuid = identity.sysfs_dm(st, "uuid")
     if uuid is not None and not uuid.startswith(LVM_UUID_PREFIX):
         return None  # dm-crypt, multipath, ...: device-mapper but no LV
     return split_dm_name(name)

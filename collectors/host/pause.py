@@ -133,12 +133,20 @@ def libvirt_pause(domain: str, label: str, state: DomainState,
     target, _, layer = label.partition("[")
     errors = disk_errors or {}
     own = errors.get(target) if not layer else None  # only the top layer is written
+    return _io_error_pause(domain, label, own, errors, resume)
+
+
+def _io_error_pause(domain: str, disk: str, own: Optional[PauseReason],
+                    errors: dict[str, PauseReason], resume: str) -> Pause:
+    """The pause of `disk` of a VM paused on an I/O error: its own error's reason; else, when
+    other disks failed (`errors`: disk or file name -> reason), that it waits on those; else
+    the plain I/O error."""
     if own is not None:
-        return Pause(domain, label, own, resume=resume)
+        return Pause(domain, disk, own, resume=resume)
     if errors:
         failing = ", ".join(f"{name}: {reason}" for name, reason in sorted(errors.items()))
-        return Pause(domain, label, PauseReason.OTHER_DISK, error_disk=failing, resume=resume)
-    return Pause(domain, label, PauseReason.IOERROR, resume=resume)
+        return Pause(domain, disk, PauseReason.OTHER_DISK, error_disk=failing, resume=resume)
+    return Pause(domain, disk, PauseReason.IOERROR, resume=resume)
 
 
 # --- QMP --------------------------------------------------------------------------------------
@@ -178,13 +186,7 @@ def qmp_pause(domain: str, node: str, filename: str, vm_reason: Optional[PauseRe
     resume = "the QMP command cont"
     if vm_reason != PauseReason.IOERROR:
         return Pause(domain, node, vm_reason, resume=resume)
-    own = device_errors.get(filename)
-    if own is not None:
-        return Pause(domain, node, own, resume=resume)
-    if device_errors:
-        failing = ", ".join(f"{name}: {reason}" for name, reason in sorted(device_errors.items()))
-        return Pause(domain, node, PauseReason.OTHER_DISK, error_disk=failing, resume=resume)
-    return Pause(domain, node, PauseReason.IOERROR, resume=resume)
+    return _io_error_pause(domain, node, device_errors.get(filename), device_errors, resume)
 
 
 SEVERITY = {PauseReason.NOSPACE: 3, PauseReason.IOERROR: 2, PauseReason.OTHER_DISK: 1}

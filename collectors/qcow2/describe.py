@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..common.jsonform import JsonKey
 from ..common.record import NamedTuple, frozen_record
 from . import layout as L
-from .image import Extension, Qcow2Image
+from .image import Extension, Feature, Qcow2Image
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,11 +33,8 @@ _FEATURE_TYPE = JsonKey("type", form=feature_type_name)
 
 
 @frozen_record
-class FeatureView:
-    type: int  # L.FEATURE_TYPE_*
-    bit: int
-    name: str
-    enabled: bool
+class FeatureView(Feature):
+    """A feature bit with its JSON keys (the type by name)."""
 
     JSON: ClassVar[tuple[JsonKey, ...]] = (_FEATURE_TYPE, JsonKey("bit"), JsonKey("name"),
                                            JsonKey("enabled"))

@@ -105,20 +105,20 @@ class Qcow2Image:
 
     @classmethod
     def open(cls, path: str) -> Qcow2Image:
-        file = ImageFile(path)
-        try:
-            return cls(file)
-        except BaseException:
-            file.close()
-            raise
+        return cls._parsed(ImageFile(path))
 
     def reopened(self) -> Qcow2Image:
         """The image parsed afresh from the same open file: its header, extensions and length
         as they are now (a qemu writing it may have moved tables since). The caller closes
         it."""
-        file = self.file.duplicate()
+        return Qcow2Image._parsed(self.file.duplicate())
+
+    @classmethod
+    def _parsed(cls, file: ImageFile) -> Qcow2Image:
+        """The image in `file`, which is closed when it cannot be parsed (it is the caller's
+        otherwise)."""
         try:
-            return Qcow2Image(file)
+            return cls(file)
         except BaseException:
             file.close()
             raise

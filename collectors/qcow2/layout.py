@@ -106,6 +106,21 @@ L2E_SIZE_NORMAL = 8
 L2E_SIZE_EXTENDED = 16
 
 
+# A compressed L2 entry (docs/qcow2-format.md §3), as qcow2_do_open() derives s->csize_shift,
+# s->csize_mask and s->cluster_offset_mask: bits 0..shift-1 the host byte offset, then the
+# additional 512-byte sectors.
+def csize_shift(cluster_bits: int) -> int:
+    return 62 - (cluster_bits - 8)
+
+
+def csize_mask(cluster_bits: int) -> int:
+    return (1 << (cluster_bits - 8)) - 1
+
+
+def compressed_offset_mask(cluster_bits: int) -> int:
+    return (1 << csize_shift(cluster_bits)) - 1
+
+
 class ClusterType(IntEnum):
     """What an L2 entry describes: qemu's QCow2ClusterType (qcow2_get_cluster_type())."""
 
