@@ -24,12 +24,16 @@ from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams
 from qcow2_monitor.cli.options import collect_selected
 from qcow2_monitor.cli.parser import ParserExit, UsageError
 from qcow2_monitor.collectors.report.health import OK, UNKNOWN, worst
-from qcow2_monitor.collectors.report.metrics import filesystems
 from qcow2_monitor.nagios.options import build_parser
 from qcow2_monitor.nagios.runtime import PREFIX, PROG, Output, start_watchdog
 from qcow2_monitor.nagios.summary import render
 from qcow2_monitor.nagios.text import clean_label, clean_text, percent_text
-from qcow2_monitor.nagios.thresholds import Thresholds, evaluate, evaluate_filesystem
+from qcow2_monitor.nagios.thresholds import (
+    FilesystemVerdict,
+    Thresholds,
+    evaluate,
+    evaluate_filesystem,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,8 +52,11 @@ def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
         if running_only:
             return OK, f"{PREFIX} OK - no qcow2 image is open in a running qemu process\n"
         return UNKNOWN, f"{PREFIX} UNKNOWN - no images found\n"
-    fs_verdicts = [evaluate_filesystem(fs, limits) for fs in filesystems(collection)] \
-        if limits.overcommit else []
+    fs_verdicts: list[FilesystemVerdict] = []
+    if limits.overcommit:
+        from qcow2_monitor.collectors.report.metrics import filesystems  # --overcommit only
+
+        fs_verdicts = [evaluate_filesystem(fs, limits) for fs in filesystems(collection)]
     state = worst([v.state for v in verdicts] + [f.state for f in fs_verdicts])
     return state, render(verdicts, fs_verdicts, limits, state, verbosity, collection.notes)
 

@@ -144,22 +144,27 @@ def _collect_fields(cls: type) -> tuple[Field, ...]:
     """Base records' fields first, then the class's own annotations in order (one that a
     base has keeps its place, as dataclasses keeps it)."""
     found: dict[str, Field] = {}
-    for base in reversed(cls.__mro__[1:]):
-        found.update((item.name, item) for item in vars(base).get(_FIELDS, ()))
-    for name, annotation in vars(cls).get("__annotations__", {}).items():
+    for base in cls.__mro__[-1:0:-1]:
+        inherited = base.__dict__.get(_FIELDS)
+        if inherited:
+            found.update((item.name, item) for item in inherited)
+    own = cls.__dict__
+    seen_default = False
+    for name, annotation in own.get("__annotations__", {}).items():
         if _is_class_var(annotation):
             continue
-        value = vars(cls).get(name, _MISSING)
-        item = value if isinstance(value, Field) else Field(value)
-        item.name = name
+        value = own.get(name, _MISSING)
         if isinstance(value, Field):  # the class attribute is the default, as in dataclasses
+            item = value
             if item.default is _MISSING:
                 delattr(cls, name)
             else:
                 setattr(cls, name, item.default)
+        else:
+            item = Field(value)
+        item.name = name
         found[name] = item
     ordered = tuple(found.values())
-    seen_default = False
     for item in ordered:
         if item.init and not item.required:
             seen_default = True
