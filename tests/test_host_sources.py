@@ -15,7 +15,7 @@ from qcow2_monitor.collectors.host.sources import (
 
 
 def test_what_is_asked() -> None:
-    assert not NO_LIVE_SOURCES.asked and NO_LIVE_SOURCES == LiveSources(None, ())
+    assert not NO_LIVE_SOURCES.asked and LiveSources(None, ()) == NO_LIVE_SOURCES
     assert LiveSources(DEFAULT_LIBVIRT_URI).asked and DEFAULT_LIBVIRT_URI == "qemu:///system"
     assert LiveSources(None, ("/run/qmp.sock",)).asked
 
