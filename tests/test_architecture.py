@@ -252,6 +252,15 @@ def test_every_import_names_the_namespace() -> None:
     assert BARE_IMPORT.search("    from nagios.check_qcow2 import main\n")
 
 
+def test_every_core_module_has_tests_of_its_own() -> None:
+    """Besides the end-to-end tests, each module of the core is imported by name by a test
+    file (tests/test_*.py) that exercises it directly."""
+    tested = set().union(*(imported_names(p) for p in (REPO / "tests").glob("test_*.py")))
+    modules = {tree_name(p) for p in sources(CORE) if p.name != "__init__.py"}
+    assert len(modules) > 50
+    assert modules - tested == set()
+
+
 def test_no_symlink_in_the_repository() -> None:
     listed = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.splitlines()
