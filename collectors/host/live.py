@@ -9,9 +9,11 @@ module gathers, once per run, for every disk it can see.
 
 Sources (both read-only):
 
-* libvirt, through the ``virsh -r`` client: one ``domstats --block --backing --list-active``
-  call covers every disk (backing layers included) of every active domain. ``-r`` uses
-  libvirt's read-only socket, which unprivileged users (nagios, telegraf) may use.
+* libvirt, read-only: one ``domstats --state --block --backing --list-active`` call covers
+  every disk (backing layers included) of every active domain. It is asked on libvirt's
+  read-only socket, which unprivileged users (nagios, telegraf) may use: directly where
+  :mod:`collectors.host.libvirt_socket` speaks for the URI (the local system daemon), else
+  through ``virsh -r``, which then also says what went wrong in its own words.
 * QMP sockets named with ``--qmp`` (:mod:`collectors.host.qmp`, imported only then):
   ``qmp_capabilities`` (the handshake every QMP client must send), ``query-blockstats``,
   ``query-named-block-nodes``, ``query-status`` and, of a paused qemu, ``query-block``;
@@ -28,14 +30,12 @@ for a regular file, the device number for a block device, so ``/dev/vg/lv``,
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 
 from ..common.errors import Qcow2Error
 from ..common.record import field, mutable_record, replace
 from ..report.model import LiveDisk, LiveSource, PauseReason
-from .command import run_bounded
 from .identity import DiskIdentity, identity_of, identity_of_path
 from .pause import (
     DomainState,
@@ -129,15 +129,21 @@ def parse_domstats(text: str) -> list[LiveDisk]:
     return disks
 
 
-def _virsh(uri: str, args: list[str], timeout: float) -> tuple[Optional[str], str]:
-    """(stdout, "") of one read-only virsh call, or (None, why it gave nothing)."""
+def _virsh(uri: str, args: list[str], timeout: float, bound: Optional[float] = None
+           ) -> tuple[Optional[str], str]:
+    """(stdout, "") of one read-only virsh call, or (None, why it gave nothing). `bound`: the
+    run's time bound that a timeout note states, when virsh got what was left of it."""
+    import subprocess  # only when virsh runs: libvirt_socket answers most runs without it
+
+    from .command import run_bounded
+
     argv = ["virsh", "-r", "-q", "-c", uri, *args]
     try:
         done = run_bounded(argv, timeout)
     except FileNotFoundError:
         return None, "libvirt: virsh not found (package libvirt-clients)"
     except subprocess.TimeoutExpired:
-        return None, f"libvirt: {uri} did not answer within {timeout:g} s"
+        return None, f"libvirt: {uri} did not answer within {bound or timeout:g} s"
     except OSError as exc:
         return None, f"libvirt: cannot run virsh: {exc.strerror or exc}"
     if done.returncode != 0:
@@ -148,13 +154,28 @@ def _virsh(uri: str, args: list[str], timeout: float) -> tuple[Optional[str], st
     return done.stdout, ""
 
 
+def _domstats(uri: str, timeout: float) -> tuple[Optional[str], str]:
+    """(the domstats text, "") or (None, why there is none): from libvirt's socket directly
+    where that client speaks for `uri`, else from virsh (in the time left)."""
+    from .libvirt_socket import LeftToVirsh, domstats_text
+
+    started = time.monotonic()
+    try:
+        return domstats_text(uri, timeout), ""
+    except TimeoutError:
+        return None, f"libvirt: {uri} did not answer within {timeout:g} s"
+    except LeftToVirsh:
+        left = max(timeout - (time.monotonic() - started), 0.5)
+        return _virsh(uri, ["domstats", "--state", "--block", "--backing", "--list-active"],
+                      left, timeout)
+
+
 def read_libvirt(view: LiveView, uri: str, timeout: float = LIBVIRT_TIMEOUT) -> None:
-    """Fill `view` from one read-only virsh call (plus ``domblkerror`` for each domain paused
-    by an I/O error, which only then says which disk failed); on failure set
+    """Fill `view` from one read-only domstats call (plus virsh's ``domblkerror`` for each
+    domain paused by an I/O error, which only then says which disk failed); on failure set
     view.libvirt_note."""
     deadline = time.monotonic() + timeout
-    text, note = _virsh(uri, ["domstats", "--state", "--block", "--backing", "--list-active"],
-                        timeout)
+    text, note = _domstats(uri, timeout)
     if text is None:
         view.libvirt_note = note
         return
