@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from ..common.record import frozen_record, replace
 from ..common.units import human_size
-from ..host import lvm
 from .model import ContainerKind, Extension, ImageUsage, PauseReason
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Optional, Sequence, TypeAlias
+
+    from ..host import lvm
 
 GiB = 1 << 30
 DEFAULT_CHUNK = GiB
@@ -64,6 +65,8 @@ def _round_up(size: int, granularity: int) -> int:
 
 def _advice(path: str, usage: ImageUsage, policy: ExtendPolicy,
             groups: Optional[dict[str, lvm.VolumeGroup]], why: Optional[str]) -> Extension:
+    from ..host import lvm
+
     volume = lvm.logical_volume(path)
     group = groups.get(volume.vg) if volume is not None and groups is not None else None
     granularity = group.extent_size if group is not None and group.extent_size > 0 \
@@ -84,15 +87,20 @@ def _advice(path: str, usage: ImageUsage, policy: ExtendPolicy,
 
 
 def advise(images: Sequence[tuple[str, ImageUsage]], policy: ExtendPolicy = DEFAULT_POLICY,
-           groups: VolumeGroups = lvm.volume_groups) -> list[Optional[Extension]]:
-    """The advice for each (path, usage), None where no extension is needed. ``vgs`` runs once,
-    and only when an LVM volume needs extending."""
+           groups: Optional[VolumeGroups] = None) -> list[Optional[Extension]]:
+    """The advice for each (path, usage), None where no extension is needed. ``vgs`` (or
+    `groups`) runs once, and only when an LVM volume needs extending."""
     wanted = [needs_extension(usage, policy) for _, usage in images]
+    if not any(wanted):
+        return [None] * len(images)
+    from ..host import lvm  # only for volumes below their watermark: LVM or not
+
+
     known: Optional[dict[str, lvm.VolumeGroup]] = None
     why: Optional[str] = None
     if any(lvm.logical_volume(path) is not None
            for (path, _), want in zip(images, wanted) if want):
-        known, why = groups()
+        known, why = (groups or lvm.volume_groups)()
     advice = [_advice(path, usage, policy, known, why) if want else None
               for (path, usage), want in zip(images, wanted)]
     needed: dict[str, int] = {}

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib
 import os
 import re
 import stat
@@ -86,7 +85,7 @@ def _sha256_hex(data: bytes) -> str:
     ``_sha256`` before): hashlib loads OpenSSL first, a few milliseconds of every run."""
     for name in ("_sha2", "_sha256"):
         try:
-            module = importlib.import_module(name)
+            module = __import__(name)
         except ImportError:
             continue
         return str(module.sha256(data).hexdigest())
