@@ -149,6 +149,15 @@ def run(
     return proc
 
 
+def qemu_io(path: Path, *commands: str, allowed_returncodes: Iterable[int] = (0,)
+            ) -> subprocess.CompletedProcess[str]:
+    """qemu-io on a qcow2 image, one ``-c`` per command."""
+    argv = [QEMU_IO, "-f", "qcow2"]
+    for command in commands:
+        argv += ["-c", command]
+    return run([*argv, str(path)], allowed_returncodes=allowed_returncodes)
+
+
 def qemu_img_json(subcmd: str, img: CorpusImage) -> tuple[dict[str, Any], int]:
     """Run ``qemu-img <subcmd> --output=json`` on a corpus image; return (parsed JSON, exit).
 

@@ -25,7 +25,7 @@ from qcow2_monitor.collectors.check.clustermap import (
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
-from corpus import QEMU_IMG, QEMU_IO, run
+from corpus import QEMU_IMG, qemu_io, run
 from damage import (
     L1E_OFFSET_MASK,
     REFT_OFFSET_MASK,
@@ -77,13 +77,6 @@ def test_cells_by_hand() -> None:
     assert (empty.runs(), empty.cells(4)) == ([], [])
 
 
-def io(path: Path, *commands: str) -> None:
-    argv = [QEMU_IO, "-f", "qcow2"]
-    for command in commands:
-        argv += ["-c", command]
-    run([*argv, str(path)])
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Data at 4M and 6M written first and discarded (two clusters of refcount 0 below the
@@ -91,7 +84,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     clusters."""
     path = tmp_path_factory.mktemp("clustermap") / "m.qcow2"
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    io(path, "write -P 7 4M 64k", "write -P 8 6M 64k", "write -P 1 0 128k",
+    qemu_io(path, "write -P 7 4M 64k", "write -P 8 6M 64k", "write -P 1 0 128k",
        "write -c -P 2 1M 64k", "write -c -P 3 2M 64k", "write -P 4 3M 64k",
        "write -z 3M 64k", "write -P 5 700M 64k", "discard 4M 64k", "discard 6M 64k")
     return path

@@ -20,7 +20,7 @@ from qcow2_monitor.collectors.check.tablewalk import L1Table, TableWalk
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.model import TableName
 
-from corpus import QEMU_IMG, QEMU_IO, run
+from corpus import QEMU_IMG, qemu_io, run
 from damage import (
     L1E_OFFSET_MASK,
     OFLAG_COPIED,
@@ -37,19 +37,12 @@ CLUSTER = 65536
 L2_SPAN = CLUSTER // 8 * CLUSTER  # guest bytes one L2 table maps: 512 MiB
 
 
-def io(path: Path, *commands: str) -> None:
-    argv = [QEMU_IO, "-f", "qcow2"]
-    for command in commands:
-        argv += ["-c", command]
-    run([*argv, str(path)])
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two L2 tables; the data of the first written out of guest order (fragmented)."""
     path = tmp_path_factory.mktemp("l1walk") / "a.qcow2"
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    io(path, "write -P 1 192k 64k", "write -P 2 0 64k", "write -P 3 128k 64k",
+    qemu_io(path, "write -P 1 192k 64k", "write -P 2 0 64k", "write -P 3 128k 64k",
        "write -P 4 600M 64k")
     return path
 
@@ -107,7 +100,7 @@ def test_snapshot_tables_counted_as_qemu_counts_them(image: Path, tmp_path: Path
     as many references as the refcount qemu keeps for it."""
     path = copy_image(image, tmp_path / "snap.qcow2")
     run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
-    io(path, "write -P 9 0 64k")
+    qemu_io(path, "write -P 9 0 64k")
     walked = Walked(path, snapshots=True)
     referenced = walked.referenced()
     assert {c: get_refcount(path, c) for c in referenced} == referenced
@@ -206,7 +199,7 @@ def test_table_named_by_every_entry_is_read_once(tmp_path: Path) -> None:
     qemu-img check counts them ("reference=200")."""
     path = tmp_path / "hostile.qcow2"
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "100G"])
-    io(path, "write -P 1 0 64k")
+    qemu_io(path, "write -P 1 0 64k")
     h = read_header(path)
     assert h["l1_size"] == 200  # 100 GiB / 512 MiB per entry
     first = l1_entries(path)[0]

@@ -27,7 +27,7 @@ from qcow2_monitor.collectors.check.tablewalk import (
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.model import Finding, TableName
 
-from corpus import QEMU_IMG, QEMU_IO, run
+from corpus import QEMU_IMG, qemu_io, run
 from damage import (
     L1E_OFFSET_MASK,
     OFLAG_COMPRESSED,
@@ -44,19 +44,12 @@ from work import counting
 CLUSTER = 65536
 
 
-def io(path: Path, *commands: str) -> None:
-    argv = [QEMU_IO, "-f", "qcow2"]
-    for command in commands:
-        argv += ["-c", command]
-    run([*argv, str(path)])
-
-
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Normal, compressed (two in one host cluster), zero-allocated and zero entries."""
     path = tmp_path_factory.mktemp("tablewalk") / "plain.qcow2"
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    io(path, "write -P 1 0 128k", "write -c -P 2 1M 64k", "write -c -P 3 2M 64k",
+    qemu_io(path, "write -P 1 0 128k", "write -c -P 2 1M 64k", "write -c -P 3 2M 64k",
        "write -P 4 3M 64k", "write -z 3M 64k", "write -z 5M 64k")
     return path
 
@@ -66,7 +59,7 @@ def extended(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Extended L2 entries: 4 KiB writes set two 2 KiB subclusters each."""
     path = tmp_path_factory.mktemp("tablewalk") / "extended.qcow2"
     run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", str(path), "1G"])
-    io(path, "write -P 1 0 4k", "write -P 1 8k 4k", "write -z 64k 4k", "write -P 2 1M 64k")
+    qemu_io(path, "write -P 1 0 4k", "write -P 1 8k 4k", "write -z 64k 4k", "write -P 2 1M 64k")
     return path
 
 

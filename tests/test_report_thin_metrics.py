@@ -13,7 +13,7 @@ from qcow2_monitor.collectors.report.model import Extension, Growth, ImageUsage
 from qcow2_monitor.collectors.report.thin_metrics import THIN_METRICS, thin_values
 from qcow2_monitor.collectors.report.usage import analyze_image
 
-from corpus import QEMU_IMG, QEMU_IO, run
+from corpus import QEMU_IMG, qemu_io, run
 from damage import get_refcount, read_header
 
 CLUSTER = 65536
@@ -26,10 +26,7 @@ def create(path: Path, *options: str) -> Path:
 
 
 def io(path: Path, *commands: str, killed: bool = False) -> None:
-    argv = [QEMU_IO, "-f", "qcow2"]
-    for command in commands:
-        argv += ["-c", command]
-    run([*argv, str(path)], allowed_returncodes=(-9,) if killed else (0,))
+    qemu_io(path, *commands, allowed_returncodes=(-9,) if killed else (0,))
 
 
 def zero_refcount_bytes_below_end(path: Path) -> int:
