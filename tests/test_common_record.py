@@ -122,6 +122,11 @@ def test_inheritance_keeps_the_base_fields_first() -> None:
         class Bad(Point):
             w: int
 
+    with pytest.raises(ValueError, match="mutable default"):  # as dataclasses refuses it
+        @frozen_record
+        class Shared:
+            items: list[int] = []
+
 
 def test_replace_and_fields() -> None:
     point = Point(1, 2, "a", ["t"])

@@ -162,6 +162,8 @@ def _collect_fields(cls: type) -> tuple[Field, ...]:
                 setattr(cls, name, item.default)
         else:
             item = Field(value)
+        if item.default.__class__ in (list, dict, set):  # shared by every instance
+            raise ValueError(f"{cls.__name__}.{name}: mutable default, use default_factory")
         item.name = name
         found[name] = item
     ordered = tuple(found.values())
