@@ -231,6 +231,24 @@ def l1_entries(path: PathLike) -> list[int]:
     return list(struct.unpack(f">{header['l1_size']}Q", raw))
 
 
+def snapshot_table(path: PathLike) -> list[tuple[str, str, int, int]]:
+    """(id, name, l1_table_offset, l1_size) of every snapshot table entry, read as qcow2.txt
+    lays it out (40 fixed bytes, extra data, id, name; entries 8-byte aligned)."""
+    header = read_header(path)
+    data = Path(path).read_bytes()
+    at = header["snapshots_offset"]
+    found = []
+    for _ in range(header["nb_snapshots"]):
+        l1_offset, l1_size, id_size, name_size = struct.unpack_from(">QIHH", data, at)
+        extra = struct.unpack_from(">I", data, at + 36)[0]
+        names = at + 40 + extra
+        found.append((data[names:names + id_size].decode(),
+                      data[names + id_size:names + id_size + name_size].decode(),
+                      l1_offset, l1_size))
+        at = (names + id_size + name_size + 7) // 8 * 8
+    return found
+
+
 def refcount_table_entries(path: PathLike) -> list[int]:
     header = read_header(path)
     count = header["refcount_table_clusters"] * cluster_size(header) // 8
