@@ -32,6 +32,7 @@ from damage import (
     patch_u64,
     read_header,
     read_u64,
+    snapshot_entry_offsets,
     snapshot_table,
 )
 from hostile import snapshots_with_own_l1_tables
@@ -68,13 +69,7 @@ def tables_of(path: Path) -> list[tuple[int, int]]:
 
 
 def entry_at(path: Path, k: int) -> int:
-    """File offset of snapshot table entry k (entries 8-byte aligned)."""
-    at = read_header(path)["snapshots_offset"]
-    for _ in range(k):
-        id_size, name_size = read_u64(path, at + 12) >> 48, read_u64(path, at + 12) >> 32 & 0xFFFF
-        extra = read_u64(path, at + 32) & 0xFFFFFFFF
-        at = (at + 40 + extra + id_size + name_size + 7) // 8 * 8
-    return at
+    return snapshot_entry_offsets(path)[k]
 
 
 def owners_of(path: Path, selector: str) -> list[tuple[int, int, bool, list[str], str | None]]:

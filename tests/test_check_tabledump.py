@@ -29,9 +29,11 @@ from damage import (
     active_l2_entries,
     copy_image,
     l1_entries,
+    patch_u32,
     patch_u64,
     read_header,
     read_u64,
+    snapshot_entry_offsets,
     snapshot_table,
 )
 from hostile import one_table_named, snapshots_with_own_l1_tables
@@ -206,6 +208,25 @@ def test_damaged_entries_shown_as_they_are(history: Path, tmp_path: Path) -> Non
     assert (l2.tables_named, l2.tables_past_end_of_file, l2.distinct_tables) == (
         2, 1, 1)
     assert [t.l2_offset for t in l2.tables] == [first & L1E_OFFSET_MASK]
+
+
+def test_owners_of_one_table_limited(history: Path, tmp_path: Path) -> None:
+    """Snapshots s2 and s3 (made by qemu-img) pointed at s1's L1 table: one table with three
+    owners; a limit of 2 lists two and counts three, for the L1 table and its L2 tables."""
+    path = copy_image(history, tmp_path / "owners.qcow2")
+    for name in ("s2", "s3"):
+        run([QEMU_IMG, "snapshot", "-c", name, str(path)])
+    ((_, _, s1, s1_size), *_) = snapshot_table(path)
+    for at in snapshot_entry_offsets(path)[1:]:
+        patch_u64(path, at, s1)
+        patch_u32(path, at + 8, s1_size)
+    refs = (SnapshotRef("1", "s1"), SnapshotRef("2", "s2"))
+    l1, l2 = dumped(path, "inactive", limit=2)
+    assert [(t.l1_table_offset, t.snapshots, t.snapshot_count) for t in l1.tables] == [
+        (s1, refs, 3)]
+    assert l1.truncated
+    assert [(t.snapshots, t.snapshot_count) for t in l2.tables] == [(refs, 3), (refs, 3)]
+    assert l2.truncated
 
 
 def test_many_snapshots_naming_one_table(tmp_path: Path) -> None:
