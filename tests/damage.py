@@ -231,6 +231,34 @@ def l1_entries(path: PathLike) -> list[int]:
     return list(struct.unpack(f">{header['l1_size']}Q", raw))
 
 
+def snapshot_table(path: PathLike) -> list[tuple[str, str, int, int]]:
+    """(id, name, l1_table_offset, l1_size) of every snapshot table entry, read as qcow2.txt
+    lays it out (40 fixed bytes, extra data, id, name; entries 8-byte aligned)."""
+    data = Path(path).read_bytes()
+    found = []
+    for at in snapshot_entry_offsets(path):
+        l1_offset, l1_size, id_size, name_size = struct.unpack_from(">QIHH", data, at)
+        names = at + 40 + struct.unpack_from(">I", data, at + 36)[0]
+        found.append((data[names:names + id_size].decode(),
+                      data[names + id_size:names + id_size + name_size].decode(),
+                      l1_offset, l1_size))
+    return found
+
+
+def snapshot_entry_offsets(path: PathLike) -> list[int]:
+    """File offset of every snapshot table entry (its l1_table_offset u64, then l1_size u32)."""
+    header = read_header(path)
+    data = Path(path).read_bytes()
+    at = header["snapshots_offset"]
+    found = []
+    for _ in range(header["nb_snapshots"]):
+        found.append(at)
+        id_size, name_size = struct.unpack_from(">HH", data, at + 12)
+        extra = struct.unpack_from(">I", data, at + 36)[0]
+        at = (at + 40 + extra + id_size + name_size + 7) // 8 * 8
+    return found
+
+
 def refcount_table_entries(path: PathLike) -> list[int]:
     header = read_header(path)
     count = header["refcount_table_clusters"] * cluster_size(header) // 8

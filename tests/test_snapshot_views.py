@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 from qcow2_monitor.analyze.main import main
 
 from corpus import QEMU_IMG, QEMU_IO, run
-from damage import patch_u64, read_header, read_u64
+from damage import patch_u64, read_header, read_u64, snapshot_table
 from writers import QemuIo
 
 L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
@@ -40,24 +39,6 @@ def _json(*argv: str) -> Any:
     proc = _analyze(*argv, "--output", "json")
     assert proc.returncode in (0, 2, 3), proc.stderr[-500:]
     return json.loads(proc.stdout)
-
-
-def snapshot_table(path: Path) -> list[tuple[str, str, int, int]]:
-    """(id, name, l1_table_offset, l1_size) of every snapshot table entry, read as qcow2.txt
-    lays it out (40 fixed bytes, extra data, id, name; entries 8-byte aligned)."""
-    header = read_header(path)
-    data = path.read_bytes()
-    at = header["snapshots_offset"]
-    found = []
-    for _ in range(header["nb_snapshots"]):
-        l1_offset, l1_size, id_size, name_size = struct.unpack_from(">QIHH", data, at)
-        extra = struct.unpack_from(">I", data, at + 36)[0]
-        names = at + 40 + extra
-        found.append((data[names:names + id_size].decode(),
-                      data[names + id_size:names + id_size + name_size].decode(),
-                      l1_offset, l1_size))
-        at = (names + id_size + name_size + 7) // 8 * 8
-    return found
 
 
 def l2_tables(path: Path, l1_offset: int, l1_size: int) -> list[int]:
