@@ -47,6 +47,16 @@ def snapshotted(path: Path) -> None:
     run([QEMU_IO, "-f", "qcow2", "-c", "write -P 6 0 8k", str(path)])
 
 
+def many_snapshots_image(path: Path, copies: int, l1_entries: int = 8) -> Path:
+    """A 1 MiB image of 4 KiB clusters with 64 KiB written and `copies` snapshots, each with an
+    L1 table of its own (snapshots_with_own_l1_tables)."""
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 64k", str(path)])
+    run([QEMU_IMG, "snapshot", "-c", "s", str(path)])
+    snapshots_with_own_l1_tables(path, copies, l1_entries)
+    return path
+
+
 def snapshots_with_own_l1_tables(path: Path, copies: int, l1_entries: int) -> None:
     """`copies` snapshots, each with an L1 table of its own (all alike: the active L1's
     entries repeated to `l1_entries`), so every snapshot names the same L2 tables."""

@@ -35,7 +35,7 @@ from damage import (
     snapshot_entry_offsets,
     snapshot_table,
 )
-from hostile import snapshots_with_own_l1_tables
+from hostile import many_snapshots_image
 from work import counting
 
 CLUSTER = 65536
@@ -185,11 +185,8 @@ def test_many_snapshot_tables_read_by_windows(tmp_path: Path) -> None:
     """2000 snapshots with L1 tables of their own (8 entries naming one L2 table each, one
     4 KiB cluster apart): a window of 512 KiB covers 128 of them; each byte is read once."""
     path = tmp_path / "many.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
-    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 64k", str(path)])
-    run([QEMU_IMG, "snapshot", "-c", "s", str(path)])
     copies = 2000
-    snapshots_with_own_l1_tables(path, copies, 8)
+    many_snapshots_image(path, copies)
     tables = tables_of(path)
     (l2,) = {e & L1E_OFFSET_MASK for offset, size in tables for e in l1(path, offset, size)
              if e}

@@ -36,7 +36,7 @@ from damage import (
     snapshot_entry_offsets,
     snapshot_table,
 )
-from hostile import one_table_named, snapshots_with_own_l1_tables
+from hostile import many_snapshots_image, one_table_named
 from work import counting
 
 CLUSTER = 65536
@@ -233,10 +233,7 @@ def test_many_snapshots_naming_one_table(tmp_path: Path) -> None:
     """2000 snapshots with L1 tables of their own, all naming the one L2 table: it is read
     once, shown once, with `limit` of its owners and the count of all."""
     path = tmp_path / "many.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
-    io(path, "write -P 5 0 64k")
-    run([QEMU_IMG, "snapshot", "-c", "s", str(path)])
-    snapshots_with_own_l1_tables(path, 2000, 8)
+    many_snapshots_image(path, 2000)
     with Qcow2Image.open(str(path)) as image:
         selection = select_snapshots(image, "inactive")
         with counting() as work:

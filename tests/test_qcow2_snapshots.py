@@ -21,7 +21,7 @@ from qcow2_monitor.collectors.qcow2.snapshots import (
 
 from corpus import QEMU_IMG, QEMU_IO, run
 from damage import SNAPSHOT_EXTRA_DATA_SIZE_AT, copy_image, patch_u32, read_header
-from hostile import snapshots_with_own_l1_tables
+from hostile import many_snapshots_image
 from work import counting
 
 
@@ -107,11 +107,8 @@ def test_many_matches_named_within_bounds(tmp_path: Path) -> None:
     """2000 snapshots all named "s" (one entry repeated): the error names the first
     MAX_NAMED_IN_ERROR IDs and counts the rest; the table is read in a few reads."""
     path = tmp_path / "many.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(path), "1M"])
-    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 64k", str(path)])
-    run([QEMU_IMG, "snapshot", "-c", "s", str(path)])
     copies = 2000
-    snapshots_with_own_l1_tables(path, copies, 8)
+    many_snapshots_image(path, copies)
     assert read_header(path)["nb_snapshots"] == copies
     with Qcow2Image.open(str(path)) as image, counting() as work, \
             pytest.raises(SnapshotSelectorError) as info:
