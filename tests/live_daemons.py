@@ -244,7 +244,13 @@ def start_libvirtd() -> Libvirt:
 def stop_libvirtd(libvirt: Libvirt, keep: bool = False) -> None:
     """Stop everything libvirt started; the namespace and its mounts go with its last
     process. `keep` leaves the directory (and the log) for a failure to be read."""
-    for name in list(libvirt.domains):
+    running: list[str] = []
+    if libvirt.process.poll() is None:  # every domain still running, recorded or not: a test
+        # that failed half-way must not leave a qemu behind on the host
+        listed = subprocess.run(["virsh", "-q", "-c", libvirt.uri, "list", "--name"],
+                                capture_output=True, text=True, timeout=60)
+        running = listed.stdout.split()
+    for name in dict.fromkeys([*libvirt.domains, *running]):
         libvirt.destroy(name)
     if libvirt.process.poll() is None:
         libvirt.process.terminate()
