@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qcow2_monitor.cli.text import finding_text
 from qcow2_monitor.collectors.common.units import (
     counted,
     human_duration,
@@ -84,6 +83,8 @@ def _findings(record: ImageRecord) -> list[str]:
     """-vv: every located finding of the check."""
     if record.check is None:
         return []
+    from qcow2_monitor.cli.text import finding_text  # --check only
+
     lines = [
         "    " + clean_text(finding_text(finding))
         for finding in record.check.findings

@@ -15,15 +15,16 @@ from ..common.record import NamedTuple, frozen_record
 from ..common.text import printable
 from ..common.units import counted
 from . import layout as L
-from .bitmaps import Bitmap, read_bitmap_directory
 from .header import parse_header, shorter_than_header
-from .luks import LuksInfo, read_luks
 from .names import c_string_text, decode_path_name, name_problem
 from .reader import ImageFile, Window
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Optional
+
+    from .bitmaps import Bitmap
+    from .luks import LuksInfo
 
 # qcow2_do_read_snapshots(): the table may span at most INT_MAX bytes.
 INT_MAX = 2**31 - 1
@@ -360,6 +361,7 @@ class Qcow2Image:
     # -- bitmaps and LUKS -----------------------------------------------------------------------
     def bitmaps(self) -> list[Bitmap]:
         if self._bitmaps is None:
+            from .bitmaps import read_bitmap_directory  # images with bitmaps only
             ext = self.bitmaps_extension
             try:
                 self._bitmaps = ([] if ext is None
@@ -373,6 +375,8 @@ class Qcow2Image:
         ext = self.extension(L.QCOW2_EXT_MAGIC_CRYPTO_HEADER)
         if ext is None:
             return None
+        from .luks import read_luks  # encrypted images only
+
         try:
             return read_luks(self.file, ext.data)
         except Qcow2Error as exc:
