@@ -213,14 +213,20 @@ def _render(answer: _Reader) -> str:
 
 def domstats_text(uri: str, timeout: float) -> str:
     """What ``virsh -r -c URI domstats --state --block --backing --list-active`` prints.
-    Raises LeftToVirsh where virsh should answer instead, TimeoutError when the daemon did not
-    answer within `timeout` seconds."""
+    Raises LeftToVirsh where virsh should answer instead (a socket error included), TimeoutError
+    when the daemon did not answer within `timeout` seconds."""
     path = socket_of(uri)
-    deadline = time.monotonic() + timeout
     try:
-        connection = _Connection(path, deadline)
-    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        return _ask(path, time.monotonic() + timeout)
+    except (TimeoutError, _socket.timeout):  # one class from Python 3.10 on
+        raise TimeoutError from None
+    except OSError as exc:
         raise LeftToVirsh(str(exc)) from None
+
+
+def _ask(path: str, deadline: float) -> str:
+    """The calls virsh makes, in its order, on the socket at `path`."""
+    connection = _Connection(path, deadline)
     try:
         auth = connection.call(PROC_AUTH_LIST)
         methods = [auth.i32() for _ in range(auth.count(AUTH_TYPE_LIST_MAX, 4))]
@@ -228,9 +234,8 @@ def domstats_text(uri: str, timeout: float) -> str:
             if methods != [AUTH_POLKIT]:
                 raise LeftToVirsh(f"authentication {methods}")
             connection.call(PROC_AUTH_POLKIT)
-        name = "qemu:///system"
         connection.call(PROC_CONNECT_OPEN,
-                        struct.pack(">I", 1) + _xdr_string(name) +
+                        struct.pack(">I", 1) + _xdr_string("qemu:///system") +
                         struct.pack(">I", VIR_CONNECT_RO))
         stats = connection.call(PROC_CONNECT_GET_ALL_DOMAIN_STATS, struct.pack(
             ">III", 0, VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_BLOCK,
@@ -238,10 +243,5 @@ def domstats_text(uri: str, timeout: float) -> str:
         text = _render(stats)
         connection.call(PROC_CONNECT_CLOSE)
         return text
-    except (TimeoutError, _socket.timeout):  # one class from Python 3.10 on
-        raise TimeoutError from None
-    except OSError as exc:
-        raise LeftToVirsh(str(exc)) from None
     finally:
         connection.close()
-

@@ -41,10 +41,12 @@ import os
 import re
 import stat
 import time
+from functools import lru_cache
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterator, Optional
+    from collections.abc import Callable
+    from typing import Any, Iterator, Optional
 
 STATE_SUBDIRECTORY = "qcow2-monitor"
 SYSTEM_STATE_DIRECTORY = "/var/lib/qcow2-monitor"
@@ -80,18 +82,23 @@ def default_directory(environ: Optional[dict[str, str]] = None) -> str:
     return os.path.join(base, STATE_SUBDIRECTORY)
 
 
-def _sha256_hex(data: bytes) -> str:
-    """SHA-256 of `data` in hex, from the interpreter's own module (``_sha2`` from Python 3.12,
-    ``_sha256`` before): hashlib loads OpenSSL first, a few milliseconds of every run."""
+@lru_cache(maxsize=1)
+def _sha256() -> Callable[[bytes], Any]:
+    """The SHA-256 constructor of the interpreter's own module (``_sha2`` from Python 3.12,
+    ``_sha256`` before), found once: hashlib loads OpenSSL first, a few milliseconds of every
+    run."""
     for name in ("_sha2", "_sha256"):
         try:
-            module = __import__(name)
+            return __import__(name).sha256  # type: ignore[no-any-return]
         except ImportError:
             continue
-        return str(module.sha256(data).hexdigest())
     import hashlib
 
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256
+
+
+def _sha256_hex(data: bytes) -> str:
+    return str(_sha256()(data).hexdigest())
 
 
 def state_name(identity: str) -> str:
