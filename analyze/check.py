@@ -22,6 +22,7 @@ from qcow2_monitor.collectors.report.model import ChainLayer, CheckResult, Layer
 
 from .common import (
     PROG,
+    SnapshotSelection,
     add_file_argument,
     add_output_argument,
     add_snapshot_argument,
@@ -29,7 +30,6 @@ from .common import (
     epilog,
     error_document,
     report_error,
-    snapshot_argument,
 )
 
 TYPE_CHECKING = False
@@ -180,7 +180,7 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.chain:
         raise UsageError("argument --snapshot: selects tables of one image, not with --chain",
                          f"{PROG} check")
-    with snapshot_argument(args, "check"):
+    with SnapshotSelection("check"):
         return _check_view(args, out)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from qcow2_monitor.cli.exits import EXIT_FAILED
 from qcow2_monitor.cli.parser import HELP_WIDTH, UsageError
@@ -59,13 +57,20 @@ def add_snapshot_argument(parser: argparse.ArgumentParser, what: str,
                         help=f"{what}{shown}. {SNAPSHOT_HELP}")
 
 
-@contextmanager
-def snapshot_argument(args: argparse.Namespace, command: str) -> Iterator[None]:
-    """A selector that names no snapshot of the image, or several, is a bad argument."""
-    try:
-        yield
-    except SnapshotSelectorError as exc:
-        raise UsageError(f"argument --snapshot: {exc}", f"{PROG} {command}") from None
+class SnapshotSelection:
+    """``with SnapshotSelection(command):`` around what reads --snapshot: a selector that
+    names no snapshot of the image, or several, is a bad argument. (A class, not
+    contextlib's decorator: importing contextlib is a start-up cost of every command.)"""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: Optional[BaseException], trace: object) -> None:
+        if isinstance(exc, SnapshotSelectorError):
+            raise UsageError(f"argument --snapshot: {exc}", f"{PROG} {self.command}") from None
 
 
 def epilog(*examples: str, exit_codes: str = EXIT_CODES) -> str:

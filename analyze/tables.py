@@ -21,12 +21,12 @@ from qcow2_monitor.collectors.qcow2.snapshots import ACTIVE
 
 from .common import (
     PROG,
+    SnapshotSelection,
     add_file_argument,
     add_output_argument,
     add_snapshot_argument,
     count_option,
     epilog,
-    snapshot_argument,
 )
 
 TYPE_CHECKING = False
@@ -69,7 +69,7 @@ def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.snapshot is not None and args.what not in ("l1", "l2"):
         raise UsageError("argument --snapshot: only with --what l1 or l2", f"{PROG} dump")
     with Qcow2Image.open(args.file) as image:
-        with snapshot_argument(args, "dump"):
+        with SnapshotSelection("dump"):
             view = dump(image, args.what, limit=args.limit, snapshot=args.snapshot or ACTIVE)
         data = to_json_object(view)
     if args.output == "json":

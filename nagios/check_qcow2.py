@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams
 from qcow2_monitor.cli.options import collect_selected
 from qcow2_monitor.cli.parser import ParserExit, UsageError
 from qcow2_monitor.collectors.report.health import OK, UNKNOWN, worst
 from qcow2_monitor.nagios.options import build_parser
-from qcow2_monitor.nagios.runtime import PREFIX, PROG, Output, start_watchdog
+from qcow2_monitor.nagios.runtime import PREFIX, PROG, Output, Watchdog
 from qcow2_monitor.nagios.summary import render
 from qcow2_monitor.nagios.text import clean_label, clean_text, percent_text
 from qcow2_monitor.nagios.thresholds import (
@@ -78,14 +77,13 @@ def _run(argv: Optional[Sequence[str]], output: Output, options: dict[str, int])
     if not args.files and not args.running:
         raise UsageError("no images given (use -f IMAGE or --running)")
     limits = Thresholds.from_args(args)
-    timer: Optional[threading.Timer] = start_watchdog(args.timeout, output)
+    watchdog = Watchdog(args.timeout, output)
     try:
         collection = _collect(args)
         state, text = verdict(collection, limits, args.verbose,
                               running_only=args.running and not args.files)
     finally:
-        if timer is not None:
-            timer.cancel()
+        watchdog.cancel()
     return state, text
 
 

@@ -6,8 +6,8 @@ the states of the core's health policy (collectors/report/health.py), numbered a
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 
 from qcow2_monitor.cli.entry import write_utf8
 from qcow2_monitor.collectors.common.units import plain_number
@@ -27,7 +27,7 @@ class Output:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._claimed_by_main = False
 
     def claim(self) -> bool:
@@ -40,7 +40,7 @@ class Output:
         """Write `text` unless the watchdog is already writing its line (then wait for its
         exit)."""
         if not self.claim():
-            threading.Event().wait()
+            self._lock.acquire()  # the watchdog holds it until it ends the process
         self._claimed_by_main = True
         self.write(text)
 
@@ -51,20 +51,27 @@ class Output:
             self.write_last(text)
 
 
-def start_watchdog(seconds: float, output: Output) -> threading.Timer:
-    """Exit UNKNOWN after `seconds` even if the main thread is stuck in a blocking read.
+class Watchdog:
+    """Exits UNKNOWN after `seconds` unless cancelled first, even if the main thread is stuck
+    in a blocking read.
 
     A thread rather than SIGALRM: a signal handler only runs between bytecodes of the main
-    thread, so a read hanging on a dead NFS server would never be interrupted.
+    thread, so a read hanging on a dead NFS server would never be interrupted. The thread is
+    _thread's (what threading.Timer runs on): importing threading is a start-up cost
+    (bench/bench_start.py), and this needs one wait with a timeout. Such a thread does not
+    hold up the interpreter's exit.
     """
 
-    def expire() -> None:
-        if output.claim():
+    def __init__(self, seconds: float, output: Output) -> None:
+        self._cancelled = _thread.allocate_lock()
+        self._cancelled.acquire()
+        _thread.start_new_thread(self._wait, (seconds, output))
+
+    def _wait(self, seconds: float, output: Output) -> None:
+        if not self._cancelled.acquire(timeout=seconds) and output.claim():
             output.write(f"{PREFIX} UNKNOWN - timed out after {plain_number(seconds)} s "
                          "(raise -t/--timeout)\n")
             os._exit(UNKNOWN)
 
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
-    return timer
+    def cancel(self) -> None:
+        self._cancelled.release()

@@ -6,6 +6,7 @@ and never fails a check."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -22,7 +23,7 @@ from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.report.collect import collect
 from qcow2_monitor.collectors.report.growth import GrowthTracker
 from qcow2_monitor.collectors.report.model import Growth
-from qcow2_monitor.collectors.report.state import state_name
+from qcow2_monitor.collectors.report.state import StateDirectory, state_name
 from qcow2_monitor.collectors.report.thin import Judging
 from qcow2_monitor.nagios.check_qcow2 import main as check_main
 
@@ -254,3 +255,33 @@ def test_state_names_are_the_sha256_of_the_identity() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd="/")
     assert done.stdout.strip() == "False"
+
+
+def test_a_run_that_cannot_get_the_lock_records_nothing_and_says_so(tmp_path: Path) -> None:
+    """Parallel runs take turns on the directory's flock; one that waited its bound reports
+    without recording, and the lock is free again once a run leaves it."""
+    image = tmp_path / "img.qcow2"
+    make_image(image, "16M")
+    state = tmp_path / "state"
+    assert tracked(str(image), state).samples == 1
+    store = StateDirectory(str(state))
+    other = os.open(state, os.O_RDONLY | os.O_DIRECTORY)  # a parallel run's hold
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with store.locked(timeout=0.05) as held:
+            assert held is False
+        judging = Judging(growth=GrowthTracker(str(state), window=3600))
+        collection = collect([str(image)], judging=judging)
+        assert any("busy (parallel runs): this run's samples not recorded" in note
+                   for note in collection.notes), collection.notes
+        fcntl.flock(other, fcntl.LOCK_UN)
+        with store.locked(timeout=0.05) as held:
+            assert held is True
+            with StateDirectory(str(state)).locked(timeout=0.05) as second:
+                assert second is False  # held by the first until its block ends
+        with store.locked(timeout=0.05) as held:
+            assert held is True
+    finally:
+        os.close(other)
+        store.close()
+    assert tracked(str(image), state).samples == 2  # the busy run's sample was not recorded

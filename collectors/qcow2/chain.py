@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
-from contextlib import closing
 
 from ..common.errors import INVALID, IO_ERROR, UNSUPPORTED, Qcow2Error
 from ..common.record import Generic, TypeVar, frozen_record, replace
@@ -171,7 +170,7 @@ def visit(path: str, read: Callable[[Qcow2Image, ChainLayer], Optional[T]], *,
     decided here once; what a command does with each kind of layer is its own business."""
     steps = walk(path, max_depth=max_depth) if opened is None else _walk_opened(
         opened, path, max_depth)
-    with closing(steps):
+    try:
         for layer, image in steps:
             try:
                 if image is not None:
@@ -185,4 +184,5 @@ def visit(path: str, read: Callable[[Qcow2Image, ChainLayer], Optional[T]], *,
                 yield Visited(replace(layer, status=LayerStatus.ERROR, error=error))
                 continue
             yield Visited(layer, value)
-
+    finally:  # a consumer that stops early closes the files opened below
+        steps.close()

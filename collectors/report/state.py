@@ -34,7 +34,6 @@ would cost every run.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -46,7 +45,7 @@ from functools import lru_cache
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, Iterator, Optional
+    from typing import Any, Optional
 
 STATE_SUBDIRECTORY = "qcow2-monitor"
 SYSTEM_STATE_DIRECTORY = "/var/lib/qcow2-monitor"
@@ -106,6 +105,35 @@ def state_name(identity: str) -> str:
     return _sha256_hex(identity.encode("utf-8", "surrogateescape"))[:40] + ".json"
 
 
+class DirectoryLock:
+    """The lock parallel runs take on a state directory (``flock``), waited for at most
+    `timeout` seconds; entering gives whether it is held."""
+
+    def __init__(self, fd: int, timeout: float) -> None:
+        self.fd = fd
+        self.timeout = timeout
+        self.held = False
+
+    def __enter__(self) -> bool:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) \
+                        or time.monotonic() > deadline:
+                    return False
+                time.sleep(0.005)
+            else:
+                self.held = True
+                return True
+
+    def __exit__(self, *_exc_info: object) -> None:
+        if self.held:
+            self.held = False
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
 class StateDirectory:
     """An open, checked state directory; every file operation is relative to its descriptor."""
 
@@ -115,8 +143,10 @@ class StateDirectory:
             if not os.path.lexists(path):
                 parent = os.path.dirname(os.path.abspath(path))
                 os.makedirs(parent, mode=0o755, exist_ok=True)
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(path, 0o700)
+                except FileExistsError:  # made meanwhile: os.open below checks what it is
+                    pass
             self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise StateError(f"state directory {path}: {exc.strerror or exc}") from None
@@ -133,25 +163,10 @@ class StateDirectory:
     def close(self) -> None:
         os.close(self.fd)
 
-    @contextlib.contextmanager
-    def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[bool]:
-        """Hold the directory's lock (True), or False when parallel runs kept it past
-        `timeout`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) \
-                        or time.monotonic() > deadline:
-                    yield False
-                    return
-                time.sleep(0.005)
-        try:
-            yield True
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+    def locked(self, timeout: float = LOCK_TIMEOUT) -> DirectoryLock:
+        """``with store.locked() as held``: the directory's lock held for the block (True), or
+        False when parallel runs kept it past `timeout`."""
+        return DirectoryLock(self.fd, timeout)
 
     def read(self, name: str, *, for_append: bool = False) -> tuple[Optional[list[bytes]],
                                                                     Optional[int]]:
@@ -206,8 +221,10 @@ class StateDirectory:
                 os.close(fd)
             os.rename(temporary, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except BaseException:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(temporary, dir_fd=self.fd)
+            except OSError:  # the error that got here is the one to report
+                pass
             raise
 
     def prune_due(self, now: float) -> bool:
@@ -223,21 +240,25 @@ class StateDirectory:
         """Remove the files of disks not seen for PRUNE_AGE and temporary files left by runs
         that died (names not ours are left alone), and mark when. Returns how many were
         removed."""
-        with contextlib.suppress(OSError):
+        try:
             fd = os.open(PRUNE_MARK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=self.fd)
             try:
                 os.utime(fd, (now, now))
             finally:
                 os.close(fd)
+        except OSError:  # no mark: the next run scans again
+            pass
         removed = 0
         for entry in os.scandir(self.fd):
             stale = PRUNE_AGE if re.match(_STATE_NAME, entry.name) else \
                 TEMPORARY_AGE if re.match(_TEMPORARY_NAME, entry.name) else None
             if stale is None or entry.name in keep:
                 continue
-            with contextlib.suppress(OSError):
+            try:
                 if now - entry.stat(follow_symlinks=False).st_mtime > stale:
                     os.unlink(entry.name, dir_fd=self.fd)
                     removed += 1
+            except OSError:  # gone meanwhile, or another user's: left alone
+                pass
         return removed
