@@ -74,6 +74,7 @@ def test_a_run_asking_libvirt_starts_no_process(libvirt: Libvirt, tmp_path: Path
                if line.startswith("import time:")}
     assert "qcow2_monitor.collectors.host.libvirt_socket" in modules
     assert "subprocess" not in modules  # no virsh
+    assert "threading" not in modules  # the live sources' thread is _thread's (a start-up cost)
 
 
 @pytest.mark.parametrize("uri", [

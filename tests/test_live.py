@@ -23,7 +23,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from qcow2_monitor.collectors.host.live import QMP_TIMEOUT, parse_domstats
+from qcow2_monitor.collectors.host import live
+from qcow2_monitor.collectors.host.live import QMP_TIMEOUT, LiveView, PendingLive, parse_domstats
 from qcow2_monitor.collectors.host.sources import LiveSources
 
 from daemons import make_image, run
@@ -457,3 +458,29 @@ def test_running_as_root_takes_libvirt_disks_first(
     usage = down.records[0].usage
     assert usage is not None and usage.live_end_offset is None
     assert any("no live source covers it" in note for note in usage.notes)
+
+
+def test_pending_live_gives_the_view_or_raises_in_the_waiting_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live sources are asked in a thread: wait() blocks until it is done, then gives its
+    view (to every later wait() too) or raises what it raised, in the caller."""
+    view = LiveView()
+    release = threading.Event()
+
+    def gather(uri: Any, sockets: Any) -> LiveView:
+        assert (uri, sockets) == ("qemu:///system", ["/run/q.sock"])
+        release.wait(60)
+        return view
+
+    monkeypatch.setattr(live, "gather_live", gather)
+    pending = PendingLive("qemu:///system", ["/run/q.sock"])
+    threading.Timer(0.05, release.set).start()
+    assert pending.wait() is view
+    assert pending.wait() is view
+
+    def fail(uri: Any, sockets: Any) -> LiveView:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(live, "gather_live", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        PendingLive(None).wait()

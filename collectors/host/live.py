@@ -29,8 +29,8 @@ for a regular file, the device number for a block device, so ``/dev/vg/lv``,
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 import time
 
 from ..common.errors import Qcow2Error
@@ -225,24 +225,32 @@ def _read_qmp(view: LiveView, qmp_sockets: Iterable[str], timeout: float) -> Non
 
 class PendingLive:
     """gather_live() in a thread, so that the virsh round trip overlaps with target discovery:
-    start it first, wait() for the view when the first image is about to be analysed."""
+    start it first, wait() for the view when the first image is about to be analysed.
+
+    The thread is _thread's (what threading.Thread runs on), with a lock released when it is
+    done: importing threading is a start-up cost (bench/bench_start.py). Like a daemon thread,
+    it does not hold up the interpreter's exit."""
 
     def __init__(self, libvirt_uri: Optional[str], qmp_sockets: Iterable[str] = ()) -> None:
         self._view: Optional[LiveView] = None
         self._raised: Optional[BaseException] = None
         self._args = (libvirt_uri, list(qmp_sockets))
-        self._thread = threading.Thread(target=self._run, name="live-sources", daemon=True)
-        self._thread.start()
+        self._running = _thread.allocate_lock()
+        self._running.acquire()
+        _thread.start_new_thread(self._run, ())
 
     def _run(self) -> None:
         try:
             self._view = gather_live(*self._args)
         except BaseException as exc:  # not handled here: wait() raises it in the caller
             self._raised = exc
+        finally:
+            self._running.release()
 
     def wait(self) -> LiveView:
         """The view, or what gather_live() raised, raised again in the waiting thread."""
-        self._thread.join()
+        with self._running:  # released when the thread is done
+            pass
         if self._raised is not None:
             raise self._raised
         assert self._view is not None
