@@ -6,6 +6,7 @@ bounded time and bounded memory."""
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import subprocess
@@ -41,6 +42,11 @@ def _image(path: Path, size: str, backing: Optional[Path] = None) -> Path:
     return path
 
 
+def _steady(text: str) -> str:
+    """domstats text with the values of the counters a running guest moves masked."""
+    return re.sub(r"(block\.\d+\.(?:rd|wr|fl)\.(?:reqs|bytes|times))=\d+", r"\1=*", text)
+
+
 def test_the_answer_is_virshs_byte_for_byte(libvirt: Libvirt, tmp_path: Path) -> None:
     base = _image(tmp_path / "base.qcow2", "64M")
     top = _image(tmp_path / "top.qcow2", "64M", base)
@@ -54,7 +60,9 @@ def test_the_answer_is_virshs_byte_for_byte(libvirt: Libvirt, tmp_path: Path) ->
         ours = L.domstats_text(libvirt.ro_uri, 10.0)
         virsh = subprocess.run(["virsh", "-r", "-q", "-c", libvirt.ro_uri, *DOMSTATS],
                                capture_output=True, text=True, check=True).stdout
-        assert ours == virsh
+        # Byte for byte but the I/O counters: the running guest's firmware may read its disk
+        # between the two calls (rd.reqs 0, then 1).
+        assert _steady(ours) == _steady(virsh)
         disks = {(d.domain, d.disk, d.path) for d in parse_domstats(ours)}
         assert {("socket-a", "vda", str(top)), ("socket-a", "vda[3]", str(base)),
                 ("socket-a", "vdb", str(other)), ("socket-b", "vda", str(alone))} <= disks
