@@ -121,6 +121,8 @@ ACCEPTED = [
     "g Infinity\nh nan\ni 1e-400\n",
     '# HELP a x\\\\y\\nz\n# TYPE a counter\na{p="\\\\ \\" \\n ü}"} 1\n# HELP b\nb 1\n',
     'a 1\nb 1\na{x="2"} 1\n',  # a family's samples need not be together
+    # Lines end at "\n" only: a line or paragraph separator is text (a file name may hold one).
+    'a{p="x\u2028y\u2029z\x85"} 1\n# HELP b x\u2028y\nb 1\n',
 ]
 
 
@@ -224,6 +226,19 @@ def test_promtool_check_metrics_accepts_the_file(tmp_path: Path) -> None:
                          input="# TYPE qcow2_x counter\nqcow2_x 1\n",
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
+
+
+def test_a_line_separator_in_a_file_name_keeps_the_file_written(tmp_path: Path) -> None:
+    """U+2028 is no control character: it stays in the path label as it is, on one line for
+    node_exporter, and the file is written (it was refused whole, every image's series lost)."""
+    image = make_image(tmp_path / "vm\u2028a\u2029b.qcow2", "16M")
+    out = tmp_path / "qcow2.prom"
+    assert main(["--no-live", "--output", str(out), str(image)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert f'qcow2_scrape_error{{path="{image}"}} 0\n' in text
+    proc = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_output_dash_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
