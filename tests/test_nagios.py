@@ -487,6 +487,7 @@ def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.Mo
         (["-f", "x", "--bogus"], "unrecognized arguments: --bogus"),
         (["-f", "x", "-w", "1:2:3"], "argument -w/--warning: invalid range '1:2:3'"),
         (["-f", "x", "-c", "10:5"], "start 10 is greater than end 5"),
+        (["-f", "x", "-c", "-5"], "'-5': start 0 (the default) is greater than end -5"),
         (["-f", "x", "--warning-headroom", "10X"], "invalid size '10X'"),
         (["-f", "x", "--dirty-state", "bad"], "invalid state 'bad'"),
         (["-f", "x", "-t", "0"], "invalid timeout '0'"),
