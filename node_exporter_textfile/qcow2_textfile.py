@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -199,12 +200,32 @@ def _parser() -> ArgumentParser:
     return parser
 
 
+# Names of the run's own descriptors, never a file to replace: rename() over /dev/stdout would
+# replace the host's link with a regular file, whatever the descriptor is.
+_OWN_DESCRIPTORS = ("/dev/stdin", "/dev/stdout", "/dev/stderr")
+_DESCRIPTOR_DIRECTORIES = ("/dev/fd/", "/proc/")
+
+
 def _output_problem(output: Optional[str]) -> Optional[str]:
     if output is None:
         return "the following arguments are required: -o/--output"
-    if output != "-" and os.path.isdir(output):
+    if output == "-":
+        return None
+    if os.path.isdir(output):
         return (f"--output {printable(output)} is a directory: give the file to write in it, "
                 f"e.g. {printable(os.path.join(output, 'qcow2.prom'))}")
+    path = os.path.abspath(output)
+    if path in _OWN_DESCRIPTORS or path.startswith(_DESCRIPTOR_DIRECTORIES):
+        return f"--output {printable(output)} is no file to replace: use --output - for stdout"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # absent, or a dangling link: the file is made (a write error says why)
+    if not stat.S_ISREG(mode):
+        # A device, FIFO or socket (or a link to one) would be replaced by a regular file:
+        # `--output /dev/null` as root would leave the host without /dev/null.
+        return (f"--output {printable(output)} is not a regular file: the file written "
+                "replaces it; give the .prom file to write, or - for stdout")
     return None
 
 

@@ -380,6 +380,31 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "warning" not in err and os.listdir(tmp_path) == []
 
 
+def test_special_files_as_output_are_refused_not_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """rename() replaces whatever the name holds: `--output /dev/full` (or /dev/null) as root
+    left the host with a regular file there. A device, a FIFO, a link to one and the names of
+    the run's own descriptors are a bad command line, and stay as they were."""
+    image = make_image(tmp_path / "a.qcow2", "16M")
+    directory = tmp_path / "out"
+    directory.mkdir()
+    device = directory / "null.prom"
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    fifo = directory / "fifo.prom"
+    os.mkfifo(fifo)
+    link = directory / "link.prom"
+    link.symlink_to(device)
+    for output in (device, fifo, link):
+        assert main(["--no-live", "--output", str(output), str(image)]) == 64, output
+        assert f"--output {output} is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISCHR(device.stat().st_mode) and stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert link.is_symlink() and sorted(os.listdir(directory)) == [
+        "fifo.prom", "link.prom", "null.prom"]
+    # Asked of the rule alone: a run that got past it would replace the host's /dev/stdout.
+    for output in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        assert "use --output - for stdout" in (textfile._output_problem(output) or ""), output
+
+
 def test_shipped_template_is_package_data() -> None:
     assert textfile.TEMPLATE_PACKAGE_PATH.is_file()
     text = (HERE.parent / "pyproject.toml").read_text()
