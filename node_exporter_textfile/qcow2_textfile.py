@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -42,6 +43,7 @@ from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.record import frozen_record
 from qcow2_monitor.collectors.common.text import printable
+from qcow2_monitor.collectors.qcow2.reader import open_readonly
 from qcow2_monitor.collectors.report.metrics import (
     METRICS,
     Metric,
@@ -109,7 +111,18 @@ def load_template(path: Optional[str] = None) -> jinja2.Template:
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(FILTERS)
-    return env.from_string(source.read_text(encoding="utf-8"))
+    return env.from_string(_read_template(str(source)))
+
+
+def _read_template(path: str) -> str:
+    """The text of a template file. Opened as images are (open_readonly: a FIFO would block
+    forever, a device act or never end), and only a regular file is read: /dev/zero, given by
+    mistake, would fill the memory."""
+    fd = open_readonly(path)
+    with os.fdopen(fd, encoding="utf-8") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return file.read()
 
 
 def render(collection: Collection, template: jinja2.Template) -> str:
@@ -243,6 +256,10 @@ def _write_file(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 
     try:
         template = load_template(args.template)
+    except OSError as exc:  # missing, unreadable, not a regular file
+        print(f"{prog}: error: template {printable(args.template or '')}: "
+              f"{exc.strerror or exc}", file=stderr)
+        return EXIT_FAILED
     except Exception as exc:  # unreadable file or jinja2 syntax error: the run fails cleanly
         print(f"{prog}: error: template: {exception_text(exc)}", file=stderr)
         return EXIT_FAILED

@@ -25,6 +25,7 @@ from qcow2_monitor.node_exporter_textfile.exposition import (
 from qcow2_monitor.node_exporter_textfile.qcow2_textfile import load_template, main, render
 
 from daemons import NodeExporter, make_image, node_exporter, require_binary, run
+from tree import BIN
 
 HERE = Path(__file__).parent
 PACKAGE = HERE.parent / "node_exporter_textfile"
@@ -344,6 +345,22 @@ def test_bad_template_keeps_previous_file(tmp_path: Path, template: str) -> None
     assert main(["--output", str(out), "--template", str(custom), str(image)]) == 1
     assert out.read_text() == before
     assert os.listdir(out.parent) == ["qcow2.prom"]
+
+
+def test_a_special_file_as_template_fails_at_once(tmp_path: Path) -> None:
+    """A FIFO as --template blocked the run forever on open(), /dev/zero read until memory ran
+    out: each is refused at once, naming the template, and the previous file is kept."""
+    out, before, image = _previous_good(tmp_path)
+    fifo = tmp_path / "fifo.j2"
+    os.mkfifo(fifo)
+    for template in (str(fifo), "/dev/zero", str(tmp_path)):
+        proc = subprocess.run([BIN / "qcow2-textfile", "--no-live", "--output", str(out),
+                               "--template", template, str(image)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == f"qcow2-textfile: error: template {template}: not a regular " \
+            "file or block device\n"
+        assert out.read_text() == before
 
 
 def test_custom_template(tmp_path: Path) -> None:
