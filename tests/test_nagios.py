@@ -437,6 +437,24 @@ def test_golden_backing_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
 
 
+def test_a_layer_is_said_below_its_image_not_below_the_directory(tmp_path: Path) -> None:
+    """With a directory as the target, each layer's line named the directory ("depth 1 below
+    /srv"): which image's chain it is in was not said. It names the image its chain starts at."""
+    images = tmp_path / "images"
+    bases = tmp_path / "bases"
+    images.mkdir()
+    bases.mkdir()
+    for name in ("a", "b"):
+        make_image(images / f"{name}.qcow2", "16M",
+                   backing=make_image(bases / f"{name}-base.qcow2", "16M"))
+    out = io.StringIO()
+    assert main(["--no-live", "--no-state", "--chain", str(images)], stdout=out) == 0
+    lines = out.getvalue().splitlines()
+    for name in ("a", "b"):
+        assert any(line.startswith(f"OK: {bases}/{name}-base.qcow2 (backing file, depth 1 "
+                                   f"below {images}/{name}.qcow2): ") for line in lines), lines
+
+
 def test_golden_ok_many_images(monkeypatch: pytest.MonkeyPatch) -> None:
     code, text = run_main(monkeypatch, [REC_A, REC_B])
     assert code == 0
