@@ -68,8 +68,10 @@ def _size(text: str) -> int:
         size = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}; units B, K, M, G, T, P, all binary") from None
-    if size < 1 << 20:
-        raise argparse.ArgumentTypeError(f"invalid chunk {text!r} (at least 1M)")
+    # At most 1 EiB: a volume extended by it still has a size line protocol's int64 and every
+    # figure can write (--extend-chunk 99999999999999999999T advised "9.54e+13 EiB").
+    if not 1 << 20 <= size <= 1 << 60:
+        raise argparse.ArgumentTypeError(f"invalid chunk {text!r} (1M to 1024P)")
     return size
 
 

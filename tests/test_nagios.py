@@ -511,6 +511,9 @@ def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.Mo
         (["-f", "x", "-t", "0"], "invalid timeout '0'"),
         (["-f", "x", "-t", "abc"], "invalid timeout 'abc'"),
         (["-f", "x", "--max-depth", "0"], "invalid depth '0'"),
+        # Out of range both ways: no extension advice in exbibytes beyond int64.
+        (["-f", "x", "--extend-chunk", "2048P"], "invalid chunk '2048P' (1M to 1024P)"),
+        (["-f", "x", "--extend-chunk", "512K"], "invalid chunk '512K' (1M to 1024P)"),
         (["-f"], "expected one argument"),
     ],
 )
