@@ -9,6 +9,7 @@ from collections.abc import Callable
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_USAGE
 from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
+from qcow2_monitor.collectors.common.record import replace
 from qcow2_monitor.collectors.host.sources import DEFAULT_LIBVIRT_URI, LiveSources
 from qcow2_monitor.collectors.report.extend import (
     DEFAULT_CHUNK,
@@ -230,10 +231,20 @@ def collect_selected(targets: list[str], args: argparse.Namespace,
         collect,  # imported when collecting: the options alone need none of it
     )
 
-    return collect(targets, running=args.running, chain=args.chain, check=args.check,
-                   max_depth=args.max_depth,
-                   live_sources=LiveSources(live_uri(args), tuple(args.qmp)),
-                   judging=judging_from_args(args, tracker))
+    collection = collect(targets, running=args.running, chain=args.chain, check=args.check,
+                         max_depth=args.max_depth,
+                         live_sources=LiveSources(live_uri(args), tuple(args.qmp)),
+                         judging=judging_from_args(args, tracker))
+    return with_libvirt_note(collection, args)
+
+
+def with_libvirt_note(collection: Collection, args: argparse.Namespace) -> Collection:
+    """The run's notes, and why libvirt gave no live figures when --libvirt-uri named it: a
+    mistyped URI must not pass unsaid (the default's silence suits hosts without libvirt)."""
+    note = collection.libvirt_note
+    if args.libvirt_uri is None or not note or any(note in said for said in collection.notes):
+        return collection
+    return replace(collection, notes=(*collection.notes, note))
 
 
 # --- the options, declared once for every adapter ------------------------------------------
