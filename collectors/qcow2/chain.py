@@ -79,8 +79,9 @@ def _next_layer(depth: int, name: str, fmt: Optional[str], above: str, seen: set
                 max_depth: int) -> Step:
     """The layer `name` (written in the image at `above`) as a step of the walk."""
     if depth > max_depth:
-        error = _chain_error(f"backing chain deeper than the limit at '{printable(name)}'",
-                             INVALID, name)
+        # Named by the image that names the layer (as an invalid name is), the limit said.
+        error = _chain_error(f"backing chain deeper than the limit of {max_depth} at "
+                             f"'{printable(name)}' (depth {depth})", INVALID, above)
         return ChainLayer(depth, name, None, LayerStatus.TOO_DEEP, fmt, error=error), None
     problem = path_problem(name)
     if problem is not None:

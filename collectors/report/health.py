@@ -229,8 +229,8 @@ def assess(
     elif layer is not None and layer.status in BROKEN_LAYER_STATES:
         found.append((RULE_BACKING, _layer_text(layer)))
     elif layer is not None and layer.status == LayerStatus.TOO_DEEP:
-        found.append((RULE_UNKNOWN,
-                      f"backing chain deeper than the limit at '{printable(layer.name)}'"))
+        found.append((RULE_UNKNOWN, f"backing chain deeper than the limit of {layer.depth - 1} "
+                      f"at '{printable(layer.name)}' (depth {layer.depth})"))
     elif error is not None:
         found.append((_error_state(error), error_without_filename(error)))
     if broken_below is not None:
