@@ -141,9 +141,17 @@ def _legacy_mode(argv: Sequence[str], commands: Iterable[str]) -> bool:
     """-f FILE given without a command (and without --help, which shows every command): the
     older tool's command line, whatever else follows."""
     words = set(argv)
-    return not words & {*commands, "-h", "--help"} and any(
-        arg in ("-f", "--file") or arg.startswith("--file=")
-        or (arg.startswith("-f") and not arg.startswith("--")) for arg in argv)
+    return not words & {*commands, "-h", "--help"} and _has_file_option(argv)
+
+
+def _has_file_option(argv: Iterable[str]) -> bool:
+    return any(arg in ("-f", "--file") or arg.startswith("--file=")
+               or (arg.startswith("-f") and not arg.startswith("--")) for arg in argv)
+
+
+def _mode_conflict(command: str) -> UsageError:
+    return UsageError(f"-f FILE is a mode of its own; not with a command ({command} takes its "
+                      "FILE itself)", PROG)
 
 
 def _parse_legacy(words: Sequence[str]) -> argparse.Namespace:
@@ -171,14 +179,20 @@ def _parse(words: list[str]) -> argparse.Namespace:
     (the older tool's) takes one FILE and no command."""
     parser = build_parser()
     legacy_mode = _legacy_mode(words, parser.commands)
-    args = _parse_legacy(words) if legacy_mode else parser.parse_args(words)
+    try:
+        args = _parse_legacy(words) if legacy_mode else parser.parse_args(words)
+    except UsageError:
+        # `-f FILE info` fails in info's parser first ("FILE required"): say what is wrong.
+        command = next((word for word in words if word in parser.commands), None)
+        if command is not None and _has_file_option(words[:words.index(command)]):
+            raise _mode_conflict(command) from None
+        raise
     legacy = args.legacy_files or []
     if args.command is None and not legacy:
         raise UsageError(f"give -f FILE or a command ({', '.join(parser.commands)}); see "
                          "--help", PROG)
     if legacy and args.command is not None:
-        raise UsageError(f"-f FILE is a mode of its own; not with a command ({args.command} "
-                         "takes its FILE itself)", PROG)
+        raise _mode_conflict(args.command)
     if len(legacy) > 1:
         raise UsageError(f"-f analyses one file, as the older tool did (given {len(legacy)}: "
                          f"{', '.join(legacy)}); for several use `{PROG} usage` or "

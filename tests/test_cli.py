@@ -112,6 +112,12 @@ def test_legacy_mode_takes_one_file_and_its_own_options(tmp_path: Path) -> None:
     assert extra.returncode == 64 and "one FILE" in extra.stderr
     mixed = run("qcow2-analyze", "-f", a, "info", b)
     assert mixed.returncode == 64 and "not with a command" in mixed.stderr
+    # A command without its FILE after -f: the mode is what is wrong, not info's FILE.
+    for command in (["info"], ["dump", "--what", "l1"]):
+        mixed = run("qcow2-analyze", "-f", a, *command)
+        assert mixed.returncode == 64 and mixed.stderr == (
+            f"qcow2-analyze: -f FILE is a mode of its own; not with a command ({command[0]} "
+            "takes its FILE itself)\n"), mixed.stderr
     assert json.loads(run("qcow2-analyze", "-f", a, "-o", "json").stdout)["qcow_version"] == 3
 
 
