@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from qcow2_monitor.cli.entry import last_resort, output_streams
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
-from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments
+from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments, target_option
 from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
@@ -121,7 +121,7 @@ def build_parser() -> ArgumentParser:
                        help="list only the images, not their backing layers; every layer is "
                        "still opened, as qemu opens it, so a missing, looping or unreadable "
                        "one is still shown and exits 1")
-    usage.add_argument("targets", nargs="+", metavar="TARGET",
+    usage.add_argument("targets", nargs="+", type=target_option, metavar="TARGET",
                        help="image file, block device, glob or directory (searched recursively); "
                        "a glob or directory without a qcow2 image is an error (exit 1)")
     add_live_arguments(usage)

@@ -169,10 +169,19 @@ def live_uri(args: argparse.Namespace) -> str | None:
     return None if args.no_live else str(args.libvirt_uri or DEFAULT_LIBVIRT_URI)
 
 
+def target_option(text: str) -> str:
+    """argparse type of a TARGET: any name but the empty one, which os.path.abspath() makes the
+    working directory: `-f ''` (an unset variable in an agent's configuration) scanned it,
+    recursively, and from / ran into the timeout."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name is no target (an unset variable?)")
+    return text
+
+
 def add_targets_argument(parser: argparse.ArgumentParser) -> None:
     """The positional TARGETs of the collectors (qcow2-telegraf, qcow2-textfile)."""
     parser.add_argument(
-        "targets", nargs="*", metavar="TARGET",
+        "targets", nargs="*", type=target_option, metavar="TARGET",
         help="image file, block device, directory (searched recursively for qcow2 files) or "
         "glob pattern; a directory or pattern without a qcow2 image is a failed target",
     )

@@ -671,3 +671,15 @@ def test_a_libvirt_named_on_the_command_line_that_fails_is_said_by_every_adapter
         said = proc.stdout if command == "check_qcow2" else proc.stderr
         assert why in said, (command, proc.stdout, proc.stderr)
         assert proc.returncode == 0, (command, proc.stderr)
+
+
+@pytest.mark.parametrize("argv", [["qcow2-analyze", "usage"], ["qcow2-telegraf"],
+                                  ["qcow2-textfile", "--output", "-"]])
+def test_an_empty_target_is_a_bad_command_line(tmp_path: Path, argv: list[str]) -> None:
+    """An empty name (an unset variable in an agent's configuration) was the working
+    directory, scanned recursively: from / a run read every file's first bytes."""
+    (tmp_path / "a.qcow2").write_bytes(b"QFI\xfb" + bytes(100))  # found if the cwd is scanned
+    proc = subprocess.run([BIN / argv[0], *argv[1:], "--no-live", ""], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64 and proc.stdout == "", proc.stdout
+    assert "argument TARGET: an empty name is no target (an unset variable?)" in proc.stderr

@@ -515,6 +515,9 @@ def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.Mo
         (["-f", "x", "--extend-chunk", "2048P"], "invalid chunk '2048P' (1M to 1024P)"),
         (["-f", "x", "--extend-chunk", "512K"], "invalid chunk '512K' (1M to 1024P)"),
         (["-f"], "expected one argument"),
+        # An unset variable: it made the working directory the target (scanned recursively).
+        (["-f", ""], "argument -f/--file: an empty name is no target (an unset variable?)"),
+        (["-w", "80", ""], "argument IMAGE: an empty name is no target"),
     ],
 )
 def test_bad_arguments_are_unknown(argv: list[str], message: str) -> None:
