@@ -246,7 +246,7 @@ def backing_error(broken: ChainLayer, top: str) -> Qcow2Error:
     """Why qemu-img check of `top` fails (exit 1, "Could not open backing file"): the one line
     on stderr. The top image's own metadata is checked all the same."""
     reason = broken.error.message if broken.error is not None \
-        else f"backing file {broken.name!r} {broken.status}"
+        else f"backing file '{printable(broken.name)}' {broken.status}"
     return Qcow2Error(
         f"{reason} (depth {broken.depth}): qemu cannot open the image, so qemu-img check "
         "exits 1 (\"Could not open backing file\"); the image's own metadata was checked",

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from qcow2_monitor.cli.entry import last_resort, output_streams
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
-from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments
+from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments, target_option
 from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
@@ -121,7 +121,7 @@ def build_parser() -> ArgumentParser:
                        help="list only the images, not their backing layers; every layer is "
                        "still opened, as qemu opens it, so a missing, looping or unreadable "
                        "one is still shown and exits 1")
-    usage.add_argument("targets", nargs="+", metavar="TARGET",
+    usage.add_argument("targets", nargs="+", type=target_option, metavar="TARGET",
                        help="image file, block device, glob or directory (searched recursively); "
                        "a glob or directory without a qcow2 image is an error (exit 1)")
     add_live_arguments(usage)
@@ -141,9 +141,17 @@ def _legacy_mode(argv: Sequence[str], commands: Iterable[str]) -> bool:
     """-f FILE given without a command (and without --help, which shows every command): the
     older tool's command line, whatever else follows."""
     words = set(argv)
-    return not words & {*commands, "-h", "--help"} and any(
-        arg in ("-f", "--file") or arg.startswith("--file=")
-        or (arg.startswith("-f") and not arg.startswith("--")) for arg in argv)
+    return not words & {*commands, "-h", "--help"} and _has_file_option(argv)
+
+
+def _has_file_option(argv: Iterable[str]) -> bool:
+    return any(arg in ("-f", "--file") or arg.startswith("--file=")
+               or (arg.startswith("-f") and not arg.startswith("--")) for arg in argv)
+
+
+def _mode_conflict(command: str) -> UsageError:
+    return UsageError(f"-f FILE is a mode of its own; not with a command ({command} takes its "
+                      "FILE itself)", PROG)
 
 
 def _parse_legacy(words: Sequence[str]) -> argparse.Namespace:
@@ -171,14 +179,20 @@ def _parse(words: list[str]) -> argparse.Namespace:
     (the older tool's) takes one FILE and no command."""
     parser = build_parser()
     legacy_mode = _legacy_mode(words, parser.commands)
-    args = _parse_legacy(words) if legacy_mode else parser.parse_args(words)
+    try:
+        args = _parse_legacy(words) if legacy_mode else parser.parse_args(words)
+    except UsageError:
+        # `-f FILE info` fails in info's parser first ("FILE required"): say what is wrong.
+        command = next((word for word in words if word in parser.commands), None)
+        if command is not None and _has_file_option(words[:words.index(command)]):
+            raise _mode_conflict(command) from None
+        raise
     legacy = args.legacy_files or []
     if args.command is None and not legacy:
         raise UsageError(f"give -f FILE or a command ({', '.join(parser.commands)}); see "
                          "--help", PROG)
     if legacy and args.command is not None:
-        raise UsageError(f"-f FILE is a mode of its own; not with a command ({args.command} "
-                         "takes its FILE itself)", PROG)
+        raise _mode_conflict(args.command)
     if len(legacy) > 1:
         raise UsageError(f"-f analyses one file, as the older tool did (given {len(legacy)}: "
                          f"{', '.join(legacy)}); for several use `{PROG} usage` or "

@@ -8,10 +8,10 @@ import argparse
 import json
 
 from qcow2_monitor.cli.exits import EXIT_OK
-from qcow2_monitor.cli.parser import terminal_columns
+from qcow2_monitor.cli.parser import UsageError, terminal_columns
 from qcow2_monitor.collectors.common.units import human_size
 
-from .common import add_file_argument, add_output_argument, count_option, epilog
+from .common import PROG, add_file_argument, add_output_argument, count_option, epilog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,6 +30,9 @@ LEGEND = (
 )
 DEFAULT_ROWS = 8
 MIN_WIDTH = 16
+# The most characters a picture has: each is a few integers while it is drawn, so an unchecked
+# --width 100000000 took the memory of the host (a million is more than any screen shows).
+MAX_CELLS = 1 << 20
 
 
 def register(subparsers: Any) -> None:
@@ -69,6 +72,9 @@ def run_map(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     label = len(f"{mapped.length:x}") + 3  # "0x" + digits + a space
     width = args.width or max(terminal_columns() - label, MIN_WIDTH)
     rows = max(args.rows, 1)
+    if width * rows > MAX_CELLS:
+        raise UsageError(f"argument --width/--rows: {width} x {rows} characters is more than "
+                         f"the {MAX_CELLS} a picture may have", f"{PROG} map")
     cells = mapped.cells(width * rows)
     out.write(render(cells, width, mapped.length, mapped.end_offset, mapped.totals()))
     return EXIT_OK

@@ -10,6 +10,7 @@ from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import judging_from_args, live_uri
 from qcow2_monitor.cli.text import json_text, render_table
 from qcow2_monitor.collectors.common.jsonform import JsonObject, to_json, to_json_object
+from qcow2_monitor.collectors.common.text import printable
 from qcow2_monitor.collectors.common.units import (
     human_duration,
     human_rate,
@@ -118,7 +119,8 @@ def render_usage_human(collection: Collection) -> str:
             if record.depth == 0 else record.usage.notes
         notes += [f"{record.usage.filename}: {note}" for note in shown]
     text = render_table(USAGE_COLUMNS, rows, right=(1, 4, 5, 6, 7))
-    return text + "".join(f"note: {note}\n" for note in notes)
+    # A note names the image (and its layer): by the one rule, as the table names them.
+    return text + "".join(f"note: {printable(note)}\n" for note in notes)
 
 
 def failed(entry: Entry) -> bool:
@@ -134,9 +136,10 @@ def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                          live_sources=LiveSources(live_uri(args), tuple(args.qmp)),
                          judging=judging_from_args(args))
     if collection.libvirt_note and args.libvirt_uri is not None:
-        print(f"{PROG}: note: {collection.libvirt_note}", file=err)  # asked for by name: why not
+        # Asked for by name: say why it gave nothing.
+        print(f"{PROG}: note: {printable(collection.libvirt_note)}", file=err)
     for note in collection.notes:
-        print(f"{PROG}: note: {note}", file=err)
+        print(f"{PROG}: note: {printable(note)}", file=err)
     for record in collection.records:
         if record.error is not None:
             report_error(record.error, err)

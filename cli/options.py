@@ -9,6 +9,7 @@ from collections.abc import Callable
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_USAGE
 from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
+from qcow2_monitor.collectors.common.record import replace
 from qcow2_monitor.collectors.host.sources import DEFAULT_LIBVIRT_URI, LiveSources
 from qcow2_monitor.collectors.report.extend import (
     DEFAULT_CHUNK,
@@ -68,8 +69,10 @@ def _size(text: str) -> int:
         size = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}; units B, K, M, G, T, P, all binary") from None
-    if size < 1 << 20:
-        raise argparse.ArgumentTypeError(f"invalid chunk {text!r} (at least 1M)")
+    # At most 1 EiB: a volume extended by it still has a size line protocol's int64 and every
+    # figure can write (--extend-chunk 99999999999999999999T advised "9.54e+13 EiB").
+    if not 1 << 20 <= size <= 1 << 60:
+        raise argparse.ArgumentTypeError(f"invalid chunk {text!r} (1M to 1024P)")
     return size
 
 
@@ -166,10 +169,19 @@ def live_uri(args: argparse.Namespace) -> str | None:
     return None if args.no_live else str(args.libvirt_uri or DEFAULT_LIBVIRT_URI)
 
 
+def target_option(text: str) -> str:
+    """argparse type of a TARGET: any name but the empty one, which os.path.abspath() makes the
+    working directory: `-f ''` (an unset variable in an agent's configuration) scanned it,
+    recursively, and from / ran into the timeout."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name is no target (an unset variable?)")
+    return text
+
+
 def add_targets_argument(parser: argparse.ArgumentParser) -> None:
     """The positional TARGETs of the collectors (qcow2-telegraf, qcow2-textfile)."""
     parser.add_argument(
-        "targets", nargs="*", metavar="TARGET",
+        "targets", nargs="*", type=target_option, metavar="TARGET",
         help="image file, block device, directory (searched recursively for qcow2 files) or "
         "glob pattern; a directory or pattern without a qcow2 image is a failed target",
     )
@@ -228,10 +240,20 @@ def collect_selected(targets: list[str], args: argparse.Namespace,
         collect,  # imported when collecting: the options alone need none of it
     )
 
-    return collect(targets, running=args.running, chain=args.chain, check=args.check,
-                   max_depth=args.max_depth,
-                   live_sources=LiveSources(live_uri(args), tuple(args.qmp)),
-                   judging=judging_from_args(args, tracker))
+    collection = collect(targets, running=args.running, chain=args.chain, check=args.check,
+                         max_depth=args.max_depth,
+                         live_sources=LiveSources(live_uri(args), tuple(args.qmp)),
+                         judging=judging_from_args(args, tracker))
+    return with_libvirt_note(collection, args)
+
+
+def with_libvirt_note(collection: Collection, args: argparse.Namespace) -> Collection:
+    """The run's notes, and why libvirt gave no live figures when --libvirt-uri named it: a
+    mistyped URI must not pass unsaid (the default's silence suits hosts without libvirt)."""
+    note = collection.libvirt_note
+    if args.libvirt_uri is None or not note or any(note in said for said in collection.notes):
+        return collection
+    return replace(collection, notes=(*collection.notes, note))
 
 
 # --- the options, declared once for every adapter ------------------------------------------

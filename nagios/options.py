@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from qcow2_monitor.cli.options import add_health_arguments, add_selection_arguments
+from qcow2_monitor.cli.options import (
+    add_health_arguments,
+    add_selection_arguments,
+    target_option,
+)
 from qcow2_monitor.cli.parser import ArgumentParser, add_help_argument
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.units import parse_size
@@ -93,12 +97,14 @@ def build_parser() -> ArgumentParser:
     )
     sel = parser.add_argument_group("images")
     sel.add_argument(
-        "-f", "--file", dest="files", action="append", default=[], metavar="IMAGE",
+        "-f", "--file", dest="files", action="append", default=[], type=target_option,
+        metavar="IMAGE",
         help="image file, block device, directory (searched recursively) or glob; repeatable; "
         "a directory or glob without a qcow2 image is UNKNOWN",
     )
     # Positional images too, so that a shell glob works: check_qcow2 -w 80 /images/*.qcow2
-    sel.add_argument("images", nargs="*", metavar="IMAGE", help="same as -f IMAGE")
+    sel.add_argument("images", nargs="*", type=target_option, metavar="IMAGE",
+                     help="same as -f IMAGE")
     add_selection_arguments(sel)
     thr = parser.add_argument_group("thresholds")
     thr.add_argument("-w", "--warning", type=range_option, metavar="RANGE",

@@ -61,8 +61,10 @@ class Range:
         if (math.isinf(end) and end_text is not None) or start == math.inf:
             raise RangeError(f"invalid range {text!r}: number out of range")
         if start > end:
+            # Without "start:" the start is 0 (Nagios' "10" is 0:10): say so, not "None".
+            shown_start = start_text if start_text is not None else "0 (the default)"
             raise RangeError(
-                f"invalid range {text!r}: start {start_text} is greater than end {end_text}"
+                f"invalid range {text!r}: start {shown_start} is greater than end {end_text}"
             )
         return cls(start=start, end=end, inside=match["inside"] is not None)
 

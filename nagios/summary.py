@@ -3,7 +3,7 @@ filesystem when overcommit is thresholded)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from qcow2_monitor.collectors.common.units import (
     counted,
@@ -134,7 +134,7 @@ def _named_in_summary(verdict: Verdict) -> bool:
     return not said or any(problem.text not in said for problem in verdict.problems)
 
 
-def image_line(verdict: Verdict, verbosity: int) -> str:
+def image_line(verdict: Verdict, verbosity: int, top: str = "") -> str:
     record = verdict.record
     usage = record.usage
     parts: list[str] = []
@@ -152,7 +152,8 @@ def image_line(verdict: Verdict, verbosity: int) -> str:
     parts.extend(_problem_texts(verdict))
     if verbosity >= 1:
         parts.extend(_details(record))
-    where = f" (backing file, depth {record.depth} below {clean_text(record.target)})" \
+    # Below the image the chain starts at: the target may be a directory or a pattern.
+    where = f" (backing file, depth {record.depth} below {top or clean_text(record.target)})" \
         if record.depth else ""
     # A raw base or a json:/nbd: layer is reported, not analysed (model.LayerStatus).
     text = "; ".join(clean_text(part) for part in parts) or f"{record.status}, not analysed"
@@ -220,6 +221,16 @@ def summary(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict
     return clean_text(shown)
 
 
+def _with_tops(verdicts: Sequence[Verdict]) -> Iterator[tuple[Verdict, str]]:
+    """Each verdict with the name of the image its chain starts at: a layer's record follows
+    its top image's (collect() lists each chain after its image, a shared layer once)."""
+    top = ""
+    for verdict in verdicts:
+        if verdict.record.depth == 0:
+            top = _image_name(verdict.record)
+        yield verdict, top
+
+
 def render(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict],
            limits: Thresholds, state: int, verbosity: int = 0,
            notes: Sequence[str] = ()) -> str:
@@ -231,7 +242,8 @@ def render(verdicts: Sequence[Verdict], filesystems: Sequence[FilesystemVerdict]
     lines = [first]
     # Long output is worth its lines only when it says more than the first line.
     if len(verdicts) > 1 or verbosity >= 1:
-        lines.extend(image_line(verdict, verbosity) for verdict in verdicts)
+        lines.extend(image_line(verdict, verbosity, top)
+                     for verdict, top in _with_tops(verdicts))
     lines.extend(filesystem_line(fs) for fs in filesystems)
     lines.extend(clean_text(f"note: {note}") for note in notes)
     return "\n".join(lines) + "\n"

@@ -142,7 +142,10 @@ def validate(text: str) -> int:
         raise InvalidOutput(f"not valid UTF-8 at character {exc.start}") from None
     families: dict[str, _Family] = {}
     series: set[tuple[str, frozenset[tuple[str, str]]]] = set()
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only, as node_exporter's parser (expfmt) ends them: str.splitlines()
+    # would also end one at U+2028, U+2029 or U+0085, which a label value may hold (a file
+    # name), and refuse the whole output for a line node_exporter serves.
+    for number, line in enumerate(text.split("\n"), 1):
         try:
             stripped = line.lstrip(" \t")
             if not stripped:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +43,7 @@ from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.record import frozen_record
 from qcow2_monitor.collectors.common.text import printable
+from qcow2_monitor.collectors.qcow2.reader import open_readonly
 from qcow2_monitor.collectors.report.metrics import (
     METRICS,
     Metric,
@@ -108,7 +111,18 @@ def load_template(path: Optional[str] = None) -> jinja2.Template:
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(FILTERS)
-    return env.from_string(source.read_text(encoding="utf-8"))
+    return env.from_string(_read_template(str(source)))
+
+
+def _read_template(path: str) -> str:
+    """The text of a template file. Opened as images are (open_readonly: a FIFO would block
+    forever, a device act or never end), and only a regular file is read: /dev/zero, given by
+    mistake, would fill the memory."""
+    fd = open_readonly(path)
+    with os.fdopen(fd, encoding="utf-8") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return file.read()
 
 
 def render(collection: Collection, template: jinja2.Template) -> str:
@@ -199,12 +213,32 @@ def _parser() -> ArgumentParser:
     return parser
 
 
+# Names of the run's own descriptors, never a file to replace: rename() over /dev/stdout would
+# replace the host's link with a regular file, whatever the descriptor is.
+_OWN_DESCRIPTORS = ("/dev/stdin", "/dev/stdout", "/dev/stderr")
+_DESCRIPTOR_DIRECTORIES = ("/dev/fd/", "/proc/")
+
+
 def _output_problem(output: Optional[str]) -> Optional[str]:
     if output is None:
         return "the following arguments are required: -o/--output"
-    if output != "-" and os.path.isdir(output):
+    if output == "-":
+        return None
+    if os.path.isdir(output):
         return (f"--output {printable(output)} is a directory: give the file to write in it, "
                 f"e.g. {printable(os.path.join(output, 'qcow2.prom'))}")
+    path = os.path.abspath(output)
+    if path in _OWN_DESCRIPTORS or path.startswith(_DESCRIPTOR_DIRECTORIES):
+        return f"--output {printable(output)} is no file to replace: use --output - for stdout"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # absent, or a dangling link: the file is made (a write error says why)
+    if not stat.S_ISREG(mode):
+        # A device, FIFO or socket (or a link to one) would be replaced by a regular file:
+        # `--output /dev/null` as root would leave the host without /dev/null.
+        return (f"--output {printable(output)} is not a regular file: the file written "
+                "replaces it; give the .prom file to write, or - for stdout")
     return None
 
 
@@ -222,6 +256,10 @@ def _write_file(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 
     try:
         template = load_template(args.template)
+    except OSError as exc:  # missing, unreadable, not a regular file
+        print(f"{prog}: error: template {printable(args.template or '')}: "
+              f"{exc.strerror or exc}", file=stderr)
+        return EXIT_FAILED
     except Exception as exc:  # unreadable file or jinja2 syntax error: the run fails cleanly
         print(f"{prog}: error: template: {exception_text(exc)}", file=stderr)
         return EXIT_FAILED

@@ -51,6 +51,11 @@ def test_depth_limit(tmp_path: Path) -> None:
         create(tmp_path / f"l{i}.qcow2", f"l{i - 1}.qcow2")
     result = analyze_usage(str(tmp_path / "l5.qcow2"), max_depth=3)
     assert [layer.status for layer in result.chain] == ["ok", "ok", "ok", "too-deep"]
+    # Said by the image that names the layer (not the bare name, relative to nothing), with
+    # the limit.
+    error = result.chain[-1].error
+    assert error is not None and error.filename == str(tmp_path / "l2.qcow2")
+    assert error.message == "backing chain deeper than the limit of 3 at 'l1.qcow2' (depth 4)"
     full = analyze_usage(str(tmp_path / "l5.qcow2"))
     assert [layer.depth for layer in full.chain] == [1, 2, 3, 4, 5]
     assert all(layer.status == "ok" for layer in full.chain)

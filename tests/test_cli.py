@@ -18,8 +18,9 @@ import pytest
 from qcow2_monitor.collectors.common.units import counted, human_size, percent_number, ratio_percent
 
 from corpus import CorpusImage
+from daemons import make_image
 from damage import patch_bytes, patch_u64, read_header, read_u64
-from tree import REPO, sources
+from tree import BIN, REPO, sources
 
 COMMANDS = {
     "qcow2-analyze": ["-m", "qcow2_monitor.analyze"],
@@ -111,6 +112,12 @@ def test_legacy_mode_takes_one_file_and_its_own_options(tmp_path: Path) -> None:
     assert extra.returncode == 64 and "one FILE" in extra.stderr
     mixed = run("qcow2-analyze", "-f", a, "info", b)
     assert mixed.returncode == 64 and "not with a command" in mixed.stderr
+    # A command without its FILE after -f: the mode is what is wrong, not info's FILE.
+    for command in (["info"], ["dump", "--what", "l1"]):
+        mixed = run("qcow2-analyze", "-f", a, *command)
+        assert mixed.returncode == 64 and mixed.stderr == (
+            f"qcow2-analyze: -f FILE is a mode of its own; not with a command ({command[0]} "
+            "takes its FILE itself)\n"), mixed.stderr
     assert json.loads(run("qcow2-analyze", "-f", a, "-o", "json").stdout)["qcow_version"] == 3
 
 
@@ -647,3 +654,32 @@ def test_readme_install_says_what_the_agents_need() -> None:
     assert "/usr/bin/python3 -m venv /opt/qcow2-monitor" in install
     assert "runuser -u nagios -- /opt/qcow2-monitor/bin/check_qcow2 --version" in install
     assert "must be able to execute the venv's interpreter" in " ".join(install.split())
+
+
+def test_a_libvirt_named_on_the_command_line_that_fails_is_said_by_every_adapter(
+        tmp_path: Path) -> None:
+    """--libvirt-uri given by name and not answering: qcow2-analyze usage said why, the three
+    adapters said nothing (a mistyped URI silently lost every live figure). Each says it where
+    its notes go; the default URI's failure stays unsaid (hosts without libvirt)."""
+    image = make_image(tmp_path / "n.qcow2", "16M")
+    uri = f"qemu+unix:///system?socket={tmp_path}/no-such-socket"
+    why = f"libvirt: {uri}: failed to connect to the hypervisor"
+    runs = {"check_qcow2": [], "qcow2-telegraf": [], "qcow2-textfile": ["--output", "-"]}
+    for command, extra in runs.items():
+        proc = subprocess.run([BIN / command, "--no-state", "--libvirt-uri", uri, *extra,
+                               str(image)], capture_output=True, text=True, timeout=60)
+        said = proc.stdout if command == "check_qcow2" else proc.stderr
+        assert why in said, (command, proc.stdout, proc.stderr)
+        assert proc.returncode == 0, (command, proc.stderr)
+
+
+@pytest.mark.parametrize("argv", [["qcow2-analyze", "usage"], ["qcow2-telegraf"],
+                                  ["qcow2-textfile", "--output", "-"]])
+def test_an_empty_target_is_a_bad_command_line(tmp_path: Path, argv: list[str]) -> None:
+    """An empty name (an unset variable in an agent's configuration) was the working
+    directory, scanned recursively: from / a run read every file's first bytes."""
+    (tmp_path / "a.qcow2").write_bytes(b"QFI\xfb" + bytes(100))  # found if the cwd is scanned
+    proc = subprocess.run([BIN / argv[0], *argv[1:], "--no-live", ""], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64 and proc.stdout == "", proc.stdout
+    assert "argument TARGET: an empty name is no target (an unset variable?)" in proc.stderr

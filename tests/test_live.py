@@ -103,6 +103,15 @@ def test_parse_domstats_names_backing_layers() -> None:
         ("a b", "vda", "/i/top", 5), ("a b", "vda[2]", "/i/base", 0)]
 
 
+def test_parse_domstats_keeps_paths_as_virsh_prints_them() -> None:
+    # A file name may hold U+2028 or U+0085 (not line ends for virsh) and end in a space:
+    # cut there, the path names no disk, and the disk loses its live figure and its pause.
+    path = "/i/vm \u2028\x85x.qcow2 "
+    text = f"Domain: 'v'\n  block.count=1\n  block.0.name=vda\n  block.0.path={path}\n" \
+        "  block.0.allocation=7\n"
+    assert [(d.domain, d.path, d.end_offset) for d in parse_domstats(text)] == [("v", path, 7)]
+
+
 def test_libvirt_guest_name_from_qemu_command_line() -> None:
     from qcow2_monitor.collectors.host.discovery import _libvirt_guest
 

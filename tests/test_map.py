@@ -102,3 +102,17 @@ def test_the_picture(tmp_path: Path) -> None:
     assert any("free below the end offset" in line for line in lines)
     code, _, err = analyze("map", str(tmp_path / "missing.qcow2"))
     assert code == 1 and "missing.qcow2" in err
+
+
+def test_a_picture_larger_than_a_screen_is_a_bad_command_line(tmp_path: Path) -> None:
+    """--width 100000000 allocated arrays of that many cells (the host's memory, then SIGKILL),
+    --rows 100000000 an internal MemoryError: a picture is bounded, the rest is exit 64."""
+    image = make_image(tmp_path / "m.qcow2", "16M", write=["write 0 1M"])
+    for argv in (["--width", "100000000"], ["--rows", "100000000"],
+                 ["--width", "1025", "--rows", "1024"]):
+        code, out, err = analyze("map", *argv, str(image))
+        assert (code, out) == (64, ""), argv
+        assert err.startswith("qcow2-analyze map: argument --width/--rows: ") and \
+            "characters is more than the 1048576 a picture may have" in err, err
+    code, out, _ = analyze("map", "--width", "1024", "--rows", "1024", str(image))
+    assert code == 0 and len(out.splitlines()) >= 1024

@@ -437,6 +437,24 @@ def test_golden_backing_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
 
 
+def test_a_layer_is_said_below_its_image_not_below_the_directory(tmp_path: Path) -> None:
+    """With a directory as the target, each layer's line named the directory ("depth 1 below
+    /srv"): which image's chain it is in was not said. It names the image its chain starts at."""
+    images = tmp_path / "images"
+    bases = tmp_path / "bases"
+    images.mkdir()
+    bases.mkdir()
+    for name in ("a", "b"):
+        make_image(images / f"{name}.qcow2", "16M",
+                   backing=make_image(bases / f"{name}-base.qcow2", "16M"))
+    out = io.StringIO()
+    assert main(["--no-live", "--no-state", "--chain", str(images)], stdout=out) == 0
+    lines = out.getvalue().splitlines()
+    for name in ("a", "b"):
+        assert any(line.startswith(f"OK: {bases}/{name}-base.qcow2 (backing file, depth 1 "
+                                   f"below {images}/{name}.qcow2): ") for line in lines), lines
+
+
 def test_golden_ok_many_images(monkeypatch: pytest.MonkeyPatch) -> None:
     code, text = run_main(monkeypatch, [REC_A, REC_B])
     assert code == 0
@@ -487,12 +505,19 @@ def test_empty_running_set_is_ok_but_no_images_is_unknown(monkeypatch: pytest.Mo
         (["-f", "x", "--bogus"], "unrecognized arguments: --bogus"),
         (["-f", "x", "-w", "1:2:3"], "argument -w/--warning: invalid range '1:2:3'"),
         (["-f", "x", "-c", "10:5"], "start 10 is greater than end 5"),
+        (["-f", "x", "-c", "-5"], "'-5': start 0 (the default) is greater than end -5"),
         (["-f", "x", "--warning-headroom", "10X"], "invalid size '10X'"),
         (["-f", "x", "--dirty-state", "bad"], "invalid state 'bad'"),
         (["-f", "x", "-t", "0"], "invalid timeout '0'"),
         (["-f", "x", "-t", "abc"], "invalid timeout 'abc'"),
         (["-f", "x", "--max-depth", "0"], "invalid depth '0'"),
+        # Out of range both ways: no extension advice in exbibytes beyond int64.
+        (["-f", "x", "--extend-chunk", "2048P"], "invalid chunk '2048P' (1M to 1024P)"),
+        (["-f", "x", "--extend-chunk", "512K"], "invalid chunk '512K' (1M to 1024P)"),
         (["-f"], "expected one argument"),
+        # An unset variable: it made the working directory the target (scanned recursively).
+        (["-f", ""], "argument -f/--file: an empty name is no target (an unset variable?)"),
+        (["-w", "80", ""], "argument IMAGE: an empty name is no target"),
     ],
 )
 def test_bad_arguments_are_unknown(argv: list[str], message: str) -> None:

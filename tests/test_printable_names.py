@@ -102,3 +102,30 @@ def test_qcow2_textfile(names: tuple[bytes, str, bytes, str]) -> None:
     error = f"{shown_broken}: header at offset 0x0: not a qcow2 image (bad magic)"
     assert f"# error: {error}\n" in out
     assert err == f"qcow2-textfile: {error}\n"
+
+
+def test_a_broken_layer_is_named_by_the_rule_too(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The backing file name an image holds, when its layer is missing, loops or is no qcow2,
+    is written by the same rule as every other name (it was Python's repr: '\\udcff', '\\n')."""
+    directory = tmp_path_factory.mktemp("layers")
+    top = os.fsencode(directory) + b"/top.qcow2"
+    subprocess.run([b"qemu-img", b"create", b"-q", b"-f", b"qcow2", b"-u", b"-F", b"qcow2",
+                    b"-b", RAW_NAME, top, b"16M"], check=True)
+    reason = f"backing file '{SHOWN_NAME}' (depth 1) not found"
+    code, out, _ = run("check_qcow2", "--no-live", top)
+    assert code == 2 and f" - {os.fsdecode(top)}: {reason.replace('|', '_')} | " in out
+    code, out, _ = run("qcow2-telegraf", "--no-live", top)
+    assert code == 0 and f'backing: {reason}'.replace("\\", "\\\\") in out
+    code, _, err = run("qcow2-analyze", "check", top)
+    assert code == 1 and f"backing file '{SHOWN_NAME}' not found (depth 1)" in err
+    # A layer that loops back: the same rule.
+    loop = os.fsencode(directory) + b"/" + RAW_NAME
+    subprocess.run([b"qemu-img", b"create", b"-q", b"-f", b"qcow2", b"-u", b"-F", b"qcow2",
+                    b"-b", b"top.qcow2", loop, b"16M"], check=True)
+    code, out, _ = run("check_qcow2", "--no-live", top)
+    assert code == 2 and "backing file 'top.qcow2' (depth 2) loops back" in out
+    code, out, err = run("qcow2-analyze", "usage", "--no-live", loop)
+    assert code == 1 and f"backing file '{SHOWN_NAME}' loops back into the chain\n" in err
+    # The note names the image as the table does: one line each (it was the raw bytes).
+    assert f"\nnote: {directory}/{SHOWN_NAME}: backing file '{SHOWN_NAME}' (depth 2) loops " \
+        "back into the chain: qemu cannot open the image\n" in out

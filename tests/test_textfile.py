@@ -25,6 +25,7 @@ from qcow2_monitor.node_exporter_textfile.exposition import (
 from qcow2_monitor.node_exporter_textfile.qcow2_textfile import load_template, main, render
 
 from daemons import NodeExporter, make_image, node_exporter, require_binary, run
+from tree import BIN
 
 HERE = Path(__file__).parent
 PACKAGE = HERE.parent / "node_exporter_textfile"
@@ -121,6 +122,8 @@ ACCEPTED = [
     "g Infinity\nh nan\ni 1e-400\n",
     '# HELP a x\\\\y\\nz\n# TYPE a counter\na{p="\\\\ \\" \\n ü}"} 1\n# HELP b\nb 1\n',
     'a 1\nb 1\na{x="2"} 1\n',  # a family's samples need not be together
+    # Lines end at "\n" only: a line or paragraph separator is text (a file name may hold one).
+    'a{p="x\u2028y\u2029z\x85"} 1\n# HELP b x\u2028y\nb 1\n',
 ]
 
 
@@ -224,6 +227,19 @@ def test_promtool_check_metrics_accepts_the_file(tmp_path: Path) -> None:
                          input="# TYPE qcow2_x counter\nqcow2_x 1\n",
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
+
+
+def test_a_line_separator_in_a_file_name_keeps_the_file_written(tmp_path: Path) -> None:
+    """U+2028 is no control character: it stays in the path label as it is, on one line for
+    node_exporter, and the file is written (it was refused whole, every image's series lost)."""
+    image = make_image(tmp_path / "vm\u2028a\u2029b.qcow2", "16M")
+    out = tmp_path / "qcow2.prom"
+    assert main(["--no-live", "--output", str(out), str(image)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert f'qcow2_scrape_error{{path="{image}"}} 0\n' in text
+    proc = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_output_dash_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -331,6 +347,22 @@ def test_bad_template_keeps_previous_file(tmp_path: Path, template: str) -> None
     assert os.listdir(out.parent) == ["qcow2.prom"]
 
 
+def test_a_special_file_as_template_fails_at_once(tmp_path: Path) -> None:
+    """A FIFO as --template blocked the run forever on open(), /dev/zero read until memory ran
+    out: each is refused at once, naming the template, and the previous file is kept."""
+    out, before, image = _previous_good(tmp_path)
+    fifo = tmp_path / "fifo.j2"
+    os.mkfifo(fifo)
+    for template in (str(fifo), "/dev/zero", str(tmp_path)):
+        proc = subprocess.run([BIN / "qcow2-textfile", "--no-live", "--output", str(out),
+                               "--template", template, str(image)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == f"qcow2-textfile: error: template {template}: not a regular " \
+            "file or block device\n"
+        assert out.read_text() == before
+
+
 def test_custom_template(tmp_path: Path) -> None:
     image = make_image(tmp_path / "t.qcow2", "16M")
     custom = tmp_path / "headroom.j2"
@@ -363,6 +395,31 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert f"--output {tmp_path} is a directory: give the file to write in it, e.g. " \
         f"{tmp_path}/qcow2.prom" in err
     assert "warning" not in err and os.listdir(tmp_path) == []
+
+
+def test_special_files_as_output_are_refused_not_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """rename() replaces whatever the name holds: `--output /dev/full` (or /dev/null) as root
+    left the host with a regular file there. A device, a FIFO, a link to one and the names of
+    the run's own descriptors are a bad command line, and stay as they were."""
+    image = make_image(tmp_path / "a.qcow2", "16M")
+    directory = tmp_path / "out"
+    directory.mkdir()
+    device = directory / "null.prom"
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    fifo = directory / "fifo.prom"
+    os.mkfifo(fifo)
+    link = directory / "link.prom"
+    link.symlink_to(device)
+    for output in (device, fifo, link):
+        assert main(["--no-live", "--output", str(output), str(image)]) == 64, output
+        assert f"--output {output} is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISCHR(device.stat().st_mode) and stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert link.is_symlink() and sorted(os.listdir(directory)) == [
+        "fifo.prom", "link.prom", "null.prom"]
+    # Asked of the rule alone: a run that got past it would replace the host's /dev/stdout.
+    for output in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        assert "use --output - for stdout" in (textfile._output_problem(output) or ""), output
 
 
 def test_shipped_template_is_package_data() -> None:

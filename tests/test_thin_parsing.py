@@ -57,6 +57,12 @@ def test_domain_states_from_domstats() -> None:
     assert states["held by user"].reason_name == "user" and not states["runs"].paused
 
 
+def test_domain_states_of_names_with_line_separators() -> None:
+    # virsh prints a name as it is: U+2028 in it does not end the line.
+    states = parse_domain_states("Domain: 'vm\u2028x'\n  state.state=3\n  state.reason=5\n")
+    assert states == {"vm\u2028x": DomainState(3, 5)}
+
+
 # virDomainPausedReason as libvirt numbers it (include/libvirt/libvirt-domain.h,
 # VIR_DOMAIN_PAUSED_*), written out by hand: the number `virsh domstats` prints as
 # state.reason, and our word for it.

@@ -40,9 +40,11 @@ from .identity import DiskIdentity, identity_of, identity_of_path
 from .pause import (
     DomainState,
     domain_name,
+    domstats_lines,
     libvirt_pause,
     parse_disk_errors,
     parse_domain_states,
+    stat_entry,
     worse,
 )
 
@@ -115,13 +117,13 @@ def parse_domstats(text: str) -> list[LiveDisk]:
             seen_names.add(name)
             disks.append(LiveDisk(path, int(allocation), domain, label, LiveSource.LIBVIRT))
 
-    for line in text.splitlines():
+    for line in domstats_lines(text):
         if line.startswith("Domain: "):
             flush()
             domain = domain_name(line)
             blocks = {}
             continue
-        key, sep, value = line.strip().partition("=")
+        key, sep, value = stat_entry(line)
         parts = key.split(".", 2)
         if sep and len(parts) == 3 and parts[0] == "block" and parts[1].isdigit():
             blocks.setdefault(parts[1], {})[parts[2]] = value

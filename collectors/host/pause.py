@@ -92,16 +92,29 @@ def parse_domain_states(text: str) -> dict[str, DomainState]:
         if domain is not None and state is not None and state.isdigit() and reason.isdigit():
             states[domain] = DomainState(int(state), int(reason))
 
-    for line in text.splitlines():
+    for line in domstats_lines(text):
         if line.startswith("Domain: "):
             flush()
             domain, values = domain_name(line), {}
             continue
-        key, sep, value = line.strip().partition("=")
+        key, sep, value = stat_entry(line)
         if sep and key.startswith("state.") and key.count(".") == 1:
             values[key[len("state."):]] = value
     flush()
     return states
+
+
+def domstats_lines(text: str) -> list[str]:
+    """The lines of ``virsh domstats`` output. They end at "\\n" only: virsh prints a disk's
+    path and a domain's name as they are, and str.splitlines() would also end a line inside one
+    at U+2028, U+2029 or U+0085, losing the disk's live figure and pause."""
+    return text.split("\n")
+
+
+def stat_entry(line: str) -> tuple[str, str, str]:
+    """(key, "=", value) of a ``  key=value`` line of ``virsh domstats``: the value as virsh
+    printed it, trailing spaces included (a file name may end in one)."""
+    return line.lstrip().partition("=")
 
 
 def domain_name(line: str) -> str:

@@ -60,7 +60,8 @@ def _open_layer(depth: int, name: str, path: str, fmt: Optional[str]) -> Step:
             return ChainLayer(depth, name, path, LayerStatus.OTHER_FORMAT, fmt or "raw"), None
         if not has_qcow2_magic(path):
             # Declared qcow2 but is not: qemu refuses to open the chain.
-            error = _chain_error(f"backing file {name!r} is not a qcow2 image", INVALID, path)
+            error = _chain_error(f"backing file '{printable(name)}' is not a qcow2 image",
+                                 INVALID, path)
             return ChainLayer(depth, name, path, LayerStatus.NOT_QCOW2, fmt, error=error), None
         image = Qcow2Image.open(path)
     except OSError as exc:
@@ -77,7 +78,9 @@ def _next_layer(depth: int, name: str, fmt: Optional[str], above: str, seen: set
                 max_depth: int) -> Step:
     """The layer `name` (written in the image at `above`) as a step of the walk."""
     if depth > max_depth:
-        error = _chain_error(f"backing chain deeper than the limit at {name!r}", INVALID, name)
+        # Named by the image that names the layer (as an invalid name is), the limit said.
+        error = _chain_error(f"backing chain deeper than the limit of {max_depth} at "
+                             f"'{printable(name)}' (depth {depth})", INVALID, above)
         return ChainLayer(depth, name, None, LayerStatus.TOO_DEEP, fmt, error=error), None
     problem = path_problem(name)
     if problem is not None:
@@ -88,11 +91,12 @@ def _next_layer(depth: int, name: str, fmt: Optional[str], above: str, seen: set
     path = backing_path(above, name)
     real = os.path.realpath(path)
     if real in seen:
-        error = _chain_error(f"backing file {name!r} loops back into the chain", INVALID, path)
+        error = _chain_error(f"backing file '{printable(name)}' loops back into the chain",
+                             INVALID, path)
         return ChainLayer(depth, name, path, LayerStatus.LOOP, fmt, error=error), None
     seen.add(real)
     if not os.path.exists(path):
-        error = _chain_error(f"backing file {name!r} not found", IO_ERROR, path)
+        error = _chain_error(f"backing file '{printable(name)}' not found", IO_ERROR, path)
         return ChainLayer(depth, name, path, LayerStatus.MISSING, fmt, error=error), None
     return _open_layer(depth, name, path, fmt)
 

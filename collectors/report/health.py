@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..common.errors import INVALID, OUT_OF_BOUNDS, TRUNCATED, Qcow2Error
 from ..common.record import frozen_record
+from ..common.text import printable
 from ..common.units import counted, human_size
 from .extend import extension_text
 from .model import (
@@ -124,7 +125,7 @@ def error_without_filename(error: Qcow2Error) -> str:
 
 
 def _layer_text(layer: ChainLayer) -> str:
-    name = repr(layer.name)
+    name = f"'{printable(layer.name)}'"  # the one rule of every output (common/text.py)
     if layer.status == LayerStatus.MISSING:
         return f"backing file {name} (depth {layer.depth}) not found"
     if layer.status == LayerStatus.LOOP:
@@ -228,7 +229,8 @@ def assess(
     elif layer is not None and layer.status in BROKEN_LAYER_STATES:
         found.append((RULE_BACKING, _layer_text(layer)))
     elif layer is not None and layer.status == LayerStatus.TOO_DEEP:
-        found.append((RULE_UNKNOWN, f"backing chain deeper than the limit at {layer.name!r}"))
+        found.append((RULE_UNKNOWN, f"backing chain deeper than the limit of {layer.depth - 1} "
+                      f"at '{printable(layer.name)}' (depth {layer.depth})"))
     elif error is not None:
         found.append((_error_state(error), error_without_filename(error)))
     if broken_below is not None:
