@@ -194,3 +194,24 @@ def test_directory_past_eof(with_bitmaps: Path, tmp_path: Path) -> None:
         read_directory(path)
     assert (info.value.structure, info.value.offset, info.value.kind, info.value.filename) == (
         "bitmap directory", beyond, TRUNCATED, str(path))
+
+
+def test_table_too_small_only_refused_when_not_in_use(with_bitmaps: Path,
+                                                       tmp_path: Path) -> None:
+    """check_dir_entry() refuses a table too small for the virtual size only for a bitmap not
+    in use: a running qemu resized by block_resize keeps its in-use bitmaps' old tables on
+    disk until it closes the image, and qemu-img info -U and check read such an image."""
+    path = copy_image(with_bitmaps, tmp_path / "resized.qcow2")
+    ext = bitmaps_extension(path)
+    assert ext is not None
+    b1 = ext.directory_offset + entry_size("b0")
+    patch_u32(path, b1 + AT_TABLE_SIZE, 1)  # b1 needs 4 clusters of table for the 1 GiB
+    refused = run([QEMU_IMG, "info", "--output=json", "-U", str(path)], allowed_returncodes=(1,))
+    assert "doesn't satisfy the constraints" in refused.stderr
+    with pytest.raises(Qcow2Error, match="too small for the virtual size"):
+        read_directory(path)
+    patch_u32(path, b1 + AT_FLAGS, 1)  # in use (and disabled: no auto flag)
+    assert [b["flags"] for b in qemu_bitmaps(path)] == [["auto"], ["in-use"]]
+    assert run([QEMU_IMG, "check", "-U", str(path)]).returncode == 0
+    assert [(b.name, b.bitmap_table_size, b.in_use) for b in read_directory(path)] == [
+        ("b0", 1, False), ("b1", 1, True)]

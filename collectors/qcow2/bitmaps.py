@@ -90,9 +90,14 @@ def read_bitmap_directory(file: ImageFile, header: L.Header,
 
 def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
                  where: int) -> None:
-    """check_dir_entry(): every field within qemu's limits."""
+    """check_dir_entry(): every field within qemu's limits. A table too small for the virtual
+    size (bdrv_getlength(): whole sectors) is refused only for a bitmap not in use: a running
+    qemu resizes an image (block_resize) while its bitmaps are in use and stores the tables of
+    the new size only when it closes the image."""
     cs = header.cluster_size
     phys = entry.bitmap_table_size * cs
+    too_small = (not entry.flags & L.BME_FLAG_IN_USE
+                 and header.size // 512 * 512 > (phys * 8) << entry.granularity_bits)
     if (entry.bitmap_table_size <= L.BME_MAX_TABLE_SIZE
             and L.BME_MIN_GRANULARITY_BITS <= entry.granularity_bits
             <= L.BME_MAX_GRANULARITY_BITS
@@ -100,7 +105,7 @@ def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
             and entry.name_size <= L.BME_MAX_NAME_SIZE
             and entry.type == L.BT_DIRTY_TRACKING_BITMAP
             and phys <= L.BME_MAX_PHYS_SIZE
-            and header.size <= (phys * 8) << entry.granularity_bits
+            and not too_small
             and not entry.bitmap_table_offset % cs and entry.bitmap_table_offset):
         return  # the usual case, checked in one pass
     problems = []
@@ -116,7 +121,7 @@ def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
         problems.append(f"unknown bitmap type {entry.type}")
     if phys > L.BME_MAX_PHYS_SIZE:
         problems.append("bitmap table too large")
-    elif header.size > (phys * 8) << entry.granularity_bits:
+    elif too_small:
         problems.append("bitmap table too small for the virtual size")
     if entry.bitmap_table_offset % cs or entry.bitmap_table_offset == 0:
         problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
