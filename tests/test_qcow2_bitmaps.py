@@ -215,3 +215,34 @@ def test_table_too_small_only_refused_when_not_in_use(with_bitmaps: Path,
     assert run([QEMU_IMG, "check", "-U", str(path)]).returncode == 0
     assert [(b.name, b.bitmap_table_size, b.in_use) for b in read_directory(path)] == [
         ("b0", 1, False), ("b1", 1, True)]
+
+
+def test_table_qemu_cannot_load_fails_info_check_and_measure(with_bitmaps: Path,
+                                                            tmp_path: Path) -> None:
+    """A table larger than the virtual size needs passes check_dir_entry(), but qemu loads
+    each bitmap not in use when it opens the image and load_bitmap_data() fails the open."""
+    from qcow2_monitor.collectors.check.checker import check_image
+    from qcow2_monitor.collectors.check.measure import measure_image
+    from qcow2_monitor.collectors.qcow2.info import image_info
+
+    path = copy_image(with_bitmaps, tmp_path / "large.qcow2")
+    ext = bitmaps_extension(path)
+    assert ext is not None
+    patch_u32(path, ext.directory_offset + AT_TABLE_SIZE, 2)  # b0 needs 1 cluster
+    for command in (["info", "-U"], ["check"], ["measure", "-O", "qcow2"]):
+        qemu = run([QEMU_IMG, *command, str(path)], allowed_returncodes=(1,))
+        assert "Could not read bitmap 'b0' from image: Invalid argument" in qemu.stderr
+    with Qcow2Image.open(str(path)) as image:
+        assert [b.bitmap_table_size for b in image.bitmaps()] == [2, 4]  # the directory is valid
+        for view in (image_info, measure_image):
+            with pytest.raises(Qcow2Error, match="qemu cannot load the bitmap") as info:
+                view(image)
+            assert (info.value.structure, info.value.offset) == (
+                "bitmap 'b0' directory entry", ext.directory_offset)
+    with pytest.raises(Qcow2Error, match="qemu cannot load the bitmap"):
+        check_image(str(path))
+    # In use, qemu does not load it: the same table opens.
+    patch_u32(path, ext.directory_offset + AT_FLAGS, 1 | 2)
+    run([QEMU_IMG, "info", "-U", str(path)])
+    with Qcow2Image.open(str(path)) as image:
+        assert [b.name for b in image.bitmaps_loaded()] == ["b0", "b1"]

@@ -150,7 +150,7 @@ class _Check:
             return
         self.refs.inc_region(ext.bitmap_directory_offset, ext.bitmap_directory_size,
                              "bitmap directory")
-        bitmaps = self.image.bitmaps()
+        bitmaps = self.image.bitmaps_loaded()
         for bm in bitmaps:
             if bm.extra_data_size or bm.bitmap_table_size == 0:
                 raise Qcow2Error(

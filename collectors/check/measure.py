@@ -49,7 +49,7 @@ def bitmaps_size(image: Qcow2Image, cluster_size: int = TARGET_CLUSTER_SIZE) -> 
     ssize = image.header.size // 512 * 512
     total = 0
     directory = 0
-    for bm in image.bitmaps():
+    for bm in image.bitmaps_loaded():
         clusters = -(-_bitmap_bytes_needed(ssize, bm.granularity) // cluster_size)
         total += clusters * cluster_size
         total += L.align_up(clusters * BME_TABLE_ENTRY_SIZE, cluster_size)
@@ -419,6 +419,7 @@ def _qcow2_layer(image: Qcow2Image) -> tuple[Runs, Locate]:
     from .refused import refused_at
 
     image.snapshots()  # qcow2_read_snapshots() when qemu opens a layer: it fails on a bad one
+    image.bitmaps_loaded()
     runs, l1 = _qcow2_runs(image)
     return runs, partial(refused_at, tables=l1, header=image.header, filename=image.filename)
 

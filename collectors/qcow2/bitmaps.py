@@ -127,3 +127,24 @@ def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
         problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
                         "cluster-aligned nonzero offset")
     raise _error("; ".join(problems), f"bitmap directory entry {index}", where)
+
+
+def refuse_unloadable(header: L.Header, bitmaps: list[Bitmap]) -> None:
+    """qemu loads every bitmap not in use when it opens the image (qcow2_load_dirty_bitmaps()),
+    and load_bitmap_data() fails the open (EINVAL: "Could not read bitmap '%s' from image")
+    unless the table has exactly the clusters the virtual size needs at the bitmap's
+    granularity, serialized in 64-bit words (hbitmap_serialization_size()). check_dir_entry()
+    only refuses a table too small: one too large opens nowhere, so qemu-img info, check and
+    measure exit 1 on it. The directory is read by then (read_bitmap_directory())."""
+    size = header.size // 512 * 512  # bdrv_getlength(): whole sectors
+    for bm in bitmaps:
+        if bm.in_use:
+            continue
+        bits = -(-size // bm.granularity)
+        words = -(-bits // 64)
+        needed = -(-(words * 8) // header.cluster_size)
+        if bm.bitmap_table_size != needed:
+            raise _error(f"table of {bm.bitmap_table_size} clusters where the virtual size "
+                         f"needs {needed} at its granularity: qemu cannot load the bitmap and "
+                         "fails to open the image", f"bitmap '{bm.name}' directory entry",
+                         bm.offset, bm.bitmap_table_size)

@@ -174,7 +174,7 @@ def format_specific(image: Qcow2Image) -> FormatSpecific:
         corrupt=h.corrupt if v3 else None,
         extended_l2=h.extended_l2 if v3 else None,
         bitmaps=tuple(BitmapInfo(tuple(bm.flag_names), bm.name, bm.granularity)
-                      for bm in image.bitmaps()) if v3 else (),
+                      for bm in image.bitmaps_loaded()) if v3 else (),
         data_file=image.data_file_name if v3 else None,
         data_file_raw=h.data_file_raw if v3 and h.has_data_file else None,
         encrypt=encrypt_info(image)))
