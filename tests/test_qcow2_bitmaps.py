@@ -16,7 +16,7 @@ from qcow2_monitor.collectors.common.errors import (
     TRUNCATED,
     Qcow2Error,
 )
-from qcow2_monitor.collectors.qcow2.bitmaps import Bitmap, read_bitmap_directory
+from qcow2_monitor.collectors.qcow2.bitmaps import Bitmap, loaded_bitmaps, read_bitmap_directory
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, run
@@ -245,4 +245,4 @@ def test_table_qemu_cannot_load_fails_info_check_and_measure(with_bitmaps: Path,
     patch_u32(path, ext.directory_offset + AT_FLAGS, 1 | 2)
     run([QEMU_IMG, "info", "-U", str(path)])
     with Qcow2Image.open(str(path)) as image:
-        assert [b.name for b in image.bitmaps_loaded()] == ["b0", "b1"]
+        assert [b.name for b in loaded_bitmaps(image)] == ["b0", "b1"]

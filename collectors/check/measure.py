@@ -46,10 +46,12 @@ def _bitmap_bytes_needed(length: int, granularity: int) -> int:
 def bitmaps_size(image: Qcow2Image, cluster_size: int = TARGET_CLUSTER_SIZE) -> int:
     """qcow2_get_persistent_dirty_bitmap_size(): every persistent bitmap fully allocated,
     its table, and the directory, in target clusters."""
+    from ..qcow2.bitmaps import loaded_bitmaps  # loaded as qemu opens the image
+
     ssize = image.header.size // 512 * 512
     total = 0
     directory = 0
-    for bm in image.bitmaps_loaded():
+    for bm in loaded_bitmaps(image):
         clusters = -(-_bitmap_bytes_needed(ssize, bm.granularity) // cluster_size)
         total += clusters * cluster_size
         total += L.align_up(clusters * BME_TABLE_ENTRY_SIZE, cluster_size)
@@ -416,10 +418,11 @@ def _refuse(starts: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], end: int
 
 def _qcow2_layer(image: Qcow2Image) -> tuple[Runs, Locate]:
     """A qcow2 layer's runs, and what names an entry of it that qemu refuses."""
+    from ..qcow2.bitmaps import loaded_bitmaps
     from .refused import refused_at
 
     image.snapshots()  # qcow2_read_snapshots() when qemu opens a layer: it fails on a bad one
-    image.bitmaps_loaded()
+    loaded_bitmaps(image)
     runs, l1 = _qcow2_runs(image)
     return runs, partial(refused_at, tables=l1, header=image.header, filename=image.filename)
 

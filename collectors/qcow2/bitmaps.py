@@ -13,6 +13,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Optional
 
+    from .image import Qcow2Image
+
 
 class Bitmap(NamedTuple):
     """One bitmap directory entry (a tuple: a directory can hold 65535)."""
@@ -127,6 +129,17 @@ def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
         problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
                         "cluster-aligned nonzero offset")
     raise _error("; ".join(problems), f"bitmap directory entry {index}", where)
+
+
+def loaded_bitmaps(image: Qcow2Image) -> list[Bitmap]:
+    """The image's bitmaps, refused as qemu refuses them when it opens the image (a table it
+    cannot load: refuse_unloadable()); info, check and measure open it so."""
+    bitmaps = image.bitmaps()
+    try:
+        refuse_unloadable(image.header, bitmaps)
+    except Qcow2Error as exc:
+        raise exc.with_filename(image.filename) from None
+    return bitmaps
 
 
 def refuse_unloadable(header: L.Header, bitmaps: list[Bitmap]) -> None:

@@ -370,18 +370,6 @@ class Qcow2Image:
                 raise exc.with_filename(self.filename) from None
         return self._bitmaps
 
-    def bitmaps_loaded(self) -> list[Bitmap]:
-        """The bitmaps, refused as qemu refuses them when it opens the image (a table it
-        cannot load: bitmaps.refuse_unloadable()); info, check and measure open it so."""
-        from .bitmaps import refuse_unloadable
-
-        bitmaps = self.bitmaps()
-        try:
-            refuse_unloadable(self.header, bitmaps)
-        except Qcow2Error as exc:
-            raise exc.with_filename(self.filename) from None
-        return bitmaps
-
 
     def luks(self) -> Optional[LuksInfo]:
         ext = self.extension(L.QCOW2_EXT_MAGIC_CRYPTO_HEADER)
