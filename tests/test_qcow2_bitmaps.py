@@ -16,7 +16,7 @@ from qcow2_monitor.collectors.common.errors import (
     TRUNCATED,
     Qcow2Error,
 )
-from qcow2_monitor.collectors.qcow2.bitmaps import Bitmap, read_bitmap_directory
+from qcow2_monitor.collectors.qcow2.bitmaps import Bitmap, loaded_bitmaps, read_bitmap_directory
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, run
@@ -194,3 +194,55 @@ def test_directory_past_eof(with_bitmaps: Path, tmp_path: Path) -> None:
         read_directory(path)
     assert (info.value.structure, info.value.offset, info.value.kind, info.value.filename) == (
         "bitmap directory", beyond, TRUNCATED, str(path))
+
+
+def test_table_too_small_only_refused_when_not_in_use(with_bitmaps: Path,
+                                                       tmp_path: Path) -> None:
+    """check_dir_entry() refuses a table too small for the virtual size only for a bitmap not
+    in use: a running qemu resized by block_resize keeps its in-use bitmaps' old tables on
+    disk until it closes the image, and qemu-img info -U and check read such an image."""
+    path = copy_image(with_bitmaps, tmp_path / "resized.qcow2")
+    ext = bitmaps_extension(path)
+    assert ext is not None
+    b1 = ext.directory_offset + entry_size("b0")
+    patch_u32(path, b1 + AT_TABLE_SIZE, 1)  # b1 needs 4 clusters of table for the 1 GiB
+    refused = run([QEMU_IMG, "info", "--output=json", "-U", str(path)], allowed_returncodes=(1,))
+    assert "doesn't satisfy the constraints" in refused.stderr
+    with pytest.raises(Qcow2Error, match="too small for the virtual size"):
+        read_directory(path)
+    patch_u32(path, b1 + AT_FLAGS, 1)  # in use (and disabled: no auto flag)
+    assert [b["flags"] for b in qemu_bitmaps(path)] == [["auto"], ["in-use"]]
+    assert run([QEMU_IMG, "check", "-U", str(path)]).returncode == 0
+    assert [(b.name, b.bitmap_table_size, b.in_use) for b in read_directory(path)] == [
+        ("b0", 1, False), ("b1", 1, True)]
+
+
+def test_table_qemu_cannot_load_fails_info_check_and_measure(with_bitmaps: Path,
+                                                            tmp_path: Path) -> None:
+    """A table larger than the virtual size needs passes check_dir_entry(), but qemu loads
+    each bitmap not in use when it opens the image and load_bitmap_data() fails the open."""
+    from qcow2_monitor.collectors.check.checker import check_image
+    from qcow2_monitor.collectors.check.measure import measure_image
+    from qcow2_monitor.collectors.qcow2.info import image_info
+
+    path = copy_image(with_bitmaps, tmp_path / "large.qcow2")
+    ext = bitmaps_extension(path)
+    assert ext is not None
+    patch_u32(path, ext.directory_offset + AT_TABLE_SIZE, 2)  # b0 needs 1 cluster
+    for command in (["info", "-U"], ["check"], ["measure", "-O", "qcow2"]):
+        qemu = run([QEMU_IMG, *command, str(path)], allowed_returncodes=(1,))
+        assert "Could not read bitmap 'b0' from image: Invalid argument" in qemu.stderr
+    with Qcow2Image.open(str(path)) as image:
+        assert [b.bitmap_table_size for b in image.bitmaps()] == [2, 4]  # the directory is valid
+        for view in (image_info, measure_image):
+            with pytest.raises(Qcow2Error, match="qemu cannot load the bitmap") as info:
+                view(image)
+            assert (info.value.structure, info.value.offset) == (
+                "bitmap 'b0' directory entry", ext.directory_offset)
+    with pytest.raises(Qcow2Error, match="qemu cannot load the bitmap"):
+        check_image(str(path))
+    # In use, qemu does not load it: the same table opens.
+    patch_u32(path, ext.directory_offset + AT_FLAGS, 1 | 2)
+    run([QEMU_IMG, "info", "-U", str(path)])
+    with Qcow2Image.open(str(path)) as image:
+        assert [b.name for b in loaded_bitmaps(image)] == ["b0", "b1"]

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from ..common.errors import IO_ERROR, Qcow2Error
 from ..common.record import replace
 from ..qcow2 import layout as L
-from ..qcow2.bitmaps import Bitmap
+from ..qcow2.bitmaps import Bitmap, loaded_bitmaps
 from ..qcow2.image import Qcow2Image, Snapshot
 from ..qcow2.reader import held_for_writing
 from ..qcow2.snapshots import select_snapshots
@@ -150,7 +150,7 @@ class _Check:
             return
         self.refs.inc_region(ext.bitmap_directory_offset, ext.bitmap_directory_size,
                              "bitmap directory")
-        bitmaps = self.image.bitmaps()
+        bitmaps = loaded_bitmaps(self.image)
         for bm in bitmaps:
             if bm.extra_data_size or bm.bitmap_table_size == 0:
                 raise Qcow2Error(

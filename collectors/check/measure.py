@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from typing import TYPE_CHECKING, ClassVar, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Optional
 
 from ..common.errors import UNSUPPORTED, Qcow2Error
 from ..common.jsonform import JsonKey, omit_none
@@ -16,6 +16,7 @@ from ..qcow2.prealloc import prealloc_size
 from ..qcow2.reader import held_for_writing
 from ..qcow2.steady import read_steadily
 from .heap import keep_heap_top
+from .status import STATUS_DATA, STATUS_UNALLOCATED, STATUS_ZERO
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ..qcow2.image import Qcow2Image
 
     Runs = tuple[npt.NDArray[np.int64], npt.NDArray[np.int8]]
+    Locate = Callable[[int, int], Qcow2Error]
 
 
 # -- qemu-img measure of an existing image (qcow2_measure() with a source image) -------------
@@ -33,10 +35,6 @@ TARGET_CLUSTER_SIZE = 65536
 TARGET_REFCOUNT_ORDER = 4
 BME_TABLE_ENTRY_SIZE = 8
 
-# Guest-range status codes, as bdrv_block_status_above() sees them.
-STATUS_UNALLOCATED = 0  # look at the layer below (zero if none)
-STATUS_ZERO = 1
-STATUS_DATA = 2
 
 
 def _bitmap_bytes_needed(length: int, granularity: int) -> int:
@@ -48,10 +46,12 @@ def _bitmap_bytes_needed(length: int, granularity: int) -> int:
 def bitmaps_size(image: Qcow2Image, cluster_size: int = TARGET_CLUSTER_SIZE) -> int:
     """qcow2_get_persistent_dirty_bitmap_size(): every persistent bitmap fully allocated,
     its table, and the directory, in target clusters."""
+    from ..qcow2.bitmaps import loaded_bitmaps  # loaded as qemu opens the image
+
     ssize = image.header.size // 512 * 512
     total = 0
     directory = 0
-    for bm in image.bitmaps():
+    for bm in loaded_bitmaps(image):
         clusters = -(-_bitmap_bytes_needed(ssize, bm.granularity) // cluster_size)
         total += clusters * cluster_size
         total += L.align_up(clusters * BME_TABLE_ENTRY_SIZE, cluster_size)
@@ -74,10 +74,9 @@ class Measure:
 def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> Measure:
     """`qemu-img measure --output=json -O qcow2 FILE`: required, fully-allocated and (qemu 7.2,
     version 3 target) bitmaps. `required` counts every target cluster holding data anywhere in
-    the backing chain (bdrv_block_status_above() over the whole chain). Raises Qcow2Error when a
-    backing layer cannot be read (qemu-img cannot open the chain either). An image a running
-    qemu holds for writing is measured from a read during which it moved no table
-    (collectors/qcow2/steady.py): each L2 table counts as it was when read."""
+    the backing chain (bdrv_block_status_above() over the whole chain). Raises Qcow2Error where
+    qemu-img fails: a layer or snapshot table it cannot open, an entry it refuses (.refused).
+    A held image: from a read during which no table moved (collectors/qcow2/steady.py)."""
     if held_for_writing(image.file):
         return read_steadily(image, partial(_measure, path=path))
     return _measure(image, path=path)
@@ -85,6 +84,7 @@ def measure_image(image: Qcow2Image, *, path: Optional[str] = None) -> Measure:
 
 def _measure(image: Qcow2Image, *, path: Optional[str] = None) -> Measure:
     keep_heap_top()
+    image.snapshots()  # qemu-img measure opens the image: qcow2_read_snapshots() fails it
     cs = TARGET_CLUSTER_SIZE
     ssize = image.header.size // 512 * 512
     virtual_size = L.align_up(ssize, cs)
@@ -125,31 +125,6 @@ def _rle(starts: npt.NDArray[np.int64], codes: npt.NDArray[np.int8]) -> Runs:
         return starts, codes
     keep = np.concatenate(([True], codes[1:] != codes[:-1]))
     return starts[keep], codes[keep]
-
-
-def _metadata_preallocated(image: Qcow2Image) -> bool:
-    """qcow2_detect_metadata_preallocation(): more clusters with a nonzero refcount than the
-    file really has allocated (by 10 %) means preallocation=metadata; qemu then asks the file
-    (BDRV_BLOCK_RECURSE) whether a data cluster is a hole."""
-    import numpy as np
-
-    from .refblocks import OnDiskRefcounts
-
-    cs = image.header.cluster_size
-    real = image.file.stat.st_blocks * 512 // cs if not image.file.is_block_device else (
-        image.file.length // cs)
-    threshold = max(real * 10 // 9, real + 2)
-    ondisk = OnDiskRefcounts(image)
-    end = -(-image.file.length // cs)
-    count = 0
-    for t in range(-(-end // ondisk.per_block)):
-        block = ondisk.block(t)
-        if block is None:
-            return False
-        count += int(np.count_nonzero(block[: end - t * ondisk.per_block]))
-        if count >= threshold:
-            return True
-    return False
 
 
 def _host_file_extents(image: Qcow2Image) -> list[tuple[int, int]]:
@@ -224,6 +199,7 @@ def _table_runs(image: Qcow2Image, offsets: npt.NDArray[np.uint64],
     import numpy as np
 
     from .l2 import COMPRESSED, NORMAL, ZERO_ALLOC, ZERO_PLAIN, cluster_types, split_entries
+    from .refused import apply_refusals, refused_entries
     from .tablewalk import read_tables
 
     h = image.header
@@ -255,6 +231,7 @@ def _table_runs(image: Qcow2Image, offsets: npt.NDArray[np.uint64],
         codes[zero] = STATUS_ZERO
         host = off
         normal = allocated & ~zero
+    apply_refusals(codes, normal, refused_entries(h, types, e, bitmap))
     per_table = n * sub
     starts = (np.repeat(l1_indices.astype(np.int64) * (per_table * unit), per_table)
               + np.tile(np.arange(per_table, dtype=np.int64) * unit, len(l1_indices)))
@@ -270,20 +247,24 @@ def _layer_mapping(image: Qcow2Image) -> tuple[npt.NDArray[np.uint64], int,
     subcluster), and the host file's extent bounds when qemu descends into it (else None)."""
     import numpy as np
 
+    from .refblocks import metadata_preallocated
+    from .refused import refuse_unaligned_tables
+
     h = image.header
     coverage = h.l2_entries * h.cluster_size
     entries = -(-(h.size // 512 * 512) // coverage)
     raw = image.file.read_zero_padded(h.l1_table_offset, entries * 8, "active L1 table")
     l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(L.L1E_OFFSET_MASK)
+    refuse_unaligned_tables(l1, h, image.filename)
     unit = h.cluster_size // (32 if h.extended_l2 else 1)
     # qcow2_co_block_status() gives no host offset for encrypted images: no descent there.
-    recurse = h.crypt_method == L.CRYPT_NONE and _metadata_preallocated(image)
+    recurse = h.crypt_method == L.CRYPT_NONE and metadata_preallocated(image)
     return l1, unit, _extent_bounds(_host_file_extents(image)) if recurse else None
 
 
-def _qcow2_runs(image: Qcow2Image) -> Runs:
+def _qcow2_runs(image: Qcow2Image) -> tuple[Runs, npt.NDArray[np.uint64]]:
     """Status runs of one qcow2 layer over [0, its virtual size), per qcow2_co_block_status()
-    and qcow2_get_subcluster_type()."""
+    and qcow2_get_subcluster_type(), and the L2 tables of its L1 entries."""
     import numpy as np
 
     from .tablewalk import L2_BATCH_ENTRIES
@@ -317,14 +298,13 @@ def _qcow2_runs(image: Qcow2Image) -> Runs:
         all_starts.append(s_)
         all_codes.append(c_)
     if not all_starts:
-        return np.array([0], dtype=np.int64), np.array([STATUS_ZERO], dtype=np.int8)
+        return (np.array([0], dtype=np.int64), np.array([STATUS_ZERO], dtype=np.int8)), l1
     starts = np.concatenate(all_starts)
     codes = np.concatenate(all_codes)
     keep = starts < size
     starts, codes = _rle(starts[keep], codes[keep])
     # Past the layer's end everything reads as zeros.
-    return (np.append(starts, np.int64(size)),
-            np.append(codes, np.int8(STATUS_ZERO)))
+    return (np.append(starts, np.int64(size)), np.append(codes, np.int8(STATUS_ZERO))), l1
 
 
 # L2 entries a layer's runs may take when its L1 names some tables more than once (about half
@@ -374,6 +354,7 @@ def _single_layer_required(image: Qcow2Image, ssize: int, cluster_size: int
         batch = tables[lo:lo + per_batch]
         starts, codes = _table_runs(image, batch, np.arange(len(batch), dtype=np.intp), unit,
                                     host_bounds)
+        _refuse(starts, codes, len(batch) * coverage, cluster_size, image, batch)
         first, last = _data_clusters(starts, codes, len(batch) * coverage, cluster_size)
         counts[lo:lo + len(batch)] = np.bincount(first // per_table, weights=last - first + 1,
                                                  minlength=len(batch)).astype(np.int64)
@@ -385,6 +366,7 @@ def _single_layer_required(image: Qcow2Image, ssize: int, cluster_size: int
         base = (len(l1) - 1) * coverage
         starts, codes = _table_runs(image, l1[-1:], np.zeros(1, dtype=np.intp), unit,
                                     host_bounds)
+        _refuse(starts, codes, ssize - base, cluster_size, image, l1[-1:])
         first, last = _data_clusters(starts, codes, ssize - base, cluster_size)
         required += int((last - first + 1).sum() - np.count_nonzero(first[1:] == last[:-1])
                         ) * cluster_size
@@ -412,13 +394,11 @@ def _raw_runs(path: str) -> Runs:
     with ImageFile(path) as file:
         extents = _file_data_extents(file.fd, file.length)
         length = file.length
-    starts = [0]
-    codes = [STATUS_ZERO]
+    starts, codes = [0], [STATUS_ZERO]
     for a, b in extents:
         starts += [a, b]
         codes += [STATUS_DATA, STATUS_ZERO]
-    starts.append(length)
-    codes.append(STATUS_ZERO)
+    starts, codes = [*starts, length], [*codes, STATUS_ZERO]
     order = np.array(starts, dtype=np.int64)
     # Later entries win at equal offsets (zero-length runs).
     result_starts, idx = np.unique(order[::-1], return_index=True)
@@ -426,15 +406,36 @@ def _raw_runs(path: str) -> Runs:
     return _rle(result_starts, result_codes)
 
 
-def _chain_runs(image: Qcow2Image, path: str) -> list[Runs]:
+def _refuse(starts: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], end: int,
+            cluster_size: int, image: Qcow2Image, tables: npt.NDArray[np.uint64]) -> None:
+    """Raise for the first refused entry of one layer's runs that qemu-img measure asks about."""
+    from .refused import first_asked_refusal, refused_at
+
+    found = first_asked_refusal(starts, codes, end, cluster_size)
+    if found is not None:
+        raise refused_at(*found, tables=tables, header=image.header, filename=image.filename)
+
+
+def _qcow2_layer(image: Qcow2Image) -> tuple[Runs, Locate]:
+    """A qcow2 layer's runs, and what names an entry of it that qemu refuses."""
+    from ..qcow2.bitmaps import loaded_bitmaps
+    from .refused import refused_at
+
+    image.snapshots()  # qcow2_read_snapshots() when qemu opens a layer: it fails on a bad one
+    loaded_bitmaps(image)
+    runs, l1 = _qcow2_runs(image)
+    return runs, partial(refused_at, tables=l1, header=image.header, filename=image.filename)
+
+
+def _chain_runs(image: Qcow2Image, path: str) -> list[tuple[Runs, Optional[Locate]]]:
     """Runs of the image and of every layer of its backing chain, top first; a raw layer
     (named raw, or no magic: qemu probes raw) by its data extents. Raises Qcow2Error for a
     layer qemu-img could not open either."""
     from ..qcow2.chain import not_read_error, visit
 
-    layers = []
-    for visited in visit(path, lambda opened, _: _qcow2_runs(opened),
-                         read_raw=lambda layer: _raw_runs(layer.filename), opened=image):
+    layers: list[tuple[Runs, Optional[Locate]]] = []
+    for visited in visit(path, lambda opened, _: _qcow2_layer(opened),
+                         read_raw=lambda layer: (_raw_runs(layer.filename), None), opened=image):
         if visited.value is None:
             raise visited.layer.error or not_read_error(visited.layer)
         layers.append(visited.value)
@@ -448,26 +449,35 @@ def data_segments(image: Qcow2Image, path: str, ssize: int,
     whole target clusters."""
     import numpy as np
 
+    from .refused import first_asked_refusal
+
     layers = _chain_runs(image, path)
     # Each layer's run starts are sorted and distinct: one layer needs no sort (a hostile
     # layer has millions of runs), several are merged by one sort.
-    runs = layers[0][0]
+    runs = layers[0][0][0]
     if len(layers) == 1 and bool(np.all(runs[1:] > runs[:-1])):
         bounds = np.concatenate(([0], runs[(runs > 0) & (runs < ssize)], [ssize]))
     else:
-        bounds = np.sort(np.concatenate([starts for starts, _ in layers] + [
+        bounds = np.sort(np.concatenate([starts for (starts, _), _r in layers] + [
             np.array([0, ssize], dtype=np.int64)]))
         bounds = bounds[(bounds >= 0) & (bounds <= ssize)]
         bounds = bounds[np.concatenate(([True], bounds[1:] != bounds[:-1]))]
     seg_starts = bounds[:-1]
     seg_ends = bounds[1:]
     status = np.full(len(seg_starts), STATUS_UNALLOCATED, dtype=np.int8)
-    for starts, codes in layers:
+    source = np.zeros(len(seg_starts), dtype=np.intp)  # the layer that says
+    for k, ((starts, codes), _locate) in enumerate(layers):
         pending = status == STATUS_UNALLOCATED
         if not pending.any():
             break
         at = codes[np.searchsorted(starts, seg_starts, side="right") - 1]
-        status[pending] = at[pending]
+        status[pending] = at[pending]  # a refused entry ends the descent too (an error)
+        source[pending] = k
+    found = first_asked_refusal(seg_starts, status, ssize, cluster_size)
+    locate = None if found is None else layers[source[np.searchsorted(
+        seg_starts, found[0], side="right") - 1]][1]
+    if found is not None and locate is not None:  # raw layers refuse nothing
+        raise locate(*found)
     data = status == STATUS_DATA
     first = seg_starts[data] // cluster_size
     last = (seg_ends[data] - 1) // cluster_size

@@ -145,3 +145,24 @@ class OnDiskRefcounts:
             assert block is not None  # readable and inside the file
             values[wanted[lo:hi]] = block[within[lo:hi]]
         return values, valid
+
+
+def metadata_preallocated(image: Qcow2Image) -> bool:
+    """qcow2_detect_metadata_preallocation(): more clusters with a nonzero refcount than the
+    file really has allocated (by 10 %) means preallocation=metadata; qemu then asks the file
+    (BDRV_BLOCK_RECURSE) whether a data cluster is a hole."""
+    cs = image.header.cluster_size
+    real = image.file.stat.st_blocks * 512 // cs if not image.file.is_block_device else (
+        image.file.length // cs)
+    threshold = max(real * 10 // 9, real + 2)
+    ondisk = OnDiskRefcounts(image)
+    end = -(-image.file.length // cs)
+    count = 0
+    for t in range(-(-end // ondisk.per_block)):
+        block = ondisk.block(t)
+        if block is None:
+            return False
+        count += int(np.count_nonzero(block[: end - t * ondisk.per_block]))
+        if count >= threshold:
+            return True
+    return False

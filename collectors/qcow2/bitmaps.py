@@ -13,6 +13,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Optional
 
+    from .image import Qcow2Image
+
 
 class Bitmap(NamedTuple):
     """One bitmap directory entry (a tuple: a directory can hold 65535)."""
@@ -90,9 +92,14 @@ def read_bitmap_directory(file: ImageFile, header: L.Header,
 
 def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
                  where: int) -> None:
-    """check_dir_entry(): every field within qemu's limits."""
+    """check_dir_entry(): every field within qemu's limits. A table too small for the virtual
+    size (bdrv_getlength(): whole sectors) is refused only for a bitmap not in use: a running
+    qemu resizes an image (block_resize) while its bitmaps are in use and stores the tables of
+    the new size only when it closes the image."""
     cs = header.cluster_size
     phys = entry.bitmap_table_size * cs
+    too_small = (not entry.flags & L.BME_FLAG_IN_USE
+                 and header.size // 512 * 512 > (phys * 8) << entry.granularity_bits)
     if (entry.bitmap_table_size <= L.BME_MAX_TABLE_SIZE
             and L.BME_MIN_GRANULARITY_BITS <= entry.granularity_bits
             <= L.BME_MAX_GRANULARITY_BITS
@@ -100,7 +107,7 @@ def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
             and entry.name_size <= L.BME_MAX_NAME_SIZE
             and entry.type == L.BT_DIRTY_TRACKING_BITMAP
             and phys <= L.BME_MAX_PHYS_SIZE
-            and header.size <= (phys * 8) << entry.granularity_bits
+            and not too_small
             and not entry.bitmap_table_offset % cs and entry.bitmap_table_offset):
         return  # the usual case, checked in one pass
     problems = []
@@ -116,9 +123,41 @@ def _check_entry(entry: L.BitmapDirectoryEntry, header: L.Header, index: int,
         problems.append(f"unknown bitmap type {entry.type}")
     if phys > L.BME_MAX_PHYS_SIZE:
         problems.append("bitmap table too large")
-    elif header.size > (phys * 8) << entry.granularity_bits:
+    elif too_small:
         problems.append("bitmap table too small for the virtual size")
     if entry.bitmap_table_offset % cs or entry.bitmap_table_offset == 0:
         problems.append(f"bitmap_table_offset 0x{entry.bitmap_table_offset:x} not a "
                         "cluster-aligned nonzero offset")
     raise _error("; ".join(problems), f"bitmap directory entry {index}", where)
+
+
+def loaded_bitmaps(image: Qcow2Image) -> list[Bitmap]:
+    """The image's bitmaps, refused as qemu refuses them when it opens the image (a table it
+    cannot load: refuse_unloadable()); info, check and measure open it so."""
+    bitmaps = image.bitmaps()
+    try:
+        refuse_unloadable(image.header, bitmaps)
+    except Qcow2Error as exc:
+        raise exc.with_filename(image.filename) from None
+    return bitmaps
+
+
+def refuse_unloadable(header: L.Header, bitmaps: list[Bitmap]) -> None:
+    """qemu loads every bitmap not in use when it opens the image (qcow2_load_dirty_bitmaps()),
+    and load_bitmap_data() fails the open (EINVAL: "Could not read bitmap '%s' from image")
+    unless the table has exactly the clusters the virtual size needs at the bitmap's
+    granularity, serialized in 64-bit words (hbitmap_serialization_size()). check_dir_entry()
+    only refuses a table too small: one too large opens nowhere, so qemu-img info, check and
+    measure exit 1 on it. The directory is read by then (read_bitmap_directory())."""
+    size = header.size // 512 * 512  # bdrv_getlength(): whole sectors
+    for bm in bitmaps:
+        if bm.in_use:
+            continue
+        bits = -(-size // bm.granularity)
+        words = -(-bits // 64)
+        needed = -(-(words * 8) // header.cluster_size)
+        if bm.bitmap_table_size != needed:
+            raise _error(f"table of {bm.bitmap_table_size} clusters where the virtual size "
+                         f"needs {needed} at its granularity: qemu cannot load the bitmap and "
+                         "fails to open the image", f"bitmap '{bm.name}' directory entry",
+                         bm.offset, bm.bitmap_table_size)

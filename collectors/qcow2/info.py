@@ -164,6 +164,8 @@ def encrypt_info(image: Qcow2Image) -> Optional[EncryptInfo]:
 
 
 def format_specific(image: Qcow2Image) -> FormatSpecific:
+    from .bitmaps import loaded_bitmaps  # qemu loads them as it opens the image
+
     h = image.header
     v3 = h.version >= 3
     return FormatSpecific("qcow2", Qcow2SpecificInfo(
@@ -174,7 +176,7 @@ def format_specific(image: Qcow2Image) -> FormatSpecific:
         corrupt=h.corrupt if v3 else None,
         extended_l2=h.extended_l2 if v3 else None,
         bitmaps=tuple(BitmapInfo(tuple(bm.flag_names), bm.name, bm.granularity)
-                      for bm in image.bitmaps()) if v3 else (),
+                      for bm in loaded_bitmaps(image)) if v3 else (),
         data_file=image.data_file_name if v3 else None,
         data_file_raw=h.data_file_raw if v3 and h.has_data_file else None,
         encrypt=encrypt_info(image)))
