@@ -88,7 +88,7 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule(RULE_UNCONFIRMED, OK, "--check could not confirm findings on an image a running qemu "
          "is writing (certain after the guest's next flush, or with the VM stopped)"),
     Rule(RULE_UNKNOWN, UNKNOWN, "the image could not be looked at (permission, not found, not "
-         "qcow2, unsupported, timeout)"),
+         "qcow2, unsupported, a backing chain deeper than the limit)"),
     Rule(RULE_PAUSED_NOSPACE, CRITICAL, "the VM using the image is paused because its "
          "volume (or filesystem) is full"),
     Rule(RULE_PAUSED_IOERROR, CRITICAL, "the VM using the image is paused by another I/O "
