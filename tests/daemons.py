@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from corpus import qemu_io
+
 START_TIMEOUT = 30.0  # seconds; influxd typically needs < 2 s, node_exporter < 0.5 s
 HTTP_TIMEOUT = 10.0
 
@@ -66,7 +68,9 @@ def make_image(
     options: Sequence[str] = (),
     write: Sequence[str] = (),
 ) -> Path:
-    """Create a qcow2 image with qemu-img and optionally write data into it with qemu-io."""
+    """Create a qcow2 image with qemu-img and optionally write data into it with one qemu-io
+    (commands in one process, as qemu packs consecutive compressed writes into one host
+    cluster)."""
     args = [require_binary("qemu-img"), "create", "-q", "-f", "qcow2"]
     if backing is not None:
         args += ["-b", str(backing), "-F", "qcow2"]
@@ -76,8 +80,8 @@ def make_image(
     if backing is None:
         args.append(size)
     run(args)
-    for command in write:
-        run([require_binary("qemu-io"), "-f", "qcow2", "-c", command, str(path)])
+    if write:
+        qemu_io(path, *write)
     return path
 
 

@@ -25,7 +25,8 @@ from qcow2_monitor.collectors.check.clustermap import (
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
-from corpus import QEMU_IMG, qemu_io, run
+from corpus import QEMU_IMG, run
+from daemons import make_image
 from damage import (
     L1E_OFFSET_MASK,
     REFT_OFFSET_MASK,
@@ -83,10 +84,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     end, one then given a refcount: a leak), then normal, compressed and zero-allocated
     clusters."""
     path = tmp_path_factory.mktemp("clustermap") / "m.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    qemu_io(path, "write -P 7 4M 64k", "write -P 8 6M 64k", "write -P 1 0 128k",
-       "write -c -P 2 1M 64k", "write -c -P 3 2M 64k", "write -P 4 3M 64k",
-       "write -z 3M 64k", "write -P 5 700M 64k", "discard 4M 64k", "discard 6M 64k")
+    make_image(path, "1G", write=[
+        "write -P 7 4M 64k", "write -P 8 6M 64k", "write -P 1 0 128k", "write -c -P 2 1M 64k",
+        "write -c -P 3 2M 64k", "write -P 4 3M 64k", "write -z 3M 64k", "write -P 5 700M 64k",
+        "discard 4M 64k", "discard 6M 64k"])
     return path
 
 
@@ -164,7 +165,7 @@ def test_unwalkable_image_names_file_and_structure(tmp_path: Path, qemu_tools: o
     """A bitmap directory entry qemu refuses: qemu-img check fails, and so does the map, with
     the file, the entry and its offset."""
     path = tmp_path / "bitmap.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
+    make_image(path, "1G")
     run([QEMU_IMG, "bitmap", "--add", str(path), "b0"])
     ext = bitmaps_extension(path)
     assert ext is not None

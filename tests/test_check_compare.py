@@ -20,7 +20,8 @@ from qcow2_monitor.collectors.check.references import ReferenceCounts
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.model import Finding, TableName
 
-from corpus import QEMU_IMG, QEMU_IO, run
+from corpus import QEMU_IMG, run
+from daemons import make_image
 from damage import (
     L1E_OFFSET_MASK,
     REFT_OFFSET_MASK,
@@ -40,9 +41,7 @@ CLUSTER = 65536
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three data clusters under two L2 tables (guest offsets 0 and 600 MiB)."""
     path = tmp_path_factory.mktemp("compare") / "c.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 1 0 128k", "-c", "write -P 2 600M 64k",
-         str(path)])
+    make_image(path, "1G", write=["write -P 1 0 128k", "write -P 2 600M 64k"])
     return path
 
 

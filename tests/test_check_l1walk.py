@@ -21,6 +21,7 @@ from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.model import TableName
 
 from corpus import QEMU_IMG, qemu_io, run
+from daemons import make_image
 from damage import (
     L1E_OFFSET_MASK,
     OFLAG_COPIED,
@@ -41,9 +42,8 @@ L2_SPAN = CLUSTER // 8 * CLUSTER  # guest bytes one L2 table maps: 512 MiB
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two L2 tables; the data of the first written out of guest order (fragmented)."""
     path = tmp_path_factory.mktemp("l1walk") / "a.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    qemu_io(path, "write -P 1 192k 64k", "write -P 2 0 64k", "write -P 3 128k 64k",
-       "write -P 4 600M 64k")
+    make_image(path, "1G", write=["write -P 1 192k 64k", "write -P 2 0 64k",
+                                  "write -P 3 128k 64k", "write -P 4 600M 64k"])
     return path
 
 
@@ -198,8 +198,7 @@ def test_table_named_by_every_entry_is_read_once(tmp_path: Path) -> None:
     millions of times): the table is read once, and it and its data counted 200 times, as
     qemu-img check counts them ("reference=200")."""
     path = tmp_path / "hostile.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "100G"])
-    qemu_io(path, "write -P 1 0 64k")
+    make_image(path, "100G", write=["write -P 1 0 64k"])
     h = read_header(path)
     assert h["l1_size"] == 200  # 100 GiB / 512 MiB per entry
     first = l1_entries(path)[0]

@@ -23,6 +23,7 @@ from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.model import Finding, Place, Severity, TableName
 
 from corpus import QEMU_IMG, QEMU_IO, run
+from daemons import make_image
 from damage import (
     L1E_OFFSET_MASK,
     L2E_OFFSET_MASK,
@@ -51,9 +52,8 @@ def snapshotted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sharing one host cluster, snapshot s1, then L1[0]'s first cluster rewritten (its L2 table
     copied; L1[1]'s still shared with the snapshot)."""
     path = tmp_path_factory.mktemp("locate") / "s.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 1 0 128k", "-c", "write -c -P 2 1M 64k",
-         "-c", "write -c -P 3 2M 64k", "-c", "write -P 4 600M 64k", str(path)])
+    make_image(path, "1G", write=["write -P 1 0 128k", "write -c -P 2 1M 64k",
+                                  "write -c -P 3 2M 64k", "write -P 4 600M 64k"])
     run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
     run([QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 64k", str(path)])
     return path

@@ -25,6 +25,7 @@ from qcow2_monitor.collectors.qcow2.snapshots import select_snapshots
 from qcow2_monitor.collectors.report.model import Finding, Place, Severity, TableName
 
 from corpus import QEMU_IMG, QEMU_IO, run
+from daemons import make_image
 from damage import (
     L1E_OFFSET_MASK,
     copy_image,
@@ -48,9 +49,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1 GiB, 64 KiB clusters: data in L1[0] and L1[1]; snapshot s1; L1[0]'s data rewritten
     (its L2 table copied); snapshot s2 (sharing the active L2 tables)."""
     path = tmp_path_factory.mktemp("snapview") / "h.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 1 0 128k", "-c", "write -P 2 600M 64k",
-         str(path)])
+    make_image(path, "1G", write=["write -P 1 0 128k", "write -P 2 600M 64k"])
     run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
     run([QEMU_IO, "-f", "qcow2", "-c", "write -P 3 0 64k", str(path)])
     run([QEMU_IMG, "snapshot", "-c", "s2", str(path)])

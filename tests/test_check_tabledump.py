@@ -22,7 +22,8 @@ from qcow2_monitor.collectors.check.tabledump import (
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.qcow2.snapshots import select_snapshots
 
-from corpus import QEMU_IMG, QEMU_IO, run
+from corpus import QEMU_IMG, qemu_io, run
+from daemons import make_image
 from damage import (
     L1E_OFFSET_MASK,
     OFLAG_COPIED,
@@ -43,11 +44,6 @@ CLUSTER = 65536
 Mapped = list[tuple[int, str, int | None]]  # (guest offset, type, host offset)
 
 
-def io(path: Path, *commands: str) -> None:
-    argv = [QEMU_IO, "-f", "qcow2"]
-    for command in commands:
-        argv += ["-c", command]
-    run([*argv, str(path)])
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +51,11 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1 GiB, 64 KiB clusters: normal, compressed, zero-allocated and zero clusters in L1[0],
     data in L1[1]; snapshot s1; guest cluster 0 rewritten (L1[0]'s table copied)."""
     path = tmp_path_factory.mktemp("tabledump") / "h.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    io(path, "write -P 1 0 128k", "write -c -P 2 1M 64k", "write -P 4 3M 64k",
-       "write -z 3M 64k", "write -z 5M 64k", "write -P 6 600M 64k")
+    make_image(path, "1G", write=["write -P 1 0 128k", "write -c -P 2 1M 64k",
+                                  "write -P 4 3M 64k", "write -z 3M 64k", "write -z 5M 64k",
+                                  "write -P 6 600M 64k"])
     run([QEMU_IMG, "snapshot", "-c", "s1", str(path)])
-    io(path, "write -P 3 0 64k")
+    qemu_io(path, "write -P 3 0 64k")
     return path
 
 
@@ -176,8 +172,8 @@ def test_extended_l2_subclusters(tmp_path: Path) -> None:
     at 0 and at 8 KiB allocate subclusters 0-1 and 4-5; 4 KiB of zeros at 64 KiB mark
     subclusters 0-1 of cluster 1 as reading zeros (bits 32-63)."""
     path = tmp_path / "extended.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", str(path), "1G"])
-    io(path, "write -P 1 0 4k", "write -P 1 8k 4k", "write -z 64k 4k")
+    make_image(path, "1G", options=["extended_l2=on"],
+               write=["write -P 1 0 4k", "write -P 1 8k 4k", "write -z 64k 4k"])
     _, l2 = dumped(path, "active")
     entries = {e.index: e for t in l2.tables for e in t.entries}
     assert l2.extended_l2 and sorted(entries) == [0, 1]

@@ -27,7 +27,8 @@ from qcow2_monitor.collectors.check.tablewalk import (
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 from qcow2_monitor.collectors.report.model import Finding, TableName
 
-from corpus import QEMU_IMG, qemu_io, run
+from corpus import QEMU_IMG, run
+from daemons import make_image
 from damage import (
     L1E_OFFSET_MASK,
     OFLAG_COMPRESSED,
@@ -48,9 +49,9 @@ CLUSTER = 65536
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Normal, compressed (two in one host cluster), zero-allocated and zero entries."""
     path = tmp_path_factory.mktemp("tablewalk") / "plain.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
-    qemu_io(path, "write -P 1 0 128k", "write -c -P 2 1M 64k", "write -c -P 3 2M 64k",
-       "write -P 4 3M 64k", "write -z 3M 64k", "write -z 5M 64k")
+    make_image(path, "1G", write=["write -P 1 0 128k", "write -c -P 2 1M 64k",
+                                  "write -c -P 3 2M 64k", "write -P 4 3M 64k",
+                                  "write -z 3M 64k", "write -z 5M 64k"])
     return path
 
 
@@ -58,8 +59,8 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def extended(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Extended L2 entries: 4 KiB writes set two 2 KiB subclusters each."""
     path = tmp_path_factory.mktemp("tablewalk") / "extended.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", str(path), "1G"])
-    qemu_io(path, "write -P 1 0 4k", "write -P 1 8k 4k", "write -z 64k 4k", "write -P 2 1M 64k")
+    make_image(path, "1G", options=["extended_l2=on"], write=[
+        "write -P 1 0 4k", "write -P 1 8k 4k", "write -z 64k 4k", "write -P 2 1M 64k"])
     return path
 
 

@@ -13,7 +13,8 @@ from qcow2_monitor.collectors.host.container import container_of, mount_point
 from qcow2_monitor.collectors.qcow2.reader import ImageFile
 from qcow2_monitor.collectors.report.model import ContainerKind
 
-from corpus import QEMU_IMG, QEMU_IO, run
+from corpus import run
+from daemons import make_image
 
 MiB = 1024 * 1024
 
@@ -34,10 +35,8 @@ def command_output(*argv: str) -> str:
     return run(list(argv)).stdout.strip()
 
 
-def make_image(path: Path, written: int) -> Path:
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "64M"])
-    run([QEMU_IO, "-f", "qcow2", "-c", f"write -P 0x11 0 {written}", str(path)])
-    return path
+def written_image(path: Path, written: int) -> Path:
+    return make_image(path, "64M", write=[f"write -P 0x11 0 {written}"])
 
 
 def test_mount_point_of_a_nested_file_and_of_a_link(tmpfs: Path, tmp_path: Path) -> None:
@@ -59,7 +58,7 @@ def test_mount_point_of_a_nested_file_and_of_a_link(tmpfs: Path, tmp_path: Path)
 
 
 def test_file_container_is_its_filesystem(tmpfs: Path, qemu_tools: object) -> None:
-    image = make_image(tmpfs / "disk.qcow2", 3 * MiB)
+    image = written_image(tmpfs / "disk.qcow2", 3 * MiB)
     df = command_output("df", "-B1", "--output=size,used,avail,target", str(image))
     size, used, avail, target = df.splitlines()[-1].split()
     blocks, block_unit, length = command_output("stat", "-c", "%b %B %s", str(image)).split()
@@ -81,7 +80,7 @@ def test_block_device_is_its_own_container(tmp_path: Path, end_mib: int,
                                            loop_device: Callable[..., str],
                                            qemu_tools: object) -> None:
     source = tmp_path / "src.qcow2"
-    make_image(source, MiB)
+    written_image(source, MiB)
     raw = tmp_path / "volume"
     raw.write_bytes(source.read_bytes())
     with open(raw, "r+b") as f:

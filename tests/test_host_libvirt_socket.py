@@ -22,6 +22,7 @@ import pytest
 from qcow2_monitor.collectors.host import libvirt_socket as L
 from qcow2_monitor.collectors.host.live import gather_live, parse_domstats
 
+from daemons import make_image
 from live_daemons import Libvirt, file_disk, running_libvirtd
 from tree import BIN
 
@@ -34,24 +35,16 @@ def libvirt() -> Iterator[Libvirt]:
         yield daemon
 
 
-def _image(path: Path, size: str, backing: Optional[Path] = None) -> Path:
-    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
-    if backing is not None:
-        argv += ["-b", str(backing), "-F", "qcow2"]
-    subprocess.run([*argv, str(path), size], check=True)
-    return path
-
-
 def _steady(text: str) -> str:
     """domstats text with the values of the counters a running guest moves masked."""
     return re.sub(r"(block\.\d+\.(?:rd|wr|fl)\.(?:reqs|bytes|times))=\d+", r"\1=*", text)
 
 
 def test_the_answer_is_virshs_byte_for_byte(libvirt: Libvirt, tmp_path: Path) -> None:
-    base = _image(tmp_path / "base.qcow2", "64M")
-    top = _image(tmp_path / "top.qcow2", "64M", base)
-    other = _image(tmp_path / "other.qcow2", "32M")
-    alone = _image(tmp_path / "alone.qcow2", "16M")
+    base = make_image(tmp_path / "base.qcow2", "64M")
+    top = make_image(tmp_path / "top.qcow2", backing=base)
+    other = make_image(tmp_path / "other.qcow2", "32M")
+    alone = make_image(tmp_path / "alone.qcow2", "16M")
     libvirt.create("socket-a", file_disk(top, "vda", 0) + file_disk(other, "vdb", 1))
     libvirt.create("socket-b", file_disk(alone, "vda", 0))
     try:
@@ -73,7 +66,7 @@ def test_the_answer_is_virshs_byte_for_byte(libvirt: Libvirt, tmp_path: Path) ->
 
 
 def test_a_run_asking_libvirt_starts_no_process(libvirt: Libvirt, tmp_path: Path) -> None:
-    image = _image(tmp_path / "img.qcow2", "16M")
+    image = make_image(tmp_path / "img.qcow2", "16M")
     proc = subprocess.run([sys.executable, "-X", "importtime", str(BIN / "check_qcow2"),
                            "-f", str(image), "--libvirt-uri", libvirt.ro_uri, "--no-state"],
                           capture_output=True, text=True, timeout=120)

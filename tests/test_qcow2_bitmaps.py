@@ -20,6 +20,7 @@ from qcow2_monitor.collectors.qcow2.bitmaps import Bitmap, loaded_bitmaps, read_
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import QEMU_IMG, QEMU_IO, run
+from daemons import make_image
 from damage import (
     EXT_BITMAPS,
     bitmaps_extension,
@@ -51,8 +52,7 @@ def with_bitmaps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1 GiB, two bitmaps: b0 (64 KiB granularity, enabled: the auto flag), b1 (512 bytes,
     disabled)."""
     path = tmp_path_factory.mktemp("bitmaps") / "b.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", f"cluster_size={CLUSTER}", str(path),
-         "1G"])
+    make_image(path, "1G", options=[f"cluster_size={CLUSTER}"])
     run([QEMU_IMG, "bitmap", "--add", "-g", "65536", str(path), "b0"])
     run([QEMU_IMG, "bitmap", "--add", "-g", "512", "--disable", str(path), "b1"])
     return path

@@ -25,6 +25,7 @@ from qcow2_monitor.collectors.qcow2.describe import (
 from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 
 from corpus import LUKS_ATTEMPTS, LUKS_SECRET_ID, QEMU_IMG, _create_luks, run
+from daemons import make_image
 from damage import (
     EXT_BITMAPS,
     copy_image,
@@ -150,7 +151,7 @@ def test_unknown_extension_shown_by_its_first_bytes(tmp_path: Path, qemu_tools: 
     """An extension qemu does not know (it ignores it and still opens the image): type,
     length and the first 64 bytes."""
     path = tmp_path / "unknown.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
+    make_image(path, "1G")
     end = max(e.offset + 8 + -(-e.length // 8) * 8 for e in header_extensions(path))
     payload = bytes(range(70))
     patch_bytes(path, end, struct.pack(">II", 0x12345678, len(payload)) + payload
@@ -208,7 +209,7 @@ def test_snapshot_list_is_bounded_and_the_total_complete(tmp_path: Path,
     zeros, as qemu reads them: qemu-img info lists 1500): the first 1000 listed, 1500
     counted."""
     path = tmp_path / "many.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "1G"])
+    make_image(path, "1G")
     run([QEMU_IMG, "snapshot", "-c", "only-one", str(path)])
     table = read_header(path)["snapshots_offset"]
     # The one entry: 40 fixed bytes, 24 of extra data, id "1", name "only-one"; the file

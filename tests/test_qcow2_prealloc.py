@@ -16,6 +16,7 @@ from qcow2_monitor.collectors.qcow2.prealloc import (
 )
 
 from corpus import LUKS_ATTEMPTS, LUKS_SECRET_ID, QEMU_IMG, _create_luks, run
+from daemons import make_image
 from damage import header_extensions, read_u64
 
 KiB = 1024
@@ -76,7 +77,7 @@ def test_image_uses_its_own_geometry(tmp_path: Path, cluster_size: int, refcount
     path = tmp_path / "a.qcow2"
     options = (f"cluster_size={cluster_size},refcount_bits={refcount_bits},"
                f"extended_l2={'on' if extended_l2 else 'off'}")
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", options, str(path), "300M"])
+    make_image(path, "300M", options=[options])
     with Qcow2Image.open(str(path)) as image:
         got = fully_allocated_size(image)
     assert got == measured("-f", "qcow2", "-O", "qcow2", "-o", options, str(path))

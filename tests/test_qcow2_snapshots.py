@@ -20,6 +20,7 @@ from qcow2_monitor.collectors.qcow2.snapshots import (
 )
 
 from corpus import QEMU_IMG, QEMU_IO, run
+from daemons import make_image
 from damage import SNAPSHOT_EXTRA_DATA_SIZE_AT, copy_image, patch_u32, read_header
 from hostile import many_snapshots_image
 from work import counting
@@ -30,7 +31,7 @@ def named(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Snapshots s1 (ID 1, data 1), "1" (ID 2, data 2), s1 again (ID 3, data 3) and "all"
     (ID 4): qemu-img lets names repeat and a name look like another snapshot's ID."""
     path = tmp_path_factory.mktemp("snapshots") / "named.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(path), "64M"])
+    make_image(path, "64M")
     for pattern, name in ((1, "s1"), (2, "1"), (3, "s1"), (4, "all")):
         run([QEMU_IO, "-f", "qcow2", "-c", f"write -P {pattern} 0 64k", str(path)])
         run([QEMU_IMG, "snapshot", "-c", name, str(path)])
@@ -96,7 +97,7 @@ def test_unknown_selector_names_what_there_is(named: Path, tmp_path: Path) -> No
         f"no snapshot with ID or name 's9' in {named} (it has snapshot IDs 1, 2, 3, 4; or use "
         "active, inactive, all)")
     empty = tmp_path / "empty.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(empty), "1M"])
+    make_image(empty, "1M")
     assert qemu_snapshots(empty) == []
     with pytest.raises(SnapshotSelectorError, match=r"\(it has no snapshots; or use"):
         select(empty, "1")

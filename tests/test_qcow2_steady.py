@@ -18,6 +18,7 @@ from qcow2_monitor.collectors.qcow2.steady import (
 )
 
 from corpus import QEMU_IMG, run
+from daemons import make_image
 from damage import OFF_MAGIC, patch_bytes, patch_u8, read_header
 
 CLUSTER = 65536
@@ -30,8 +31,7 @@ UNUSED_BYTE = 4095
 @pytest.fixture
 def image_path(tmp_path: Path, qemu_tools: object) -> Path:
     path = tmp_path / "a.qcow2"
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", f"cluster_size={CLUSTER}", str(path),
-         "1G"])
+    make_image(path, "1G", options=[f"cluster_size={CLUSTER}"])
     return path
 
 

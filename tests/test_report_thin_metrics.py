@@ -13,15 +13,15 @@ from qcow2_monitor.collectors.report.model import Extension, Growth, ImageUsage
 from qcow2_monitor.collectors.report.thin_metrics import THIN_METRICS, thin_values
 from qcow2_monitor.collectors.report.usage import analyze_image
 
-from corpus import QEMU_IMG, qemu_io, run
+from corpus import qemu_io
+from daemons import make_image
 from damage import get_refcount, read_header
 
 CLUSTER = 65536
 
 
 def create(path: Path, *options: str) -> Path:
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o",
-         ",".join((f"cluster_size={CLUSTER}", *options)), str(path), "1G"])
+    make_image(path, "1G", options=[f"cluster_size={CLUSTER}", *options])
     return path
 
 
