@@ -7,10 +7,8 @@ presence rules) plus located findings, and exits like it: 0 clean, 1 could not c
 
 from __future__ import annotations
 
-import argparse
-
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
-from qcow2_monitor.cli.parser import UsageError
+from qcow2_monitor.cli.outcome import Namespace, UsageError
 from qcow2_monitor.cli.text import finding_text, json_text
 from qcow2_monitor.collectors.common.errors import IO_ERROR, Qcow2Error
 from qcow2_monitor.collectors.common.jsonform import to_json_object
@@ -174,7 +172,7 @@ def _human(visited: Visited[CheckResult], error: Optional[Qcow2Error], chain: bo
     return (f"{gap}== {path}\n" if chain else "") + check_human(result)
 
 
-def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_check(args: Namespace, out: TextIO, err: TextIO) -> int:
     if args.snapshot is None:
         return _check_layers(args, out, err)
     if args.chain:
@@ -184,7 +182,7 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _check_view(args, out)
 
 
-def _check_view(args: argparse.Namespace, out: TextIO) -> int:
+def _check_view(args: Namespace, out: TextIO) -> int:
     """check --snapshot SEL: the image's figures, its findings limited to SEL's tables; the
     view's keys go before findings-total in JSON."""
     from qcow2_monitor.collectors.check.checker import check_view  # numpy only for this command
@@ -201,7 +199,7 @@ def _check_view(args: argparse.Namespace, out: TextIO) -> int:
     return exit_code(result)
 
 
-def _check_layers(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _check_layers(args: Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.checker import check_opened  # numpy only for this command
 
     reports: list[dict[str, Any]] = []

@@ -3,11 +3,12 @@ error is printed (the parser is every front end's: cli/parser.py)."""
 
 from __future__ import annotations
 
-import argparse
 import textwrap
 
+from qcow2_monitor.cli.argparse_replay import HELP_WIDTH
 from qcow2_monitor.cli.exits import EXIT_FAILED
-from qcow2_monitor.cli.parser import HELP_WIDTH, UsageError
+from qcow2_monitor.cli.outcome import UsageError
+from qcow2_monitor.cli.parser import ArgumentParser, invalid_value
 from qcow2_monitor.cli.text import json_text
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.common.text import printable
@@ -27,13 +28,13 @@ EXIT_CODES = "exit codes: 0 success; 1 a target could not be analysed (said on s
 OUTPUT_HELP = "human: text for people (default); json: one JSON document on stdout"
 
 
-def add_output_argument(parser: argparse.ArgumentParser, more: str = "") -> None:
+def add_output_argument(parser: ArgumentParser, more: str = "") -> None:
     """--output human|json, alike on every command; `more` adds what json holds there."""
     parser.add_argument("--output", choices=["human", "json"], default="human",
                         help=OUTPUT_HELP + more)
 
 
-def add_file_argument(parser: argparse.ArgumentParser) -> None:
+def add_file_argument(parser: ArgumentParser) -> None:
     """The one image a command reads: FILE, alike on every command."""
     parser.add_argument("file", metavar="FILE", help="qcow2 image file or block device")
 
@@ -41,7 +42,7 @@ def add_file_argument(parser: argparse.ArgumentParser) -> None:
 def count_option(text: str) -> int:
     """argparse type of a count (--max-findings, --limit): an integer >= 0."""
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"invalid count {text!r} (an integer >= 0)")
+        raise invalid_value(f"invalid count {text!r} (an integer >= 0)")
     return int(text)
 
 
@@ -49,7 +50,7 @@ SNAPSHOT_HELP = ("SEL: active (the image's current L1 table), inactive (every sn
                  "all, a snapshot ID or a name (IDs first, as qemu-img snapshot resolves them)")
 
 
-def add_snapshot_argument(parser: argparse.ArgumentParser, what: str,
+def add_snapshot_argument(parser: ArgumentParser, what: str,
                           default: Optional[str] = None) -> None:
     """--snapshot SEL (collectors/qcow2/snapshots.py); `what` says what it limits."""
     shown = f" (default {default})" if default else ""

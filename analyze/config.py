@@ -12,11 +12,12 @@ that what an operator copies into /etc runs the right program. The alert rules t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
+from qcow2_monitor.cli.outcome import Namespace
+from qcow2_monitor.cli.parser import invalid_value
 
 from .common import epilog
 
@@ -89,10 +90,10 @@ def _setting(text: str) -> tuple[str, str]:
     try:
         return parse_setting(text)
     except RuleParameterError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise invalid_value(str(exc)) from None
 
 
-def run_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_config(args: Namespace, out: TextIO, err: TextIO) -> int:
     if args.name is None:
         width = max(len(name) for name in SHIPPED)
         for name, (_adapter, what) in SHIPPED.items():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from functools import lru_cache
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.outcome import Namespace
 from qcow2_monitor.cli.text import indent_block, json_text, render_fields, render_table
 from qcow2_monitor.collectors.common.jsonform import to_json, to_json_object
 from qcow2_monitor.collectors.common.record import fields
@@ -141,7 +141,7 @@ def _render_qobject(data: Any, indent: int) -> list[str]:
     return lines
 
 
-def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_info(args: Namespace, out: TextIO, err: TextIO) -> int:
     """qemu-img info [--backing-chain]. Every layer qemu would print is printed (a raw base
     layer too); a layer that cannot be shown (missing, unreadable, a loop, a protocol we never
     open, a format we do not read) is said once on stderr, is an entry with its status and
@@ -177,7 +177,7 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return status
 
 
-def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_header(args: Namespace, out: TextIO, err: TextIO) -> int:
     with Qcow2Image.open(args.file) as image:
         view = describe(image)
     if args.output == "json":

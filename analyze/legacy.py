@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any, TextIO
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
+from qcow2_monitor.cli.outcome import Namespace
 from qcow2_monitor.cli.text import json_text, printable_document
 from qcow2_monitor.collectors.common.errors import Qcow2Error
 from qcow2_monitor.collectors.qcow2 import layout as L
@@ -88,7 +88,7 @@ def render_raw(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_legacy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_legacy(args: Namespace, out: TextIO, err: TextIO) -> int:
     try:
         with Qcow2Image.open(args.file) as image:
             report = legacy_report(image, args.verbose)

@@ -14,14 +14,14 @@ Exit codes: 0 success; 1 a target could not be analysed; for `check` also 2 corr
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable, Sequence
 
 from qcow2_monitor.cli.entry import last_resort, output_streams
 from qcow2_monitor.cli.exits import EXIT_OK, EXIT_USAGE
 from qcow2_monitor.cli.options import add_live_arguments, add_thin_arguments, target_option
-from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
+from qcow2_monitor.cli.outcome import Namespace, ParserExit, UsageError
+from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.errors import Qcow2Error, internal_error
 from qcow2_monitor.collectors.common.text import printable
@@ -36,25 +36,25 @@ if TYPE_CHECKING:
 
 # Each command's module is imported when it runs: a check loads neither usage's live sources
 # and discovery nor the legacy output (less start-up time and memory beside the check's).
-def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_info(args: Namespace, out: TextIO, err: TextIO) -> int:
     from .info import run_info as run
 
     return run(args, out, err)
 
 
-def run_header(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_header(args: Namespace, out: TextIO, err: TextIO) -> int:
     from .info import run_header as run
 
     return run(args, out, err)
 
 
-def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_usage(args: Namespace, out: TextIO, err: TextIO) -> int:
     from .usage import run_usage as run
 
     return run(args, out, err)
 
 
-def run_legacy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_legacy(args: Namespace, out: TextIO, err: TextIO) -> int:
     from .legacy import run_legacy as run
 
     return run(args, out, err)
@@ -154,7 +154,7 @@ def _mode_conflict(command: str) -> UsageError:
                       "FILE itself)", PROG)
 
 
-def _parse_legacy(words: Sequence[str]) -> argparse.Namespace:
+def _parse_legacy(words: Sequence[str]) -> Namespace:
     """-f mode's command line, by the program's own options alone (no command to take a second
     word for): what the older tool's command line cannot say gets a clearer message."""
     if any(word == "--output" or word.startswith("--output=") for word in words):
@@ -169,12 +169,12 @@ def _parse_legacy(words: Sequence[str]) -> argparse.Namespace:
 
 
 
-def _json_output(args: argparse.Namespace) -> Optional[str]:
+def _json_output(args: Namespace) -> Optional[str]:
     """The --output of a command (-f mode keeps the older tool's stderr-only errors)."""
     return getattr(args, "output", None) if args.command is not None else None
 
 
-def _parse(words: list[str]) -> argparse.Namespace:
+def _parse(words: list[str]) -> Namespace:
     """The command line; raises UsageError, or ParserExit for --help and --version. -f mode
     (the older tool's) takes one FILE and no command."""
     parser = build_parser()
@@ -202,7 +202,7 @@ def _parse(words: list[str]) -> argparse.Namespace:
     return args
 
 
-def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _run(args: Namespace, out: TextIO, err: TextIO) -> int:
     """The command the line asked for; a target that failed is its error line (and, with
     --output json, its error document)."""
     try:
@@ -222,7 +222,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
          stderr: Optional[TextIO] = None) -> int:
     out, err = output_streams(stdout, stderr)
-    parsed: list[argparse.Namespace] = []  # for the last resort's report, once known
+    parsed: list[Namespace] = []  # for the last resort's report, once known
 
     def body() -> int:
         try:
@@ -237,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
 
     def failure(exc: BaseException) -> int:
         # One line (and, with --output json, the error document), never a traceback.
-        args = parsed[0] if parsed else argparse.Namespace(command=None)
+        args = parsed[0] if parsed else Namespace(command=None)
         return fail(internal_error(exc, getattr(args, "file", None)), _json_output(args), out,
                     err)
 

@@ -4,11 +4,11 @@ answered at a glance (free clusters below the end: discards, deleted snapshots).
 
 from __future__ import annotations
 
-import argparse
 import json
 
+from qcow2_monitor.cli.argparse_replay import terminal_columns
 from qcow2_monitor.cli.exits import EXIT_OK
-from qcow2_monitor.cli.parser import UsageError, terminal_columns
+from qcow2_monitor.cli.outcome import Namespace, UsageError
 from qcow2_monitor.collectors.common.units import human_size
 
 from .common import PROG, add_file_argument, add_output_argument, count_option, epilog
@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
     command.set_defaults(handler=run_map)
 
 
-def run_map(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_map(args: Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.clustermap import KIND_NAMES, cluster_map
     from qcow2_monitor.collectors.qcow2.image import Qcow2Image
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 from qcow2_monitor.cli.exits import EXIT_OK
-from qcow2_monitor.cli.parser import UsageError
+from qcow2_monitor.cli.outcome import Namespace, UsageError
 from qcow2_monitor.cli.text import (
     indent_block,
     json_text,
@@ -63,7 +61,7 @@ def register(subparsers: Any) -> None:
     measure.set_defaults(handler=run_measure)
 
 
-def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_dump(args: Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.dump import dump
 
     if args.snapshot is not None and args.what not in ("l1", "l2"):
@@ -79,7 +77,7 @@ def run_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def run_measure(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_measure(args: Namespace, out: TextIO, err: TextIO) -> int:
     from qcow2_monitor.collectors.check.measure import measure_image
 
     try:

@@ -3,11 +3,11 @@ one collect() every adapter runs (same targets, de-duplication, live sources and
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator, Sequence
 
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_OK
 from qcow2_monitor.cli.options import judging_from_args, live_uri
+from qcow2_monitor.cli.outcome import Namespace
 from qcow2_monitor.cli.text import json_text, render_table
 from qcow2_monitor.collectors.common.jsonform import JsonObject, to_json, to_json_object
 from qcow2_monitor.collectors.common.text import printable
@@ -130,7 +130,7 @@ def failed(entry: Entry) -> bool:
     return record.error is not None or record.broken_below is not None
 
 
-def run_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run_usage(args: Namespace, out: TextIO, err: TextIO) -> int:
     scope = ChainScope.NOT_OK if args.no_chain else ChainScope.ALL
     collection = collect(args.targets, chain=scope,
                          live_sources=LiveSources(live_uri(args), tuple(args.qmp)),

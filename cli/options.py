@@ -3,12 +3,12 @@ identical in check_qcow2, qcow2-telegraf and qcow2-textfile."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_USAGE
-from qcow2_monitor.cli.parser import ArgumentParser, ParserExit, UsageError
+from qcow2_monitor.cli.outcome import Namespace, ParserExit, UsageError
+from qcow2_monitor.cli.parser import ArgumentParser, invalid_value
 from qcow2_monitor.collectors.common.record import replace
 from qcow2_monitor.collectors.host.sources import DEFAULT_LIBVIRT_URI, LiveSources
 from qcow2_monitor.collectors.report.extend import (
@@ -34,7 +34,7 @@ MAX_DEPTH_LIMIT = 256
 def depth_option(text: str) -> int:
     """argparse type of --max-depth: a backing-chain depth limit of 1..256."""
     if not text.isdigit() or not 1 <= int(text) <= MAX_DEPTH_LIMIT:
-        raise argparse.ArgumentTypeError(f"invalid depth {text!r} (1..{MAX_DEPTH_LIMIT})")
+        raise invalid_value(f"invalid depth {text!r} (1..{MAX_DEPTH_LIMIT})")
     return int(text)
 
 
@@ -68,17 +68,17 @@ def _size(text: str) -> int:
     try:
         size = parse_size(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; units B, K, M, G, T, P, all binary") from None
+        raise invalid_value(f"{exc}; units B, K, M, G, T, P, all binary") from None
     # At most 1 EiB: a volume extended by it still has a size line protocol's int64 and every
     # figure can write (--extend-chunk 99999999999999999999T advised "9.54e+13 EiB").
     if not 1 << 20 <= size <= 1 << 60:
-        raise argparse.ArgumentTypeError(f"invalid chunk {text!r} (1M to 1024P)")
+        raise invalid_value(f"invalid chunk {text!r} (1M to 1024P)")
     return size
 
 
 def _percent(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 99:
-        raise argparse.ArgumentTypeError(f"invalid percent {text!r} (0..99)")
+        raise invalid_value(f"invalid percent {text!r} (0..99)")
     return int(text)
 
 
@@ -89,9 +89,9 @@ def duration_option(text: str) -> float:
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise invalid_value(str(exc)) from None
     if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (> 0)")
+        raise invalid_value(f"invalid duration {text!r} (> 0)")
     return seconds
 
 
@@ -130,7 +130,7 @@ def add_thin_arguments(group: ArgumentContainer, *, keep_state: bool = True) -> 
     )
 
 
-def judging_from_args(args: argparse.Namespace, tracker: Optional[GrowthTracker] = None
+def judging_from_args(args: Namespace, tracker: Optional[GrowthTracker] = None
                       ) -> Judging:
     """The rule states, extension policy and growth tracker the options say (`tracker`: one
     kept across batches, as execd mode does)."""
@@ -164,7 +164,7 @@ def add_live_arguments(group: ArgumentContainer) -> None:
     )
 
 
-def live_uri(args: argparse.Namespace) -> str | None:
+def live_uri(args: Namespace) -> str | None:
     """The libvirt URI to ask, None with --no-live."""
     return None if args.no_live else str(args.libvirt_uri or DEFAULT_LIBVIRT_URI)
 
@@ -174,11 +174,11 @@ def target_option(text: str) -> str:
     working directory: `-f ''` (an unset variable in an agent's configuration) scanned it,
     recursively, and from / ran into the timeout."""
     if not text:
-        raise argparse.ArgumentTypeError("an empty name is no target (an unset variable?)")
+        raise invalid_value("an empty name is no target (an unset variable?)")
     return text
 
 
-def add_targets_argument(parser: argparse.ArgumentParser) -> None:
+def add_targets_argument(parser: ArgumentParser) -> None:
     """The positional TARGETs of the collectors (qcow2-telegraf, qcow2-textfile)."""
     parser.add_argument(
         "targets", nargs="*", type=target_option, metavar="TARGET",
@@ -188,7 +188,7 @@ def add_targets_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def collector_main(parser: Callable[[], ArgumentParser],
-                   run: Callable[[argparse.Namespace, TextIO, TextIO], int],
+                   run: Callable[[Namespace, TextIO, TextIO], int],
                    argv: Optional[Sequence[str]], stdout: Optional[TextIO],
                    stderr: Optional[TextIO], internal_error: str) -> int:
     """The main() of a collector (qcow2-telegraf, qcow2-textfile): its command line from
@@ -208,7 +208,7 @@ def collector_main(parser: Callable[[], ArgumentParser],
 
 
 def parse_collector_arguments(parser: ArgumentParser, argv: Optional[Sequence[str]],
-                              stdout: TextIO, stderr: TextIO) -> Union[argparse.Namespace, int]:
+                              stdout: TextIO, stderr: TextIO) -> Union[Namespace, int]:
     """A collector's command line, options and targets in any order; or the exit code when
     there is nothing to run: --help and --version print on `stdout` (0), a bad command line or
     no target prints the usage and the error on `stderr`, as argparse does (64)."""
@@ -225,14 +225,14 @@ def parse_collector_arguments(parser: ArgumentParser, argv: Optional[Sequence[st
     return args
 
 
-def add_selection_and_health_arguments(parser: argparse.ArgumentParser) -> None:
+def add_selection_and_health_arguments(parser: ArgumentParser) -> None:
     """Both option sets, in their own help groups (what every adapter offers)."""
     add_selection_arguments(parser.add_argument_group("images"))
     add_health_arguments(parser.add_argument_group(
         "health states (ok, warning, critical or unknown)"))
 
 
-def collect_selected(targets: list[str], args: argparse.Namespace,
+def collect_selected(targets: list[str], args: Namespace,
                      tracker: Optional[GrowthTracker] = None) -> Collection:
     """collect() with the options add_selection_arguments() and add_live_arguments()
     declared."""
@@ -247,7 +247,7 @@ def collect_selected(targets: list[str], args: argparse.Namespace,
     return with_libvirt_note(collection, args)
 
 
-def with_libvirt_note(collection: Collection, args: argparse.Namespace) -> Collection:
+def with_libvirt_note(collection: Collection, args: Namespace) -> Collection:
     """The run's notes, and why libvirt gave no live figures when --libvirt-uri named it: a
     mistyped URI must not pass unsaid (the default's silence suits hosts without libvirt)."""
     note = collection.libvirt_note
@@ -263,7 +263,7 @@ def state_option(text: str) -> int:
     try:
         return STATE_BY_NAME[text.lower()]
     except KeyError:
-        raise argparse.ArgumentTypeError(
+        raise invalid_value(
             f"invalid state {text!r} (choose ok, warning, critical or unknown)"
         ) from None
 
@@ -279,6 +279,6 @@ def add_health_arguments(group: ArgumentContainer) -> None:
         )
 
 
-def policy_from_args(args: argparse.Namespace) -> Policy:
+def policy_from_args(args: Namespace) -> Policy:
     return {name: getattr(args, f"{name.replace('-', '_')}_state", rule.default)
             for name, rule in RULES.items()}

@@ -16,12 +16,11 @@ monitoring system would read as CRITICAL).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams
 from qcow2_monitor.cli.options import collect_selected
-from qcow2_monitor.cli.parser import ParserExit, UsageError
+from qcow2_monitor.cli.outcome import Namespace, ParserExit, UsageError
 from qcow2_monitor.collectors.report.health import OK, UNKNOWN, worst
 from qcow2_monitor.nagios.options import build_parser
 from qcow2_monitor.nagios.runtime import PREFIX, PROG, Output, Watchdog
@@ -60,7 +59,7 @@ def verdict(collection: Collection, limits: Thresholds, verbosity: int = 0,
     return state, render(verdicts, fs_verdicts, limits, state, verbosity, collection.notes)
 
 
-def _collect(args: argparse.Namespace) -> Collection:
+def _collect(args: Namespace) -> Collection:
     return collect_selected(args.files, args)
 
 

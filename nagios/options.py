@@ -7,14 +7,12 @@ exiting 2 (which a monitoring system reads as CRITICAL), so that bad arguments, 
 
 from __future__ import annotations
 
-import argparse
-
 from qcow2_monitor.cli.options import (
     add_health_arguments,
     add_selection_arguments,
     target_option,
 )
-from qcow2_monitor.cli.parser import ArgumentParser, add_help_argument
+from qcow2_monitor.cli.parser import ArgumentParser, add_help_argument, invalid_value
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.units import parse_size
 from qcow2_monitor.nagios.ranges import Range, RangeError
@@ -25,7 +23,7 @@ def range_option(text: str) -> Range:
     try:
         return Range.parse(text)
     except RangeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise invalid_value(str(exc)) from None
 
 
 def size_option(text: str) -> int:
@@ -34,7 +32,7 @@ def size_option(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; units B, K, M, G, T, P, all binary") from None
+        raise invalid_value(f"{exc}; units B, K, M, G, T, P, all binary") from None
 
 
 def _duration(text: str) -> float:
@@ -49,7 +47,7 @@ def timeout_option(text: str) -> float:
     except ValueError:
         seconds = -1.0
     if not 0 < seconds < 86400:
-        raise argparse.ArgumentTypeError(f"invalid timeout {text!r} (seconds, > 0)")
+        raise invalid_value(f"invalid timeout {text!r} (seconds, > 0)")
     return seconds
 
 

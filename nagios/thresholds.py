@@ -4,9 +4,7 @@ states."""
 
 from __future__ import annotations
 
-import argparse
-
-from qcow2_monitor.cli.parser import UsageError
+from qcow2_monitor.cli.outcome import Namespace, UsageError
 from qcow2_monitor.collectors.common.record import frozen_record
 from qcow2_monitor.collectors.common.units import human_duration, human_rate, human_size
 from qcow2_monitor.collectors.report.health import CRITICAL, WARNING, worst
@@ -35,7 +33,7 @@ class Thresholds:
     time_to_full_critical: Optional[float] = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Thresholds:
+    def from_args(cls, args: Namespace) -> Thresholds:
         """The limits of the command line; raises UsageError for a warning that cannot fire."""
         limits = cls(
             usage_warning=args.warning,

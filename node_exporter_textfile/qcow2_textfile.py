@@ -22,7 +22,6 @@ Images that cannot be analysed are not run failures: they are exported as
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import os
@@ -39,6 +38,7 @@ from qcow2_monitor.cli.options import (
     collect_selected,
     collector_main,
 )
+from qcow2_monitor.cli.outcome import Namespace
 from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.record import frozen_record
@@ -242,7 +242,7 @@ def _output_problem(output: Optional[str]) -> Optional[str]:
     return None
 
 
-def _write_file(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def _write_file(args: Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """One run: collect, render, validate, write; the exit code."""
     prog = PROG
     # Checked here, not by argparse's required=True: argparse reports a missing required

@@ -22,7 +22,6 @@ stays 0 so that Telegraf keeps the other images' points (exec discards stdout on
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -34,6 +33,7 @@ from qcow2_monitor.cli.options import (
     collect_selected,
     collector_main,
 )
+from qcow2_monitor.cli.outcome import Namespace
 from qcow2_monitor.cli.parser import ArgumentParser
 from qcow2_monitor.cli.version import add_version_argument
 from qcow2_monitor.collectors.common.text import printable
@@ -143,7 +143,7 @@ def _parser() -> ArgumentParser:
     return parser
 
 
-def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO,
+def _batch(args: Namespace, stdout: TextIO, stderr: TextIO,
            tracker: Optional[GrowthTracker] = None) -> None:
     collection = collect_selected(args.targets, args, tracker)
     text, problems = render(collection)
@@ -155,7 +155,7 @@ def _batch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO,
     write_utf8(stdout, text)
 
 
-def _serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def _serve(args: Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """One batch (exec), or one per line read on stdin until EOF (execd)."""
     try:
         if not args.execd:

@@ -129,9 +129,10 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
 
     analyze = analyze_parser()
     parsers: dict[str, argparse.ArgumentParser] = {
-        "check_qcow2": nagios_parser(), "qcow2-telegraf": telegraf_parser(),
-        "qcow2-textfile": textfile_parser(), "qcow2-analyze": analyze}
-    parsers.update((f"qcow2-analyze {name}", sub) for name, sub in analyze.commands.items())
+        "check_qcow2": nagios_parser().argparse(), "qcow2-telegraf": telegraf_parser().argparse(),
+        "qcow2-textfile": textfile_parser().argparse(), "qcow2-analyze": analyze.argparse()}
+    parsers.update((f"qcow2-analyze {name}", sub.argparse())
+                   for name, sub in analyze.commands.items())
     return parsers
 
 

@@ -191,7 +191,7 @@ def test_sudo_allows_read_only_options_only(installed: IsolatedRoot) -> None:
     denied = {"--libvirt-uri", "--qmp", "--state-dir"}
     for user, program, parser in (("nagios", PLUGIN, build_parser()),
                                   ("telegraf", TELEGRAF, telegraf_parser())):
-        for action in parser._actions:
+        for action in parser.argparse()._actions:
             for option in action.option_strings:
                 command = [program, option, *_value(action), IMAGES]
                 assert _allowed(installed, user, command) == (option not in denied), command

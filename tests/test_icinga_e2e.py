@@ -242,7 +242,7 @@ def test_shipped_command_validates_and_documents_every_option(tmp_path: Path) ->
                    "-v": "verbose"}
     parser_options = {
         action.option_strings[-1] if len(action.option_strings) > 1 else action.option_strings[0]
-        for action in build_parser()._actions
+        for action in build_parser().argparse()._actions
         if action.option_strings and action.dest not in ("help", "version")
     }
     mapped = {short_names.get(option, option.lstrip("-").replace("-", "_"))
