@@ -23,6 +23,8 @@ command -v libvirtd >/dev/null || missing+=(libvirt-daemon libvirt-daemon-driver
 command -v virsh >/dev/null || missing+=(libvirt-clients)
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v runuser >/dev/null || missing+=(util-linux)
+# The guest that fills its volume until qemu pauses it (tests/enospc.py) is assembled with nasm.
+command -v nasm >/dev/null || missing+=(nasm)
 # The shipped agent configurations run the plugins through sudo (the sudoers drop-in). The
 # Debian package (tests/test_debian_package.py) is built with the standard tools, checked by
 # lintian and systemd-analyze, and installed in a private mount namespace (util-linux).
