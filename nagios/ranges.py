@@ -18,15 +18,35 @@ means as a threshold.
 from __future__ import annotations
 
 import math
-import re
 
 from qcow2_monitor.collectors.common.record import frozen_record
 from qcow2_monitor.collectors.common.units import plain_number
 
-# Deliberately narrower than float(): float() also accepts "inf", "nan", "1_000" and spaces.
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-# Compiled on first use (re caches it): a run without -w/-c ranges has none to parse.
-_RANGE = rf"^(?P<inside>@)?(?:(?P<start>~|{_NUMBER})?(?P<colon>:))?(?P<end>{_NUMBER})?$"
+
+def is_number(text: str) -> bool:
+    """A plain decimal with an optional exponent: ``[+-]`` digits, a point and digits (either
+    side may be empty, not both), then ``e``/``E``, ``[+-]`` and digits. Deliberately narrower
+    than float(), which also takes "inf", "nan", "1_000" and spaces."""
+    mantissa, e, exponent = text.replace("E", "e").partition("e")
+    whole, _, fraction = mantissa[mantissa[:1] in ("+", "-"):].partition(".")
+    digits = (whole.isdecimal() or not whole) and (fraction.isdecimal() or not fraction) \
+        and bool(whole or fraction)
+    power = exponent[exponent[:1] in ("+", "-"):]
+    return digits and (not e or power.isdecimal())
+
+
+def _split(text: str) -> tuple[bool, str | None, str | None]:
+    """``[@][start:][end]`` in its parts (a part not given is None); raises RangeError where
+    `text` (surrounding blanks left out) does not follow it."""
+    body = text.strip()
+    inside = body.startswith("@")
+    start_text, colon, end_text = body[inside:].partition(":")
+    if not colon:
+        start_text, end_text = "", start_text
+    if not ((start_text in ("", "~") or is_number(start_text))
+            and (not end_text or is_number(end_text)) and (start_text or end_text)):
+        raise RangeError(f"invalid range {text!r} (expected [@][start:][end], e.g. 80 or 10:20)")
+    return inside, start_text or None, end_text or None
 
 
 class RangeError(ValueError):
@@ -43,13 +63,8 @@ class Range:
 
     @classmethod
     def parse(cls, text: str) -> Range:
-        match = re.match(_RANGE, text.strip())
         # At least one number: "", "@", ":" and "@:" are typos, not "never alert".
-        if match is None or (match["start"] is None and match["end"] is None):
-            raise RangeError(
-                f"invalid range {text!r} (expected [@][start:][end], e.g. 80 or 10:20)"
-            )
-        start_text, end_text = match["start"], match["end"]
+        inside, start_text, end_text = _split(text)
         if start_text == "~":
             start = -math.inf
         elif start_text is None:
@@ -66,7 +81,7 @@ class Range:
             raise RangeError(
                 f"invalid range {text!r}: start {shown_start} is greater than end {end_text}"
             )
-        return cls(start=start, end=end, inside=match["inside"] is not None)
+        return cls(start=start, end=end, inside=inside)
 
     def alert(self, value: float) -> bool:
         """True when ``value`` is a problem under this range (endpoints are inclusive)."""

@@ -109,11 +109,17 @@ def test_parallel_runs_lose_no_sample(tmp_path: Path) -> None:
     for image in images:
         # The file: the header (with the first run's total), its buckets, then one line per
         # later run's sample.
-        header, buckets, *appended = (json.loads(line) for line in
-                                      (directory / state_name(str(image))).read_text()
-                                      .splitlines())
-        assert header["total"][1] == sum(bucket[1] for bucket in buckets) == 1
-        assert header["path"] == str(image)
+        header, buckets, *appended = (directory / state_name(str(image))).read_text() \
+            .splitlines()
+        words, _, path = header.partition(" path=")
+        assert path == str(image)
+        fields = dict(word.split("=") for word in words.split()[2:])
+        assert words.startswith("qcow2-monitor-growth 3 ")
+        st = os.stat(image)
+        assert fields["identity"] == f"file,{st.st_dev},{st.st_ino}"
+        # total = [start, samples, ...]: the sums of the one bucket, of the first run's sample
+        assert fields["total"].split(",")[1] == "1"
+        assert [bucket.split(",")[1] for bucket in buckets.split()] == ["1"]
         # Every later run's sample, once each (two runs may sample within one millisecond:
         # the times need not differ).
         assert len(appended) == runs - 1
@@ -162,6 +168,31 @@ def test_history_restarts_when_it_stops_describing_one_image(tmp_path: Path,
     growth = tracked(str(image), state)
     assert (growth.samples, growth.note) == (1, "growth history restarted: the image was "
                                                 "replaced")
+
+
+def test_a_state_file_holds_any_name_and_refuses_damage(tmp_path: Path) -> None:
+    """The text format: a name with blanks, `path=`, a newline and bytes that are not UTF-8
+    stays on its line; a damaged line starts the history anew, with a note that says what."""
+    image = make_image(tmp_path / "a path=b\nc \udcff.qcow2", "16M", write=["write 0 1M"])
+    state = tmp_path / "state"
+    for samples in range(1, 4):
+        growth = tracked(str(image), state)
+        assert (growth.samples, growth.note) == (samples, None)
+    name = state / state_name(str(image))
+    header, buckets, *appended = name.read_bytes().split(b"\n")[:-1]
+    assert header.endswith(b" path=" + str(image).replace("\n", "\\x0a")
+                           .replace("\udcff", "\\xff").encode())
+    assert len(appended) == 2 and all(line.count(b",") == 2 for line in appended)
+    for damaged, what in (
+            ([header, buckets, b"1,2"], "an appended sample is not 3 numbers"),
+            ([header, buckets, b"1,2,inf"], "an appended sample is not 3 numbers"),
+            ([header.replace(b"last=", b"last=x"), buckets], "the last sample is not 3 numbers"),
+            ([header.replace(b"growth 3", b"growth 4"), buckets], "not a state file of this"),
+            ([header.replace(b" total=", b" totals="), buckets], "the total is not 10 numbers"),
+            ([b'{"version":2}', b"[]"], "not a state file of this version")):
+        name.write_bytes(b"".join(line + b"\n" for line in damaged))
+        growth = tracked(str(image), state)
+        assert growth.samples == 1 and f"unusable ({what}" in (growth.note or ""), growth.note
 
 
 def test_untrusted_state_is_never_used(tmp_path: Path) -> None:
@@ -229,27 +260,31 @@ def test_files_of_disks_not_seen_for_a_week_are_pruned(tmp_path: Path) -> None:
     dead.write_text("{")
     foreign = state / "README"
     foreign.write_text("not ours")
+    # An earlier version's file (JSON, named .json): a disk's history that is not read again.
+    earlier = state / (state_name(str(image)).removesuffix(".state") + ".json")
+    earlier.write_text('{"version":2}\n')
     old = time.time() - week - 60
-    for path in (gone, dead, foreign):
+    for path in (gone, dead, foreign, earlier):
         os.utime(path, (old, old))
     tracked(str(image), state)  # pruned within the hour already: nothing removed
-    assert gone.exists() and dead.exists()
+    assert gone.exists() and dead.exists() and earlier.exists()
     os.utime(state / ".pruned", (old, old))
     tracked(str(image), state)
-    assert not gone.exists() and not dead.exists() and foreign.exists()
+    assert not gone.exists() and not dead.exists() and not earlier.exists()
+    assert foreign.exists()
     assert (state / state_name(str(image))).exists()
 
 
 def test_state_names_are_the_sha256_of_the_identity() -> None:
-    """The interpreter's own SHA-256 (no OpenSSL loaded) names files as hashlib's does, so
-    that state kept by earlier releases is found again."""
+    """The interpreter's own SHA-256 (no OpenSSL loaded) names files as hashlib's does: one
+    name per disk whichever Python runs."""
     import hashlib
     import subprocess
     import sys
 
     for identity in ("/var/lib/libvirt/images/vm.qcow2", "dev:253:4", "/x/\udcff"):
         digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()
-        assert state_name(identity) == digest[:40] + ".json"
+        assert state_name(identity) == digest[:40] + ".state"
     code = ("import sys; from qcow2_monitor.collectors.report.state import state_name; "
             "state_name('x'); print('_hashlib' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -96,6 +97,32 @@ def test_range_canonical_text(text: str, canonical: str) -> None:
 def test_range_rejects(text: str) -> None:
     with pytest.raises(RangeError):
         Range.parse(text)
+
+
+# The guidelines' grammar as a regular expression, written here from the guidelines: the
+# parser (which does without re) must accept exactly what it matches.
+GRAMMAR_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+GRAMMAR = rf"(@)?(?:(~|{GRAMMAR_NUMBER})?:)?({GRAMMAR_NUMBER})?"
+
+
+def test_range_grammar_is_the_guidelines() -> None:
+    rng = random.Random(7)
+    alphabet = ["1", "0", "9", "\u0663", "\u00b2", ".", "e", "E", "+", "-", "~", ":", "@", " ",
+                "x", "_"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(8)))
+             for _ in range(40000)]
+    accepted = 0
+    for text in texts:
+        match = re.fullmatch(GRAMMAR, text.strip())
+        expected = match is not None and (match[2] is not None or match[3] is not None)
+        try:
+            Range.parse(text)
+            parsed = True
+        except RangeError as exc:
+            parsed = "out of range" in str(exc) or "greater than" in str(exc)
+        accepted += expected
+        assert parsed == expected, text
+    assert accepted > 2000
 
 
 def test_range_describe() -> None:

@@ -4,7 +4,6 @@ live tests, tests/test_enospc.py, get them from the real daemons)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -261,8 +260,9 @@ def test_state_file_sums_give_least_squares_over_the_window(tmp_path: Path) -> N
         container = Container("block", size, size - end, size, None, used=end)
         now = replace(usage, image_end_offset=end, container=container)
         history = merge(lines, DiskSample("/dev/x", ["block", 1], now, t), window)
+        # A sample line as the format has it: the numbers as Python writes them, a comma apart.
         lines = history.lines if history.rewrite else [
-            *history.lines, json.dumps(list(history.sample)).encode()]
+            *history.lines, ",".join(map(repr, history.sample)).encode()]
         seen.append((t, end))
         growth = growth_of(history, now, window)
         kept = [(s, e) for s, e in seen if s - s % width + width > t - window]

@@ -6,8 +6,6 @@ the offset and the bad value, so that every front end can print one clear line.
 
 from __future__ import annotations
 
-import re
-
 from .text import printable
 
 TYPE_CHECKING = False
@@ -92,6 +90,8 @@ class Qcow2Error(Exception):
 
 def _states(message: str, form: str) -> bool:
     """`form` appears in `message` as a whole word (7 is not stated by 0x70000)."""
+    import re  # for error messages only
+
     word = rf"(?<![0-9A-Za-z_]){re.escape(form)}(?![0-9A-Za-z_])"
     return bool(form) and re.search(word, message) is not None
 

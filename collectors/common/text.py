@@ -20,22 +20,23 @@ output) is escaped by that adapter after this rule.
 
 from __future__ import annotations
 
-import re
-
-# Control characters, and the lone surrogates Python decodes undecodable bytes to
-# (surrogateescape: byte 0xNN -> U+DCNN) or that any other source could carry.
-# (Compiled on first use, by re's cache: most names are printable and never need it.)
-_UNPRINTABLE = "[\x00-\x1f\x7f-\x9f\ud800-\udfff]"
+# What is written escaped: control characters, and the lone surrogates Python decodes
+# undecodable bytes to (surrogateescape: byte 0xNN -> U+DCNN) or that any other source could
+# carry.
+_CONTROLS = (range(0x00, 0x20), range(0x7F, 0xA0))
+_SURROGATES = range(0xD800, 0xE000)
 _ESCAPED_BYTES = range(0xDC80, 0xDD00)  # surrogateescape's range: bytes 0x80..0xff
 
 
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
+def _escape(char: str) -> str:
+    code = ord(char)
     if code in _ESCAPED_BYTES:
         return f"\\x{code - 0xDC00:02x}"
-    if code < 0x100:
+    if any(code in controls for controls in _CONTROLS):
         return f"\\x{code:02x}"
-    return f"\\u{code:04x}"  # a lone surrogate that is no escaped byte
+    if code in _SURROGATES:
+        return f"\\u{code:04x}"  # a lone surrogate that is no escaped byte
+    return char
 
 
 def printable(text: str) -> str:
@@ -43,4 +44,4 @@ def printable(text: str) -> str:
     ``\\xNN``, everything else as it is (see the module's docstring)."""
     if text.isprintable():  # no control character, no surrogate: nothing to do (most names)
         return text
-    return re.sub(_UNPRINTABLE, _escape, text)
+    return "".join(map(_escape, text))

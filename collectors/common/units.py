@@ -5,7 +5,6 @@ everywhere, and counted nouns with the right plural."""
 from __future__ import annotations
 
 import math
-import re
 from functools import lru_cache
 
 _SIZE_PREFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
@@ -73,7 +72,8 @@ def counted(count: int, singular: str, plural: str = "") -> str:
     return f"{count} {singular if count == 1 else (plural or singular + 's')}"
 
 
-# Patterns compiled on first use (re caches them): a run given no size or duration has none.
+# Patterns compiled on first use (re, imported then, caches them): a run given no size or
+# duration has none.
 _SIZE_PATTERN = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpe]?)(i?b?)\s*$"
 _SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 
@@ -85,6 +85,8 @@ def parse_size(text: str) -> int:
     convention for a tool whose users type qemu-img sizes. Fractions round down to a byte.
     Raises ValueError with the offending text.
     """
+    import re
+
     match = re.match(_SIZE_PATTERN, text, re.IGNORECASE)
     if not match:
         raise ValueError(f"invalid size {text!r} (expected e.g. 512M, 10GiB, 1.5T)")
@@ -104,6 +106,8 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400
 
 def parse_duration(text: str) -> float:
     """Parse "90", "90s", "30m", "4h", "2d", "1w" into seconds; raises ValueError."""
+    import re
+
     match = re.match(_DURATION_PATTERN, text, re.IGNORECASE)
     if not match:
         raise ValueError(f"invalid duration {text!r} (expected e.g. 90s, 30m, 4h, 2d)")

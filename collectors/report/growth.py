@@ -15,11 +15,11 @@ image was replaced (its identity changed), or the end offset went down (compacte
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 from ..common.record import field, frozen_record, mutable_record
+from ..common.text import printable
 from ..common.units import human_size
 from .model import ContainerKind, Growth, ImageUsage
 from .state import CorruptState, StateDirectory, StateError, state_name
@@ -32,7 +32,7 @@ DEFAULT_WINDOW = 6 * 3600.0
 MIN_SPAN_FRACTION = 12  # a slope needs samples spanning at least window / 12 (30 min of 6 h)
 BUCKETS = 24  # the window in buckets of sums (15 min each of 6 h): a state file stays small
 CLOCK_SLACK = 60.0  # samples this far "in the future" mean the clock went back: dropped
-FORMAT_VERSION = 2
+FORMAT = b"qcow2-monitor-growth 3"  # a state file's first words: what it is, its version
 COMPACT_EVERY = 16  # samples appended to a state file before it is rewritten whole
 
 Sample = tuple[float, int, int]  # time, end offset, container used
@@ -97,13 +97,37 @@ class DiskSample:
     time: float
 
 
-def _reset_reason(document: dict[str, Any], disk: DiskSample,
-                  last: Optional[Sample]) -> Optional[str]:
+# A state file is text, a line per record, numbers as Python writes them (repr: read back
+# exactly by float()), a comma between the numbers of one record:
+#   qcow2-monitor-growth 3 identity=file,DEV,INO container_size=N last=T,END,USED
+#       total=<the sums of every bucket: BUCKET_FIELDS numbers> expires=T path=PATH
+#   <the buckets, a space between two>
+#   T,END,USED          (one line per sample appended since)
+# The path (the disk's canonical path, printable: one line) is for a reader of the directory,
+# whose file names are hashes; the identity says whether the disk is still the same one.
+
+
+@frozen_record
+class Header:
+    """A state file's first line."""
+
+    identity: str
+    container_size: int
+    last: Sample
+    total: Bucket  # the sums of all its buckets, as one bucket
+    expires: float  # when its oldest bucket leaves the window
+
+
+def _identity_text(identity: Sequence[Any]) -> str:
+    return ",".join(map(str, identity))
+
+
+def _reset_reason(header: Header, disk: DiskSample, last: Optional[Sample]) -> Optional[str]:
     usage = disk.usage
-    if document.get("identity") != disk.identity:
+    if header.identity != _identity_text(disk.identity):
         return "the image was replaced"
-    size = document.get("container_size")
-    if size != usage.container.size and isinstance(size, int):
+    size = header.container_size
+    if size != usage.container.size:
         how = "extended" if usage.container.size > size else "shrunk"
         return (f"its container was {how} from {human_size(size)} to "
                 f"{human_size(usage.container.size)}")
@@ -113,40 +137,44 @@ def _reset_reason(document: dict[str, Any], disk: DiskSample,
     return None
 
 
-def _numbers(value: Any, count: int, what: str) -> list[float]:
+def _numbers(text: Optional[bytes], count: int, what: str) -> list[float]:
     try:
-        numbers = list(map(float, value)) if isinstance(value, list) else []
-    except (TypeError, ValueError):
+        numbers = [float(word) for word in text.split(b",")] if text is not None else []
+    except ValueError:
         numbers = []
     if len(numbers) != count or not all(map(math.isfinite, numbers)):
         raise CorruptState(f"{what} is not {count} numbers")
     return numbers
 
 
-def _json(line: bytes, what: str) -> Any:
-    try:
-        return json.loads(line)
-    except ValueError:
-        raise CorruptState(f"{what} is not JSON") from None
+def _encode(numbers: Sequence[float]) -> bytes:
+    return ",".join(map(repr, numbers)).encode()
 
 
-def _header(line: bytes) -> tuple[dict[str, Any], Bucket, Sample, float]:
-    """A state file's first line: the document, the sums of all its buckets (one bucket), the
-    latest sample, and when its oldest bucket leaves the window."""
-    document = _json(line, "the first line")
-    if not isinstance(document, dict):
-        raise CorruptState("not a state file (JSON object)")
-    total = _numbers(document.get("total"), BUCKET_FIELDS, "the total")
-    t, end, used = _numbers(document.get("last"), 3, "the last sample")
-    (expires,) = _numbers([document.get("expires")], 1, "the expiry")
-    return document, total, (t, int(end), int(used)), expires
+def _header(line: bytes) -> Header:
+    head = line.partition(b" path=")[0]
+    if not head.startswith(FORMAT + b" "):
+        raise CorruptState("not a state file of this version")
+    fields = {key: value for key, _, value in
+              (word.partition(b"=") for word in head[len(FORMAT) + 1:].split(b" "))}
+    (size,) = _numbers(fields.get(b"container_size"), 1, "the container size")
+    t, end, used = _numbers(fields.get(b"last"), 3, "the last sample")
+    return Header(fields.get(b"identity", b"").decode("utf-8", "replace"), int(size),
+                  (t, int(end), int(used)),
+                  _numbers(fields.get(b"total"), BUCKET_FIELDS, "the total"),
+                  _numbers(fields.get(b"expires"), 1, "the expiry")[0])
+
+
+def _header_line(header: Header, path: str) -> bytes:
+    return b" ".join((FORMAT, b"identity=" + header.identity.encode(),
+                      b"container_size=%d" % header.container_size,
+                      b"last=" + _encode(header.last), b"total=" + _encode(header.total),
+                      b"expires=" + _encode([header.expires]),
+                      b"path=" + printable(path).encode("utf-8")))
 
 
 def _buckets(line: bytes) -> list[Bucket]:
-    raw = _json(line, "the buckets")
-    if not isinstance(raw, list):
-        raise CorruptState("no buckets")
-    buckets = [_numbers(item, BUCKET_FIELDS, "a bucket") for item in raw]
+    buckets = [_numbers(item, BUCKET_FIELDS, "a bucket") for item in line.split(b" ")]
     if any(b[1] < 1 for b in buckets):
         raise CorruptState("an empty bucket")
     return buckets
@@ -173,10 +201,6 @@ class History:
     note: Optional[str] = None
 
 
-def _encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
 def merge(lines: Optional[list[bytes]], disk: DiskSample, window: float) -> History:
     """A disk's state file (a header with the total of its buckets, the buckets, then the
     samples appended since; or None) with this run's sample added. Usually the total and the
@@ -190,12 +214,12 @@ def merge(lines: Optional[list[bytes]], disk: DiskSample, window: float) -> Hist
     note = None
     buckets: dict[float, Bucket] = {}
     if lines:
-        document, total, previous, expires = _header(lines[0])
-        appended = [_numbers(item, 3, "an appended sample")
-                    for item in _json(b"[" + b",".join(lines[2:]) + b"]", "appended samples")]
+        header = _header(lines[0])
+        total, previous, expires = header.total, header.last, header.expires
+        appended = [_numbers(line, 3, "an appended sample") for line in lines[2:]]
         for t, end, used in appended:
             previous = max(previous, (t, int(end), int(used)))
-        reason = _reset_reason(document, disk, previous)
+        reason = _reset_reason(header, disk, previous)
         if reason is not None:
             note = f"growth history restarted: {reason}"
         elif (len(appended) + 1 < COMPACT_EVERY and disk.time < expires
@@ -223,11 +247,11 @@ def merge(lines: Optional[list[bytes]], disk: DiskSample, window: float) -> Hist
 def _rewritten(disk: DiskSample, buckets: dict[float, Bucket], last: Sample, width: float,
                window: float, note: Optional[str]) -> History:
     kept = sorted(buckets.values())
-    header = {"version": FORMAT_VERSION, "path": disk.key, "identity": disk.identity,
-              "container_size": disk.usage.container.size, "last": list(last),
-              "total": _combined(kept), "expires": min(b[0] for b in kept) + width + window}
+    header = Header(_identity_text(disk.identity), disk.usage.container.size, last,
+                    _combined(kept), min(b[0] for b in kept) + width + window)
     sample = (round(disk.time, 3), disk.usage.end_offset, disk.usage.container.used)
-    return History([_encode(header), _encode(kept)], kept, sample, True, note)
+    return History([_header_line(header, disk.key), b" ".join(map(_encode, kept))], kept,
+                   sample, True, note)
 
 
 
@@ -324,7 +348,7 @@ class GrowthTracker:
                 os.close(fd)
         if self.keep_in_memory:
             self.memory[name] = history.lines if history.rewrite else [
-                *history.lines, _encode(list(history.sample))]
+                *history.lines, _encode(history.sample)]
         return growth_of(history, disk.usage, self.window)
 
     def _merged(self, document: Optional[list[bytes]], disk: DiskSample,
@@ -345,7 +369,7 @@ class GrowthTracker:
             if history.rewrite or fd is None:
                 store.write(name, history.lines)
             else:
-                store.append(fd, _encode(list(history.sample)))
+                store.append(fd, _encode(history.sample))
         except OSError as exc:
             note = f"growth: cannot write in {store.path}: {exc.strerror or exc}"
             if note not in notes:

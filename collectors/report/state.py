@@ -37,7 +37,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import stat
 import time
 from functools import lru_cache
@@ -55,9 +54,11 @@ PRUNE_AGE = 7 * 24 * 3600.0
 PRUNE_INTERVAL = 3600.0  # the directory is scanned for stale files at most this often
 PRUNE_MARK = ".pruned"  # its modification time says when it last was
 TEMPORARY_AGE = 3600.0  # a temporary file older than this was left by a run that died
-# Compiled on first use (re caches them): only the hourly pruning scan needs them.
-_STATE_NAME = r"^[0-9a-f]{40}\.json$"
-_TEMPORARY_NAME = r"^\.[0-9a-f]{40}\.json\.[0-9]+\.[0-9a-f]+$"
+STATE_SUFFIX = ".state"
+# Only the hourly pruning scan needs them. A name ending in .json is a state file of an earlier
+# version (JSON, version 2), pruned as any other once its disk is not seen for PRUNE_AGE.
+_STATE_NAME = r"^[0-9a-f]{40}\.(state|json)$"
+_TEMPORARY_NAME = r"^\.[0-9a-f]{40}\.(state|json)\.[0-9]+\.[0-9a-f]+$"
 
 
 class StateError(Exception):
@@ -102,7 +103,7 @@ def _sha256_hex(data: bytes) -> str:
 
 def state_name(identity: str) -> str:
     """The file of one disk: a hash of its identity (no path text reaches the file system)."""
-    return _sha256_hex(identity.encode("utf-8", "surrogateescape"))[:40] + ".json"
+    return _sha256_hex(identity.encode("utf-8", "surrogateescape"))[:40] + STATE_SUFFIX
 
 
 class DirectoryLock:
@@ -249,6 +250,8 @@ class StateDirectory:
                 os.close(fd)
         except OSError:  # no mark: the next run scans again
             pass
+        import re  # only here: no other part of a run needs it
+
         removed = 0
         for entry in os.scandir(self.fd):
             stale = PRUNE_AGE if re.match(_STATE_NAME, entry.name) else \
