@@ -10,12 +10,12 @@ the command's documented exit code, never a traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 
 from qcow2_monitor.collectors.common.text import printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Optional, TextIO
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C

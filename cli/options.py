@@ -3,8 +3,6 @@ identical in check_qcow2, qcow2-telegraf and qcow2-textfile."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from qcow2_monitor.cli.entry import exception_text, last_resort, output_streams, write_utf8
 from qcow2_monitor.cli.exits import EXIT_FAILED, EXIT_USAGE
 from qcow2_monitor.cli.outcome import Namespace, ParserExit, UsageError
@@ -23,6 +21,7 @@ from qcow2_monitor.collectors.report.thin import Judging
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Optional, Sequence, TextIO, Union
 
     from qcow2_monitor.cli.parser import ArgumentContainer

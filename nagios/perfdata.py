@@ -7,14 +7,13 @@ with the state and graphs keep their history.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from qcow2_monitor.collectors.common.units import plain_number
 from qcow2_monitor.nagios.text import clean_label, usage_percent
 from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdict
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Optional
 
     from qcow2_monitor.collectors.report.metrics import Metric

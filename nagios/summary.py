@@ -3,8 +3,6 @@ filesystem when overcommit is thresholded)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-
 from qcow2_monitor.collectors.common.units import (
     counted,
     human_duration,
@@ -26,6 +24,8 @@ from qcow2_monitor.nagios.thresholds import FilesystemVerdict, Thresholds, Verdi
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
     from qcow2_monitor.collectors.report.model import ImageRecord, ImageUsage
 
 MAX_IMAGES_IN_SUMMARY = 2  # the first line must stay short; the long output lists everything

@@ -72,7 +72,8 @@ class Thresholds:
                         f"reached before the critical, e.g. {example}, or no {warn_option})")
         # Limits alerting below a value (free space, time left): the warning must be the larger.
         for (name, show, larger, example), warning_value, critical_value in (
-            (("headroom", human_size, "above", "more free space than the critical, e.g. "
+            (("headroom", lambda size: human_size(int(size)), "above",
+              "more free space than the critical, e.g. "
               "--warning-headroom 20G --critical-headroom 5G"),
              self.headroom_warning, self.headroom_critical),
             (("time-to-full", human_duration, "longer than", "the longer time, e.g. "

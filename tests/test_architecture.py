@@ -287,14 +287,15 @@ HEAVY = {"numpy", "importlib.metadata", "jinja2", "prometheus_client"}
 # What a run at rest does without (bench/bench_start.py measures what it costs): typing and
 # dataclasses (inspect, ast, dis), hashlib (OpenSSL), decimal, shutil (bz2, lzma), traceback,
 # threading and contextlib; re, json, argparse (with gettext and locale) where the command line
-# is plain (cli/parser.py); the live clients' subprocess and socket (and the thread that asks
-# them) only when a live source is asked.
+# is plain (cli/parser.py); enum, functools and collections (common/enums.py, common/record.py);
+# the live clients' subprocess and socket (and the thread that asks them) only when a live
+# source is asked.
 START_COSTS = {"typing", "dataclasses", "inspect", "ast", "_hashlib", "decimal", "shutil",
                "traceback", "subprocess", "socket", "glob", "threading", "contextlib", "re",
-               "json", "argparse", "gettext", "locale"}
+               "json", "argparse", "gettext", "locale", "enum", "functools", "collections"}
 # qcow2-analyze has subcommands, which argparse reads (and its output may be JSON); the
 # textfile's template engine imports some of these itself: it is held to HEAVY only.
-ARGPARSE = {"argparse", "re", "gettext", "locale", "json"}
+ARGPARSE = {"argparse", "re", "gettext", "locale", "json", "enum", "functools", "collections"}
 LIGHT_RUNS = {
     "check_qcow2": (["-f", "{image}", "--no-live"], set(), set()),
     "qcow2-telegraf": (["--no-live", "{image}"], set(), set()),

@@ -4,6 +4,8 @@ Generic stand-ins do what the light path needs of typing's."""
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import pickle
 import subprocess
@@ -167,8 +169,25 @@ class Entry(NamedTuple):
         return self.offset + len(self.name)
 
 
-def test_named_tuples_are_collections_namedtuples() -> None:
+def test_named_tuples_behave_as_collections_namedtuples() -> None:
+    reference = collections.namedtuple("Entry", ["offset", "name"], defaults=[""])
+    for made in (Entry, reference):
+        entry = made(4, "abc")
+        assert (entry.offset, entry[1], entry._asdict(), made(offset=1)) == (
+            4, "abc", {"offset": 4, "name": "abc"}, (1, ""))
+        assert copy.copy(entry) == entry == copy.deepcopy(entry)
+        for args, kwargs in (((), {}), ((1, "a", 2), {}), ((1,), {"nope": 2})):
+            with pytest.raises(TypeError):
+                made(*args, **kwargs)
+        with pytest.raises(TypeError):
+            made._make((1,))
+        with pytest.raises(ValueError):
+            entry._replace(nope=1)
+        with pytest.raises(AttributeError):
+            entry.offset = 5  # type: ignore[misc]
+        assert made._fields == ("offset", "name") and hash(entry) == hash((4, "abc"))
     entry = Entry(4, "abc")
+    assert pickle.loads(pickle.dumps(entry)) == entry  # (the reference's name is taken)
     assert isinstance(entry, tuple) and tuple(entry) == (4, "abc")
     assert Entry._fields == ("offset", "name") and Entry(7) == (7, "")
     assert entry.end == 7 and Entry.LIMIT == 3 and Entry.__doc__ == "An entry."

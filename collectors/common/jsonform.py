@@ -6,8 +6,7 @@ print is made here, from the result model (report/model.py) and the qemu-img loo
 
 from __future__ import annotations
 
-from enum import Enum
-
+from .enums import Enum
 from .errors import Qcow2Error
 from .record import fields, frozen_record, is_record
 

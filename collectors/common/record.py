@@ -16,16 +16,18 @@ checkers see records as dataclasses (PEP 681, ``dataclass_transform``).
 
 Entries that tables hold by the ten thousand (snapshots, bitmaps) are named tuples, declared as
 ``class Entry(NamedTuple)`` with :class:`NamedTuple` from here: type checkers see typing's, and
-at run time it is collections.namedtuple made from the annotations. typing's own would compile
-every field's annotation text (a ForwardRef each), and importing typing at all is a
-start-up cost the light path does without: its modules import typing names for type checkers
-only (``if TYPE_CHECKING:``), and the three that a class needs at run time are here.
+at run time a tuple class made from the annotations as collections.namedtuple makes one (fields
+read by position, ``_fields``, ``_make``, ``_replace``, ``_asdict``, the same repr), without
+importing collections (with keyword, reprlib, heapq) nor compiling a ``__new__`` per class.
+typing's own would compile every field's annotation text (a ForwardRef each), and importing
+typing at all is a start-up cost the light path does without: its modules import typing names
+for type checkers only (``if TYPE_CHECKING:``), and the three that a class needs at run time
+are here.
 """
 
 from __future__ import annotations
 
-from collections import namedtuple
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,22 +52,75 @@ else:
         def __class_getitem__(cls, _parameters):
             return cls
 
+    def _tuple_new(name, names, defaults):
+        count = len(names)
+
+        def __new__(cls, *args, **kwargs):
+            if len(args) == count and not kwargs:
+                return tuple.__new__(cls, args)
+            if len(args) > count:
+                raise TypeError(f"{name}() takes {count} positional arguments but "
+                                f"{len(args)} were given")
+            values = list(args)
+            for key in names[len(args):]:
+                if key in kwargs:
+                    values.append(kwargs.pop(key))
+                elif key in defaults:
+                    values.append(defaults[key])
+                else:
+                    raise TypeError(f"{name}() missing required argument: {key!r}")
+            if kwargs:
+                raise TypeError(f"{name}() got an unexpected keyword argument "
+                                f"{next(iter(kwargs))!r}")
+            return tuple.__new__(cls, values)
+
+        return __new__
+
+    class _Tuple(tuple):
+        """What every named tuple class has, as collections.namedtuple gives it."""
+
+        __slots__ = ()
+        _fields = ()
+
+        @classmethod
+        def _make(cls, iterable):
+            made = tuple.__new__(cls, iterable)
+            if len(made) != len(cls._fields):
+                raise TypeError(f"Expected {len(cls._fields)} arguments, got {len(made)}")
+            return made
+
+        def _replace(self, **changes):
+            made = self._make(map(changes.pop, self._fields, self))
+            if changes:
+                raise ValueError(f"Got unexpected field names: {list(changes)!r}")
+            return made
+
+        def _asdict(self):
+            return dict(zip(self._fields, self))
+
+        def __repr__(self):
+            shown = ", ".join(f"{key}={value!r}" for key, value in zip(self._fields, self))
+            return f"{self.__class__.__name__}({shown})"
+
+        def __getnewargs__(self):
+            return tuple(self)
+
     class _NamedTupleType(type):
         def __new__(mcs, name, bases, namespace):
             if not bases:  # NamedTuple itself
                 return super().__new__(mcs, name, bases, namespace)
             annotations = namespace.get("__annotations__", {})
-            names = [key for key, kind in annotations.items() if not _is_class_var(kind)]
-            cls = namedtuple(name, names, module=namespace.get("__module__"),
-                             defaults=[namespace[key] for key in names if key in namespace])
-            for key, value in namespace.items():
-                if key not in names and key not in ("__module__", "__qualname__"):
-                    setattr(cls, key, value)
-            cls.__qualname__ = namespace.get("__qualname__", name)
-            return cls
+            names = tuple(key for key, kind in annotations.items() if not _is_class_var(kind))
+            defaults = {key: namespace[key] for key in names if key in namespace}
+            body = {key: value for key, value in namespace.items() if key not in names}
+            body.update(__slots__=(), _fields=names, _field_defaults=defaults,
+                        __match_args__=names, __new__=_tuple_new(name, names, defaults))
+            for index, key in enumerate(names):
+                body[key] = property(itemgetter(index), doc=f"Alias for field number {index}")
+            return type(name, (_Tuple,), body)
 
     class NamedTuple(metaclass=_NamedTupleType):
-        """``class Entry(NamedTuple)``: collections.namedtuple from the class's annotations, its
+        """``class Entry(NamedTuple)``: a named tuple class from the class's annotations, its
         methods and class attributes kept."""
 
 _MISSING = object()

@@ -5,20 +5,31 @@ everywhere, and counted nouns with the right plural."""
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 _SIZE_PREFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
 
 
 # Sizes repeat (every disk-only snapshot's VM state is 0 B): a listing of 65536 snapshots
-# formats each distinct one once.
-@lru_cache(maxsize=1024)
+# formats each distinct one once (at most SIZES_KEPT kept; then they are made anew).
+SIZES_KEPT = 1024
+_SIZES: dict[int, str] = {}
+
+
 def human_size(size: int) -> str:
     """qemu's size_to_str() (util/cutils.c), so that our sizes read like qemu-img's: three
     significant digits, and the next binary unit from 1000 of the current one on
     (1000 B -> "0.977 KiB", never "1e+03 KiB")."""
+    text = _SIZES.get(size)
+    if text is None:
+        if len(_SIZES) >= SIZES_KEPT:
+            _SIZES.clear()
+        text = _SIZES[size] = _size_text(size)
+    return text
+
+
+def _size_text(size: int) -> str:
     if size < 0:
-        return "-" + human_size(-size)
+        return "-" + _size_text(-size)
     _mantissa, exponent = math.frexp(size / (1000.0 / 1024.0))
     index = min(max(exponent - 1, 0) // 10, len(_SIZE_PREFIXES) - 1)
     value = size / float(1 << (index * 10))

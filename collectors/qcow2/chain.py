@@ -11,7 +11,6 @@ one read-only reader.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
 
 from ..common.errors import INVALID, IO_ERROR, UNSUPPORTED, Qcow2Error
 from ..common.record import Generic, TypeVar, frozen_record, replace
@@ -23,6 +22,7 @@ from .reader import has_qcow2_magic
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Generator
     from typing import Callable, Optional, TypeAlias
 
 # One step of a walk: the layer as reported, and (ok qcow2 layers only) the image, open until

@@ -11,8 +11,8 @@ All integers big-endian.
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
 
+from ..common.enums import IntEnum
 from ..common.record import NamedTuple, frozen_record
 from .names import c_string_text
 

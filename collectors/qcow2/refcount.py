@@ -12,7 +12,6 @@ first zero would be wrong.
 from __future__ import annotations
 
 import struct
-from functools import cache
 
 from ..common.errors import INVALID, Qcow2Error
 from . import layout as L
@@ -127,13 +126,19 @@ def end_and_free_below(image: Qcow2Image, *, free: bool = True) -> tuple[int, Op
     return end_cluster * cs, zeros * cs if free else None
 
 
-@cache
+_ZEROS_PER_BYTE: dict[int, bytes] = {}
+
+
 def _zeros_per_byte(bits: int) -> bytes:
     """Zero refcounts per byte, for refcounts narrower than a byte (1, 2, 4 bits): made when
     an image with such refcounts is first met, not at every start."""
-    mask = (1 << bits) - 1
-    return bytes(sum((byte >> (bits * j)) & mask == 0 for j in range(8 // bits))
-                 for byte in range(256))
+    table = _ZEROS_PER_BYTE.get(bits)
+    if table is None:
+        mask = (1 << bits) - 1
+        table = _ZEROS_PER_BYTE[bits] = bytes(
+            sum((byte >> (bits * j)) & mask == 0 for j in range(8 // bits))
+            for byte in range(256))
+    return table
 
 
 def zero_entries(block: bytes, refcount_bits: int, limit: int) -> int:

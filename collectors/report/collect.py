@@ -10,8 +10,8 @@ every check and must stay light.
 from __future__ import annotations
 
 import time
-from enum import Enum
 
+from ..common.enums import Enum
 from ..common.errors import IO_ERROR, Qcow2Error, internal_error
 from ..common.record import TypeVar, replace
 from ..common.units import counted

@@ -6,8 +6,7 @@ str enums valued as the README documents them; the health state is numbered as N
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
-
+from ..common.enums import IntEnum, TextEnum
 from ..common.errors import Qcow2Error
 from ..common.jsonform import JsonKey, omit_falsy, omit_none
 from ..common.record import field, frozen_record
@@ -18,17 +17,6 @@ if TYPE_CHECKING:
 
 # Backing-chain depth limit used everywhere (usage, info, measure, adapters).
 DEFAULT_MAX_DEPTH = 32
-
-
-class TextEnum(str, Enum):
-    """A str-valued enum that is its value wherever it is written: str(), f-strings, JSON,
-    labels (a plain `str, Enum` prints as `Class.MEMBER` in f-strings on some versions)."""
-
-    def __str__(self) -> str:
-        return str.__str__(self)
-
-    def __format__(self, spec: str) -> str:
-        return str.__format__(str.__str__(self), spec)
 
 
 class LayerStatus(TextEnum):

@@ -39,7 +39,6 @@ import fcntl
 import os
 import stat
 import time
-from functools import lru_cache
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,11 +81,9 @@ def default_directory(environ: Optional[dict[str, str]] = None) -> str:
     return os.path.join(base, STATE_SUBDIRECTORY)
 
 
-@lru_cache(maxsize=1)
 def _sha256() -> Callable[[bytes], Any]:
     """The SHA-256 constructor of the interpreter's own module (``_sha2`` from Python 3.12,
-    ``_sha256`` before), found once: hashlib loads OpenSSL first, a few milliseconds of every
-    run."""
+    ``_sha256`` before): hashlib loads OpenSSL first, a few milliseconds of every run."""
     for name in ("_sha2", "_sha256"):
         try:
             return __import__(name).sha256  # type: ignore[no-any-return]
