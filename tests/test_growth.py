@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -290,6 +290,26 @@ def test_state_names_are_the_sha256_of_the_identity() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd="/")
     assert done.stdout.strip() == "False"
+
+
+def test_the_hash_is_found_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every disk of every run names its file: the constructor is looked up once, not searched
+    for on the whole path each time (a module name that is not there, _sha2 before Python
+    3.12, is looked for in every directory of sys.path)."""
+    import builtins
+
+    state_name("first")
+    asked: list[object] = []
+    real_import = builtins.__import__
+
+    def recording_import(*args: Any, **kwargs: Any) -> Any:
+        asked.append(args[0])
+        return real_import(*args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", recording_import)
+    assert state_name("later").endswith(".state")
+    monkeypatch.undo()
+    assert asked == []
 
 
 def test_a_run_that_cannot_get_the_lock_records_nothing_and_says_so(tmp_path: Path) -> None:

@@ -81,17 +81,25 @@ def default_directory(environ: Optional[dict[str, str]] = None) -> str:
     return os.path.join(base, STATE_SUBDIRECTORY)
 
 
+_SHA256: list[Callable[[bytes], Any]] = []  # the constructor, once found
+
+
 def _sha256() -> Callable[[bytes], Any]:
     """The SHA-256 constructor of the interpreter's own module (``_sha2`` from Python 3.12,
-    ``_sha256`` before): hashlib loads OpenSSL first, a few milliseconds of every run."""
-    for name in ("_sha2", "_sha256"):
-        try:
-            return __import__(name).sha256  # type: ignore[no-any-return]
-        except ImportError:
-            continue
-    import hashlib
+    ``_sha256`` before), found once (a name that is not there is looked for on the whole
+    path): hashlib loads OpenSSL first, a few milliseconds of every run."""
+    if not _SHA256:
+        for name in ("_sha2", "_sha256"):
+            try:
+                _SHA256.append(__import__(name).sha256)
+                break
+            except ImportError:
+                continue
+        else:
+            import hashlib
 
-    return hashlib.sha256
+            _SHA256.append(hashlib.sha256)
+    return _SHA256[0]
 
 
 def _sha256_hex(data: bytes) -> str:
