@@ -239,8 +239,9 @@ class ArgumentParser:
             name, equals, inline = word.partition("=") if word.startswith("--") else \
                 (word, "", "")
             option = options.get(name)
+            # argparse drops a "--" from an option's values: such a value is its to read.
             if option is None or option.action in EXIT_ACTIONS or \
-                    (equals and (option.action in FLAG_ACTIONS or not inline)):
+                    (equals and (option.action in FLAG_ACTIONS or inline in ("", "--"))):
                 raise ValueError(word)
             if option.action in FLAG_ACTIONS:
                 found[option.dest] = True if option.action == "store_true" else \

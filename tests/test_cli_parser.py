@@ -195,7 +195,7 @@ def _front_end_parsers() -> dict[str, ArgumentParser]:
 
 
 VALUES = ["80", "~:90", "@10:20", "90:80", "10G", "5", "1h", "0", "x", "/srv/a.qcow2",
-          "qemu:///system", "", "-1", "-", "a b", "ok", "warning", "free-below-end=ok"]
+          "qemu:///system", "", "-1", "-", "--", "a b", "ok", "warning", "free-below-end=ok"]
 ODD_WORDS = ["--", "-", "-5", "", "-x", "-fIMG", "-vv", "--no-live=1", "-w=80", "--war",
              "--warning=", "--file=/a", "-h", "--help", "-V", " --qmp", "--bogus"]
 
@@ -255,6 +255,7 @@ def test_the_lines_agents_run_are_read_plainly(words: list[str]) -> None:
 @pytest.mark.parametrize("words", [
     ["--help"], ["-V"], ["--war", "80", "-f", "a"], ["-f", "a", "--", "b"], ["-w", "-5", "a"],
     ["-w", "x", "a"], ["-f"], ["-fa"], ["-vv", "-f", "a"], ["--bogus", "a"], ["--no-live=1"],
+    ["--file=--"], ["-f", "a", "--qmp=--"],
 ])
 def test_other_lines_are_argparse_s(words: list[str]) -> None:
     assert _front_end_parsers()["check_qcow2"].parse_plain(words) is None

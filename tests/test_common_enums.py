@@ -74,7 +74,8 @@ def _shown(member: object) -> tuple[object, ...]:
 def test_members_behave_as_the_enum_module_s(light: type, reference: type, value: object,
                                             name: str) -> None:
     ours, theirs = light(value), reference(value)
-    assert ours is light[name] is getattr(light, name)
+    assert ours is light[name] is getattr(light, name) is light(ours)
+    assert reference(theirs) is theirs
     assert (ours.name, ours.value) == (theirs.name, theirs.value) == (name, value)
     assert [m.name for m in light] == [m.name for m in reference]
     assert [m.name for m in reversed(light)] == [m.name for m in reversed(reference)]

@@ -19,12 +19,14 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from qcow2_monitor.collectors.common.record import replace
 from qcow2_monitor.collectors.common.units import human_size
 from qcow2_monitor.collectors.report.collect import collect
-from qcow2_monitor.collectors.report.growth import GrowthTracker
-from qcow2_monitor.collectors.report.model import Growth
+from qcow2_monitor.collectors.report.growth import DiskSample, GrowthTracker, merge
+from qcow2_monitor.collectors.report.model import Container, Growth
 from qcow2_monitor.collectors.report.state import StateDirectory, state_name
 from qcow2_monitor.collectors.report.thin import Judging
+from qcow2_monitor.collectors.report.usage import analyze_image
 from qcow2_monitor.nagios.check_qcow2 import main as check_main
 
 from daemons import make_image, run
@@ -184,15 +186,35 @@ def test_a_state_file_holds_any_name_and_refuses_damage(tmp_path: Path) -> None:
                            .replace("\udcff", "\\xff").encode())
     assert len(appended) == 2 and all(line.count(b",") == 2 for line in appended)
     for damaged, what in (
-            ([header, buckets, b"1,2"], "an appended sample is not 3 numbers"),
-            ([header, buckets, b"1,2,inf"], "an appended sample is not 3 numbers"),
-            ([header.replace(b"last=", b"last=x"), buckets], "the last sample is not 3 numbers"),
+            ([header, buckets, b"1,2"], "an appended sample is not a time and two sizes"),
+            ([header, buckets, b"inf,2,3"], "an appended sample is not a time and two sizes"),
+            ([header, buckets, b"1,2.5,3"], "an appended sample is not a time and two sizes"),
+            ([header.replace(b"last=", b"last=x"), buckets],
+             "the last sample is not a time and two sizes"),
             ([header.replace(b"growth 3", b"growth 4"), buckets], "not a state file of this"),
             ([header.replace(b" total=", b" totals="), buckets], "the total is not 10 numbers"),
             ([b'{"version":2}', b"[]"], "not a state file of this version")):
         name.write_bytes(b"".join(line + b"\n" for line in damaged))
         growth = tracked(str(image), state)
         assert growth.samples == 1 and f"unusable ({what}" in (growth.note or ""), growth.note
+
+
+def test_a_container_above_2_to_the_53_keeps_its_history(tmp_path: Path) -> None:
+    """The container size is an integer read back exactly: 8 PiB + 1 byte is not "extended
+    from 8 PiB to 8 PiB" at every run."""
+    image = make_image(tmp_path / "h.qcow2", "16M", write=["write 0 1M"])
+    usage = analyze_image(str(image))
+    size = 2**53 + 1
+    lines = None
+    for run_index in range(3):
+        container = Container("block", size, size - usage.image_end_offset, size, None,
+                              used=usage.image_end_offset)
+        now = replace(usage, container=container)
+        history = merge(lines, DiskSample("/dev/x", ["block", 1], now, 1.7e9 + run_index), 3600)
+        assert history.note is None, history.note
+        lines = history.lines if history.rewrite else [
+            *history.lines, ",".join(map(repr, history.sample)).encode()]
+    assert b" container_size=9007199254740993 " in lines[0]
 
 
 def test_untrusted_state_is_never_used(tmp_path: Path) -> None:

@@ -65,10 +65,12 @@ else:
             return cls
 
         def __call__(cls, value):
+            if isinstance(value, cls):
+                return value
             try:
                 return cls._value2member_map_[value]
             except (KeyError, TypeError):
-                raise ValueError(f"{value!r} is not a valid {cls.__qualname__}") from None
+                raise ValueError(f"{value!r} is not a valid {cls.__name__}") from None
 
         def __getitem__(cls, name):
             return cls._member_map_[name]
@@ -120,10 +122,10 @@ else:
             return self._value_
 
         def __repr__(self):
-            return f"<{type(self).__qualname__}.{self._name_}: {self._value_!r}>"
+            return f"<{type(self).__name__}.{self._name_}: {self._value_!r}>"
 
         def __str__(self):
-            return f"{type(self).__qualname__}.{self._name_}"
+            return f"{type(self).__name__}.{self._name_}"
 
         def __format__(self, spec):
             return format(str(self), spec)

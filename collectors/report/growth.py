@@ -97,8 +97,9 @@ class DiskSample:
     time: float
 
 
-# A state file is text, a line per record, numbers as Python writes them (repr: read back
-# exactly by float()), a comma between the numbers of one record:
+# A state file is text, a line per record, numbers as Python writes them (repr), read back
+# exactly (sizes by int(), times and sums by float()), a comma between the numbers of one
+# record:
 #   qcow2-monitor-growth 3 identity=file,DEV,INO container_size=N last=T,END,USED
 #       total=<the sums of every bucket: BUCKET_FIELDS numbers> expires=T path=PATH
 #   <the buckets, a space between two>
@@ -147,6 +148,26 @@ def _numbers(text: Optional[bytes], count: int, what: str) -> list[float]:
     return numbers
 
 
+def _sample(text: Optional[bytes], what: str) -> Sample:
+    """A sample, `T,END,USED`: the time as a number, the two sizes as integers, exactly."""
+    words = (text or b"").split(b",")
+    try:
+        sample = (float(words[0]), int(words[1]), int(words[2])) if len(words) == 3 else None
+    except ValueError:
+        sample = None
+    if sample is None or not math.isfinite(sample[0]):
+        raise CorruptState(f"{what} is not a time and two sizes")
+    return sample
+
+
+def _integer(text: Optional[bytes], what: str) -> int:
+    """An integer written by %d, exactly (float() would round one above 2**53)."""
+    try:
+        return int(text or b"")
+    except ValueError:
+        raise CorruptState(f"{what} is not an integer") from None
+
+
 def _encode(numbers: Sequence[float]) -> bytes:
     return ",".join(map(repr, numbers)).encode()
 
@@ -157,10 +178,9 @@ def _header(line: bytes) -> Header:
         raise CorruptState("not a state file of this version")
     fields = {key: value for key, _, value in
               (word.partition(b"=") for word in head[len(FORMAT) + 1:].split(b" "))}
-    (size,) = _numbers(fields.get(b"container_size"), 1, "the container size")
-    t, end, used = _numbers(fields.get(b"last"), 3, "the last sample")
-    return Header(fields.get(b"identity", b"").decode("utf-8", "replace"), int(size),
-                  (t, int(end), int(used)),
+    size = _integer(fields.get(b"container_size"), "the container size")
+    return Header(fields.get(b"identity", b"").decode("utf-8", "replace"), size,
+                  _sample(fields.get(b"last"), "the last sample"),
                   _numbers(fields.get(b"total"), BUCKET_FIELDS, "the total"),
                   _numbers(fields.get(b"expires"), 1, "the expiry")[0])
 
@@ -216,20 +236,19 @@ def merge(lines: Optional[list[bytes]], disk: DiskSample, window: float) -> Hist
     if lines:
         header = _header(lines[0])
         total, previous, expires = header.total, header.last, header.expires
-        appended = [_numbers(line, 3, "an appended sample") for line in lines[2:]]
-        for t, end, used in appended:
-            previous = max(previous, (t, int(end), int(used)))
+        appended = [_sample(line, "an appended sample") for line in lines[2:]]
+        previous = max([previous, *appended])
         reason = _reset_reason(header, disk, previous)
         if reason is not None:
             note = f"growth history restarted: {reason}"
         elif (len(appended) + 1 < COMPACT_EVERY and disk.time < expires
               and total[3] <= disk.time + CLOCK_SLACK and len(lines) >= 2):
-            for t, end, used in [*appended, sample]:
-                _add({total[0]: total}, total[0], (t, int(end), int(used)))
+            for one in [*appended, sample]:
+                _add({total[0]: total}, total[0], one)
             return History(lines, [total], sample, False)
         else:
-            for t, end, used in appended:
-                _add(buckets, t - t % width, (t, int(end), int(used)))
+            for one in appended:
+                _add(buckets, one[0] - one[0] % width, one)
             for bucket in _buckets(lines[1]) if len(lines) >= 2 else []:
                 _merge_bucket(buckets, bucket, bucket[0])
             buckets = {start: b for start, b in buckets.items()

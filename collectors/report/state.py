@@ -176,7 +176,7 @@ class StateDirectory:
 
     def read(self, name: str, *, for_append: bool = False) -> tuple[Optional[list[bytes]],
                                                                     Optional[int]]:
-        """The lines of file `name` (each a JSON value; None when there is no file) and, with
+        """The lines of file `name` (without their newlines; None when there is no file) and, with
         `for_append`, its descriptor left open for append() (one open for both: the caller
         closes it). CorruptState when it cannot be a state file (not a regular file, too
         large). A last line without its newline (an append cut short) is left out."""
