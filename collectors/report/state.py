@@ -81,29 +81,25 @@ def default_directory(environ: Optional[dict[str, str]] = None) -> str:
     return os.path.join(base, STATE_SUBDIRECTORY)
 
 
-_SHA256: list[Callable[[bytes], Any]] = []  # the constructor, once found
-
-
-def _sha256() -> Callable[[bytes], Any]:
+def _interpreter_sha256() -> Callable[[bytes], Any]:
     """The SHA-256 constructor of the interpreter's own module (``_sha2`` from Python 3.12,
-    ``_sha256`` before), found once (a name that is not there is looked for on the whole
-    path): hashlib loads OpenSSL first, a few milliseconds of every run."""
-    if not _SHA256:
-        for name in ("_sha2", "_sha256"):
-            try:
-                _SHA256.append(__import__(name).sha256)
-                break
-            except ImportError:
-                continue
-        else:
-            import hashlib
+    ``_sha256`` before): hashlib loads OpenSSL first, a few milliseconds of every run."""
+    for name in ("_sha2", "_sha256"):
+        try:
+            return __import__(name).sha256  # type: ignore[no-any-return]
+        except ImportError:
+            continue
+    import hashlib
 
-            _SHA256.append(hashlib.sha256)
-    return _SHA256[0]
+    return hashlib.sha256
+
+
+# Found once: a module name that is not there is looked for in every directory of sys.path.
+_SHA256 = _interpreter_sha256()
 
 
 def _sha256_hex(data: bytes) -> str:
-    return str(_sha256()(data).hexdigest())
+    return str(_SHA256(data).hexdigest())
 
 
 def state_name(identity: str) -> str:
